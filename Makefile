@@ -1,0 +1,59 @@
+# Every user-facing command. Each target bootstraps .venv from requirements.txt itself.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+CONFIG ?= pipelines/configs/default.yaml
+ARGS   ?=
+HOST   ?= 127.0.0.1
+PORT   ?= 8501
+UI_PORT ?= 5000
+EXPORTS ?= exports
+
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PYTHONPATH := $(CURDIR)
+
+.DEFAULT_GOAL := help
+.PHONY: help venv train test ui preview tune evaluate compare serve serve-mlflow bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	@touch $(STAMP)
+
+venv: $(STAMP) ## create .venv from the pinned requirements.txt
+
+train: $(STAMP) ## train CONFIG (default: pipelines/configs/default.yaml); ARGS="key=value ..." overrides
+	$(PY) -m pipelines.train --config $(CONFIG) $(ARGS)
+
+test: $(STAMP) ## run the test suite
+	$(PY) -m pytest $(ARGS)
+
+ui: $(STAMP) ## MLflow UI on the project's tracking store, bound to 127.0.0.1
+	$(PY) -m mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} --host 127.0.0.1 --port $(UI_PORT)
+
+preview: $(STAMP) ## PNG grid of augmented samples for CONFIG
+	$(PY) -m pipelines.preview --config $(CONFIG) $(ARGS)
+
+tune: $(STAMP) ## KerasTuner search for CONFIG, each trial tracked in MLflow
+	$(PY) -m pipelines.tune --config $(CONFIG) $(ARGS)
+
+evaluate: $(STAMP) ## invariance evaluation of RUN=<MLflow run id or export path>
+	$(PY) -m pipelines.evaluate --run "$(RUN)" $(ARGS)
+
+compare: $(STAMP) ## side-by-side table of RUNS=<id>,<id>,...
+	$(PY) -m pipelines.compare --runs "$(RUNS)" $(ARGS)
+
+serve: $(STAMP) ## TF Serving REST API for every model under EXPORTS on HOST:PORT
+	$(PY) -m pipelines.serve --exports $(EXPORTS) --host $(HOST) --port $(PORT) $(ARGS)
+
+bench: $(STAMP) ## every benchmark in bench/ (needs ../shared/data for the MNIST ones)
+	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean: ## remove generated runs, exports, caches and the tracking store (keeps .venv)
+	rm -rf runs exports tuning reports .cache mlflow.db mlartifacts mlruns .pytest_cache

@@ -1,0 +1,1 @@
+"""Datasets (sources) and tf.data pipelines with augmentation. Knows nothing of models."""

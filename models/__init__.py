@@ -1,0 +1,8 @@
+"""Model builders, chosen by registered name. Never reads files or configs."""
+
+from models.registry import available_models, build_model, check_params, get_spec, register
+
+# Importing a builder module registers it.
+from models import baseline  # noqa: E402,F401
+
+__all__ = ["available_models", "build_model", "check_params", "get_spec", "register"]

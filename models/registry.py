@@ -1,0 +1,72 @@
+"""Registry from model name to builder (and the builder's KerasTuner search space).
+
+A builder is a function `build(input_shape, num_classes, **params) -> keras.Model`
+whose keyword arguments are the model's config (`model.params` in the YAML). Its
+search space is a function `space(hp) -> dict` of builder params drawn from a
+`keras_tuner.HyperParameters`, kept in the builder's own module.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Callable
+
+import keras
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    builder: Callable[..., keras.Model]
+    search_space: Callable | None = None
+
+    def params(self) -> dict[str, inspect.Parameter]:
+        """The builder's configurable keyword arguments and their defaults."""
+        sig = inspect.signature(self.builder)
+        return {
+            n: p
+            for n, p in sig.parameters.items()
+            if n not in ("input_shape", "num_classes") and p.kind is p.KEYWORD_ONLY
+        }
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(name: str, search_space: Callable | None = None):
+    """Decorator: register `builder` under `name`. Builder params must be keyword-only."""
+
+    def wrap(builder):
+        if name in _REGISTRY and _REGISTRY[name].builder is not builder:
+            raise ValueError(f"model name {name!r} is registered twice")
+        _REGISTRY[name] = ModelSpec(name, builder, search_space)
+        return builder
+
+    return wrap
+
+
+def available_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_spec(name: str) -> ModelSpec:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model name {name!r}; available: {', '.join(available_models())}")
+    return _REGISTRY[name]
+
+
+def check_params(name: str, params: dict) -> None:
+    """Raise ValueError naming the key if `params` holds a key the builder does not take."""
+    known = get_spec(name).params()
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ValueError(
+            f"model.params: unknown key(s) {unknown} for model {name!r}; it takes {sorted(known)}"
+        )
+
+
+def build_model(name: str, input_shape, num_classes: int, **params) -> keras.Model:
+    """Build the registered model `name` for inputs of `input_shape` (H, W, C)."""
+    check_params(name, params)
+    return get_spec(name).builder(input_shape=tuple(input_shape), num_classes=int(num_classes), **params)

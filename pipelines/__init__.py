@@ -1,0 +1,1 @@
+"""The jobs users run: train, tune, evaluate, export, serve; config loading and tracking."""
