@@ -1,0 +1,307 @@
+"""Harmonic convolution (Worrall et al., CVPR 2017): complex circular-harmonic filters."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+# Gaussian interpolation of the ring samples onto the pixel grid (pixels).
+_BANDWIDTH = 0.5
+
+
+def _orders_tuple(value, name):
+    try:
+        orders = tuple(int(o) for o in value)
+    except TypeError:
+        raise ValueError(f"{name} must be a list of integer rotation orders, got {value!r}") from None
+    if not orders or len(set(orders)) != len(orders) or any(o != v for o, v in zip(orders, value)):
+        raise ValueError(f"{name} must be a non-empty list of distinct integers, got {value!r}")
+    return orders
+
+
+def ring_radii(kernel_size: int, n_rings: int, order: int) -> np.ndarray:
+    """Radii (pixels) of the rings carrying the radial profile of a filter of rotation `order`.
+
+    Evenly spaced from 0 (order 0) or 1 (other orders, whose filters must
+    vanish at the centre) to the half-width `kernel_size / 2` of the patch.
+    """
+    start = 0.0 if order == 0 else 1.0
+    return np.linspace(start, kernel_size / 2.0, n_rings)
+
+
+def harmonic_basis(kernel_size: int, n_rings: int, order: int) -> np.ndarray:
+    """The complex basis of the filters of rotation `order` on a `kernel_size` patch.
+
+    Returns complex128 [kernel_size, kernel_size, n_rings]: entry [row, col, j]
+    is ring j's contribution to the pixel, so that a filter with radial
+    profile R is `sum_j R[j] * basis[..., j]`, a sampled R(r) e^{i m phi}.
+    Each ring is sampled at N angles theta_n (N a multiple of 4), every sample
+    spread onto the pixels by a normalised Gaussian of bandwidth 0.5 px, and
+    the samples are summed with weights e^{i m theta_n} / N. Angles are
+    measured counter-clockwise with the row axis pointing down (x = col - c,
+    y = c - row), so the basis is exactly steerable on the pixel grid:
+    basis(R_90 p) = e^{i m pi/2} basis(p), that is
+    np.rot90(basis) = e^{-i m pi/2} basis (np.rot90 moves the value at p to R_90 p).
+    """
+    k = kernel_size
+    c = (k - 1) / 2.0
+    rows, cols = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
+    px = (cols - c).reshape(-1)  # [P]
+    py = (c - rows).reshape(-1)
+    n = 4 * max(16, math.ceil(math.pi * k))
+    theta = 2.0 * np.pi * np.arange(n) / n
+    radii = ring_radii(k, n_rings, order)
+    sx = radii[:, None] * np.cos(theta)[None, :]  # [J, N]
+    sy = radii[:, None] * np.sin(theta)[None, :]
+    d2 = (sx[..., None] - px) ** 2 + (sy[..., None] - py) ** 2  # [J, N, P]
+    w = np.exp(-0.5 * d2 / _BANDWIDTH**2)
+    w /= w.sum(axis=-1, keepdims=True)
+    phase = np.exp(1j * order * theta) / n  # [N]
+    basis = np.einsum("n,jnp->pj", phase, w)  # [P, J]
+    return basis.reshape(k, k, n_rings)
+
+
+def _assembly_tensor(kernel_size, n_rings, in_orders, in_parts, out_orders, filter_orders):
+    """Constant T with block_filter = T @ Q, Q = [R cos(beta), R sin(beta)] per filter order.
+
+    Shape [P, M_in, in_parts, M_out, 2, F, J, 2]; the complex product
+    (a + ib)(w_r + i w_i) = (w_r a - w_i b) + i (w_i a + w_r b) is written
+    into the re/im blocks, with w_r = Re(B) R cos(beta) - Im(B) R sin(beta) and
+    w_i = Re(B) R sin(beta) + Im(B) R cos(beta).
+    """
+    p = kernel_size * kernel_size
+    t = np.zeros(
+        (p, len(in_orders), in_parts, len(out_orders), 2, len(filter_orders), n_rings, 2), np.float64
+    )
+    for f, m in enumerate(filter_orders):
+        b = harmonic_basis(kernel_size, n_rings, m).reshape(p, n_rings)
+        br, bi = b.real, b.imag
+        wr = np.stack([br, -bi], axis=-1)  # coefficients of [R cos, R sin] in w_r
+        wi = np.stack([bi, br], axis=-1)  # ... in w_i
+        for a, pin in enumerate(in_orders):
+            for q, pout in enumerate(out_orders):
+                if pout - pin != m:
+                    continue
+                t[:, a, 0, q, 0, f] += wr  # re <- re: w_r
+                t[:, a, 0, q, 1, f] += wi  # im <- re: w_i
+                if in_parts == 2:
+                    t[:, a, 1, q, 0, f] -= wi  # re <- im: -w_i
+                    t[:, a, 1, q, 1, f] += wr  # im <- im: w_r
+    return t
+
+
+@keras.saving.register_keras_serializable(package="invariant")
+class HarmonicConv2D(keras.layers.Layer):
+    """Harmonic convolution: rotation-equivariant complex filters of chosen rotation orders.
+
+    Each filter of rotation order m is W_m(r, phi) = R(r) e^{i (m phi + beta)},
+    with a learned radial profile R on `n_rings` rings (sampled onto the pixel
+    grid by Gaussian interpolation, see `harmonic_basis`) and a learned phase
+    offset beta, one per (filter order, input channel, output channel). An
+    input stream of order p convolved with a filter of order m gives a stream
+    of order p + m; the layer makes each output stream of order q in `orders`
+    as the sum over input streams p of (W_{q-p} conv z_p), so only streams of
+    equal output order are summed. All order pairs run in ONE convolution of a
+    block filter [k, k, M_in*2*C_in, M_out*2*C_out] that is assembled from the
+    weights by one constant matmul. There is no bias (it would break
+    equivariance for orders != 0; the nonlinearity carries the bias).
+
+    Equivariance: rotating the input by theta (counter-clockwise), with each
+    input stream of order p multiplied by e^{i p theta}, rotates every output
+    stream of order q and multiplies it by e^{i q theta}. This is exact for
+    multiples of 90 degrees (np.rot90 of an odd, pixel-centred kernel, stride
+    1, or any stride on sizes that the stride tiles with 'valid' padding) and
+    only approximate at other angles: the filters are sampled on the pixel
+    grid and padding cuts them at the border.
+
+    Layout of complex, multi-order feature maps (all harmonic layers):
+    a real float tensor [batch, height, width, orders, 2, channels]; axis -3
+    runs over the rotation orders (in the order given by `orders`), axis -2
+    holds the real (0) and imaginary (1) parts. Real images
+    [batch, height, width, channels] are accepted as order-0 streams with
+    zero imaginary part.
+
+    Args:
+        filters: output channels per order.
+        kernel_size: odd filter size (the filter is centred on a pixel).
+        orders: rotation orders of the output streams, default (0, 1).
+        input_orders: rotation orders of the input streams when the input is
+            a 6-D harmonic map; default: the same as `orders`. A 4-D real
+            input is always order 0.
+        n_rings: rings carrying the radial profile; default max(2, (kernel_size + 1) // 2).
+        strides: stride of the convolution.
+        padding: 'same' or 'valid'.
+        phase: learn the phase offset beta (False: beta = 0, as in the final
+            layer of the paper's network).
+        radial_initializer: initializer of the radial profiles
+            [filter orders, n_rings, C_in, C_out].
+        phase_initializer: initializer of the phases [filter orders, C_in, C_out].
+
+    Input shape:
+        [batch, H, W, C_in] (real images) or [batch, H, W, M_in, 2, C_in].
+
+    Output shape:
+        [batch, H', W', len(orders), 2, filters].
+
+    Example:
+        >>> x = keras.Input((28, 28, 1))
+        >>> y = HarmonicConv2D(8, 5)(x)           # [None, 28, 28, 2, 2, 8]
+        >>> y = HarmonicConv2D(8, 5)(y)           # orders {0,1} -> {0,1}
+
+    Paper: D. E. Worrall, S. J. Garbin, D. Turmukhambetov, G. J. Brostow,
+    "Harmonic Networks: Deep Translation and Rotation Equivariance", CVPR 2017.
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size=5,
+        orders=(0, 1),
+        input_orders=None,
+        n_rings=None,
+        strides=1,
+        padding="same",
+        phase=True,
+        radial_initializer="he_normal",
+        phase_initializer=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(filters, int) or isinstance(filters, bool) or filters < 1:
+            raise ValueError(f"filters must be a positive integer, got {filters!r}")
+        if not isinstance(kernel_size, int) or kernel_size < 3 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be an odd integer >= 3, got {kernel_size!r}")
+        if n_rings is not None and (not isinstance(n_rings, int) or n_rings < 1):
+            raise ValueError(f"n_rings must be a positive integer or None, got {n_rings!r}")
+        if not isinstance(strides, int) or strides < 1:
+            raise ValueError(f"strides must be a positive integer, got {strides!r}")
+        if padding not in ("same", "valid"):
+            raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")
+        if not isinstance(phase, bool):
+            raise ValueError(f"phase must be True or False, got {phase!r}")
+        self.filters = filters
+        self.kernel_size = kernel_size
+        self.orders = _orders_tuple(orders, "orders")
+        self.input_orders = None if input_orders is None else _orders_tuple(input_orders, "input_orders")
+        self.n_rings = n_rings
+        self.strides = strides
+        self.padding = padding
+        self.phase = phase
+        self.radial_initializer = keras.initializers.get(radial_initializer)
+        if phase_initializer is None:
+            phase_initializer = keras.initializers.RandomUniform(0.0, 2.0 * math.pi)
+        self.phase_initializer = keras.initializers.get(phase_initializer)
+
+    @property
+    def rings(self) -> int:
+        return self.n_rings if self.n_rings is not None else max(2, (self.kernel_size + 1) // 2)
+
+    def _input_layout(self, input_shape):
+        rank = len(input_shape)
+        if rank == 4:
+            return (0,), 1, input_shape[-1]
+        if rank == 6:
+            if input_shape[-2] != 2:
+                raise ValueError(f"a harmonic map has 2 (re, im) parts on axis -2, got shape {input_shape}")
+            in_orders = self.input_orders if self.input_orders is not None else self.orders
+            if input_shape[-3] != len(in_orders):
+                raise ValueError(
+                    f"input has {input_shape[-3]} order streams but input_orders is {list(in_orders)} "
+                    f"(shape {input_shape})"
+                )
+            return in_orders, 2, input_shape[-1]
+        raise ValueError(
+            f"input must be [batch, H, W, C] or [batch, H, W, orders, 2, C], got shape {input_shape}"
+        )
+
+    def build(self, input_shape):
+        in_orders, in_parts, c_in = self._input_layout(tuple(input_shape))
+        if c_in is None:
+            raise ValueError(f"the channel axis of the input must be known, got shape {input_shape}")
+        self._in_orders, self._in_parts, self._c_in = in_orders, in_parts, int(c_in)
+        self._filter_orders = tuple(sorted({q - p for q in self.orders for p in in_orders}))
+        f, j = len(self._filter_orders), self.rings
+        self.radial = self.add_weight(
+            name="radial", shape=(f, j, self._c_in, self.filters), initializer=self.radial_initializer
+        )
+        if self.phase:
+            self.phase_offset = self.add_weight(
+                name="phase", shape=(f, self._c_in, self.filters), initializer=self.phase_initializer
+            )
+        t = _assembly_tensor(self.kernel_size, j, in_orders, in_parts, self.orders, self._filter_orders)
+        if not self.phase:
+            t = t[..., :1]  # beta = 0: only the R cos(beta) = R column is used
+        # [P * M_in * parts * M_out * 2, F * J * (2 or 1)], kept as a constant of the graph.
+        self._assembly = t.reshape(-1, t.shape[-3] * t.shape[-2] * t.shape[-1]).astype("float32")
+
+    def block_filter(self):
+        """The conv2d kernel [k, k, M_in*parts*C_in, M_out*2*C_out] made from the weights."""
+        dtype = self.compute_dtype
+        radial = ops.cast(self.radial, "float32")  # [F, J, Ci, Co]
+        if self.phase:
+            beta = ops.cast(self.phase_offset, "float32")[:, None]  # [F, 1, Ci, Co]
+            q = ops.stack([radial * ops.cos(beta), radial * ops.sin(beta)], axis=2)  # [F, J, 2, Ci, Co]
+        else:
+            q = radial[:, :, None]
+        q = ops.reshape(q, (-1, self._c_in * self.filters))
+        k = ops.matmul(ops.convert_to_tensor(self._assembly), q)
+        k = ops.reshape(
+            k,
+            (self.kernel_size, self.kernel_size, len(self._in_orders), self._in_parts,
+             len(self.orders), 2, self._c_in, self.filters),
+        )
+        k = ops.transpose(k, (0, 1, 2, 3, 6, 4, 5, 7))
+        k = ops.reshape(
+            k,
+            (self.kernel_size, self.kernel_size, len(self._in_orders) * self._in_parts * self._c_in,
+             len(self.orders) * 2 * self.filters),
+        )
+        return ops.cast(k, dtype)
+
+    def call(self, inputs):
+        x = ops.cast(inputs, self.compute_dtype)
+        shape = ops.shape(x)
+        if len(x.shape) == 6:
+            x = ops.reshape(x, (shape[0], shape[1], shape[2], -1))
+        y = ops.conv(x, self.block_filter(), strides=self.strides, padding=self.padding)
+        s = ops.shape(y)
+        return ops.reshape(y, (s[0], s[1], s[2], len(self.orders), 2, self.filters))
+
+    def _spatial(self, n):
+        if n is None:
+            return None
+        if self.padding == "same":
+            return -(-n // self.strides)
+        return (n - self.kernel_size) // self.strides + 1
+
+    def compute_output_shape(self, input_shape):
+        self._input_layout(tuple(input_shape))
+        return (
+            input_shape[0],
+            self._spatial(input_shape[1]),
+            self._spatial(input_shape[2]),
+            len(self.orders),
+            2,
+            self.filters,
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "filters": self.filters,
+                "kernel_size": self.kernel_size,
+                "orders": list(self.orders),
+                "input_orders": None if self.input_orders is None else list(self.input_orders),
+                "n_rings": self.n_rings,
+                "strides": self.strides,
+                "padding": self.padding,
+                "phase": self.phase,
+                "radial_initializer": keras.initializers.serialize(self.radial_initializer),
+                "phase_initializer": keras.initializers.serialize(self.phase_initializer),
+            }
+        )
+        return config
