@@ -1,0 +1,70 @@
+"""`make preview`: a PNG grid of augmented training samples for an experiment config.
+
+    python -m pipelines.preview --config pipelines/configs/default.yaml [key=value ...] [--n 8] [--out PATH]
+
+Rows: the original images, one row per augmentation that is on (applied with
+probability 1), and the full chain as configured. Writes
+`reports/<config name>/augmentation_preview.png` and prints its path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from pipelines.cli import run_main
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m pipelines.preview", description=__doc__.splitlines()[0])
+    p.add_argument("--config", required=True, help="experiment YAML")
+    p.add_argument("--n", type=int, default=8, help="images per row (default 8)")
+    p.add_argument("--seed", type=int, default=None, help="augmentation seed (default: the config's train.seed)")
+    p.add_argument("--out", default=None, help="PNG path (default reports/<config name>/augmentation_preview.png)")
+    p.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. augment.rotation.max_degrees=90")
+    return p.parse_args(argv)
+
+
+def augment_sections(cfg) -> dict:
+    """The config's augment section as the plain dicts `data.augment` takes."""
+    import dataclasses
+
+    a = cfg.augment
+    return {k: dataclasses.asdict(getattr(a, k)) for k in ("translation", "rotation", "elastic")}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from pipelines.config import load_config
+    from pipelines.errors import UserError
+
+    cfg = load_config(args.config, args.overrides)
+    if args.n < 1:
+        raise UserError(f"--n must be at least 1 (got {args.n})")
+
+    from data.augment import preview_grid, save_png
+    from data.sources import load_splits
+
+    d = cfg.data
+    splits = load_splits(
+        d.source,
+        seed=d.seed,
+        validation_fraction=d.validation_fraction,
+        data_dir=d.data_dir,
+        download=d.download,
+        image_size=d.image_size,
+        cache_dir=d.cache_dir,
+        synthetic_train_size=d.synthetic.train_size,
+        synthetic_test_size=d.synthetic.test_size,
+    )
+    images = splits.train[0][: args.n]
+    seed = cfg.train.seed if args.seed is None else args.seed
+    rgb = preview_grid(images, **augment_sections(cfg), seed=seed, n=args.n, title=f"{cfg.name}: augmentation preview")
+    out = args.out or os.path.join("reports", cfg.name, "augmentation_preview.png")
+    print(save_png(rgb, out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
