@@ -39,6 +39,7 @@ __all__ = [
     "augment_dataset",
     "gaussian_smoothing_matrix",
     "bilinear_sample",
+    "preview_rows",
     "preview_grid",
     "save_png",
 ]
@@ -500,20 +501,13 @@ def augment_dataset(ds: tf.data.Dataset, aug, seed: int | None = None, num_paral
 # ----------------------------------------------------------------------------- preview
 
 
-def preview_grid(images, translation=None, rotation=None, elastic=None, seed: int = 0, n: int = 8, title: str | None = None) -> np.ndarray:
-    """A labelled grid of augmented samples as a uint8 RGB array [height, width, 3].
+def preview_rows(images, translation=None, rotation=None, elastic=None, seed: int = 0, n: int = 8) -> list[tuple[str, np.ndarray]]:
+    """The rows of the preview grid as (label, float images [n, H, W, C] in [0, 1]).
 
-    Rows: the original images, then one row per operation that is on (applied
-    with probability 1 so the row shows the operation), then the full chain as
-    configured (with its probabilities). `images` are uint8 or float in [0, 1],
-    `[N, H, W, C]` with C = 1 or 3; the first `n` are shown.
+    The original images, then one row per operation that is on (applied with
+    probability 1 so the row shows the operation), then the full chain as
+    configured (with its probabilities). `images` are uint8 or float in [0, 1].
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
     x = np.asarray(images)[:n]
     if x.ndim == 3:
         x = x[..., None]
@@ -529,7 +523,17 @@ def preview_grid(images, translation=None, rotation=None, elastic=None, seed: in
         rows.append((_describe(name, sections[name]), np.asarray(aug(x, training=True, seed=[seed, 1]))))
     chain = build_augmentation(**sections, seed=seed)
     rows.append(("full chain" if chain is not None else "full chain (all off)", x if chain is None else np.asarray(chain(x, training=True, seed=[seed, 2]))))
+    return rows
 
+
+def preview_grid(images, translation=None, rotation=None, elastic=None, seed: int = 0, n: int = 8, title: str | None = None) -> np.ndarray:
+    """A labelled grid of augmented samples (the rows of `preview_rows`) as a uint8 RGB
+    array [height, width, 3], ready for `save_png` or `mlflow.log_image`."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = preview_rows(images, translation, rotation, elastic, seed=seed, n=n)
+    x = rows[0][1]
     cols = len(x)
     fig = Figure(figsize=(1.0 * cols + 1.3, 1.0 * len(rows) + (0.4 if title else 0.1)), dpi=100)
     FigureCanvasAgg(fig)
