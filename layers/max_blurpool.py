@@ -1,0 +1,72 @@
+"""MaxBlurPool2D: Zhang's anti-aliased replacement of a 2x2 max pool."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+
+from layers._ops import PAD_MODES, blur2d, pad2d
+
+
+@keras.saving.register_keras_serializable(package="invariant")
+class MaxBlurPool2D(keras.layers.Layer):
+    """Max over 2x2 windows at stride 1, then `BlurPool2D` (blur, subsample).
+
+    Zhang's rewrite of `MaxPooling2D(2)` (R. Zhang, "Making Convolutional
+    Networks Shift-Invariant Again", ICML 2019): the max is evaluated densely,
+    and only the low-passed result is subsampled. Shift invariance is
+    approximate (see `BlurPool2D`).
+
+    Args:
+        filter_size: 1 to 7, the binomial filter's length.
+        strides: subsampling factor (>= 1).
+        padding: `reflect`, `zero` or `circular`. With `circular` the 2x2 max
+            window wraps around the border (keeping circular-shift
+            equivariance up to the subsampling), so the max keeps the size H;
+            otherwise it is Zhang's `valid` max (size H - 1).
+
+    Input shape:
+        4D tensor `(batch, height, width, channels)` (channels last).
+
+    Output shape:
+        `(batch, ceil(h / strides), ceil(w / strides), channels)` with h = height
+        for `circular` padding and height - 1 otherwise (same for w). For even
+        sizes both equal `MaxPooling2D(2)`'s.
+
+    Example:
+        >>> MaxBlurPool2D()(keras.random.normal((2, 28, 28, 8))).shape
+        (2, 14, 14, 8)
+    """
+
+    def __init__(self, filter_size: int = 3, strides: int = 2, padding: str = "reflect", **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(filter_size, int) or isinstance(filter_size, bool) or not 1 <= filter_size <= 7:
+            raise ValueError(f"filter_size must be an integer from 1 to 7, got {filter_size!r}")
+        if not isinstance(strides, int) or isinstance(strides, bool) or strides < 1:
+            raise ValueError(f"strides must be a positive integer, got {strides!r}")
+        if padding not in PAD_MODES:
+            raise ValueError(f"padding must be one of {PAD_MODES}, got {padding!r}")
+        self.filter_size = filter_size
+        self.strides = strides
+        self.padding = padding
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    def call(self, inputs):
+        x = inputs
+        if self.padding == "circular":
+            x = pad2d(x, (0, 1), (0, 1), "circular")
+        x = tf.nn.max_pool2d(x, 2, 1, "VALID")
+        return blur2d(x, self.filter_size, self.strides, self.padding)
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, c = input_shape
+        shrink = 0 if self.padding == "circular" else 1
+        size = lambda d: None if d is None else math.ceil((d - shrink) / self.strides)
+        return (n, size(h), size(w), c)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"filter_size": self.filter_size, "strides": self.strides, "padding": self.padding})
+        return config

@@ -1,0 +1,87 @@
+"""AdaptivePolyphaseSampling2D: truly shift-invariant stride-2 downsampling (Chaman & Dokmanic, CVPR 2021)."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from layers._ops import PAD_MODES, blur2d
+
+PHASES = ((0, 0), (0, 1), (1, 0), (1, 1))
+
+
+@keras.saving.register_keras_serializable(package="invariant")
+class AdaptivePolyphaseSampling2D(keras.layers.Layer):
+    """Stride-2 subsampling that keeps the polyphase component of largest l2 norm.
+
+    From A. Chaman and I. Dokmanic, "Truly Shift-Invariant Convolutional
+    Neural Networks", CVPR 2021. The four components `x[:, i::2, j::2, :]`
+    (i, j in {0, 1}) are compared by their l2 norm over all rows, columns and
+    channels, once per sample, and the largest is kept. A circular shift of
+    the input permutes the components and circularly shifts each, so the
+    kept one is the same up to a circular shift: the layer is circular-shift
+    equivariant (any shift in, a shift out), and a network of circularly
+    padded convolutions, pointwise layers, these layers and a global average
+    pool is exactly invariant to circular shifts (a flatten head is not).
+
+    Ties go to the first component in the order (0,0), (0,1), (1,0), (1,1).
+    That is deterministic, but it keeps the invariance only when the tied
+    components are circular shifts of one another (as for a constant or
+    all-zero map, where the choice does not matter). Two different components
+    with exactly equal norms are a measure-zero event for generic float
+    inputs; norms within float rounding of each other could also flip the
+    choice under a shift, equally improbable in practice.
+
+    Args:
+        filter_size: 1 (no blur, plain APS) to 7: the binomial low-pass filter
+            applied at stride 1 before sampling ("APS + LPF").
+        padding: the blur's padding, `circular` (default: keeps exact
+            circular-shift equivariance), `reflect` or `zero`.
+
+    Input shape:
+        4D tensor `(batch, height, width, channels)` with even height and width.
+
+    Output shape:
+        4D tensor `(batch, height / 2, width / 2, channels)`.
+
+    Example:
+        >>> x = keras.random.normal((2, 28, 28, 8))
+        >>> AdaptivePolyphaseSampling2D()(x).shape
+        (2, 14, 14, 8)
+    """
+
+    def __init__(self, filter_size: int = 1, padding: str = "circular", **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(filter_size, int) or isinstance(filter_size, bool) or not 1 <= filter_size <= 7:
+            raise ValueError(f"filter_size must be an integer from 1 to 7, got {filter_size!r}")
+        if padding not in PAD_MODES:
+            raise ValueError(f"padding must be one of {PAD_MODES}, got {padding!r}")
+        self.filter_size = filter_size
+        self.padding = padding
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    def build(self, input_shape):
+        for axis, name in ((1, "height"), (2, "width")):
+            if input_shape[axis] is not None and input_shape[axis] % 2:
+                raise ValueError(
+                    f"AdaptivePolyphaseSampling2D needs an even {name} (polyphase components of equal size), "
+                    f"got input shape {tuple(input_shape)}"
+                )
+
+    def call(self, inputs):
+        x = blur2d(inputs, self.filter_size, 1, self.padding) if self.filter_size > 1 else inputs
+        components = tf.stack([x[:, i::2, j::2, :] for i, j in PHASES], axis=1)  # [N, 4, H/2, W/2, C]
+        norms = tf.reduce_sum(tf.square(tf.cast(components, tf.float32)), axis=(2, 3, 4))  # [N, 4]
+        # First maximal index, explicitly (tf.argmax does not promise which tie it returns).
+        is_max = tf.equal(norms, tf.reduce_max(norms, axis=1, keepdims=True))
+        index = tf.reduce_min(tf.where(is_max, tf.range(4)[None, :], 4), axis=1)
+        return tf.gather(components, index, axis=1, batch_dims=1)
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, c = input_shape
+        return (n, None if h is None else h // 2, None if w is None else w // 2, c)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"filter_size": self.filter_size, "padding": self.padding})
+        return config
