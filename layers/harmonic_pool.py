@@ -1,0 +1,109 @@
+"""Average pooling of harmonic maps (Worrall et al., CVPR 2017), optionally anti-aliased (Zhang, ICML 2019)."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+
+def binomial_kernel(pool_size: int, blur: int) -> np.ndarray:
+    """1-D pooling filter: a box of `pool_size` convolved with row `blur - 1` of Pascal's triangle, sum 1."""
+    row = np.array([1.0])
+    for _ in range(blur - 1):
+        row = np.convolve(row, [1.0, 1.0])
+    k = np.convolve(np.ones(pool_size), row)
+    return k / k.sum()
+
+
+@keras.saving.register_keras_serializable(package="invariant")
+class HarmonicAveragePooling2D(keras.layers.Layer):
+    """Average pooling of complex, multi-order streams; `blur > 1` gives its anti-aliased form.
+
+    Averaging is linear and real, so pooling the real and imaginary parts of
+    each stream separately pools the complex values. With `blur = 1` this is
+    average pooling over `pool_size` windows ('valid'). With an odd
+    `blur > 1` it is anti-aliased pooling as in Zhang's BlurPool: a box
+    average over `pool_size` at stride 1, then a binomial blur of length
+    `blur` (Pascal's triangle) with symmetric zero padding (blur - 1) / 2,
+    subsampled at `strides`; both are done as one depthwise filter of length
+    pool_size + blur - 1. The output size is that of plain pooling.
+
+    Exactness under np.rot90: pooling commutes exactly with 90-degree
+    rotations when the pooling grid is symmetric, i.e. when
+    (size - pool_size) is a multiple of `strides` (for 2x2 pooling at
+    stride 2: even sizes); 28 -> 14 -> 7 is exact. On other sizes the last
+    row/column is dropped on one side only and the commutation is approximate.
+
+    Layout (all harmonic layers): a real tensor
+    [batch, height, width, orders, 2, channels]; axis -2 holds the real (0)
+    and imaginary (1) parts.
+
+    Args:
+        pool_size: side of the pooling window.
+        strides: subsampling step (default: pool_size).
+        blur: odd length of the binomial anti-aliasing filter; 1 turns it off.
+
+    Input shape:
+        [batch, H, W, orders, 2, channels].
+
+    Output shape:
+        [batch, (H - pool_size) // strides + 1, (W - pool_size) // strides + 1, orders, 2, channels].
+
+    Example:
+        >>> y = HarmonicConv2D(8, 5)(keras.Input((28, 28, 1)))
+        >>> y = HarmonicAveragePooling2D(2, blur=3)(y)   # [None, 14, 14, 2, 2, 8]
+
+    Papers: D. E. Worrall et al., "Harmonic Networks: Deep Translation and
+    Rotation Equivariance", CVPR 2017; R. Zhang, "Making Convolutional
+    Networks Shift-Invariant Again", ICML 2019.
+    """
+
+    def __init__(self, pool_size=2, strides=None, blur=1, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(pool_size, int) or isinstance(pool_size, bool) or pool_size < 1:
+            raise ValueError(f"pool_size must be a positive integer, got {pool_size!r}")
+        if strides is not None and (not isinstance(strides, int) or isinstance(strides, bool) or strides < 1):
+            raise ValueError(f"strides must be a positive integer or None, got {strides!r}")
+        if not isinstance(blur, int) or isinstance(blur, bool) or blur < 1 or blur % 2 == 0:
+            raise ValueError(f"blur must be an odd positive integer (1: no blur), got {blur!r}")
+        self.pool_size = pool_size
+        self.strides = strides
+        self.blur = blur
+
+    @property
+    def _stride(self):
+        return self.strides if self.strides is not None else self.pool_size
+
+    def build(self, input_shape):
+        if len(input_shape) != 6 or input_shape[-2] != 2:
+            raise ValueError(f"input must be [batch, H, W, orders, 2, channels], got shape {input_shape}")
+        self._channels = input_shape[-3] * 2 * input_shape[-1]
+        if self.blur > 1:
+            k1 = binomial_kernel(self.pool_size, self.blur)
+            k2 = np.outer(k1, k1).astype("float32")
+            self._kernel = np.tile(k2[:, :, None, None], (1, 1, self._channels, 1))
+
+    def call(self, inputs):
+        s = ops.shape(inputs)
+        x = ops.reshape(inputs, (s[0], s[1], s[2], self._channels))
+        if self.blur == 1:
+            y = ops.average_pool(x, self.pool_size, strides=self._stride, padding="valid")
+        else:
+            p = (self.blur - 1) // 2
+            x = ops.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+            kernel = ops.cast(ops.convert_to_tensor(self._kernel), x.dtype)
+            y = ops.depthwise_conv(x, kernel, strides=self._stride, padding="valid")
+        t = ops.shape(y)
+        return ops.reshape(y, (t[0], t[1], t[2], s[3], 2, s[5]))
+
+    def compute_output_shape(self, input_shape):
+        def out(n):
+            return None if n is None else (n - self.pool_size) // self._stride + 1
+
+        return (input_shape[0], out(input_shape[1]), out(input_shape[2]), *input_shape[3:])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"pool_size": self.pool_size, "strides": self.strides, "blur": self.blur})
+        return config

@@ -1,0 +1,163 @@
+"""C-ReLU, magnitude batch norm, complex average pooling and the invariant readout.
+
+Layout: [batch, H, W, orders, 2 (re, im), channels].
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from layers.harmonic_batch_norm import HarmonicBatchNormalization
+from layers.harmonic_pool import HarmonicAveragePooling2D, binomial_kernel
+from layers.harmonic_readout import HarmonicMagnitudeReadout
+from layers.harmonic_relu import HarmonicReLU
+from tests.layers.layer_checks import check_layer
+
+SHAPE = (2, 6, 6, 2, 2, 3)
+
+
+def complex_of(y):
+    y = np.asarray(y, np.float64)
+    return y[..., 0, :] + 1j * y[..., 1, :]
+
+
+# ----------------------------------------------------------------------------- C-ReLU
+
+
+def test_relu_shared_checks():
+    check_layer(lambda: HarmonicReLU(bias_initializer=keras.initializers.Constant(-0.3)), SHAPE, SHAPE, expects_trainable_weights=True)
+
+
+def test_relu_matches_numpy_and_keeps_phase():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(SHAPE).astype("float32")
+    layer = HarmonicReLU()
+    layer.build(SHAPE)
+    bias = rng.uniform(-1, 1, (2, 3)).astype("float32")
+    layer.bias.assign(bias)
+    z = complex_of(x)
+    mag = np.abs(z)
+    want = np.maximum(mag + bias, 0) * z / mag
+    got = complex_of(layer(x))
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    on = np.abs(got) > 1e-3
+    assert on.any() and (~on).any()  # some values cut, some kept
+    np.testing.assert_allclose(np.angle(got[on]), np.angle(z[on]), atol=1e-5)
+
+
+def test_relu_is_finite_with_finite_gradient_at_zero():
+    layer = HarmonicReLU(bias_initializer=keras.initializers.Constant(0.5))
+    x = tf.zeros((1, 2, 2, 2, 2, 3))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x)
+        loss = tf.reduce_sum(y * tf.random.normal(y.shape))
+    gx, gb = tape.gradient(loss, [x, layer.bias])
+    assert np.all(np.asarray(y) == 0)
+    assert np.all(np.isfinite(gx)) and np.all(np.isfinite(gb))
+
+
+@pytest.mark.parametrize("kwargs", [{"epsilon": 0.0}, {"activation": "no_such_fn"}])
+def test_relu_bad_arguments(kwargs):
+    with pytest.raises(ValueError, match=repr(list(kwargs.values())[0])):
+        HarmonicReLU(**kwargs)
+
+
+# ----------------------------------------------------------------------------- batch norm
+
+
+def test_batch_norm_shared_checks():
+    check_layer(lambda: HarmonicBatchNormalization(activation="relu"), SHAPE, SHAPE, expects_trainable_weights=True)
+
+
+def test_batch_norm_normalises_magnitudes_and_keeps_phase():
+    rng = np.random.default_rng(1)
+    x = (3.0 * rng.standard_normal((8, 6, 6, 2, 2, 3)) + 1.0).astype("float32")
+    layer = HarmonicBatchNormalization(epsilon=1e-6)
+    got = complex_of(layer(x, training=True))
+    z = complex_of(x)
+    mag = np.abs(z)
+    want_mag = (mag - mag.mean(axis=(0, 1, 2))) / np.sqrt(mag.var(axis=(0, 1, 2)) + 1e-6)
+    np.testing.assert_allclose(got, want_mag * z / mag, atol=1e-4)
+    # moving statistics moved towards the batch statistics; inference uses them
+    mean = layer.bn.moving_mean.numpy().reshape(2, 3)
+    np.testing.assert_allclose(mean, 0.01 * mag.mean(axis=(0, 1, 2)), rtol=1e-3)
+    assert not np.allclose(layer(x, training=False), layer(x, training=True))
+
+
+def test_batch_norm_bad_arguments():
+    with pytest.raises(ValueError, match="1.5"):
+        HarmonicBatchNormalization(momentum=1.5)
+    with pytest.raises(ValueError, match="'yes'"):
+        HarmonicBatchNormalization(center="yes")
+
+
+# ----------------------------------------------------------------------------- pooling
+
+
+def test_pool_shared_checks():
+    check_layer(lambda: HarmonicAveragePooling2D(2), SHAPE, (2, 3, 3, 2, 2, 3), expects_trainable_weights=False)
+    check_layer(lambda: HarmonicAveragePooling2D(2, blur=3), SHAPE, (2, 3, 3, 2, 2, 3), expects_trainable_weights=False)
+
+
+def test_binomial_kernel_is_pascals_triangle():
+    np.testing.assert_allclose(binomial_kernel(1, 5), np.array([1, 4, 6, 4, 1]) / 16)
+    np.testing.assert_allclose(binomial_kernel(2, 3), np.array([1, 3, 3, 1]) / 8)  # box2 * [1,2,1]
+    np.testing.assert_allclose(binomial_kernel(2, 1), [0.5, 0.5])
+
+
+def test_pool_averages_each_complex_value():
+    x = np.random.default_rng(2).standard_normal(SHAPE).astype("float32")
+    got = np.asarray(HarmonicAveragePooling2D(2)(x))
+    want = x.reshape(2, 3, 2, 3, 2, 2, 2, 3).mean(axis=(2, 4))
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_blur_pool_matches_numpy_filter():
+    x = np.random.default_rng(3).standard_normal((1, 8, 8, 1, 2, 1)).astype("float32")
+    got = np.asarray(HarmonicAveragePooling2D(2, blur=3)(x))
+    k = binomial_kernel(2, 3)  # length 4, zero padding 1 each side, stride 2
+    xp = np.pad(x[0, :, :, 0, 0, 0], 1)
+    want = np.array([[np.sum(np.outer(k, k) * xp[2 * i : 2 * i + 4, 2 * j : 2 * j + 4]) for j in range(4)] for i in range(4)])
+    np.testing.assert_allclose(got[0, :, :, 0, 0, 0], want, atol=1e-6)
+
+
+@pytest.mark.parametrize("blur", [1, 3, 5])
+def test_pool_commutes_with_rot90_on_even_sizes(blur):
+    x = np.random.default_rng(4).standard_normal((1, 8, 8, 1, 2, 2)).astype("float32")
+    layer = HarmonicAveragePooling2D(2, blur=blur)
+    a = np.rot90(np.asarray(layer(x)), axes=(1, 2))
+    b = np.asarray(layer(np.ascontiguousarray(np.rot90(x, axes=(1, 2)))))
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_pool_bad_arguments():
+    with pytest.raises(ValueError, match="2"):
+        HarmonicAveragePooling2D(blur=2)
+    with pytest.raises(ValueError, match="0"):
+        HarmonicAveragePooling2D(pool_size=0)
+
+
+# ----------------------------------------------------------------------------- readout
+
+
+def test_readout_shared_checks():
+    check_layer(lambda: HarmonicMagnitudeReadout(use_bias=True), SHAPE, (2, 3), expects_trainable_weights=True)
+    check_layer(lambda: HarmonicMagnitudeReadout(pool=False), SHAPE, (2, 6, 6, 3), expects_trainable_weights=False)
+
+
+def test_readout_sums_magnitudes_over_orders_then_averages():
+    x = np.random.default_rng(5).standard_normal(SHAPE).astype("float32")
+    got = np.asarray(HarmonicMagnitudeReadout()(x))
+    want = np.abs(complex_of(x)).sum(axis=3).mean(axis=(1, 2))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    # invariant to per-order phase factors (what a rotation multiplies streams by)
+    z = complex_of(x) * np.exp(1j * np.array([0.3, 1.7]))[:, None]
+    x2 = np.stack([z.real, z.imag], axis=-2).astype("float32")
+    np.testing.assert_allclose(np.asarray(HarmonicMagnitudeReadout()(x2)), got, rtol=1e-5)
+
+
+def test_readout_bad_arguments():
+    with pytest.raises(ValueError, match="1"):
+        HarmonicMagnitudeReadout(pool=1)
