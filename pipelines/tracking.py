@@ -1,0 +1,88 @@
+"""MLflow tracking shared by the jobs: where the store is, and per-epoch logging."""
+
+from __future__ import annotations
+
+import os
+
+import keras
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_TRACKING_URI = f"sqlite:///{os.path.join(PROJECT_ROOT, 'mlflow.db')}"
+
+EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+def tracking_uri(configured: str | None = None) -> str:
+    """The config's URI, else $MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db."""
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def setup(configured_uri: str | None, experiment: str) -> str:
+    """Point MLflow at the tracking store and experiment; return the URI."""
+    import logging
+
+    import mlflow
+
+    # Alembic's and MLflow's own INFO lines on every new sqlite store drown the progress bar.
+    for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    uri = tracking_uri(configured_uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment)
+    return uri
+
+
+def logged_steps(run_id: str, key: str = "loss") -> set[int]:
+    import mlflow
+
+    return {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, key)}
+
+
+def metric_history(run_id: str, keys=EPOCH_METRICS) -> dict[str, list[float]]:
+    """Per-epoch values of `keys` ordered by step, one value per step (the first logged)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    out = {}
+    for key in keys:
+        by_step = {}
+        for m in sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp)):
+            by_step.setdefault(m.step, m.value)
+        out[key] = [by_step[s] for s in sorted(by_step)]
+    return out
+
+
+class MLflowEpochLogger(keras.callbacks.Callback):
+    """Log Keras' epoch logs to an MLflow run, each epoch once (step = epoch index).
+
+    On a resumed run, epochs already in the run's history are not logged again:
+    if a run died after logging epoch k but before its backup was written,
+    epoch k is trained again, and its first record stands.
+    """
+
+    def __init__(self, run_id: str):
+        super().__init__()
+        self.run_id = run_id
+        self._done: set[int] = set()
+
+    def on_train_begin(self, logs=None):
+        self._done = logged_steps(self.run_id)
+
+    def on_epoch_end(self, epoch, logs=None):
+        import mlflow
+        from mlflow.entities import Metric
+
+        if epoch in self._done or not logs:
+            return
+        import time
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, epoch) for k, v in logs.items() if isinstance(v, (int, float))]
+        lr = getattr(self.model.optimizer, "learning_rate", None)
+        if lr is not None:
+            try:
+                metrics.append(Metric("learning_rate", float(keras.ops.convert_to_numpy(lr)), now, epoch))
+            except (TypeError, ValueError):
+                pass
+        mlflow.MlflowClient().log_batch(self.run_id, metrics=metrics)
+        self._done.add(epoch)
