@@ -79,13 +79,16 @@ def export_model(
     name: str,
     check_images: np.ndarray | None = None,
     tolerance: float = 1e-5,
+    extra_assets: dict[str, str] | None = None,
 ) -> str:
     """Export `model` as the next version of `exports_dir/name`; return the version's path.
 
     If `check_images` (uint8 [N, H, W, C]) is given, the written SavedModel is
     reloaded and its probabilities compared with the in-memory inference model;
     a difference above `tolerance` raises `ExportMismatchError` and nothing is
-    published.
+    published. `extra_assets` (file name -> text) are written to the version's
+    `assets.extra/`, which TF Serving ignores; training stores the resolved
+    experiment config there as `experiment.yaml`.
     """
     base = os.path.join(exports_dir, name)
     os.makedirs(base, exist_ok=True)
@@ -93,6 +96,10 @@ def export_model(
     tmp = os.path.join(base, f".tmp-{uuid.uuid4().hex}")
     try:
         _write_savedmodel(infer, tmp)
+        for fname, text in (extra_assets or {}).items():
+            os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
+            with open(os.path.join(tmp, "assets.extra", fname), "w") as fh:
+                fh.write(text)
         if check_images is not None and len(check_images):
             expected = infer.predict(check_images.astype("float32"), batch_size=256, verbose=0)
             got = predict_savedmodel(tmp, check_images)["probabilities"]

@@ -286,7 +286,8 @@ def run(cfg: Config, callbacks=()) -> TrainResult:
         export_path = None
         if cfg.export.enabled:
             export_path = export_model(model, cfg.export.dir, cfg.export_name, check_images=splits.test[0],
-                                       tolerance=cfg.export.tolerance)
+                                       tolerance=cfg.export.tolerance,
+                                       extra_assets={"experiment.yaml": cfg.to_yaml()})
             mlflow.set_tag("export_path", os.path.abspath(export_path))
             print(f"Exported and verified SavedModel: {export_path}")
 
