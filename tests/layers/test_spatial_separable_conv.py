@@ -1,0 +1,75 @@
+"""SpatialSeparableConv2D: shared checks, equality with Conv2D on outer-product kernels, parameter counts."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import keras
+
+from layers.spatial_separable_conv import SpatialSeparableConv2D
+from tests.layers.layer_checks import check_layer
+
+
+@pytest.mark.parametrize("padding,expected", [("valid", (2, 4, 5, 6)), ("same", (2, 8, 9, 6)), ("circular", (2, 8, 9, 6))])
+def test_shared_layer_checks(padding, expected):
+    check_layer(lambda: SpatialSeparableConv2D(6, 5, rank=2, padding=padding), (2, 8, 9, 3), expected,
+                expects_trainable_weights=True)
+
+
+def _layer_and_equivalent_kernel(filters, k, rank, strides, padding, channels=3, seed=0):
+    layer = SpatialSeparableConv2D(filters, k, rank=rank, strides=strides, padding=padding)
+    layer.build((None, 9, 10, channels))
+    rng = np.random.default_rng(seed)
+    v = rng.standard_normal((k, 1, channels, rank * filters)).astype("float32")
+    h = rng.standard_normal((1, k, rank * filters, 1)).astype("float32")
+    bias = rng.standard_normal(filters).astype("float32")
+    layer.set_weights([v, h, bias])
+    # Pair j of output m lives in intermediate channel m * rank + j.
+    vv = v[:, 0].reshape(k, channels, filters, rank)
+    hh = h[0, :, :, 0].reshape(k, filters, rank)
+    kernel = np.einsum("acmj,bmj->abcm", vv, hh)
+    return layer, kernel, bias
+
+
+@pytest.mark.parametrize("rank", [1, 2])
+@pytest.mark.parametrize("strides,padding", [(1, "same"), (1, "valid"), (2, "same"), (2, "valid")])
+@pytest.mark.parametrize("k", [3, 4])
+def test_equals_conv2d_with_the_outer_product_kernel(k, strides, padding, rank):
+    layer, kernel, bias = _layer_and_equivalent_kernel(4, k, rank, strides, padding)
+    conv = keras.layers.Conv2D(4, k, strides=strides, padding=padding)
+    conv.build((None, 9, 10, 3))
+    conv.set_weights([kernel, bias])
+    x = np.random.default_rng(1).standard_normal((2, 9, 10, 3)).astype("float32")
+    np.testing.assert_allclose(layer(x).numpy(), conv(x).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_circular_padding_equals_conv2d_on_the_wrapped_input_and_commutes_with_roll():
+    layer, kernel, bias = _layer_and_equivalent_kernel(4, 5, 2, 1, "circular")
+    x = np.random.default_rng(2).standard_normal((2, 9, 10, 3)).astype("float32")
+    wrapped = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="wrap")
+    expected = tf.nn.conv2d(wrapped, kernel, 1, "VALID").numpy() + bias
+    np.testing.assert_allclose(layer(x).numpy(), expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        layer(tf.roll(x, (3, -1), axis=(1, 2))).numpy(), tf.roll(layer(x), (3, -1), axis=(1, 2)).numpy(), atol=1e-4
+    )
+
+
+@pytest.mark.parametrize("channels,filters,k,rank,use_bias", [(3, 8, 3, 1, True), (16, 32, 5, 2, False), (7, 5, 7, 3, True)])
+def test_parameter_count_matches_the_docstring_formula(channels, filters, k, rank, use_bias):
+    layer = SpatialSeparableConv2D(filters, k, rank=rank, use_bias=use_bias)
+    layer.build((None, 16, 16, channels))
+    expected = k * channels * rank * filters + k * rank * filters + (filters if use_bias else 0)
+    assert layer.count_params() == expected
+    full = keras.layers.Conv2D(filters, k, use_bias=use_bias)
+    full.build((None, 16, 16, channels))
+    assert full.count_params() == k * k * channels * filters + (filters if use_bias else 0)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"filters": 0}, {"kernel_size": -1}, {"rank": 0}, {"rank": 4}, {"strides": 0}, {"padding": "reflect"},
+     {"use_bias": "yes"}],
+)
+def test_invalid_arguments_raise_value_error_naming_the_value(kwargs):
+    args = {"filters": 4, "kernel_size": 3, **kwargs}
+    with pytest.raises(ValueError, match=repr(list(kwargs.values())[0])):
+        SpatialSeparableConv2D(**args)
