@@ -11,11 +11,17 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from layers.blurpool import BlurPool2D
+from layers.circular_pad import CircularPad2D
+from layers.max_blurpool import MaxBlurPool2D
+from layers.polyphase import AdaptivePolyphaseSampling2D
+from layers.spatial_separable_conv import SpatialSeparableConv2D
 from models.registry import register
 
-CONV_KINDS = ("standard", "separable")
-DOWNSAMPLE_KINDS = ("max", "strided", "none")
-PADDINGS = ("same",)
+CONV_KINDS = ("standard", "separable", "spatial_separable")
+# Zhang's anti-aliasing rewrites: max -> blur, strided -> blur_strided, avg -> blur_avg.
+DOWNSAMPLE_KINDS = ("max", "strided", "avg", "blur", "blur_strided", "blur_avg", "aps", "none")
+PADDINGS = ("same", "circular")
 
 
 def _per_stage(value, n, name, cast):
@@ -25,8 +31,18 @@ def _per_stage(value, n, name, cast):
     return [cast(v) for v in values]
 
 
-def conv_layer(kind: str, filters: int, kernel_size: int, *, strides: int = 1, padding: str = "same", name=None):
-    """One convolution of the given kind (no bias: batch norm follows)."""
+def conv_layer(
+    kind: str, filters: int, kernel_size: int, *, strides: int = 1, padding: str = "same", rank: int = 1, name=None
+):
+    """One convolution of the given kind (no bias: batch norm follows).
+
+    `padding` is `same` or `valid`; `spatial_separable` also takes `circular`
+    (`apply_conv` below makes any kind circular).
+    """
+    if kind == "spatial_separable":
+        return SpatialSeparableConv2D(
+            filters, kernel_size, rank=rank, strides=strides, padding=padding, use_bias=False, name=name
+        )
     if kind == "standard":
         return layers.Conv2D(filters, kernel_size, strides=strides, padding=padding, use_bias=False, name=name)
     if kind == "separable":
@@ -34,14 +50,45 @@ def conv_layer(kind: str, filters: int, kernel_size: int, *, strides: int = 1, p
     raise ValueError(f"conv must be one of {CONV_KINDS}, got {kind!r}")
 
 
+def apply_conv(x, kind: str, filters: int, kernel_size: int, *, strides: int = 1, padding: str = "same", rank: int = 1, name=None):
+    """Apply one convolution to `x`; `circular` padding = CircularPad2D, then a `valid` convolution."""
+    if padding == "circular" and kind != "spatial_separable":
+        before = (kernel_size - 1) // 2
+        x = CircularPad2D(((before, kernel_size - 1 - before),) * 2, name=f"{name}_pad")(x)
+        padding = "valid"
+    return conv_layer(kind, filters, kernel_size, strides=strides, padding=padding, rank=rank, name=name)(x)
+
+
+def downsample_layer(kind: str, *, padding: str, blur_size: int, name: str):
+    """The layer that ends a stage of downsampling `kind` (None for `strided` and `none`)."""
+    blur_padding = "circular" if padding == "circular" else "reflect"
+    if kind == "max":
+        return layers.MaxPooling2D(2, name=name)
+    if kind == "avg":
+        return layers.AveragePooling2D(2, name=name)
+    if kind == "blur":
+        return MaxBlurPool2D(blur_size, 2, padding=blur_padding, name=name)
+    if kind in ("blur_strided", "blur_avg"):
+        return BlurPool2D(blur_size, 2, padding=blur_padding, name=name)
+    if kind == "aps":
+        return AdaptivePolyphaseSampling2D(blur_size, padding=blur_padding, name=name)
+    return None
+
+
 def search_space(hp) -> dict:
     """KerasTuner search space of the baseline's builder params."""
     width = hp.Choice("width", [16, 32, 48, 64])
+    downsample = hp.Choice("downsample", ["max", "strided", "blur", "blur_strided", "aps"])
+    padding = hp.Choice("padding", list(PADDINGS))
     return {
         "filters": [width, 2 * width],
         "kernel_sizes": hp.Choice("kernel_size", [3, 5]),
-        "downsample": hp.Choice("downsample", list(DOWNSAMPLE_KINDS[:2])),
+        "downsample": downsample,
         "conv": hp.Choice("conv", list(CONV_KINDS)),
+        "padding": padding,
+        "blur_size": hp.Choice("blur_size", [3, 5]),
+        # aps + circular padding is circular-shift invariant only with a global-average-pool head.
+        "head": "gap" if (downsample == "aps" and padding == "circular") else hp.Choice("head", ["flatten", "gap"]),
         "dropout": hp.Float("dropout", 0.0, 0.5, step=0.125),
     }
 
@@ -56,7 +103,9 @@ def build(
     convs_per_stage: int = 2,
     downsample="max",
     conv: str = "standard",
+    conv_rank: int = 1,
     padding: str = "same",
+    blur_size: int = 3,
     batch_norm: bool = True,
     head: str = "flatten",
     dense_units: int = 128,
@@ -70,9 +119,23 @@ def build(
         kernel_sizes: kernel size per stage (or one for all).
         convs_per_stage: convolutions in each stage.
         downsample: per stage (or one for all): `max` (2x2 max pool), `strided`
-            (the stage's last conv at stride 2) or `none`.
-        conv: `standard` (Conv2D) or `separable` (Keras' depthwise SeparableConv2D).
-        padding: `same`.
+            (the stage's last conv at stride 2), `avg` (2x2 average pool),
+            their anti-aliased rewrites after Zhang (ICML 2019) -- `blur` (max at
+            stride 1 + BlurPool: MaxBlurPool2D), `blur_strided` (the last conv
+            at stride 1 + its batch norm and ReLU + BlurPool2D), `blur_avg`
+            (BlurPool2D) --, `aps` (convs at stride 1, then adaptive polyphase
+            sampling, Chaman & Dokmanic CVPR 2021; needs even feature sizes) or
+            `none`.
+        conv: `standard` (Conv2D), `separable` (Keras' depthwise SeparableConv2D)
+            or `spatial_separable` (SpatialSeparableConv2D: k x 1 then 1 x k).
+        conv_rank: rank of `spatial_separable` convs (pairs summed).
+        padding: `same` or `circular` (every conv wraps around; blur filters
+            then pad circularly too, otherwise they reflect). With `aps` and
+            `circular` the logits are exactly invariant to circular shifts of
+            the input (`tf.roll`), which needs `head: gap` (a flatten head sees
+            positions); batch norm (inference) and dropout (inactive) keep it.
+        blur_size: binomial filter size (1-7) of the `blur*` and `aps` kinds
+            (1: no blur; for `aps` plain APS).
         batch_norm: batch norm after each conv.
         head: `flatten` (flatten + dense) or `gap` (global average pooling).
         dense_units: width of the dense layer of the `flatten` head (0: none).
@@ -93,6 +156,11 @@ def build(
         raise ValueError(f"conv must be one of {CONV_KINDS}, got {conv!r}")
     if padding not in PADDINGS:
         raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+    if "aps" in downsample and padding == "circular" and head != "gap":
+        raise ValueError(
+            f"downsample 'aps' with padding 'circular' is meant to be circular-shift invariant, which needs "
+            f"head 'gap' (a flatten head depends on positions); got head {head!r}"
+        )
     if head not in ("flatten", "gap"):
         raise ValueError(f"head must be 'flatten' or 'gap', got {head!r}")
     if convs_per_stage < 1:
@@ -104,12 +172,13 @@ def build(
         for c in range(convs_per_stage):
             last = c == convs_per_stage - 1
             strides = 2 if (last and d == "strided") else 1
-            x = conv_layer(conv, f, k, strides=strides, padding=padding, name=f"stage{s}_conv{c}")(x)
+            x = apply_conv(x, conv, f, k, strides=strides, padding=padding, rank=conv_rank, name=f"stage{s}_conv{c}")
             if batch_norm:
                 x = layers.BatchNormalization(name=f"stage{s}_bn{c}")(x)
             x = layers.Activation("relu", name=f"stage{s}_relu{c}")(x)
-        if d == "max":
-            x = layers.MaxPooling2D(2, name=f"stage{s}_pool")(x)
+        pool = downsample_layer(d, padding=padding, blur_size=blur_size, name=f"stage{s}_pool")
+        if pool is not None:
+            x = pool(x)
     if head == "gap":
         x = layers.GlobalAveragePooling2D(name="gap")(x)
     else:
