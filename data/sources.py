@@ -134,6 +134,17 @@ def _read_image(path: str, mode: str | None, size):
         raise DataSourceError(f"folder: cannot read image {path} ({e})") from None
 
 
+def _image_mode(path: str) -> str:
+    """'L' for grayscale files, 'RGB' for the rest."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return "L" if im.mode in ("L", "1", "I;16", "I", "LA") else "RGB"
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataSourceError(f"folder: cannot read image {path} ({e})") from None
+
+
 def _class_dirs(root: str) -> list[str]:
     return sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
 
@@ -150,12 +161,7 @@ def _load_folder_split(root: str, class_names: list[str], image_size):
                 labels.append(c)
     if not files:
         raise DataSourceError(f"folder:{root}: no PNG/JPEG images in its class subfolders")
-    from PIL import Image
-
-    modes = set()
-    for p in files:
-        with Image.open(p) as im:
-            modes.add("L" if im.mode in ("L", "1", "I;16", "I", "LA") else "RGB")
+    modes = {_image_mode(p) for p in files}
     mode = "L" if modes == {"L"} else "RGB"
     images = [_read_image(p, mode, image_size) for p in files]
     shapes = {im.shape for im in images}
@@ -200,7 +206,8 @@ def _load_tfds(name: str, data_dir: str | None, download: bool):
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except Exception as e:
-        raise DataSourceError(f"tfds:{name}: unknown dataset or unreadable data_dir {data_dir!r} ({e})") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataSourceError(f"tfds:{name}: unknown dataset or unreadable data_dir {data_dir!r} ({first})") from None
     if not builder.is_prepared():
         if not download:
             where = data_dir or "~/tensorflow_datasets"
@@ -211,7 +218,11 @@ def _load_tfds(name: str, data_dir: str | None, download: bool):
             )
         builder.download_and_prepare()
     splits = builder.info.splits
-    keys = builder.info.supervised_keys
+    features = builder.info.features
+    # Datasets stored ad hoc (store_as_tfds_dataset) declare no supervised keys; take image/label.
+    keys = builder.info.supervised_keys or (
+        ("image", "label") if {"image", "label"} <= set(getattr(features, "keys", lambda: [])()) else None
+    )
     if not keys:
         raise DataSourceError(f"tfds:{name}: the dataset has no (image, label) supervised keys")
     out = {}
@@ -219,16 +230,15 @@ def _load_tfds(name: str, data_dir: str | None, download: bool):
         found = next((s for s in names if s in splits), None)
         if found is None:
             continue
-        ds = builder.as_dataset(split=found, as_supervised=True)
         xs, ys = [], []
-        for x, y in tfds.as_numpy(ds):
-            xs.append(x)
-            ys.append(y)
+        for ex in tfds.as_numpy(builder.as_dataset(split=found)):
+            xs.append(ex[keys[0]])
+            ys.append(ex[keys[1]])
         x = _as_images(np.stack(xs), f"tfds:{name} {found}")
         out[split] = (x, _as_labels(np.asarray(ys), len(x), f"tfds:{name} {found}"))
     if "train" not in out or "test" not in out:
         raise DataSourceError(f"tfds:{name}: needs 'train' and 'test' splits, has {sorted(splits)}")
-    label = builder.info.features[keys[1]]
+    label = features[keys[1]]
     names = list(getattr(label, "names", None) or [])
     if not names:
         names = [str(i) for i in range(int(max(out["train"][1].max(), out["test"][1].max())) + 1)]
@@ -271,7 +281,8 @@ def load_splits(
         train, validation = stratified_split(*train, validation_fraction, seed)
     shapes = {train[0].shape[1:], validation[0].shape[1:], out["test"][0].shape[1:]}
     if len(shapes) > 1:
-        raise DataSourceError(f"{source}: splits have different image shapes {sorted(shapes)}")
+        hint = "; set data.image_size: [H, W] to resize them" if source.startswith("folder:") else ""
+        raise DataSourceError(f"{source}: splits have different image shapes {sorted(shapes)}{hint}")
     n_classes = len(class_names)
     for split_name, (_, y) in (("train", train), ("validation", validation), ("test", out["test"])):
         if y.size and y.max() >= n_classes:

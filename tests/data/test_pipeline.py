@@ -1,0 +1,50 @@
+"""tf.data pipelines: value range, seeded shuffling, augmentation on the training split only."""
+
+import numpy as np
+import tensorflow as tf
+
+from data.pipeline import make_dataset
+
+
+def _data(n=40):
+    x = (np.arange(n, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 4, 1), np.uint8))
+    return x, np.arange(n, dtype=np.int64)
+
+
+def _labels(ds):
+    return np.concatenate([y.numpy() for _, y in ds])
+
+
+def test_scales_to_unit_range_and_keeps_order_for_evaluation():
+    x, y = _data()
+    ds = make_dataset(x, y, 16)
+    images = np.concatenate([im.numpy() for im, _ in ds])
+    assert images.dtype == np.float32
+    np.testing.assert_allclose(images, x / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(_labels(ds), y)
+
+
+def test_training_split_is_shuffled_reproducibly_per_seed():
+    x, y = _data()
+    a = _labels(make_dataset(x, y, 8, training=True, seed=1))
+    b = _labels(make_dataset(x, y, 8, training=True, seed=1))
+    c = _labels(make_dataset(x, y, 8, training=True, seed=2))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c) and not np.array_equal(a, y)
+    assert sorted(a.tolist()) == y.tolist()
+
+
+def test_augmentation_applies_to_training_batches_only():
+    x, y = _data(8)
+    calls = []
+
+    def augment(images, training=False):
+        calls.append(training)
+        return 1.0 - images
+
+    train = np.concatenate([im.numpy() for im, _ in make_dataset(x, y, 4, training=True, augment=augment)])
+    assert calls and all(calls)
+    assert train.max() == 1.0  # 1 - 0
+    evaluation = np.concatenate([im.numpy() for im, _ in make_dataset(x, y, 4, augment=augment)])
+    np.testing.assert_allclose(evaluation, x / 255.0)
+    assert isinstance(make_dataset(x, y, 4), tf.data.Dataset)

@@ -1,0 +1,84 @@
+"""Config loading: typed, validated, errors that name the key and the value."""
+
+import pytest
+
+from pipelines.config import Config, ConfigError, config_from_dict, load_config
+
+
+def test_defaults_and_overrides():
+    cfg = config_from_dict({}, ["train.epochs=3", "data.source=npz:../x.npz", "model.params.filters=[8, 16]"])
+    assert isinstance(cfg, Config)
+    assert cfg.train.epochs == 3
+    assert cfg.data.source == "npz:../x.npz"
+    assert cfg.model.params == {"filters": [8, 16]}
+    assert cfg.train.learning_rate == pytest.approx(1e-3)
+
+
+def test_int_widens_to_float_but_not_the_reverse():
+    assert config_from_dict({"train": {"learning_rate": 1}}).train.learning_rate == 1.0
+    with pytest.raises(ConfigError, match=r"train\.epochs: must be an integer \(got 2\.5\)"):
+        config_from_dict({"train": {"epochs": 2.5}})
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"train": {"epochz": 1}}, r"train\.epochz: unknown key"),
+        ({"bogus": {}}, r"bogus: unknown key"),
+        ({"train": {"epochs": -1}}, r"train\.epochs: must be at least 1 \(got -1\)"),
+        ({"train": {"epochs": "ten"}}, r"train\.epochs: must be an integer \(got 'ten'\)"),
+        ({"model": {"name": "resnet9000"}}, r"model\.name: unknown model.*\(got 'resnet9000'\)"),
+        ({"model": {"params": {"widht": 3}}}, r"model\.params: unknown key\(s\) \['widht'\]"),
+        ({"data": {"source": "s3://bucket"}}, r"data\.source: must be .*\(got 's3://bucket'\)"),
+        ({"data": {"validation_fraction": 1.5}}, r"data\.validation_fraction: must be in \(0, 1\) \(got 1\.5\)"),
+        ({"augment": {"rotation": {"max_degrees": 400}}}, r"augment\.rotation\.max_degrees: .*\(got 400\.0\)"),
+        ({"train": {"mixed_precision": "yes"}}, r"train\.mixed_precision: must be true or false \(got 'yes'\)"),
+        ({"data": "synthetic"}, r"data: must be a mapping \(got 'synthetic'\)"),
+    ],
+)
+def test_errors_name_the_key_and_value(data, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(data)
+
+
+def test_override_errors():
+    with pytest.raises(ConfigError, match="expected key=value"):
+        config_from_dict({}, ["train.epochs"])
+    with pytest.raises(ConfigError, match=r"train\.nope: unknown key"):
+        config_from_dict({}, ["train.nope=1"])
+
+
+def test_load_config_files(tmp_path):
+    good = tmp_path / "exp.yaml"
+    good.write_text("train:\n  epochs: 2\n")
+    cfg = load_config(good)
+    assert cfg.name == "exp" and cfg.train.epochs == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [epochs: 2\n")
+    with pytest.raises(ConfigError, match="malformed YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(listy)
+
+
+def test_every_shipped_config_loads():
+    import glob
+
+    paths = glob.glob("pipelines/configs/*.yaml")
+    assert "pipelines/configs/default.yaml" in paths
+    for path in paths:
+        load_config(path)
+
+
+def test_round_trip_through_yaml():
+    import yaml
+
+    cfg = config_from_dict({"train": {"epochs": 4}, "model": {"params": {"filters": [4]}}})
+    again = config_from_dict(yaml.safe_load(cfg.to_yaml()))
+    assert again == cfg
+    flat = cfg.flat()
+    assert flat["train.epochs"] == 4 and flat["model.params.filters"] == [4]
