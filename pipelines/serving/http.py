@@ -49,8 +49,18 @@ async def _answer_async(api: RestApi, method: str, path: str, body: bytes) -> Re
 
 
 def _bind(host: str, port: int) -> socket.socket:
+    # proto=IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted connections only when the
+    # listening socket says TCP (socket.create_server leaves proto 0 -> 40 ms Nagle/delayed-ACK stalls)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, port), family=family, backlog=1024, reuse_port=False)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class HttpServer:
@@ -162,6 +172,7 @@ class UvicornServer(HttpServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive
+    disable_nagle_algorithm = True  # headers and body go out in separate writes
     api: RestApi
 
     def do_GET(self):

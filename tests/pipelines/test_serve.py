@@ -1,0 +1,286 @@
+"""`make serve` (pipelines/serve.py): TF Serving's REST API over exported SavedModels.
+
+A server is started in-process on a free loopback port over a temporary export
+directory holding tiny baseline CNNs; every answer is checked against
+`predict_savedmodel` on the same SavedModel.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import keras
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from models.registry import build_model
+from pipelines.export import export_model, predict_savedmodel
+from pipelines.serve import Server
+
+LIMIT = 64 * 1024  # body size limit of the test servers
+
+
+def tiny_model(seed: int):
+    keras.utils.set_random_seed(seed)
+    return build_model("baseline_cnn", (28, 28, 1), 10, filters=[4, 8], dense_units=8)
+
+
+def png(img: np.ndarray, fmt: str = "PNG", **kw) -> str:
+    b = io.BytesIO()
+    Image.fromarray(img[..., 0] if img.ndim == 3 and img.shape[-1] == 1 else img).save(b, fmt, **kw)
+    return base64.b64encode(b.getvalue()).decode()
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("exports"))
+    model = tiny_model(0)
+    path = export_model(model, root, "tiny")
+    export_model(tiny_model(1), root, "switch")
+    x = np.random.default_rng(0).integers(0, 256, (3, 28, 28, 1), dtype=np.uint8)
+    return {"root": root, "model": model, "x": x, "ref": predict_savedmodel(path, x)}
+
+
+@pytest.fixture(scope="module")
+def server(exports):
+    s = Server(exports["root"], port=0, poll_s=0.2, max_body_bytes=LIMIT, predict_timeout_s=30).start()
+    yield s
+    s.stop()
+
+
+def predict(url: str, **kw) -> requests.Response:
+    return requests.post(url, timeout=30, **kw)
+
+
+def assert_matches(predictions: list[dict], ref: dict) -> None:
+    probs = np.array([p["probabilities"] for p in predictions])
+    np.testing.assert_allclose(probs, ref["probabilities"], atol=1e-6)
+    assert [p["class_id"] for p in predictions] == ref["class_id"].tolist()
+
+
+# ----------------------------------------------------------------------------- status and metadata
+
+
+def test_status_lists_the_served_version(server):
+    r = requests.get(f"{server.url}/v1/models/tiny", timeout=10)
+    assert r.status_code == 200
+    assert r.json() == {
+        "model_version_status": [{"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]
+    }
+    assert requests.get(f"{server.url}/v1/models/tiny/versions/1", timeout=10).json() == r.json()
+
+
+def test_metadata_gives_the_signature_def(server):
+    r = requests.get(f"{server.url}/v1/models/tiny/metadata", timeout=10)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["model_spec"] == {"name": "tiny", "signature_name": "", "version": "1"}
+    sig = body["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert sig["method_name"] == "tensorflow/serving/predict"
+    image = sig["inputs"]["image"]
+    assert image["dtype"] == "DT_UINT8"
+    assert [d["size"] for d in image["tensor_shape"]["dim"]] == ["-1", "28", "28", "1"]
+    assert sig["outputs"]["probabilities"]["dtype"] == "DT_FLOAT"
+    assert [d["size"] for d in sig["outputs"]["probabilities"]["tensor_shape"]["dim"]] == ["-1", "10"]
+    assert sig["outputs"]["class_id"]["dtype"] == "DT_INT64"
+
+
+# ----------------------------------------------------------------------------- predict
+
+
+def test_predict_row_format_nested_lists(server, exports):
+    x = exports["x"]
+    for path in ("/v1/models/tiny:predict", "/v1/models/tiny/versions/1:predict"):
+        r = predict(server.url + path, json={"instances": x.tolist()})
+        assert r.status_code == 200, r.text
+        assert_matches(r.json()["predictions"], exports["ref"])
+    named = predict(f"{server.url}/v1/models/tiny:predict", json={"instances": [{"image": i} for i in x.tolist()]})
+    assert_matches(named.json()["predictions"], exports["ref"])
+
+
+def test_predict_columnar_format(server, exports):
+    x, ref = exports["x"], exports["ref"]
+    for inputs in ({"image": x.tolist()}, x.tolist()):
+        r = predict(f"{server.url}/v1/models/tiny:predict", json={"inputs": inputs})
+        assert r.status_code == 200, r.text
+        out = r.json()["outputs"]
+        np.testing.assert_allclose(out["probabilities"], ref["probabilities"], atol=1e-6)
+        assert out["class_id"] == ref["class_id"].tolist()
+
+
+def test_predict_b64_png_and_jpeg(server, exports):
+    x, ref = exports["x"], exports["ref"]
+    url = f"{server.url}/v1/models/tiny:predict"
+    r = predict(url, json={"instances": [{"b64": png(i)} for i in x]})
+    assert r.status_code == 200, r.text
+    assert_matches(r.json()["predictions"], ref)
+    r = predict(url, json={"instances": [{"image": {"b64": png(i)}} for i in x]})
+    assert_matches(r.json()["predictions"], ref)
+    r = predict(url, json={"inputs": {"image": [{"b64": png(i)} for i in x]}})
+    np.testing.assert_allclose(r.json()["outputs"]["probabilities"], ref["probabilities"], atol=1e-6)
+    # JPEG is lossy: compare with the model on the pixels the JPEG decodes to
+    jpegs = [png(i, "JPEG", quality=90) for i in x]
+    decoded = np.stack([np.asarray(Image.open(io.BytesIO(base64.b64decode(j))))[..., None] for j in jpegs])
+    assert not np.array_equal(decoded, x)
+    r = predict(url, json={"instances": [{"b64": j} for j in jpegs]})
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(
+        [p["probabilities"] for p in r.json()["predictions"]],
+        server.manager.get("tiny")[0].run({"image": decoded})["probabilities"], atol=1e-6,
+    )
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _img(shape, value=7):
+    return np.full(shape, value, np.uint8).tolist()
+
+
+BAD = [
+    # (id, path suffix, method, body (bytes or JSON), status, words the error must contain)
+    ("malformed-json", ":predict", "POST", b'{"instances": [1, 2', 400, "malformed JSON"),
+    ("not-an-object", ":predict", "POST", b"[1, 2]", 400, "JSON object"),
+    ("no-instances-or-inputs", ":predict", "POST", {}, 400, "exactly one of 'instances'"),
+    ("both-formats", ":predict", "POST", {"instances": [_img((28, 28, 1))], "inputs": [_img((28, 28, 1))]}, 400, "exactly one of"),
+    ("unknown-key", ":predict", "POST", {"instance": [_img((28, 28, 1))]}, 400, "unknown key(s) ['instance']"),
+    ("empty-instances", ":predict", "POST", {"instances": []}, 400, "non-empty"),
+    ("wrong-shape", ":predict", "POST", {"instances": [_img((27, 28, 1))]}, 400, "wrong shape [1, 27, 28, 1]"),
+    ("missing-channel", ":predict", "POST", {"inputs": [_img((28, 28))]}, 400, "expected [batch, 28, 28, 1]"),
+    ("ragged", ":predict", "POST", {"instances": [_img((28, 28, 1)), _img((28, 27, 1))]}, 400, "not a rectangular array"),
+    ("strings", ":predict", "POST", {"instances": np.full((1, 28, 28, 1), "a").tolist()}, 400, "wrong dtype"),
+    ("out-of-range", ":predict", "POST", {"instances": [_img((28, 28, 1), 255)[:27] + [[[300]] * 28]]}, 400, "value 300 out of range"),
+    ("non-integer", ":predict", "POST", {"instances": np.full((1, 28, 28, 1), 1.5).tolist()}, 400, "expected uint8 integers"),
+    ("bad-base64", ":predict", "POST", {"instances": [{"b64": "!!not base64!!"}]}, 400, "invalid base64"),
+    ("not-an-image", ":predict", "POST", {"instances": [{"b64": base64.b64encode(b"GIF89a nope").decode()}]}, 400, "undecodable image"),
+    ("image-size", ":predict", "POST", {"instances": [{"b64": png(np.zeros((32, 30, 1), np.uint8))}]}, 400, "image is 30x32"),
+    ("image-channels", ":predict", "POST", {"instances": [{"b64": png(np.zeros((28, 28, 3), np.uint8))}]}, 400, "3 channel"),
+    ("b64-without-batch", ":predict", "POST", {"inputs": {"image": {"b64": png(np.zeros((28, 28, 1), np.uint8))}}}, 400, "needs a batch"),
+    ("signature", ":predict", "POST", {"signature_name": "other", "instances": [_img((28, 28, 1))]}, 400, "signature_name 'other'"),
+    ("too-large", ":predict", "POST", b'{"instances": [' + b"0," * LIMIT + b"0]}", 413, "over the limit"),
+    ("unknown-model", "", "GET", None, 404, "model 'nope'"),
+    ("unknown-model-predict", ":predict", "POST", {"instances": [_img((28, 28, 1))]}, 404, "model 'nope'"),
+    ("unknown-version", "/versions/7:predict", "POST", {"instances": [_img((28, 28, 1))]}, 404, "version 7 is not served"),
+    ("unknown-version-status", "/versions/7", "GET", None, 404, "version 7"),
+    ("version-not-a-number", "/versions/latest:predict", "POST", {"instances": [_img((28, 28, 1))]}, 400, "positive integer"),
+    ("classify", ":classify", "POST", {"examples": []}, 400, "classify is not supported"),
+    ("predict-with-get", ":predict", "GET", None, 405, "needs POST"),
+]
+
+
+@pytest.mark.parametrize("case", BAD, ids=[c[0] for c in BAD])
+def test_bad_input_gets_a_4xx_that_says_why(server, exports, case):
+    name, suffix, method, body, status, words = case
+    model = "nope" if name.startswith("unknown-model") else "tiny"
+    url = f"{server.url}/v1/models/{model}{suffix}"
+    kw = {"data": body} if isinstance(body, bytes) else ({"json": body} if body is not None else {})
+    r = requests.request(method, url, timeout=30, **kw)
+    assert r.status_code == status, r.text
+    assert words in r.json()["error"]
+    # the server lives on and still answers correctly
+    ok = predict(f"{server.url}/v1/models/tiny:predict", json={"instances": exports["x"].tolist()})
+    assert_matches(ok.json()["predictions"], exports["ref"])
+
+
+def test_unknown_route_is_404_json(server):
+    r = requests.get(f"{server.url}/v2/whatever", timeout=10)
+    assert r.status_code == 404 and "Malformed request" in r.json()["error"]
+
+
+# ----------------------------------------------------------------------------- version switch
+
+
+def test_new_version_is_swapped_in_under_load_without_failures(server, exports):
+    root = exports["root"]
+    url = f"{server.url}/v1/models/switch:predict"
+    x = exports["x"]
+    v1 = predict_savedmodel(os.path.join(root, "switch", "1"), x)["probabilities"]
+    results, errors, stop = [], [], threading.Event()
+
+    def client():
+        with requests.Session() as s:
+            while not stop.is_set():
+                try:
+                    r = s.post(url, json={"instances": x.tolist()}, timeout=30)
+                    results.append((r.status_code, r.json()))
+                except Exception as e:  # noqa: BLE001 - counted as a failure
+                    errors.append(repr(e))
+
+    threads = [threading.Thread(target=client) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.5)
+        v2_path = export_model(tiny_model(2), root, "switch")  # while the clients run
+        v2 = predict_savedmodel(v2_path, x)["probabilities"]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and server.manager.get("switch")[0].version != 2:
+            time.sleep(0.1)
+        time.sleep(1.0)  # keep the load on after the swap
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    assert not errors
+    assert len(results) > 20
+    assert [c for c, _ in results if c != 200] == []
+    assert not np.allclose(v1, v2, atol=1e-4)
+    probs = [np.array([p["probabilities"] for p in b["predictions"]]) for _, b in results]
+    which = [1 if np.allclose(p, v1, atol=1e-6) else 2 if np.allclose(p, v2, atol=1e-6) else 0 for p in probs]
+    assert 0 not in which  # every answer is one version's, never a mix
+    assert which[0] == 1 and which[-1] == 2
+    assert which == sorted(which)  # once switched, never back
+
+    status = requests.get(f"{server.url}/v1/models/switch", timeout=10).json()["model_version_status"]
+    assert [(s["version"], s["state"]) for s in status] == [("2", "AVAILABLE")]
+
+    # a broken newer version does not take the served one down
+    os.makedirs(os.path.join(root, "switch", "3"))
+    with open(os.path.join(root, "switch", "3", "saved_model.pb"), "wb") as f:
+        f.write(b"not a SavedModel")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not server.manager.state("switch").failed:
+        time.sleep(0.1)
+    status = requests.get(f"{server.url}/v1/models/switch", timeout=10).json()["model_version_status"]
+    assert [(s["version"], s["state"]) for s in status] == [("2", "AVAILABLE"), ("3", "END")]
+    assert status[1]["status"]["error_message"]
+    r = predict(url, json={"instances": x.tolist()})
+    np.testing.assert_allclose([p["probabilities"] for p in r.json()["predictions"]], v2, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- the other HTTP stacks
+
+
+@pytest.mark.parametrize("stack", ["uvicorn", "stdlib"])
+def test_other_stacks_answer_the_same(exports, stack):
+    with Server(exports["root"], port=0, stack=stack, poll_s=60, max_body_bytes=LIMIT) as s:
+        url = f"{s.url}/v1/models/tiny:predict"
+        r = predict(url, json={"instances": exports["x"].tolist()})
+        assert r.status_code == 200, r.text
+        assert_matches(r.json()["predictions"], exports["ref"])
+        r = predict(url, data=b"{oops")
+        assert r.status_code == 400 and "malformed JSON" in r.json()["error"]
+        r = predict(url, data=b" " * (LIMIT + 1))
+        assert r.status_code == 413 and "over the limit" in r.json()["error"]
+        r = requests.get(f"{s.url}/v1/models/nope", timeout=10)
+        assert r.status_code == 404 and "nope" in r.json()["error"]
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def test_cli_rejects_a_missing_export_directory(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "pipelines.serve", "--exports", str(tmp_path / "missing"), "--port", "0"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode == 2
+    assert "is not a directory" in r.stderr and "Traceback" not in r.stderr
