@@ -1,0 +1,103 @@
+"""H-Net: the Harmonic Network of Worrall et al. (CVPR 2017), rotation-invariant classifier.
+
+Default: the paper's rotated-MNIST network. Stages of harmonic convolutions
+(5x5 filters, 4 rings, orders {0, 1}) at 8, 16 and 32 channels, two per stage
+(the first followed by C-ReLU, the second by batch norm of magnitudes with a
+ReLU), average pooling between stages (28 -> 14 -> 7), a final harmonic
+convolution to one channel per class without phase, and the invariant readout
+(magnitudes summed over orders, averaged over positions, plus a bias). About
+34k parameters (the paper: 33k). Per-stage lists drive it, as in baseline.py.
+
+The logits are exactly invariant to 90-degree rotations of the input when
+every pooled size is even (28 -> 14 -> 7 is), and approximately invariant to
+other rotations.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from layers.harmonic_batch_norm import HarmonicBatchNormalization
+from layers.harmonic_conv import HarmonicConv2D
+from layers.harmonic_pool import HarmonicAveragePooling2D
+from layers.harmonic_readout import HarmonicMagnitudeReadout
+from layers.harmonic_relu import HarmonicReLU
+from models.registry import register
+
+
+def _per_stage(value, n, name):
+    values = list(value) if isinstance(value, (list, tuple)) else [value] * n
+    if len(values) != n:
+        raise ValueError(f"{name} must have one entry per stage ({n}), got {value!r}")
+    return [int(v) for v in values]
+
+
+def search_space(hp) -> dict:
+    """KerasTuner search space of the hnet builder's params."""
+    width = hp.Choice("width", [4, 8, 12])
+    return {
+        "filters": [width, 2 * width, 4 * width],
+        "kernel_size": hp.Choice("kernel_size", [3, 5]),
+        "n_rings": hp.Choice("n_rings", [3, 4]),
+        "blur": hp.Choice("blur", [1, 3]),
+        "max_order": hp.Choice("max_order", [1, 2]),
+    }
+
+
+@register("hnet", search_space=search_space)
+def build(
+    input_shape,
+    num_classes,
+    *,
+    filters=(8, 16, 32),
+    convs_per_stage: int = 2,
+    kernel_size=5,
+    n_rings: int = 4,
+    max_order: int = 1,
+    batch_norm: bool = True,
+    blur: int = 1,
+    name: str = "hnet",
+) -> keras.Model:
+    """Build an H-Net.
+
+    Args:
+        filters: channels per order per stage; its length is the number of stages.
+        convs_per_stage: harmonic convolutions in each stage.
+        kernel_size: odd filter size per stage (or one for all); the final layer
+            uses the last stage's.
+        n_rings: rings of the radial profiles.
+        max_order: streams of rotation orders 0..max_order (the paper: 1).
+        batch_norm: the last convolution of each stage is followed by batch
+            norm of magnitudes + ReLU (else C-ReLU, like the others).
+        blur: odd binomial blur length of the pooling between stages (1: plain
+            average pooling, as in the paper; 3: anti-aliased).
+    Returns:
+        A Keras model from float images in [0, 1] to class logits (float32).
+    """
+    n = len(filters) if isinstance(filters, (list, tuple)) else 0
+    if n < 1:
+        raise ValueError(f"filters must name at least one stage, got {filters!r}")
+    filters = _per_stage(filters, n, "filters")
+    kernel_sizes = _per_stage(kernel_size, n, "kernel_size")
+    if convs_per_stage < 1:
+        raise ValueError(f"convs_per_stage must be at least 1, got {convs_per_stage!r}")
+    if not isinstance(max_order, int) or max_order < 0:
+        raise ValueError(f"max_order must be a non-negative integer, got {max_order!r}")
+    orders = tuple(range(max_order + 1))
+
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    x = inputs
+    for s, (f, k) in enumerate(zip(filters, kernel_sizes)):
+        if s > 0:
+            x = HarmonicAveragePooling2D(2, blur=blur, name=f"stage{s}_pool")(x)
+        for c in range(convs_per_stage):
+            x = HarmonicConv2D(f, k, orders=orders, n_rings=n_rings, name=f"stage{s}_hconv{c}")(x)
+            if batch_norm and c == convs_per_stage - 1:
+                x = HarmonicBatchNormalization(activation="relu", name=f"stage{s}_hbn{c}")(x)
+            else:
+                x = HarmonicReLU(name=f"stage{s}_crelu{c}")(x)
+    x = HarmonicConv2D(num_classes, kernel_sizes[-1], orders=orders, n_rings=n_rings, phase=False, name="class_hconv")(x)
+    x = HarmonicMagnitudeReadout(use_bias=True, name="readout")(x)
+    outputs = layers.Activation("linear", dtype="float32", name="logits_f32")(x)
+    return keras.Model(inputs, outputs, name=name)

@@ -1,0 +1,84 @@
+"""The hnet builder: registry, size, output, exact rot90 invariance, save/reload and SavedModel export."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import models
+from models.hnet import search_space
+
+
+@pytest.fixture(scope="module")
+def hnet():
+    keras.utils.set_random_seed(0)
+    return models.build_model("hnet", (28, 28, 1), 10)
+
+
+def test_default_is_the_papers_network(hnet):
+    trainable = sum(int(np.prod(w.shape)) for w in hnet.trainable_weights)
+    # the paper reports about 33k parameters for its rotated-MNIST H-Net
+    assert 31_000 <= trainable <= 36_000, trainable
+    convs = [l for l in hnet.layers if type(l).__name__ == "HarmonicConv2D"]
+    assert [c.filters for c in convs] == [8, 8, 16, 16, 32, 32, 10]
+    assert all(c.kernel_size == 5 and c.rings == 4 and c.orders == (0, 1) for c in convs)
+    assert [c.phase for c in convs] == [True] * 6 + [False]
+    assert [tuple(c.output.shape[1:3]) for c in convs] == [(28, 28)] * 2 + [(14, 14)] * 2 + [(7, 7)] * 3
+
+
+def test_output_is_float32_logits(hnet):
+    x = np.random.default_rng(0).uniform(0, 1, (2, 28, 28, 1)).astype("float32")
+    y = hnet(x)
+    assert tuple(y.shape) == (2, 10) and keras.backend.standardize_dtype(y.dtype) == "float32"
+    assert np.all(np.isfinite(np.asarray(y)))
+
+
+def test_logits_are_exactly_invariant_to_rot90(hnet):
+    # 28 -> 14 -> 7: every pooled size is even, so the whole network commutes with rot90.
+    x = np.random.default_rng(1).uniform(0, 1, (3, 28, 28, 1)).astype("float32")
+    y = np.asarray(hnet(x, training=False))
+    for k in (1, 2, 3):
+        yr = np.asarray(hnet(np.ascontiguousarray(np.rot90(x, k, axes=(1, 2))), training=False))
+        assert np.abs(yr - y).max() <= 1e-5 * np.abs(y).max()
+    # not trivially: the logits do depend on the image
+    assert np.abs(y[0] - y[1]).max() > 1e-4
+
+
+def test_widths_depth_and_options_are_config():
+    m = models.build_model("hnet", (16, 16, 3), 4, filters=[4, 8], convs_per_stage=1, max_order=2, blur=3, kernel_size=3)
+    assert m.output_shape == (None, 4)
+    convs = [l for l in m.layers if type(l).__name__ == "HarmonicConv2D"]
+    assert len(convs) == 3 and convs[0].orders == (0, 1, 2)
+    with pytest.raises(ValueError, match="unknown key"):
+        models.check_params("hnet", {"widths": [4]})
+    with pytest.raises(ValueError, match="filters"):
+        models.build_model("hnet", (16, 16, 1), 4, filters=[])
+
+
+def test_search_space_gives_valid_params():
+    import keras_tuner
+
+    params = search_space(keras_tuner.HyperParameters())
+    models.check_params("hnet", params)
+    m = models.build_model("hnet", (12, 12, 1), 3, **params)
+    assert m.output_shape == (None, 3)
+
+
+def test_trains_saves_reloads_and_exports(tmp_path):
+    from pipelines.export import export_model, predict_savedmodel
+
+    keras.utils.set_random_seed(2)
+    m = models.build_model("hnet", (12, 12, 1), 3, filters=[4, 4], convs_per_stage=1)
+    m.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(2)
+    x = rng.uniform(0, 1, (16, 12, 12, 1)).astype("float32")
+    m.fit(x, rng.integers(0, 3, 16), epochs=1, batch_size=8, verbose=0)
+    path = os.path.join(tmp_path, "hnet.keras")
+    m.save(path)
+    again = keras.saving.load_model(path)
+    np.testing.assert_allclose(again(x, training=False), m(x, training=False), atol=1e-5)
+    images = rng.integers(0, 256, (4, 12, 12, 1)).astype("uint8")
+    out = export_model(m, str(tmp_path / "exports"), "hnet", check_images=images)
+    probs = predict_savedmodel(out, images)["probabilities"]
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
