@@ -217,10 +217,10 @@ def run(cfg: Config, callbacks=()) -> TrainResult:
     from pipelines import tracking
     from pipelines.export import export_model
 
-    run_dir, state = _prepare_run_dir(cfg)
     print(f"Devices: {describe_devices()}")
     keras.utils.set_random_seed(cfg.train.seed)
-    splits = load_data(cfg)
+    splits = load_data(cfg)  # before the run directory: a bad source leaves nothing behind
+    run_dir, state = _prepare_run_dir(cfg)
     print(
         f"Data: {cfg.data.source}: train {len(splits.train[0])}, validation {len(splits.validation[0])}, "
         f"test {len(splits.test[0])} images of shape {splits.image_shape}, {splits.num_classes} classes"

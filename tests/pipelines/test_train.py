@@ -1,0 +1,146 @@
+"""End to end: a tiny `make train` run, its MLflow record, its export, resume and errors."""
+
+import os
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+
+from pipelines.cli import run_main
+from pipelines.config import config_from_dict
+from pipelines.errors import UserError
+from pipelines.export import predict_savedmodel
+from pipelines.train import main, run
+
+
+def tiny_config(tmp_path, *overrides):
+    return config_from_dict(
+        {"name": "tiny"},
+        [
+            "data.synthetic.train_size=240",
+            "data.synthetic.test_size=60",
+            "data.batch_size=32",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "model.params.filters=[4]",
+            "model.params.dense_units=8",
+            "train.epochs=2",
+            "train.verbose=0",
+            f"train.runs_root={tmp_path / 'runs'}",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            f"export.dir={tmp_path / 'exports'}",
+            "evaluate.enabled=false",
+            "augment.translation.max=0",
+            "augment.rotation.max_degrees=0",
+            "augment.elastic.alpha=0",
+            *overrides,
+        ],
+    )
+
+
+def _steps(client, run_id, key):
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def test_end_to_end_run_is_tracked_exported_and_verified(tmp_path):
+    cfg = tiny_config(tmp_path)
+    result = run(cfg)
+    client = mlflow.MlflowClient(result.tracking_uri)
+    r = client.get_run(result.run_id)
+    assert r.info.status == "FINISHED"
+    assert r.data.params["train.epochs"] == "2"
+    assert r.data.params["model.name"] == "baseline_cnn"
+    assert r.data.params["data.source"] == "synthetic"
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert _steps(client, result.run_id, key) == [0, 1], key
+    assert 0.0 <= r.data.metrics["test_accuracy"] <= 1.0
+    assert r.data.metrics["test_accuracy"] == pytest.approx(result.test_accuracy)
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"config.yaml", "training_curves.png", "confusion_matrix.png", "keras_model"} <= artifacts
+    versions = client.search_model_versions("name='tiny'")
+    assert len(versions) == 1 and versions[0].run_id == result.run_id
+
+    # The resolved config saved with the run is the config that ran.
+    saved = client.download_artifacts(result.run_id, "config.yaml", str(tmp_path))
+    assert config_from_dict(__import__("yaml").safe_load(open(saved))) == cfg
+
+    # The SavedModel is version 1 in TF Serving's layout and agrees with the trained model.
+    assert result.export_path == str(tmp_path / "exports" / "tiny" / "1")
+    assert os.path.isfile(os.path.join(result.export_path, "saved_model.pb"))
+    assert os.path.isfile(os.path.join(result.export_path, "assets.extra", "experiment.yaml"))
+    model = keras.saving.load_model(os.path.join(result.run_dir, "model.keras"))
+    images = np.random.default_rng(0).integers(0, 256, (16, 28, 28, 1), dtype=np.uint8)
+    served = predict_savedmodel(result.export_path, images)
+    probs = keras.ops.convert_to_numpy(keras.ops.softmax(model(images.astype("float32") / 255.0, training=False)))
+    np.testing.assert_allclose(served["probabilities"], probs, atol=1e-5)
+    np.testing.assert_array_equal(served["class_id"], probs.argmax(-1))
+
+    # The MLflow-registered model gives the same probabilities from raw pixels.
+    pyfunc = mlflow.pyfunc.load_model(f"runs:/{result.run_id}/model")
+    np.testing.assert_allclose(np.asarray(pyfunc.predict(images.astype("float32"))), probs, atol=1e-5)
+
+    # A finished run directory is not trained over again.
+    with pytest.raises(UserError, match="holds a finished run"):
+        run(tiny_config(tmp_path, f"train.run_dir={result.run_dir}"))
+
+
+class _CrashAfterFirstEpoch(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        raise RuntimeError("simulated crash after epoch 1")
+
+
+class _CountEpochs(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+
+def test_killed_run_resumes_from_last_finished_epoch(tmp_path):
+    run_dir = str(tmp_path / "runs" / "resumable")
+    cfg = tiny_config(tmp_path, "train.epochs=3", f"train.run_dir={run_dir}")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(cfg, callbacks=[_CrashAfterFirstEpoch()])
+    client = mlflow.MlflowClient(cfg.tracking.uri)
+    (crashed,) = client.search_runs(client.get_experiment_by_name("tiny").experiment_id)
+    assert crashed.info.status == "FAILED"
+    assert "simulated crash" in crashed.data.tags["failure"]
+    assert _steps(client, crashed.info.run_id, "loss") == [0]
+    assert not os.path.exists(tmp_path / "exports" / "tiny")  # nothing half-published
+
+    counter = _CountEpochs()
+    result = run(cfg, callbacks=[counter])
+    assert result.run_id == crashed.info.run_id
+    assert counter.epochs == [1, 2]  # continued after the finished epoch
+    for key in ("loss", "val_accuracy"):
+        assert _steps(client, result.run_id, key) == [0, 1, 2], key
+    assert client.get_run(result.run_id).info.status == "FINISHED"
+    assert result.export_path.endswith(os.path.join("tiny", "1"))
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    run_dir = str(tmp_path / "runs" / "r")
+    with pytest.raises(RuntimeError):
+        run(tiny_config(tmp_path, f"train.run_dir={run_dir}"), callbacks=[_CrashAfterFirstEpoch()])
+    with pytest.raises(UserError, match="different config"):
+        run(tiny_config(tmp_path, f"train.run_dir={run_dir}", "train.learning_rate=0.5"))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--config", "pipelines/configs/nope.yaml"], "does not exist"),
+        (["train.epochs=-2"], "train.epochs: must be at least 1 (got -2)"),
+        (["model.name=nope"], "model.name: unknown model"),
+        (["data.source=npz:/no/such/file.npz"], "npz:/no/such/file.npz: no such file"),
+    ],
+)
+def test_cli_user_errors_exit_2_with_one_message(tmp_path, capsys, args, message):
+    args = args + [f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", f"train.runs_root={tmp_path / 'runs'}"] \
+        if args[0] != "--config" else args
+    assert run_main(main, args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+    assert "Traceback" not in capsys.readouterr().err
