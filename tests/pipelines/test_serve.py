@@ -284,3 +284,25 @@ def test_cli_rejects_a_missing_export_directory(tmp_path):
     )
     assert r.returncode == 2
     assert "is not a directory" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_cli_serves_and_stops_on_sigterm(exports):
+    import signal
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.serve", "--exports", exports["root"], "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+    )
+    try:
+        line = proc.stdout.readline()  # "serving switch, tiny from ... on http://127.0.0.1:<port> ..."
+        assert "serving" in line and "tiny" in line, line
+        url = line.split(" on ", 1)[1].split()[0]
+        r = predict(f"{url}/v1/models/tiny:predict", json={"instances": exports["x"].tolist()})
+        assert_matches(r.json()["predictions"], exports["ref"])
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,100 @@
+"""The batching queue of the server (pipelines/serving/servables.Batcher), on fake servables."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from pipelines.serving.servables import Batcher
+
+
+class FakeServable:
+    """Doubles its input; records the batch sizes it ran; fails on a negative value."""
+
+    def __init__(self, offset: float = 0.0):
+        self.offset = offset
+        self.batches: list[list[float]] = []
+        self.lock = threading.Lock()
+
+    def run(self, inputs):
+        x = inputs["x"]
+        with self.lock:
+            self.batches.append(x[:, 0].tolist())
+        if (x < 0).any():
+            raise ValueError("negative input")
+        return {"y": 2 * x + self.offset, "n": np.full(len(x), len(x))}
+
+
+def one(v: float, rows: int = 1):
+    return {"x": np.full((rows, 1), v, np.float32)}
+
+
+@pytest.fixture
+def make_batcher():
+    made = []
+
+    def make(**kw):
+        b = Batcher("fake", **kw)
+        made.append(b)
+        return b
+
+    yield make
+    for b in made:
+        b.stop()
+
+
+def test_waiting_requests_run_as_one_call_and_each_gets_its_rows(make_batcher):
+    s = FakeServable()
+    b = make_batcher(max_batch=4, batch_wait_ms=5000)  # a full batch does not wait
+    futures = [b.submit(s, one(v)) for v in (1, 2, 3, 4)]
+    outs = [f.result(timeout=10) for f in futures]
+    assert [o["y"][:, 0].tolist() for o in outs] == [[2], [4], [6], [8]]
+    assert [o["n"].tolist() for o in outs] == [[4]] * 4  # all four ran in one signature call
+    assert s.batches == [[1, 2, 3, 4]]
+
+
+def test_batches_never_exceed_max_batch_rows(make_batcher):
+    s = FakeServable()
+    b = make_batcher(max_batch=3, batch_wait_ms=200)
+    futures = [b.submit(s, one(v, rows=r)) for v, r in [(1, 1), (2, 2), (3, 1), (4, 5), (5, 1)]]
+    outs = [f.result(timeout=10) for f in futures]
+    assert [o["y"][:, 0].tolist() for o in outs] == [[2], [4, 4], [6], [8] * 5, [10]]
+    sizes = [len(batch) for batch in s.batches]
+    assert sum(sizes) == 10
+    assert all(n <= 3 for n, batch in zip(sizes, s.batches) if 4 not in batch)  # a 5-row request runs alone
+    assert [4] * 5 in s.batches
+
+
+def test_a_failing_request_does_not_fail_the_others_in_its_batch(make_batcher):
+    s = FakeServable()
+    b = make_batcher(max_batch=3, batch_wait_ms=5000)
+    futures = [b.submit(s, one(v)) for v in (1, -1, 3)]
+    assert futures[0].result(timeout=10)["y"][:, 0].tolist() == [2]
+    with pytest.raises(ValueError, match="negative"):
+        futures[1].result(timeout=10)
+    assert futures[2].result(timeout=10)["y"][:, 0].tolist() == [6]
+
+
+def test_requests_for_two_versions_run_on_their_own_version(make_batcher):
+    old, new = FakeServable(0.0), FakeServable(100.0)
+    b = make_batcher(max_batch=3, batch_wait_ms=5000)
+    futures = [b.submit(s, one(v)) for s, v in [(old, 1), (new, 2), (old, 3)]]
+    outs = [f.result(timeout=10)["y"][:, 0].tolist() for f in futures]
+    assert outs == [[2], [104], [6]]
+    assert old.batches == [[1, 3]] and new.batches == [[2]]
+
+
+def test_max_batch_one_never_batches(make_batcher):
+    s = FakeServable()
+    b = make_batcher(max_batch=1, batch_wait_ms=500)
+    futures = [b.submit(s, one(v)) for v in (1, 2, 3)]
+    assert [f.result(timeout=10)["n"].tolist() for f in futures] == [[1]] * 3
+    assert s.batches == [[1], [2], [3]]
+
+
+@pytest.mark.parametrize("kw", [{"max_batch": 0}, {"batch_wait_ms": -1}, {"threads": 0}])
+def test_bad_settings_are_rejected(kw):
+    with pytest.raises(ValueError, match=str(list(kw.values())[0])):
+        Batcher("fake", **kw)
