@@ -1,7 +1,7 @@
 """tf.data pipelines over in-memory splits: seeded shuffle, batch, parallel map, cache, prefetch.
 
-Images enter as uint8 and leave as float32 in [0, 1]. Augmentation (a callable
-on float batches, see data/augment.py) runs on the training split only, after
+Images enter as uint8 and leave as float32 in [0, 1]. Augmentation (see
+data/augment.py) runs on the training split only, after
 batching so that it is vectorised; evaluation splits are never augmented.
 """
 
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
+
+from data.augment import augment_dataset
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -30,7 +32,8 @@ def make_dataset(
 
     Args:
         training: shuffle (seeded, reshuffled each epoch) and apply `augment`.
-        augment: callable `augment(images, training=True)` on float batches, or None.
+        augment: the `data.augment.Augmentation` of `build_augmentation`, or None;
+            each batch gets its own stateless seed drawn from `seed`.
     """
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     ds = ds.map(to_float, num_parallel_calls=AUTOTUNE).cache()
@@ -38,7 +41,7 @@ def make_dataset(
         ds = ds.shuffle(min(len(x), 50_000), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
     if training and augment is not None:
-        ds = ds.map(lambda im, lab: (augment(im, training=True), lab), num_parallel_calls=AUTOTUNE)
+        ds = augment_dataset(ds, augment, seed=seed)
     return ds.prefetch(AUTOTUNE)
 
 

@@ -312,11 +312,10 @@ def run(cfg: Config, callbacks=()) -> TrainResult:
 def _log_augmentation_preview(cfg: Config, splits, run_dir: str):
     import mlflow
 
-    from data.augment import save_preview_grid
+    from data.augment import preview_grid, save_png
 
-    path = os.path.join(run_dir, "augmentation_preview.png")
-    save_preview_grid(splits.train[0][:8], path, **_augment_kwargs(cfg))
-    mlflow.log_artifact(path)
+    rgb = preview_grid(splits.train[0][:8], **_augment_kwargs(cfg), title=f"{cfg.name}: augmentation preview")
+    mlflow.log_artifact(save_png(rgb, os.path.join(run_dir, "augmentation_preview.png")))
 
 
 def _augment_kwargs(cfg: Config) -> dict:
