@@ -104,7 +104,9 @@ class HarmonicConv2D(keras.layers.Layer):
     input stream of order p convolved with a filter of order m gives a stream
     of order p + m; the layer makes each output stream of order q in `orders`
     as the sum over input streams p of (W_{q-p} conv z_p), so only streams of
-    equal output order are summed. All order pairs run in ONE convolution of a
+    equal output order are summed ("conv" is Keras' convolution, a
+    cross-correlation; the equivariance below holds for either). All order
+    pairs run in ONE convolution of a
     block filter [k, k, M_in*2*C_in, M_out*2*C_out] that is assembled from the
     weights by one constant matmul. There is no bias (it would break
     equivariance for orders != 0; the nonlinearity carries the bias).
