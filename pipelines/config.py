@@ -189,7 +189,103 @@ class ExportConfig:
 
 @dataclass
 class EvaluateConfig:
+    """The invariance evaluation (pipelines/evaluate.py) of `make evaluate` and the end of `make train`."""
+
     enabled: bool = True  # run the invariance evaluation at the end of `make train`
+    max_images: int = 2000  # evaluate on at most this many test images (a seeded subset)
+    rotation_step: int = 15  # rotation curve at 0, step, ..., < 360 degrees
+    shift_range: int = 4  # shifts drawn from [-shift_range, shift_range] pixels per axis
+    elastic_alphas: list[float] = field(default_factory=lambda: [0.0, 8.0, 16.0, 34.0])
+    elastic_sigma: float = 4.0
+    equivariance_angles: list[float] = field(default_factory=lambda: [15.0, 45.0, 90.0])
+    equivariance_images: int = 8  # test images fed to each harmonic layer's equivariance check
+    batch_size: int = 256
+    seed: int = 0
+
+    def validate(self, p):
+        _check(self.max_images >= 1, f"{p}.max_images", self.max_images, "must be at least 1")
+        _check(1 <= self.rotation_step <= 360, f"{p}.rotation_step", self.rotation_step, "must be in [1, 360] degrees")
+        _check(self.shift_range >= 0, f"{p}.shift_range", self.shift_range, "must be >= 0")
+        _check(all(a >= 0 for a in self.elastic_alphas), f"{p}.elastic_alphas", self.elastic_alphas, "must be >= 0")
+        _check(self.elastic_sigma > 0, f"{p}.elastic_sigma", self.elastic_sigma, "must be > 0")
+        _check(self.equivariance_images >= 1, f"{p}.equivariance_images", self.equivariance_images, "must be at least 1")
+        _check(self.batch_size >= 1, f"{p}.batch_size", self.batch_size, "must be at least 1")
+
+
+@dataclass
+class TuneConfig:
+    """`make tune`: a KerasTuner search over the builder's and the training job's search spaces.
+
+    The spaces are declared in code (`search_space` beside each builder in
+    models/, `training_search_space` in pipelines/tune.py). The config narrows
+    them by hyperparameter name:
+
+        fixed:   {width: 32}                                   # hp.Fixed
+        choices: {kernel_size: [3], batch_size: [64, 128]}     # hp.Choice
+        ranges:  {learning_rate: {min: 3.0e-4, max: 3.0e-3, sampling: log},
+                  dropout: {min: 0.0, max: 0.25, step: 0.125}} # hp.Int / hp.Float
+
+    Names the spaces do not declare are errors (checked by pipelines/tune.py).
+    """
+
+    algorithm: str = "random"  # random | hyperband | bayesian
+    max_trials: int = 10  # random and bayesian; hyperband derives its trials from epochs and factor
+    epochs: int = 3  # epochs per trial (hyperband: the most epochs a trial reaches)
+    executions_per_trial: int = 1  # trainings per trial from fresh initialisations; the score averages them
+    objective: str = "val_accuracy"  # loss | accuracy | val_loss | val_accuracy (direction inferred)
+    directory: str | None = None  # default: tuning/<name>; shared by chief and workers
+    seed: int = 0
+    hyperband_factor: int = 3
+    hyperband_iterations: int = 1
+    num_initial_points: int | None = None  # bayesian; default 3 x the number of hyperparameters
+    fixed: dict = field(default_factory=dict)
+    choices: dict = field(default_factory=dict)
+    ranges: dict = field(default_factory=dict)
+    overwrite: bool = False  # discard the search in `directory` and start afresh
+    chief_timeout: float = 600.0  # seconds a worker waits for the chief (distributed search)
+
+    OBJECTIVES = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+    def validate(self, p):
+        _choice(f"{p}.algorithm", self.algorithm, ("random", "hyperband", "bayesian"))
+        _check(self.max_trials >= 1, f"{p}.max_trials", self.max_trials, "must be at least 1")
+        _check(self.epochs >= 1, f"{p}.epochs", self.epochs, "must be at least 1")
+        _check(self.executions_per_trial >= 1, f"{p}.executions_per_trial", self.executions_per_trial, "must be at least 1")
+        _choice(f"{p}.objective", self.objective, self.OBJECTIVES)
+        _check(self.hyperband_factor >= 2, f"{p}.hyperband_factor", self.hyperband_factor, "must be at least 2")
+        _check(self.hyperband_iterations >= 1, f"{p}.hyperband_iterations", self.hyperband_iterations, "must be at least 1")
+        if self.num_initial_points is not None:
+            _check(self.num_initial_points >= 1, f"{p}.num_initial_points", self.num_initial_points, "must be at least 1")
+        _check(self.chief_timeout > 0, f"{p}.chief_timeout", self.chief_timeout, "must be > 0 seconds")
+        scalar = (bool, int, float, str)
+        for name, value in self.fixed.items():
+            _check(isinstance(value, scalar), f"{p}.fixed.{name}", value, "must be a number, string or boolean")
+        for name, values in self.choices.items():
+            where = f"{p}.choices.{name}"
+            _check(isinstance(values, list) and len(values) > 0, where, values, "must be a non-empty list of values")
+            _check(all(isinstance(v, scalar) for v in values), where, values, "values must be numbers, strings or booleans")
+            _check(len(set(values)) == len(values), where, values, "values must be distinct")
+        for name, spec in self.ranges.items():
+            where = f"{p}.ranges.{name}"
+            _check(isinstance(spec, dict), where, spec, "must be a mapping {min, max[, step][, sampling]}")
+            unknown = sorted(set(spec) - {"min", "max", "step", "sampling"})
+            _check(not unknown, where, spec, f"unknown key(s) {unknown}; a range takes min, max, step, sampling")
+            lo, hi = spec.get("min"), spec.get("max")
+            number = (int, float)
+            ok = all(isinstance(v, number) and not isinstance(v, bool) for v in (lo, hi))
+            _check(ok and lo < hi, where, spec, "needs numbers min < max")
+            step = spec.get("step")
+            if step is not None:
+                _check(isinstance(step, number) and not isinstance(step, bool) and step > 0, f"{where}.step", step, "must be > 0")
+            sampling = spec.get("sampling", "linear")
+            _choice(f"{where}.sampling", sampling, ("linear", "log", "reverse_log"))
+            if sampling != "linear":
+                _check(lo > 0, f"{where}.min", lo, f"must be > 0 for {sampling} sampling")
+        seen = {}
+        for section in ("fixed", "choices", "ranges"):
+            for name in getattr(self, section):
+                _check(name not in seen, f"{p}.{section}.{name}", name, f"is already set in {p}.{seen.get(name)}")
+                seen[name] = section
 
 
 @dataclass
@@ -203,6 +299,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
     def validate(self, p):
         _check(bool(self.name) and "/" not in self.name, "name", self.name, "must be a non-empty name without '/'")

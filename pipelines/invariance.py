@@ -1,0 +1,199 @@
+"""Invariance metrics: pure functions of a classifier and a set of test images.
+
+A classifier here is `predict(images) -> class ids`, images float32 in [0, 1]
+`[N, H, W, C]`. Every metric draws its randomness from the `seed` it is given,
+so two evaluations of the same model on the same images give the same figures.
+
+- `rotation_curve`: accuracy with the inputs rotated by each angle about the
+  image centre (counter-clockwise, bilinear, zero fill; multiples of 90 degrees
+  on square images are the exact `np.rot90`, so a model exactly invariant to
+  90-degree rotations scores exactly equal accuracy at 0, 90, 180 and 270).
+- `shift_consistency`: Zhang (ICML 2019, "Making convolutional networks
+  shift-invariant again"): each image is shifted twice by random offsets drawn
+  uniformly from [-r, r] pixels on each axis, and the figure is the fraction
+  of images whose two predicted classes agree. `mode="pad"` shifts by
+  zero-padding and cropping (content leaves the frame), `mode="circular"`
+  rolls the image (`np.roll` / `tf.roll`, nothing is lost).
+- `elastic_curve`: accuracy against the strength `alpha` of the elastic warp
+  of `data.augment.ElasticWarp` (Simard et al. 2003), one fixed field per image.
+- `harmonic_equivariance`: for a harmonic convolution layer, the relative
+  error between layer(rotate(x)) and rotate(layer(x)) with each stream of
+  rotation order m multiplied by e^{i m theta}, on the central disk.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+Predict = Callable[[np.ndarray], np.ndarray]
+
+
+# ----------------------------------------------------------------------------- transforms
+
+
+def rotate(images: np.ndarray, degrees: float) -> np.ndarray:
+    """Rotate `[N, H, W, ...]` about the centre by `degrees`, counter-clockwise as displayed.
+
+    Multiples of 90 degrees on square images are `np.rot90` (exact, no
+    interpolation); other angles are bilinear with zero fill outside the image
+    (`scipy.ndimage.rotate(order=1, mode='grid-constant')`: pixels next to the
+    frame fade into the fill; it agrees with `np.rot90` at 90 degrees).
+    """
+    images = np.asarray(images)
+    k, rest = divmod(float(degrees), 90.0)
+    square = images.shape[1] == images.shape[2]
+    if rest == 0.0 and (square or int(k) % 2 == 0):
+        return np.ascontiguousarray(np.rot90(images, int(k) % 4, axes=(1, 2)))
+    out = ndimage.rotate(images, float(degrees), axes=(1, 2), reshape=False, order=1,
+                         mode="grid-constant", cval=0.0, prefilter=False)
+    return out.astype(images.dtype, copy=False)
+
+
+def random_offsets(n: int, max_shift: int, rng: np.random.Generator) -> np.ndarray:
+    """Integer offsets `[n, 2]` (rows, columns), each uniform on [-max_shift, max_shift]."""
+    return rng.integers(-max_shift, max_shift + 1, size=(n, 2))
+
+
+def shift(images: np.ndarray, offsets: np.ndarray, mode: str = "pad") -> np.ndarray:
+    """Shift each image `[N, H, W, C]` by its own `offsets[i] = (dy, dx)` pixels (down, right).
+
+    `mode="pad"`: zero-pad and crop (pixels shifted out are lost, zeros come
+    in); `mode="circular"`: wrap around, as `np.roll(image, (dy, dx), (0, 1))`.
+    """
+    images = np.asarray(images)
+    n, h, w = images.shape[:3]
+    offsets = np.asarray(offsets).reshape(n, 2)
+    rows = np.arange(h)[None, :] - offsets[:, :1]  # source row of each output row
+    cols = np.arange(w)[None, :] - offsets[:, 1:]
+    if mode == "circular":
+        return images[np.arange(n)[:, None, None], (rows % h)[:, :, None], (cols % w)[:, None, :]]
+    if mode != "pad":
+        raise ValueError(f"mode must be 'pad' or 'circular', got {mode!r}")
+    valid = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
+    out = images[np.arange(n)[:, None, None], np.clip(rows, 0, h - 1)[:, :, None], np.clip(cols, 0, w - 1)[:, None, :]]
+    return np.where(valid.reshape(valid.shape + (1,) * (images.ndim - 3)), out, np.zeros((), images.dtype))
+
+
+def elastic_warp(images: np.ndarray, alpha: float, sigma: float, seed: int = 0, batch_size: int = 512) -> np.ndarray:
+    """`data.augment.ElasticWarp(alpha, sigma)` applied with a fixed stateless seed per batch."""
+    if alpha == 0:
+        return np.asarray(images)
+    import tensorflow as tf
+
+    from data.augment import ElasticWarp
+
+    layer = ElasticWarp(alpha=float(alpha), sigma=float(sigma))
+    out = []
+    for b, i in enumerate(range(0, len(images), batch_size)):
+        x = tf.constant(np.asarray(images[i : i + batch_size], np.float32))
+        out.append(np.asarray(layer(x, training=True, seed=tf.constant([seed, b], tf.int64))))
+    return np.concatenate(out).astype(np.asarray(images).dtype, copy=False)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def accuracy(predict: Predict, images: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(np.asarray(predict(images)) == np.asarray(labels)))
+
+
+def rotation_angles(step: int) -> list[int]:
+    return list(range(0, 360, int(step)))
+
+
+def rotation_curve(predict: Predict, images, labels, angles: Sequence[float]) -> dict[float, float]:
+    """Accuracy at each input rotation angle (degrees)."""
+    return {a: accuracy(predict, rotate(images, a), labels) for a in angles}
+
+
+def shift_consistency(predict: Predict, images, max_shift: int, seed: int = 0, mode: str = "pad") -> float:
+    """Fraction of images whose predictions agree under two random shifts (Zhang 2019)."""
+    rng = np.random.default_rng(seed)
+    n = len(images)
+    a = np.asarray(predict(shift(images, random_offsets(n, max_shift, rng), mode)))
+    b = np.asarray(predict(shift(images, random_offsets(n, max_shift, rng), mode)))
+    return float(np.mean(a == b))
+
+
+def elastic_curve(predict: Predict, images, labels, alphas: Sequence[float], sigma: float, seed: int = 0):
+    """Accuracy at each elastic-warp strength alpha (pixels) for smoothing `sigma`."""
+    return {a: accuracy(predict, elastic_warp(images, a, sigma, seed), labels) for a in alphas}
+
+
+# ----------------------------------------------------------------------------- harmonic layers
+
+
+def is_harmonic_conv(layer) -> bool:
+    """A harmonic convolution (layers/harmonic_conv.py) or a layer with its interface."""
+    return hasattr(layer, "block_filter") and hasattr(layer, "orders")
+
+
+def disk_mask(h: int, w: int, radius: float) -> np.ndarray:
+    """Boolean [h, w]: pixel centres within `radius` of the image centre."""
+    r, c = np.meshgrid(np.arange(h) - (h - 1) / 2.0, np.arange(w) - (w - 1) / 2.0, indexing="ij")
+    return r**2 + c**2 <= radius**2
+
+
+def _rotate_streams(z: np.ndarray, degrees: float, orders) -> np.ndarray:
+    """Rotate a harmonic map [B, H, W, M, 2, C] and multiply stream m by e^{i m theta}."""
+    b, h, w = z.shape[:3]
+    zr = rotate(z.reshape(b, h, w, -1), degrees)
+    zr = zr.reshape(zr.shape[:3] + z.shape[3:])  # (np.rot90 swaps H and W of a non-square map)
+    t = np.deg2rad(degrees)
+    cos = np.cos(np.asarray(orders) * t)[:, None]  # [M, 1]
+    sin = np.sin(np.asarray(orders) * t)[:, None]
+    re, im = zr[..., 0, :], zr[..., 1, :]
+    return np.stack([re * cos - im * sin, re * sin + im * cos], axis=-2)
+
+
+def layer_equivariance_error(layer, inputs: np.ndarray, angles: Sequence[float]) -> dict[float, float]:
+    """Relative L2 error of a harmonic convolution's rotation equivariance at each angle.
+
+    `inputs` is what the layer receives: real images [B, H, W, C] (order 0) or
+    a harmonic map [B, H, W, M_in, 2, C] of the layer's input orders. The input
+    is first cut to its central disk (zero outside), so that zero padding and
+    rotation agree about what lies beyond the frame; then
+    ||layer(R x) - R layer(x) e^{i q theta}|| / ||R layer(x) e^{i q theta}||
+    is measured on the central disk of the output, one pixel inside the
+    inscribed circle. Exact (float rounding) at multiples of 90 degrees;
+    other angles carry the error of sampling the filters on the pixel grid and
+    of bilinear resampling.
+    """
+    x = np.asarray(inputs, np.float32)
+    h, w = x.shape[1:3]
+    mask = disk_mask(h, w, (min(h, w) - 1) / 2.0).reshape((1, h, w) + (1,) * (x.ndim - 3))
+    x = x * mask
+    y = np.asarray(layer(x), np.float64)
+    in_orders = getattr(layer, "_in_orders", None) or ((0,) if x.ndim == 4 else tuple(layer.input_orders or layer.orders))
+    oh, ow = y.shape[1:3]
+    out_mask = disk_mask(oh, ow, (min(oh, ow) - 1) / 2.0 - 1.0)
+    errors = {}
+    for a in angles:
+        xr = rotate(x, a) if x.ndim == 4 else _rotate_streams(x, a, in_orders)
+        got = np.asarray(layer(np.ascontiguousarray(xr, np.float32)), np.float64)
+        want = _rotate_streams(y, a, layer.orders)
+        diff = (got - want)[:, out_mask]
+        ref = want[:, out_mask]
+        errors[a] = float(np.sqrt(np.sum(diff**2) / max(np.sum(ref**2), 1e-30)))
+    return errors
+
+
+def harmonic_layers(model) -> list:
+    """The model's harmonic convolutions (top-level layers), in order."""
+    return [layer for layer in getattr(model, "layers", []) if is_harmonic_conv(layer)]
+
+
+def harmonic_equivariance(model, images: np.ndarray, angles: Sequence[float]) -> dict[str, dict[float, float]]:
+    """`layer_equivariance_error` of every harmonic convolution of a functional `model`,
+    each fed what it receives from `images` in the model."""
+    import keras
+
+    out = {}
+    for layer in harmonic_layers(model):
+        feed = keras.Model(model.inputs, layer.input)
+        x = np.asarray(feed(np.asarray(images, np.float32), training=False))
+        out[layer.name] = layer_equivariance_error(layer, x, angles)
+    return out
