@@ -136,7 +136,8 @@ def build(
             positions); batch norm (inference) and dropout (inactive) keep it.
         blur_size: binomial filter size (1-7) of the `blur*` and `aps` kinds
             (1: no blur; for `aps` plain APS).
-        batch_norm: batch norm after each conv.
+        batch_norm: batch norm after each conv (momentum 0.9: with Keras' 0.99 the
+            moving statistics lag far behind on small datasets of few steps per epoch).
         head: `flatten` (flatten + dense) or `gap` (global average pooling).
         dense_units: width of the dense layer of the `flatten` head (0: none).
         dropout: dropout before the classifier.
@@ -174,7 +175,7 @@ def build(
             strides = 2 if (last and d == "strided") else 1
             x = apply_conv(x, conv, f, k, strides=strides, padding=padding, rank=conv_rank, name=f"stage{s}_conv{c}")
             if batch_norm:
-                x = layers.BatchNormalization(name=f"stage{s}_bn{c}")(x)
+                x = layers.BatchNormalization(momentum=0.9, name=f"stage{s}_bn{c}")(x)
             x = layers.Activation("relu", name=f"stage{s}_relu{c}")(x)
         pool = downsample_layer(d, padding=padding, blur_size=blur_size, name=f"stage{s}_pool")
         if pool is not None:
