@@ -1,6 +1,6 @@
 """Load test of `make serve` against `mlflow models serve` on the same model, on loopback.
 
-    PYTHONPATH=. .venv/bin/python bench/bench_serve.py [--clients 8] [--seconds 10]
+    PYTHONPATH=. .venv/bin/python bench/bench_serve.py [--clients 8] [--seconds 10] [--rounds 1]
 
 Exports the baseline CNN at its default size (random weights: throughput does
 not depend on them) as a SavedModel and logs the same inference model to a
@@ -71,14 +71,19 @@ def load(port: int, path: str, body: bytes, clients: int, seconds: float, warmup
     start_evt.set()
     for t in threads:
         t.join()
-    all_lat = np.array([x for l in lat for x in l]) * 1000
-    n = len(all_lat)
+    return {"lat_ms": np.array([x for l in lat for x in l]) * 1000, "seconds": seconds, "failed": int(sum(failed))}
+
+
+def summary(runs: list[dict]) -> dict:
+    """Rounds of `load` -> requests, median req/s over rounds, pooled p50/p99 latency, failures."""
+    lat = np.concatenate([r["lat_ms"] for r in runs])
+    n = len(lat)
     return {
         "requests": n,
-        "req/s": n / seconds,
-        "p50 ms": float(np.percentile(all_lat, 50)) if n else float("nan"),
-        "p99 ms": float(np.percentile(all_lat, 99)) if n else float("nan"),
-        "failed": int(sum(failed)),
+        "req/s": float(np.median([len(r["lat_ms"]) / r["seconds"] for r in runs])),
+        "p50 ms": float(np.percentile(lat, 50)) if n else float("nan"),
+        "p99 ms": float(np.percentile(lat, 99)) if n else float("nan"),
+        "failed": sum(r["failed"] for r in runs),
     }
 
 
@@ -96,6 +101,7 @@ def main() -> int:
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--stacks", default="aiohttp,uvicorn,stdlib", help="our HTTP stacks to measure (batching on)")
+    p.add_argument("--rounds", type=int, default=1, help="rounds over our configs, interleaved (median req/s)")
     p.add_argument("--no-mlflow", action="store_true", help="skip mlflow models serve (no ratio then)")
     a = p.parse_args()
 
@@ -114,9 +120,11 @@ def main() -> int:
 
         # (label, command-line extras, path); ours first, mlflow last
         configs = [(f"ours {s}, batching", ["--stack", s], "/v1/models/baseline:predict") for s in a.stacks.split(",")]
+        configs.append(("ours aiohttp, batching, no wait", ["--stack", "aiohttp", "--batch-wait-ms", "0"], "/v1/models/baseline:predict"))
         configs.append(("ours aiohttp, no batching", ["--stack", "aiohttp", "--max-batch", "1"], "/v1/models/baseline:predict"))
-        rows, preds = [], {}
-        for label, extra, path in configs:
+        runs: dict[str, list] = {label: [] for label, _, _ in configs}
+        preds = {}
+        for (label, extra, path), _ in ((c, r) for r in range(a.rounds) for c in configs):
             port = free_port()
             log_path = os.path.join(tmp, f"ours-{port}.log")
             cmd = [sys.executable, "-m", "pipelines.serve", "--exports", os.path.join(tmp, "exports"),
@@ -127,10 +135,11 @@ def main() -> int:
             try:
                 wait_http(f"http://127.0.0.1:{port}/v1/models/baseline", proc, 180, log_path)
                 preds[label] = np.array(post_json(port, path, body)["predictions"][0]["probabilities"])
-                rows.append({"server": label, "clients": a.clients, **load(port, path, body, a.clients, a.seconds)})
-                print(rows[-1], flush=True)
+                runs[label].append(load(port, path, body, a.clients, a.seconds))
+                print(label, summary(runs[label][-1:]), flush=True)
             finally:
                 stop_process(proc)
+        rows = [{"server": label, "clients": a.clients, **summary(r)} for label, r in runs.items()]
 
         if not a.no_mlflow:
             tracking = f"sqlite:///{tmp}/mlflow.db"
@@ -142,7 +151,7 @@ def main() -> int:
                 wait_http(f"http://127.0.0.1:{port}/ping", proc, 300, log_path)
                 preds["mlflow"] = np.array(post_json(port, "/invocations", body)["predictions"][0])
                 rows.append({"server": "mlflow models serve", "clients": a.clients,
-                             **load(port, "/invocations", body, a.clients, a.seconds)})
+                             **summary([load(port, "/invocations", body, a.clients, a.seconds)])})
                 print(rows[-1], flush=True)
             finally:
                 stop_process(proc)
@@ -152,7 +161,7 @@ def main() -> int:
             diff = max(float(np.max(np.abs(v - preds["mlflow"]))) for v in preds.values())
             print(f"largest difference between the servers' probabilities: {diff:.2g}")
 
-        print(table(rows, f"bench_serve: {a.clients} clients x {a.seconds:g} s, one 28x28x1 image per request, "
+        print(table(rows, f"bench_serve: {a.clients} clients x {a.seconds:g} s x {a.rounds} round(s), one 28x28x1 image per request, "
                           f"baseline_cnn default size, loopback"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
