@@ -128,6 +128,10 @@ class AugmentConfig:
     rotation: RotationConfig = field(default_factory=RotationConfig)
     elastic: ElasticConfig = field(default_factory=ElasticConfig)
 
+    def sections(self) -> dict[str, dict]:
+        """The operations as the plain dicts `data.augment.build_augmentation` takes."""
+        return {k: dataclasses.asdict(getattr(self, k)) for k in ("translation", "rotation", "elastic")}
+
 
 @dataclass
 class ModelConfig:

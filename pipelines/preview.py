@@ -26,14 +26,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def augment_sections(cfg) -> dict:
-    """The config's augment section as the plain dicts `data.augment` takes."""
-    import dataclasses
-
-    a = cfg.augment
-    return {k: dataclasses.asdict(getattr(a, k)) for k in ("translation", "rotation", "elastic")}
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     from pipelines.config import load_config
@@ -44,23 +36,12 @@ def main(argv=None) -> int:
         raise UserError(f"--n must be at least 1 (got {args.n})")
 
     from data.augment import preview_grid, save_png
-    from data.sources import load_splits
+    from pipelines.train import load_data
 
-    d = cfg.data
-    splits = load_splits(
-        d.source,
-        seed=d.seed,
-        validation_fraction=d.validation_fraction,
-        data_dir=d.data_dir,
-        download=d.download,
-        image_size=d.image_size,
-        cache_dir=d.cache_dir,
-        synthetic_train_size=d.synthetic.train_size,
-        synthetic_test_size=d.synthetic.test_size,
-    )
+    splits = load_data(cfg)
     images = splits.train[0][: args.n]
     seed = cfg.train.seed if args.seed is None else args.seed
-    rgb = preview_grid(images, **augment_sections(cfg), seed=seed, n=args.n, title=f"{cfg.name}: augmentation preview")
+    rgb = preview_grid(images, **cfg.augment.sections(), seed=seed, n=args.n, title=f"{cfg.name}: augmentation preview")
     out = args.out or os.path.join("reports", cfg.name, "augmentation_preview.png")
     print(save_png(rgb, out))
     return 0

@@ -129,7 +129,7 @@ def build_augmentation(cfg: Config):
         return None
     from data.augment import build_augmentation as build
 
-    return build(**_augment_kwargs(cfg))
+    return build(**cfg.augment.sections(), seed=cfg.train.seed)
 
 
 def load_data(cfg: Config):
@@ -314,16 +314,9 @@ def _log_augmentation_preview(cfg: Config, splits, run_dir: str):
 
     from data.augment import preview_grid, save_png
 
-    rgb = preview_grid(splits.train[0][:8], **_augment_kwargs(cfg), title=f"{cfg.name}: augmentation preview")
+    rgb = preview_grid(splits.train[0][:8], **cfg.augment.sections(), seed=cfg.train.seed,
+                       title=f"{cfg.name}: augmentation preview")
     mlflow.log_artifact(save_png(rgb, os.path.join(run_dir, "augmentation_preview.png")))
-
-
-def _augment_kwargs(cfg: Config) -> dict:
-    from dataclasses import asdict
-
-    a = cfg.augment
-    return dict(translation=asdict(a.translation), rotation=asdict(a.rotation), elastic=asdict(a.elastic),
-                seed=cfg.train.seed)
 
 
 def _evaluate_invariance(model, cfg: Config, splits, run_dir: str):
