@@ -329,7 +329,7 @@ def plot_filters(model, path: str, max_cols: int = 8) -> str | None:
     title, rows = found
     plt = _plt()
     cols = min(max_cols, max(r[1].shape[-1] for r in rows))
-    fig, axes = plt.subplots(len(rows), cols, figsize=(1.1 * cols + 0.8, 1.1 * len(rows) + 0.6), squeeze=False)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(max(1.1 * cols + 0.8, 4.5), 1.1 * len(rows) + 0.6), squeeze=False)
     lim = max(float(np.abs(r[1]).max()) for r in rows) or 1.0
     for i, (label, kernels) in enumerate(rows):
         for j in range(cols):
@@ -409,6 +409,15 @@ def evaluate_in_training(model, cfg, splits, run_dir: str) -> Evaluation:
     return ev
 
 
+def quiet_mlflow() -> None:
+    """No progress bars and no INFO lines from MLflow's store set-up on the command line."""
+    import logging
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def evaluate_run(run_id: str, tracking_uri: str | None = None, overrides=(), reports_dir: str = "reports"):
     """Evaluate the Keras model of training run `run_id`; log to it. Returns (Evaluation, report dir, files)."""
     import mlflow
@@ -418,7 +427,7 @@ def evaluate_run(run_id: str, tracking_uri: str | None = None, overrides=(), rep
     from pipelines.config import load_config
     from pipelines.train import load_data
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    quiet_mlflow()
     uri = tracking.tracking_uri(tracking_uri)
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()

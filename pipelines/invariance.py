@@ -193,7 +193,8 @@ def harmonic_equivariance(model, images: np.ndarray, angles: Sequence[float]) ->
 
     out = {}
     for layer in harmonic_layers(model):
-        feed = keras.Model(model.inputs, layer.input)
+        inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+        feed = keras.Model(inputs, layer.input)
         x = np.asarray(feed(np.asarray(images, np.float32), training=False))
         out[layer.name] = layer_equivariance_error(layer, x, angles)
     return out

@@ -1,0 +1,176 @@
+"""`make compare RUNS=<id>,<id>,...`: the invariance figures of several runs side by side.
+
+    python -m pipelines.compare --runs <id>,<id>,... [--tracking-uri URI] [--reports-dir reports]
+
+Reads each MLflow run's logged metrics (those of `make evaluate`, which `make
+train` logs at its end), prints a table with one column per run and one row
+per figure, and writes it as markdown and CSV together with the runs'
+rotation curves overlaid in one PNG to reports/compare-<short ids>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import re
+import sys
+from dataclasses import dataclass
+
+from pipelines.cli import run_main
+from pipelines.errors import UserError
+
+_ROT = re.compile(r"^rot_acc_(\d{3})$")
+_ELASTIC = re.compile(r"^elastic_acc_(.+)$")
+_EQUIV_MEAN = re.compile(r"^equiv_err_mean_(.+)$")
+
+
+@dataclass
+class RunFigures:
+    run_id: str
+    name: str
+    model: str
+    metrics: dict[str, float]
+
+    @property
+    def label(self) -> str:
+        return f"{self.run_id[:8]} {self.name}"
+
+    @property
+    def rotation(self) -> dict[int, float]:
+        return {int(m.group(1)): v for k, v in self.metrics.items() if (m := _ROT.match(k))}
+
+
+def load_runs(run_ids: list[str], tracking_uri: str | None = None) -> list[RunFigures]:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from pipelines import tracking
+
+    from pipelines.evaluate import quiet_mlflow
+
+    quiet_mlflow()
+    uri = tracking.tracking_uri(tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    out = []
+    for rid in run_ids:
+        try:
+            run = client.get_run(rid)
+        except MlflowException:
+            raise UserError(f"no MLflow run {rid!r} in the tracking store {uri}") from None
+        figures = RunFigures(rid, run.info.run_name or "", run.data.params.get("model.name", "?"), dict(run.data.metrics))
+        if not figures.rotation:
+            raise UserError(f"MLflow run {rid} has no invariance metrics; run `make evaluate RUN={rid}` first")
+        out.append(figures)
+    return out
+
+
+def _num_key(s: str):
+    try:
+        return (0, float(s), s)
+    except ValueError:
+        return (1, 0.0, s)
+
+
+def figure_rows(runs: list[RunFigures]) -> list[tuple[str, str, list]]:
+    """(metric key, description, [value or None per run]) for every figure any run has."""
+    keys = set().union(*(r.metrics for r in runs))
+    rows = [("test_accuracy", "test accuracy"), ("rot_acc_mean", "rotation: mean accuracy over angles"),
+            ("rot_acc_min", "rotation: worst-angle accuracy")]
+    rows += [(f"rot_acc_{a:03d}", f"rotation {a} deg") for a in (0, 90, 180, 270) if f"rot_acc_{a:03d}" in keys]
+    rows += [("shift_consistency", "shift consistency (pad-and-crop)"),
+             ("circular_consistency", "circular shift consistency")]
+    for a in sorted({m.group(1) for k in keys if (m := _ELASTIC.match(k))}, key=_num_key):
+        rows.append((f"elastic_acc_{a}", f"elastic alpha={a}"))
+    for a in sorted({m.group(1) for k in keys if (m := _EQUIV_MEAN.match(k))}, key=_num_key):
+        rows.append((f"equiv_err_mean_{a}", f"harmonic equivariance error {a} deg (mean over layers)"))
+    rows.append(("eval_images", "test images evaluated"))
+    return [(k, d, [r.metrics.get(k) for r in runs]) for k, d in rows]
+
+
+def _fmt(key: str, value) -> str:
+    if value is None:
+        return "-"
+    if key == "eval_images":
+        return str(int(value))
+    if key.startswith("equiv_err"):
+        return f"{value:.2e}"
+    return f"{100 * value:.1f}%"
+
+
+def markdown_table(runs: list[RunFigures]) -> str:
+    head = "| figure | " + " | ".join(f"{r.label} ({r.model})" for r in runs) + " |"
+    lines = [head, "|---|" + "---:|" * len(runs)]
+    for key, desc, values in figure_rows(runs):
+        lines.append(f"| {desc} | " + " | ".join(_fmt(key, v) for v in values) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def text_table(runs: list[RunFigures]) -> str:
+    rows = [("", *[r.label for r in runs]), ("model", *[r.model for r in runs])]
+    rows += [(desc, *[_fmt(key, v) for v in values]) for key, desc, values in figure_rows(runs)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows
+    )
+
+
+def write_csv(runs: list[RunFigures], path: str) -> str:
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["metric", *[r.run_id for r in runs]])
+        w.writerow(["run_name", *[r.name for r in runs]])
+        w.writerow(["model", *[r.model for r in runs]])
+        rows = figure_rows(runs)
+        for key, _, values in rows:
+            w.writerow([key, *["" if v is None else repr(float(v)) for v in values]])
+        done = {key for key, _, _ in rows}
+        for a in sorted(set().union(*(r.rotation for r in runs))):  # the rest of the rotation curves
+            if f"rot_acc_{a:03d}" not in done:
+                w.writerow([f"rot_acc_{a:03d}", *["" if a not in r.rotation else repr(r.rotation[a]) for r in runs]])
+    return path
+
+
+def compare(run_ids: list[str], tracking_uri: str | None = None, reports_dir: str = "reports"):
+    """Write the comparison of `run_ids`; return (runs, printed table, files)."""
+    from pipelines.evaluate import plot_rotation_curve
+
+    runs = load_runs(run_ids, tracking_uri)
+    out_dir = os.path.join(reports_dir, "compare-" + "-".join(r.run_id[:8] for r in runs))
+    os.makedirs(out_dir, exist_ok=True)
+    md = os.path.join(out_dir, "compare.md")
+    with open(md, "w") as fh:
+        fh.write(markdown_table(runs))
+    files = [md, write_csv(runs, os.path.join(out_dir, "compare.csv"))]
+    curves = {f"{r.label} ({r.model})": r.rotation for r in runs}
+    files.append(plot_rotation_curve(curves, os.path.join(out_dir, "rotation_curves.png"),
+                                     title="accuracy under input rotation"))
+    return runs, text_table(runs), files
+
+
+def parse_run_ids(text: str) -> list[str]:
+    ids = []
+    for part in (text or "").replace(" ", ",").split(","):
+        if part and part not in ids:
+            ids.append(part)
+    if not ids:
+        raise UserError("give RUNS=<run id>,<run id>,... (MLflow run ids of evaluated training runs)")
+    return ids
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="make compare", description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", required=True, help="comma-separated MLflow run ids")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
+    p.add_argument("--reports-dir", default="reports", help="where the comparison directory is written")
+    args = p.parse_args(argv)
+    _, table, files = compare(parse_run_ids(args.runs), args.tracking_uri, args.reports_dir)
+    print(table)
+    print()
+    for f in files:
+        print(f"Wrote {os.path.abspath(f)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

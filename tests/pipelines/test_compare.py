@@ -1,0 +1,83 @@
+"""make compare: side-by-side table and overlaid rotation curves of logged runs."""
+
+import csv
+
+import mlflow
+import pytest
+from PIL import Image
+
+from pipelines import compare
+from pipelines.cli import run_main
+
+
+@pytest.fixture
+def runs(tmp_path):
+    """Two runs with invariance metrics (one with harmonic errors) and one without, in a temp store."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("e")
+    ids = []
+    for name, model, rot, extra in (
+        ("cnn-run", "baseline_cnn", {0: 0.9, 90: 0.2, 180: 0.1, 270: 0.3}, {}),
+        ("hnet-run", "hnet", {0: 0.8, 90: 0.8, 180: 0.8, 270: 0.8}, {"equiv_err_mean_45": 0.03}),
+    ):
+        run = client.create_run(exp, run_name=name)
+        rid = run.info.run_id
+        client.log_param(rid, "model.name", model)
+        metrics = {f"rot_acc_{a:03d}": v for a, v in rot.items()}
+        metrics.update(rot_acc_mean=sum(rot.values()) / 4, rot_acc_min=min(rot.values()), test_accuracy=rot[0],
+                       shift_consistency=0.95, circular_consistency=0.97, elastic_acc_0=rot[0],
+                       elastic_acc_34=0.5, elastic_acc_8=0.7, eval_images=100, **extra)
+        for k, v in metrics.items():
+            client.log_metric(rid, k, v)
+        client.set_terminated(rid)
+        ids.append(rid)
+    bare = client.create_run(exp, run_name="bare").info.run_id
+    return uri, ids, bare
+
+
+def test_table_csv_and_overlaid_curves(runs, tmp_path):
+    uri, ids, _ = runs
+    got, table, files = compare.compare(ids, uri, str(tmp_path / "reports"))
+    assert [r.name for r in got] == ["cnn-run", "hnet-run"]
+    out = tmp_path / "reports" / f"compare-{ids[0][:8]}-{ids[1][:8]}"
+    assert sorted(p.name for p in out.iterdir()) == ["compare.csv", "compare.md", "rotation_curves.png"]
+    lines = table.splitlines()
+    assert ids[0][:8] in lines[0] and ids[1][:8] in lines[0]
+    row = next(line for line in lines if line.startswith("rotation: mean accuracy"))
+    assert row.split()[-2:] == ["37.5%", "80.0%"]
+    row = next(line for line in lines if line.startswith("harmonic equivariance error 45 deg"))
+    assert row.split()[-2:] == ["-", "3.00e-02"]  # the CNN has no harmonic layers
+    elastic = [line.split()[1] for line in lines if line.startswith("elastic alpha=")]
+    assert elastic == ["alpha=0", "alpha=8", "alpha=34"]  # numeric order, not text order
+    md = (out / "compare.md").read_text()
+    assert md.startswith("| figure | ") and "| rotation 90 deg | 20.0% | 80.0% |" in md
+    with open(out / "compare.csv") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["metric", *ids]
+    assert ["model", "baseline_cnn", "hnet"] in rows
+    assert ["rot_acc_min", "0.1", "0.8"] in rows
+    with Image.open(out / "rotation_curves.png") as im:
+        assert im.size[0] > 300
+
+
+def test_main_prints_the_table_and_paths(runs, tmp_path, capsys):
+    uri, ids, _ = runs
+    code = run_main(compare.main, ["--runs", f"{ids[0]}, {ids[1]},{ids[0]}", "--tracking-uri", uri,
+                                   "--reports-dir", str(tmp_path / "r")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "shift consistency (pad-and-crop)" in out
+    assert out.count("Wrote ") == 3 and "rotation_curves.png" in out
+
+
+def test_bad_run_ids_give_one_clear_error(runs, tmp_path, capsys):
+    uri, ids, bare = runs
+    base = ["--tracking-uri", uri, "--reports-dir", str(tmp_path / "r")]
+    assert run_main(compare.main, ["--runs", f"{ids[0]},nope", *base]) == 2
+    assert capsys.readouterr().err.strip() == f"error: no MLflow run 'nope' in the tracking store {uri}"
+    assert run_main(compare.main, ["--runs", f"{ids[0]},{bare}", *base]) == 2
+    assert f"run {bare} has no invariance metrics; run `make evaluate RUN={bare}` first" in capsys.readouterr().err
+    assert run_main(compare.main, ["--runs", " , ", *base]) == 2
+    assert "give RUNS=" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -1,0 +1,162 @@
+"""make evaluate: the figures, the report files, logging to MLflow, and clear errors."""
+
+import json
+import os
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines import evaluate
+from pipelines.cli import run_main
+from pipelines.config import EvaluateConfig
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A temporary MLflow store, made the current one for the test."""
+    previous = mlflow.get_tracking_uri()
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    mlflow.set_tracking_uri(previous)
+
+
+def data(n=30, size=12, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, size, size, 1), dtype=np.uint8), rng.integers(0, 3, n)
+
+
+SMALL = dict(max_images=24, rotation_step=90, shift_range=2, elastic_alphas=[0.0, 8.0], equivariance_angles=[45.0, 90.0])
+
+
+def cnn():
+    keras.utils.set_random_seed(0)
+    x = keras.Input((12, 12, 1))
+    h = keras.layers.Conv2D(5, 3, name="conv1")(x)
+    return keras.Model(x, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(h)))
+
+
+def hnet():
+    from layers.harmonic_conv import HarmonicConv2D
+    from layers.harmonic_readout import HarmonicMagnitudeReadout
+
+    keras.utils.set_random_seed(0)
+    x = keras.Input((12, 12, 1))
+    h = HarmonicConv2D(3, 3, orders=(0, 1), name="hc1")(x)
+    h = HarmonicConv2D(3, 3, orders=(0, 1), phase=False, name="hc2")(h)
+    return keras.Model(x, HarmonicMagnitudeReadout()(h))
+
+
+def test_figures_of_a_model_that_ignores_its_input():
+    x, y = data(40)
+    ev = evaluate.evaluate(lambda im: np.zeros(len(im), int), x, y, EvaluateConfig(**SMALL))
+    m = ev.metrics()
+    assert m["eval_images"] == 24  # at most max_images
+    assert [k for k in m if k.startswith("rot_acc_") and k[-1].isdigit()] == [
+        "rot_acc_000", "rot_acc_090", "rot_acc_180", "rot_acc_270"]
+    assert m["rot_acc_000"] == m["rot_acc_090"] == m["rot_acc_mean"] == m["rot_acc_min"]
+    assert m["shift_consistency"] == m["circular_consistency"] == 1.0
+    assert m["elastic_acc_0"] == m["elastic_acc_8"] == m["rot_acc_000"]
+    assert not any(k.startswith("equiv_err") for k in m)
+    table = ev.table("t")
+    assert "shift consistency (+-2 px, pad-and-crop)  100.0%" in table
+    assert "elastic alpha=8 px (sigma 4)" in table
+
+
+def test_subset_is_seeded_and_scaled():
+    x, y = data(50)
+    a, la = evaluate.eval_subset(x, y, 20, seed=1)
+    b, lb = evaluate.eval_subset(x, y, 20, seed=1)
+    np.testing.assert_array_equal(a, b)
+    assert a.dtype == np.float32 and a.max() <= 1.0 and len(a) == 20
+    full, _ = evaluate.eval_subset(x, y, 100, seed=1)
+    np.testing.assert_array_equal(full, x / np.float32(255))
+
+
+def test_filter_pictures():
+    title, rows = evaluate.first_filters(hnet())
+    assert "hc1" in title
+    assert [label for label, _ in rows] == ["m=0 re", "m=0 im", "m=1 re", "m=1 im"]
+    assert all(k.shape == (3, 3, 3) for _, k in rows)
+    # order-1 filters vanish at the centre (ring radii start at 1 px); order 0 ones need not
+    assert np.abs(rows[2][1][1, 1]).max() < np.abs(rows[2][1]).max()
+    title, rows = evaluate.first_filters(cnn())
+    assert "conv1" in title and rows[0][1].shape == (3, 3, 5)
+    np.testing.assert_allclose(rows[0][1], cnn().get_layer("conv1").kernel.numpy()[:, :, 0])
+
+
+@pytest.mark.parametrize("builder", [cnn, hnet])
+def test_report_is_written_and_logged_without_changing_the_run_status(store, tmp_path, builder):
+    model = builder()
+    x, y = data()
+    ev = evaluate.evaluate(evaluate.keras_predictor(model, 16), x, y, EvaluateConfig(**SMALL), model=model)
+    harmonic = builder is hnet
+    assert bool(ev.equivariance) == harmonic
+    if harmonic:
+        assert set(ev.equivariance) == {"hc1", "hc2"}
+        assert all(e[90.0] < 1e-5 for e in ev.equivariance.values())
+    files = evaluate.write_report(ev, str(tmp_path / "report"), "title", model=model)
+    client = mlflow.MlflowClient()
+    run_id = client.create_run(client.create_experiment("e")).info.run_id
+    client.set_terminated(run_id, "FINISHED")
+    evaluate.log_to_run(run_id, ev, files)
+
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    for k, v in ev.metrics().items():
+        assert run.data.metrics[k] == pytest.approx(v)
+    steps = [m.step for m in client.get_metric_history(run_id, "rotation_accuracy")]
+    assert sorted(steps) == [0, 90, 180, 270]
+    logged = {os.path.basename(a.path) for a in client.list_artifacts(run_id, "evaluation")}
+    want = {"invariance.md", "invariance.json", "rotation_curve.png", "elastic_curve.png", "filters.png"}
+    assert logged == want | ({"harmonic_equivariance.png"} if harmonic else set())
+    for f in files:
+        if f.endswith(".png"):
+            with Image.open(f) as im:
+                assert im.size[0] > 100 and im.size[1] > 100
+    with open(tmp_path / "report" / "invariance.json") as fh:
+        assert json.load(fh) == pytest.approx(ev.metrics())
+
+
+def _cli(args, capsys):
+    code = run_main(evaluate.main, args)
+    return code, capsys.readouterr().err
+
+
+def test_bad_run_ids_and_paths_give_one_clear_error(store, tmp_path, capsys):
+    base = ["--tracking-uri", store, "--reports-dir", str(tmp_path / "reports")]
+    code, err = _cli(["--run", "0123456789abcdef0123456789abcdef", *base], capsys)
+    assert code == 2 and err.startswith("error: no MLflow run '0123456789abcdef0123456789abcdef'")
+    assert "Traceback" not in err
+    code, err = _cli(["--run", "not-a-run", *base], capsys)
+    assert code == 2 and "neither an MLflow run id" in err
+    code, err = _cli(["--run", "", *base], capsys)
+    assert code == 2 and "RUN=" in err
+    code, err = _cli(["--run", str(tmp_path / "exports" / "missing"), *base], capsys)
+    assert code == 2 and "does not exist" in err
+    (tmp_path / "empty").mkdir()
+    code, err = _cli(["--run", str(tmp_path / "empty"), *base], capsys)
+    assert code == 2 and "holds no SavedModel" in err
+    version = tmp_path / "exports" / "m" / "3"
+    version.mkdir(parents=True)
+    (version / "saved_model.pb").write_bytes(b"")
+    code, err = _cli(["--run", str(tmp_path / "exports" / "m"), *base], capsys)
+    assert code == 2 and "m/3 has no assets.extra/experiment.yaml" in err
+    assert not (tmp_path / "reports").exists()
+
+
+def test_runs_without_a_model_give_one_clear_error(store, tmp_path, capsys):
+    client = mlflow.MlflowClient()
+    exp = client.create_experiment("e")
+    bare = client.create_run(exp).info.run_id
+    code, err = _cli(["--run", bare, "--tracking-uri", store], capsys)
+    assert code == 2 and f"MLflow run {bare} has no config.yaml artifact" in err
+    with_config = client.create_run(exp).info.run_id
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("name: x\n")
+    client.log_artifact(with_config, str(cfg))
+    code, err = _cli(["--run", with_config, "--tracking-uri", store], capsys)
+    assert code == 2 and "has no trained model (artifact keras_model/model.keras)" in err
