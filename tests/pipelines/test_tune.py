@@ -1,0 +1,246 @@
+"""`make tune`: KerasTuner searches tracked in MLflow, resumed after a kill, and distributed.
+
+Tiny budgets throughout: 200 synthetic images, one epoch per trial, a 4-wide
+baseline CNN fixed through `tune.fixed`, batch sizes that divide the split
+(no retracing on a partial batch). One tracking store serves every test of
+the module (creating a sqlite store costs seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import keras
+import mlflow
+import pytest
+import yaml
+
+from pipelines import train as train_job
+from pipelines import tune
+from pipelines.cli import run_main
+from pipelines.config import load_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DIST_ENV = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tune")
+    return root, f"sqlite:///{root}/mlflow.db"
+
+
+@pytest.fixture
+def lone(store, monkeypatch):
+    """An in-process, non-distributed search; MLflow's local artifacts land in the tmp dir."""
+    for k in DIST_ENV:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.chdir(store[0])
+    return store
+
+
+def write_config(store, name: str, **tune_overrides) -> str:
+    root, uri = store
+    data = {
+        "name": name,
+        "data": {"source": "synthetic", "synthetic": {"train_size": 200, "test_size": 50}, "batch_size": 60,
+                 "cache_dir": str(root / "cache")},
+        "model": {"name": "baseline_cnn", "params": {"dense_units": 16}},
+        "train": {"epochs": 1, "verbose": "0", "runs_root": str(root / "runs")},
+        "tracking": {"uri": uri, "register_model": False},
+        "export": {"dir": str(root / "exports")},
+        "evaluate": {"enabled": False},
+        "tune": {
+            "max_trials": 2,
+            "epochs": 1,
+            "directory": str(root / "tuning" / name),
+            "fixed": {"width": 4, "conv": "standard", "kernel_size": 3, "padding": "same", "blur_size": 3,
+                      "translation_pixels": 0, "rotation_degrees": 0, "elastic_alpha": 0},
+            "choices": {"batch_size": [60, 90], "downsample": ["max", "strided"], "head": ["gap", "flatten"]},
+            "ranges": {"learning_rate": {"min": 1e-3, "max": 1e-2, "sampling": "log"}},
+            **tune_overrides,
+        },
+    }
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def parent_and_trials(cfg):
+    """The search's parent run and its active nested runs, by trial id."""
+    client = mlflow.MlflowClient(cfg.tracking.uri)
+    with open(os.path.join(tune.search_directory(cfg), "parent_run.json")) as fh:
+        parent = client.get_run(json.load(fh)["run_id"])
+    nested = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    by_trial = {}
+    for r in nested:
+        by_trial.setdefault(r.data.tags["trial_id"], []).append(r)
+    return client, parent, by_trial
+
+
+class InterruptSecondTrial(keras.callbacks.Callback):
+    """Ctrl-C at the end of the second trial's training, after its epoch was logged."""
+
+    trials = 0  # a class attribute: KerasTuner deep-copies callbacks for every trial
+
+    def on_train_begin(self, logs=None):
+        type(self).trials += 1
+
+    def on_train_end(self, logs=None):
+        if type(self).trials == 2:
+            raise KeyboardInterrupt("test: the search is killed in its second trial")
+
+
+def test_killed_search_resumes_without_repeating_trials_and_its_best_config_trains(lone):
+    path = write_config(lone, "resume")
+    cfg = load_config(path)
+
+    with pytest.raises(KeyboardInterrupt):
+        tune.run(cfg, callbacks=[InterruptSecondTrial()])
+    client, parent, by_trial = parent_and_trials(cfg)
+    assert parent.info.status == "KILLED"
+    assert sorted(by_trial) == ["0", "1"]
+    first_run = by_trial["0"][0]
+    assert first_run.info.status == "FINISHED"
+    assert by_trial["1"][0].info.status == "KILLED"  # logged its epoch, then died
+
+    result = tune.run(load_config(path), config_path=path)  # the same command again
+    client, parent, by_trial = parent_and_trials(cfg)
+    # KerasTuner's own record: two trials, both completed, none added by the restart.
+    project = os.path.join(tune.search_directory(cfg), "search")
+    assert sorted(d for d in os.listdir(project) if d.startswith("trial_")) == ["trial_0", "trial_1"]
+    assert result.trials_completed == 2
+    # MLflow: each trial exactly once; the finished one untouched, the killed one replaced by its rerun.
+    assert {k: len(v) for k, v in by_trial.items()} == {"0": 1, "1": 1}
+    assert by_trial["0"][0].info.run_id == first_run.info.run_id
+    assert by_trial["1"][0].data.tags["attempt"] == "2"
+    assert parent.info.status == "FINISHED"
+
+    for trial_id, (run,) in by_trial.items():
+        assert run.info.status == "FINISHED"
+        params = run.data.params
+        assert params["width"] == "4" and params["model.params.filters"] == "[4, 8]"
+        assert params["batch_size"] in ("60", "90") and params["downsample"] in ("max", "strided")
+        assert 1e-3 <= float(params["learning_rate"]) <= 1e-2
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0]
+        assert run.data.metrics["score"] == pytest.approx(run.data.metrics["val_accuracy"])
+
+    best_id = max(by_trial, key=lambda t: by_trial[t][0].data.metrics["score"])
+    best_run = by_trial[best_id][0]
+    assert parent.data.metrics["best_val_accuracy"] == pytest.approx(best_run.data.metrics["score"])
+    assert parent.data.metrics["trials_completed"] == 2
+    assert parent.data.tags["best.batch_size"] == best_run.data.params["batch_size"]
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"best.yaml", "config.yaml"}
+
+    # The best config is complete and ready: it loads, carries the best values, and trains and exports.
+    best = load_config(result.best_config_path)
+    assert result.best_config_path == os.path.join(tune.search_directory(cfg), "best.yaml")
+    assert best.name == "resume_tuned" and best.tune == type(best.tune)()
+    assert best.data.batch_size == int(best_run.data.params["batch_size"])
+    assert best.model.params["downsample"] == best_run.data.params["downsample"]
+    assert best.model.params["filters"] == [4, 8] and best.model.params["dense_units"] == 16
+    assert best.train.learning_rate == pytest.approx(float(best_run.data.params["learning_rate"]))
+    trained = train_job.run(best)
+    assert os.path.isfile(os.path.join(trained.export_path, "saved_model.pb"))
+    assert client.get_run(trained.run_id).data.params["data.batch_size"] == best_run.data.params["batch_size"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_chief_and_two_workers_record_every_trial_once(store):
+    root, _ = store
+    path = write_config(store, "dist", max_trials=3)
+    env = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
+    env.update(PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", KERASTUNER_ORACLE_IP="127.0.0.1",
+               KERASTUNER_ORACLE_PORT=str(_free_port()))
+    procs = {}
+    for tuner_id in ("chief", "worker0", "worker1"):
+        log = open(root / f"{tuner_id}.log", "w")
+        procs[tuner_id] = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.tune", "--config", path, "tune.chief_timeout=300"],
+            env={**env, "KERASTUNER_TUNER_ID": tuner_id}, cwd=root, stdout=log, stderr=subprocess.STDOUT,
+        )
+    try:
+        codes = {k: p.wait(timeout=480) for k, p in procs.items()}
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+    logs = {k: (root / f"{k}.log").read_text()[-3000:] for k in procs}
+    assert codes == {"chief": 0, "worker0": 0, "worker1": 0}, logs
+
+    cfg = load_config(path)
+    client, parent, by_trial = parent_and_trials(cfg)
+    assert parent.info.status == "FINISHED"
+    assert {k: len(v) for k, v in by_trial.items()} == {"0": 1, "1": 1, "2": 1}
+    for (run,) in by_trial.values():
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["tuner_id"] in ("worker0", "worker1")  # the chief only serves the oracle
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [0]
+    assert parent.data.metrics["trials_completed"] == 3
+    best = load_config(os.path.join(tune.search_directory(cfg), "best.yaml"))
+    assert best.model.params["filters"] == [4, 8]
+
+
+def test_narrowed_space_reaches_every_algorithm(lone, tmp_path):
+    cfg = load_config(write_config(lone, "space"))
+    model = tune.SearchModel(cfg, splits=None)  # declares the space, builds nothing
+    for algorithm, oracle_class in [("random", "RandomSearchOracle"), ("hyperband", "HyperbandOracle"),
+                                    ("bayesian", "BayesianOptimizationOracle")]:
+        cfg.tune.algorithm = algorithm
+        tuner = tune.make_tuner(cfg, model, tune.narrowed_space(cfg), str(tmp_path / algorithm), runs=None)
+        assert type(tuner.oracle).__name__ == oracle_class
+        space = {h.name: h for h in tuner.oracle.get_space().space}
+        assert type(space["width"]).__name__ == "Fixed" and space["width"].value == 4
+        assert space["batch_size"].values == [60, 90]
+        lr = space["learning_rate"]
+        assert (lr.min_value, lr.max_value, lr.sampling) == (1e-3, 1e-2, "log")
+        # Names the config leaves alone keep the space declared beside the builder and in the job.
+        assert space["dropout"].max_value == 0.5
+        if algorithm == "hyperband":
+            assert tuner.oracle.max_epochs == cfg.tune.epochs
+        else:
+            assert tuner.oracle.max_trials == cfg.tune.max_trials
+
+
+@pytest.mark.parametrize(
+    "tune_section, message",
+    [
+        ({"fixed": {"widht": 8}}, r"tune\.fixed\.widht: unknown hyperparameter; .*'width'"),
+        ({"choices": {"batch_size": ["big"]}}, r"tune\.choices\.batch_size: must be of type int, .*\(got 'big'\)"),
+        ({"fixed": {}, "ranges": {"conv": {"min": 1, "max": 2}}}, r"tune\.ranges\.conv: conv takes str values"),
+        ({"fixed": {}, "ranges": {"width": {"min": 4, "max": 8.5}}}, r"tune\.ranges\.width: width takes integers"),
+        ({"ranges": {"dropout": {"min": 0.5, "max": 0.1}}}, r"tune\.ranges\.dropout: needs numbers min < max"),
+        ({"algorithm": "grid"}, r"tune\.algorithm: must be one of"),
+        ({"fixed": {"width": 4}, "choices": {"width": [4]}}, r"tune\.choices\.width: is already set in tune\.fixed"),
+        ({"choices": {"batch_size": [0, 60]}}, r"tune: the search space .* data\.batch_size: must be at least 1"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line_naming_the_key(lone, capsys, tune_section, message):
+    path = write_config(lone, "errors", **tune_section)
+    assert run_main(tune.main, ["--config", path]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert re.search(message, err), err
+
+
+def test_restart_with_a_different_config_is_refused(lone, capsys):
+    root, _ = lone
+    path = write_config(lone, "changed")
+    directory = root / "tuning" / "changed"
+    directory.mkdir(parents=True)
+    (directory / "config.yaml").write_text(load_config(path, ["tune.epochs=2", "tune.max_trials=5"]).to_yaml())
+    assert run_main(tune.main, ["--config", path]) == 2
+    err = capsys.readouterr().err
+    # max_trials may grow on a restart; epochs may not.
+    assert "differing keys: tune.epochs." in err and "tune.overwrite=true" in err
