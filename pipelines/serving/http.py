@@ -1,10 +1,12 @@
 """The HTTP stacks `RestApi` runs on, each started in a background thread.
 
-`aiohttp` is the default: in bench/bench_serve.py it answered the most
-requests per second on loopback (see the README's results table); `uvicorn`
-(here with its pure-Python h11 parser, httptools is not installed) and the
-standard library's `ThreadingHTTPServer` are kept so the measurement can be
-repeated (`--stack`).
+`aiohttp` is the default: in bench/bench_serve.py (8 clients, one image per
+request) it had the highest median requests/s over three runs on this 2-core,
+shared machine, though the runs overlap (aiohttp 479-724, stdlib 393-653,
+uvicorn 278-594 req/s; see the README's results table). `uvicorn` (pure-Python
+h11 parser here: httptools is not installed) and the standard library's
+`ThreadingHTTPServer` are kept so that the measurement can be repeated
+(`--stack`).
 
 Every stack enforces the body size limit before reading the body (413 from
 Content-Length) and while reading it (chunked bodies).
