@@ -9,6 +9,7 @@ ARGS   ?=
 HOST   ?= 127.0.0.1
 PORT   ?= 8501
 UI_PORT ?= 5000
+MLFLOW_PORT ?= 5001
 EXPORTS ?= exports
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
@@ -51,6 +52,10 @@ compare: $(STAMP) ## side-by-side table of RUNS=<id>,<id>,...
 
 serve: $(STAMP) ## TF Serving REST API for every model under EXPORTS on HOST:PORT
 	$(PY) -m pipelines.serve --exports $(EXPORTS) --host $(HOST) --port $(PORT) $(ARGS)
+
+serve-mlflow: $(STAMP) ## `mlflow models serve` of MODEL=models:/<name>/<version> on HOST:MLFLOW_PORT (5001)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} \
+	  $(PY) -m mlflow models serve -m "$(MODEL)" --env-manager local -h $(HOST) -p $(MLFLOW_PORT)
 
 bench: $(STAMP) ## every benchmark in bench/ (needs ../shared/data for the MNIST ones)
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
