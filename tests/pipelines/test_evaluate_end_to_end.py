@@ -1,0 +1,64 @@
+"""One end-to-end check (slow): make train evaluates at its end; make evaluate by run id and by
+export path; make compare on the result."""
+
+import json
+import os
+
+import mlflow
+import pytest
+
+from pipelines import compare, evaluate, train
+from pipelines.cli import run_main
+from pipelines.config import config_from_dict
+
+EVAL = ["evaluate.max_images=40", "evaluate.rotation_step=90", "evaluate.elastic_alphas=[0, 8]"]
+
+
+def test_train_then_evaluate_by_run_id_and_by_export_then_compare(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    previous = mlflow.get_tracking_uri()
+    cfg = config_from_dict(
+        {
+            "data": {"synthetic": {"train_size": 300, "test_size": 100}, "batch_size": 64},
+            "model": {"name": "baseline_cnn", "params": {"filters": [4], "dense_units": 8}},
+            "train": {"epochs": 1, "runs_root": str(tmp_path / "runs"), "verbose": "0"},
+            "tracking": {"uri": uri, "register_model": False},
+            "export": {"dir": str(tmp_path / "exports")},
+        },
+        EVAL,
+    )
+    try:
+        result = train.run(cfg)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    run = client.get_run(result.run_id)
+    # make train ran the evaluation inside its run
+    assert run.data.metrics["eval_images"] == 40
+    assert {"rot_acc_000", "rot_acc_270", "shift_consistency", "elastic_acc_8"} <= set(run.data.metrics)
+    in_training = {os.path.basename(a.path) for a in client.list_artifacts(result.run_id, "evaluation")}
+    assert {"rotation_curve.png", "filters.png", "invariance.md"} <= in_training
+    assert os.path.isfile(os.path.join(result.run_dir, "evaluation", "rotation_curve.png"))
+    capsys.readouterr()
+
+    # by run id: the stored config and model, results logged to the same (finished) run
+    reports = tmp_path / "reports"
+    args = ["--tracking-uri", uri, "--reports-dir", str(reports), *EVAL, "evaluate.shift_range=1"]
+    assert run_main(evaluate.main, ["--run", result.run_id, *args]) == 0
+    out = capsys.readouterr().out
+    assert "shift consistency (+-1 px, pad-and-crop)" in out and "Report: " in out
+    by_run = json.loads((reports / f"run-{result.run_id[:8]}" / "invariance.json").read_text())
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["shift_consistency"] == pytest.approx(by_run["shift_consistency"])
+
+    # by export path (the model directory: its highest version), on the SavedModel's uint8 signature
+    assert run_main(evaluate.main, ["--run", os.path.dirname(result.export_path), *args]) == 0
+    by_export = json.loads((reports / "default-v1" / "invariance.json").read_text())
+    # unrotated and rot90 images stay exact uint8 pixels: both ways must agree there
+    for k in ("rot_acc_000", "rot_acc_090", "rot_acc_180", "rot_acc_270"):
+        assert by_export[k] == pytest.approx(by_run[k])
+    assert not any(k.startswith("equiv_err") for k in by_export)
+
+    _, table, files = compare.compare([result.run_id], uri, str(reports))
+    assert result.run_id[:8] in table and all(os.path.isfile(f) for f in files)
