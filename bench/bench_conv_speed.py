@@ -3,8 +3,10 @@
 1. BlurPool2D (stride 2) against keras DepthwiseConv2D with the same kernel
    size and stride (forward + backward: gradients to the input and to every
    trainable weight). Goal (issue 5): ratio <= 1.2. Two alternative
-   BlurPool implementations are timed beside it, which is why the layer pads
-   each axis with its own hand-written gradient and runs two 1-D passes.
+   BlurPool implementations (tf.pad(REFLECT) then one k x k or two 1-D passes)
+   are timed beside it, which is why the layer runs two 1-D passes that pad
+   inside the convolution, correcting only the border outputs for reflect and
+   circular padding (layers/_ops.py, _blur_axis).
 2. SpatialSeparableConv2D (rank 1 and 2) against Conv2D at k = 3, 5, 7:
    time ratios and parameter counts.
 
