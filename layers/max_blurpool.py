@@ -7,11 +7,12 @@ import math
 import keras
 import tensorflow as tf
 
-from layers._ops import PAD_MODES, blur2d, pad2d
+from layers._ops import blur2d, pad2d
+from layers.blurpool import BlurPool2D
 
 
 @keras.saving.register_keras_serializable(package="invariant")
-class MaxBlurPool2D(keras.layers.Layer):
+class MaxBlurPool2D(BlurPool2D):
     """Max over 2x2 windows at stride 1, then `BlurPool2D` (blur, subsample).
 
     Zhang's rewrite of `MaxPooling2D(2)` (R. Zhang, "Making Convolutional
@@ -40,19 +41,6 @@ class MaxBlurPool2D(keras.layers.Layer):
         (2, 14, 14, 8)
     """
 
-    def __init__(self, filter_size: int = 3, strides: int = 2, padding: str = "reflect", **kwargs):
-        super().__init__(**kwargs)
-        if not isinstance(filter_size, int) or isinstance(filter_size, bool) or not 1 <= filter_size <= 7:
-            raise ValueError(f"filter_size must be an integer from 1 to 7, got {filter_size!r}")
-        if not isinstance(strides, int) or isinstance(strides, bool) or strides < 1:
-            raise ValueError(f"strides must be a positive integer, got {strides!r}")
-        if padding not in PAD_MODES:
-            raise ValueError(f"padding must be one of {PAD_MODES}, got {padding!r}")
-        self.filter_size = filter_size
-        self.strides = strides
-        self.padding = padding
-        self.input_spec = keras.layers.InputSpec(ndim=4)
-
     def call(self, inputs):
         x = inputs
         if self.padding == "circular":
@@ -65,8 +53,3 @@ class MaxBlurPool2D(keras.layers.Layer):
         shrink = 0 if self.padding == "circular" else 1
         size = lambda d: None if d is None else math.ceil((d - shrink) / self.strides)
         return (n, size(h), size(w), c)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"filter_size": self.filter_size, "strides": self.strides, "padding": self.padding})
-        return config
