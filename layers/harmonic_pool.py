@@ -6,13 +6,12 @@ import keras
 import numpy as np
 from keras import ops
 
+from layers._ops import binomial_filter
+
 
 def binomial_kernel(pool_size: int, blur: int) -> np.ndarray:
     """1-D pooling filter: a box of `pool_size` convolved with row `blur - 1` of Pascal's triangle, sum 1."""
-    row = np.array([1.0])
-    for _ in range(blur - 1):
-        row = np.convolve(row, [1.0, 1.0])
-    k = np.convolve(np.ones(pool_size), row)
+    k = np.convolve(np.ones(pool_size), binomial_filter(blur))
     return k / k.sum()
 
 
