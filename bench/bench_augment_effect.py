@@ -16,7 +16,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
 
 from bench.common import Timer, mnist_or_skip, rotated_mnist, table  # noqa: E402
 

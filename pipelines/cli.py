@@ -2,8 +2,29 @@
 
 from __future__ import annotations
 
+import argparse
 import os
+import signal
 import sys
+
+DEFAULT_CONFIG = "pipelines/configs/default.yaml"
+
+
+def config_parser(prog: str, description: str, example: str) -> argparse.ArgumentParser:
+    """The arguments every config-driven job takes: --config and dotted key=value overrides."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="experiment YAML")
+    p.add_argument("overrides", nargs="*", help=f"dotted key=value overrides, e.g. {example}")
+    return p
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def interrupt_on_sigterm() -> None:
+    """Make SIGTERM a KeyboardInterrupt, so that a job killed politely records itself as KILLED."""
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 

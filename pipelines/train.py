@@ -12,16 +12,14 @@ training but died later (export, evaluation) skips straight to those steps.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass
 
-from pipelines.cli import run_main
+from pipelines.cli import config_parser, interrupt_on_sigterm, run_main
 from pipelines.config import Config, load_config
 from pipelines.errors import UserError
 
@@ -332,20 +330,13 @@ def _evaluate_invariance(model, cfg: Config, splits, run_dir: str):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="make train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default="pipelines/configs/default.yaml", help="experiment YAML")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=3")
-    return p.parse_args(argv)
-
-
-def _sigterm(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
+    return config_parser("make train", __doc__.split("\n\n")[0], "train.epochs=3").parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
-    signal.signal(signal.SIGTERM, _sigterm)
+    interrupt_on_sigterm()
     result = run(cfg)
     print()
     print(f"MLflow run id:   {result.run_id}")

@@ -30,12 +30,10 @@ config, a shared `tune.directory` and a tracking store they can all reach.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import shutil
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -43,7 +41,7 @@ from dataclasses import dataclass
 import keras_tuner as kt
 import yaml
 
-from pipelines.cli import run_main
+from pipelines.cli import config_parser, interrupt_on_sigterm, run_main
 from pipelines.config import Config, ConfigError, _set_dotted, config_from_dict, flatten, load_config
 from pipelines.errors import UserError
 from pipelines.tracking import MLflowEpochLogger, logged_steps
@@ -670,20 +668,13 @@ def _finish(cfg: Config, oracle, runs: SearchRuns, directory: str, uri: str, rol
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="make tune", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default="pipelines/configs/default.yaml", help="experiment YAML")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. tune.max_trials=20")
-    return p.parse_args(argv)
-
-
-def _sigterm(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
+    return config_parser("make tune", __doc__.split("\n\n")[0], "tune.max_trials=20").parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
-    signal.signal(signal.SIGTERM, _sigterm)
+    interrupt_on_sigterm()
     result = run(cfg, config_path=args.config)
     print()
     print(f"MLflow parent run: {result.parent_run_id}")
