@@ -57,6 +57,7 @@ def build(
     max_order: int = 1,
     batch_norm: bool = True,
     blur: int = 1,
+    bn_momentum: float = 0.9,
     name: str = "hnet",
 ) -> keras.Model:
     """Build an H-Net.
@@ -72,6 +73,9 @@ def build(
             norm of magnitudes + ReLU (else C-ReLU, like the others).
         blur: odd binomial blur length of the pooling between stages (1: plain
             average pooling, as in the paper; 3: anti-aliased).
+        bn_momentum: momentum of the batch norms' moving statistics (0.9, as in
+            baseline.py: with Keras' 0.99 they lag behind the weights when an
+            epoch has few steps, and evaluation after a short run suffers).
     Returns:
         A Keras model from float images in [0, 1] to class logits (float32).
     """
@@ -94,7 +98,8 @@ def build(
         for c in range(convs_per_stage):
             x = HarmonicConv2D(f, k, orders=orders, n_rings=n_rings, name=f"stage{s}_hconv{c}")(x)
             if batch_norm and c == convs_per_stage - 1:
-                x = HarmonicBatchNormalization(activation="relu", name=f"stage{s}_hbn{c}")(x)
+                x = HarmonicBatchNormalization(
+                    momentum=bn_momentum, activation="relu", name=f"stage{s}_hbn{c}")(x)
             else:
                 x = HarmonicReLU(name=f"stage{s}_crelu{c}")(x)
     x = HarmonicConv2D(num_classes, kernel_sizes[-1], orders=orders, n_rings=n_rings, phase=False, name="class_hconv")(x)

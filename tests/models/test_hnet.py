@@ -25,6 +25,9 @@ def test_default_is_the_papers_network(hnet):
     assert all(c.kernel_size == 5 and c.rings == 4 and c.orders == (0, 1) for c in convs)
     assert [c.phase for c in convs] == [True] * 6 + [False]
     assert [tuple(c.output.shape[1:3]) for c in convs] == [(28, 28)] * 2 + [(14, 14)] * 2 + [(7, 7)] * 3
+    # moving statistics at momentum 0.9 (Keras' 0.99 lags behind on short runs)
+    bns = [l for l in hnet.layers if type(l).__name__ == "HarmonicBatchNormalization"]
+    assert len(bns) == 3 and all(b.momentum == 0.9 and b.bn.momentum == 0.9 for b in bns)
 
 
 def test_output_is_float32_logits(hnet):
