@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -40,6 +41,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
 def run_main(main, argv=None) -> int:
     """Call `main(argv)`; print a user error as `error: ...` on stderr and return 2."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # TensorFlow's Python-side warnings (retracing notices when several models
+    # predict in one job) are noise for a user; errors still show.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
     try:
         code = main(argv)
     except user_errors() as e:
