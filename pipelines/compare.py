@@ -47,7 +47,7 @@ def load_runs(run_ids: list[str], tracking_uri: str | None = None) -> list[RunFi
 
     from pipelines import tracking
 
-    from pipelines.evaluate import quiet_mlflow
+    from pipelines.tracking import quiet_mlflow
 
     quiet_mlflow()
     uri = tracking.tracking_uri(tracking_uri)

@@ -409,15 +409,6 @@ def evaluate_in_training(model, cfg, splits, run_dir: str) -> Evaluation:
     return ev
 
 
-def quiet_mlflow() -> None:
-    """No progress bars and no INFO lines from MLflow's store set-up on the command line."""
-    import logging
-
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
 def evaluate_run(run_id: str, tracking_uri: str | None = None, overrides=(), reports_dir: str = "reports"):
     """Evaluate the Keras model of training run `run_id`; log to it. Returns (Evaluation, report dir, files)."""
     import mlflow
@@ -427,7 +418,7 @@ def evaluate_run(run_id: str, tracking_uri: str | None = None, overrides=(), rep
     from pipelines.config import load_config
     from pipelines.train import load_data
 
-    quiet_mlflow()
+    tracking.quiet_mlflow()
     uri = tracking.tracking_uri(tracking_uri)
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()

@@ -17,15 +17,23 @@ def tracking_uri(configured: str | None = None) -> str:
     return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
-def setup(configured_uri: str | None, experiment: str) -> str:
-    """Point MLflow at the tracking store and experiment; return the URI."""
+def quiet_mlflow() -> None:
+    """No progress bars and no INFO lines from MLflow's store set-up on the command line.
+
+    Alembic's and MLflow's INFO lines on every new sqlite store drown Keras' progress bar.
+    """
     import logging
 
-    import mlflow
-
-    # Alembic's and MLflow's own INFO lines on every new sqlite store drown the progress bar.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def setup(configured_uri: str | None, experiment: str) -> str:
+    """Point MLflow at the tracking store and experiment; return the URI."""
+    import mlflow
+
+    quiet_mlflow()
     uri = tracking_uri(configured_uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(experiment)
