@@ -15,6 +15,11 @@ import tensorflow as tf
 
 PAD_MODES = ("reflect", "zero", "circular")
 
+# Half-precision inputs (mixed precision) are computed in float32: TensorFlow's CPU
+# depthwise kernels take float16 only at equal row and column strides (a 1-D pass
+# strides one axis), and its CPU grouped convolutions have no float16 gradient.
+HALF_DTYPES = (tf.float16, tf.bfloat16)
+
 
 def binomial_filter(size: int) -> np.ndarray:
     """Row `size - 1` of Pascal's triangle, normalised to sum to 1 (float64)."""
@@ -241,6 +246,8 @@ def blur2d(x, filter_size: int, strides: int, padding: str):
         raise ValueError(f"padding mode must be one of {PAD_MODES}, got {padding!r}")
     if filter_size == 1:
         return x[:, ::strides, ::strides, :]
+    if x.dtype in HALF_DTYPES:  # mixed precision: see HALF_DTYPES
+        return tf.cast(blur2d(tf.cast(x, tf.float32), filter_size, strides, padding), x.dtype)
     f = binomial_filter(filter_size).astype(x.dtype.as_numpy_dtype)
     before, after = centered_pads(filter_size)
     for axis in (1, 2):

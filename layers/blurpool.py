@@ -26,6 +26,10 @@ class BlurPool2D(keras.layers.Layer):
     the frequencies above the new Nyquist limit, so a one-pixel shift still
     changes the output a little (exactly so only for stride 1).
 
+    Half-precision inputs (mixed precision) are blurred in float32 and cast
+    back: TensorFlow's CPU depthwise kernel takes float16 only at equal row
+    and column strides.
+
     Args:
         filter_size: 1 to 7, the binomial filter's length.
         strides: subsampling factor (>= 1), the same along both axes.

@@ -7,7 +7,7 @@ import math
 import keras
 import tensorflow as tf
 
-from layers._ops import centered_pads, pad_axis
+from layers._ops import HALF_DTYPES, centered_pads, pad_axis
 
 PADDINGS = ("valid", "same", "circular")
 
@@ -39,6 +39,10 @@ class SpatialSeparableConv2D(keras.layers.Layer):
 
     so about r / k of Conv2D's for C_in >> 1 (rank 1, k = 5: 21% of the
     parameters and work at C_in = 32).
+
+    Half-precision inputs (mixed precision) are computed in float32 and cast
+    back: on CPU, TensorFlow's depthwise pass takes float16 only at equal
+    strides and its grouped convolution (rank > 1) has no float16 gradient.
 
     Args:
         filters: output channels M (>= 1).
@@ -129,6 +133,8 @@ class SpatialSeparableConv2D(keras.layers.Layer):
         return total // 2, total - total // 2
 
     def call(self, inputs):
+        if inputs.dtype in HALF_DTYPES:  # mixed precision: TF's CPU kernels lack float16 here (layers/_ops.py)
+            return tf.cast(self.call(tf.cast(inputs, tf.float32)), inputs.dtype)
         x = inputs
         s = self.strides
         mode = "circular" if self.padding == "circular" else "zero"

@@ -204,3 +204,19 @@ def test_xla_compiled_values_and_gradients_match_eager():
     y_ref, g_ref = value_and_grad(x)
     np.testing.assert_allclose(y.numpy(), y_ref.numpy(), atol=1e-5)
     np.testing.assert_allclose(g.numpy(), g_ref.numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("cls", [BlurPool2D, MaxBlurPool2D])
+@pytest.mark.parametrize("padding", ["reflect", "zero", "circular"])
+def test_mixed_precision_float16_inputs_give_float16_outputs_and_gradients(cls, padding):
+    """Under mixed_float16 the 1-D passes (strided on one axis only) must still run on CPU."""
+    x = np.random.default_rng(9).standard_normal((2, 8, 7, 3)).astype("float32")
+    layer = cls(3, 2, padding, dtype="mixed_float16")
+    xt = tf.constant(x, tf.float16)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        y = layer(xt)
+        loss = tf.reduce_sum(tf.cast(y, tf.float32) ** 2)
+    assert y.dtype == tf.float16
+    np.testing.assert_allclose(y.numpy().astype("float32"), cls(3, 2, padding)(x).numpy(), atol=1e-2)
+    assert np.all(np.isfinite(tape.gradient(loss, xt).numpy()))

@@ -73,3 +73,22 @@ def test_invalid_arguments_raise_value_error_naming_the_value(kwargs):
     args = {"filters": 4, "kernel_size": 3, **kwargs}
     with pytest.raises(ValueError, match=repr(list(kwargs.values())[0])):
         SpatialSeparableConv2D(**args)
+
+
+@pytest.mark.parametrize("rank,strides,padding", [(1, 2, "same"), (2, 1, "circular"), (2, 2, "valid")])
+def test_mixed_precision_float16_inputs_give_float16_outputs_and_gradients(rank, strides, padding):
+    """Under mixed_float16 the strided depthwise pass and the grouped convolution's gradient must run on CPU."""
+    layer, kernel, bias = _layer_and_equivalent_kernel(4, 3, rank, strides, padding)
+    half = SpatialSeparableConv2D(4, 3, rank=rank, strides=strides, padding=padding, dtype="mixed_float16")
+    half.build((None, 9, 10, 3))
+    half.set_weights(layer.get_weights())
+    x = np.random.default_rng(3).standard_normal((2, 9, 10, 3)).astype("float32")
+    xt = tf.constant(x, tf.float16)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        y = half(xt)
+        loss = tf.reduce_sum(tf.cast(y, tf.float32) ** 2)
+    grads = tape.gradient(loss, [xt] + half.trainable_weights)
+    assert y.dtype == tf.float16
+    np.testing.assert_allclose(y.numpy().astype("float32"), layer(x).numpy(), rtol=2e-2, atol=5e-2)
+    assert all(g is not None and np.all(np.isfinite(g.numpy())) for g in grads)
