@@ -228,6 +228,8 @@ def parse_predict(body: bytes, servable: Servable) -> tuple[dict[str, np.ndarray
         req = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BadRequest(f"malformed JSON in the request body: {e}")
+    except RecursionError:  # e.g. 100k nested '[': deeper than any tensor (64 dims at most)
+        raise BadRequest("malformed JSON in the request body: nested too deeply") from None
     if not isinstance(req, dict):
         raise BadRequest(f"the request body must be a JSON object with 'instances' or 'inputs', got {type(req).__name__}")
     sig = req.get("signature_name", "serving_default")

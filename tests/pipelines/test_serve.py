@@ -149,6 +149,7 @@ BAD = [
     # (id, path suffix, method, body (bytes or JSON), status, words the error must contain)
     ("malformed-json", ":predict", "POST", b'{"instances": [1, 2', 400, "malformed JSON"),
     ("not-an-object", ":predict", "POST", b"[1, 2]", 400, "JSON object"),
+    ("nested-too-deeply", ":predict", "POST", b'{"instances": ' + b"[" * 20_000 + b"]" * 20_000 + b"}", 400, "nested too deeply"),
     ("no-instances-or-inputs", ":predict", "POST", {}, 400, "exactly one of 'instances'"),
     ("both-formats", ":predict", "POST", {"instances": [_img((28, 28, 1))], "inputs": [_img((28, 28, 1))]}, 400, "exactly one of"),
     ("unknown-key", ":predict", "POST", {"instance": [_img((28, 28, 1))]}, 400, "unknown key(s) ['instance']"),
