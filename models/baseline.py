@@ -24,11 +24,15 @@ DOWNSAMPLE_KINDS = ("max", "strided", "avg", "blur", "blur_strided", "blur_avg",
 PADDINGS = ("same", "circular")
 
 
-def _per_stage(value, n, name, cast):
+def _per_stage(value, n, name, cast=int):
+    """`value` as one entry per stage: a list of `n` entries, or one value for every stage (also hnet.py's)."""
     values = list(value) if isinstance(value, (list, tuple)) else [value] * n
     if len(values) != n:
         raise ValueError(f"{name} must have one entry per stage ({n}), got {value!r}")
-    return [cast(v) for v in values]
+    try:
+        return [cast(v) for v in values]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must hold {cast.__name__} values, got {value!r}") from None
 
 
 def conv_layer(
@@ -144,7 +148,7 @@ def build(
     Returns:
         A Keras model from float images in [0, 1] to class logits (float32).
     """
-    n = len(filters)
+    n = len(filters) if isinstance(filters, (list, tuple)) else 0
     if n < 1:
         raise ValueError(f"filters must name at least one stage, got {filters!r}")
     filters = _per_stage(filters, n, "filters", int)
@@ -164,8 +168,8 @@ def build(
         )
     if head not in ("flatten", "gap"):
         raise ValueError(f"head must be 'flatten' or 'gap', got {head!r}")
-    if convs_per_stage < 1:
-        raise ValueError(f"convs_per_stage must be at least 1, got {convs_per_stage!r}")
+    if not isinstance(convs_per_stage, int) or convs_per_stage < 1:
+        raise ValueError(f"convs_per_stage must be an integer >= 1, got {convs_per_stage!r}")
 
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = inputs

@@ -23,14 +23,8 @@ from layers.harmonic_conv import HarmonicConv2D
 from layers.harmonic_pool import HarmonicAveragePooling2D
 from layers.harmonic_readout import HarmonicMagnitudeReadout
 from layers.harmonic_relu import HarmonicReLU
+from models.baseline import _per_stage
 from models.registry import register
-
-
-def _per_stage(value, n, name):
-    values = list(value) if isinstance(value, (list, tuple)) else [value] * n
-    if len(values) != n:
-        raise ValueError(f"{name} must have one entry per stage ({n}), got {value!r}")
-    return [int(v) for v in values]
 
 
 def search_space(hp) -> dict:
@@ -84,8 +78,8 @@ def build(
         raise ValueError(f"filters must name at least one stage, got {filters!r}")
     filters = _per_stage(filters, n, "filters")
     kernel_sizes = _per_stage(kernel_size, n, "kernel_size")
-    if convs_per_stage < 1:
-        raise ValueError(f"convs_per_stage must be at least 1, got {convs_per_stage!r}")
+    if not isinstance(convs_per_stage, int) or convs_per_stage < 1:
+        raise ValueError(f"convs_per_stage must be an integer >= 1, got {convs_per_stage!r}")
     if not isinstance(max_order, int) or max_order < 0:
         raise ValueError(f"max_order must be a non-negative integer, got {max_order!r}")
     orders = tuple(range(max_order + 1))

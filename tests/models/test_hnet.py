@@ -85,3 +85,10 @@ def test_trains_saves_reloads_and_exports(tmp_path):
     out = export_model(m, str(tmp_path / "exports"), "hnet", check_images=images)
     probs = predict_savedmodel(out, images)["probabilities"]
     np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs,needle", [({"filters": 8}, "8"), ({"kernel_size": ["a", 5, 5]}, "'a'"),
+                                           ({"convs_per_stage": 1.5}, "1.5")])
+def test_bad_params_raise_value_error_echoing_the_value(kwargs, needle):
+    with pytest.raises(ValueError, match=needle):
+        models.build_model("hnet", (16, 16, 1), 4, **kwargs)
