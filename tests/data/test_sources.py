@@ -46,12 +46,15 @@ def test_synthetic_source_carves_a_stratified_validation_split(tmp_path):
     assert s.num_classes == 10 and s.image_shape == (28, 28, 1)
 
 
-def test_stratified_split_is_disjoint_and_complete():
+def test_stratified_split_is_disjoint_complete_per_class_and_seeded():
     x = np.arange(100)[:, None]
     y = np.arange(100) % 4
     (xa, ya), (xb, yb) = stratified_split(x, y, 0.25, seed=0)
     assert sorted(np.concatenate([xa, xb]).ravel().tolist()) == list(range(100))
-    assert np.bincount(yb).tolist() == [6, 6, 6, 6] or np.bincount(yb).tolist() == [7, 7, 7, 7] or len(yb) == 25
+    assert np.bincount(yb).tolist() == [6, 6, 6, 6]  # round(0.25 * 25) of each class
+    assert np.bincount(ya).tolist() == [19, 19, 19, 19]
+    np.testing.assert_array_equal(stratified_split(x, y, 0.25, seed=0)[1][0], xb)  # seeded
+    assert not np.array_equal(stratified_split(x, y, 0.25, seed=1)[1][0], xb)  # the seed picks which
 
 
 def _npz(path, n=30, **extra):
