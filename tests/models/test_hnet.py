@@ -92,3 +92,23 @@ def test_trains_saves_reloads_and_exports(tmp_path):
 def test_bad_params_raise_value_error_echoing_the_value(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
         models.build_model("hnet", (16, 16, 1), 4, **kwargs)
+
+
+def test_trains_under_mixed_float16():
+    """The training job's `train.mixed_precision: true` sets this global policy (restored after)."""
+    import tensorflow as tf
+
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        m = models.build_model("hnet", (12, 12, 1), 3, filters=[4, 4], convs_per_stage=1, blur=3)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    assert m.get_layer("stage0_hconv0").compute_dtype == "float16"
+    x = np.random.default_rng(0).uniform(size=(2, 12, 12, 1)).astype("float32")
+    with tf.GradientTape() as tape:
+        logits = m(x, training=True)
+        loss = tf.reduce_mean(tf.square(logits))
+    grads = tape.gradient(loss, m.trainable_weights)
+    assert logits.dtype == tf.float32 and np.all(np.isfinite(logits.numpy()))
+    assert all(g is not None and np.all(np.isfinite(g.numpy())) for g in grads)
