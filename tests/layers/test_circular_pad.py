@@ -52,5 +52,6 @@ def test_pad_then_valid_conv_commutes_with_roll():
 
 @pytest.mark.parametrize("padding", [-1, (1, 2, 3), ((1, 2), 3), 1.5, "same"])
 def test_invalid_padding_raises_value_error_naming_it(padding):
-    with pytest.raises(ValueError, match="padding must be"):
+    with pytest.raises(ValueError, match="padding must be") as e:
         CircularPad2D(padding)
+    assert repr(padding) in str(e.value)  # the value received is echoed
