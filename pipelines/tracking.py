@@ -30,13 +30,24 @@ def quiet_mlflow() -> None:
 
 
 def setup(configured_uri: str | None, experiment: str) -> str:
-    """Point MLflow at the tracking store and experiment; return the URI."""
+    """Point MLflow at the tracking store and experiment; return the URI.
+
+    A store MLflow cannot use (unknown scheme, unreachable server) is the
+    user's `UserError`, not a traceback.
+    """
     import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from pipelines.errors import UserError
 
     quiet_mlflow()
     uri = tracking_uri(configured_uri)
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(experiment)
+    try:
+        mlflow.set_experiment(experiment)
+    except MlflowException as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"tracking store {uri} (tracking.uri or MLFLOW_TRACKING_URI): {first}") from None
     return uri
 
 

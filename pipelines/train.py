@@ -24,8 +24,8 @@ from pipelines.config import Config, load_config
 from pipelines.errors import UserError
 
 
-class TrainingDivergedError(RuntimeError):
-    """The loss became NaN or infinite."""
+class TrainingDivergedError(UserError, RuntimeError):
+    """The loss became NaN or infinite (a config's learning rate, usually): one `error:` line, exit 2."""
 
 
 @dataclass
@@ -210,6 +210,7 @@ def run(cfg: Config, callbacks=()) -> TrainResult:
     import keras
     import mlflow
     import numpy as np
+    from mlflow.exceptions import MlflowException
 
     from data.pipeline import make_datasets
     from pipelines import tracking
@@ -217,7 +218,8 @@ def run(cfg: Config, callbacks=()) -> TrainResult:
 
     print(f"Devices: {describe_devices()}")
     keras.utils.set_random_seed(cfg.train.seed)
-    splits = load_data(cfg)  # before the run directory: a bad source leaves nothing behind
+    splits = load_data(cfg)  # before the run directory: a bad source or store leaves nothing behind
+    uri = tracking.setup(cfg.tracking.uri, cfg.experiment_name)
     run_dir, state = _prepare_run_dir(cfg)
     print(
         f"Data: {cfg.data.source}: train {len(splits.train[0])}, validation {len(splits.validation[0])}, "
@@ -227,10 +229,17 @@ def run(cfg: Config, callbacks=()) -> TrainResult:
     train_ds, val_ds, test_ds = make_datasets(splits, cfg.data.batch_size, seed=cfg.data.seed, augment=augment)
     steps_per_epoch = math.ceil(len(splits.train[0]) / cfg.data.batch_size)
 
-    uri = tracking.setup(cfg.tracking.uri, cfg.experiment_name)
     run_id = state.get("mlflow_run_id")
     resumed = run_id is not None
-    active = mlflow.start_run(run_id=run_id, run_name=None if resumed else os.path.basename(run_dir))
+    try:
+        active = mlflow.start_run(run_id=run_id, run_name=None if resumed else os.path.basename(run_dir))
+    except MlflowException:
+        if not resumed:
+            raise
+        raise UserError(
+            f"train.run_dir={run_dir} continues MLflow run {run_id}, which the tracking store {uri} does not "
+            "hold (or it was deleted); resume with the store it started in, or choose a new run_dir"
+        ) from None
     run_id = active.info.run_id
     _write_state(run_dir, mlflow_run_id=run_id, status="running")
     print(f"MLflow run {run_id} ({'resumed' if resumed else 'new'}) in {uri}; run dir {run_dir}")
@@ -270,7 +279,8 @@ def run(cfg: Config, callbacks=()) -> TrainResult:
                                 callbacks=fit_callbacks, verbose=verbose, shuffle=False)
             losses = history.history.get("loss", [])
             if losses and not all(np.isfinite(losses)):
-                raise TrainingDivergedError(f"loss became {losses[-1]} in epoch {len(losses)}; training stopped")
+                raise TrainingDivergedError(f"loss became {losses[-1]} in epoch {len(losses)}; training stopped "
+                                            f"(train.learning_rate={cfg.train.learning_rate:g} too high?)")
             model.save(model_path)
             _write_state(run_dir, trained=True)
 

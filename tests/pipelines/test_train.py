@@ -126,6 +126,12 @@ def test_resume_refuses_a_different_config(tmp_path):
         run(tiny_config(tmp_path, f"train.run_dir={run_dir}"), callbacks=[_CrashAfterFirstEpoch()])
     with pytest.raises(UserError, match="different config"):
         run(tiny_config(tmp_path, f"train.run_dir={run_dir}", "train.learning_rate=0.5"))
+    # the same config, but its MLflow run is gone from the store: a clear error, not MLflow's traceback
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (crashed,) = client.search_runs(client.get_experiment_by_name("tiny").experiment_id)
+    client.delete_run(crashed.info.run_id)
+    with pytest.raises(UserError, match=f"continues MLflow run {crashed.info.run_id}, which the tracking store"):
+        run(tiny_config(tmp_path, f"train.run_dir={run_dir}"))
 
 
 @pytest.mark.parametrize(
@@ -141,6 +147,17 @@ def test_cli_user_errors_exit_2_with_one_message(tmp_path, capsys, args, message
     args = args + [f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", f"train.runs_root={tmp_path / 'runs'}"] \
         if args[0] != "--config" else args
     assert run_main(main, args) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    text = capsys.readouterr().err
+    err = text.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
-    assert "Traceback" not in capsys.readouterr().err
+    assert "Traceback" not in text
+    assert not (tmp_path / "runs").exists()  # nothing written
+
+
+def test_an_unusable_tracking_store_is_one_error_and_leaves_nothing(tmp_path, capsys):
+    args = ["tracking.uri=bogus://store", f"train.runs_root={tmp_path / 'runs'}",
+            "data.synthetic.train_size=40", "data.synthetic.test_size=20", f"data.cache_dir={tmp_path / 'cache'}"]
+    assert run_main(main, args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: tracking store bogus://store")
+    assert not (tmp_path / "runs").exists()
