@@ -588,19 +588,19 @@ def run(cfg: Config, callbacks=(), config_path: str | None = None) -> TuneResult
         raise ConfigError(f"tune: the search space at its first values gives a bad config: {e}") from None
     directory = search_directory(cfg)
 
-    if role == "worker":
-        wait_for_chief(directory, cfg.tune.chief_timeout)
-        _check_same_search(cfg, directory)
-    else:
-        _prepare_directory(cfg, directory)
-    uri = tracking.setup(cfg.tracking.uri, cfg.experiment_name)
-    runs = SearchRuns.join(directory) if role == "worker" else SearchRuns.open(cfg, directory, uri)
-
     splits = None
-    if role != "chief":
+    if role != "chief":  # before the directory and the parent run: a bad source leaves neither behind
         print(f"Devices: {describe_devices()}")
         splits = load_data(cfg)
         print(f"Data: {cfg.data.source}: train {len(splits.train[0])}, validation {len(splits.validation[0])} images")
+    if role == "worker":  # after the chief, who creates the experiment
+        wait_for_chief(directory, cfg.tune.chief_timeout)
+        _check_same_search(cfg, directory)
+        uri = tracking.setup(cfg.tracking.uri, cfg.experiment_name)
+    else:
+        uri = tracking.setup(cfg.tracking.uri, cfg.experiment_name)
+        _prepare_directory(cfg, directory)
+    runs = SearchRuns.join(directory) if role == "worker" else SearchRuns.open(cfg, directory, uri)
     hypermodel = SearchModel(cfg, splits)
 
     policy = "mixed_float16" if cfg.train.mixed_precision else "float32"

@@ -244,3 +244,15 @@ def test_restart_with_a_different_config_is_refused(lone, capsys):
     err = capsys.readouterr().err
     # max_trials may grow on a restart; epochs may not.
     assert "differing keys: tune.epochs." in err and "tune.overwrite=true" in err
+
+
+def test_a_missing_dataset_leaves_no_search_and_no_parent_run(lone, capsys):
+    root, uri = lone
+    path = write_config(lone, "nodata")
+    assert run_main(tune.main, ["--config", path, "data.source=npz:/no/such/file.npz"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no such file" in err and "Traceback" not in err
+    assert not (root / "tuning" / "nodata").exists()
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("nodata")
+    assert experiment is None or not client.search_runs([experiment.experiment_id])
