@@ -174,11 +174,11 @@ class HarmonicConv2D(keras.layers.Layer):
         super().__init__(**kwargs)
         if not isinstance(filters, int) or isinstance(filters, bool) or filters < 1:
             raise ValueError(f"filters must be a positive integer, got {filters!r}")
-        if not isinstance(kernel_size, int) or kernel_size < 3 or kernel_size % 2 == 0:
+        if not isinstance(kernel_size, int) or isinstance(kernel_size, bool) or kernel_size < 3 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be an odd integer >= 3, got {kernel_size!r}")
-        if n_rings is not None and (not isinstance(n_rings, int) or n_rings < 1):
+        if n_rings is not None and (not isinstance(n_rings, int) or isinstance(n_rings, bool) or n_rings < 1):
             raise ValueError(f"n_rings must be a positive integer or None, got {n_rings!r}")
-        if not isinstance(strides, int) or strides < 1:
+        if not isinstance(strides, int) or isinstance(strides, bool) or strides < 1:
             raise ValueError(f"strides must be a positive integer, got {strides!r}")
         if padding not in ("same", "valid"):
             raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")

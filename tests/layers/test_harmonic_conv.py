@@ -95,6 +95,8 @@ def test_shared_checks_without_phase_and_valid_padding():
         {"filters": 4, "padding": "causal"},
         {"filters": 4, "n_rings": 0},
         {"filters": 4, "phase": "yes"},
+        {"filters": 4, "strides": True},
+        {"filters": 4, "n_rings": True},
     ],
 )
 def test_bad_arguments_raise_value_error_echoing_value(kwargs):
