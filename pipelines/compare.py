@@ -47,9 +47,7 @@ def load_runs(run_ids: list[str], tracking_uri: str | None = None) -> list[RunFi
 
     from pipelines import tracking
 
-    from pipelines.tracking import quiet_mlflow
-
-    quiet_mlflow()
+    tracking.quiet_mlflow()
     uri = tracking.tracking_uri(tracking_uri)
     client = mlflow.MlflowClient(tracking_uri=uri)
     out = []

@@ -50,6 +50,7 @@ import numpy as np
 from pipelines import invariance as inv
 from pipelines.cli import run_main
 from pipelines.errors import UserError
+from pipelines.plots import save
 
 ARTIFACT_DIR = "evaluation"
 
@@ -219,10 +220,7 @@ def evaluate(predict, images, labels, ecfg, model=None) -> Evaluation:
 
 
 def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from pipelines.plots import plt  # matplotlib on its Agg backend
 
     return plt
 
@@ -244,10 +242,7 @@ def plot_rotation_curve(curves: dict[str, dict], path: str, title: str = "accura
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_elastic_curve(ev: Evaluation, path: str) -> str:
@@ -260,10 +255,7 @@ def plot_elastic_curve(ev: Evaluation, path: str) -> str:
     ax.set_ylim(0, 1.02)
     ax.set_title("accuracy under elastic deformation")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_equivariance(ev: Evaluation, path: str) -> str:
@@ -280,10 +272,7 @@ def plot_equivariance(ev: Evaluation, path: str) -> str:
     ax.set_ylabel("relative L2 error (central disk)")
     ax.set_title("rotation equivariance error per harmonic layer")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def _walk_layers(model):
@@ -342,10 +331,7 @@ def plot_filters(model, path: str, max_cols: int = 8) -> str | None:
                 ax.axis("off")
         axes[i, 0].set_ylabel(label, fontsize=7)
     fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def write_report(ev: Evaluation, out_dir: str, title: str, model=None) -> list[str]:

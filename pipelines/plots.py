@@ -1,4 +1,4 @@
-"""PNG figures that the jobs log: training curves and the confusion matrix."""
+"""PNG figures that the jobs log: training curves and the confusion matrix, and `save` for every figure."""
 
 from __future__ import annotations
 
@@ -7,6 +7,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+
+def save(fig, path: str) -> str:
+    """Lay out `fig`, write it as a PNG at `path`, close it; return `path`."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def training_curves(history: dict[str, list[float]], path: str) -> str:
@@ -21,10 +29,7 @@ def training_curves(history: dict[str, list[float]], path: str) -> str:
         ax.set_title(metric)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str], path: str) -> np.ndarray:
@@ -43,7 +48,5 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[s
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title("confusion matrix (test split)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)
     return cm

@@ -329,10 +329,8 @@ def _log_augmentation_preview(cfg: Config, splits, run_dir: str):
 
 def _evaluate_invariance(model, cfg: Config, splits, run_dir: str):
     """The invariance evaluation of pipelines/evaluate.py, logged to the active run."""
-    try:
-        from pipelines import evaluate
-    except ImportError:
-        return
+    from pipelines import evaluate
+
     evaluate.evaluate_in_training(model, cfg, splits, run_dir)
 
 
