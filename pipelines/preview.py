@@ -9,20 +9,17 @@ probability 1), and the full chain as configured. Writes
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
-from pipelines.cli import run_main
+from pipelines.cli import config_parser, run_main
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m pipelines.preview", description=__doc__.splitlines()[0])
-    p.add_argument("--config", required=True, help="experiment YAML")
+    p = config_parser("make preview", __doc__.split("\n\n")[0], "augment.rotation.max_degrees=90")
     p.add_argument("--n", type=int, default=8, help="images per row (default 8)")
     p.add_argument("--seed", type=int, default=None, help="augmentation seed (default: the config's train.seed)")
     p.add_argument("--out", default=None, help="PNG path (default reports/<config name>/augmentation_preview.png)")
-    p.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. augment.rotation.max_degrees=90")
     return p.parse_args(argv)
 
 

@@ -35,7 +35,7 @@ def log_inference_model(model, tracking_uri: str, artifact_dir: str, sample: np.
 
     infer = inference_model(model)
     x = sample.astype("float32")
-    prev = os.environ.get("MLFLOW_TRACKING_URI")
+    prev = mlflow.get_tracking_uri()  # not $MLFLOW_TRACKING_URI: a URI set in code counts too
     mlflow.set_tracking_uri(tracking_uri)
     try:
         exp = mlflow.create_experiment(f"serve-{os.getpid()}-{time.time_ns()}", artifact_location=artifact_dir)
