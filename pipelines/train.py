@@ -282,28 +282,37 @@ def run(cfg: Config, callbacks=()) -> TrainResult:
                 raise TrainingDivergedError(f"loss became {losses[-1]} in epoch {len(losses)}; training stopped "
                                             f"(train.learning_rate={cfg.train.learning_rate:g} too high?)")
             model.save(model_path)
-            _write_state(run_dir, trained=True)
+            state = _write_state(run_dir, trained=True)
 
-        test_loss, test_acc = model.evaluate(test_ds, verbose=0)
-        mlflow.log_metrics({"test_loss": float(test_loss), "test_accuracy": float(test_acc)})
+        # Each step after training records itself in state.json, so that a run resumed after a
+        # crash in a later step neither logs its test metrics or model twice nor exports again.
+        if "test_accuracy" in state:
+            test_loss, test_acc = state["test_loss"], state["test_accuracy"]
+        else:
+            test_loss, test_acc = model.evaluate(test_ds, verbose=0)
+            mlflow.log_metrics({"test_loss": float(test_loss), "test_accuracy": float(test_acc)})
+            state = _write_state(run_dir, test_loss=float(test_loss), test_accuracy=float(test_acc))
         print(f"Test accuracy {test_acc:.4f}, test loss {test_loss:.4f}")
-        _log_figures(run_id, model, splits, test_ds, run_dir)
-        mlflow.log_artifact(model_path, artifact_path="keras_model")
-        _log_mlflow_model(model, cfg, splits.test[0][:8])
+        if not state.get("model_logged"):
+            _log_figures(run_id, model, splits, test_ds, run_dir)
+            mlflow.log_artifact(model_path, artifact_path="keras_model")
+            _log_mlflow_model(model, cfg, splits.test[0][:8])
+            state = _write_state(run_dir, model_logged=True)
 
-        export_path = None
-        if cfg.export.enabled:
+        export_path = state.get("export_path")
+        if cfg.export.enabled and not export_path:
             export_path = export_model(model, cfg.export.dir, cfg.export_name, check_images=splits.test[0],
                                        tolerance=cfg.export.tolerance,
                                        extra_assets={"experiment.yaml": cfg.to_yaml()})
             mlflow.set_tag("export_path", os.path.abspath(export_path))
+            state = _write_state(run_dir, export_path=export_path)
             print(f"Exported and verified SavedModel: {export_path}")
 
         if cfg.evaluate.enabled:
             _evaluate_invariance(model, cfg, splits, run_dir)
 
         mlflow.end_run(status="FINISHED")
-        _write_state(run_dir, status="finished", export_path=export_path)
+        _write_state(run_dir, status="finished")
     except BaseException as exc:
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
         try:

@@ -161,3 +161,28 @@ def test_an_unusable_tracking_store_is_one_error_and_leaves_nothing(tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: tracking store bogus://store")
     assert not (tmp_path / "runs").exists()
+
+
+def test_resume_after_a_crash_past_training_repeats_no_step(tmp_path, monkeypatch):
+    import pipelines.train as train
+
+    run_dir = str(tmp_path / "runs" / "late-crash")
+    cfg = tiny_config(tmp_path, f"train.run_dir={run_dir}", "evaluate.enabled=true")
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("simulated crash in the evaluation")
+
+    monkeypatch.setattr(train, "_evaluate_invariance", crash)
+    with pytest.raises(RuntimeError, match="simulated crash in the evaluation"):
+        run(cfg)
+    counter = _CountEpochs()
+    monkeypatch.setattr(train, "_evaluate_invariance", lambda *args, **kwargs: None)
+    result = run(cfg, callbacks=[counter])
+
+    assert counter.epochs == []  # training had finished: not trained again
+    assert sorted(os.listdir(tmp_path / "exports" / "tiny")) == ["1"]  # not exported twice
+    client = mlflow.MlflowClient(cfg.tracking.uri)
+    assert len(client.get_metric_history(result.run_id, "test_accuracy")) == 1
+    assert len(client.search_model_versions("name='tiny'")) == 1
+    assert client.get_run(result.run_id).info.status == "FINISHED"
+    assert result.export_path.endswith(os.path.join("tiny", "1"))
