@@ -3,6 +3,7 @@
 import pytest
 
 from models import build_model
+from tests.models.conftest import assert_float16_training_step
 
 
 @pytest.mark.parametrize(
@@ -25,19 +26,6 @@ def test_bad_params_raise_value_error_echoing_the_value(kwargs, needle):
         build_model("baseline_cnn", (16, 16, 1), 3, **kwargs)
 
 
-@pytest.fixture
-def mixed_float16():
-    """The training job's `train.mixed_precision: true` sets this global policy; restored after."""
-    import keras
-
-    previous = keras.mixed_precision.global_policy().name
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
-
-
 @pytest.mark.parametrize(
     "params",
     [
@@ -49,16 +37,5 @@ def mixed_float16():
 )
 def test_trains_under_mixed_float16(mixed_float16, params):
     """Each custom layer runs on float16 activations (forward and backward), logits stay float32."""
-    import numpy as np
-    import tensorflow as tf
-
     model = build_model("baseline_cnn", (16, 16, 1), 3, filters=(4, 8), convs_per_stage=1, **params)
-    x = np.random.default_rng(0).uniform(size=(2, 16, 16, 1)).astype("float32")
-    with tf.GradientTape() as tape:
-        logits = model(x, training=True)
-        loss = tf.reduce_mean(tf.square(logits))
-    grads = tape.gradient(loss, model.trainable_weights)
-    assert logits.dtype == tf.float32 and np.all(np.isfinite(logits.numpy()))
-    custom = [l for l in model.layers if type(l).__module__.startswith("layers.")]
-    assert custom and all(l.compute_dtype == "float16" for l in custom)
-    assert all(g is not None and np.all(np.isfinite(g.numpy())) for g in grads)
+    assert_float16_training_step(model, (16, 16, 1))

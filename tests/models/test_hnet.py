@@ -8,6 +8,7 @@ import pytest
 
 import models
 from models.hnet import search_space
+from tests.models.conftest import assert_float16_training_step
 
 
 @pytest.fixture(scope="module")
@@ -94,21 +95,8 @@ def test_bad_params_raise_value_error_echoing_the_value(kwargs, needle):
         models.build_model("hnet", (16, 16, 1), 4, **kwargs)
 
 
-def test_trains_under_mixed_float16():
+def test_trains_under_mixed_float16(mixed_float16):
     """The training job's `train.mixed_precision: true` sets this global policy (restored after)."""
-    import tensorflow as tf
-
-    previous = keras.mixed_precision.global_policy().name
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        m = models.build_model("hnet", (12, 12, 1), 3, filters=[4, 4], convs_per_stage=1, blur=3)
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
+    m = models.build_model("hnet", (12, 12, 1), 3, filters=[4, 4], convs_per_stage=1, blur=3)
     assert m.get_layer("stage0_hconv0").compute_dtype == "float16"
-    x = np.random.default_rng(0).uniform(size=(2, 12, 12, 1)).astype("float32")
-    with tf.GradientTape() as tape:
-        logits = m(x, training=True)
-        loss = tf.reduce_mean(tf.square(logits))
-    grads = tape.gradient(loss, m.trainable_weights)
-    assert logits.dtype == tf.float32 and np.all(np.isfinite(logits.numpy()))
-    assert all(g is not None and np.all(np.isfinite(g.numpy())) for g in grads)
+    assert_float16_training_step(m, (12, 12, 1))

@@ -1,0 +1,30 @@
+"""Shared by the builder tests: the mixed-precision policy and a float16 training-step check."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+
+@pytest.fixture
+def mixed_float16():
+    """The training job's `train.mixed_precision: true` sets this global policy; restored after."""
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def assert_float16_training_step(model, input_shape):
+    """Every custom layer computes in float16, logits stay float32, and every gradient is finite."""
+    custom = [l for l in model.layers if type(l).__module__.startswith("layers.")]
+    assert custom and all(l.compute_dtype == "float16" for l in custom)
+    x = np.random.default_rng(0).uniform(size=(2, *input_shape)).astype("float32")
+    with tf.GradientTape() as tape:
+        logits = model(x, training=True)
+        loss = tf.reduce_mean(tf.square(logits))
+    grads = tape.gradient(loss, model.trainable_weights)
+    assert logits.dtype == tf.float32 and np.all(np.isfinite(logits.numpy()))
+    assert all(g is not None and np.all(np.isfinite(g.numpy())) for g in grads)
