@@ -1,4 +1,7 @@
-"""tf.data pipelines over in-memory splits: seeded shuffle, batch, parallel map, cache, prefetch.
+"""tf.data pipelines: seeded shuffle, batch, parallel map, cache, prefetch.
+
+`make_dataset(s)` take the in-memory arrays of `data.sources.Splits`;
+`make_stream_dataset(s)` take the streamed splits of `data.streaming.open_source`.
 
 Images enter as uint8 and leave as float32 in [0, 1]. Augmentation (see
 data/augment.py) runs on the training split only, after
@@ -51,4 +54,50 @@ def make_datasets(splits, batch_size: int, seed: int = 0, augment=None):
         make_dataset(*splits.train, batch_size, training=True, seed=seed, augment=augment),
         make_dataset(*splits.validation, batch_size),
         make_dataset(*splits.test, batch_size),
+    )
+
+
+# ----------------------------------------------------------------------------- streaming splits (issue 13)
+
+
+def _batch_to_float(images, labels):
+    return tf.cast(images, tf.float32) / 255.0, labels
+
+
+def make_stream_dataset(
+    split,
+    batch_size: int,
+    *,
+    training: bool = False,
+    seed: int = 0,
+    augment=None,
+    max_images: int | None = None,
+    drop_remainder: bool = False,
+) -> tf.data.Dataset:
+    """A batched dataset of (float32 images in [0, 1], int64 labels) from a `data.streaming.Split`.
+
+    Read, decode and preprocess run in parallel inside tf.data; caching follows
+    the options the source was opened with. Training: shuffled (seeded, a new
+    order each epoch), randomly cropped when the options ask for it, then
+    `augment` per batch (each batch its own stateless seed drawn from `seed`).
+    `max_images` (evaluation only): the seeded subset of
+    `pipelines.evaluation.eval_subset`, only those images read.
+    """
+    if training and max_images is not None:
+        raise ValueError("max_images applies to evaluation splits only")
+    ds = split.take_subset(max_images, seed) if max_images is not None else split.elements(training=training, seed=seed)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.map(_batch_to_float, num_parallel_calls=AUTOTUNE)
+    if training and augment is not None:
+        ds = augment_dataset(ds, augment, seed=seed)
+    return ds.prefetch(AUTOTUNE)
+
+
+def make_stream_datasets(splits, batch_size: int, seed: int = 0, augment=None):
+    """(train, validation, test) batched datasets for a `data.streaming.StreamSplits`
+    (the streaming counterpart of `make_datasets`)."""
+    return (
+        make_stream_dataset(splits.train, batch_size, training=True, seed=seed, augment=augment),
+        make_stream_dataset(splits.validation, batch_size),
+        make_stream_dataset(splits.test, batch_size),
     )
