@@ -16,7 +16,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONPATH := $(CURDIR)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv train test ui preview tune evaluate compare serve serve-mlflow bench clean
+.PHONY: help venv train test ui preview tune evaluate compare serve serve-mlflow convert bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ serve: $(STAMP) ## TF Serving REST API for every model under EXPORTS on HOST:POR
 serve-mlflow: $(STAMP) ## `mlflow models serve` of MODEL=models:/<name>/<version> on HOST:MLFLOW_PORT (5001)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} \
 	  $(PY) -m mlflow models serve -m "$(MODEL)" --env-manager local -h $(HOST) -p $(MLFLOW_PORT)
+
+convert: $(STAMP) ## TFRecord shards of SRC=<source> in DEST=<dir> (resumable; read: tfrecord:<dir>)
+	$(PY) -m pipelines.convert --src "$(SRC)" --dest "$(DEST)" $(ARGS)
 
 bench: $(STAMP) ## every benchmark in bench/ (needs ../shared/data for the MNIST ones)
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
