@@ -1,0 +1,234 @@
+"""Streaming sources (data/streaming.py): folder decode, channels, resize modes, splits, bad files, sharding."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from data.sources import DataSourceError, load_splits
+from data.streaming import BadImagesError, DataOptions, open_source, preprocess_image
+
+
+def _save(path, arr, fmt):
+    Image.fromarray(arr).save(path, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+
+
+def make_folder(root, classes=("ant", "bee", "cat"), n=6, seed=0):
+    """Mixed PNG/JPEG/BMP/GIF, gray and RGB, several sizes; smooth pictures so JPEG stays close."""
+    rng = np.random.default_rng(seed)
+    sizes = [(12, 16), (20, 14), (16, 16)]
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            h, w = sizes[i % 3]
+            yy, xx = np.mgrid[0:h, 0:w]
+            base = (yy * 255 / h * rng.uniform(0.3, 1) + xx * 255 / w * rng.uniform(0, 0.7)).clip(0, 255)
+            if i % 2:  # RGB
+                arr = np.stack([base, 255 - base, np.full_like(base, 40 * (i % 5))], -1).astype(np.uint8)
+            else:
+                arr = base.astype(np.uint8)
+            fmt = ["PNG", "JPEG", "BMP", "GIF", "PNG", "JPEG"][i % 6]
+            _save(root / c / f"{i}.{fmt.lower()}", arr, fmt)
+    return root
+
+
+def make_uniform_folder(root, classes=("a", "b"), n=8, size=(10, 10), mode="L", seed=1):
+    rng = np.random.default_rng(seed)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            arr = rng.integers(0, 256, size + ((3,) if mode == "RGB" else ()), dtype=np.uint8)
+            _save(root / c / f"{i}.png", arr, "PNG")
+    return root
+
+
+def _all(split, **kw):
+    xs, ys = split.arrays(**kw)
+    return xs, ys
+
+
+def test_folder_of_mixed_files_shapes_channels_and_labels(tmp_path):
+    root = make_folder(tmp_path / "imgs")
+    with pytest.raises(DataSourceError, match="images differ in size.*data.image_size"):
+        open_source(f"folder:{root}")
+    s = open_source(f"folder:{root}", image_size=(8, 8), validation_fraction=0.2)
+    assert s.class_names == ["ant", "bee", "cat"]
+    assert s.image_shape == (8, 8, 3)  # some files are RGB: auto -> 3
+    assert sum(s.info.counts.values()) == 18 and s.info.counts == s.info.total_counts
+    for split in (s.train, s.validation, s.test):
+        ds = split.elements()
+        assert ds.element_spec[0].shape == (8, 8, 3) and ds.element_spec[0].dtype == tf.uint8
+        assert ds.element_spec[1].dtype == tf.int64
+        x, y = _all(split)
+        assert x.shape == (split.count, 8, 8, 3)
+        np.testing.assert_array_equal(y, split.labels())
+    assert set(s.test.labels()) == {0, 1, 2}  # stratified carve: every class in every split
+    gray = open_source(f"folder:{root}", image_size=(8, 8), channels=1)
+    x, _ = _all(gray.train)
+    assert gray.image_shape == (8, 8, 1) and x.shape[-1] == 1
+
+
+def test_gray_only_folder_auto_channels_is_one_and_3_tiles(tmp_path):
+    root = make_uniform_folder(tmp_path / "g")
+    s = open_source(f"folder:{root}")
+    assert s.image_shape == (10, 10, 1)
+    rgb = open_source(f"folder:{root}", channels=3)
+    x1, _ = _all(s.test)
+    x3, _ = _all(rgb.test)
+    np.testing.assert_array_equal(x3, np.repeat(x1, 3, axis=-1))
+
+
+def test_rgb_to_gray_matches_pil_luma_within_one(tmp_path):
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    ours = preprocess_image(tf.constant(arr), None, channels=1).numpy()[..., 0]
+    pil = np.asarray(Image.fromarray(arr).convert("L"))
+    assert np.abs(ours.astype(int) - pil).max() <= 1
+
+
+def test_resize_modes_on_a_known_picture():
+    img = np.zeros((20, 40, 1), np.uint8)
+    img[:, :10] = 255  # white left quarter
+    img[:, 30:] = 128  # gray right quarter
+    t = tf.constant(img)
+    stretch = preprocess_image(t, (10, 10), "stretch", 1).numpy()
+    assert stretch.shape == (10, 10, 1) and stretch[:, 0].min() == 255 and stretch[:, -1].max() == 128
+    crop = preprocess_image(t, (10, 10), "crop", 1).numpy()  # 20x40 -> 10x20, center 10x10: no edge band
+    assert crop.shape == (10, 10, 1) and crop[:, 1:-1].max() == 0 and crop.max() < 64  # antialias: edge bleed
+    pad = preprocess_image(t, (10, 10), "pad", 1).numpy()  # 20x40 -> 5x10, padded rows above and below
+    assert pad.shape == (10, 10, 1)
+    assert pad[:2].max() == 0 and pad[-3:].max() == 0 and pad[2:7, 0].min() >= 250 and abs(int(pad[2:7, -1].max()) - 128) <= 2
+    same = preprocess_image(t, (20, 40), "stretch", 1).numpy()
+    np.testing.assert_array_equal(same, img)  # already at size: untouched
+
+
+def test_random_crop_in_training_center_crop_in_evaluation(tmp_path):
+    root = tmp_path / "wide"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(4):
+            arr = np.tile(np.arange(32, dtype=np.uint8)[None, :] * 8, (8, 1))  # a horizontal ramp
+            _save(root / c / f"{i}.png", arr, "PNG")
+    opts = DataOptions(image_size=(8, 8), resize="crop", random_crop=True, seed=3, validation_fraction=0.25)
+    s = open_source(f"folder:{root}", opts)
+    evald = np.stack([x for x, _ in s.train.elements().as_numpy_iterator()])
+    np.testing.assert_array_equal(evald[0, 0, :, 0], np.arange(12, 20) * 8)  # the center
+    trained = np.stack([x for x, _ in s.train.elements(training=True).as_numpy_iterator()])
+    assert trained.shape == evald.shape
+    starts = {int(x[0, 0, 0]) // 8 for x in trained}
+    assert len(starts) > 1  # different places
+
+
+def test_streamed_splits_equal_the_array_reference_on_the_same_seed(tmp_path):
+    """Same files in the same splits as data.sources.load_splits, same pixels (PNG: exact)."""
+    root = make_uniform_folder(tmp_path / "u", classes=("a", "b", "c"), n=10, mode="RGB")
+    for seed in (0, 5):
+        ref = load_splits(f"folder:{root}", seed=seed, validation_fraction=0.2)
+        s = open_source(f"folder:{root}", seed=seed, validation_fraction=0.2)
+        for name in ("train", "validation", "test"):
+            x, y = _all(s.split(name))
+            rx, ry = getattr(ref, name)
+            np.testing.assert_array_equal(y, ry)
+            np.testing.assert_array_equal(x, rx)
+
+
+def test_training_pipeline_is_seeded_and_a_permutation(tmp_path):
+    from data.pipeline import make_stream_dataset
+
+    root = make_uniform_folder(tmp_path / "u", n=12)
+    for cache in ("none", "memory"):
+        s = open_source(f"folder:{root}", cache=cache)
+        ref_x, ref_y = _all(s.train)
+
+        def epoch(seed):
+            batches = list(make_stream_dataset(s.train, 5, training=True, seed=seed).as_numpy_iterator())
+            return np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
+
+        a, b, c = epoch(1), epoch(1), epoch(2)
+        np.testing.assert_array_equal(a[0], b[0])
+        assert not np.array_equal(a[1], c[1]) or not np.array_equal(a[0], c[0])
+        # the same multiset of (image, label) as the ordered split, as float in [0, 1]
+        key = lambda x, y: sorted(zip(y.tolist(), [im.tobytes() for im in x]))  # noqa: E731
+        assert key(np.rint(a[0] * 255).astype(np.uint8), a[1]) == key(ref_x, ref_y)
+
+
+def test_cache_choice(tmp_path):
+    root = make_uniform_folder(tmp_path / "u")
+    assert open_source(f"folder:{root}").info.cache == "memory"  # 16 tiny images: under the budget
+    assert open_source(f"folder:{root}", cache_budget_mb=0).info.cache == "none"
+    s = open_source(f"folder:{root}", cache="disk", cache_dir=str(tmp_path / "c"))
+    x1, _ = _all(s.test)
+    assert list((tmp_path / "c" / "stream").glob("*/test.index"))
+    x2, _ = _all(s.test)  # from the cache file
+    np.testing.assert_array_equal(x1, x2)
+    with pytest.raises(DataSourceError, match=r"data.cache: must be one of"):
+        DataOptions(cache="ram")
+    with pytest.raises(DataSourceError, match=r"data.resize"):
+        DataOptions(resize="squash")
+
+
+@pytest.mark.parametrize("n_proc", [2, 3])
+def test_shards_are_disjoint_and_complete(tmp_path, n_proc):
+    root = make_uniform_folder(tmp_path / "u", classes=("a", "b", "c"), n=7)
+    whole = open_source(f"folder:{root}")
+    for name in ("train", "validation", "test"):
+        ref = [im.tobytes() for im in _all(whole.split(name))[0]]
+        parts = []
+        for pid in range(n_proc):
+            s = open_source(f"folder:{root}", num_processes=n_proc, process_id=pid)
+            assert s.info.total_counts[name] == len(ref)
+            xs = [im.tobytes() for im in _all(s.split(name))[0]]
+            assert len(xs) == s.split(name).count
+            parts.append(xs)
+        flat = [x for p in parts for x in p]
+        assert sorted(flat) == sorted(ref)  # complete, and disjoint (no duplicates: the images are random)
+        assert len(set(flat)) == len(flat)
+    with pytest.raises(DataSourceError, match="process_id"):
+        DataOptions(num_processes=2, process_id=2)
+
+
+def test_bad_files_are_named_before_training_or_skipped(tmp_path):
+    root = make_uniform_folder(tmp_path / "bad", n=6)
+    good = (root / "a" / "0.png").read_bytes()
+    (root / "a" / "truncated.png").write_bytes(good[: len(good) // 2])
+    (root / "b" / "notes.txt").write_text("not an image")
+    (root / "b" / "fake.jpg").write_bytes(b"GIF? no" * 10)
+    jpeg = tmp_path / "x.jpg"
+    _save(jpeg, np.zeros((8, 8), np.uint8), "JPEG")
+    (root / "b" / "cut.jpg").write_bytes(jpeg.read_bytes()[:-40])
+    with pytest.raises(BadImagesError) as e:
+        open_source(f"folder:{root}")
+    msg = str(e.value)
+    for name in ("truncated.png", "notes.txt", "fake.jpg", "cut.jpg"):
+        assert name in msg
+    assert "4 unreadable" in msg and "skip_bad_images" in msg
+    assert isinstance(e.value, ValueError) and len(e.value.bad) == 4
+    s = open_source(f"folder:{root}", skip_bad_images=True)
+    assert len(s.info.bad_files) == 4 and "skipped 4 unreadable" in s.info.summary()
+    assert s.info.params()["data.bad_images"] == 4
+    assert sum(s.info.counts.values()) == 12
+    for split in (s.train, s.validation, s.test):
+        assert len(_all(split)[1]) == split.count  # every listed file decodes
+
+
+def test_arrays_sources_through_the_same_api(tmp_path):
+    s = open_source("synthetic", synthetic_train_size=100, synthetic_test_size=20, cache_dir=str(tmp_path))
+    ref = load_splits("synthetic", synthetic_train_size=100, synthetic_test_size=20, cache_dir=str(tmp_path))
+    assert s.image_shape == (28, 28, 1) and s.class_names == ref.class_names
+    x, y = _all(s.validation)
+    np.testing.assert_array_equal(x, ref.validation[0])
+    np.testing.assert_array_equal(y, ref.validation[1])
+    big = open_source("synthetic", synthetic_train_size=100, synthetic_test_size=20, cache_dir=str(tmp_path),
+                      image_size=(32, 32), channels=3)
+    assert big.test.elements().element_spec[0].shape == (32, 32, 3)
+
+
+def test_eval_subset_reads_the_seeded_subset(tmp_path):
+    root = make_uniform_folder(tmp_path / "u", n=10)
+    s = open_source(f"folder:{root}", validation_fraction=0.3)
+    x, y = _all(s.test)
+    assert len(y) == 6
+    sx, sy = s.test.arrays(max_images=3, seed=4)
+    idx = np.sort(np.random.default_rng(4).choice(len(y), 3, replace=False))
+    np.testing.assert_array_equal(sx, x[idx])
+    np.testing.assert_array_equal(sy, y[idx])

@@ -1,0 +1,156 @@
+"""TFRecord shards (make convert: pipelines/convert.py, data/tfrecord.py) and tfds streaming."""
+
+import json
+
+import numpy as np
+import pytest
+
+from data.pipeline import make_stream_dataset
+from data.sources import load_splits
+from data.streaming import open_source
+from pipelines.cli import run_main
+from pipelines.convert import main as convert_main
+from tests.data.test_streaming import make_folder, make_uniform_folder
+
+
+def _convert(src, dest, *extra):
+    return run_main(convert_main, ["--src", src, "--dest", str(dest), "--no-progress", *extra])
+
+
+def _arrays(split):
+    return split.arrays()
+
+
+def _multiset(x, y):
+    return sorted(zip(y.tolist(), [im.tobytes() for im in x]))
+
+
+def test_folder_to_shards_and_back_reads_the_same_data(tmp_path, capsys):
+    root = make_folder(tmp_path / "imgs", n=8)
+    dest = tmp_path / "shards"
+    assert _convert(f"folder:{root}", dest, "--shard-size", "5", "--seed", "3") == 0
+    assert "Read them with data.source=tfrecord:" in capsys.readouterr().out
+    meta = json.loads((dest / "dataset.json").read_text())
+    assert meta["class_names"] == ["ant", "bee", "cat"] and meta["image_shape"] is None  # sizes differ
+    assert len(meta["splits"]["train"]["files"]) > 1
+
+    folder = open_source(f"folder:{root}", image_size=(10, 12), resize="pad", seed=3)
+    shards = open_source(f"tfrecord:{dest}", image_size=(10, 12), resize="pad", seed=3)
+    assert shards.class_names == folder.class_names and shards.image_shape == folder.image_shape == (10, 12, 3)
+    assert shards.info.counts == folder.info.counts
+    for name in ("train", "validation", "test"):
+        fx, fy = _arrays(folder.split(name))
+        sx, sy = _arrays(shards.split(name))
+        np.testing.assert_array_equal(sy, shards.split(name).labels())  # labels known from dataset.json
+        if name == "train":  # stored in a seeded random order
+            assert _multiset(sx, sy) == _multiset(fx, fy)
+        else:
+            np.testing.assert_array_equal(sx, fx)
+            np.testing.assert_array_equal(sy, fy)
+    # training reads the shards: shuffled, every image once per epoch
+    batches = list(make_stream_dataset(shards.train, 4, training=True, seed=1).as_numpy_iterator())
+    tx = np.rint(np.concatenate([b[0] for b in batches]) * 255).astype(np.uint8)
+    ty = np.concatenate([b[1] for b in batches])
+    assert _multiset(tx, ty) == _multiset(*_arrays(folder.train))
+
+
+def test_convert_resumes_and_refuses_another_conversion(tmp_path, capsys):
+    root = make_uniform_folder(tmp_path / "u", n=10)
+    dest = tmp_path / "s"
+    assert _convert(f"folder:{root}", dest, "--shard-size", "4") == 0
+    first = {p.name: p.read_bytes() for p in dest.glob("*.tfrecord")}
+    victim = sorted(first)[1]
+    (dest / victim).unlink()
+    (dest / (victim + ".tmp")).write_bytes(b"half")  # a killed writer
+    assert _convert(f"folder:{root}", dest, "--shard-size", "4") == 0
+    out = capsys.readouterr().out
+    assert f"{len(first) - 1} shards already done" in out
+    assert {p.name: p.read_bytes() for p in dest.glob("*.tfrecord")} == first
+    assert not list(dest.glob("*.tmp"))
+    assert _convert(f"folder:{root}", dest, "--shard-size", "3") == 2
+    assert "holds shards of another conversion" in capsys.readouterr().err
+    assert _convert(f"folder:{root}", dest, "--shard-size", "3", "--overwrite") == 0
+    assert open_source(f"tfrecord:{dest}/*.tfrecord").info.total_counts["train"] == 16
+
+
+def test_convert_bad_files_exit_2_naming_them_or_skip(tmp_path, capsys):
+    root = make_uniform_folder(tmp_path / "u", n=4)
+    (root / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    assert _convert(f"folder:{root}", tmp_path / "s") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "broken.png" in err and "Traceback" not in err
+    assert _convert(f"folder:{root}", tmp_path / "s2", "--skip-bad-images") == 0
+    assert "Skipped 1 unreadable file(s)" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "s2" / "dataset.json").read_text())
+    assert meta["skipped_bad_images"][0][0].endswith("broken.png")
+
+
+def test_npz_to_shards_is_lossless(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x_train=rng.integers(0, 256, (20, 6, 6), dtype=np.uint8), y_train=np.arange(20) % 2,
+             x_test=rng.integers(0, 256, (6, 6, 6), dtype=np.uint8), y_test=np.arange(6) % 2)
+    assert _convert(f"npz:{tmp_path / 'd.npz'}", tmp_path / "s") == 0
+    ref = load_splits(f"npz:{tmp_path / 'd.npz'}")
+    s = open_source(f"tfrecord:{tmp_path / 's'}")
+    assert s.image_shape == (6, 6, 1)
+    x, y = _arrays(s.test)
+    np.testing.assert_array_equal(x, ref.test[0])
+    np.testing.assert_array_equal(y, ref.test[1])
+
+
+@pytest.mark.parametrize("n_proc", [2])
+def test_tfrecord_shards_disjoint_and_complete(tmp_path, n_proc):
+    root = make_uniform_folder(tmp_path / "u", classes=("a", "b", "c"), n=6)
+    _convert(f"folder:{root}", tmp_path / "s", "--shard-size", "4")  # train: 3 files (whole files per process), test: 1 (records)
+    whole = open_source(f"tfrecord:{tmp_path / 's'}")
+    for name in ("train", "test"):
+        ref = sorted(im.tobytes() for im in _arrays(whole.split(name))[0])
+        got = []
+        for pid in range(n_proc):
+            part = open_source(f"tfrecord:{tmp_path / 's'}", num_processes=n_proc, process_id=pid).split(name)
+            xs = [im.tobytes() for im in _arrays(part)[0]]
+            assert len(xs) == part.count
+            got += xs
+        assert sorted(got) == ref
+
+
+def _store_tfds(tmp_path, name="tiny_rgb", with_validation=False):
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        return tf.data.Dataset.from_tensor_slices(
+            {"image": rng.integers(0, 255, (n, 8, 8, 3)).astype("uint8"), "label": np.arange(n) % 3})
+
+    splits = {"train": split(24), "test": split(9)}
+    if with_validation:
+        splits["validation"] = split(6)
+    tfds.dataset_builders.store_as_tfds_dataset(
+        name=name, version="1.0.0", data_dir=str(tmp_path),
+        features=tfds.features.FeaturesDict({"image": tfds.features.Image(shape=(8, 8, 3)),
+                                             "label": tfds.features.ClassLabel(names=["a", "b", "c"])}),
+        split_datasets=splits,
+    )
+
+
+def test_tfds_streams_the_same_splits_as_the_array_loader(tmp_path):
+    _store_tfds(tmp_path)
+    ref = load_splits("tfds:tiny_rgb", data_dir=str(tmp_path), validation_fraction=0.25, seed=2)
+    s = open_source("tfds:tiny_rgb", data_dir=str(tmp_path), validation_fraction=0.25, seed=2)
+    assert s.class_names == ["a", "b", "c"] and s.image_shape == (8, 8, 3)
+    for name in ("train", "validation", "test"):
+        x, y = _arrays(s.split(name))
+        rx, ry = getattr(ref, name)
+        np.testing.assert_array_equal(x, rx)
+        np.testing.assert_array_equal(y, ry)
+    small = open_source("tfds:tiny_rgb", data_dir=str(tmp_path), image_size=(4, 4), channels=1)
+    assert small.test.elements().element_spec[0].shape == (4, 4, 1)
+    assert _arrays(small.test)[0].shape == (9, 4, 4, 1)
+    parts = [open_source("tfds:tiny_rgb", data_dir=str(tmp_path), num_processes=2, process_id=p).test for p in (0, 1)]
+    assert sorted(a.tobytes() for p in parts for a in _arrays(p)[0]) == sorted(a.tobytes() for a in ref.test[0])
+    # and into shards (the sequential path of make convert)
+    assert _convert("tfds:tiny_rgb", tmp_path / "s", "--data-dir", str(tmp_path), "--shard-size", "5") == 0
+    back = open_source(f"tfrecord:{tmp_path / 's'}")
+    np.testing.assert_array_equal(_arrays(back.test)[0], ref.test[0])
