@@ -1,24 +1,58 @@
-"""Private helpers shared by the shift-invariance layers: binomial filters and fast padding.
+"""Private helpers shared by the shift-invariance layers: binomial filters, padding, blur passes.
 
-Not part of the public API. TensorFlow offers zero, reflect and symmetric
-padding; this module adds circular padding, and gives padding along one axis
-a hand-written gradient because `tf.pad(mode="REFLECT")`'s own gradient
-(MirrorPadGrad) was measured 3-4x slower than the depthwise convolution it
-feeds on this CPU (bench/bench_conv_speed.py prints the figures).
-`blur2d` itself pads nothing when the spatial sizes are static: see `_blur_axis`.
+Not part of the public API. Written in `keras.ops`, so the layers run on
+every Keras backend. Keras pads with zeros (and `ops.pad` also reflects and
+wraps, with slow gradients on TensorFlow); this module pads along one axis
+by concatenating slices, and blurs with two 1-D depthwise passes.
+
+On the TensorFlow backend a faster path with hand-written gradients is taken
+where the shapes are static (`layers/_tf_fast.py`, imported only then): the
+portable path's padded copies and their slicing gradients cost TensorFlow's
+CPU kernels 1.5-2x a DepthwiseConv2D. `tf_fast_path(False)` turns it off (the
+tests run both paths against the same NumPy references);
+`bench/bench_backends.py` prints both paths' speed.
 """
 
 from __future__ import annotations
 
+import contextlib
+
+import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 PAD_MODES = ("reflect", "zero", "circular")
 
 # Half-precision inputs (mixed precision) are computed in float32: TensorFlow's CPU
 # depthwise kernels take float16 only at equal row and column strides (a 1-D pass
 # strides one axis), and its CPU grouped convolutions have no float16 gradient.
-HALF_DTYPES = (tf.float16, tf.bfloat16)
+HALF_DTYPES = ("float16", "bfloat16")
+
+_FAST = {"enabled": True}
+
+
+@contextlib.contextmanager
+def tf_fast_path(enabled: bool):
+    """Within the block, take (True) or skip (False) the TensorFlow fast path; restored after."""
+    previous = _FAST["enabled"]
+    _FAST["enabled"] = bool(enabled)
+    try:
+        yield
+    finally:
+        _FAST["enabled"] = previous
+
+
+def tf_fast():
+    """The `layers._tf_fast` module when it applies (TensorFlow backend, not turned off), else None."""
+    if _FAST["enabled"] and keras.backend.backend() == "tensorflow":
+        from layers import _tf_fast  # lazy: no TensorFlow import on other backends
+
+        return _tf_fast
+    return None
+
+
+def is_half(x) -> bool:
+    return keras.backend.standardize_dtype(x.dtype) in HALF_DTYPES
 
 
 def binomial_filter(size: int) -> np.ndarray:
@@ -38,71 +72,81 @@ def centered_pads(kernel_size: int) -> tuple[int, int]:
     return before, kernel_size - 1 - before
 
 
-def _take(x, axis, start, stop):
+def take(x, axis, start, stop):
+    """x[..., start:stop, ...] along `axis` (a native slice on every backend)."""
     index = [slice(None)] * len(x.shape)
     index[axis] = slice(start, stop)
     return x[tuple(index)]
 
 
+def _check_reflect(n, before, after, axis):
+    if n is not None and max(before, after) > n - 1:
+        raise ValueError(f"reflect padding of {max(before, after)} needs a size of at least "
+                         f"{max(before, after) + 1} along axis {axis}, got {n}")
+
+
 def _gather_pad(x, axis, before, after, mode):
-    """Padding by index gathering: any size, any static/dynamic shape (slower gradient)."""
-    n = tf.shape(x)[axis]
-    idx = tf.range(-before, n + after)
+    """Padding by index gathering: any size, static or unknown (on TensorFlow: None in a traced signature)."""
+    n = x.shape[axis]
+    if n is not None:
+        idx = np.arange(-before, n + after)
+        if mode == "circular":
+            idx = idx % n
+        else:
+            period = 2 * (n - 1)
+            idx = idx % period
+            idx = np.where(idx >= n, period - idx, idx)
+        return ops.take(x, ops.convert_to_tensor(idx.astype("int32")), axis=axis)
+    n = ops.shape(x)[axis]
+    idx = ops.arange(-before, n + after, dtype="int32")
     if mode == "circular":
-        idx = tf.math.floormod(idx, n)
+        idx = ops.mod(idx, n)
     else:  # reflect: ... 2 1 | 0 1 ... n-1 | n-2 n-3 ...
         period = 2 * (n - 1)
-        idx = tf.math.floormod(idx, period)
-        idx = tf.where(idx >= n, period - idx, idx)
-    return tf.gather(x, idx, axis=axis)
+        idx = ops.mod(idx, period)
+        idx = ops.where(idx >= n, period - idx, idx)
+    return ops.take(x, idx, axis=axis)
+
+
+def _pad_axis_portable(x, axis, before, after, mode):
+    """Plain differentiable ops (their autodiff gradient); see `pad_axis`."""
+    if mode == "zero":
+        pads = [(0, 0)] * len(x.shape)
+        pads[axis] = (before, after)
+        return ops.pad(x, pads)
+    n = x.shape[axis]
+    if n is None or n < before + after + 2:
+        return _gather_pad(x, axis, before, after, mode)
+    if mode == "circular":
+        parts = [take(x, axis, n - before, n)] if before else []
+        parts += [x] + ([take(x, axis, 0, after)] if after else [])
+    else:  # reflect: rows before..1 above, n-2..n-1-after below
+        parts = [ops.flip(take(x, axis, 1, before + 1), axis)] if before else []
+        parts += [x] + ([ops.flip(take(x, axis, n - 1 - after, n - 1), axis)] if after else [])
+    return ops.concatenate(parts, axis=axis)
 
 
 def pad_axis(x, axis: int, before: int, after: int, mode: str):
-    """Pad `x` along `axis` by (before, after) in `mode` (reflect, zero or circular)."""
+    """Pad `x` along `axis` by (before, after) in `mode` (reflect, zero or circular).
+
+    Portable: concatenated slices, differentiated by the backend (gathering
+    indices for unknown sizes or pads near the size). A hand-written portable
+    gradient (`keras.ops.custom_gradient`, the adjoint as slices and adds) was
+    measured against it by bench/bench_backends.py: on JAX it was no faster
+    (XLA fuses the slices' gradients), so the plain ops stay. On TensorFlow the
+    `_tf_fast` version runs (its gradient skips TF's full-size StridedSliceGrad
+    per slice).
+    """
     if mode not in PAD_MODES:
         raise ValueError(f"padding mode must be one of {PAD_MODES}, got {mode!r}")
     if before == 0 and after == 0:
         return x
-    if mode == "zero":
-        pads = [[0, 0]] * len(x.shape)
-        pads[axis] = [before, after]
-        return tf.pad(x, pads)  # its gradient is a slice: fast
-    n = x.shape[axis]
-    if n is None or n < before + after + 2:
-        # Unknown or tiny extent: the general (slower) path.
-        if mode == "reflect" and n is not None and max(before, after) > n - 1:
-            raise ValueError(f"reflect padding of {max(before, after)} needs a size of at least "
-                             f"{max(before, after) + 1} along axis {axis}, got {n}")
-        return _gather_pad(x, axis, before, after, mode)
-
-    @tf.custom_gradient
-    def padded(x):
-        if mode == "circular":
-            parts = ([_take(x, axis, n - before, n)] if before else []) + [x] + ([_take(x, axis, 0, after)] if after else [])
-        else:
-            top = [_take(x, axis, i, i + 1) for i in range(before, 0, -1)]
-            bottom = [_take(x, axis, n - 2 - i, n - 1 - i) for i in range(after)]
-            parts = top + [x] + bottom
-        y = tf.concat(parts, axis)
-
-        def grad(g):
-            center = _take(g, axis, before, before + n)
-            head = _take(g, axis, 0, before)
-            tail = _take(g, axis, before + n, before + n + after)
-            if mode == "circular":  # head came from the last rows, tail from the first
-                parts = [_take(center, axis, 0, after) + tail, _take(center, axis, after, n - before),
-                         _take(center, axis, n - before, n) + head]
-            else:  # head row i (from the edge) came from row i, tail row j from row n-1-j
-                parts = [_take(center, axis, 0, 1),
-                         _take(center, axis, 1, before + 1) + tf.reverse(head, [axis]),
-                         _take(center, axis, before + 1, n - 1 - after),
-                         _take(center, axis, n - 1 - after, n - 1) + tf.reverse(tail, [axis]),
-                         _take(center, axis, n - 1, n)]
-            return tf.concat([p for p in parts if p.shape[axis] != 0], axis)
-
-        return y, grad
-
-    return padded(x)
+    if mode == "reflect":
+        _check_reflect(x.shape[axis], before, after, axis)
+    fast = tf_fast()
+    if fast is not None:
+        return fast.pad_axis(x, axis, before, after, mode)
+    return _pad_axis_portable(x, axis, before, after, mode)
 
 
 def pad2d(x, rows: tuple[int, int], cols: tuple[int, int], mode: str):
@@ -110,7 +154,7 @@ def pad2d(x, rows: tuple[int, int], cols: tuple[int, int], mode: str):
     return pad_axis(pad_axis(x, 1, rows[0], rows[1], mode), 2, cols[0], cols[1], mode)
 
 
-def _border_correction(n: int, f: np.ndarray, stride: int, before: int, mode: str):
+def border_correction(n: int, f: np.ndarray, stride: int, before: int, mode: str):
     """Where reflect/circular padding differs from zero padding along one axis of length `n`.
 
     A 1-D pass (filter `f`, padding (before, after), subsampling by `stride`)
@@ -146,42 +190,15 @@ def _border_correction(n: int, f: np.ndarray, stride: int, before: int, mode: st
     return outputs, sources, matrix
 
 
-def _apply_rows(matrix, x, rows, axis):
-    """sum_s matrix[r, s] * x[rows[s]] along `axis` for each r, stacked on `axis` (small tensors)."""
-    out = []
-    for r in range(matrix.shape[0]):
-        acc = None
-        for s, row in enumerate(rows):
-            w = matrix[r, s]
-            if w == 0.0:
-                continue
-            term = _take(x, axis, row, row + 1) * tf.constant(w, x.dtype)
-            acc = term if acc is None else acc + term
-        out.append(acc)
-    return out[0] if len(out) == 1 else tf.concat(out, axis)
-
-
-def _add_rows(y, axis: int, positions, updates):
-    """y with `updates` (those positions' slabs, in order) added at `positions` along `axis` (1 or 2)
-    of [N, H, W, C]: one tensor_scatter_nd_add whose indices give `updates` its natural shape.
-    (InplaceAdd on a flat view was measured no faster: it stops Grappler simplifying the ops after it.)"""
-    if y.shape[0] is not None and (axis == 1 or y.shape[1] is not None):
-        grids = np.meshgrid(*[np.arange(d) for d in y.shape[:axis]], np.asarray(positions), indexing="ij")
-        return tf.tensor_scatter_nd_add(y, tf.constant(np.stack(grids, -1).astype("int32")), updates)
-    shape = tf.shape(y)
-    grids = tf.meshgrid(*[tf.range(shape[i]) for i in range(axis)], tf.constant(positions, tf.int32), indexing="ij")
-    return tf.tensor_scatter_nd_add(y, tf.stack(grids, -1), updates)
-
-
-def _same_alignment(n: int, k: int, stride: int, before: int) -> tuple[int, int]:
+def same_alignment(n: int, k: int, stride: int, before: int) -> tuple[int, int]:
     """(leading, trailing) zero taps that make a "SAME" convolution read Zhang's window.
 
-    TensorFlow's SAME pads T = (m - 1) * stride + k' - n in total, T // 2 before
-    (m = ceil(n / stride)); for stride 2 and even n that is one row fewer before
-    than Zhang's (k - 1) // 2. Zero taps fix the alignment: with z leading and
-    e trailing zeros (k' = k + z + e) output i reads rows i * stride - before + a
-    for tap a of the filter exactly when T // 2 == before + z. SAME needs no
-    padded copy and, unlike explicit padding, has fast CPU gradients.
+    "SAME" (TensorFlow's and JAX's) pads T = (m - 1) * stride + k' - n in
+    total, T // 2 before (m = ceil(n / stride)); for stride 2 and even n that
+    is one row fewer before than Zhang's (k - 1) // 2. Zero taps fix the
+    alignment: with z leading and e trailing zeros (k' = k + z + e) output i
+    reads rows i * stride - before + a for tap a of the filter exactly when
+    T // 2 == before + z.
     """
     m = (n - 1) // stride + 1
     for z in range(2 * stride + k):
@@ -192,77 +209,38 @@ def _same_alignment(n: int, k: int, stride: int, before: int) -> tuple[int, int]
     raise AssertionError(f"no SAME alignment for n={n}, k={k}, stride={stride}")  # unreachable: e steps T by 1
 
 
-def _blur_axis(x, f: np.ndarray, axis: int, stride: int, mode: str):
-    """One 1-D depthwise pass of `f` along `axis` (1 or 2) with Zhang's padding split, subsampled by `stride`.
-
-    No padded copy of `x`: the convolution pads with zeros itself ("SAME",
-    aligned to Zhang's split by zero taps, `_same_alignment`), and reflect and
-    circular padding add a correction to the few border outputs only
-    (`_border_correction`), scattered in; the hand-written gradient does the same
-    backwards. Measured (bench/bench_conv_speed.py): the padded copies and their
-    slicing gradients made reflect and circular padding cost 1.3-1.5x a
-    DepthwiseConv2D at k = 3, and explicit-padding convolutions have a slow
-    generic CPU gradient (2-3x the SAME one).
-    """
-    n, k = x.shape[axis], len(f)
-    before, _ = centered_pads(k)
-    z, e = _same_alignment(n, k, stride, before)
-    taps = np.concatenate([np.zeros(z), f, np.zeros(e)]).astype(f.dtype)
+def _blur_axis_portable(x, f: np.ndarray, axis: int, stride: int, mode: str):
+    """One 1-D depthwise pass along `axis` (1 or 2): pad (Zhang's split), VALID convolution, subsampled."""
+    before, after = centered_pads(len(f))
+    x = _pad_axis_portable(x, axis, before, after, mode)
+    kshape = (len(f), 1) if axis == 1 else (1, len(f))
     channels = x.shape[-1]
-    kshape = (len(taps), 1, channels, 1) if axis == 1 else (1, len(taps), channels, 1)
-    kernel = tf.constant(np.broadcast_to(taps.reshape(kshape[:2] + (1, 1)), kshape), x.dtype)
-    strides = [1, stride, 1, 1] if axis == 1 else [1, 1, stride, 1]
-    outputs, sources, matrix = ([], [], None) if mode == "zero" else _border_correction(n, f, stride, before, mode)
-
-    @tf.custom_gradient
-    def blurred(x):
-        y = tf.nn.depthwise_conv2d(x, kernel, strides, "SAME")
-        if outputs:
-            y = _add_rows(y, axis, outputs, _apply_rows(matrix, x, sources, axis))
-
-        def grad(g):
-            sizes = tf.constant(x.shape.as_list(), tf.int32) if x.shape.is_fully_defined() else tf.shape(x)
-            dx = tf.raw_ops.DepthwiseConv2dNativeBackpropInput(
-                input_sizes=sizes, filter=kernel, out_backprop=g, strides=strides, padding="SAME"
-            )
-            if outputs:
-                dx = _add_rows(dx, axis, sources, _apply_rows(matrix.T, g, outputs, axis))
-            return dx
-
-        return y, grad
-
-    return blurred(x)
+    kernel = np.broadcast_to(f.reshape(kshape + (1, 1)), kshape + (channels, 1))
+    kernel = ops.convert_to_tensor(np.ascontiguousarray(kernel), dtype=x.dtype)
+    return ops.depthwise_conv(x, kernel, strides=(stride, 1) if axis == 1 else (1, stride), padding="valid")
 
 
-def blur2d(x, filter_size: int, strides: int, padding: str):
+def blur2d(x, blur_size: int, strides: int, padding: str):
     """Binomial blur of [N, H, W, C] per channel, then subsampling by `strides`.
 
     Two 1-D depthwise passes, the vertical one subsampling rows first, so the
     horizontal pass works on 1/strides of the data. Output size ceil(H / strides).
-    With static spatial sizes each pass pads inside the convolution
-    (`_blur_axis`); with unknown sizes it falls back to an explicit padded copy.
+    The channel count must be static; height and width may be unknown.
     """
     if padding not in PAD_MODES:
         raise ValueError(f"padding mode must be one of {PAD_MODES}, got {padding!r}")
-    if filter_size == 1:
+    if blur_size == 1:
         return x[:, ::strides, ::strides, :]
-    if x.dtype in HALF_DTYPES:  # mixed precision: see HALF_DTYPES
-        return tf.cast(blur2d(tf.cast(x, tf.float32), filter_size, strides, padding), x.dtype)
-    f = binomial_filter(filter_size).astype(x.dtype.as_numpy_dtype)
-    before, after = centered_pads(filter_size)
+    if is_half(x):  # mixed precision: see HALF_DTYPES
+        return ops.cast(blur2d(ops.cast(x, "float32"), blur_size, strides, padding), x.dtype)
+    before, after = centered_pads(blur_size)
+    if padding == "reflect":
+        for axis in (1, 2):
+            _check_reflect(x.shape[axis], before, after, axis)
+    f = binomial_filter(blur_size).astype(keras.backend.standardize_dtype(x.dtype))
+    fast = tf_fast()
+    if fast is not None and None not in tuple(x.shape[1:]):
+        return fast.blur2d(x, f, strides, padding)
     for axis in (1, 2):
-        n = x.shape[axis]
-        static = n is not None and x.shape[-1] is not None
-        if padding == "reflect" and n is not None and max(before, after) > n - 1:
-            raise ValueError(f"reflect padding of {max(before, after)} needs a size of at least "
-                             f"{max(before, after) + 1} along axis {axis}, got {n}")
-        if static:
-            x = _blur_axis(x, f, axis, strides, padding)
-        else:  # unknown size: pad (a copy), then a VALID pass
-            channels = x.shape[-1]
-            kshape = (filter_size, 1) if axis == 1 else (1, filter_size)
-            kernel = tf.constant(np.broadcast_to(f.reshape(kshape + (1, 1)), kshape + (channels, 1)))
-            x = pad_axis(x, axis, before, after, padding)
-            step = (1, strides, 1, 1) if axis == 1 else (1, 1, strides, 1)
-            x = tf.nn.depthwise_conv2d(x, kernel, step, "VALID")
+        x = _blur_axis_portable(x, f, axis, strides, padding)
     return x

@@ -16,7 +16,7 @@ class BlurPool2D(keras.layers.Layer):
     From R. Zhang, "Making Convolutional Networks Shift-Invariant Again",
     ICML 2019: blurring before subsampling removes most of the aliasing that
     makes a strided layer's output jump when its input shifts by one pixel.
-    The filter is the outer product of row `filter_size - 1` of Pascal's
+    The filter is the outer product of row `blur_size - 1` of Pascal's
     triangle with itself, normalised to sum to 1 (size 1: none; 2: box;
     3: [1, 2, 1]/4; 5: [1, 4, 6, 4, 1]/16). It is fixed: the layer has no
     weights. Being separable, it runs as two 1-D depthwise passes (vertical,
@@ -30,11 +30,15 @@ class BlurPool2D(keras.layers.Layer):
     back: TensorFlow's CPU depthwise kernel takes float16 only at equal row
     and column strides.
 
+    Written in `keras.ops` (every backend); on TensorFlow, with static
+    spatial sizes, a faster path with hand-written gradients runs
+    (`layers/_tf_fast.py`), computing the same values.
+
     Args:
-        filter_size: 1 to 7, the binomial filter's length.
+        blur_size: 1 to 7, the binomial filter's length.
         strides: subsampling factor (>= 1), the same along both axes.
         padding: `reflect` (Zhang's default), `zero` or `circular`, split as
-            ((filter_size - 1) // 2 before, the rest after). `reflect` needs
+            ((blur_size - 1) // 2 before, the rest after). `reflect` needs
             every spatial size to exceed the padding (size >= 4 for size 7).
 
     Input shape:
@@ -45,31 +49,31 @@ class BlurPool2D(keras.layers.Layer):
 
     Example:
         >>> x = keras.random.normal((2, 28, 28, 8))
-        >>> BlurPool2D(filter_size=3, strides=2)(x).shape
+        >>> BlurPool2D(blur_size=3, strides=2)(x).shape
         (2, 14, 14, 8)
     """
 
-    def __init__(self, filter_size: int = 3, strides: int = 2, padding: str = "reflect", **kwargs):
+    def __init__(self, blur_size: int = 3, strides: int = 2, padding: str = "reflect", **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(filter_size, int) or isinstance(filter_size, bool) or not 1 <= filter_size <= 7:
-            raise ValueError(f"filter_size must be an integer from 1 to 7, got {filter_size!r}")
+        if not isinstance(blur_size, int) or isinstance(blur_size, bool) or not 1 <= blur_size <= 7:
+            raise ValueError(f"blur_size must be an integer from 1 to 7, got {blur_size!r}")
         if not isinstance(strides, int) or isinstance(strides, bool) or strides < 1:
             raise ValueError(f"strides must be a positive integer, got {strides!r}")
         if padding not in PAD_MODES:
             raise ValueError(f"padding must be one of {PAD_MODES}, got {padding!r}")
-        self.filter_size = filter_size
+        self.blur_size = blur_size
         self.strides = strides
         self.padding = padding
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
     @property
     def kernel(self):
-        """The 2-D filter (filter_size x filter_size, NumPy float64) the layer applies per channel."""
-        f = binomial_filter(self.filter_size)
+        """The 2-D filter (blur_size x blur_size, NumPy float64) the layer applies per channel."""
+        f = binomial_filter(self.blur_size)
         return f[:, None] * f[None, :]
 
     def call(self, inputs):
-        return blur2d(inputs, self.filter_size, self.strides, self.padding)
+        return blur2d(inputs, self.blur_size, self.strides, self.padding)
 
     def compute_output_shape(self, input_shape):
         n, h, w, c = input_shape
@@ -78,5 +82,12 @@ class BlurPool2D(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"filter_size": self.filter_size, "strides": self.strides, "padding": self.padding})
+        config.update({"blur_size": self.blur_size, "strides": self.strides, "padding": self.padding})
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if "filter_size" in config:  # the argument's name in models saved before it was renamed
+            config["blur_size"] = config.pop("filter_size")
+        return super().from_config(config)

@@ -1,4 +1,4 @@
-"""CircularPad2D: wrap-around padding, which TensorFlow's `tf.pad` lacks."""
+"""CircularPad2D: wrap-around padding, which `keras.layers.ZeroPadding2D` lacks."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ class CircularPad2D(keras.layers.Layer):
 
     A convolution applied with `padding="valid"` after `CircularPad2D` of
     ((k - 1) // 2, k // 2) per axis is a circular convolution: it commutes
-    exactly with `tf.roll` of its input (at stride 1), which zero or reflect
+    exactly with a circular shift of its input (`keras.ops.roll`) (at stride 1), which zero or reflect
     padding break at the borders. The argument convention follows
     `keras.layers.ZeroPadding2D`. See Chaman & Dokmanic, "Truly Shift-Invariant
     Convolutional Neural Networks", CVPR 2021, for its use in shift-invariant

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from layers._ops import blur2d, pad2d
 from layers.blurpool import BlurPool2D
@@ -21,7 +21,7 @@ class MaxBlurPool2D(BlurPool2D):
     approximate (see `BlurPool2D`).
 
     Args:
-        filter_size: 1 to 7, the binomial filter's length.
+        blur_size: 1 to 7, the binomial filter's length.
         strides: subsampling factor (>= 1).
         padding: `reflect`, `zero` or `circular`. With `circular` the 2x2 max
             window wraps around the border (keeping circular-shift
@@ -45,8 +45,8 @@ class MaxBlurPool2D(BlurPool2D):
         x = inputs
         if self.padding == "circular":
             x = pad2d(x, (0, 1), (0, 1), "circular")
-        x = tf.nn.max_pool2d(x, 2, 1, "VALID")
-        return blur2d(x, self.filter_size, self.strides, self.padding)
+        x = ops.max_pool(x, 2, strides=1, padding="valid")
+        return blur2d(x, self.blur_size, self.strides, self.padding)
 
     def compute_output_shape(self, input_shape):
         n, h, w, c = input_shape

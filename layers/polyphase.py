@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from layers._ops import PAD_MODES, blur2d
 
@@ -33,7 +33,7 @@ class AdaptivePolyphaseSampling2D(keras.layers.Layer):
     choice under a shift, equally improbable in practice.
 
     Args:
-        filter_size: 1 (no blur, plain APS) to 7: the binomial low-pass filter
+        blur_size: 1 (no blur, plain APS) to 7: the binomial low-pass filter
             applied at stride 1 before sampling ("APS + LPF").
         padding: the blur's padding, `circular` (default: keeps exact
             circular-shift equivariance), `reflect` or `zero`.
@@ -50,13 +50,13 @@ class AdaptivePolyphaseSampling2D(keras.layers.Layer):
         (2, 14, 14, 8)
     """
 
-    def __init__(self, filter_size: int = 1, padding: str = "circular", **kwargs):
+    def __init__(self, blur_size: int = 1, padding: str = "circular", **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(filter_size, int) or isinstance(filter_size, bool) or not 1 <= filter_size <= 7:
-            raise ValueError(f"filter_size must be an integer from 1 to 7, got {filter_size!r}")
+        if not isinstance(blur_size, int) or isinstance(blur_size, bool) or not 1 <= blur_size <= 7:
+            raise ValueError(f"blur_size must be an integer from 1 to 7, got {blur_size!r}")
         if padding not in PAD_MODES:
             raise ValueError(f"padding must be one of {PAD_MODES}, got {padding!r}")
-        self.filter_size = filter_size
+        self.blur_size = blur_size
         self.padding = padding
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
@@ -69,13 +69,14 @@ class AdaptivePolyphaseSampling2D(keras.layers.Layer):
                 )
 
     def call(self, inputs):
-        x = blur2d(inputs, self.filter_size, 1, self.padding) if self.filter_size > 1 else inputs
-        components = tf.stack([x[:, i::2, j::2, :] for i, j in PHASES], axis=1)  # [N, 4, H/2, W/2, C]
-        norms = tf.reduce_sum(tf.square(tf.cast(components, tf.float32)), axis=(2, 3, 4))  # [N, 4]
-        # First maximal index, explicitly (tf.argmax does not promise which tie it returns).
-        is_max = tf.equal(norms, tf.reduce_max(norms, axis=1, keepdims=True))
-        index = tf.reduce_min(tf.where(is_max, tf.range(4)[None, :], 4), axis=1)
-        return tf.gather(components, index, axis=1, batch_dims=1)
+        x = blur2d(inputs, self.blur_size, 1, self.padding) if self.blur_size > 1 else inputs
+        components = ops.stack([x[:, i::2, j::2, :] for i, j in PHASES], axis=1)  # [N, 4, H/2, W/2, C]
+        norms = ops.sum(ops.square(ops.cast(components, "float32")), axis=(2, 3, 4))  # [N, 4]
+        # First maximal index, explicitly (argmax does not promise which tie it returns on every backend).
+        is_max = ops.equal(norms, ops.max(norms, axis=1, keepdims=True))
+        index = ops.min(ops.where(is_max, ops.arange(4, dtype="int32")[None, :], 4), axis=1)  # [N]
+        index = ops.reshape(index, (-1, 1, 1, 1, 1))
+        return ops.squeeze(ops.take_along_axis(components, index, axis=1), axis=1)
 
     def compute_output_shape(self, input_shape):
         n, h, w, c = input_shape
@@ -83,5 +84,12 @@ class AdaptivePolyphaseSampling2D(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"filter_size": self.filter_size, "padding": self.padding})
+        config.update({"blur_size": self.blur_size, "padding": self.padding})
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if "filter_size" in config:  # the argument's name in models saved before it was renamed
+            config["blur_size"] = config.pop("filter_size")
+        return super().from_config(config)

@@ -1,16 +1,16 @@
 """SpatialSeparableConv2D: shared checks, equality with Conv2D on outer-product kernels, parameter counts."""
 
+import keras
 import numpy as np
 import pytest
-import tensorflow as tf
-import keras
 
 from layers.spatial_separable_conv import SpatialSeparableConv2D
+from tests.autodiff import gradients
 from tests.layers.layer_checks import check_layer
 
 
 @pytest.mark.parametrize("padding,expected", [("valid", (2, 4, 5, 6)), ("same", (2, 8, 9, 6)), ("circular", (2, 8, 9, 6))])
-def test_shared_layer_checks(padding, expected):
+def test_shared_layer_checks(padding, expected, ops_path):
     check_layer(lambda: SpatialSeparableConv2D(6, 5, rank=2, padding=padding), (2, 8, 9, 3), expected,
                 expects_trainable_weights=True)
 
@@ -33,23 +33,25 @@ def _layer_and_equivalent_kernel(filters, k, rank, strides, padding, channels=3,
 @pytest.mark.parametrize("rank", [1, 2])
 @pytest.mark.parametrize("strides,padding", [(1, "same"), (1, "valid"), (2, "same"), (2, "valid")])
 @pytest.mark.parametrize("k", [3, 4])
-def test_equals_conv2d_with_the_outer_product_kernel(k, strides, padding, rank):
+def test_equals_conv2d_with_the_outer_product_kernel(k, strides, padding, rank, ops_path):
     layer, kernel, bias = _layer_and_equivalent_kernel(4, k, rank, strides, padding)
     conv = keras.layers.Conv2D(4, k, strides=strides, padding=padding)
     conv.build((None, 9, 10, 3))
     conv.set_weights([kernel, bias])
     x = np.random.default_rng(1).standard_normal((2, 9, 10, 3)).astype("float32")
-    np.testing.assert_allclose(layer(x).numpy(), conv(x).numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(layer(x)), np.asarray(conv(x)), rtol=1e-4, atol=1e-4)
 
 
-def test_circular_padding_equals_conv2d_on_the_wrapped_input_and_commutes_with_roll():
+def test_circular_padding_equals_conv2d_on_the_wrapped_input_and_commutes_with_roll(ops_path):
     layer, kernel, bias = _layer_and_equivalent_kernel(4, 5, 2, 1, "circular")
     x = np.random.default_rng(2).standard_normal((2, 9, 10, 3)).astype("float32")
     wrapped = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="wrap")
-    expected = tf.nn.conv2d(wrapped, kernel, 1, "VALID").numpy() + bias
-    np.testing.assert_allclose(layer(x).numpy(), expected, rtol=1e-4, atol=1e-4)
+    expected = np.einsum("nhwabc,abcm->nhwm", np.lib.stride_tricks.sliding_window_view(wrapped, (5, 5), axis=(1, 2))
+                         .transpose(0, 1, 2, 4, 5, 3), kernel) + bias
+    np.testing.assert_allclose(np.asarray(layer(x)), expected, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(
-        layer(tf.roll(x, (3, -1), axis=(1, 2))).numpy(), tf.roll(layer(x), (3, -1), axis=(1, 2)).numpy(), atol=1e-4
+        np.asarray(layer(np.roll(x, (3, -1), axis=(1, 2)))), np.roll(np.asarray(layer(x)), (3, -1), axis=(1, 2)),
+        atol=1e-4,
     )
 
 
@@ -76,19 +78,17 @@ def test_invalid_arguments_raise_value_error_naming_the_value(kwargs):
 
 
 @pytest.mark.parametrize("rank,strides,padding", [(1, 2, "same"), (2, 1, "circular"), (2, 2, "valid")])
-def test_mixed_precision_float16_inputs_give_float16_outputs_and_gradients(rank, strides, padding):
+def test_mixed_precision_float16_inputs_give_float16_outputs_and_gradients(rank, strides, padding, ops_path):
     """Under mixed_float16 the strided depthwise pass and the grouped convolution's gradient must run on CPU."""
     layer, kernel, bias = _layer_and_equivalent_kernel(4, 3, rank, strides, padding)
     half = SpatialSeparableConv2D(4, 3, rank=rank, strides=strides, padding=padding, dtype="mixed_float16")
     half.build((None, 9, 10, 3))
     half.set_weights(layer.get_weights())
     x = np.random.default_rng(3).standard_normal((2, 9, 10, 3)).astype("float32")
-    xt = tf.constant(x, tf.float16)
-    with tf.GradientTape() as tape:
-        tape.watch(xt)
-        y = half(xt)
-        loss = tf.reduce_sum(tf.cast(y, tf.float32) ** 2)
-    grads = tape.gradient(loss, [xt] + half.trainable_weights)
-    assert y.dtype == tf.float16
-    np.testing.assert_allclose(y.numpy().astype("float32"), layer(x).numpy(), rtol=2e-2, atol=5e-2)
-    assert all(g is not None and np.all(np.isfinite(g.numpy())) for g in grads)
+    xh = x.astype("float16")
+    y = half(xh)
+    assert keras.backend.standardize_dtype(y.dtype) == "float16"
+    np.testing.assert_allclose(np.asarray(y).astype("float32"), np.asarray(layer(x)), rtol=2e-2, atol=5e-2)
+    loss = lambda t: keras.ops.sum(keras.ops.square(keras.ops.cast(half(t), "float32")))
+    grad_x, grads = gradients(loss, [xh], half.trainable_weights)
+    assert all(g is not None and np.all(np.isfinite(g)) for g in grad_x + grads)
