@@ -9,20 +9,30 @@ under a lock. A request holds the `Servable` it was resolved to, so requests
 in flight when a swap happens finish on the version they started on, and none
 waits for a load.
 
+A version that fails to load (for example one still being copied in) is
+tried again when its files change (their names, sizes and mtimes), at most
+once per backoff interval (`poll_s`, doubling up to `retry_max_s`); each
+attempt is logged. Publishing by renaming a complete directory into place
+(what `pipelines.export` does) never shows the server a half-written version.
+
 `Batcher` is the queue in front of a model (TF Serving's batching): a worker
-thread takes the first waiting request, gathers more until `max_batch` rows or
-`batch_wait_ms` have passed, runs one signature call on the concatenation and
-hands each request its slice. A batch that fails is rerun request by request,
-so one request cannot fail the others.
+thread takes the waiting requests, gathers more until `max_batch` rows or
+`batch_wait_ms` have passed, runs one signature call on at most `max_batch`
+rows and hands each request its slice. A request larger than `max_batch` rows
+is run in chunks, and the rows of a batch are shared out evenly between the
+waiting requests, so a large request cannot hold up the small ones for more
+than one batch; a request's rows are taken (images decoded) one chunk at a
+time. A batch that fails is rerun request by request, so one request cannot
+fail the others.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import queue
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -110,10 +120,15 @@ def load_servable(name: str, version: int, path: str) -> Servable:
 
 @dataclass(eq=False)
 class _Item:
+    """One queued request; its rows go out in chunks (`sent` so far) and come back in `parts`."""
+
     servable: Servable
-    inputs: dict[str, np.ndarray]
+    inputs: dict  # name -> array, or rows decoded on demand (anything with len() and [a:b] -> array)
     rows: int
     future: Future
+    sent: int = 0
+    parts: dict = field(default_factory=dict)  # first row -> outputs of that chunk
+    answered: int = 0
 
 
 class Batcher:
@@ -131,92 +146,212 @@ class Batcher:
         self.batch_wait_ms = batch_wait_ms
         self.threads = threads
         self.calls = 0  # signature calls made (for tests and stats)
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._lock = threading.Lock()  # one worker gathers at a time; others run batches
+        self._cv = threading.Condition()  # guards everything below and each item's counters
+        self._active: deque[_Item] = deque()  # requests with rows not yet sent, in turn order
+        self._waiting_rows = 0
+        self._stopped = False
         self._workers = [
             threading.Thread(target=self._work, name=f"batcher-{name}-{i}", daemon=True) for i in range(threads)
         ]
-        self._leftover: _Item | None = None
-        self._stopped = False
         for w in self._workers:
             w.start()
 
-    def submit(self, servable: Servable, inputs: dict[str, np.ndarray]) -> Future:
-        """Queue one request; its future gets the dict of output arrays (or the exception)."""
+    def submit(self, servable: Servable, inputs: dict) -> Future:
+        """Queue one request; its future gets the dict of output arrays (or the exception).
+
+        The request's rows are run in chunks of at most `max_batch` rows; the
+        future may be failed from outside (a client gone, a timeout) and its
+        remaining chunks are then dropped.
+        """
         rows = len(next(iter(inputs.values())))
         fut: Future = Future()
-        self._queue.put(_Item(servable, inputs, rows, fut))
+        if rows == 0:
+            fut.set_exception(ValueError("empty batch"))
+            return fut
+        with self._cv:
+            if self._stopped:
+                fut.set_exception(RuntimeError("the server is stopping"))
+                return fut
+            self._active.append(_Item(servable, inputs, rows, fut))
+            self._waiting_rows += rows
+            self._cv.notify()
         return fut
 
     def stop(self) -> None:
-        self._stopped = True
-        for _ in self._workers:
-            self._queue.put(None)
+        with self._cv:
+            self._stopped = True
+            left, self._active = list(self._active), deque()
+            self._waiting_rows = 0
+            self._cv.notify_all()
+        for it in left:
+            _fail(it.future, RuntimeError("the server is stopping"))
 
-    def _gather(self) -> list[_Item] | None:
-        with self._lock:
-            first, self._leftover = (self._leftover, None) if self._leftover else (self._queue.get(), None)
-            if first is None:
-                return None
-            batch, rows = [first], first.rows
-            deadline = time.perf_counter() + self.batch_wait_ms / 1000.0
-            while rows < self.max_batch:
-                timeout = deadline - time.perf_counter()
-                try:
-                    item = self._queue.get_nowait() if timeout <= 0 else self._queue.get(timeout=timeout)
-                except queue.Empty:
+    def _drop_finished(self) -> None:
+        """Forget requests whose future is already done (failed or abandoned by the client)."""
+        if any(it.future.done() for it in self._active):
+            for it in [it for it in self._active if it.future.done()]:
+                self._active.remove(it)
+                self._waiting_rows -= it.rows - it.sent
+
+    def _gather(self) -> list[tuple[_Item, int, int]] | None:
+        """The next batch: (request, first row, end row) pieces, at most `max_batch` rows in all.
+
+        Rows are shared out evenly between the waiting requests (a request
+        asking for fewer than its share gives the rest to the others), so a
+        large request takes what the small ones leave and cannot hold them up
+        for more than one batch; requests that got rows go to the back of the
+        turn order.
+        """
+        with self._cv:
+            while True:
+                self._drop_finished()
+                if self._stopped:
+                    return None
+                if self._active:
                     break
-                if item is None:
-                    self._queue.put(None)
+                self._cv.wait()
+            deadline = time.monotonic() + self.batch_wait_ms / 1000.0
+            while self._waiting_rows < self.max_batch and not self._stopped:
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
                     break
-                if rows + item.rows > self.max_batch:
-                    self._leftover = item  # starts the next batch
+                self._cv.wait(timeout)
+                self._drop_finished()
+            if self._stopped or not self._active:
+                return None if self._stopped else []
+            items = list(self._active)
+            want = [it.rows - it.sent for it in items]
+            give = [0] * len(items)
+            room = self.max_batch
+            while room > 0:
+                open_ = [i for i in range(len(items)) if give[i] < want[i]]
+                if not open_:
                     break
-                batch.append(item)
-                rows += item.rows
-            return batch
+                share = room // len(open_)
+                if share == 0:  # fewer rows left than requests: one each, in turn order
+                    for i in open_[:room]:
+                        give[i] += 1
+                    break
+                for i in open_:
+                    g = min(share, want[i] - give[i])
+                    give[i] += g
+                    room -= g
+            pieces, served, unserved = [], [], []
+            for it, g in zip(items, give):
+                if g == 0:
+                    unserved.append(it)
+                    continue
+                if it.sent == 0 and not _start(it.future):  # cancelled or failed before it ran
+                    self._waiting_rows -= it.rows
+                    continue
+                pieces.append((it, it.sent, it.sent + g))
+                it.sent += g
+                self._waiting_rows -= g
+                if it.sent < it.rows:
+                    served.append(it)
+            self._active = deque(unserved + served)
+            return pieces
 
     def _work(self) -> None:
         while True:
-            batch = self._gather()
-            if batch is None:
+            pieces = self._gather()
+            if pieces is None:
                 return
-            groups: dict[int, list[_Item]] = {}
-            for item in batch:  # a version switch can put two servables into one batch
-                groups.setdefault(id(item.servable), []).append(item)
-            for items in groups.values():
-                self._run(items)
+            groups: dict[int, list] = {}
+            for piece in pieces:  # a version switch can put two servables into one batch
+                groups.setdefault(id(piece[0].servable), []).append(piece)
+            for group in groups.values():
+                try:
+                    self._run(group)
+                except Exception as e:  # noqa: BLE001 - a worker must survive anything
+                    for it, _, _ in group:
+                        _fail(it.future, e)
 
-    def _run(self, items: list[_Item]) -> None:
-        items = [it for it in items if it.future.set_running_or_notify_cancel()]
-        if not items:
+    def _run(self, pieces: list[tuple[_Item, int, int]]) -> None:
+        feeds_of = []
+        for it, a, b in pieces:  # take (decode) each request's rows; a bad row fails its request only
+            try:
+                feeds_of.append(((it, a, b), {k: v[a:b] for k, v in it.inputs.items()}))
+            except Exception as e:  # noqa: BLE001
+                self._failed(it, e)
+        feeds_of = [(p, f) for p, f in feeds_of if not p[0].future.done()]
+        if not feeds_of:
             return
-        servable = items[0].servable
+        servable = feeds_of[0][0][0].servable
         try:
-            if len(items) == 1:
-                feeds = items[0].inputs
+            if len(feeds_of) == 1:
+                feeds = feeds_of[0][1]
             else:
-                feeds = {k: np.concatenate([it.inputs[k] for it in items]) for k in items[0].inputs}
+                feeds = {k: np.concatenate([f[k] for _, f in feeds_of]) for k in feeds_of[0][1]}
             self.calls += 1
             out = servable.run(feeds)
-        except Exception as e:  # noqa: BLE001 - a failed batch is retried item by item
-            if len(items) == 1:
-                items[0].future.set_exception(e)
+        except Exception as e:  # noqa: BLE001 - a failed batch is retried piece by piece
+            if len(feeds_of) == 1:
+                self._failed(feeds_of[0][0][0], e)
                 return
-            for it in items:
+            for (it, a, b), f in feeds_of:
                 try:
                     self.calls += 1
-                    it.future.set_result(servable.run(it.inputs))
+                    self._answered(it, a, servable.run(f))
                 except Exception as e1:  # noqa: BLE001
-                    it.future.set_exception(e1)
+                    self._failed(it, e1)
             return
         start = 0
-        for it in items:
-            it.future.set_result({k: v[start : start + it.rows] for k, v in out.items()})
-            start += it.rows
+        for (it, a, b), _ in feeds_of:
+            self._answered(it, a, {k: v[start : start + b - a] for k, v in out.items()})
+            start += b - a
+
+    def _answered(self, it: _Item, first: int, out: dict[str, np.ndarray]) -> None:
+        with self._cv:
+            if it.future.done():
+                return
+            it.parts[first] = out
+            it.answered += len(next(iter(out.values()))) if out else 0
+            if it.answered < it.rows:
+                return
+            parts = [it.parts[k] for k in sorted(it.parts)]
+            it.parts = {}
+        result = parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        if not it.future.done():
+            try:
+                it.future.set_result(result)
+            except Exception:  # noqa: BLE001 - failed from outside meanwhile
+                pass
+
+    def _failed(self, it: _Item, e: BaseException) -> None:
+        with self._cv:
+            it.parts = {}
+        _fail(it.future, e)
+
+
+def _start(fut: Future) -> bool:
+    """Mark `fut` running; False if it was cancelled or already failed from outside."""
+    try:
+        return fut.set_running_or_notify_cancel()
+    except RuntimeError:  # finished meanwhile (failed by the HTTP side)
+        return False
+
+
+def _fail(fut: Future, e: BaseException) -> None:
+    """Fail `fut` unless it is already done (a request can fail in two chunks at once)."""
+    try:
+        if not fut.done():
+            fut.set_exception(e)
+    except Exception:  # noqa: BLE001 - InvalidStateError: finished meanwhile
+        pass
 
 
 # ----------------------------------------------------------------------------- the export directory
+
+
+@dataclass
+class Failure:
+    """A version that did not load: why, the state of its files then, and when to look again."""
+
+    message: str
+    signature: tuple  # dir_signature() taken just before the failed attempt
+    attempts: int
+    next_try: float  # time.monotonic() before which it is not retried
 
 
 @dataclass
@@ -226,6 +361,22 @@ class ModelState:
     servable: Servable | None = None
     loading: int | None = None
     failed: dict[int, str] = field(default_factory=dict)  # version -> why it did not load
+    failures: dict[int, Failure] = field(default_factory=dict)
+
+
+def dir_signature(path: str) -> tuple:
+    """Names, sizes and mtimes of every file under `path`: changes while it is being written."""
+    sig = []
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for f in sorted(files):
+            full = os.path.join(root, f)
+            try:
+                st = os.stat(full)
+            except OSError:
+                continue
+            sig.append((os.path.relpath(full, path), st.st_size, st.st_mtime_ns))
+    return tuple(sig)
 
 
 class ModelManager:
@@ -238,12 +389,14 @@ class ModelManager:
         max_batch: int = 32,
         batch_wait_ms: float = 2.0,
         batch_threads: int = 1,
+        retry_max_s: float = 30.0,
     ):
         self.exports = exports
         self.poll_s = poll_s
         self.max_batch = max_batch
         self.batch_wait_ms = batch_wait_ms
         self.batch_threads = batch_threads
+        self.retry_max_s = retry_max_s
         self._models: dict[str, ModelState] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -297,11 +450,22 @@ class ModelManager:
             with self._lock:
                 st = self._models.get(name)
             target = versions[-1]
-            if st is not None and (st.servable is not None and st.servable.version == target or target in st.failed):
+            if st is not None and st.servable is not None and st.servable.version == target:
                 continue
-            self._load(name, target)
+            failure = st.failures.get(target) if st is not None else None
+            path = os.path.join(self.exports, name, str(target))
+            if failure is not None:
+                if time.monotonic() < failure.next_try:
+                    continue
+                if dir_signature(path) == failure.signature:
+                    continue  # unchanged since it failed: it would fail again
+                log.info(
+                    "model %s version %s: its files changed since load attempt %d failed; retrying",
+                    name, target, failure.attempts,
+                )
+            self._load(name, target, failure.attempts + 1 if failure else 1)
 
-    def _load(self, name: str, version: int) -> None:
+    def _load(self, name: str, version: int, attempt: int = 1) -> None:
         with self._lock:
             st = self._models.get(name)
             if st is None:
@@ -310,21 +474,30 @@ class ModelManager:
                 )
             st.loading = version
         path = os.path.join(self.exports, name, str(version))
+        signature = dir_signature(path)  # before loading: a copy finishing meanwhile counts as a change
+        log.info("model %s: loading version %s (attempt %d)", name, version, attempt)
         t0 = time.perf_counter()
         try:
             servable = load_servable(name, version, path)
         except Exception as e:  # noqa: BLE001 - a bad export must not stop the server or the others
             msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            log.error("model %s version %s failed to load: %s", name, version, msg)
+            backoff = min(self.poll_s * 2 ** (attempt - 1), self.retry_max_s)
+            log.error(
+                "model %s version %s failed to load (attempt %d): %s; retried when its files change "
+                "(not before %.3g s)", name, version, attempt, msg, backoff,
+            )
             with self._lock:
                 st.failed[version] = msg
+                st.failures[version] = Failure(msg, signature, attempt, time.monotonic() + backoff)
                 st.loading = None
             return
         with self._lock:
             old, st.servable, st.loading = st.servable, servable, None
+            st.failed.pop(version, None)
+            st.failures.pop(version, None)
         log.info(
-            "model %s: serving version %s (was %s), loaded in %.1f s",
-            name, version, old.version if old else None, time.perf_counter() - t0,
+            "model %s: serving version %s (was %s), loaded in %.1f s (attempt %d)",
+            name, version, old.version if old else None, time.perf_counter() - t0, attempt,
         )
 
     def start(self) -> None:
