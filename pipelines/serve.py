@@ -5,8 +5,12 @@
 Serves the highest version of each `<exports>/<name>/<version>/` SavedModel
 (`pipelines.export`'s layout, which TensorFlow Serving also reads), polls the
 directory every `--poll-s` seconds and swaps a new version in without a
-restart. Concurrent predicts are batched (`--max-batch` rows, waiting at most
-`--batch-wait-ms`). See `pipelines/serving/` for the parts.
+restart; a version that fails to load is retried when its files change.
+Concurrent predicts are batched (`--max-batch` rows, waiting at most
+`--batch-wait-ms`); a larger request runs in chunks of `--max-batch` rows
+taking turns with the others, up to `--max-rows` rows per request. Slow
+clients are cut off (`--header-timeout-s`, `--body-timeout-s`). See
+`pipelines/serving/` for the parts.
 
     curl -s localhost:8501/v1/models/<name>
     curl -s localhost:8501/v1/models/<name>/metadata
@@ -40,14 +44,17 @@ class Server:
         batch_threads: int = 1,
         max_body_bytes: int = 8 << 20,
         predict_timeout_s: float = 60.0,
+        max_rows: int = 4096,
+        header_timeout_s: float = 10.0,
+        body_timeout_s: float = 30.0,
     ):
         from pipelines.serving.http import make_server
         from pipelines.serving.rest import RestApi
         from pipelines.serving.servables import ModelManager
 
         self.manager = ModelManager(exports, poll_s, max_batch, batch_wait_ms, batch_threads)
-        self.api = RestApi(self.manager, max_body_bytes, predict_timeout_s)
-        self.http = make_server(stack, self.api, host, port)
+        self.api = RestApi(self.manager, max_body_bytes, predict_timeout_s, max_rows)
+        self.http = make_server(stack, self.api, host, port, header_timeout_s, body_timeout_s)
         self.host = host
         self.port: int | None = None
 
@@ -88,7 +95,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-wait-ms", type=float, default=2.0, help="longest wait for a batch to fill")
     p.add_argument("--batch-threads", type=int, default=1, help="signature calls running at once per model")
     p.add_argument("--max-body-mb", type=float, default=8.0, help="request bodies above this get 413")
+    p.add_argument("--max-rows", type=int, default=4096, help="most rows (instances) per request; more get 413")
     p.add_argument("--predict-timeout-s", type=float, default=60.0)
+    p.add_argument("--header-timeout-s", type=float, default=10.0,
+                   help="close a connection whose request headers are not complete this long after it opened "
+                        "or after its last answer (slow clients, idle keep-alive)")
+    p.add_argument("--body-timeout-s", type=float, default=30.0, help="a request body slower than this gets 408")
     return p.parse_args(argv)
 
 
@@ -103,6 +115,9 @@ def main(argv=None) -> int:
         (a.batch_threads >= 1, f"--batch-threads must be >= 1, got {a.batch_threads}"),
         (a.max_body_mb > 0, f"--max-body-mb must be > 0, got {a.max_body_mb}"),
         (a.predict_timeout_s > 0, f"--predict-timeout-s must be > 0, got {a.predict_timeout_s}"),
+        (a.max_rows >= 1, f"--max-rows must be >= 1, got {a.max_rows}"),
+        (a.header_timeout_s > 0, f"--header-timeout-s must be > 0, got {a.header_timeout_s}"),
+        (a.body_timeout_s > 0, f"--body-timeout-s must be > 0, got {a.body_timeout_s}"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -110,7 +125,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     server = Server(
         a.exports, a.host, a.port, a.stack, a.poll_s, a.max_batch, a.batch_wait_ms, a.batch_threads,
-        int(a.max_body_mb * (1 << 20)), a.predict_timeout_s,
+        int(a.max_body_mb * (1 << 20)), a.predict_timeout_s, a.max_rows, a.header_timeout_s, a.body_timeout_s,
     )
     try:
         server.start()

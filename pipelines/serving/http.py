@@ -9,20 +9,35 @@ h11 parser here: httptools is not installed) and the standard library's
 (`--stack`).
 
 Every stack enforces the body size limit before reading the body (413 from
-Content-Length) and while reading it (chunked bodies).
+Content-Length) and while reading it (chunked bodies), and guards against slow
+clients: a connection whose request headers are not complete within
+`header_timeout_s` of its opening or of its previous answer is closed (this
+also closes idle keep-alive connections), and a body not complete within
+`body_timeout_s` gets a 408. Every answer, the stack's own errors included
+(a malformed request line, a bad Content-Length), is JSON `{"error": ...}`
+that echoes at most a short prefix of what the client sent; a 405 carries
+`Allow`. Bodies over `_INLINE_BYTES` are parsed and answered in a worker
+thread, so the event loop keeps serving the others meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
+import logging
 import socket
 import threading
+import time
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from pipelines.serving.rest import Pending, Response, RestApi, error
+from pipelines.serving.rest import Pending, Response, RestApi, clip, error, prefix
 
 STACKS = ("aiohttp", "uvicorn", "stdlib")
 _JSON = "application/json"
+_INLINE_BYTES = 64 << 10  # larger bodies are parsed (and their answers encoded) off the event loop
+
+log = logging.getLogger("pipelines.serve")
 
 
 def _content_length(value) -> int | None | Response:
@@ -34,20 +49,46 @@ def _content_length(value) -> int | None | Response:
             raise ValueError
         return n
     except ValueError:
-        return error(400, f"invalid Content-Length header {value!r}")
+        return error(400, f"invalid Content-Length header {prefix(value, 20)}")
 
 
-async def _answer_async(api: RestApi, method: str, path: str, body: bytes) -> Response:
-    r = api.handle(method, path, body)
+def _stack_error(status: int, message) -> Response:
+    """The HTTP stack's own rejection of a request, as JSON, echoing a short prefix at most."""
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    text = str(message or "").strip().splitlines()
+    detail = f": {clip(text[0], 60)}" if text and text[0] else ""
+    return error(status, f"{phrase}{detail}")
+
+
+def _timed_out(api: RestApi, r: Pending) -> Response:
+    r.abandon()
+    return error(503, f"the model did not answer within {api.predict_timeout_s:g} s; try again")
+
+
+async def _answer_async(api: RestApi, method: str, path: str, body: bytes) -> tuple[Response, bytes]:
+    """`api.handle` from an event loop: large bodies in a worker thread, the predict awaited."""
+    loop = asyncio.get_running_loop()
+    big = len(body) > _INLINE_BYTES
+    r = await loop.run_in_executor(None, api.handle, method, path, body) if big else api.handle(method, path, body)
     if isinstance(r, Pending):
         try:
             await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(r.future)), api.predict_timeout_s)
         except asyncio.TimeoutError:
-            return error(503, f"the model did not answer within {api.predict_timeout_s:g} s; try again")
+            r = _timed_out(api, r)
+        except asyncio.CancelledError:  # the client went away: stop computing its rows
+            r.abandon("the client went away")
+            raise
         except Exception:  # noqa: BLE001 - reported by finish()
             pass
+    if isinstance(r, Pending):
+        if big:
+            r = await loop.run_in_executor(None, r.finish)
+            return r, await loop.run_in_executor(None, r.encode)
         r = r.finish()
-    return r
+    return r, r.encode()
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -68,8 +109,18 @@ def _bind(host: str, port: int) -> socket.socket:
 class HttpServer:
     """Base: `start()` serves in a background thread and returns the bound port; `stop()` ends it."""
 
-    def __init__(self, api: RestApi, host: str = "127.0.0.1", port: int = 8501):
+    def __init__(
+        self,
+        api: RestApi,
+        host: str = "127.0.0.1",
+        port: int = 8501,
+        header_timeout_s: float = 10.0,
+        body_timeout_s: float = 30.0,
+    ):
+        if header_timeout_s <= 0 or body_timeout_s <= 0:
+            raise ValueError(f"timeouts must be > 0, got {header_timeout_s!r} and {body_timeout_s!r}")
         self.api, self.host, self.port = api, host, port
+        self.header_timeout_s, self.body_timeout_s = header_timeout_s, body_timeout_s
         self._thread: threading.Thread | None = None
 
     def start(self) -> int:
@@ -80,29 +131,60 @@ class HttpServer:
 
 
 class AiohttpServer(HttpServer):
+    """aiohttp's low-level server. Its keep-alive timer, armed when a connection opens and after
+    each answer and not pushed back by incoming bytes, closes a connection still waiting for
+    complete headers: that is the header timeout."""
+
     def start(self) -> int:
         from aiohttp import web
+        from aiohttp.web_protocol import RequestHandler
 
-        api = self.api
+        api, body_timeout_s = self.api, self.body_timeout_s
 
-        async def handler(request: web.Request) -> web.Response:
+        class Handler(RequestHandler):
+            def handle_error(self, request, status=500, exc=None, message=None):
+                r = _stack_error(status, message or exc)
+                log.warning("rejected a request from %s: %s", request.remote, r.body["error"])
+                resp = web.Response(body=r.encode(), status=status, content_type=_JSON)
+                resp.force_close()
+                return resp
+
+        class WebServer(web.Server):
+            def __call__(self):
+                return Handler(self, loop=self._loop, **self._kwargs)
+
+        async def read_body(request) -> bytes | Response:
+            buf = bytearray()
+            async for chunk in request.content.iter_chunked(1 << 16):
+                buf += chunk
+                if len(buf) > api.max_body_bytes:
+                    return api.too_large(len(buf))
+            return bytes(buf)
+
+        async def handler(request: web.BaseRequest) -> web.Response:
             n = _content_length(request.headers.get("Content-Length"))
             r = n if isinstance(n, Response) else api.too_large(n)
+            data = None
             if r is None:
-                buf = bytearray()
-                async for chunk in request.content.iter_chunked(1 << 16):
-                    buf += chunk
-                    if len(buf) > api.max_body_bytes:
-                        r = api.too_large(len(buf))
-                        break
-                if r is None:
-                    r = await _answer_async(api, request.method, request.path, bytes(buf))
-            return web.Response(body=r.encode(), status=r.status, content_type=_JSON)
+                try:
+                    body = await asyncio.wait_for(read_body(request), body_timeout_s)
+                except asyncio.TimeoutError:
+                    body = error(408, f"the request body did not arrive within {body_timeout_s:g} s")
+                if isinstance(body, Response):
+                    r = body
+                else:
+                    r, data = await _answer_async(api, request.method, request.path, body)
+            resp = web.Response(body=data or r.encode(), status=r.status, content_type=_JSON, headers=r.headers)
+            if r.status in (400, 408, 411, 413) and data is None:  # the body may be unread: close
+                resp.force_close()
+            return resp
 
-        app = web.Application(client_max_size=api.max_body_bytes + 1)
-        app.router.add_route("*", "/{tail:.*}", handler)
         self._loop = asyncio.new_event_loop()
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        server = WebServer(
+            handler, loop=self._loop, access_log=None, keepalive_timeout=self.header_timeout_s,
+            lingering_time=2.0,
+        )
+        self._runner = web.ServerRunner(server, handle_signals=False)
         sock = _bind(self.host, self.port)
         self.port = sock.getsockname()[1]
         self._loop.run_until_complete(self._runner.setup())
@@ -121,38 +203,99 @@ class AiohttpServer(HttpServer):
         self._thread = None
 
 
+def _uvicorn_protocol(header_timeout_s: float):
+    """uvicorn's h11 protocol with a header timeout and JSON answers to malformed requests."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class Protocol(H11Protocol):
+        _header_timer = None
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._arm_header_timer()
+
+        def connection_lost(self, exc):
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            super().connection_lost(exc)
+
+        def on_response_complete(self):
+            super().on_response_complete()
+            self._arm_header_timer()
+
+        def _arm_header_timer(self):
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            self._header_timer = self.loop.call_later(header_timeout_s, self._header_timeout)
+
+        def _header_timeout(self):
+            self._header_timer = None
+            waiting = self.cycle is None or self.cycle.response_complete  # no request in progress
+            if waiting and not self.transport.is_closing():
+                self.transport.close()
+
+        def send_400_response(self, msg: str) -> None:
+            data = _stack_error(400, msg).encode()
+            headers = [(b"content-type", _JSON.encode()), (b"content-length", str(len(data)).encode()),
+                       (b"connection", b"close")]
+            for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+                          h11.Data(data=data), h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event))
+            self.transport.close()
+
+    return Protocol
+
+
 class UvicornServer(HttpServer):
     def start(self) -> int:
         import uvicorn
 
-        api = self.api
+        api, body_timeout_s = self.api, self.body_timeout_s
+
+        async def read_body(receive) -> bytes | Response:
+            buf, more = bytearray(), True
+            while more:
+                msg = await receive()
+                if msg["type"] == "http.disconnect":
+                    break
+                buf += msg.get("body", b"")
+                more = msg.get("more_body", False)
+                if len(buf) > api.max_body_bytes:
+                    return api.too_large(len(buf))
+            return bytes(buf)
 
         async def app(scope, receive, send):
             if scope["type"] != "http":
                 return
             headers = dict(scope["headers"])
-            n = _content_length(headers.get(b"content-length", b"").decode() or None)
+            n = _content_length(headers.get(b"content-length", b"").decode("latin-1") or None)
             r = n if isinstance(n, Response) else api.too_large(n)
+            data = None
             if r is None:
-                buf, more = bytearray(), True
-                while more:
-                    msg = await receive()
-                    buf += msg.get("body", b"")
-                    more = msg.get("more_body", False)
-                    if len(buf) > api.max_body_bytes:
-                        r = api.too_large(len(buf))
-                        break
-                if r is None:
-                    r = await _answer_async(api, scope["method"], scope["path"], bytes(buf))
-            data = r.encode()
+                try:
+                    body = await asyncio.wait_for(read_body(receive), body_timeout_s)
+                except asyncio.TimeoutError:
+                    body = error(408, f"the request body did not arrive within {body_timeout_s:g} s")
+                if isinstance(body, Response):
+                    r = body
+                else:
+                    r, data = await _answer_async(api, scope["method"], scope["path"], body)
+            data = data or r.encode()
+            extra = [(k.lower().encode(), v.encode()) for k, v in r.headers.items()]
+            if r.status == 408:
+                extra.append((b"connection", b"close"))
             await send({
                 "type": "http.response.start",
                 "status": r.status,
-                "headers": [(b"content-type", _JSON.encode()), (b"content-length", str(len(data)).encode())],
+                "headers": [(b"content-type", _JSON.encode()), (b"content-length", str(len(data)).encode()), *extra],
             })
             await send({"type": "http.response.body", "body": data})
 
-        config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
+        config = uvicorn.Config(
+            app, lifespan="off", log_level="warning", access_log=False,
+            http=_uvicorn_protocol(self.header_timeout_s), timeout_keep_alive=max(1, round(self.header_timeout_s)),
+        )
         self._server = uvicorn.Server(config)
         sock = _bind(self.host, self.port)
         self.port = sock.getsockname()[1]
@@ -172,10 +315,43 @@ class UvicornServer(HttpServer):
         self._thread = None
 
 
+class _DeadlineReader(io.RawIOBase):
+    """A socket's reads, each failing with TimeoutError once the handler's `deadline` has passed."""
+
+    def __init__(self, sock: socket.socket, handler: "_Handler"):
+        self.sock, self.handler = sock, handler
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        deadline = self.handler.deadline
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("read deadline passed")
+            self.sock.settimeout(left)
+        else:
+            self.sock.settimeout(None)
+        return self.sock.recv_into(b)
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive
     disable_nagle_algorithm = True  # headers and body go out in separate writes
     api: RestApi
+    header_timeout_s: float
+    body_timeout_s: float
+    deadline: float | None = None
+
+    def setup(self):
+        super().setup()
+        self.rfile.close()
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, self), 1 << 16)
+
+    def handle_one_request(self):
+        self.deadline = time.monotonic() + self.header_timeout_s  # from the connection or the last answer
+        super().handle_one_request()
 
     def do_GET(self):
         self._do("GET")
@@ -198,18 +374,43 @@ class _Handler(BaseHTTPRequestHandler):
         if r is not None:
             self.close_connection = True  # the body was not read
         else:
-            body = self.rfile.read(n) if n else b""
-            r = api.handle(method, self.path, body)
-            if isinstance(r, Pending):
-                r = r.wait(api.predict_timeout_s)
+            self.deadline = time.monotonic() + self.body_timeout_s
+            try:
+                body = self.rfile.read(n) if n else b""
+            except TimeoutError:
+                body = None
+            self.deadline = None
+            if body is None or len(body) < (n or 0):
+                r = error(408, f"the request body did not arrive within {self.body_timeout_s:g} s")
+                self.close_connection = True
+            else:
+                r = api.handle(method, self.path, body)
+                if isinstance(r, Pending):
+                    r = r.wait(api.predict_timeout_s)
+        self._send(r)
+
+    def _send(self, r: Response) -> None:
         data = r.encode()
+        self.connection.settimeout(self.body_timeout_s)  # a client that does not read the answer
         self.send_response(r.status)
         self.send_header("Content-Type", _JSON)
         self.send_header("Content-Length", str(len(data)))
+        for k, v in r.headers.items():
+            self.send_header(k, v)
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(data)
+
+    def send_error(self, code, message=None, explain=None):
+        """The stack's own errors (malformed request line, headers too long): JSON, short."""
+        self.close_connection = True
+        if self.request_version == "HTTP/0.9":  # the default for an unparsable request line: no status line
+            self.request_version = "HTTP/1.0"
+        try:
+            self._send(_stack_error(code, message))
+        except OSError:
+            pass
 
     def log_message(self, format, *args):  # noqa: A002 - no access log
         pass
@@ -217,7 +418,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 class StdlibServer(HttpServer):
     def start(self) -> int:
-        handler = type("Handler", (_Handler,), {"api": self.api})
+        handler = type("Handler", (_Handler,), {
+            "api": self.api, "header_timeout_s": self.header_timeout_s, "body_timeout_s": self.body_timeout_s,
+        })
         server_cls = type("Server", (ThreadingHTTPServer,), {
             "address_family": socket.AF_INET6 if ":" in self.host else socket.AF_INET,
             "request_queue_size": 1024,
@@ -238,8 +441,15 @@ class StdlibServer(HttpServer):
         self._thread = None
 
 
-def make_server(stack: str, api: RestApi, host: str, port: int) -> HttpServer:
+def make_server(
+    stack: str,
+    api: RestApi,
+    host: str,
+    port: int,
+    header_timeout_s: float = 10.0,
+    body_timeout_s: float = 30.0,
+) -> HttpServer:
     cls = {"aiohttp": AiohttpServer, "uvicorn": UvicornServer, "stdlib": StdlibServer}.get(stack)
     if cls is None:
         raise ValueError(f"unknown HTTP stack {stack!r}; choose one of {list(STACKS)}")
-    return cls(api, host, port)
+    return cls(api, host, port, header_timeout_s, body_timeout_s)

@@ -25,7 +25,7 @@ import io
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -48,17 +48,19 @@ _TF_DTYPES = {
 
 
 class BadRequest(ValueError):
-    """A client mistake; `status` is the 4xx code to answer with."""
+    """A client mistake; `status` is the 4xx code to answer with (and `headers` to add, e.g. Allow)."""
 
-    def __init__(self, message: str, status: int = 400):
+    def __init__(self, message: str, status: int = 400, headers: dict | None = None):
         super().__init__(message)
         self.status = status
+        self.headers = headers or {}
 
 
 @dataclass
 class Response:
     status: int
     body: dict
+    headers: dict = field(default_factory=dict)
 
     def encode(self) -> bytes:
         return json.dumps(self.body, separators=(",", ":")).encode()
@@ -81,12 +83,24 @@ class Pending:
             self.future.result(timeout=timeout)
         except Exception:  # noqa: BLE001 - reported by finish()
             pass
+        if not self.future.done():
+            self.abandon()
         return self.finish()
+
+    def abandon(self, why: str = "the model did not answer in time; try again") -> None:
+        """Give up on the answer: the batcher drops the request's remaining chunks."""
+        try:
+            if not self.future.done():
+                self.future.set_exception(TimeoutError(why))
+        except Exception:  # noqa: BLE001 - InvalidStateError: answered meanwhile
+            pass
 
 
 def _model_error(e: BaseException) -> Response:
     import tensorflow as tf
 
+    if isinstance(e, BadRequest):  # found while the batcher took the rows (an undecodable image)
+        return error(e.status, str(e))
     if isinstance(e, (tf.errors.InvalidArgumentError, ValueError, TypeError)):
         return Response(400, {"error": f"the model rejected the input: {_first_line(e)}"})
     if isinstance(e, TimeoutError):
@@ -100,8 +114,22 @@ def _first_line(e: BaseException) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(e).__name__
 
 
-def error(status: int, message: str) -> Response:
-    return Response(status, {"error": message})
+def error(status: int, message: str, headers: dict | None = None) -> Response:
+    return Response(status, {"error": message}, headers or {})
+
+
+def clip(text: str, n: int = 100) -> str:
+    """`text` cut to `n` characters (a client's path or name echoed in an error)."""
+    text = "".join(c if c.isprintable() else "?" for c in text[: n + 1])
+    return text if len(text) <= n else text[:n] + "..."
+
+
+def prefix(value, n: int = 40) -> str:
+    """A short, printable prefix of something a client sent, for error messages and logs."""
+    text = value.decode("latin-1") if isinstance(value, (bytes, bytearray)) else str(value)
+    short = text[:n].encode("ascii", "backslashreplace").decode("ascii")
+    short = "".join(c if c.isprintable() else "?" for c in short)
+    return repr(short) + (f"... ({len(text)} characters)" if len(text) > n else "")
 
 
 # ----------------------------------------------------------------------------- request parsing
@@ -211,10 +239,34 @@ def _stack(parts: list[np.ndarray], spec: TensorInfo, where: str) -> np.ndarray:
     return np.stack(parts)
 
 
-def _batch_value(value, spec: TensorInfo, where: str) -> np.ndarray:
-    """A whole batch of one input: nested lists, or a list of instances some of which are b64."""
+class LazyInstances:
+    """A batch of instances some of which are b64 images, decoded a slice at a time.
+
+    The batcher takes `[a:b]` of it one chunk (`--max-batch` rows) at a time,
+    so a large request of small PNGs never lives decoded all at once.
+    """
+
+    def __init__(self, values: list, spec: TensorInfo, where: str):
+        for i, v in enumerate(values):  # the cheap checks now; decoding later
+            if _is_b64(v) and not isinstance(v["b64"], str):
+                raise BadRequest(f"{where}[{i}]: the b64 value must be a string, got {type(v['b64']).__name__}")
+        self.values, self.spec, self.where = values, spec, where
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start = rows.start or 0
+        return _stack(
+            [_instance_value(v, self.spec, f"{self.where}[{start + i}]") for i, v in enumerate(self.values[rows])],
+            self.spec, self.where,
+        )
+
+
+def _batch_value(value, spec: TensorInfo, where: str):
+    """A whole batch of one input: nested lists (an array), or a list of instances some of which are b64."""
     if isinstance(value, list) and any(_is_b64(v) for v in value):
-        return _stack([_instance_value(v, spec, f"{where}[{i}]") for i, v in enumerate(value)], spec, where)
+        return LazyInstances(value, spec, where)
     if _is_b64(value):
         raise BadRequest(f"{where}: input {spec.name!r} needs a batch: send a list of b64 images")
     arr = _numeric(value, spec, where)
@@ -222,14 +274,29 @@ def _batch_value(value, spec: TensorInfo, where: str) -> np.ndarray:
     return arr
 
 
-def parse_predict(body: bytes, servable: Servable) -> tuple[dict[str, np.ndarray], bool]:
-    """A predict request body -> (inputs by name, row format?)."""
+def _rows_check(n: int, max_rows: int | None, what: str) -> None:
+    if max_rows is not None and n > max_rows:
+        raise BadRequest(
+            f"{what} holds {n} rows, over the limit of {max_rows} per request (--max-rows); "
+            f"split it into several requests", 413,
+        )
+
+
+def parse_predict(body: bytes, servable: Servable, max_rows: int | None = None) -> tuple[dict, bool]:
+    """A predict request body -> (inputs by name, row format?).
+
+    An input is an array, or `LazyInstances` where b64 images are decoded by
+    the batcher a chunk at a time. More than `max_rows` rows is a 413.
+    """
     try:
         req = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BadRequest(f"malformed JSON in the request body: {e}")
     except RecursionError:  # e.g. 100k nested '[': deeper than any tensor (64 dims at most)
         raise BadRequest("malformed JSON in the request body: nested too deeply") from None
+    except ValueError as e:  # an integer over sys.get_int_max_str_digits() (4300) digits
+        why = "a number has too many digits" if "digits" in str(e) else prefix(_first_line(e), 80)
+        raise BadRequest(f"malformed JSON in the request body: {why}") from None
     if not isinstance(req, dict):
         raise BadRequest(f"the request body must be a JSON object with 'instances' or 'inputs', got {type(req).__name__}")
     sig = req.get("signature_name", "serving_default")
@@ -246,6 +313,7 @@ def parse_predict(body: bytes, servable: Servable) -> tuple[dict[str, np.ndarray
         inst = req["instances"]
         if not isinstance(inst, list) or not inst:
             raise BadRequest("'instances' must be a non-empty list, one entry per instance")
+        _rows_check(len(inst), max_rows, "'instances'")
         named = all(isinstance(x, dict) and not _is_b64(x) for x in inst)
         if not named:
             if len(names) != 1:
@@ -260,6 +328,9 @@ def parse_predict(body: bytes, servable: Servable) -> tuple[dict[str, np.ndarray
                 cols[n].append(x[n])
         return {n: _batch_value(cols[n], specs[n], f"instances.{n}") for n in names}, True
     inputs = req["inputs"]
+    for v in inputs.values() if isinstance(inputs, dict) and not _is_b64(inputs) else [inputs]:
+        if isinstance(v, list):
+            _rows_check(len(v), max_rows, "'inputs'")
     if isinstance(inputs, dict) and not _is_b64(inputs):
         if set(inputs) != set(names):
             raise BadRequest(f"'inputs' has keys {sorted(inputs)}, the signature's inputs are {names}")
@@ -295,10 +366,17 @@ def format_predict(out: dict[str, np.ndarray], row: bool) -> dict:
 class RestApi:
     """Routes a request to the model manager; answers in TF Serving's JSON."""
 
-    def __init__(self, manager: ModelManager, max_body_bytes: int = 8 << 20, predict_timeout_s: float = 60.0):
+    def __init__(
+        self,
+        manager: ModelManager,
+        max_body_bytes: int = 8 << 20,
+        predict_timeout_s: float = 60.0,
+        max_rows: int | None = 4096,
+    ):
         self.manager = manager
         self.max_body_bytes = max_body_bytes
         self.predict_timeout_s = predict_timeout_s
+        self.max_rows = max_rows
 
     def too_large(self, size: int | None) -> Response | None:
         if size is not None and size > self.max_body_bytes:
@@ -309,7 +387,7 @@ class RestApi:
         try:
             return self._handle(method, path, body)
         except BadRequest as e:
-            return error(e.status, str(e))
+            return error(e.status, str(e), e.headers)
         except NotFound as e:
             return error(404, str(e))
         except Exception as e:  # noqa: BLE001 - never die on a request
@@ -320,9 +398,11 @@ class RestApi:
         path = path.split("?", 1)[0]
         m = _ROUTE.match(path)
         if m is None:
-            raise NotFound(f"Malformed request: {method} {path} (routes: /v1/models/<name>[/versions/<v>]"
+            raise NotFound(f"Malformed request: {clip(method, 16)} {clip(path)} (routes: /v1/models/<name>[/versions/<v>]"
                            f"[/metadata|:predict])")
         name, label, verb = m["name"], m["label"], m["verb"]
+        if len(path) > 200:
+            raise NotFound(f"Malformed request: path of {len(path)} characters {clip(path, 60)}")
         if label is not None:
             raise NotFound(f"version labels are not supported (got label {label!r}); use /versions/<v>")
         version = None
@@ -334,15 +414,15 @@ class RestApi:
             if verb not in ("predict", "classify", "regress"):
                 raise NotFound(f"Malformed request: unknown verb {verb!r} (use :predict)")
             if method != "POST":
-                raise BadRequest(f"{verb} needs POST, got {method}", 405)
+                raise BadRequest(f"{verb} needs POST, got {prefix(method, 16)}", 405, {"Allow": "POST"})
             if verb != "predict":
                 raise BadRequest(f"{verb} is not supported by the 'serving_default' signature; use :predict")
             servable, batcher = self.manager.get(name, version)
-            inputs, row = parse_predict(body, servable)
+            inputs, row = parse_predict(body, servable, self.max_rows)
             fut = batcher.submit(servable, inputs)
             return Pending(fut, lambda out: format_predict(out, row))
         if method != "GET":
-            raise BadRequest(f"{path} answers GET, got {method}", 405)
+            raise BadRequest(f"{path} answers GET, got {prefix(method, 16)}", 405, {"Allow": "GET"})
         if m["metadata"]:
             servable, _ = self.manager.get(name, version)
             return Response(200, {
