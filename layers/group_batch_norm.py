@@ -1,0 +1,94 @@
+"""Batch normalisation of C_N feature maps with statistics shared across orientations (Cohen & Welling, 2016)."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="invariant")
+class GroupBatchNormalization(keras.layers.Layer):
+    """Batch normalisation of [B, H, W, N, C] maps: one mean, variance, gamma and beta per channel.
+
+    The statistics are taken over batch, positions AND the N orientations,
+    and gamma and beta are shared by the orientations, so the layer commutes
+    exactly with rotations that permute pixels (np.rot90) and with cyclic
+    shifts of the orientation axis: it keeps a group convolution's
+    equivariance (per-orientation statistics would break it). The optional
+    activation is pointwise and keeps it too. Keras' BatchNormalization
+    (axis -1 of the 5-D map) does the work, in float32 under mixed precision.
+
+    Args:
+        momentum: momentum of the moving statistics.
+        epsilon: the variance epsilon.
+        center: learn beta.
+        scale: learn gamma.
+        activation: applied after the normalisation (None: identity).
+
+    Input shape:
+        [batch, H, W, N, channels].
+
+    Output shape:
+        Same as the input.
+
+    Example:
+        >>> y = LiftingConv2D(8, 5, group_order=8, use_bias=False)(keras.Input((28, 28, 1)))
+        >>> y = GroupBatchNormalization(activation="relu")(y)
+
+    Papers: T. S. Cohen, M. Welling, "Group Equivariant Convolutional
+    Networks", ICML 2016 (batch norm per channel over the group); M. Weiler,
+    G. Cesa, "General E(2)-Equivariant Steerable CNNs", NeurIPS 2019 (e2cnn's
+    InnerBatchNorm).
+    """
+
+    def __init__(self, momentum=0.99, epsilon=1e-3, center=True, scale=True, activation=None, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(momentum, (int, float)) or isinstance(momentum, bool) or not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+        if not isinstance(epsilon, (int, float)) or isinstance(epsilon, bool) or not epsilon > 0:
+            raise ValueError(f"epsilon must be a number > 0, got {epsilon!r}")
+        for name, value in (("center", center), ("scale", scale)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be True or False, got {value!r}")
+        try:
+            self._fn = keras.activations.get(activation)
+        except (ValueError, TypeError):
+            raise ValueError(f"activation must be a Keras activation or None, got {activation!r}") from None
+        self.momentum = float(momentum)
+        self.epsilon = float(epsilon)
+        self.center = center
+        self.scale = scale
+        self.activation = activation
+        self.input_spec = keras.layers.InputSpec(ndim=5)
+        self.bn = keras.layers.BatchNormalization(
+            axis=-1, momentum=self.momentum, epsilon=self.epsilon, center=center, scale=scale,
+            dtype="float32", name="bn",
+        )
+
+    def build(self, input_shape):
+        if input_shape[-1] is None:
+            raise ValueError(f"the channel axis of the input must be known, got shape {input_shape}")
+        self.bn.build((None, None, None, None, input_shape[-1]))
+
+    def call(self, inputs, training=None):
+        y = self._fn(self.bn(ops.cast(inputs, "float32"), training=training))
+        return ops.cast(y, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        activation = self.activation
+        if activation is not None and not isinstance(activation, str):
+            activation = keras.activations.serialize(activation)
+        config.update(
+            {
+                "momentum": self.momentum,
+                "epsilon": self.epsilon,
+                "center": self.center,
+                "scale": self.scale,
+                "activation": activation,
+            }
+        )
+        return config

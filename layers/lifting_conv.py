@@ -1,0 +1,158 @@
+"""Lifting convolution (Cohen & Welling, ICML 2016): an image -> feature maps over the rotations of C_N."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from layers._group_basis import check_args, resolve_basis, rotated_basis
+
+
+@keras.saving.register_keras_serializable(package="invariant")
+class LiftingConv2D(keras.layers.Layer):
+    """Lifting convolution to the cyclic group C_N: one filter bank correlated at N rotations.
+
+    Output orientation r is the input correlated with the filters rotated by
+    2 pi r / N (counter-clockwise): y[..., r, c] = sum_p psi_c(R_r^-1 p) x(. + p).
+    The N rotated copies of the filter bank are stacked into ONE kernel
+    [k, k, C_in, N * filters] and applied by one convolution. Filters are
+    combinations of a basis (see `basis`) whose rotated copies are exact
+    constants, built once: for N = 4 (and 1, 2) the pixel basis rotated by
+    np.rot90, for other N a band-limited circular-harmonic basis (Gaussian
+    rings times cos/sin(m theta), after Weiler & Cesa's e2cnn), which
+    rotates exactly by any angle because it is sampled from functions of
+    the continuous plane.
+
+    Equivariance: rotating the input by g = 2 pi s / N rotates every output
+    map by g and cyclically shifts the orientation axis by s
+    (y[..., r, :] -> y[..., (r - s) mod N, :], i.e. np.roll by s). This is
+    exact for rotations by multiples of 90 degrees (np.rot90, 'same' padding
+    or 'valid' on any size; N a multiple of 4, or N = 1, 2 for 180 and 360
+    degrees). At the group's other angles (45 degrees for N = 8, 22.5 for
+    N = 16) and in between it holds approximately only, because the input
+    must be interpolated on the pixel grid. Measured on the central disk
+    (radius 16) of smooth (Gaussian-blurred, sigma 2 px) 48x48 inputs,
+    rotated by cubic interpolation, one layer with random 3x3 or 5x5
+    filters: relative max error 1.0-1.7% at 45 degrees (N = 8, 16) and at
+    22.5 degrees (N = 16). Between two group angles no shift matches: at
+    22.5 degrees for N = 8 the orientation maps are 15-18% off (nearest
+    shift), for N = 4 at 45 degrees 44-50%; GroupConv2D's docstring gives
+    the orientation-pooled figures. tests/layers/test_group_equivariance.py
+    asserts bounds with a margin.
+
+    Feature-map layout of all group layers: [batch, height, width, N, channels],
+    the orientation axis before the channels.
+
+    Args:
+        filters: output channels per orientation.
+        kernel_size: odd filter size (the filter is centred on a pixel).
+        group_order: N, the number of rotations of C_N (4: exact rot90).
+        basis: `auto` (`pixel` if N divides 4, else `harmonic`), `pixel`
+            (k*k free weights, N in {1, 2, 4}) or `harmonic` (J band-limited
+            circular harmonics: 4 for k = 3, 9 for k = 5, 16 for k = 7).
+        padding: 'same' or 'valid' (stride 1).
+        use_bias: add a bias per output channel, shared by the N orientations
+            (an orientation-dependent bias would break the equivariance).
+        kernel_initializer: initializer of the basis coefficients [J, C_in, filters].
+        bias_initializer: initializer of the bias [filters].
+
+    Input shape:
+        [batch, H, W, C_in].
+
+    Output shape:
+        [batch, H', W', N, filters] (H' = H for 'same', H - k + 1 for 'valid').
+
+    Example:
+        >>> x = keras.Input((28, 28, 1))
+        >>> y = LiftingConv2D(8, 5, group_order=8)(x)   # [None, 28, 28, 8, 8]
+        >>> y = GroupConv2D(8, 5, group_order=8)(y)     # C_8 -> C_8
+
+    Papers: T. S. Cohen, M. Welling, "Group Equivariant Convolutional
+    Networks", ICML 2016; M. Weiler, G. Cesa, "General E(2)-Equivariant
+    Steerable CNNs", NeurIPS 2019 (e2cnn).
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size=5,
+        group_order=4,
+        basis="auto",
+        padding="same",
+        use_bias=True,
+        kernel_initializer="he_normal",
+        bias_initializer="zeros",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        check_args(filters, kernel_size, group_order, basis, padding, use_bias)
+        self.filters = int(filters)
+        self.kernel_size = int(kernel_size)
+        self.group_order = int(group_order)
+        self.basis = basis
+        self.padding = padding
+        self.use_bias = use_bias
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+        # [N, k*k, J], exact rotations of the basis (float64 -> float32 constant)
+        self._basis = rotated_basis(self.kernel_size, self.group_order, basis).astype("float32")
+
+    @property
+    def resolved_basis(self) -> str:
+        return resolve_basis(self.basis, self.group_order)
+
+    def build(self, input_shape):
+        c_in = input_shape[-1]
+        if c_in is None:
+            raise ValueError(f"the channel axis of the input must be known, got shape {input_shape}")
+        self._c_in = int(c_in)
+        self.kernel = self.add_weight(
+            name="kernel", shape=(self._basis.shape[-1], self._c_in, self.filters),
+            initializer=self.kernel_initializer,
+        )
+        if self.use_bias:
+            self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer=self.bias_initializer)
+
+    def stacked_kernel(self):
+        """The conv kernel [k, k, C_in, N * filters] (orientation-major on the output axis)."""
+        k, n = self.kernel_size, self.group_order
+        w = ops.reshape(ops.cast(self.kernel, "float32"), (-1, self._c_in * self.filters))  # [J, Ci*Co]
+        b = ops.reshape(ops.convert_to_tensor(self._basis), (n * k * k, -1))  # [N*P, J]
+        kern = ops.reshape(ops.matmul(b, w), (n, k, k, self._c_in, self.filters))
+        kern = ops.transpose(kern, (1, 2, 3, 0, 4))
+        return ops.cast(ops.reshape(kern, (k, k, self._c_in, n * self.filters)), self.compute_dtype)
+
+    def call(self, inputs):
+        x = ops.cast(inputs, self.compute_dtype)
+        y = ops.conv(x, self.stacked_kernel(), strides=1, padding=self.padding)
+        s = ops.shape(y)
+        y = ops.reshape(y, (s[0], s[1], s[2], self.group_order, self.filters))
+        if self.use_bias:
+            y = y + ops.cast(self.bias, self.compute_dtype)
+        return y
+
+    def compute_output_shape(self, input_shape):
+        def out(d):
+            if d is None or self.padding == "same":
+                return d
+            return d - self.kernel_size + 1
+
+        return (input_shape[0], out(input_shape[1]), out(input_shape[2]), self.group_order, self.filters)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "filters": self.filters,
+                "kernel_size": self.kernel_size,
+                "group_order": self.group_order,
+                "basis": self.basis,
+                "padding": self.padding,
+                "use_bias": self.use_bias,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+            }
+        )
+        return config
+
