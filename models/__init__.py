@@ -1,4 +1,5 @@
-"""Model builders, chosen by registered name. Never reads files or configs."""
+"""Model builders, chosen by registered name. Never reads configs; the one file read is a local weights file
+given to a `keras_app:<Name>` backbone (models/keras_app.py)."""
 
 from models.registry import available_models, build_model, check_params, get_spec, register
 
