@@ -1,0 +1,101 @@
+"""The resnet builder: basic blocks, anti-aliasing as config.
+
+ResNet-18's parameter count, both stems, every antialias option meeting the
+same structural checks as `models.antialias`, exact circular-shift invariance
+of aps + circular padding + GAP (random odd offsets), the rewrite's equality
+at blur_size=1, save/reload, the search space, errors.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+import models
+from models.resnet import search_space
+from tests.models.antialias_checks import (DOWNSAMPLERS, assert_rewritten, assert_same_outputs,
+                                           randomize_batch_norms, strided, walk)
+
+RNG = np.random.default_rng(0)
+SMALL = dict(filters=[4, 8, 8], blocks_per_stage=[1, 1, 1])
+
+
+def small(antialias="none", padding="same", shape=(16, 16, 3), **kw):
+    keras.utils.set_random_seed(0)
+    model = models.build_model("resnet", shape, 5, antialias=antialias, padding=padding, **{**SMALL, **kw})
+    randomize_batch_norms(model)
+    return model
+
+
+def test_default_is_resnet18():
+    m = models.build_model("resnet", (32, 32, 3), 10)
+    trainable = sum(int(np.prod(w.shape)) for w in m.trainable_weights)
+    assert trainable == 11_173_962  # CIFAR ResNet-18 (3x3 stem), 10 classes
+    assert m.get_layer("stem_conv").kernel_size == (3, 3)
+    assert m.get_layer("stage3_block1_out").output.shape[1:] == (4, 4, 512)
+    assert m.output_shape == (None, 10) and m.output.dtype == "float32"
+
+
+def test_imagenet_stem_above_64_px():
+    m = models.build_model("resnet", (96, 96, 1), 3, filters=[4, 8], blocks_per_stage=1)
+    assert m.get_layer("stem_conv").kernel_size == (7, 7)
+    assert m.get_layer("stage0_block0_out").output.shape[1:3] == (24, 24)  # 96 -> 48 -> 24
+    assert m.get_layer("stage1_block0_out").output.shape[1:3] == (12, 12)
+
+
+@pytest.mark.parametrize("antialias", ["blur", "aps"])
+@pytest.mark.parametrize("stem", ["cifar", "imagenet"])
+def test_antialias_options_leave_no_strided_layer(antialias, stem):
+    plain, smooth = small(stem=stem, shape=(32, 32, 3)), small(antialias, stem=stem, shape=(32, 32, 3))
+    assert smooth.count_params() == plain.count_params()
+    assert not [l.name for l in walk(smooth) if strided(l) and not isinstance(l, DOWNSAMPLERS)]
+    assert any(isinstance(l, DOWNSAMPLERS) for l in smooth.layers)
+    assert smooth.output_shape == plain.output_shape
+    if antialias == "aps":  # one sampling per downsampling block, shared by both branches
+        assert sum(isinstance(l, DOWNSAMPLERS) for l in smooth.layers) == 2 + (2 if stem == "imagenet" else 0)
+
+
+@pytest.mark.parametrize("shape", [(16, 16, 3), (96, 96, 3)], ids=["cifar_stem", "imagenet_stem"])
+def test_aps_circular_is_exactly_invariant_to_circular_shifts(shape):
+    m = small("aps", "circular", shape=shape, blur_size=3, filters=[4, 8], blocks_per_stage=[1, 1])
+    x = RNG.uniform(0, 1, (3, *shape)).astype("float32")
+    y = np.asarray(m(x, training=False))
+    for dy, dx in RNG.integers(0, shape[0], (3, 2)) | 1:  # odd offsets: the hard case for subsampling
+        yr = np.asarray(m(np.roll(x, (int(dy), int(dx)), (1, 2)), training=False))
+        assert np.abs(yr - y).max() <= 1e-5 * np.abs(y).max(), (dy, dx)
+    plain = small("none", "circular", shape=shape, filters=[4, 8], blocks_per_stage=[1, 1])
+    y0 = np.asarray(plain(x, training=False))
+    assert np.abs(np.asarray(plain(np.roll(x, (1, 1), (1, 2)), training=False)) - y0).max() > 1e-4
+
+
+@pytest.mark.parametrize("padding", ["same", "circular"])
+def test_antialias_rewrite_of_the_plain_resnet(padding):
+    plain = small(padding=padding)
+    x = RNG.uniform(0, 1, (2, 16, 16, 3)).astype("float32")
+    exact = models.antialias(plain, "blur", blur_size=1)
+    assert_rewritten(plain, exact)
+    assert_same_outputs(plain, exact, x, rtol=1e-6)
+    assert_rewritten(plain, models.antialias(plain, "blur", blur_size=3))
+    assert_rewritten(plain, models.antialias(plain, "aps", blur_size=3))
+
+
+def test_save_reload(tmp_path):
+    m = small("aps", "circular", blur_size=3)
+    x = RNG.uniform(0, 1, (2, 16, 16, 3)).astype("float32")
+    m.save(tmp_path / "r.keras")
+    np.testing.assert_allclose(np.asarray(keras.models.load_model(tmp_path / "r.keras")(x)), np.asarray(m(x)),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_search_space_and_errors():
+    import keras_tuner
+
+    params = search_space(keras_tuner.HyperParameters())
+    models.check_params("resnet", params)
+    assert models.build_model("resnet", (16, 16, 3), 3, **params).output_shape == (None, 3)
+    with pytest.raises(ValueError, match="unknown key"):
+        models.check_params("resnet", {"depth": 18})
+    for bad, match in [({"antialias": "gauss"}, "antialias.*'gauss'"), ({"padding": "reflect"}, "padding.*'reflect'"),
+                       ({"stem": "big"}, "stem.*'big'"), ({"blur_size": 0}, "blur_size.*0"),
+                       ({"filters": []}, "filters"), ({"filters": [4, 8], "blocks_per_stage": [1]}, "blocks_per_stage")]:
+        with pytest.raises(ValueError, match=match):
+            models.build_model("resnet", (16, 16, 3), 3, **bad)
