@@ -311,10 +311,10 @@ def scan_images(paths, workers: int = 16):
 # ----------------------------------------------------------------------------- graph ops
 
 
-def decode_image(encoded):
-    """Encoded PNG/JPEG/BMP/GIF bytes -> uint8 [H, W, C] (C as stored: 1 to 4; GIF: first frame)."""
-    image = tf.io.decode_image(encoded, channels=0, dtype=tf.uint8, expand_animations=False)
-    image.set_shape([None, None, None])
+def decode_image(encoded, channels: int = 0):
+    """Encoded PNG/JPEG/BMP/GIF bytes -> uint8 [H, W, C] (`channels` 0: as stored, 1 to 4; or 3; GIF: first frame)."""
+    image = tf.io.decode_image(encoded, channels=channels, dtype=tf.uint8, expand_animations=False)
+    image.set_shape([None, None, channels or None])
     return image
 
 
@@ -435,7 +435,7 @@ class Split:
     # -- reading
 
     def _raw(self, shuffle: bool, seed: int, indices=None) -> tf.data.Dataset:
-        """(encoded bytes or uint8 image, int64 label), unpreprocessed; `indices`: a sorted subset."""
+        """(path, encoded bytes or uint8 image; int64 label), unpreprocessed; `indices`: a sorted subset."""
         s = self._stream
         if self.kind in ("files", "arrays"):
             items = self.paths if self.kind == "files" else self.images
@@ -445,9 +445,7 @@ class Split:
             ds = tf.data.Dataset.from_tensor_slices((items, labels))
             if shuffle:
                 ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-            if self.kind == "files":
-                ds = ds.map(lambda p, y: (tf.io.read_file(p), y), num_parallel_calls=AUTOTUNE)
-            return ds
+            return ds  # files: paths, read in the decoding map
         if self.kind == "records":
             files = list(self.files)
             ordered = self.mask is not None or indices is not None  # masks index the stored order
@@ -490,9 +488,14 @@ class Split:
         s = self._stream
         opts = s.options
         encoded = self.kind != "arrays"
+        is_path = self.kind == "files"
 
         def prep(x, y):
-            image = decode_image(x) if encoded else x
+            if is_path:
+                x = tf.io.read_file(x)
+            # Decoding straight to 3 channels (gray replicated, alpha dropped) is what
+            # convert_channels does, without a second pass over the pixels.
+            image = decode_image(x, 3 if s.channels == 3 else 0) if encoded else x
             out = preprocess_image(image, opts.image_size, opts.resize, s.channels, cover_only=cover_only)
             if opts.image_size is None and None not in s.image_shape:
                 out = tf.ensure_shape(out, s.image_shape)

@@ -232,3 +232,31 @@ def test_eval_subset_reads_the_seeded_subset(tmp_path):
     idx = np.sort(np.random.default_rng(4).choice(len(y), 3, replace=False))
     np.testing.assert_array_equal(sx, x[idx])
     np.testing.assert_array_equal(sy, y[idx])
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_every_format_decodes_like_pil(tmp_path, channels):
+    """PNG (gray, RGB, RGBA), BMP, GIF, JPEG (gray, RGB) against PIL's decode.
+
+    JPEG within 6 levels: TensorFlow's decoder uses the fast integer IDCT, PIL the accurate one."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "f"
+    (root / "a").mkdir(parents=True)
+    (root / "b").mkdir(parents=True)
+    rgb = rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    smooth = np.repeat(np.repeat(rng.integers(0, 256, (3, 3, 3), dtype=np.uint8), 2, 0), 2, 1)[:6, :5]
+    files = {"a/gray.png": (rgb[..., 0], "PNG"), "a/rgb.png": (rgb, "PNG"),
+             "a/rgba.png": (np.concatenate([rgb, rgb[..., :1]], -1), "PNG"), "a/rgb.bmp": (rgb, "BMP"),
+             "b/rgb.gif": (smooth, "GIF"), "b/gray.jpg": (smooth[..., 1], "JPEG"), "b/rgb.jpg": (smooth, "JPEG")}
+    for name, (arr, fmt) in files.items():
+        _save(root / name, arr, fmt)
+    s = open_source(f"folder:{root}", channels=channels, validation_fraction=0.2)
+    for split in (s.train, s.validation, s.test):
+        x, _ = _all(split)
+        for got, path in zip(x, split.paths):
+            with Image.open(path) as im:
+                ref = np.asarray(im.convert("RGB"))
+            if channels == 1:
+                ref = np.rint(ref.astype(float) @ [0.2989, 0.587, 0.114])[..., None]
+            tol = 6 if path.endswith(".jpg") else (1 if channels == 1 else 0)
+            assert np.abs(got.astype(int) - ref).max() <= tol, path
