@@ -251,3 +251,13 @@ def test_same_padding_needs_static_sizes():
     valid = keras.Model(inputs, layers.Conv2D(2, 3, strides=2, padding="valid")(inputs))
     x = RNG.uniform(0, 1, (1, 9, 12, 3)).astype("float32")
     np.testing.assert_allclose(np.asarray(models.antialias(valid, blur_size=1)(x)), np.asarray(valid(x)), atol=1e-6)
+
+
+def test_mixed_precision_policy_is_kept(mixed_float16):
+    keras.utils.set_random_seed(8)
+    plain = models.build_model("baseline_cnn", (16, 16, 1), 3, filters=[4, 8], downsample="strided", head="gap")
+    new = models.antialias(plain, "blur", blur_size=3)
+    added = [l for l in new.layers if l.name.endswith("_blurpool")]
+    assert added and all(l.dtype_policy.name == "mixed_float16" for l in added)
+    y = new(RNG.uniform(0, 1, (2, 16, 16, 1)).astype("float32"), training=False)
+    assert keras.backend.standardize_dtype(y.dtype) == "float32" and np.all(np.isfinite(np.asarray(y)))
