@@ -33,6 +33,10 @@ class ModelSpec:
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
+# Taken by every builder: `pyramid_scales: [1.0, 0.7, 0.5]` (and `pyramid_pool: max | mean`)
+# wraps the built model in an input pyramid (models/pyramid.py).
+WRAPPER_PARAMS = ("pyramid_scales", "pyramid_pool")
+
 
 def register(name: str, search_space: Callable | None = None):
     """Decorator: register `builder` under `name`. Builder params must be keyword-only."""
@@ -64,14 +68,30 @@ def get_spec(name: str) -> ModelSpec:
 def check_params(name: str, params: dict) -> None:
     """Raise ValueError naming the key if `params` holds a key the builder does not take."""
     known = get_spec(name).params()
-    unknown = sorted(set(params) - set(known))
+    unknown = sorted(set(params) - set(known) - set(WRAPPER_PARAMS))
     if unknown:
         raise ValueError(
             f"model.params: unknown key(s) {unknown} for model {name!r}; it takes {sorted(known)}"
         )
+    if params.get("pyramid_scales") is not None or params.get("pyramid_pool") is not None:
+        from models.pyramid import check_pyramid
+
+        if params.get("pyramid_scales") is None:
+            raise ValueError(f"model.params.pyramid_pool ({params['pyramid_pool']!r}) needs pyramid_scales")
+        try:
+            check_pyramid(params["pyramid_scales"], params.get("pyramid_pool") or "max")
+        except ValueError as e:
+            raise ValueError(f"model.params.{e}") from None
 
 
 def build_model(name: str, input_shape, num_classes: int, **params) -> keras.Model:
     """Build the registered model `name` for inputs of `input_shape` (H, W, C)."""
     check_params(name, params)
-    return get_spec(name).builder(input_shape=tuple(input_shape), num_classes=int(num_classes), **params)
+    params = dict(params)
+    scales, pool = params.pop("pyramid_scales", None), params.pop("pyramid_pool", None)
+    model = get_spec(name).builder(input_shape=tuple(input_shape), num_classes=int(num_classes), **params)
+    if scales is None:
+        return model
+    from models.pyramid import pyramid
+
+    return pyramid(model, scales, pool=pool or "max")

@@ -1,0 +1,94 @@
+"""The input pyramid (models/pyramid.py) through any builder's `pyramid_scales`: baseline_cnn and hnet."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import models
+from data.scale_augment import rescale_batch
+from layers.canvas_rescale import CanvasRescale2D
+from tests.models.conftest import assert_float16_training_step
+
+SMALL_CNN = dict(filters=[4, 8], dense_units=0, dropout=0.0)
+SMALL_HNET = dict(filters=[2, 4], convs_per_stage=1, kernel_size=3, n_rings=2)
+
+
+@pytest.fixture(scope="module")
+def cnn_pyramid():
+    keras.utils.set_random_seed(0)
+    return models.build_model("baseline_cnn", (16, 16, 1), 5, pyramid_scales=[1.0, 0.7, 0.5], **SMALL_CNN)
+
+
+def test_shares_the_backbone_and_pools_logits_over_the_rescaled_inputs(cnn_pyramid):
+    backbone = cnn_pyramid.get_layer("baseline_cnn")
+    assert cnn_pyramid.count_params() == backbone.count_params()  # one set of weights
+    assert cnn_pyramid.output_shape == (None, 5)
+    x = np.random.default_rng(0).uniform(size=(3, 16, 16, 1)).astype("float32")
+    branches = [np.asarray(backbone(rescale_batch(x, f), training=False)) for f in (1.0, 0.7, 0.5)]
+    got = np.asarray(cnn_pyramid(x, training=False))
+    np.testing.assert_allclose(got, np.max(branches, axis=0), atol=1e-5)
+    assert keras.backend.standardize_dtype(got.dtype) == "float32"
+
+
+def test_mean_pool_and_a_single_scale():
+    keras.utils.set_random_seed(1)
+    m = models.build_model("baseline_cnn", (16, 16, 1), 5, pyramid_scales=[1.0, 1.5], pyramid_pool="mean", **SMALL_CNN)
+    x = np.random.default_rng(1).uniform(size=(2, 16, 16, 1)).astype("float32")
+    b = m.get_layer("baseline_cnn")
+    want = (np.asarray(b(x, training=False)) + np.asarray(b(rescale_batch(x, 1.5), training=False))) / 2
+    np.testing.assert_allclose(np.asarray(m(x, training=False)), want, atol=1e-5)
+    single = models.build_model("baseline_cnn", (16, 16, 1), 5, pyramid_scales=[0.5], **SMALL_CNN)
+    assert [type(l).__name__ for l in single.layers][:2] == ["InputLayer", "CanvasRescale2D"]
+
+
+def test_model_rescale_agrees_with_the_data_op():
+    x = np.random.default_rng(2).uniform(size=(2, 28, 28, 1)).astype("float32")
+    for f in (0.3, 0.5, 0.7, 1.3, 2.0):
+        np.testing.assert_allclose(np.asarray(CanvasRescale2D(f)(x)), rescale_batch(x, f), atol=2e-6)
+
+
+def test_hnet_pyramid_keeps_exact_rot90_invariance():
+    keras.utils.set_random_seed(3)
+    m = models.build_model("hnet", (16, 16, 1), 4, pyramid_scales=[1.0, 0.6], **SMALL_HNET)
+    x = np.random.default_rng(3).uniform(size=(2, 16, 16, 1)).astype("float32")
+    y = np.asarray(m(x, training=False))
+    for k in (1, 2, 3):
+        yr = np.asarray(m(np.ascontiguousarray(np.rot90(x, k, axes=(1, 2))), training=False))
+        assert np.abs(yr - y).max() <= 1e-5 * np.abs(y).max()
+    assert np.abs(y[0] - y[1]).max() > 1e-5
+
+
+def test_saves_and_reloads(cnn_pyramid, tmp_path):
+    x = np.random.default_rng(4).uniform(size=(8, 16, 16, 1)).astype("float32")
+    path = os.path.join(tmp_path, "pyramid.keras")
+    cnn_pyramid.save(path)
+    reloaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(np.asarray(reloaded(x, training=False)), np.asarray(cnn_pyramid(x, training=False)),
+                               atol=1e-5)
+
+
+def test_mixed_precision(mixed_float16):
+    m = models.build_model("baseline_cnn", (16, 16, 1), 5, pyramid_scales=[1.0, 0.5], **SMALL_CNN)
+    assert_float16_training_step(m, (16, 16, 1))
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        (dict(pyramid_scales=[]), r"model.params.pyramid_scales must be a non-empty list of distinct positive numbers, got \[\]"),
+        (dict(pyramid_scales=[1.0, -0.5]), r"got \[1.0, -0.5\]"),
+        (dict(pyramid_scales=[1.0, 1.0]), r"got \[1.0, 1.0\]"),
+        (dict(pyramid_scales=0.5), "pyramid_scales must be a list of positive numbers, got 0.5"),
+        (dict(pyramid_scales=[1.0], pyramid_pool="sum"), r"model.params.pyramid_pool must be one of \('max', 'mean'\), got 'sum'"),
+        (dict(pyramid_pool="max"), "model.params.pyramid_pool \\('max'\\) needs pyramid_scales"),
+    ],
+)
+def test_bad_pyramid_params_are_config_errors(params, match):
+    with pytest.raises(ValueError, match=match):
+        models.check_params("baseline_cnn", params)
+    with pytest.raises(ValueError, match=match):
+        models.build_model("baseline_cnn", (16, 16, 1), 5, **params, **SMALL_CNN)
+    with pytest.raises(ValueError, match="unknown key"):
+        models.check_params("baseline_cnn", {"pyramid": [1.0]})
