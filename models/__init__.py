@@ -6,6 +6,7 @@ from models.registry import available_models, build_model, check_params, get_spe
 # Importing a builder module registers it.
 from models import baseline  # noqa: E402,F401
 from models import hnet  # noqa: E402,F401
+from models import sesn  # noqa: E402,F401
 from models import resnet  # noqa: E402,F401
 from models.antialias import antialias  # noqa: E402
 

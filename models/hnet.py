@@ -20,6 +20,7 @@ from keras import layers
 
 from layers.harmonic_batch_norm import HarmonicBatchNormalization
 from layers.harmonic_conv import HarmonicConv2D
+from layers.scale_harmonic_conv import ScaleHarmonicConv2D
 from layers.harmonic_pool import HarmonicAveragePooling2D
 from layers.harmonic_readout import HarmonicMagnitudeReadout
 from layers.harmonic_relu import HarmonicReLU
@@ -52,6 +53,7 @@ def build(
     batch_norm: bool = True,
     blur: int = 1,
     bn_momentum: float = 0.9,
+    scales=None,
     name: str = "hnet",
 ) -> keras.Model:
     """Build an H-Net.
@@ -70,6 +72,12 @@ def build(
         bn_momentum: momentum of the batch norms' moving statistics (0.9, as in
             baseline.py: with Keras' 0.99 they lag behind the weights when an
             epoch has few steps, and evaluation after a short run suffers).
+        scales: None, or integer dilations such as [1, 2, 3]: the roto-scale
+            H-Net. Every stage convolution is then a ScaleHarmonicConv2D: the
+            same harmonic filters (shared radial profiles) applied at each
+            dilation, pooled over the scales by magnitude; invariant to
+            rotation (exactly at 90 degrees) and approximately to rescaling
+            within the dilations' range; about len(scales) times the cost.
     Returns:
         A Keras model from float images in [0, 1] to class logits (float32).
     """
@@ -83,6 +91,9 @@ def build(
     if not isinstance(max_order, int) or max_order < 0:
         raise ValueError(f"max_order must be a non-negative integer, got {max_order!r}")
     orders = tuple(range(max_order + 1))
+    if scales is not None and (not isinstance(scales, (list, tuple)) or not scales
+                               or any(not isinstance(a, int) or isinstance(a, bool) or a < 1 for a in scales)):
+        raise ValueError(f"scales must be a list of positive integer dilations (e.g. [1, 2, 3]) or None, got {scales!r}")
 
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = inputs
@@ -90,7 +101,11 @@ def build(
         if s > 0:
             x = HarmonicAveragePooling2D(2, blur=blur, name=f"stage{s}_pool")(x)
         for c in range(convs_per_stage):
-            x = HarmonicConv2D(f, k, orders=orders, n_rings=n_rings, name=f"stage{s}_hconv{c}")(x)
+            if scales is None:
+                x = HarmonicConv2D(f, k, orders=orders, n_rings=n_rings, name=f"stage{s}_hconv{c}")(x)
+            else:
+                x = ScaleHarmonicConv2D(f, k, orders=orders, n_rings=n_rings, dilations=list(scales),
+                                        name=f"stage{s}_hconv{c}")(x)
             if batch_norm and c == convs_per_stage - 1:
                 x = HarmonicBatchNormalization(
                     momentum=bn_momentum, activation="relu", name=f"stage{s}_hbn{c}")(x)
