@@ -26,11 +26,13 @@ Augmentation belongs to the training pipeline only, never to an exported model.
 
 from __future__ import annotations
 
-import math
+import dataclasses
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+from data.augment_settings import FILL_MODES, settings  # noqa: F401  (FILL_MODES: re-exported)
 
 __all__ = [
     "ElasticWarp",
@@ -40,11 +42,8 @@ __all__ = [
     "gaussian_smoothing_matrix",
     "bilinear_sample",
     "preview_rows",
-    "preview_grid",
-    "save_png",
 ]
 
-FILL_MODES = ("constant", "reflect", "wrap", "nearest")
 
 
 # ----------------------------------------------------------------------------- seeds
@@ -283,50 +282,13 @@ class ElasticWarp(keras.layers.Layer):
 # ----------------------------------------------------------------------------- the chain
 
 
-_DEFAULTS = {
-    "translation": {"max": 0.0, "units": "fraction", "fill_mode": "constant", "probability": 1.0},
-    "rotation": {"max_degrees": 0.0, "fill_mode": "constant", "probability": 1.0},
-    "elastic": {"alpha": 0.0, "sigma": 4.0, "probability": 1.0},
-}
-
-
 def _section(name: str, value) -> dict:
-    """Fill a config section's defaults and validate it (ValueError names key and value)."""
-    if value is None:
-        value = {}
-    if not isinstance(value, dict):
-        raise ValueError(f"{name} must be a dict, got {name}={value!r}")
-    unknown = sorted(set(value) - set(_DEFAULTS[name]))
-    if unknown:
-        raise ValueError(f"{name}: unknown key(s) {unknown}; known: {sorted(_DEFAULTS[name])}")
-    out = {**_DEFAULTS[name], **value}
-    for k, v in out.items():
-        if k in ("units", "fill_mode"):
-            continue
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-            raise ValueError(f"{name}.{k} must be a number, got {v!r}")
-    if not 0.0 <= out["probability"] <= 1.0:
-        raise ValueError(f"{name}.probability must be in [0, 1], got {out['probability']!r}")
-    if "fill_mode" in out and out["fill_mode"] not in FILL_MODES:
-        raise ValueError(f"{name}.fill_mode must be one of {list(FILL_MODES)}, got {out['fill_mode']!r}")
-    if name == "translation":
-        if out["units"] not in ("fraction", "pixels"):
-            raise ValueError(f"translation.units must be 'fraction' or 'pixels', got {out['units']!r}")
-        if out["max"] < 0 or (out["units"] == "fraction" and out["max"] >= 1):
-            raise ValueError(f"translation.max must be >= 0 (and < 1 as a fraction), got {out['max']!r}")
-    if name == "rotation" and not 0.0 <= out["max_degrees"] <= 180.0:
-        raise ValueError(f"rotation.max_degrees must be in [0, 180], got {out['max_degrees']!r}")
-    if name == "elastic":
-        if out["alpha"] < 0:
-            raise ValueError(f"elastic.alpha must be >= 0, got {out['alpha']!r}")
-        if out["sigma"] <= 0:
-            raise ValueError(f"elastic.sigma must be > 0, got {out['sigma']!r}")
-    return out
+    """A config section with its defaults filled and checked (data/augment_settings.py), as a dict."""
+    return dataclasses.asdict(settings(name, value))
 
 
 def _is_on(name: str, section: dict) -> bool:
-    key = {"translation": "max", "rotation": "max_degrees", "elastic": "alpha"}[name]
-    return section[key] > 0 and section["probability"] > 0
+    return settings(name, section).on
 
 
 @keras.saving.register_keras_serializable(package="invariant")
@@ -512,6 +474,10 @@ def preview_rows(images, translation=None, rotation=None, elastic=None, seed: in
     The original images, then one row per operation that is on (applied with
     probability 1 so the row shows the operation), then the full chain as
     configured (with its probabilities). `images` are uint8 or float in [0, 1].
+
+    `seed` is the training seed (`train.seed`): the full-chain row shows the
+    transforms that training draws for the first `n` positions of its first
+    batch, since both go through `augment_dataset` with that seed.
     """
     x = np.asarray(images)[:n]
     if x.ndim == 3:
@@ -527,35 +493,13 @@ def preview_rows(images, translation=None, rotation=None, elastic=None, seed: in
         aug = build_augmentation(**only, seed=seed)
         rows.append((_describe(name, sections[name]), np.asarray(aug(x, training=True, seed=[seed, 1]))))
     chain = build_augmentation(**sections, seed=seed)
-    rows.append(("full chain" if chain is not None else "full chain (all off)", x if chain is None else np.asarray(chain(x, training=True, seed=[seed, 2]))))
+    if chain is None:
+        rows.append(("full chain (all off)", x))
+    else:
+        # The draws of the first training batch: `augment_dataset` with the same seed.
+        first = next(iter(augment_dataset(tf.data.Dataset.from_tensors(x), chain, seed=seed)))
+        rows.append(("full chain", np.asarray(first)))
     return rows
-
-
-def preview_grid(images, translation=None, rotation=None, elastic=None, seed: int = 0, n: int = 8, title: str | None = None) -> np.ndarray:
-    """A labelled grid of augmented samples (the rows of `preview_rows`) as a uint8 RGB
-    array [height, width, 3], ready for `save_png` or `mlflow.log_image`."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    rows = preview_rows(images, translation, rotation, elastic, seed=seed, n=n)
-    x = rows[0][1]
-    cols = len(x)
-    fig = Figure(figsize=(1.0 * cols + 1.3, 1.0 * len(rows) + (0.4 if title else 0.1)), dpi=100)
-    FigureCanvasAgg(fig)
-    for r, (label, batch) in enumerate(rows):
-        for c in range(cols):
-            ax = fig.add_subplot(len(rows), cols, r * cols + c + 1)
-            img = batch[c]
-            ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c == 0:
-                ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.subplots_adjust(left=1.2 / (cols + 1.3), right=0.99, top=0.92 if title else 0.98, bottom=0.02, wspace=0.05, hspace=0.05)
-    fig.canvas.draw()
-    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 
 
 def _describe(name: str, s: dict) -> str:
@@ -565,14 +509,3 @@ def _describe(name: str, s: dict) -> str:
     if name == "rotation":
         return f"rotation\n±{s['max_degrees']:g}°"
     return f"elastic\nα={s['alpha']:g}, σ={s['sigma']:g}"
-
-
-def save_png(rgb: np.ndarray, path: str) -> str:
-    """Write a uint8 RGB array as a PNG (creating the folder); return the path."""
-    import os
-
-    from PIL import Image
-
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(path)
-    return path

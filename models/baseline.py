@@ -1,6 +1,6 @@
 """The baseline CNN: stages of convolutions, each followed by a downsampling step.
 
-Per-stage lists drive it (keras-hub style): `filters[i]`, `kernel_sizes[i]` and
+Per-stage lists drive it (keras-hub style): `filters[i]`, `kernel_size[i]` and
 `downsample[i]` describe stage i. The custom layers of the project are swapped
 in through `conv`, `downsample` and `padding`, so variants are config, not new
 builders.
@@ -86,7 +86,7 @@ def search_space(hp) -> dict:
     padding = hp.Choice("padding", list(PADDINGS))
     return {
         "filters": [width, 2 * width],
-        "kernel_sizes": hp.Choice("kernel_size", [3, 5]),
+        "kernel_size": hp.Choice("kernel_size", [3, 5]),
         "downsample": downsample,
         "conv": hp.Choice("conv", list(CONV_KINDS)),
         "padding": padding,
@@ -103,7 +103,7 @@ def build(
     num_classes,
     *,
     filters=(32, 64),
-    kernel_sizes=3,
+    kernel_size=3,
     convs_per_stage: int = 2,
     downsample="max",
     conv: str = "standard",
@@ -120,7 +120,7 @@ def build(
 
     Args:
         filters: channels per stage; its length is the number of stages.
-        kernel_sizes: kernel size per stage (or one for all).
+        kernel_size: kernel size per stage (or one for all).
         convs_per_stage: convolutions in each stage.
         downsample: per stage (or one for all): `max` (2x2 max pool), `strided`
             (the stage's last conv at stride 2), `avg` (2x2 average pool),
@@ -152,7 +152,7 @@ def build(
     if n < 1:
         raise ValueError(f"filters must name at least one stage, got {filters!r}")
     filters = _per_stage(filters, n, "filters", int)
-    kernel_sizes = _per_stage(kernel_sizes, n, "kernel_sizes", int)
+    kernel_sizes = _per_stage(kernel_size, n, "kernel_size", int)
     downsample = _per_stage(downsample, n, "downsample", str)
     for d in downsample:
         if d not in DOWNSAMPLE_KINDS:

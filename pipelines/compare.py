@@ -131,7 +131,7 @@ def write_csv(runs: list[RunFigures], path: str) -> str:
 
 def compare(run_ids: list[str], tracking_uri: str | None = None, reports_dir: str = "reports"):
     """Write the comparison of `run_ids`; return (runs, printed table, files)."""
-    from pipelines.evaluate import plot_rotation_curve
+    from pipelines.plots import plot_rotation_curve
 
     runs = load_runs(run_ids, tracking_uri)
     out_dir = os.path.join(reports_dir, "compare-" + "-".join(r.run_id[:8] for r in runs))

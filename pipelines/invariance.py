@@ -167,7 +167,7 @@ def layer_equivariance_error(layer, inputs: np.ndarray, angles: Sequence[float])
     mask = disk_mask(h, w, (min(h, w) - 1) / 2.0).reshape((1, h, w) + (1,) * (x.ndim - 3))
     x = x * mask
     y = np.asarray(layer(x), np.float64)
-    in_orders = getattr(layer, "_in_orders", None) or ((0,) if x.ndim == 4 else tuple(layer.input_orders or layer.orders))
+    in_orders = (0,) if x.ndim == 4 else tuple(layer.in_orders)
     oh, ow = y.shape[1:3]
     out_mask = disk_mask(oh, ow, (min(oh, ow) - 1) / 2.0 - 1.0)
     errors = {}

@@ -1,4 +1,10 @@
-"""PNG figures that the jobs log: training curves and the confusion matrix, and `save` for every figure."""
+"""Every PNG figure the jobs write, and `save` for each of them.
+
+Training curves and the confusion matrix (train), the rotation, elastic and
+equivariance curves and the learned filters (evaluate, compare), and the
+augmentation preview grid (train, preview). matplotlib runs on its Agg
+backend; nothing here needs a display.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from pipelines.invariance import is_harmonic_conv  # noqa: E402
+
+
+MAX_CONFUSION_CLASSES = 100  # more classes: the confusion matrix is returned but not drawn
 
 
 def save(fig, path: str) -> str:
@@ -33,10 +44,16 @@ def training_curves(history: dict[str, list[float]], path: str) -> str:
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str], path: str) -> np.ndarray:
-    """Write the confusion matrix (rows: true class) as a PNG and return it."""
+    """Write the confusion matrix (rows: true class) as a PNG and return it.
+
+    The figure is at most 16 inches square; above `MAX_CONFUSION_CLASSES`
+    classes no file is written."""
     k = len(class_names)
     cm = np.bincount(np.asarray(y_true) * k + np.asarray(y_pred), minlength=k * k).reshape(k, k)
-    fig, ax = plt.subplots(figsize=(0.5 * k + 2.5, 0.5 * k + 2))
+    if k > MAX_CONFUSION_CLASSES:  # unreadable, and its memory grows with k^2: no figure
+        return cm
+    side = min(0.5 * k + 2.5, 16.0)  # inches: at most 1600 px at 100 dpi, whatever k
+    fig, ax = plt.subplots(figsize=(side, side - 0.5))
     ax.imshow(cm, cmap="Blues")
     if k <= 20:
         for i in range(k):
@@ -50,3 +67,155 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[s
     ax.set_title("confusion matrix (test split)")
     save(fig, path)
     return cm
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def plot_rotation_curve(curves: dict[str, dict], path: str, title: str = "accuracy under input rotation") -> str:
+    """One or more rotation curves (label -> {angle: accuracy}) as a PNG."""
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    for label, curve in curves.items():
+        angles = sorted(curve)
+        ax.plot(angles + [360], [curve[a] for a in angles] + [curve[angles[0]]], "-o", markersize=3, label=label)
+    ax.set_xticks(range(0, 361, 45))
+    for a in (90, 180, 270):
+        ax.axvline(a, color="grey", lw=0.5, alpha=0.5)
+    ax.set_xlim(0, 360)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("input rotation (degrees, counter-clockwise)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save(fig, path)
+
+
+def plot_elastic_curve(ev, path: str) -> str:
+    fig, ax = plt.subplots(figsize=(4.5, 3.5))
+    alphas = list(ev.elastic)
+    ax.plot(alphas, [ev.elastic[a] for a in alphas], "-o")
+    ax.set_xlabel(f"elastic warp alpha (pixels; sigma {ev.elastic_sigma:g})")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("accuracy under elastic deformation")
+    ax.grid(alpha=0.3)
+    return save(fig, path)
+
+
+def plot_equivariance(ev, path: str) -> str:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    names = list(ev.equivariance)
+    angles = list(next(iter(ev.equivariance.values())))
+    width = 0.8 / max(1, len(angles))
+    for j, a in enumerate(angles):
+        vals = [max(ev.equivariance[n][a], 1e-9) for n in names]
+        ax.bar(np.arange(len(names)) + j * width, vals, width, label=f"{a:g} deg")
+    ax.set_yscale("log")
+    ax.set_xticks(np.arange(len(names)) + width * (len(angles) - 1) / 2, names, rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("relative L2 error (central disk)")
+    ax.set_title("rotation equivariance error per harmonic layer")
+    ax.legend(fontsize=8)
+    return save(fig, path)
+
+
+def _walk_layers(model):
+    for layer in getattr(model, "layers", []):
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _walk_layers(layer)
+
+
+def first_filters(model):
+    """(title, rows of (row label, [k, k, n] array)) of the model's first learned filters, or None.
+
+    Harmonic convolution: its complex filters for the first input stream and
+    channel, one row per output rotation order and part (real, imaginary).
+    Other convolutions: the first 4-D kernel, averaged over input channels.
+    """
+    for layer in _walk_layers(model):
+        if is_harmonic_conv(layer):
+            k = np.asarray(layer.block_filter(), np.float32)
+            in_orders, parts = layer.in_orders, layer.in_parts
+            c_in = k.shape[2] // (len(in_orders) * parts)
+            k = k.reshape(k.shape[:2] + (len(in_orders), parts, c_in, len(layer.orders), 2, -1))[:, :, 0, 0, 0]
+            rows = []
+            for qi, q in enumerate(layer.orders):
+                m = q - in_orders[0]
+                rows.append((f"m={m} re", k[:, :, qi, 0]))
+                rows.append((f"m={m} im", k[:, :, qi, 1]))
+            return f"{layer.name} ({type(layer).__name__}): filters per rotation order m", rows
+        for w in getattr(layer, "weights", []):
+            if len(w.shape) == 4 and "kernel" in w.path.split("/")[-1]:
+                k = np.asarray(w.numpy(), np.float32).mean(axis=2)  # [k, k, out]
+                n = min(k.shape[-1], 32)
+                rows = [(f"{i}-{min(i + 8, n) - 1}", k[:, :, i : min(i + 8, n)]) for i in range(0, n, 8)]
+                return f"{layer.name} ({type(layer).__name__}) {w.path.split('/')[-1]}, mean over input channels", rows
+    return None
+
+
+def plot_filters(model, path: str, max_cols: int = 8) -> str | None:
+    found = first_filters(model)
+    if found is None:
+        return None
+    title, rows = found
+    cols = min(max_cols, max(r[1].shape[-1] for r in rows))
+    fig, axes = plt.subplots(len(rows), cols, figsize=(max(1.1 * cols + 0.8, 4.5), 1.1 * len(rows) + 0.6), squeeze=False)
+    lim = max(float(np.abs(r[1]).max()) for r in rows) or 1.0
+    for i, (label, kernels) in enumerate(rows):
+        for j in range(cols):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j < kernels.shape[-1]:
+                ax.imshow(kernels[:, :, j], cmap="RdBu_r", vmin=-lim, vmax=lim)
+            else:
+                ax.axis("off")
+        axes[i, 0].set_ylabel(label, fontsize=7)
+    fig.suptitle(title, fontsize=8)
+    return save(fig, path)
+
+
+# ----------------------------------------------------------------------------- augmentation preview
+
+
+def preview_grid(images, translation=None, rotation=None, elastic=None, seed: int = 0, n: int = 8, title: str | None = None) -> np.ndarray:
+    """A labelled grid of augmented samples (the rows of `preview_rows`) as a uint8 RGB
+    array [height, width, 3], ready for `save_png` or `mlflow.log_image`."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from data.augment import preview_rows
+
+    rows = preview_rows(images, translation, rotation, elastic, seed=seed, n=n)
+    x = rows[0][1]
+    cols = len(x)
+    fig = Figure(figsize=(1.0 * cols + 1.3, 1.0 * len(rows) + (0.4 if title else 0.1)), dpi=100)
+    FigureCanvasAgg(fig)
+    for r, (label, batch) in enumerate(rows):
+        for c in range(cols):
+            ax = fig.add_subplot(len(rows), cols, r * cols + c + 1)
+            img = batch[c]
+            ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.subplots_adjust(left=1.2 / (cols + 1.3), right=0.99, top=0.92 if title else 0.98, bottom=0.02, wspace=0.05, hspace=0.05)
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+
+
+
+
+def save_png(rgb: np.ndarray, path: str) -> str:
+    """Write a uint8 RGB array as a PNG (creating the folder); return the path."""
+    import os
+
+    from PIL import Image
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(path)
+    return path

@@ -18,7 +18,8 @@ from pipelines.cli import config_parser, run_main
 def parse_args(argv=None):
     p = config_parser("make preview", __doc__.split("\n\n")[0], "augment.rotation.max_degrees=90")
     p.add_argument("--n", type=int, default=8, help="images per row (default 8)")
-    p.add_argument("--seed", type=int, default=None, help="augmentation seed (default: the config's train.seed)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="augmentation seed (default: the config's train.seed, which training's augmentation uses)")
     p.add_argument("--out", default=None, help="PNG path (default reports/<config name>/augmentation_preview.png)")
     return p.parse_args(argv)
 
@@ -32,8 +33,8 @@ def main(argv=None) -> int:
     if args.n < 1:
         raise UserError(f"--n must be at least 1 (got {args.n})")
 
-    from data.augment import preview_grid, save_png
-    from pipelines.train import load_data
+    from pipelines.experiment import load_data
+    from pipelines.plots import preview_grid, save_png
 
     splits = load_data(cfg)
     images = splits.train[0][: args.n]

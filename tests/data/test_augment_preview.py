@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data.augment import preview_grid, preview_rows
+from data.augment import preview_rows
+from pipelines.plots import preview_grid
 
 
 def _images(n=4):
@@ -62,3 +63,38 @@ def test_bad_config_ends_in_one_message_and_exit_code_2(tmp_path, capsys, overri
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: augment.")
     assert not (tmp_path / "reports").exists()
+
+
+def test_the_chain_row_shows_what_training_draws_for_its_first_batch():
+    """One seed (train.seed) decides both: the preview's chain row is training's first batch."""
+    import tensorflow as tf
+
+    from data.augment import augment_dataset, build_augmentation
+
+    x = _images(4)
+    on = dict(translation={"max": 0.2}, rotation={"max_degrees": 90}, elastic={"alpha": 8.0, "sigma": 2.0})
+    chain_row = preview_rows(x, **on, seed=7, n=4)[-1][1]
+    aug = build_augmentation(**on, seed=7)
+    first = next(iter(augment_dataset(tf.data.Dataset.from_tensors(x.astype("float32") / 255.0), aug, seed=7)))
+    np.testing.assert_allclose(chain_row, np.asarray(first), atol=1e-6)
+    other = preview_rows(x, **on, seed=8, n=4)[-1][1]
+    assert np.abs(other - chain_row).max() > 0.1
+
+
+def test_train_seed_decides_the_training_augmentation():
+    from data.sources import Splits
+    from pipelines import experiment
+    from pipelines.config import config_from_dict
+
+    x = np.repeat(_images(8), 4, axis=0)
+    y = np.arange(32) % 4
+    splits = Splits((x, y), (x[:4], y[:4]), (x[:4], y[:4]), ["a", "b", "c", "d"], "test")
+
+    def first_batch(*overrides):
+        cfg = config_from_dict({}, ["augment.rotation.max_degrees=90", "data.batch_size=8", *overrides])
+        train_ds, _, _ = experiment.make_datasets(cfg, splits, experiment.build_augmentation(cfg))
+        return np.asarray(next(iter(train_ds))[0])
+
+    a = first_batch("train.seed=1", "data.seed=5")
+    np.testing.assert_allclose(a, first_batch("train.seed=1", "data.seed=6"))  # data.seed: not the augmentation
+    assert np.abs(a - first_batch("train.seed=2", "data.seed=5")).max() > 0.1

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines import evaluate
+from pipelines import evaluate, evaluation, plots
 from pipelines.cli import run_main
 from pipelines.config import EvaluateConfig
 
@@ -52,7 +52,7 @@ def hnet():
 
 def test_figures_of_a_model_that_ignores_its_input():
     x, y = data(40)
-    ev = evaluate.evaluate(lambda im: np.zeros(len(im), int), x, y, EvaluateConfig(**SMALL))
+    ev = evaluation.evaluate(lambda im: np.zeros(len(im), int), x, y, EvaluateConfig(**SMALL))
     m = ev.metrics()
     assert m["eval_images"] == 24  # at most max_images
     assert [k for k in m if k.startswith("rot_acc_") and k[-1].isdigit()] == [
@@ -68,22 +68,22 @@ def test_figures_of_a_model_that_ignores_its_input():
 
 def test_subset_is_seeded_and_scaled():
     x, y = data(50)
-    a, la = evaluate.eval_subset(x, y, 20, seed=1)
-    b, lb = evaluate.eval_subset(x, y, 20, seed=1)
+    a, la = evaluation.eval_subset(x, y, 20, seed=1)
+    b, lb = evaluation.eval_subset(x, y, 20, seed=1)
     np.testing.assert_array_equal(a, b)
     assert a.dtype == np.float32 and a.max() <= 1.0 and len(a) == 20
-    full, _ = evaluate.eval_subset(x, y, 100, seed=1)
+    full, _ = evaluation.eval_subset(x, y, 100, seed=1)
     np.testing.assert_array_equal(full, x / np.float32(255))
 
 
 def test_filter_pictures():
-    title, rows = evaluate.first_filters(hnet())
+    title, rows = plots.first_filters(hnet())
     assert "hc1" in title
     assert [label for label, _ in rows] == ["m=0 re", "m=0 im", "m=1 re", "m=1 im"]
     assert all(k.shape == (3, 3, 3) for _, k in rows)
     # order-1 filters vanish at the centre (ring radii start at 1 px); order 0 ones need not
     assert np.abs(rows[2][1][1, 1]).max() < np.abs(rows[2][1]).max()
-    title, rows = evaluate.first_filters(cnn())
+    title, rows = plots.first_filters(cnn())
     assert "conv1" in title and rows[0][1].shape == (3, 3, 5)
     np.testing.assert_allclose(rows[0][1], cnn().get_layer("conv1").kernel.numpy()[:, :, 0])
 
@@ -92,17 +92,17 @@ def test_filter_pictures():
 def test_report_is_written_and_logged_without_changing_the_run_status(store, tmp_path, builder):
     model = builder()
     x, y = data()
-    ev = evaluate.evaluate(evaluate.keras_predictor(model, 16), x, y, EvaluateConfig(**SMALL), model=model)
+    ev = evaluation.evaluate(evaluation.keras_predictor(model, 16), x, y, EvaluateConfig(**SMALL), model=model)
     harmonic = builder is hnet
     assert bool(ev.equivariance) == harmonic
     if harmonic:
         assert set(ev.equivariance) == {"hc1", "hc2"}
         assert all(e[90.0] < 1e-5 for e in ev.equivariance.values())
-    files = evaluate.write_report(ev, str(tmp_path / "report"), "title", model=model)
+    files = evaluation.write_report(ev, str(tmp_path / "report"), "title", model=model)
     client = mlflow.MlflowClient()
     run_id = client.create_run(client.create_experiment("e")).info.run_id
     client.set_terminated(run_id, "FINISHED")
-    evaluate.log_to_run(run_id, ev, files)
+    evaluation.log_to_run(run_id, ev, files)
 
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"

@@ -1,0 +1,231 @@
+"""The invariance evaluation as a library: figures, report and MLflow logging.
+
+`evaluate` measures, with the metrics of pipelines/invariance.py, how far a
+classifier keeps its invariances on a test split (see the `make evaluate` job,
+pipelines/evaluate.py, for what each figure means); `write_report` writes the
+table and the plots of pipelines/plots.py; `log_to_run` logs them to an MLflow
+run. `make train` calls `evaluate_in_training` at its end; `make evaluate`
+calls the same pieces on a finished run or an export.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipelines import invariance as inv
+from pipelines import plots
+from pipelines.errors import UserError
+
+ARTIFACT_DIR = "evaluation"
+
+
+@dataclass
+class Evaluation:
+    """The figures of one evaluation (accuracies and consistencies are fractions in [0, 1])."""
+
+    n_images: int
+    rotation: dict  # angle (degrees) -> accuracy
+    shift_consistency: float
+    circular_consistency: float
+    shift_range: int
+    elastic: dict  # alpha -> accuracy
+    elastic_sigma: float
+    equivariance: dict = field(default_factory=dict)  # layer name -> {angle: relative error}
+
+    def metrics(self) -> dict[str, float]:
+        """Flat MLflow metrics."""
+        m = {f"rot_acc_{int(a):03d}": v for a, v in self.rotation.items()}
+        rot = list(self.rotation.values())
+        m.update(rot_acc_mean=float(np.mean(rot)), rot_acc_min=float(np.min(rot)))
+        m.update(shift_consistency=self.shift_consistency, circular_consistency=self.circular_consistency)
+        m.update({f"elastic_acc_{a:g}": v for a, v in self.elastic.items()})
+        for layer, errs in self.equivariance.items():
+            m.update({f"equiv_err_{layer}_{a:g}": e for a, e in errs.items()})
+        if self.equivariance:
+            angles = next(iter(self.equivariance.values())).keys()
+            for a in angles:
+                m[f"equiv_err_mean_{a:g}"] = float(np.mean([e[a] for e in self.equivariance.values()]))
+        m["eval_images"] = float(self.n_images)
+        return m
+
+    def rows(self) -> list[tuple[str, str]]:
+        """(figure, value) rows of the printed table."""
+        pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
+        rot = self.rotation
+        rows = [("test images evaluated", str(self.n_images)), ("accuracy (unchanged inputs)", pct(rot[0]))]
+        quarter = [a for a in (0, 90, 180, 270) if a in rot]
+        rows.append((f"accuracy at {'/'.join(map(str, quarter))} deg", " / ".join(pct(rot[a]) for a in quarter)))
+        low = min(rot, key=rot.get)
+        rows.append((f"rotation: mean over {len(rot)} angles", pct(float(np.mean(list(rot.values()))))))
+        rows.append(("rotation: worst angle", f"{pct(rot[low])} at {int(low)} deg"))
+        rows.append((f"shift consistency (+-{self.shift_range} px, pad-and-crop)", pct(self.shift_consistency)))
+        rows.append((f"circular consistency (+-{self.shift_range} px, roll)", pct(self.circular_consistency)))
+        for a, v in self.elastic.items():
+            rows.append((f"elastic alpha={a:g} px (sigma {self.elastic_sigma:g})", pct(v)))
+        for layer, errs in self.equivariance.items():
+            rows.append((f"equivariance error {layer}", ", ".join(f"{e:.2e} @ {a:g} deg" for a, e in errs.items())))
+        return rows
+
+    def table(self, title: str) -> str:
+        rows = self.rows()
+        width = max(len(r[0]) for r in rows)
+        curve = "  ".join(f"{int(a)}:{100 * v:.0f}" for a, v in self.rotation.items())
+        return "\n".join([title, *(f"  {k:<{width}}  {v}" for k, v in rows), f"  rotation curve (deg:%)  {curve}"])
+
+    def markdown(self, title: str) -> str:
+        lines = [f"# {title}", "", "| figure | value |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in self.rows()]
+        lines += ["", "| rotation (deg) | accuracy |", "|---:|---:|"]
+        lines += [f"| {int(a)} | {100 * v:.2f}% |" for a, v in self.rotation.items()]
+        return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- predictors
+
+
+def keras_predictor(model, batch_size: int = 256):
+    """Class ids of a Keras model (float images in [0, 1] -> logits)."""
+
+    import tensorflow as tf
+
+    # One traced function over fixed-size batches (the last one zero-padded):
+    # `model.predict` would retrace for every new input size and warn about it.
+    call = tf.function(lambda x: tf.argmax(model(x, training=False), axis=-1))
+
+    def predict(images):
+        x = np.asarray(images, np.float32)
+        out = []
+        for i in range(0, len(x), batch_size):
+            b = x[i : i + batch_size]
+            n = len(b)
+            if n < batch_size:
+                b = np.concatenate([b, np.zeros((batch_size - n,) + b.shape[1:], np.float32)])
+            out.append(call(tf.constant(b)).numpy()[:n])
+        return np.concatenate(out) if out else np.zeros((0,), np.int64)
+
+    return predict
+
+
+def savedmodel_class_predictor(path: str, batch_size: int = 256):
+    """Class ids of an exported SavedModel (uint8 images in); float images in [0, 1] are rounded to uint8."""
+    from pipelines.export import savedmodel_predictor
+
+    run = savedmodel_predictor(path, batch_size)
+
+    def predict(images):
+        x = np.clip(np.rint(np.asarray(images, np.float32) * 255.0), 0, 255).astype(np.uint8)
+        return run(x)["class_id"] if len(x) else np.zeros((0,), np.int64)
+
+    return predict
+
+
+# ----------------------------------------------------------------------------- the evaluation
+
+
+def eval_subset(images: np.ndarray, labels: np.ndarray, max_images: int, seed: int):
+    """At most `max_images` (a seeded subset, in the split's order) as float32 in [0, 1]."""
+    n = len(images)
+    if n > max_images:
+        idx = np.sort(np.random.default_rng(seed).choice(n, max_images, replace=False))
+        images, labels = images[idx], labels[idx]
+    x = np.asarray(images, np.float32)
+    if np.asarray(images).dtype == np.uint8:
+        x = x / 255.0
+    return x, np.asarray(labels)
+
+
+def evaluate(predict, images, labels, ecfg, model=None) -> Evaluation:
+    """All invariance figures of `predict` on (`images` uint8 or float in [0, 1], `labels`).
+
+    `ecfg` is a `pipelines.config.EvaluateConfig`; `model`, a Keras model, adds
+    the equivariance errors of its harmonic convolutions.
+    """
+    x, y = eval_subset(images, labels, ecfg.max_images, ecfg.seed)
+    if len(x) == 0:
+        raise UserError("the test split is empty; nothing to evaluate")
+    rotation = inv.rotation_curve(predict, x, y, inv.rotation_angles(ecfg.rotation_step))
+    shift_c = inv.shift_consistency(predict, x, ecfg.shift_range, seed=ecfg.seed, mode="pad")
+    circ_c = inv.shift_consistency(predict, x, ecfg.shift_range, seed=ecfg.seed + 1, mode="circular")
+    elastic = inv.elastic_curve(predict, x, y, ecfg.elastic_alphas, ecfg.elastic_sigma, seed=ecfg.seed)
+    equiv = {}
+    if model is not None and inv.harmonic_layers(model):
+        equiv = inv.harmonic_equivariance(model, x[: ecfg.equivariance_images], ecfg.equivariance_angles)
+    return Evaluation(len(x), rotation, shift_c, circ_c, ecfg.shift_range, elastic, ecfg.elastic_sigma, equiv)
+
+
+# ----------------------------------------------------------------------------- pictures
+
+
+def write_report(ev: Evaluation, out_dir: str, title: str, model=None) -> list[str]:
+    """Table (markdown, JSON metrics) and PNGs in `out_dir`; return the paths written."""
+    os.makedirs(out_dir, exist_ok=True)
+    files = []
+    p = os.path.join(out_dir, "invariance.md")
+    with open(p, "w") as fh:
+        fh.write(ev.markdown(title))
+    files.append(p)
+    p = os.path.join(out_dir, "invariance.json")
+    with open(p, "w") as fh:
+        json.dump(ev.metrics(), fh, indent=2)
+    files.append(p)
+    files.append(plots.plot_rotation_curve({title: ev.rotation}, os.path.join(out_dir, "rotation_curve.png")))
+    files.append(plots.plot_elastic_curve(ev, os.path.join(out_dir, "elastic_curve.png")))
+    if ev.equivariance:
+        files.append(plots.plot_equivariance(ev, os.path.join(out_dir, "harmonic_equivariance.png")))
+    if model is not None:
+        p = plots.plot_filters(model, os.path.join(out_dir, "filters.png"))
+        if p:
+            files.append(p)
+    return files
+
+
+def log_to_run(run_id: str, ev: Evaluation, files: list[str], description: str = "") -> int:
+    """Log metrics and files to MLflow run `run_id` (of the current tracking URI) without changing its status.
+
+    Each evaluation of a run is logged once, at its own step: the k-th
+    evaluation (k = 0, 1, ...) logs its flat metrics at step k, its rotation
+    curve as `rotation_accuracy` (k = 0) or `rotation_accuracy_<k>` with
+    step = angle (MLflow's UI draws it as a curve), its files under
+    `evaluation/` (k = 0) or `evaluation-<k>/`, and the tag `evaluation.<k>`
+    saying what was evaluated. Returns k.
+    """
+    import time
+
+    import mlflow
+    from mlflow.entities import Metric, RunTag
+
+    client = mlflow.MlflowClient()
+    k = len(client.get_metric_history(run_id, "eval_images"))
+    now = int(time.time() * 1000)
+    metrics = [Metric(name, float(v), now, k) for name, v in ev.metrics().items()]
+    curve = "rotation_accuracy" if k == 0 else f"rotation_accuracy_{k}"
+    metrics += [Metric(curve, float(v), now, int(a)) for a, v in ev.rotation.items()]
+    tags = [RunTag("evaluations", str(k + 1)),
+            RunTag(f"evaluation.{k}", description or f"{ev.n_images} test images")]
+    for i in range(0, len(metrics), 500):
+        client.log_batch(run_id, metrics=metrics[i : i + 500], tags=tags if i == 0 else [])
+    folder = ARTIFACT_DIR if k == 0 else f"{ARTIFACT_DIR}-{k}"
+    for f in files:
+        client.log_artifact(run_id, f, artifact_path=folder)
+    return k
+
+
+# ----------------------------------------------------------------------------- inside `make train`
+
+
+def evaluate_in_training(model, cfg, splits, run_dir: str) -> Evaluation:
+    """Called by `make train` inside its active MLflow run."""
+    import mlflow
+
+    ev = evaluate(keras_predictor(model, cfg.evaluate.batch_size), *splits.test, cfg.evaluate, model=model)
+    title = f"{cfg.name}: invariance on the test split ({cfg.data.source})"
+    print(ev.table(title))
+    files = write_report(ev, os.path.join(run_dir, ARTIFACT_DIR), title, model=model)
+    active = mlflow.active_run()
+    if active is not None:
+        log_to_run(active.info.run_id, ev, files, description=f"make train, {cfg.data.source}")
+    return ev
