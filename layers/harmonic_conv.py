@@ -201,6 +201,26 @@ class HarmonicConv2D(keras.layers.Layer):
     def rings(self) -> int:
         return self.n_rings if self.n_rings is not None else max(2, (self.kernel_size + 1) // 2)
 
+    def _built_attribute(self, name):
+        if not self.built:
+            raise AttributeError(f"{name} is known once {type(self).__name__} {self.name!r} is built")
+        return getattr(self, "_" + name)
+
+    @property
+    def in_orders(self) -> tuple:
+        """Rotation orders of the input streams (read-only; (0,) for real images). Known once built."""
+        return self._built_attribute("in_orders")
+
+    @property
+    def in_parts(self) -> int:
+        """Parts per input stream (read-only): 1 for real images, 2 (re, im) for harmonic maps. Known once built."""
+        return self._built_attribute("in_parts")
+
+    @property
+    def filter_orders(self) -> tuple:
+        """Rotation orders m = q - p of the filters, sorted (read-only). Known once built."""
+        return self._built_attribute("filter_orders")
+
     def _input_layout(self, input_shape):
         rank = len(input_shape)
         if rank == 4:

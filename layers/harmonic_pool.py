@@ -9,24 +9,24 @@ from keras import ops
 from layers._ops import binomial_filter
 
 
-def binomial_kernel(pool_size: int, blur: int) -> np.ndarray:
-    """1-D pooling filter: a box of `pool_size` convolved with row `blur - 1` of Pascal's triangle, sum 1."""
-    k = np.convolve(np.ones(pool_size), binomial_filter(blur))
+def binomial_kernel(pool_size: int, blur_size: int) -> np.ndarray:
+    """1-D pooling filter: a box of `pool_size` convolved with row `blur_size - 1` of Pascal's triangle, sum 1."""
+    k = np.convolve(np.ones(pool_size), binomial_filter(blur_size))
     return k / k.sum()
 
 
 @keras.saving.register_keras_serializable(package="invariant")
 class HarmonicAveragePooling2D(keras.layers.Layer):
-    """Average pooling of complex, multi-order streams; `blur > 1` gives its anti-aliased form.
+    """Average pooling of complex, multi-order streams; `blur_size > 1` gives its anti-aliased form.
 
     Averaging is linear and real, so pooling the real and imaginary parts of
-    each stream separately pools the complex values. With `blur = 1` this is
+    each stream separately pools the complex values. With `blur_size = 1` this is
     average pooling over `pool_size` windows ('valid'). With an odd
-    `blur > 1` it is anti-aliased pooling as in Zhang's BlurPool: a box
+    `blur_size > 1` it is anti-aliased pooling as in Zhang's BlurPool: a box
     average over `pool_size` at stride 1, then a binomial blur of length
-    `blur` (Pascal's triangle) with symmetric zero padding (blur - 1) / 2,
+    `blur_size` (Pascal's triangle) with symmetric zero padding (blur_size - 1) / 2,
     subsampled at `strides`; both are done as one depthwise filter of length
-    pool_size + blur - 1. The output size is that of plain pooling.
+    pool_size + blur_size - 1. The output size is that of plain pooling.
 
     Exactness under np.rot90: pooling commutes exactly with 90-degree
     rotations when the pooling grid is symmetric, i.e. when
@@ -41,7 +41,7 @@ class HarmonicAveragePooling2D(keras.layers.Layer):
     Args:
         pool_size: side of the pooling window.
         strides: subsampling step (default: pool_size).
-        blur: odd length of the binomial anti-aliasing filter; 1 turns it off.
+        blur_size: odd length of the binomial anti-aliasing filter; 1 turns it off.
 
     Input shape:
         [batch, H, W, orders, 2, channels].
@@ -51,24 +51,24 @@ class HarmonicAveragePooling2D(keras.layers.Layer):
 
     Example:
         >>> y = HarmonicConv2D(8, 5)(keras.Input((28, 28, 1)))
-        >>> y = HarmonicAveragePooling2D(2, blur=3)(y)   # [None, 14, 14, 2, 2, 8]
+        >>> y = HarmonicAveragePooling2D(2, blur_size=3)(y)   # [None, 14, 14, 2, 2, 8]
 
     Papers: D. E. Worrall et al., "Harmonic Networks: Deep Translation and
     Rotation Equivariance", CVPR 2017; R. Zhang, "Making Convolutional
     Networks Shift-Invariant Again", ICML 2019.
     """
 
-    def __init__(self, pool_size=2, strides=None, blur=1, **kwargs):
+    def __init__(self, pool_size=2, strides=None, blur_size=1, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(pool_size, int) or isinstance(pool_size, bool) or pool_size < 1:
             raise ValueError(f"pool_size must be a positive integer, got {pool_size!r}")
         if strides is not None and (not isinstance(strides, int) or isinstance(strides, bool) or strides < 1):
             raise ValueError(f"strides must be a positive integer or None, got {strides!r}")
-        if not isinstance(blur, int) or isinstance(blur, bool) or blur < 1 or blur % 2 == 0:
-            raise ValueError(f"blur must be an odd positive integer (1: no blur), got {blur!r}")
+        if not isinstance(blur_size, int) or isinstance(blur_size, bool) or blur_size < 1 or blur_size % 2 == 0:
+            raise ValueError(f"blur_size must be an odd positive integer (1: no blur), got {blur_size!r}")
         self.pool_size = pool_size
         self.strides = strides
-        self.blur = blur
+        self.blur_size = blur_size
 
     @property
     def _stride(self):
@@ -78,18 +78,18 @@ class HarmonicAveragePooling2D(keras.layers.Layer):
         if len(input_shape) != 6 or input_shape[-2] != 2:
             raise ValueError(f"input must be [batch, H, W, orders, 2, channels], got shape {input_shape}")
         self._channels = input_shape[-3] * 2 * input_shape[-1]
-        if self.blur > 1:
-            k1 = binomial_kernel(self.pool_size, self.blur)
+        if self.blur_size > 1:
+            k1 = binomial_kernel(self.pool_size, self.blur_size)
             k2 = np.outer(k1, k1).astype("float32")
             self._kernel = np.tile(k2[:, :, None, None], (1, 1, self._channels, 1))
 
     def call(self, inputs):
         s = ops.shape(inputs)
         x = ops.reshape(inputs, (s[0], s[1], s[2], self._channels))
-        if self.blur == 1:
+        if self.blur_size == 1:
             y = ops.average_pool(x, self.pool_size, strides=self._stride, padding="valid")
         else:
-            p = (self.blur - 1) // 2
+            p = (self.blur_size - 1) // 2
             x = ops.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
             kernel = ops.cast(ops.convert_to_tensor(self._kernel), x.dtype)
             y = ops.depthwise_conv(x, kernel, strides=self._stride, padding="valid")
@@ -104,5 +104,12 @@ class HarmonicAveragePooling2D(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"pool_size": self.pool_size, "strides": self.strides, "blur": self.blur})
+        config.update({"pool_size": self.pool_size, "strides": self.strides, "blur_size": self.blur_size})
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if "blur" in config:  # the argument's name in models saved before it was renamed
+            config["blur_size"] = config.pop("blur")
+        return super().from_config(config)

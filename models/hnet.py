@@ -35,7 +35,7 @@ def search_space(hp) -> dict:
         "filters": [width, 2 * width, 4 * width],
         "kernel_size": hp.Choice("kernel_size", [3, 5]),
         "n_rings": hp.Choice("n_rings", [3, 4]),
-        "blur": hp.Choice("blur", [1, 3]),
+        "blur_size": hp.Choice("blur_size", [1, 3]),
         "max_order": hp.Choice("max_order", [1, 2]),
     }
 
@@ -51,7 +51,7 @@ def build(
     n_rings: int = 4,
     max_order: int = 1,
     batch_norm: bool = True,
-    blur: int = 1,
+    blur_size: int = 1,
     bn_momentum: float = 0.9,
     scales=None,
     name: str = "hnet",
@@ -67,7 +67,7 @@ def build(
         max_order: streams of rotation orders 0..max_order (the paper: 1).
         batch_norm: the last convolution of each stage is followed by batch
             norm of magnitudes + ReLU (else C-ReLU, like the others).
-        blur: odd binomial blur length of the pooling between stages (1: plain
+        blur_size: odd binomial blur length of the pooling between stages (1: plain
             average pooling, as in the paper; 3: anti-aliased).
         bn_momentum: momentum of the batch norms' moving statistics (0.9, as in
             baseline.py: with Keras' 0.99 they lag behind the weights when an
@@ -99,7 +99,7 @@ def build(
     x = inputs
     for s, (f, k) in enumerate(zip(filters, kernel_sizes)):
         if s > 0:
-            x = HarmonicAveragePooling2D(2, blur=blur, name=f"stage{s}_pool")(x)
+            x = HarmonicAveragePooling2D(2, blur_size=blur_size, name=f"stage{s}_pool")(x)
         for c in range(convs_per_stage):
             if scales is None:
                 x = HarmonicConv2D(f, k, orders=orders, n_rings=n_rings, name=f"stage{s}_hconv{c}")(x)

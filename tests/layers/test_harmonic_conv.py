@@ -7,6 +7,7 @@ counter-clockwise rotation by theta an order-m stream must come out rotated
 and multiplied by e^{+i m theta}.
 """
 
+import keras
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -37,17 +38,17 @@ def reference(layer, x, bug_equal_orders=False):
     `bug_equal_orders` reproduces the sign error of the original code (fixed in its
     PR #14): the imaginary part of the filter is dropped where input and output orders
     are equal (filter order 0)."""
-    radial = np.asarray(layer.radial.numpy(), np.float64)
-    beta = np.asarray(layer.phase_offset.numpy(), np.float64) if layer.phase else np.zeros(radial.shape[:1] + radial.shape[2:])
+    radial = np.asarray(keras.ops.convert_to_numpy(layer.radial), np.float64)
+    beta = np.asarray(keras.ops.convert_to_numpy(layer.phase_offset), np.float64) if layer.phase else np.zeros(radial.shape[:1] + radial.shape[2:])
     k, j = layer.kernel_size, radial.shape[1]
     filters = {}
-    for f, m in enumerate(layer._filter_orders):
+    for f, m in enumerate(layer.filter_orders):
         w = np.einsum("abj,jio->abio", harmonic_basis(k, j, m), radial[f]) * np.exp(1j * beta[f])
         filters[m] = w.real + 0j if (bug_equal_orders and m == 0) else w
     if x.ndim == 4:
         z, in_orders = x[..., None, :].astype(np.complex128), (0,)
     else:
-        z, in_orders = to_complex(x), layer._in_orders
+        z, in_orders = to_complex(x), layer.in_orders
     c = k // 2
     zp = np.pad(z, ((0, 0), (c, c), (c, c), (0, 0), (0, 0)))
     b, h, w_, _, _ = z.shape
@@ -77,7 +78,8 @@ def test_shared_checks_harmonic_input_and_gradients_reach_radius_and_phase():
     names = sorted(w.name for w in layer.trainable_weights)
     assert names == ["phase", "radial"]
     # filter orders q - p for q in {0,1,2}, p in {0,1}: {-1, 0, 1, 2}
-    assert layer._filter_orders == (-1, 0, 1, 2)
+    assert layer.filter_orders == (-1, 0, 1, 2)
+    assert layer.in_orders == (0, 1) and layer.in_parts == 2
     assert tuple(layer.radial.shape) == (4, 2, 3, 4)
 
 

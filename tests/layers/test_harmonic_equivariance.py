@@ -26,14 +26,14 @@ def complex_of(y):
     return y[..., 0, :] + 1j * y[..., 1, :]
 
 
-def stack(blur):
+def stack(blur_size):
     keras.utils.set_random_seed(7)
     x_in = keras.Input((12, 12, 2))
     h1 = HarmonicConv2D(4, 5, n_rings=3, name="c1")(x_in)  # orders {0, 1}
     h1 = HarmonicReLU(bias_initializer=keras.initializers.RandomUniform(-0.5, 0.5), name="r1")(h1)
     h2 = HarmonicConv2D(4, 3, orders=(0, 1, 2), name="c2", input_orders=(0, 1))(h1)
     h2 = HarmonicBatchNormalization(activation="relu", name="bn2")(h2)
-    h2 = HarmonicAveragePooling2D(2, blur=blur, name="p2")(h2)  # 12 -> 6
+    h2 = HarmonicAveragePooling2D(2, blur_size=blur_size, name="p2")(h2)  # 12 -> 6
     h3 = HarmonicConv2D(4, 5, orders=(0, 1), input_orders=(0, 1, 2), name="c3")(h2)
     h3 = HarmonicReLU(bias_initializer=keras.initializers.RandomUniform(-0.5, 0.5), name="r3")(h3)
     h4 = HarmonicConv2D(3, 3, phase=False, name="c4")(h3)
@@ -43,10 +43,16 @@ def stack(blur):
     return model, [s[0] for s in streams.values()]
 
 
-@pytest.mark.parametrize("blur", [1, 3])
+# "Exact" means up to float32 rounding, relative to the largest value, on both backends. The C-ReLU's z / |z|
+# amplifies the rounding of values near z = 0: measured at most 2.2e-6 on TensorFlow and 1.1e-5 on JAX (XLA's
+# CPU convolution sums in another order), so the bound is 2e-5 (the wrong-phase control below differs by > 0.1).
+EXACT = 2e-5
+
+
+@pytest.mark.parametrize("blur_size", [1, 3])
 @pytest.mark.parametrize("k", [1, 2, 3])
-def test_stack_is_exactly_equivariant_under_rot90(blur, k):
-    model, orders = stack(blur)
+def test_stack_is_exactly_equivariant_under_rot90(blur_size, k):
+    model, orders = stack(blur_size)
     x = np.random.default_rng(k).uniform(0, 1, (3, 12, 12, 2)).astype("float32")
     xr = np.ascontiguousarray(np.rot90(x, k, axes=(1, 2)))
     outs = model(x, training=True)  # batch statistics: computed on each batch
@@ -56,15 +62,15 @@ def test_stack_is_exactly_equivariant_under_rot90(blur, k):
         want = np.rot90(z, k, axes=(1, 2)) * np.exp(1j * np.asarray(m) * k * np.pi / 2)[:, None]
         scale = np.abs(want).max()
         assert scale > 1e-3
-        assert np.abs(zr - want).max() / scale <= 1e-5
+        assert np.abs(zr - want).max() / scale <= EXACT
         # magnitudes are invariant (they only rotate)
-        np.testing.assert_allclose(np.abs(zr), np.rot90(np.abs(z), k, axes=(1, 2)), atol=1e-5 * scale)
+        np.testing.assert_allclose(np.abs(zr), np.rot90(np.abs(z), k, axes=(1, 2)), atol=EXACT * scale)
         if k % 2 and 1 in m:
             # the order-1 stream is not merely rotated: the phase factor i^k is needed
             plain = np.rot90(z, k, axes=(1, 2))
             assert np.abs(zr - plain).max() / scale > 0.1
     readout, readout_r = np.asarray(outs[-1]), np.asarray(outs_r[-1])
-    assert np.abs(readout_r - readout).max() <= 1e-5 * np.abs(readout).max()
+    assert np.abs(readout_r - readout).max() <= EXACT * np.abs(readout).max()
     # the readout depends on the input (guards against a trivially constant stack)
     assert np.std(readout, axis=0).max() > 1e-4
 

@@ -1,5 +1,7 @@
 """The baseline builder's argument checks: a bad model.params value is a ValueError that echoes it."""
 
+import re
+
 import pytest
 
 from models import build_model
@@ -7,22 +9,23 @@ from tests.models.conftest import assert_float16_training_step
 
 
 @pytest.mark.parametrize(
-    "kwargs,needle",
+    "kwargs,message",
     [
-        ({"filters": 32}, "32"),  # one int, not a list of stages
-        ({"filters": []}, r"\[\]"),
-        ({"filters": (4, 8), "kernel_sizes": [3]}, r"\[3\]"),  # one entry for two stages
-        ({"kernel_sizes": "x"}, "'x'"),
-        ({"downsample": "pool"}, "'pool'"),
-        ({"conv": "depthwise"}, "'depthwise'"),
-        ({"padding": "reflect"}, "'reflect'"),
-        ({"head": "attention"}, "'attention'"),
-        ({"convs_per_stage": "2"}, "'2'"),
-        ({"convs_per_stage": 0}, "0"),
+        ({"filters": 32}, "filters must name at least one stage, got 32"),  # one int, not a list of stages
+        ({"filters": []}, "filters must name at least one stage, got []"),
+        ({"filters": (4, 8), "kernel_size": [3]}, "kernel_size must have one entry per stage (2), got [3]"),
+        ({"kernel_size": "x"}, "kernel_size must hold int values, got 'x'"),
+        ({"downsample": "pool"}, "downsample must be one of ('max', 'strided', 'avg', 'blur', 'blur_strided', "
+                                 "'blur_avg', 'aps', 'none'), got 'pool'"),
+        ({"conv": "depthwise"}, "conv must be one of ('standard', 'separable', 'spatial_separable'), got 'depthwise'"),
+        ({"padding": "reflect"}, "padding must be one of ('same', 'circular'), got 'reflect'"),
+        ({"head": "attention"}, "head must be 'flatten' or 'gap', got 'attention'"),
+        ({"convs_per_stage": "2"}, "convs_per_stage must be an integer >= 1, got '2'"),
+        ({"convs_per_stage": 0}, "convs_per_stage must be an integer >= 1, got 0"),
     ],
 )
-def test_bad_params_raise_value_error_echoing_the_value(kwargs, needle):
-    with pytest.raises(ValueError, match=needle):
+def test_bad_params_raise_value_error_echoing_the_value(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
         build_model("baseline_cnn", (16, 16, 1), 3, **kwargs)
 
 

@@ -1,8 +1,8 @@
 """The baseline builder's shift-invariance options: aps + circular padding is exactly circular-shift invariant."""
 
+import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from models import build_model
 from models.baseline import CONV_KINDS, DOWNSAMPLE_KINDS
@@ -11,7 +11,7 @@ SIZE = 16
 
 
 def _model(downsample, conv="standard", **params):
-    tf.keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(0)
     return build_model(
         "baseline_cnn", (SIZE, SIZE, 1), 5, filters=(4, 8), downsample=downsample, padding="circular",
         conv=conv, head="gap", **params,
@@ -20,8 +20,8 @@ def _model(downsample, conv="standard", **params):
 
 def _shifted_logits(model, offsets):
     x = np.random.default_rng(1).standard_normal((3, SIZE, SIZE, 1)).astype("float32")
-    base = model(x, training=False).numpy()
-    return base, [model(tf.roll(x, (dy, dx), axis=(1, 2)), training=False).numpy() for dy, dx in offsets]
+    base = np.asarray(model(x, training=False))
+    return base, [np.asarray(model(np.roll(x, (dy, dx), axis=(1, 2)), training=False)) for dy, dx in offsets]
 
 
 def _offsets():
@@ -53,7 +53,9 @@ def test_aps_with_circular_padding_and_a_flatten_head_is_refused():
 def test_every_downsample_kind_halves_each_stage_like_max_pooling(downsample):
     model = build_model("baseline_cnn", (SIZE, SIZE, 1), 5, filters=(4, 8), downsample=downsample, head="flatten",
                         dense_units=0)
-    sizes = [l.output.shape[1] for l in model.layers if l.name.startswith("stage") and "relu1" in l.name]
+    # The side of each stage's output (its last layer: the pool, or the stride-2 conv's ReLU).
+    sizes = [[l for l in model.layers if l.name.startswith(f"stage{s}_")][-1].output.shape[1:3] for s in (0, 1)]
+    assert sizes == ([(SIZE, SIZE)] * 2 if downsample == "none" else [(SIZE // 2,) * 2, (SIZE // 4,) * 2]), sizes
     flat = model.get_layer("flatten").output.shape[-1]
     expected = 8 * (SIZE * SIZE if downsample == "none" else (SIZE // 4) ** 2)
     assert flat == expected, (downsample, sizes, flat)

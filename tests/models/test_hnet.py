@@ -1,6 +1,7 @@
 """The hnet builder: registry, size, output, exact rot90 invariance, save/reload and SavedModel export."""
 
 import os
+import re
 
 import keras
 import numpy as np
@@ -50,7 +51,7 @@ def test_logits_are_exactly_invariant_to_rot90(hnet):
 
 
 def test_widths_depth_and_options_are_config():
-    m = models.build_model("hnet", (16, 16, 3), 4, filters=[4, 8], convs_per_stage=1, max_order=2, blur=3, kernel_size=3)
+    m = models.build_model("hnet", (16, 16, 3), 4, filters=[4, 8], convs_per_stage=1, max_order=2, blur_size=3, kernel_size=3)
     assert m.output_shape == (None, 4)
     convs = [l for l in m.layers if type(l).__name__ == "HarmonicConv2D"]
     assert len(convs) == 3 and convs[0].orders == (0, 1, 2)
@@ -82,21 +83,29 @@ def test_trains_saves_reloads_and_exports(tmp_path):
     m.save(path)
     again = keras.saving.load_model(path)
     np.testing.assert_allclose(again(x, training=False), m(x, training=False), atol=1e-5)
+    if keras.backend.backend() != "tensorflow":
+        # pipelines/export.py's serving function is written in TensorFlow ops, which jax2tf cannot trace;
+        # exporting a model trained on JAX is the export job's part of issue 14.
+        pytest.skip("SavedModel export through pipelines/export.py: TensorFlow backend only for now")
     images = rng.integers(0, 256, (4, 12, 12, 1)).astype("uint8")
     out = export_model(m, str(tmp_path / "exports"), "hnet", check_images=images)
     probs = predict_savedmodel(out, images)["probabilities"]
     np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
 
 
-@pytest.mark.parametrize("kwargs,needle", [({"filters": 8}, "8"), ({"kernel_size": ["a", 5, 5]}, "'a'"),
-                                           ({"convs_per_stage": 1.5}, "1.5")])
-def test_bad_params_raise_value_error_echoing_the_value(kwargs, needle):
-    with pytest.raises(ValueError, match=needle):
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [({"filters": 8}, "filters must name at least one stage, got 8"),
+     ({"kernel_size": ["a", 5, 5]}, "kernel_size must hold int values, got ['a', 5, 5]"),
+     ({"convs_per_stage": 1.5}, "convs_per_stage must be an integer >= 1, got 1.5")],
+)
+def test_bad_params_raise_value_error_echoing_the_value(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
         models.build_model("hnet", (16, 16, 1), 4, **kwargs)
 
 
 def test_trains_under_mixed_float16(mixed_float16):
     """The training job's `train.mixed_precision: true` sets this global policy (restored after)."""
-    m = models.build_model("hnet", (12, 12, 1), 3, filters=[4, 4], convs_per_stage=1, blur=3)
+    m = models.build_model("hnet", (12, 12, 1), 3, filters=[4, 4], convs_per_stage=1, blur_size=3)
     assert m.get_layer("stage0_hconv0").compute_dtype == "float16"
     assert_float16_training_step(m, (12, 12, 1))
