@@ -32,7 +32,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from data.augment_settings import FILL_MODES, settings  # noqa: F401  (FILL_MODES: re-exported)
+from data.augment_settings import FILL_MODES, OPERATIONS, settings  # noqa: F401  (FILL_MODES: re-exported)
+from data.scale_augment import random_scale
 
 __all__ = [
     "ElasticWarp",
@@ -293,7 +294,7 @@ def _is_on(name: str, section: dict) -> bool:
 
 @keras.saving.register_keras_serializable(package="invariant")
 class Augmentation(keras.layers.Layer):
-    """The training augmentation chain: elastic warp, then rotation, then translation.
+    """The training augmentation chain: elastic warp, then scale, then rotation, then translation.
 
     Each operation is applied to each image independently with its own
     probability; images are floats in [0, 1] and the output is clipped to
@@ -309,6 +310,9 @@ class Augmentation(keras.layers.Layer):
         rotation: dict `{max_degrees in [0, 180], fill_mode, probability}`;
             angles uniform in [-max_degrees, max_degrees], counter-clockwise positive.
         elastic: dict `{alpha, sigma, probability}` (see `ElasticWarp`).
+        scale: dict `{min, max, probability}`: each image zoomed by its own
+            factor uniform in [min, max] (data/scale_augment.py; anti-aliased
+            when shrinking). Applied after the warp, before rotation.
         seed: integer seed of the layer's `SeedGenerator`, used when `call` gets
             no `seed=` tensor; also `augment_dataset`'s default seed.
 
@@ -330,13 +334,14 @@ class Augmentation(keras.layers.Layer):
         TensorShape([4, 28, 28, 1])
     """
 
-    def __init__(self, translation=None, rotation=None, elastic=None, seed=None, **kwargs):
+    def __init__(self, translation=None, rotation=None, elastic=None, seed=None, scale=None, **kwargs):
         super().__init__(**kwargs)
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
             raise ValueError(f"seed must be an integer or None, got seed={seed!r}")
         self.translation = _section("translation", translation)
         self.rotation = _section("rotation", rotation)
         self.elastic = _section("elastic", elastic)
+        self.scale = _section("scale", scale)
         self.seed = seed
         self.generator = keras.random.SeedGenerator(seed)
         # Sub-layers are made here, not in build: each holds a SeedGenerator
@@ -382,7 +387,8 @@ class Augmentation(keras.layers.Layer):
     @property
     def operations(self) -> list[str]:
         """The names of the operations that are on, in the order they apply."""
-        ops = [("elastic", self._elastic_layer), ("rotation", self._rotation_layer), ("translation", self._translation_layer)]
+        ops = [("elastic", self._elastic_layer), ("scale", _is_on("scale", self.scale) or None),
+               ("rotation", self._rotation_layer), ("translation", self._translation_layer)]
         return [n for n, layer in ops if layer is not None]
 
     @staticmethod
@@ -400,6 +406,9 @@ class Augmentation(keras.layers.Layer):
         if self._elastic_layer is not None:
             out = self._elastic_layer.call(images, training=True, seed=seeds.next())
             images = self._with_probability(self.elastic["probability"], out, images, seeds)
+        if _is_on("scale", self.scale):
+            s = self.scale
+            images = random_scale(images, s["min"], s["max"], s["probability"], seed=seeds.next())
         for layer, section in ((self._rotation_layer, self.rotation), (self._translation_layer, self.translation)):
             if layer is None:
                 continue
@@ -419,24 +428,27 @@ class Augmentation(keras.layers.Layer):
                 "rotation": dict(self.rotation),
                 "elastic": dict(self.elastic),
                 "seed": self.seed,
+                "scale": dict(self.scale),
             }
         )
         return config
 
 
-def build_augmentation(translation: dict | None = None, rotation: dict | None = None, elastic: dict | None = None, seed: int = 0):
+def build_augmentation(translation: dict | None = None, rotation: dict | None = None, elastic: dict | None = None,
+                       seed: int = 0, scale: dict | None = None):
     """The augmentation chain of a config's `augment` section, or None when every operation is off.
 
     An operation is off when its size (`translation.max`, `rotation.max_degrees`,
-    `elastic.alpha`) or its probability is 0. The sections are plain dicts with
-    the keys of `pipelines.config.AugmentConfig`; apply the result with
-    `augment_dataset`.
+    `elastic.alpha`, `scale.min` = `scale.max` = 1) or its probability is 0. The
+    sections are plain dicts with the keys of data/augment_settings.py; apply
+    the result with `augment_dataset`.
     """
-    sections = {"translation": translation, "rotation": rotation, "elastic": elastic}
+    sections = {"translation": translation, "rotation": rotation, "elastic": elastic, "scale": scale}
     filled = {k: _section(k, v) for k, v in sections.items()}
     if not any(_is_on(k, v) for k, v in filled.items()):
         return None
-    return Augmentation(filled["translation"], filled["rotation"], filled["elastic"], seed=int(seed))
+    return Augmentation(filled["translation"], filled["rotation"], filled["elastic"], seed=int(seed),
+                        scale=filled["scale"])
 
 
 def augment_dataset(ds: tf.data.Dataset, aug, seed: int | None = None, num_parallel_calls=tf.data.AUTOTUNE) -> tf.data.Dataset:
@@ -468,7 +480,7 @@ def augment_dataset(ds: tf.data.Dataset, aug, seed: int | None = None, num_paral
 # ----------------------------------------------------------------------------- preview
 
 
-def preview_rows(images, translation=None, rotation=None, elastic=None, seed: int = 0, n: int = 8) -> list[tuple[str, np.ndarray]]:
+def preview_rows(images, translation=None, rotation=None, elastic=None, seed: int = 0, n: int = 8, scale=None) -> list[tuple[str, np.ndarray]]:
     """The rows of the preview grid as (label, float images [n, H, W, C] in [0, 1]).
 
     The original images, then one row per operation that is on (applied with
@@ -483,10 +495,12 @@ def preview_rows(images, translation=None, rotation=None, elastic=None, seed: in
     if x.ndim == 3:
         x = x[..., None]
     x = x.astype("float32") / 255.0 if np.issubdtype(x.dtype, np.integer) else x.astype("float32")
-    sections = {"translation": _section("translation", translation), "rotation": _section("rotation", rotation), "elastic": _section("elastic", elastic)}
-    off = {"translation": {"max": 0.0}, "rotation": {"max_degrees": 0.0}, "elastic": {"alpha": 0.0}}
+    given = {"translation": translation, "rotation": rotation, "elastic": elastic, "scale": scale}
+    sections = {k: _section(k, v) for k, v in given.items()}
+    off = {"translation": {"max": 0.0}, "rotation": {"max_degrees": 0.0}, "elastic": {"alpha": 0.0},
+           "scale": {"min": 1.0, "max": 1.0}}
     rows = [("original", x)]
-    for name in ("translation", "rotation", "elastic"):
+    for name in ("translation", "rotation", "elastic", "scale"):
         if not _is_on(name, sections[name]):
             continue
         only = {k: (dict(v, probability=1.0) if k == name else off[k]) for k, v in sections.items()}
@@ -508,4 +522,6 @@ def _describe(name: str, s: dict) -> str:
         return f"translation\n±{s['max']:g} {unit}"
     if name == "rotation":
         return f"rotation\n±{s['max_degrees']:g}°"
+    if name == "scale":
+        return f"scale\n×{s['min']:g}–{s['max']:g}"
     return f"elastic\nα={s['alpha']:g}, σ={s['sigma']:g}"

@@ -105,7 +105,30 @@ class ElasticSettings:
         _probability(f"{where}.probability", self.probability)
 
 
-SETTINGS = {"translation": TranslationSettings, "rotation": RotationSettings, "elastic": ElasticSettings}
+@dataclass
+class ScaleSettings:
+    """Zoom in and out about the centre on the same canvas: each image's factor uniform in [min, max]
+    (< 1 shrinks, anti-aliased; > 1 enlarges and crops; data/scale_augment.py)."""
+
+    min: float = 1.0
+    max: float = 1.0
+    probability: float = 1.0
+
+    @property
+    def on(self) -> bool:
+        return (self.min != 1.0 or self.max != 1.0) and self.probability > 0
+
+    def validate(self, where: str = "scale") -> None:
+        for key in ("min", "max"):
+            _number(f"{where}.{key}", getattr(self, key))
+            _check(0 < getattr(self, key) <= 4, f"{where}.{key}", getattr(self, key), "must be in (0, 4]")
+        _check(self.min <= self.max, f"{where}.min", self.min, f"must be <= {where}.max ({self.max!r})")
+        _probability(f"{where}.probability", self.probability)
+
+
+SETTINGS = {"translation": TranslationSettings, "rotation": RotationSettings, "elastic": ElasticSettings,
+            "scale": ScaleSettings}
+OPERATIONS = tuple(SETTINGS)
 
 
 def settings(name: str, value) -> object:

@@ -23,6 +23,7 @@ from pipelines.errors import UserError
 _ROT = re.compile(r"^rot_acc_(\d{3})$")
 _ELASTIC = re.compile(r"^elastic_acc_(.+)$")
 _EQUIV_MEAN = re.compile(r"^equiv_err_mean_(.+)$")
+_SCALE = re.compile(r"^scale_acc_(.+)$")
 
 
 @dataclass
@@ -35,6 +36,10 @@ class RunFigures:
     @property
     def label(self) -> str:
         return f"{self.run_id[:8]} {self.name}"
+
+    @property
+    def scale(self) -> dict[float, float]:
+        return {float(m.group(1)): v for k, v in self.metrics.items() if (m := _SCALE.match(k))}
 
     @property
     def rotation(self) -> dict[int, float]:
@@ -80,6 +85,8 @@ def figure_rows(runs: list[RunFigures]) -> list[tuple[str, str, list]]:
              ("circular_consistency", "circular shift consistency")]
     for a in sorted({m.group(1) for k in keys if (m := _ELASTIC.match(k))}, key=_num_key):
         rows.append((f"elastic_acc_{a}", f"elastic alpha={a}"))
+    for f in sorted({m.group(1) for k in keys if (m := _SCALE.match(k))}, key=_num_key):
+        rows.append((f"scale_acc_{f}", f"scale {f}x"))
     for a in sorted({m.group(1) for k in keys if (m := _EQUIV_MEAN.match(k))}, key=_num_key):
         rows.append((f"equiv_err_mean_{a}", f"harmonic equivariance error {a} deg (mean over layers)"))
     rows.append(("eval_images", "test images evaluated"))
@@ -131,7 +138,7 @@ def write_csv(runs: list[RunFigures], path: str) -> str:
 
 def compare(run_ids: list[str], tracking_uri: str | None = None, reports_dir: str = "reports"):
     """Write the comparison of `run_ids`; return (runs, printed table, files)."""
-    from pipelines.plots import plot_rotation_curve
+    from pipelines.plots import plot_rotation_curve, plot_scale_curve
 
     runs = load_runs(run_ids, tracking_uri)
     out_dir = os.path.join(reports_dir, "compare-" + "-".join(r.run_id[:8] for r in runs))
@@ -143,6 +150,9 @@ def compare(run_ids: list[str], tracking_uri: str | None = None, reports_dir: st
     curves = {f"{r.label} ({r.model})": r.rotation for r in runs}
     files.append(plot_rotation_curve(curves, os.path.join(out_dir, "rotation_curves.png"),
                                      title="accuracy under input rotation"))
+    scales = {f"{r.label} ({r.model})": r.scale for r in runs if r.scale}
+    if scales:
+        files.append(plot_scale_curve(scales, os.path.join(out_dir, "scale_curves.png")))
     return runs, text_table(runs), files
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from data.augment_settings import ElasticSettings, RotationSettings, TranslationSettings
+from data.augment_settings import OPERATIONS, ElasticSettings, RotationSettings, ScaleSettings, TranslationSettings
 from pipelines.typed import ConfigError, _check, _fail, _set_dotted, build, flatten, parse_overrides  # noqa: F401
 
 
@@ -86,10 +86,11 @@ class AugmentConfig:
     translation: TranslationSettings = field(default_factory=TranslationSettings)
     rotation: RotationSettings = field(default_factory=RotationSettings)
     elastic: ElasticSettings = field(default_factory=ElasticSettings)
+    scale: ScaleSettings = field(default_factory=ScaleSettings)
 
     def sections(self) -> dict[str, dict]:
         """The operations as the plain dicts `data.augment.build_augmentation` takes."""
-        return {k: dataclasses.asdict(getattr(self, k)) for k in ("translation", "rotation", "elastic")}
+        return {k: dataclasses.asdict(getattr(self, k)) for k in OPERATIONS}
 
 
 @dataclass
@@ -171,7 +172,8 @@ class EvaluateConfig:
     elastic_alphas: list[float] = field(default_factory=lambda: [0.0, 8.0, 16.0, 34.0])
     elastic_sigma: float = 4.0
     equivariance_angles: list[float] = field(default_factory=lambda: [15.0, 45.0, 90.0])
-    equivariance_images: int = 8  # test images fed to each harmonic layer's equivariance check
+    scale_factors: list[float] = field(default_factory=lambda: [0.5, 0.7, 1.0, 1.4, 2.0])  # the scale curve
+    equivariance_images: int = 8  # test images fed to each harmonic or scale layer's equivariance check
     batch_size: int = 256
     seed: int = 0
 
@@ -181,6 +183,7 @@ class EvaluateConfig:
         _check(self.shift_range >= 0, f"{p}.shift_range", self.shift_range, "must be >= 0")
         _check(all(a >= 0 for a in self.elastic_alphas), f"{p}.elastic_alphas", self.elastic_alphas, "must be >= 0")
         _check(self.elastic_sigma > 0, f"{p}.elastic_sigma", self.elastic_sigma, "must be > 0")
+        _check(all(0 < f <= 4 for f in self.scale_factors), f"{p}.scale_factors", self.scale_factors, "must be in (0, 4]")
         _check(self.equivariance_images >= 1, f"{p}.equivariance_images", self.equivariance_images, "must be at least 1")
         _check(self.batch_size >= 1, f"{p}.batch_size", self.batch_size, "must be at least 1")
 

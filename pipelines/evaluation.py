@@ -35,6 +35,8 @@ class Evaluation:
     elastic: dict  # alpha -> accuracy
     elastic_sigma: float
     equivariance: dict = field(default_factory=dict)  # layer name -> {angle: relative error}
+    scale: dict = field(default_factory=dict)  # factor -> accuracy
+    scale_equivariance: dict = field(default_factory=dict)  # layer name -> {"s0_s1": relative error}
 
     def metrics(self) -> dict[str, float]:
         """Flat MLflow metrics."""
@@ -49,6 +51,9 @@ class Evaluation:
             angles = next(iter(self.equivariance.values())).keys()
             for a in angles:
                 m[f"equiv_err_mean_{a:g}"] = float(np.mean([e[a] for e in self.equivariance.values()]))
+        m.update({f"scale_acc_{f:g}": v for f, v in self.scale.items()})
+        for layer, errs in self.scale_equivariance.items():
+            m.update({f"scale_equiv_err_{layer}_{k}": v for k, v in errs.items()})
         m["eval_images"] = float(self.n_images)
         return m
 
@@ -68,6 +73,10 @@ class Evaluation:
             rows.append((f"elastic alpha={a:g} px (sigma {self.elastic_sigma:g})", pct(v)))
         for layer, errs in self.equivariance.items():
             rows.append((f"equivariance error {layer}", ", ".join(f"{e:.2e} @ {a:g} deg" for a, e in errs.items())))
+        if self.scale:
+            rows.append(("scale curve (factor: accuracy)", "  ".join(f"{f:g}x: {pct(v)}" for f, v in self.scale.items())))
+        for layer, errs in self.scale_equivariance.items():
+            rows.append((f"scale equivariance error {layer}", ", ".join(f"{e:.2e} ({k})" for k, e in errs.items())))
         return rows
 
     def table(self, title: str) -> str:
@@ -151,10 +160,17 @@ def evaluate(predict, images, labels, ecfg, model=None) -> Evaluation:
     shift_c = inv.shift_consistency(predict, x, ecfg.shift_range, seed=ecfg.seed, mode="pad")
     circ_c = inv.shift_consistency(predict, x, ecfg.shift_range, seed=ecfg.seed + 1, mode="circular")
     elastic = inv.elastic_curve(predict, x, y, ecfg.elastic_alphas, ecfg.elastic_sigma, seed=ecfg.seed)
-    equiv = {}
+    scale = inv.scale_curve(predict, x, y, ecfg.scale_factors)
+    equiv, scale_equiv = {}, {}
     if model is not None and inv.harmonic_layers(model):
         equiv = inv.harmonic_equivariance(model, x[: ecfg.equivariance_images], ecfg.equivariance_angles)
-    return Evaluation(len(x), rotation, shift_c, circ_c, ecfg.shift_range, elastic, ecfg.elastic_sigma, equiv)
+    if model is not None:
+        from models.scale_equivariance import scale_equivariance, scale_layers
+
+        if scale_layers(model):
+            scale_equiv = scale_equivariance(model, x[: ecfg.equivariance_images], steps=(1,))
+    return Evaluation(len(x), rotation, shift_c, circ_c, ecfg.shift_range, elastic, ecfg.elastic_sigma, equiv,
+                      scale, scale_equiv)
 
 
 # ----------------------------------------------------------------------------- pictures
@@ -174,6 +190,8 @@ def write_report(ev: Evaluation, out_dir: str, title: str, model=None) -> list[s
     files.append(p)
     files.append(plots.plot_rotation_curve({title: ev.rotation}, os.path.join(out_dir, "rotation_curve.png")))
     files.append(plots.plot_elastic_curve(ev, os.path.join(out_dir, "elastic_curve.png")))
+    if ev.scale:
+        files.append(plots.plot_scale_curve({title: ev.scale}, os.path.join(out_dir, "scale_curve.png")))
     if ev.equivariance:
         files.append(plots.plot_equivariance(ev, os.path.join(out_dir, "harmonic_equivariance.png")))
     if model is not None:

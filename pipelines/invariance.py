@@ -14,6 +14,8 @@ so two evaluations of the same model on the same images give the same figures.
   of images whose two predicted classes agree. `mode="pad"` shifts by
   zero-padding and cropping (content leaves the frame), `mode="circular"`
   rolls the image (`np.roll` / `tf.roll`, nothing is lost).
+- `scale_curve`: accuracy with the inputs rescaled about the centre on the
+  same canvas by each factor (data/scale_augment.py's `rescale_batch`).
 - `elastic_curve`: accuracy against the strength `alpha` of the elastic warp
   of `data.augment.ElasticWarp` (Simard et al. 2003), one fixed field per image.
 - `harmonic_equivariance`: for a harmonic convolution layer, the relative
@@ -116,6 +118,15 @@ def shift_consistency(predict: Predict, images, max_shift: int, seed: int = 0, m
     a = np.asarray(predict(shift(images, random_offsets(n, max_shift, rng), mode)))
     b = np.asarray(predict(shift(images, random_offsets(n, max_shift, rng), mode)))
     return float(np.mean(a == b))
+
+
+def scale_curve(predict: Predict, images, labels, factors: Sequence[float]) -> dict[float, float]:
+    """Accuracy at each input rescaling factor on the same canvas (< 1 shrinks into the centre,
+    anti-aliased; > 1 enlarges and crops), the op of data/scale_augment.py."""
+    from data.scale_augment import rescale_batch
+
+    x = np.asarray(images, np.float32)
+    return {f: accuracy(predict, np.clip(rescale_batch(x, float(f)), 0.0, 1.0), labels) for f in factors}
 
 
 def elastic_curve(predict: Predict, images, labels, alphas: Sequence[float], sigma: float, seed: int = 0):

@@ -91,6 +91,24 @@ def plot_rotation_curve(curves: dict[str, dict], path: str, title: str = "accura
     return save(fig, path)
 
 
+def plot_scale_curve(curves: dict[str, dict], path: str, title: str = "accuracy under input rescaling") -> str:
+    """One or more scale curves (label -> {factor: accuracy}) as a PNG, factors on a log axis."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for label, curve in curves.items():
+        factors = sorted(curve)
+        ax.plot(factors, [curve[f] for f in factors], "-o", markersize=3, label=label)
+    ax.set_xscale("log")
+    ax.set_xticks(sorted({f for c in curves.values() for f in c}), [f"{f:g}x" for f in sorted({f for c in curves.values() for f in c})])
+    ax.minorticks_off()
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("input scale factor (same canvas)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save(fig, path)
+
+
 def plot_elastic_curve(ev, path: str) -> str:
     fig, ax = plt.subplots(figsize=(4.5, 3.5))
     alphas = list(ev.elastic)
@@ -179,7 +197,8 @@ def plot_filters(model, path: str, max_cols: int = 8) -> str | None:
 # ----------------------------------------------------------------------------- augmentation preview
 
 
-def preview_grid(images, translation=None, rotation=None, elastic=None, seed: int = 0, n: int = 8, title: str | None = None) -> np.ndarray:
+def preview_grid(images, translation=None, rotation=None, elastic=None, seed: int = 0, n: int = 8,
+                 title: str | None = None, scale=None) -> np.ndarray:
     """A labelled grid of augmented samples (the rows of `preview_rows`) as a uint8 RGB
     array [height, width, 3], ready for `save_png` or `mlflow.log_image`."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -187,7 +206,7 @@ def preview_grid(images, translation=None, rotation=None, elastic=None, seed: in
 
     from data.augment import preview_rows
 
-    rows = preview_rows(images, translation, rotation, elastic, seed=seed, n=n)
+    rows = preview_rows(images, translation, rotation, elastic, seed=seed, n=n, scale=scale)
     x = rows[0][1]
     cols = len(x)
     fig = Figure(figsize=(1.0 * cols + 1.3, 1.0 * len(rows) + (0.4 if title else 0.1)), dpi=100)

@@ -292,3 +292,21 @@ def test_translation_in_pixels_larger_than_image_is_an_error():
     aug = build_augmentation(translation={"max": 20, "units": "pixels"}, seed=0)
     with pytest.raises(ValueError, match="20"):
         aug(digit_like(2), training=True)
+
+
+def test_scale_in_the_chain_is_per_image_with_an_unknown_batch_size():
+    """`augment.scale` rescales each image by its own factor inside tf.data (unknown batch size)."""
+    import tensorflow as tf
+
+    aug = build_augmentation(scale={"min": 0.4, "max": 1.0}, seed=3)
+    assert aug.operations == ["scale"]
+    x = np.zeros((6, 28, 28, 1), "float32")
+    x[:, 4:24, 4:24] = 1.0  # the same square six times
+    ds = augment_dataset(tf.data.Dataset.from_tensor_slices(x).batch(6), aug, seed=3)
+    assert ds.element_spec.shape[0] is None
+    out = np.asarray(next(iter(ds)))
+    areas = (out > 0.5).sum(axis=(1, 2, 3))
+    assert len(set(areas.tolist())) >= 4 and areas.max() < 400 + 1  # several factors, all shrinking
+    assert build_augmentation(scale={"min": 1.0, "max": 1.0}, seed=0) is None
+    with pytest.raises(ValueError, match=r"scale\.min: must be <= scale\.max"):
+        build_augmentation(scale={"min": 1.5, "max": 1.2}, seed=0)

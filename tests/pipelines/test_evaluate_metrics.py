@@ -182,3 +182,31 @@ def test_harmonic_equivariance_visits_each_harmonic_conv_of_a_model():
     for e in errs.values():
         assert e[90] < 1e-5 and e[45] > e[90]
     assert inv.harmonic_layers(dense_model()) == []
+
+
+def test_scale_curve_rescales_the_inputs_and_scores_each_factor():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(12, 16, 16, 1)).astype("float32")
+    y = rng.integers(0, 3, 12)
+
+    def only_unchanged(images):  # right only on the untouched images
+        same = np.all(np.isclose(images, x, atol=1e-6), axis=(1, 2, 3))
+        return np.where(same, y, -1)
+
+    curve = inv.scale_curve(only_unchanged, x, y, [0.5, 1.0, 2.0])
+    assert curve == {0.5: 0.0, 1.0: 1.0, 2.0: 0.0}
+
+
+def test_the_evaluation_reports_the_scale_curve_as_metrics():
+    from pipelines.config import EvaluateConfig
+    from pipelines.evaluation import evaluate
+
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (10, 12, 12, 1), dtype=np.uint8)
+    y = rng.integers(0, 3, 10)
+    ecfg = EvaluateConfig(max_images=10, rotation_step=90, elastic_alphas=[0.0], scale_factors=[0.5, 1.0])
+    ev = evaluate(lambda im: np.zeros(len(im), int), x, y, ecfg)
+    m = ev.metrics()
+    assert set(ev.scale) == {0.5, 1.0}
+    assert m["scale_acc_0.5"] == m["scale_acc_1"] == pytest.approx(np.mean(y == 0))
+    assert any("scale curve" in row[0] for row in ev.rows())
