@@ -186,3 +186,27 @@ def test_resume_after_a_crash_past_training_repeats_no_step(tmp_path, monkeypatc
     assert len(client.search_model_versions("name='tiny'")) == 1
     assert client.get_run(result.run_id).info.status == "FINISHED"
     assert result.export_path.endswith(os.path.join("tiny", "1"))
+
+
+def test_progress_is_one_line_per_epoch_when_stdout_is_not_a_terminal(tmp_path, capfd):
+    """`train.verbose: auto`: a log file or CI output gets no progress-bar control codes."""
+    from pipelines import experiment
+
+    run(tiny_config(tmp_path, "train.verbose=auto", "train.epochs=3"))
+    out = capfd.readouterr().out
+    assert "\b" not in out and "\r" not in out and "\x1b" not in out
+    epoch_lines = [line for line in out.splitlines() if "val_loss" in line]
+    assert len(epoch_lines) == 3, out
+
+    class Terminal:
+        def isatty(self):
+            return True
+
+    import sys
+
+    real = sys.stdout
+    sys.stdout = Terminal()
+    try:
+        assert experiment.fit_verbosity(tiny_config(tmp_path, "train.verbose=auto")) == 1  # the bar
+    finally:
+        sys.stdout = real
