@@ -98,9 +98,9 @@ class ScaleHarmonicConv2D(HarmonicConv2D):
             self.build(tuple(inputs.shape))
         x = ops.cast(inputs, self.compute_dtype)
         shape = ops.shape(x)
+        channels = int(np.prod(x.shape[3:]))  # static: M_in * 2 * C_in, or C_in
         if len(x.shape) == 6:
-            x = ops.reshape(x, (shape[0], shape[1], shape[2], -1))
-        channels = x.shape[-1]
+            x = ops.reshape(x, (shape[0], shape[1], shape[2], channels))
         kernel = self.block_filter()
         outs = []
         for a in self.dilations:

@@ -42,6 +42,17 @@ def test_shared_layer_checks():
                 (1, 6, 6, 3, 2, 2), (1, 6, 6, 3, 2, 2), atol=1e-5)
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="a tf.function with an unknown batch size")
+def test_runs_in_a_graph_with_unknown_batch_size():
+    import tensorflow as tf
+
+    layer = ScaleHarmonicConv2D(2, 3, dilations=(1, 2))
+    x = np.random.default_rng(4).standard_normal((3, 8, 8, 2, 2, 2)).astype("float32")
+    want = np.asarray(layer(x))
+    graph = tf.function(layer, input_signature=[tf.TensorSpec((None, 8, 8, 2, 2, 2), tf.float32)])
+    np.testing.assert_allclose(graph(x).numpy(), want, atol=1e-6)
+
+
 def test_one_dilation_is_the_harmonic_convolution():
     x = np.random.default_rng(0).standard_normal((2, 9, 9, 2)).astype("float32")
     layer = ScaleHarmonicConv2D(3, 5, dilations=[1])
