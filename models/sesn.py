@@ -31,7 +31,7 @@ def search_space(hp) -> dict:
     width = hp.Choice("width", [16, 32, 48])
     return {
         "filters": [width, 2 * width, 3 * width],
-        "kernel_sizes": hp.Choice("kernel_size", [7, 9]),
+        "kernel_size": hp.Choice("kernel_size", [7, 9]),
         "num_scales": hp.Choice("num_scales", [2, 3, 4]),
         "max_order": hp.Choice("max_order", [2, 3, 4]),
         "interscale": hp.Choice("interscale", [1, 2]),
@@ -53,7 +53,7 @@ def build(
     num_classes,
     *,
     filters=(32, 63, 95),
-    kernel_sizes=9,
+    kernel_size=9,
     num_scales: int = 3,
     scale_step: float = 3**0.5,
     sigma: float = 0.8,
@@ -69,7 +69,7 @@ def build(
 
     Args:
         filters: channels per scale per stage; its length is the number of stages.
-        kernel_sizes: odd kernel size per stage (or one for all).
+        kernel_size: odd kernel size per stage (or one for all), as baseline_cnn and hnet.
         num_scales: scales of every layer: sigma * scale_step**s, s < num_scales.
         scale_step: ratio between neighbouring scales (default sqrt(3): scales
             0.8, 1.39, 2.4 px, scale 2 exactly 3x scale 0).
@@ -88,7 +88,7 @@ def build(
     if n < 1:
         raise ValueError(f"filters must name at least one stage, got {filters!r}")
     filters = _per_stage(filters, n, "filters")
-    kernel_sizes = _per_stage(kernel_sizes, n, "kernel_sizes")
+    kernel_sizes = _per_stage(kernel_size, n, "kernel_size")
     interscales = _per_stage(interscale, max(n - 1, 1), "interscale")
     if not isinstance(final_pool, int) or isinstance(final_pool, bool) or final_pool < 1:
         raise ValueError(f"final_pool must be a positive integer, got {final_pool!r}")

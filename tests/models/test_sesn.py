@@ -12,7 +12,7 @@ from models.scale_equivariance import enlarge, scale_equivariance, scale_equivar
 from models.sesn import search_space
 from tests.models.conftest import assert_float16_training_step
 
-SMALL = dict(filters=[4, 6, 8], kernel_sizes=5, max_order=2, dense_units=16)
+SMALL = dict(filters=[4, 6, 8], kernel_size=5, max_order=2, dense_units=16)
 
 
 def test_default_is_the_mnist_scale_network():
@@ -59,7 +59,7 @@ def test_search_space_gives_valid_params():
         (dict(filters=[]), r"filters must name at least one stage, got \[\]"),
         (dict(filters=[4, 4], interscale=[1, 2]), r"interscale must have one entry per stage \(1\), got \[1, 2\]"),
         (dict(final_pool=0), "final_pool must be a positive integer, got 0"),
-        (dict(kernel_sizes=4), "kernel_size must be an odd integer >= 3, got 4"),
+        (dict(kernel_size=4), "kernel_size must be an odd integer >= 3, got 4"),
         (dict(scale_step=0.5), "scale_step must be a number > 1, got 0.5"),
     ],
 )
@@ -70,7 +70,7 @@ def test_bad_params_are_refused_with_the_value(params, match):
 
 def test_equivariance_helper_per_layer_and_scale():
     keras.utils.set_random_seed(2)
-    m = models.build_model("sesn", (32, 32, 1), 3, filters=[4, 4], kernel_sizes=7, max_order=2, dense_units=0)
+    m = models.build_model("sesn", (32, 32, 1), 3, filters=[4, 4], kernel_size=7, max_order=2, dense_units=0)
     rng = np.random.default_rng(2)
     x = ndimage.gaussian_filter(rng.uniform(size=(2, 32, 32, 1)), (0, 2, 2, 0)).astype("float32")
     errors = scale_equivariance(m, x, steps=(1, 2))
