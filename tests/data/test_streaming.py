@@ -260,3 +260,17 @@ def test_every_format_decodes_like_pil(tmp_path, channels):
                 ref = np.rint(ref.astype(float) @ [0.2989, 0.587, 0.114])[..., None]
             tol = 6 if path.endswith(".jpg") else (1 if channels == 1 else 0)
             assert np.abs(got.astype(int) - ref).max() <= tol, path
+
+
+def test_data_after_the_end_marker_is_fine_and_full_check_finds_corruption_inside(tmp_path):
+    root = make_uniform_folder(tmp_path / "u", n=4, mode="RGB")
+    jpeg = tmp_path / "x.jpg"
+    _save(jpeg, np.zeros((10, 10, 3), np.uint8), "JPEG")
+    (root / "a" / "trailing.jpg").write_bytes(jpeg.read_bytes() + b"appended metadata" * 8)
+    png = bytearray((root / "b" / "0.png").read_bytes())
+    png[len(png) // 2] ^= 0xFF  # a flipped byte inside the pixel data: the header and the end are intact
+    (root / "b" / "flipped.png").write_bytes(bytes(png))
+    s = open_source(f"folder:{root}")  # the header pass accepts both (and TensorFlow decodes the first)
+    assert sum(s.info.counts.values()) == 10
+    with pytest.raises(BadImagesError, match=r"1 unreadable .*flipped\.png \(corrupt PNG"):
+        open_source(f"folder:{root}", check_images="full")
