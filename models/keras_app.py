@@ -4,11 +4,13 @@
 `keras_app:VGG16`, `keras_app:DenseNet121`, ... (any function of
 `keras.applications` that takes `include_top`, `weights` and `input_shape`).
 The model takes float images in [0, 1] like the project's other builders,
-repeats gray images to 3 channels, scales them to [0, 255] and applies the
-application's own `preprocess_input` inside the model (so the exported model
-takes raw images), runs the backbone (`include_top=False`), optionally
-anti-aliased by `models.antialias.antialias`, then global average pooling,
-optional dropout and a dense layer to float32 logits for `num_classes`.
+repeats gray images to 3 channels, pads images smaller than 32 px (MNIST's 28)
+with black borders up to the applications' minimum of 32, scales them to
+[0, 255] and applies the application's own `preprocess_input` inside the model
+(so the exported model takes raw images), runs the backbone
+(`include_top=False`), optionally anti-aliased by `models.antialias.antialias`,
+then global average pooling, optional dropout and a dense layer to float32
+logits for `num_classes`.
 
 `weights` is the one place where `models/` reads a file: a local weights file
 for the backbone (a `.weights.h5` of the same application built with
@@ -28,6 +30,7 @@ from keras import layers
 
 PREFIX = "keras_app:"
 ANTIALIAS = ("none", "blur", "aps")
+MIN_SIDE = 32  # keras.applications refuse smaller inputs (a few, like InceptionV3, need more: their own error says)
 
 
 def _application(app: str):
@@ -97,6 +100,10 @@ def build(app: str, input_shape, num_classes: int, *, weights=None, antialias: s
     x = inputs
     if c == 1:
         x = layers.Concatenate(axis=-1, name="gray_to_rgb")([x, x, x])
+    if h < MIN_SIDE or w < MIN_SIDE:  # e.g. MNIST's 28 px: black borders up to the applications' minimum
+        dh, dw = max(MIN_SIDE - h, 0), max(MIN_SIDE - w, 0)
+        x = layers.ZeroPadding2D(((dh // 2, dh - dh // 2), (dw // 2, dw - dw // 2)), name="pad_to_min")(x)
+        h, w = h + dh, w + dw
     x = layers.Rescaling(255.0, name="to_255")(x)
     preprocess = _preprocess(fn)
     if preprocess is not None:

@@ -16,11 +16,12 @@ RNG = np.random.default_rng(0)
 
 
 def test_keras_app_builds_a_classifier_on_gray_images():
-    m = models.build_model("keras_app:MobileNetV2", (32, 32, 1), 4, antialias="blur", blur_size=3)
+    m = models.build_model("keras_app:MobileNetV2", (28, 28, 1), 4, antialias="blur", blur_size=3)  # MNIST-sized
     assert m.output_shape == (None, 4) and m.output.dtype == "float32"
     backbone = next(l for l in m.layers if isinstance(l, keras.Model))
     assert not [l.name for l in walk(backbone) if strided(l) and not isinstance(l, DOWNSAMPLERS)]
-    y = np.asarray(m(RNG.uniform(0, 1, (2, 32, 32, 1)).astype("float32")))
+    assert m.get_layer("pad_to_min").output.shape[1:3] == (32, 32)  # the applications' minimum
+    y = np.asarray(m(RNG.uniform(0, 1, (2, 28, 28, 1)).astype("float32")))
     assert y.shape == (2, 4) and np.all(np.isfinite(y))
     models.check_params("keras_app:MobileNetV2", {"weights": None, "antialias": "aps", "blur_size": 1})
     with pytest.raises(ValueError, match="unknown key"):
