@@ -163,7 +163,7 @@ class _Rewriter:
         self.clones: dict[int, keras.layers.Layer] = {}  # id(original layer) -> its copy
         self.pairs: list[tuple] = []  # (original, copy): weights to carry over
         self.names: set[str] = set()
-        self.rewritten: list[str] = []
+        self.claimed: set[str] = set()  # original names taken over by a replacing layer
 
     # ------------------------------------------------------------------ errors and names
 
@@ -176,6 +176,13 @@ class _Rewriter:
             raise ValueError(message)
         warnings.warn(message.replace("Pass strict=False to keep it as it is.", "Kept as it is (strict=False)."),
                       stacklevel=3)
+
+    def claim(self, name: str) -> str:
+        """The name for a layer replacing the original `name`: that name once, fresh ones for a shared layer's other calls."""
+        if name in self.claimed:
+            return self.fresh_name(name)
+        self.claimed.add(name)
+        return name
 
     def fresh_name(self, base: str) -> str:
         name, i = base, 1
@@ -240,7 +247,8 @@ class _Rewriter:
 
     def graph(self, fn, name: str):
         """Rewrite the functional graph `fn` node by node (the order of Function._run_through_graph)."""
-        saved_names, self.names = self.names, set()
+        saved_names, self.names = (self.names, self.claimed), set()
+        self.claimed = set()
         for op in fn.operations:
             self.names.add(op.name)
         consumers: dict[int, int] = {}
@@ -284,7 +292,7 @@ class _Rewriter:
             keras.tree.pack_sequence_as(fn._outputs_struct, outputs),
             name=name,
         )
-        self.names = saved_names
+        self.names, self.claimed = saved_names
         return model
 
     @staticmethod
@@ -315,7 +323,6 @@ class _Rewriter:
         config = op.get_config()
         own = next((k for k in ("blur_size", "blur") if k in config), None)
         if own is not None and self.method == "blur":
-            self.rewritten.append(op.name)
             return self.copy(op, **{own: self.blur_size})(*args, **kwargs)
         self.unsupported(op, f"a custom layer with strides {_strides(op)} (only Keras' Conv2D, DepthwiseConv2D, "
                              f"SeparableConv2D, MaxPooling2D and AveragePooling2D"
@@ -349,7 +356,6 @@ class _Rewriter:
                                          "input size)")
                     return self.keep(op)(*args, **kwargs)
                 offsets[a] = same_offset(n, kernel[a], stride)
-        self.rewritten.append(op.name)
         base = op.name
         # The blur wraps around where the layer's input was padded circularly (CircularPad2D: exact
         # circular-shift equivariance is kept); else Zhang's reflect for blur, Chaman's circular for aps.
@@ -375,13 +381,13 @@ class _Rewriter:
             # box(2) (x) binomial(b) = binomial(b + 1): one BlurPool2D, exactly the average pool for b = 1
             n = BlurPool2D(self.blur_size + 1, 2,
                            padding=_blur_padding(source.shape[1:3], self.blur_size + 1, "reflect"),
-                           name=base, dtype=dtype)  # replaces the layer: its name
+                           name=self.claim(base), dtype=dtype)  # replaces the layer: its name
             return n(x)
         if isinstance(op, layers.MaxPooling2D) and self.method == "blur" and kernel == (2, 2) and stride == 2 \
                 and padding == "valid":
             y = MaxBlurPool2D(self.blur_size, 2, padding=_blur_padding([None if s is None else s - 1 for s in
                                                                         source.shape[1:3]], self.blur_size, "reflect"),
-                              name=base, dtype=dtype)(x)  # replaces the layer: its name
+                              name=self.claim(base), dtype=dtype)(x)  # replaces the layer: its name
             return y
         full = self.copy(op, strides=(1, 1))(*args, **kwargs)
         if isinstance(op, _POOLS):

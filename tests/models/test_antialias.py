@@ -261,3 +261,15 @@ def test_mixed_precision_policy_is_kept(mixed_float16):
     assert added and all(l.dtype_policy.name == "mixed_float16" for l in added)
     y = new(RNG.uniform(0, 1, (2, 16, 16, 1)).astype("float32"), training=False)
     assert keras.backend.standardize_dtype(y.dtype) == "float32" and np.all(np.isfinite(np.asarray(y)))
+
+
+def test_a_layer_called_twice_is_rewritten_at_each_call():
+    keras.utils.set_random_seed(9)
+    pool, conv = layers.MaxPooling2D(2, name="pool"), layers.Conv2D(3, 3, strides=2, padding="same", name="conv")
+    a, b = keras.Input((8, 8, 3), name="a"), keras.Input((8, 8, 3), name="b")
+    model = keras.Model([a, b], layers.Add(name="add")([conv(pool(a)), conv(pool(b))]))
+    new = models.antialias(model, "blur", blur_size=1)
+    assert new.count_params() == model.count_params()
+    assert sorted(l.name for l in new.layers if type(l).__name__ == "MaxBlurPool2D") == ["pool", "pool_2"]
+    x = [RNG.uniform(0, 1, (2, 8, 8, 3)).astype("float32") for _ in range(2)]
+    assert_same_outputs(model, new, x, rtol=1e-6)
