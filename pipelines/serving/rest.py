@@ -23,6 +23,7 @@ import base64
 import binascii
 import io
 import json
+import json.scanner
 import logging
 import re
 from dataclasses import dataclass, field
@@ -59,17 +60,19 @@ class BadRequest(ValueError):
 @dataclass
 class Response:
     status: int
-    body: dict
+    body: dict | bytes  # bytes: already encoded (a predict answer)
     headers: dict = field(default_factory=dict)
 
     def encode(self) -> bytes:
+        if isinstance(self.body, bytes):
+            return self.body
         return json.dumps(self.body, separators=(",", ":")).encode()
 
 
 @dataclass
 class Pending:
     future: object  # concurrent.futures.Future
-    finish_fn: Callable[[dict], dict]
+    finish_fn: Callable[[dict], dict | bytes]
 
     def finish(self) -> Response:
         try:
@@ -150,7 +153,7 @@ def _check_shape(arr: np.ndarray, spec: TensorInfo, where: str) -> None:
 def _numeric(value, spec: TensorInfo, where: str) -> np.ndarray:
     """Nested lists -> an array of the spec's dtype, checking the values fit it."""
     try:
-        arr = np.asarray(value)
+        arr = _asarray(value)
     except (ValueError, TypeError, OverflowError) as e:
         raise BadRequest(f"{where}: input {spec.name!r} is not a rectangular array of numbers ({_first_line(e)})")
     want = spec.dtype
@@ -274,6 +277,97 @@ def _batch_value(value, spec: TensorInfo, where: str):
     return arr
 
 
+_SCAN = json.scanner.make_scanner(json.JSONDecoder())  # the C scanner json.loads uses
+_WS = re.compile(r"[ \t\n\r]*")
+_WALK = 3  # levels parsed here: the request object, its lists of instances, an instance
+
+
+def _loads(text: str | bytes):
+    """json.loads(text) for a request body, kinder to the other threads on a large one.
+
+    The top `_WALK` levels are parsed here, each value below them by json's C
+    scanner, one value per call, and a list found there becomes a NumPy array
+    at once. So a large body of nested lists (8 MB: about 1.5 million lists)
+    neither holds the GIL for its whole parse nor leaves millions of live lists
+    behind (their garbage collections stalled every thread for seconds). The
+    same values (lists deep down as arrays, unless ragged or not numbers) and
+    the same errors as json.loads.
+    """
+
+    def fail(msg: str, i: int):
+        raise json.JSONDecodeError(msg, text, i)
+
+    def ws(i: int) -> int:
+        return _WS.match(text, i).end()
+
+    def value(i: int, depth: int):
+        i = ws(i)
+        c = text[i : i + 1]
+        if depth < _WALK and c == "[":
+            out, i = [], ws(i + 1)
+            if text[i : i + 1] == "]":
+                return out, i + 1
+            while True:
+                v, i = value(i, depth + 1)
+                out.append(v)
+                i = ws(i)
+                c = text[i : i + 1]
+                if c == "]":
+                    return out, i + 1
+                if c != ",":
+                    fail("Expecting ',' delimiter", i)
+                i += 1
+        if depth < _WALK and c == "{":
+            out, i = {}, ws(i + 1)
+            if text[i : i + 1] == "}":
+                return out, i + 1
+            while True:
+                if text[i : i + 1] != '"':
+                    fail("Expecting property name enclosed in double quotes", i)
+                k, i = _SCAN(text, i)
+                i = ws(i)
+                if text[i : i + 1] != ":":
+                    fail("Expecting ':' delimiter", i)
+                out[k], i = value(i + 1, depth + 1)
+                i = ws(i)
+                c = text[i : i + 1]
+                if c == "}":
+                    return out, i + 1
+                if c != ",":
+                    fail("Expecting ',' delimiter", i)
+                i = ws(i + 1)
+        try:
+            v, i = _SCAN(text, i)
+        except StopIteration as e:
+            fail("Expecting value", e.value)
+        if isinstance(v, list) and v:
+            try:
+                a = np.asarray(v)
+                if a.dtype.kind in "biuf":
+                    v = a
+            except (ValueError, TypeError, OverflowError):
+                pass  # ragged or not numbers: left as it is for the checks to name
+        return v, i
+
+    if isinstance(text, (bytes, bytearray)):
+        text = text.decode("utf-8-sig" if text[:3] == b"\xef\xbb\xbf" else "utf-8")
+    obj, end = value(0, 0)
+    end = ws(end)
+    if end != len(text):
+        fail("Extra data", end)
+    return obj
+
+
+def _asarray(value) -> np.ndarray:
+    """np.asarray(value), a row at a time for long lists (np.asarray holds the GIL throughout)."""
+    if isinstance(value, list) and len(value) > 64 and all(isinstance(v, (list, np.ndarray)) for v in value):
+        parts = [np.asarray(v) for v in value]
+        if len({p.shape for p in parts}) > 1:
+            raise ValueError("the rows have different shapes")
+        return np.stack(parts)
+    return np.asarray(value)
+
+
 def _rows_check(n: int, max_rows: int | None, what: str) -> None:
     if max_rows is not None and n > max_rows:
         raise BadRequest(
@@ -289,7 +383,7 @@ def parse_predict(body: bytes, servable: Servable, max_rows: int | None = None) 
     the batcher a chunk at a time. More than `max_rows` rows is a 413.
     """
     try:
-        req = json.loads(body)
+        req = _loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BadRequest(f"malformed JSON in the request body: {e}")
     except RecursionError:  # e.g. 100k nested '[': deeper than any tensor (64 dims at most)
@@ -345,6 +439,30 @@ def parse_predict(body: bytes, servable: Servable, max_rows: int | None = None) 
     if not next(iter(sizes.values())):
         raise BadRequest("'inputs' holds an empty batch")
     return arrays, False
+
+
+_ENCODE_ROWS = 256
+
+
+def _dumps_list(values: list) -> str:
+    """json.dumps of a list, `_ENCODE_ROWS` items per call: a long answer (20k rows take ~0.3 s to
+    encode) lets the other threads (the event loop, the batcher) run between the calls."""
+    if len(values) <= _ENCODE_ROWS:
+        return json.dumps(values, separators=(",", ":"))
+    parts = (json.dumps(values[i : i + _ENCODE_ROWS], separators=(",", ":"))[1:-1]
+             for i in range(0, len(values), _ENCODE_ROWS))
+    return "[" + ",".join(parts) + "]"
+
+
+def encode_predict(out: dict[str, np.ndarray], row: bool) -> bytes:
+    """`format_predict`'s answer as JSON bytes, encoded a slice of rows at a time."""
+    body = format_predict(out, row)
+    key = next(iter(body))
+    value = body[key]
+    if isinstance(value, dict):
+        inner = ",".join(f"{json.dumps(k)}:{_dumps_list(v)}" for k, v in value.items())
+        return f'{{"{key}":{{{inner}}}}}'.encode()
+    return f'{{"{key}":{_dumps_list(value)}}}'.encode()
 
 
 def format_predict(out: dict[str, np.ndarray], row: bool) -> dict:
@@ -420,7 +538,7 @@ class RestApi:
             servable, batcher = self.manager.get(name, version)
             inputs, row = parse_predict(body, servable, self.max_rows)
             fut = batcher.submit(servable, inputs)
-            return Pending(fut, lambda out: format_predict(out, row))
+            return Pending(fut, lambda out: encode_predict(out, row))
         if method != "GET":
             raise BadRequest(f"{path} answers GET, got {prefix(method, 16)}", 405, {"Allow": "GET"})
         if m["metadata"]:

@@ -344,6 +344,20 @@ def _fail(fut: Future, e: BaseException) -> None:
 # ----------------------------------------------------------------------------- the export directory
 
 
+def _freeze_heap() -> None:
+    """Collect once, then move every object alive now (TensorFlow's, the model's: about a million)
+    out of the garbage collector's sight (gc.freeze). Without it each full collection walks them
+    all while holding the GIL, stalling every request for 0.5-2 s at unpredictable times; the
+    parse of a large request is what sets such collections off. Unfrozen first, so that a
+    version swapped out can still be collected."""
+    import gc
+
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
+
 @dataclass
 class Failure:
     """A version that did not load: why, the state of its files then, and when to look again."""
@@ -499,6 +513,8 @@ class ModelManager:
             "model %s: serving version %s (was %s), loaded in %.1f s (attempt %d)",
             name, version, old.version if old else None, time.perf_counter() - t0, attempt,
         )
+        del old
+        _freeze_heap()
 
     def start(self) -> None:
         """Load what is on disk now, then keep polling in a background thread."""
