@@ -51,10 +51,9 @@ def _preprocess(app_fn):
     return getattr(public, "preprocess_input", None)
 
 
-def spec(name: str):
-    """A registry spec for `keras_app:<Name>` (models.registry.get_spec calls this)."""
-    from models.registry import ModelSpec
-
+def builder_for(name: str):
+    """The builder of `keras_app:<Name>`, `build` with the application fixed (models.registry.get_spec
+    wraps it in a spec; this module does not import the registry, which imports it)."""
     app = name[len(PREFIX):]
     _application(app)
 
@@ -63,7 +62,7 @@ def spec(name: str):
         return build(app, input_shape, num_classes, weights=weights, antialias=antialias, blur_size=blur_size,
                      dropout=dropout, trainable_backbone=trainable_backbone, name=name)
 
-    return ModelSpec(name, build_keras_app, None)
+    return build_keras_app
 
 
 def build(app: str, input_shape, num_classes: int, *, weights=None, antialias: str = "none", blur_size: int = 3,

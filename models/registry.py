@@ -56,9 +56,9 @@ def available_models() -> list[str]:
 
 def get_spec(name: str) -> ModelSpec:
     if isinstance(name, str) and name.startswith("keras_app:"):  # keras.applications backbone + fresh head
-        from models.keras_app import spec
+        from models.keras_app import builder_for
 
-        return spec(name)
+        return ModelSpec(name, builder_for(name))
     if name not in _REGISTRY:
         raise ValueError(f"unknown model name {name!r}; available: {', '.join(available_models())}, or keras_app:<Name> "
                          f"(a keras.applications backbone)")
