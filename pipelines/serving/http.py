@@ -180,9 +180,9 @@ class AiohttpServer(HttpServer):
             return resp
 
         self._loop = asyncio.new_event_loop()
-        server = WebServer(
-            handler, loop=self._loop, access_log=None, keepalive_timeout=self.header_timeout_s,
-            lingering_time=2.0,
+        server = WebServer(  # handler_cancellation: a client gone mid-predict abandons its remaining rows
+            handler, loop=self._loop, handler_cancellation=True, access_log=None,
+            keepalive_timeout=self.header_timeout_s, lingering_time=2.0,
         )
         self._runner = web.ServerRunner(server, handle_signals=False)
         sock = _bind(self.host, self.port)
