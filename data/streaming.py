@@ -565,6 +565,9 @@ class Split:
             ds = ds.map(prep, num_parallel_calls=AUTOTUNE, deterministic=True).ignore_errors(log_warning=True)
         else:
             ds = ds.map(prep, num_parallel_calls=AUTOTUNE, deterministic=True)
+            if self.kind in ("records", "tfds"):  # known from metadata: Keras then knows the epoch's length
+                n = self.count if indices is None else len(indices)
+                ds = ds.apply(tf.data.experimental.assert_cardinality(n))
         return ds
 
     def elements(self, *, training: bool = False, seed: int | None = None) -> tf.data.Dataset:
