@@ -209,10 +209,36 @@ def same_alignment(n: int, k: int, stride: int, before: int) -> tuple[int, int]:
     raise AssertionError(f"no SAME alignment for n={n}, k={k}, stride={stride}")  # unreachable: e steps T by 1
 
 
+def depthwise_1d(x, taps, axis: int, stride: int = 1):
+    """A VALID 1-D depthwise pass along `axis`: out[i] = sum_a taps[a] * x[i * stride + a], as k shifted, strided slices.
+
+    `taps` is a NumPy vector (one filter for every channel) or a tensor [k, C]
+    (one per channel); `x`'s extent along `axis` must be static. Plain
+    differentiable ops that XLA fuses into one loop: on JAX (CPU) a blur pass
+    written so was measured 8x faster, forward + backward, than
+    `keras.ops.depthwise_conv` (XLA's CPU grouped convolution), 96 ms vs 780 ms
+    for BlurPool2D(3) on (32, 32, 32, 32).
+    """
+    k, n = taps.shape[0], x.shape[axis]
+    m = (n - k) // stride + 1
+    acc = None
+    for a in range(k):
+        index = [slice(None)] * len(x.shape)
+        index[axis] = slice(a, a + stride * (m - 1) + 1, stride)
+        w = taps[a]
+        term = x[tuple(index)] * (float(w) if isinstance(w, np.floating) else w)
+        acc = term if acc is None else acc + term
+    return acc
+
+
 def _blur_axis_portable(x, f: np.ndarray, axis: int, stride: int, mode: str):
-    """One 1-D depthwise pass along `axis` (1 or 2): pad (Zhang's split), VALID convolution, subsampled."""
+    """One 1-D pass along `axis` (1 or 2): pad (Zhang's split), then a VALID pass subsampled by `stride`."""
     before, after = centered_pads(len(f))
+    n = x.shape[axis]
     x = _pad_axis_portable(x, axis, before, after, mode)
+    if n is not None:
+        return depthwise_1d(x, f, axis, stride)
+    # Unknown extent (TensorFlow, a traced signature with None): a depthwise convolution.
     kshape = (len(f), 1) if axis == 1 else (1, len(f))
     channels = x.shape[-1]
     kernel = np.broadcast_to(f.reshape(kshape + (1, 1)), kshape + (channels, 1))
