@@ -1,0 +1,169 @@
+"""Rotated MNIST: regular group CNNs (gcnn, C4 / C8 / C16) against hnet and a CNN, at ~35k and ~130k parameters.
+
+The protocol of ../shared/data/README.md (x_train[:12000] and x_test, each
+rotated once by a uniform angle), trained as bench_rotated_mnist.py trains
+(Adam, cosine decay to 0 over the run, batch 32, lr 0.005, one seed): the
+equivariant models on the rotated digits as they are, the CNN with rotation
+augmentation (keras.layers.RandomRotation(1.0), training split only).
+Prints per model: parameters, test error, training time, training
+images/s (epochs x training images / fit time, first-epoch tracing
+included) and the same after the first epoch (without it), and the ratios
+against hnet measured in the same run (the machines are shared and noisy:
+compare ratios).
+
+The issue's full protocol is 30 epochs of 12k digits (about 2 hours per
+~35k model on 2 idle CPU cores, 4-6 hours for the ~130k ones):
+
+    PYTHONPATH=. .venv/bin/python bench/bench_rotated_gcnn.py --epochs 30
+
+A short check of the script (a subset, a few minutes per model):
+
+    PYTHONPATH=. .venv/bin/python bench/bench_rotated_gcnn.py --epochs 2 --train-size 3000 --test-size 2000
+    PYTHONPATH=. .venv/bin/python bench/bench_rotated_gcnn.py --models hnet,gcnn_c8_35k --epochs 1
+
+Training speed alone, steady state, the models timed in turns so that a
+shared machine's changing load falls on all alike (no data file needed):
+
+    PYTHONPATH=. .venv/bin/python bench/bench_rotated_gcnn.py --speed-rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import time  # noqa: E402
+
+from bench_rotated_mnist import CNN_PARAMS, dataset  # noqa: E402
+from common import Timer, mnist_or_skip, rotated_mnist, table  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import models  # noqa: E402
+
+# name -> (registered model, builder params, rotation augmentation)
+VARIANTS = {
+    "hnet": ("hnet", {}, False),  # ~34k
+    "gcnn_c4_35k": ("gcnn", {"group_order": 4, "filters": [3, 7, 13]}, False),  # pixel basis, ~34k
+    "gcnn_c8_35k": ("gcnn", {"group_order": 8, "filters": [4, 8, 16]}, False),  # the builder's default, ~36k
+    "gcnn_c16_35k": ("gcnn", {"group_order": 16, "filters": [3, 6, 11]}, False),  # ~36k
+    "gcnn_c4_130k": ("gcnn", {"group_order": 4, "filters": [6, 13, 26]}, False),  # ~130k
+    "gcnn_c8_130k": ("gcnn", {"group_order": 8, "filters": [8, 16, 30]}, False),  # ~132k
+    "gcnn_c16_130k": ("gcnn", {"group_order": 16, "filters": [5, 11, 22]}, False),  # ~134k
+    "cnn_rot_aug": ("baseline_cnn", CNN_PARAMS, True),  # ~38k
+}
+
+
+class EpochTimes(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        self.t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.times = getattr(self, "times", []) + [time.perf_counter() - self.t0]
+
+
+def run(name, model_name, params, augment, train, test, args):
+    """bench_rotated_mnist's training (same optimiser, schedule and data), with per-epoch times."""
+    keras.utils.set_random_seed(args.seed)
+    model = models.build_model(model_name, (28, 28, 1), 10, **params)
+    steps = args.epochs * int(np.ceil(len(train[0]) / args.batch_size))
+    model.compile(
+        keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(args.lr, steps)),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    epochs = EpochTimes()
+    with Timer() as t:
+        model.fit(dataset(*train, args.batch_size, augment, args.seed), epochs=args.epochs, verbose=args.verbose,
+                  callbacks=[epochs])
+    _, acc = model.evaluate(test[0], test[1], batch_size=256, verbose=0)
+    later = epochs.times[1:]  # without the first epoch's tracing and compilation
+    return {
+        "model": name,
+        "params": model.count_params(),
+        "test error %": 100.0 * (1.0 - acc),
+        "train s": t.seconds,
+        "train img/s": args.epochs * len(train[0]) / t.seconds,
+        "img/s after epoch 1": len(later) * len(train[0]) / sum(later) if later else float("nan"),
+    }
+
+
+def interleaved_speed(names, args):
+    """Steady-state training images/s of each model, measured in turns (model A, B, ..., A, B, ...) so that
+    the load of a shared machine falls on all of them alike; the median of `args.speed_rounds` turns."""
+    rng = np.random.default_rng(args.seed)
+    x = rng.uniform(0, 1, (args.batch_size * args.speed_steps, 28, 28, 1)).astype("float32")
+    y = rng.integers(0, 10, len(x))
+    fitted = {}
+    for name in names:
+        model_name, params, _ = VARIANTS[name]
+        keras.utils.set_random_seed(args.seed)
+        m = models.build_model(model_name, (28, 28, 1), 10, **params)
+        m.compile(keras.optimizers.Adam(args.lr), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        m.fit(x[: 2 * args.batch_size], y[: 2 * args.batch_size], batch_size=args.batch_size, verbose=0)  # trace
+        fitted[name] = m
+    rates = {name: [] for name in names}
+    for _ in range(args.speed_rounds):
+        for name, m in fitted.items():
+            with Timer() as t:
+                m.fit(x, y, batch_size=args.batch_size, epochs=1, verbose=0, shuffle=False)
+            rates[name].append(len(x) / t.seconds)
+    return {name: float(np.median(r)) for name, r in rates.items()}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", default=",".join(VARIANTS),
+                   help=f"comma-separated subset of {', '.join(VARIANTS)} (hnet is the reference of the ratios)")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--train-size", type=int, default=12000)
+    p.add_argument("--test-size", type=int, default=10000)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--verbose", type=int, default=2)
+    p.add_argument("--speed-rounds", type=int, default=0,
+                   help="only measure steady-state training images/s, models in turns, median of this many turns")
+    p.add_argument("--speed-steps", type=int, default=10, help="training steps per model per turn (--speed-rounds)")
+    args = p.parse_args()
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown or not names:
+        p.error(f"--models: unknown {unknown or names}; choose from {', '.join(VARIANTS)}")
+
+    if args.speed_rounds > 0:
+        speed = interleaved_speed(names, args)
+        ref = speed.get("hnet")
+        rows = [{"model": n, "train img/s": v, **({"img/s / hnet": v / ref} if ref else {})} for n, v in speed.items()]
+        print(table(rows, f"steady-state training images/s (batch {args.batch_size}, median of {args.speed_rounds} "
+                          f"turns of {args.speed_steps} steps, models in turns)"))
+        return
+
+    mnist = mnist_or_skip()
+    (xr, yr), (xt, yt) = rotated_mnist(mnist, n_train=args.train_size)
+    scale = lambda a: a.astype("float32") / 255.0
+    train = (scale(xr), yr)
+    test = (scale(xt[: args.test_size]), yt[: args.test_size])
+    print(f"epochs={args.epochs} train={len(train[0])} test={len(test[0])} batch={args.batch_size} lr={args.lr}")
+
+    rows = []
+    for name in names:
+        model, params, augment = VARIANTS[name]
+        row = run(name, model, params, augment, train, test, args)
+        rows.append(row)
+        print(f"{name}: {row['params']} params, test error {row['test error %']:.2f}%, "
+              f"{row['train img/s']:.0f} training images/s", flush=True)
+    ref = next((r for r in rows if r["model"] == "hnet"), None)
+    for r in rows:
+        if ref is not None:
+            r["error / hnet"] = r["test error %"] / max(ref["test error %"], 1e-9)
+            r["img/s / hnet"] = r["train img/s"] / ref["train img/s"]
+    print(table(rows, f"rotated MNIST, {args.epochs} epochs of {len(train[0])} rotated digits, "
+                      f"{len(test[0])} rotated test digits"))
+
+
+if __name__ == "__main__":
+    main()
