@@ -63,6 +63,27 @@ def _stack_error(status: int, message) -> Response:
     return error(status, f"{phrase}{detail}")
 
 
+_trim_state = {"last": 0.0, "fn": None}
+
+
+def _trim_memory() -> None:
+    """Hand the heap that parsing a large body left free back to the system (glibc malloc_trim),
+    at most once a second: otherwise the server's memory stays at its high-water mark."""
+    now = time.monotonic()
+    if now - _trim_state["last"] < 1.0 or _trim_state["fn"] is False:
+        return
+    _trim_state["last"] = now
+    if _trim_state["fn"] is None:
+        try:
+            import ctypes
+
+            _trim_state["fn"] = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):  # not glibc
+            _trim_state["fn"] = False
+            return
+    _trim_state["fn"](0)
+
+
 def _timed_out(api: RestApi, r: Pending) -> Response:
     r.abandon()
     return error(503, f"the model did not answer within {api.predict_timeout_s:g} s; try again")
@@ -86,7 +107,9 @@ async def _answer_async(api: RestApi, method: str, path: str, body: bytes) -> tu
     if isinstance(r, Pending):
         if big:
             r = await loop.run_in_executor(None, r.finish)
-            return r, await loop.run_in_executor(None, r.encode)
+            data = await loop.run_in_executor(None, r.encode)
+            loop.run_in_executor(None, _trim_memory)
+            return r, data
         r = r.finish()
     return r, r.encode()
 
