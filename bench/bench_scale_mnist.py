@@ -108,18 +108,30 @@ def accuracy(model, x, y, batch=256):
     return float(np.mean(np.argmax(logits, -1) == y))
 
 
+def pyramid(args):
+    return {"pyramid_scales": args.pyramid_scales, "pyramid_pool": args.pyramid_pool}
+
+
+def selected(runs, args):
+    """The runs whose label is in --only (all without it)."""
+    only = [o.strip() for o in args.only.split(",")] if args.only else None
+    return [r for r in runs if only is None or r[0] in only]
+
+
 def table_scale(mnist, args):
     (xtr, ytr), (xte, yte) = mnist_scale(mnist, args.train_size, args.test_size)
     runs = [("CNN", "baseline_cnn", CNN, {}), ("CNN + scale aug", "baseline_cnn", CNN, {"scale_aug": True}),
-            ("pyramid", "baseline_cnn", {**CNN, "pyramid_scales": args.pyramid_scales}, {}),
+            ("pyramid", "baseline_cnn", {**CNN, **pyramid(args)}, {}),
             ("sesn", "sesn", {}, {})]
     rows, ref = [], None
-    for label, name, params, aug in runs:
+    for label, name, params, aug in selected(runs, args):
         model, ips, n = train(name, params, xtr, ytr, args, **aug)
         err = 100 * (1 - accuracy(model, xte, yte))
-        ref = ref or (err, ips)
-        rows.append({"model": label, "params": n, "test error %": err, "error / CNN": err / max(ref[0], 1e-9),
-                     "train images/s": ips, "speed / CNN": ips / ref[1]})
+        ref = (err, ips) if label == "CNN" else ref
+        nan = float("nan")
+        rows.append({"model": label, "params": n, "test error %": err,
+                     "error / CNN": err / max(ref[0], 1e-9) if ref else nan,
+                     "train images/s": ips, "speed / CNN": ips / ref[1] if ref else nan})
         print(rows[-1], flush=True)
     return table(rows, f"MNIST-scale ({len(xtr)} train, {len(xte)} test digits, {args.epochs} epochs)")
 
@@ -129,8 +141,10 @@ def table_curve(mnist, args):
     xte, yte = mnist["x_test"][: args.test_size].astype("float32") / 255.0, mnist["y_test"][: args.test_size]
     rows = []
     for label, name, params in [("CNN", "baseline_cnn", CNN),
-                                ("pyramid", "baseline_cnn", {**CNN, "pyramid_scales": args.pyramid_scales}),
+                                ("pyramid", "baseline_cnn", {**CNN, **pyramid(args)}),
                                 ("sesn", "sesn", {})]:
+        if not selected([(label,)], args):
+            continue
         model, _, _ = train(name, params, xtr, ytr, args)
         row = {"model": label}
         for f in CURVE:
@@ -145,7 +159,7 @@ def table_rotscale(mnist, args):
     runs = [("hnet", "hnet", {}, {}), ("roto-scale hnet", "hnet", {"scales": args.hnet_scales}, {}),
             ("CNN + rotation + scale aug", "baseline_cnn", CNN, {"scale_aug": True, "rotation_aug": True})]
     rows = []
-    for label, name, params, aug in runs:
+    for label, name, params, aug in selected(runs, args):
         model, ips, n = train(name, params, xtr, ytr, args, **aug)
         rows.append({"model": label, "params": n, "test error %": 100 * (1 - accuracy(model, xte, yte)),
                      "train images/s": ips})
@@ -178,6 +192,8 @@ def main(argv=None):
     p.add_argument("--aug-min", type=float, default=0.6)
     p.add_argument("--aug-max", type=float, default=1.6)
     p.add_argument("--pyramid-scales", type=lambda s: [float(v) for v in s.split(",")], default=[2.0, 1.0, 0.5])
+    p.add_argument("--pyramid-pool", choices=["mean", "max"], default="mean")
+    p.add_argument("--only", default="", help="comma-separated model labels to run (default: all), e.g. 'CNN,sesn'")
     p.add_argument("--hnet-scales", type=lambda s: [int(v) for v in s.split(",")], default=[1, 2, 3])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verbose", type=int, default=0)

@@ -33,7 +33,7 @@ class ModelSpec:
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
-# Taken by every builder: `pyramid_scales: [1.0, 0.7, 0.5]` (and `pyramid_pool: max | mean`)
+# Taken by every builder: `pyramid_scales: [1.0, 0.7, 0.5]` (and `pyramid_pool: mean | max`)
 # wraps the built model in an input pyramid (models/pyramid.py).
 WRAPPER_PARAMS = ("pyramid_scales", "pyramid_pool")
 
@@ -79,7 +79,7 @@ def check_params(name: str, params: dict) -> None:
         if params.get("pyramid_scales") is None:
             raise ValueError(f"model.params.pyramid_pool ({params['pyramid_pool']!r}) needs pyramid_scales")
         try:
-            check_pyramid(params["pyramid_scales"], params.get("pyramid_pool") or "max")
+            check_pyramid(params["pyramid_scales"], params.get("pyramid_pool"))
         except ValueError as e:
             raise ValueError(f"model.params.{e}") from None
 
@@ -94,4 +94,4 @@ def build_model(name: str, input_shape, num_classes: int, **params) -> keras.Mod
         return model
     from models.pyramid import pyramid
 
-    return pyramid(model, scales, pool=pool or "max")
+    return pyramid(model, scales, pool=pool)

@@ -18,7 +18,8 @@ SMALL_HNET = dict(filters=[2, 4], convs_per_stage=1, kernel_size=3, n_rings=2)
 @pytest.fixture(scope="module")
 def cnn_pyramid():
     keras.utils.set_random_seed(0)
-    return models.build_model("baseline_cnn", (16, 16, 1), 5, pyramid_scales=[1.0, 0.7, 0.5], **SMALL_CNN)
+    return models.build_model("baseline_cnn", (16, 16, 1), 5, pyramid_scales=[1.0, 0.7, 0.5], pyramid_pool="max",
+                              **SMALL_CNN)
 
 
 def test_shares_the_backbone_and_pools_logits_over_the_rescaled_inputs(cnn_pyramid):
@@ -32,9 +33,10 @@ def test_shares_the_backbone_and_pools_logits_over_the_rescaled_inputs(cnn_pyram
     assert keras.backend.standardize_dtype(got.dtype) == "float32"
 
 
-def test_mean_pool_and_a_single_scale():
+def test_mean_pool_is_the_default_and_a_single_scale():
     keras.utils.set_random_seed(1)
-    m = models.build_model("baseline_cnn", (16, 16, 1), 5, pyramid_scales=[1.0, 1.5], pyramid_pool="mean", **SMALL_CNN)
+    m = models.build_model("baseline_cnn", (16, 16, 1), 5, pyramid_scales=[1.0, 1.5], **SMALL_CNN)
+    assert any(l.name == "pyramid_mean" for l in m.layers)
     x = np.random.default_rng(1).uniform(size=(2, 16, 16, 1)).astype("float32")
     b = m.get_layer("baseline_cnn")
     want = (np.asarray(b(x, training=False)) + np.asarray(b(rescale_batch(x, 1.5), training=False))) / 2
@@ -81,7 +83,7 @@ def test_mixed_precision(mixed_float16):
         (dict(pyramid_scales=[1.0, -0.5]), r"got \[1.0, -0.5\]"),
         (dict(pyramid_scales=[1.0, 1.0]), r"got \[1.0, 1.0\]"),
         (dict(pyramid_scales=0.5), "pyramid_scales must be a list of positive numbers, got 0.5"),
-        (dict(pyramid_scales=[1.0], pyramid_pool="sum"), r"model.params.pyramid_pool must be one of \('max', 'mean'\), got 'sum'"),
+        (dict(pyramid_scales=[1.0], pyramid_pool="sum"), r"model.params.pyramid_pool must be one of \('mean', 'max'\), got 'sum'"),
         (dict(pyramid_pool="max"), "model.params.pyramid_pool \\('max'\\) needs pyramid_scales"),
     ],
 )
