@@ -39,14 +39,17 @@ class ScaleHarmonicConv2D(HarmonicConv2D):
     (square inputs), approximate at other angles.
 
     Scale, per dilation, EXACT for integer factors: with Down_a = the triangle
-    blur of width 2a - 1 followed by subsampling by a (zero padding, sizes
-    divisible by a: an anti-aliased a-fold reduction), the dilation-a output
-    at positions a*i equals the dilation-1 output of Down_a(x) at i, up to the
-    border (the blur is cut to the canvas before the dilated convolution).
-    Pooled over the scales the layer is approximately scale-INVARIANT across
-    the range of `dilations`: a reduction by a moves dilation a*d to d, and
-    the scales that leave the set are the boundary. Non-integer scales are
-    not offered (dilation needs integers).
+    blur of width 2a - 1 (zero padding, cut to the canvas) followed by
+    subsampling by a (sizes divisible by a): an anti-aliased a-fold
+    reduction, the dilation-a output at positions a*i equals the dilation-1
+    output of Down_a(x) at i, at every position (tested to float rounding).
+    Between two dilations a*d and d the relation also holds away from the
+    border (linear interpolation composes: triangle_a then triangle_d at
+    stride a is triangle_{a d}), where the canvas cut differs. Pooled over the
+    scales the layer is approximately scale-INVARIANT across the range of
+    `dilations`: a reduction by a moves dilation a*d to d, and the scales
+    that leave the set are the boundary. Non-integer scales are not offered
+    (dilation needs integers).
 
     Args:
         filters, kernel_size, orders, input_orders, n_rings, phase,
