@@ -11,8 +11,11 @@ included) and the same after the first epoch (without it), and the ratios
 against hnet measured in the same run (the machines are shared and noisy:
 compare ratios).
 
-The issue's full protocol is 30 epochs of 12k digits (about 2 hours per
-~35k model on 2 idle CPU cores, 4-6 hours for the ~130k ones):
+The issue's full protocol is 30 epochs of 12k digits: on 2 idle CPU cores
+about 15-20 minutes each for hnet, gcnn C4 and C8 at ~35k, about 1 hour for
+C16 at ~35k, 1.5 hours for C8 at ~130k and several for C16 at ~130k
+(estimated from the speed ratios measured in turns and hnet's 358 images/s);
+--models runs a subset:
 
     PYTHONPATH=. .venv/bin/python bench/bench_rotated_gcnn.py --epochs 30
 
