@@ -178,6 +178,11 @@ def model_rate(args, num_classes: int) -> float:
     return args.model_steps * args.batch_size / (time.perf_counter() - t0)
 
 
+def current_rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory. VmHWM belongs to the address space made by exec;
     ru_maxrss would also count the parent's peak (Linux keeps it across fork and exec)."""
@@ -208,19 +213,22 @@ def child_epoch(args) -> None:
     if args.rss_max_steps:
         steps = min(steps, args.rss_max_steps)
         ds = ds.take(steps)
-    t0 = time.perf_counter()
-    if args.child_mode == "input":
-        for _ in ds:
-            pass
-    else:
+    model = None
+    if args.child_mode == "train":
         model = build_model("baseline_cnn", s.image_shape, s.num_classes)
         model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    before = current_rss_mb()
+    t0 = time.perf_counter()
+    if model is None:
+        for _ in ds:
+            pass
+    else:
         model.fit(ds, epochs=1, verbose=0)
     wall = time.perf_counter() - t0
-    rss = peak_rss_mb()
-    print(json.dumps({"peak_rss_mb": rss, "steps": steps, "images": s.train.count, "seconds": wall,
-                      "cache": s.info.cache, "decoded_mb": s.info.decoded_bytes() / 2**20}))
+    print(json.dumps({"peak_rss_mb": peak_rss_mb(), "rss_before_mb": before, "steps": steps,
+                      "images": s.train.count, "seconds": wall, "cache": s.info.cache,
+                      "decoded_mb": s.info.decoded_bytes() / 2**20}))
 
 
 def rss_of_epoch(source: str, args, mode: str) -> dict:
@@ -260,10 +268,13 @@ def main(argv=None) -> int:
         print(f"convert -> {sum(len(v['files']) for v in meta['splits'].values())} shards in "
               f"{time.perf_counter() - t0:.0f} s (header pass included)")
 
+        from data.streaming import open_source
+
         t0 = time.perf_counter()
+        info = open_source(f"folder:{folder}", image_size=(args.size, args.size), cache=args.cache).info
+        print(f"open_source(folder): {time.perf_counter() - t0:.1f} s (listing + parallel header pass); "
+              f"cache resolved to {info.cache}")
         s_folder, ds_folder = ours(f"folder:{folder}", args)
-        print(f"open folder: {time.perf_counter() - t0:.1f} s (listing + parallel header pass); "
-              f"cache resolved to {s_folder.info.cache}")
         pipelines = {}
         for tag, aug in (("", True), ("_noaug", False)):
             pipelines["ours_folder" + tag] = ds_folder if aug else ours(f"folder:{folder}", args, aug)[1]
@@ -295,8 +306,9 @@ def main(argv=None) -> int:
                 two = rss_of_epoch(f"folder:{double}", args, mode)
                 print(f"\npeak RSS of one epoch of {what} (cache {one['cache']}), separate processes:")
                 for name, r in (("1x", one), ("2x", two)):
-                    print(f"  {name}: {r['images']} training images, {r['steps']} steps, {r['peak_rss_mb']:.0f} MiB "
-                          f"(decoded dataset {r['decoded_mb']:.0f} MiB), {r['seconds']:.0f} s")
+                    print(f"  {name}: {r['images']} training images, {r['steps']} steps, peak {r['peak_rss_mb']:.0f} MiB "
+                          f"({r['rss_before_mb']:.0f} MiB before the epoch: TensorFlow, the model; decoded dataset "
+                          f"{r['decoded_mb']:.0f} MiB), {r['seconds']:.0f} s")
                 print(f"  ratio 2x/1x: {two['peak_rss_mb'] / one['peak_rss_mb']:.3f}")
                 results.update({f"rss_{mode}_1x_mb": one["peak_rss_mb"], f"rss_{mode}_2x_mb": two["peak_rss_mb"]})
         print("\n" + json.dumps({k: round(v, 1) for k, v in results.items()}))

@@ -497,14 +497,17 @@ class Split:
         """(path, encoded bytes or uint8 image; int64 label), unpreprocessed; `indices`: a sorted subset."""
         s = self._stream
         if self.kind in ("files", "arrays"):
-            items = self.paths if self.kind == "files" else self.images
-            labels = self._labels
-            if indices is not None:
-                items, labels = items[indices], labels[indices]
-            ds = tf.data.Dataset.from_tensor_slices((items, labels))
-            if shuffle:
-                ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-            return ds  # files: paths, read in the decoding map
+            idx = np.arange(self.count) if indices is None else np.asarray(indices)
+            ds = tf.data.Dataset.from_tensor_slices(idx)
+            if shuffle:  # a permutation of indices: no image is held in a shuffle buffer
+                ds = ds.shuffle(max(1, len(idx)), seed=seed, reshuffle_each_iteration=True)
+            items = tf.constant(self.paths if self.kind == "files" else self.images)
+            labels = tf.constant(self._labels)
+
+            def lookup(i):
+                return tf.gather(items, i), tf.gather(labels, i)
+
+            return ds.map(lookup)  # files: paths, read in the decoding map
         if self.kind == "records":
             files = list(self.files)
             ordered = self.mask is not None or indices is not None  # masks index the stored order
@@ -540,7 +543,8 @@ class Split:
 
             ds = ds.enumerate().filter(kept).map(drop_index)
         if shuffle:
-            ds = ds.shuffle(min(self.count, s.options.shuffle_buffer), seed=seed, reshuffle_each_iteration=True)
+            ds = ds.shuffle(max(1, min(self.count, s.options.shuffle_buffer)), seed=seed,
+                            reshuffle_each_iteration=True)
         return ds
 
     def _preprocessed(self, shuffle, seed, cover_only, indices=None):
