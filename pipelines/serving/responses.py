@@ -1,0 +1,102 @@
+"""What the REST API answers with: `Response`, `Pending` (a queued predict), `BadRequest`.
+
+Also the helpers every layer uses to word an error: `error` (a JSON
+`{"error": ...}` answer), `clip` and `prefix` (a short, printable echo of what
+a client sent), and how a failed predict maps onto 4xx/5xx (`_model_error`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+log = logging.getLogger("pipelines.serve")
+
+
+class BadRequest(ValueError):
+    """A client mistake; `status` is the 4xx code to answer with (and `headers` to add, e.g. Allow)."""
+
+    def __init__(self, message: str, status: int = 400, headers: dict | None = None):
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
+
+
+@dataclass
+class Response:
+    status: int
+    body: dict | bytes  # bytes: already encoded (a predict answer)
+    headers: dict = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        if isinstance(self.body, bytes):
+            return self.body
+        return json.dumps(self.body, separators=(",", ":")).encode()
+
+
+@dataclass
+class Pending:
+    future: object  # concurrent.futures.Future
+    finish_fn: Callable[[dict], dict | bytes]
+
+    def finish(self) -> Response:
+        try:
+            out = self.future.result(timeout=0)
+        except Exception as e:  # noqa: BLE001
+            return _model_error(e)
+        return Response(200, self.finish_fn(out))
+
+    def wait(self, timeout: float | None = None) -> Response:
+        try:
+            self.future.result(timeout=timeout)
+        except Exception:  # noqa: BLE001 - reported by finish()
+            pass
+        if not self.future.done():
+            self.abandon()
+        return self.finish()
+
+    def abandon(self, why: str = "the model did not answer in time; try again") -> None:
+        """Give up on the answer: the batcher drops the request's remaining chunks."""
+        try:
+            if not self.future.done():
+                self.future.set_exception(TimeoutError(why))
+        except Exception:  # noqa: BLE001 - InvalidStateError: answered meanwhile
+            pass
+
+
+def _model_error(e: BaseException) -> Response:
+    import tensorflow as tf
+
+    if isinstance(e, BadRequest):  # found while the batcher took the rows (an undecodable image)
+        return error(e.status, str(e))
+    if isinstance(e, (tf.errors.InvalidArgumentError, ValueError, TypeError)):
+        return Response(400, {"error": f"the model rejected the input: {_first_line(e)}"})
+    if isinstance(e, TimeoutError):
+        return Response(503, {"error": "the model did not answer in time; try again"})
+    log.error("predict failed: %r", e)
+    return Response(500, {"error": f"internal error: {type(e).__name__}: {_first_line(e)}"})
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(getattr(e, "message", None) or e)
+    return text.strip().splitlines()[0] if text.strip() else type(e).__name__
+
+
+def error(status: int, message: str, headers: dict | None = None) -> Response:
+    return Response(status, {"error": message}, headers or {})
+
+
+def clip(text: str, n: int = 100) -> str:
+    """`text` cut to `n` characters (a client's path or name echoed in an error)."""
+    text = "".join(c if c.isprintable() else "?" for c in text[: n + 1])
+    return text if len(text) <= n else text[:n] + "..."
+
+
+def prefix(value, n: int = 40) -> str:
+    """A short, printable prefix of something a client sent, for error messages and logs."""
+    text = value.decode("latin-1") if isinstance(value, (bytes, bytearray)) else str(value)
+    short = text[:n].encode("ascii", "backslashreplace").decode("ascii")
+    short = "".join(c if c.isprintable() else "?" for c in short)
+    return repr(short) + (f"... ({len(text)} characters)" if len(text) > n else "")

@@ -1,0 +1,82 @@
+"""One loaded version of one model: `Servable`, its `TensorInfo` specs, and `load_servable`.
+
+A `Servable` is one loaded version of one model: its `serving_default`
+signature, the input and output specs, and the signature defs for the
+metadata answer. `load_servable` loads it from a SavedModel directory and
+warms it up; `pipelines.serving.servables.ModelManager` decides which
+version to load and when.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SIGNATURE = "serving_default"
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: np.dtype
+    shape: tuple  # with None for unknown dims; dim 0 is the batch
+
+
+@dataclass(eq=False)
+class Servable:
+    name: str
+    version: int
+    path: str
+    inputs: dict[str, TensorInfo]
+    outputs: dict[str, TensorInfo]
+    signature_defs: dict  # TF Serving's JSON form of the SavedModel's SignatureDefs
+    _fn: object = field(repr=False)
+    _keep: object = field(repr=False)  # the loaded object owns the variables the signature reads
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import tensorflow as tf
+
+        feeds = {k: tf.constant(v, dtype=self.inputs[k].dtype) for k, v in inputs.items()}
+        return {k: v.numpy() for k, v in self._fn(**feeds).items()}
+
+
+def _signature_defs_json(path: str) -> dict:
+    """The SignatureDefs of `path/saved_model.pb` as TF Serving prints them."""
+    from google.protobuf import json_format
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        proto.ParseFromString(f.read())
+    defs = proto.meta_graphs[0].signature_def
+    return {
+        k: json_format.MessageToDict(
+            defs[k], preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
+        for k in sorted(defs)
+    }
+
+
+def load_servable(name: str, version: int, path: str) -> Servable:
+    """Load `path`'s `serving_default`, read its specs, and warm it up on zeros."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(path)
+    if SIGNATURE not in loaded.signatures:
+        raise ValueError(f"{path} has no {SIGNATURE!r} signature (has {sorted(loaded.signatures)})")
+    fn = loaded.signatures[SIGNATURE]
+    specs = fn.structured_input_signature[1]
+    inputs = {
+        k: TensorInfo(k, np.dtype(s.dtype.as_numpy_dtype), tuple(s.shape.as_list()))
+        for k, s in sorted(specs.items())
+    }
+    outputs = {
+        k: TensorInfo(k, np.dtype(s.dtype.as_numpy_dtype), tuple(s.shape.as_list()))
+        for k, s in sorted(fn.structured_outputs.items())
+    }
+    servable = Servable(name, version, path, inputs, outputs, _signature_defs_json(path), fn, loaded)
+    if all(d is not None for t in inputs.values() for d in t.shape[1:]):
+        servable.run({k: np.zeros((1, *t.shape[1:]), t.dtype) for k, t in inputs.items()})
+    return servable
