@@ -6,11 +6,13 @@ wraps, with slow gradients on TensorFlow); this module pads along one axis
 by concatenating slices, and blurs with two 1-D depthwise passes.
 
 On the TensorFlow backend a faster path with hand-written gradients is taken
-where the shapes are static (`layers/_tf_fast.py`, imported only then): the
-portable path's padded copies and their slicing gradients cost TensorFlow's
-CPU kernels 1.5-2x a DepthwiseConv2D. `tf_fast_path(False)` turns it off (the
-tests run both paths against the same NumPy references);
-`bench/bench_backends.py` prints both paths' speed.
+where the shapes are static (`layers/_tf_fast.py`, imported only then): on
+TensorFlow's CPU kernels the portable path's slices and their gradients cost
+BlurPool2D 13-27x a DepthwiseConv2D, the fast path 0.6-1.2x
+(bench/bench_backends.py, which prints both paths' ratios). On JAX the portable
+path is the fast one (0.1x a DepthwiseConv2D: XLA's CPU depthwise convolution
+is slow). `tf_fast_path(False)` turns the fast path off (the tests run both
+paths against the same NumPy references).
 """
 
 from __future__ import annotations
@@ -108,15 +110,9 @@ def _gather_pad(x, axis, before, after, mode):
     return ops.take(x, idx, axis=axis)
 
 
-def _pad_axis_portable(x, axis, before, after, mode):
-    """Plain differentiable ops (their autodiff gradient); see `pad_axis`."""
-    if mode == "zero":
-        pads = [(0, 0)] * len(x.shape)
-        pads[axis] = (before, after)
-        return ops.pad(x, pads)
+def _pad_concat(x, axis, before, after, mode):
+    """Circular or reflect padding of a static extent >= before + after + 2 as concatenated slices."""
     n = x.shape[axis]
-    if n is None or n < before + after + 2:
-        return _gather_pad(x, axis, before, after, mode)
     if mode == "circular":
         parts = [take(x, axis, n - before, n)] if before else []
         parts += [x] + ([take(x, axis, 0, after)] if after else [])
@@ -126,16 +122,47 @@ def _pad_axis_portable(x, axis, before, after, mode):
     return ops.concatenate(parts, axis=axis)
 
 
+def _pad_axis_portable(x, axis, before, after, mode):
+    """`pad_axis` in keras.ops: concatenated slices with a hand-written gradient (see `pad_axis`)."""
+    if mode == "zero":
+        pads = [(0, 0)] * len(x.shape)
+        pads[axis] = (before, after)
+        return ops.pad(x, pads)
+    n = x.shape[axis]
+    if n is None or n < before + after + 2:
+        return _gather_pad(x, axis, before, after, mode)
+
+    @ops.custom_gradient
+    def padded(x):
+        def grad(*args, upstream=None):
+            g = args[0] if upstream is None else upstream
+            center, head = take(g, axis, before, before + n), take(g, axis, 0, before)
+            tail = take(g, axis, before + n, before + n + after)
+            if mode == "circular":  # head came from the last rows, tail from the first
+                parts = [take(center, axis, 0, after) + tail, take(center, axis, after, n - before),
+                         take(center, axis, n - before, n) + head]
+            else:  # head row i (from the edge) came from row i, tail row j from row n-1-j
+                parts = [take(center, axis, 0, 1), take(center, axis, 1, before + 1) + ops.flip(head, axis),
+                         take(center, axis, before + 1, n - 1 - after),
+                         take(center, axis, n - 1 - after, n - 1) + ops.flip(tail, axis), take(center, axis, n - 1, n)]
+            return ops.concatenate([p for p in parts if p.shape[axis] != 0], axis=axis)
+
+        return _pad_concat(x, axis, before, after, mode), grad
+
+    return padded(x)
+
+
 def pad_axis(x, axis: int, before: int, after: int, mode: str):
     """Pad `x` along `axis` by (before, after) in `mode` (reflect, zero or circular).
 
-    Portable: concatenated slices, differentiated by the backend (gathering
-    indices for unknown sizes or pads near the size). A hand-written portable
-    gradient (`keras.ops.custom_gradient`, the adjoint as slices and adds) was
-    measured against it by bench/bench_backends.py: on JAX it was no faster
-    (XLA fuses the slices' gradients), so the plain ops stay. On TensorFlow the
-    `_tf_fast` version runs (its gradient skips TF's full-size StridedSliceGrad
-    per slice).
+    Portable: concatenated slices with a hand-written gradient
+    (`keras.ops.custom_gradient`: the adjoint as slices and adds), gathering
+    indices for unknown sizes or pads near the size. bench/bench_backends.py
+    times it against the backend's own gradient of the same slices: on JAX
+    (CPU, two runs on a busy machine) BlurPool2D with the backend's gradient
+    was 23-39% slower at k = 3 and 1-70% slower at k = 5 (e.g. 0.059 vs 0.082
+    of a DepthwiseConv2D at k = 3, reflect), beyond the 20% that would have
+    kept the plain ops. On TensorFlow the `_tf_fast` version runs.
     """
     if mode not in PAD_MODES:
         raise ValueError(f"padding mode must be one of {PAD_MODES}, got {mode!r}")
