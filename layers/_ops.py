@@ -110,6 +110,15 @@ def _gather_pad(x, axis, before, after, mode):
     return ops.take(x, idx, axis=axis)
 
 
+def _concrete_jax_array(x) -> bool:
+    """True for an eager (not traced) JAX array."""
+    if keras.backend.backend() != "jax":
+        return False
+    import jax  # the backend in use
+
+    return not isinstance(x, jax.core.Tracer)
+
+
 def _pad_concat(x, axis, before, after, mode):
     """Circular or reflect padding of a static extent >= before + after + 2 as concatenated slices."""
     n = x.shape[axis]
@@ -131,6 +140,9 @@ def _pad_axis_portable(x, axis, before, after, mode):
     n = x.shape[axis]
     if n is None or n < before + after + 2:
         return _gather_pad(x, axis, before, after, mode)
+    if _concrete_jax_array(x):
+        # Eager JAX computes no gradient (jax.grad traces), and a custom gradient is compiled anew per eager call.
+        return _pad_concat(x, axis, before, after, mode)
 
     @ops.custom_gradient
     def padded(x):
