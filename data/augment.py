@@ -26,6 +26,7 @@ Augmentation belongs to the training pipeline only, never to an exported model.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import keras
@@ -292,6 +293,22 @@ def _is_on(name: str, section: dict) -> bool:
     return settings(name, section).on
 
 
+@contextlib.contextmanager
+def _tensorflow_ops(layer):
+    """Keras' image layers compute with `layer.backend`, the Keras backend by default. The chain runs
+    in tf.data on TensorFlow tensors whatever the backend (JAX included), so their ops must be
+    TensorFlow's; their own `__call__` switches the same way inside a tf.data graph."""
+    backend = getattr(layer, "backend", None)
+    if backend is None or not hasattr(backend, "set_backend"):
+        yield
+        return
+    backend.set_backend("tensorflow")
+    try:
+        yield
+    finally:
+        backend.reset()
+
+
 @keras.saving.register_keras_serializable(package="invariant")
 class Augmentation(keras.layers.Layer):
     """The training augmentation chain: elastic warp, then scale, then rotation, then translation.
@@ -412,8 +429,9 @@ class Augmentation(keras.layers.Layer):
         for layer, section in ((self._rotation_layer, self.rotation), (self._translation_layer, self.translation)):
             if layer is None:
                 continue
-            t = layer.get_random_transformation(images, training=True, seed=seeds)
-            out = layer.transform_images(images, t, training=True)
+            with _tensorflow_ops(layer):
+                t = layer.get_random_transformation(images, training=True, seed=seeds)
+                out = layer.transform_images(images, t, training=True)
             images = self._with_probability(section["probability"], out, images, seeds)
         return tf.cast(tf.clip_by_value(images, 0.0, 1.0), self.compute_dtype)
 
@@ -469,10 +487,12 @@ def augment_dataset(ds: tf.data.Dataset, aug, seed: int | None = None, num_paral
         aug.build(tuple(spec.shape))
     seeds = tf.data.Dataset.random(seed=int(seed), rerandomize_each_iteration=True).batch(2, drop_remainder=True)
 
+    # `aug.call`, not `aug(...)`: the chain is TensorFlow ops on tf.data tensors, and Layer.__call__
+    # would convert them to the Keras backend's arrays (JAX's cannot hold a symbolic tf.Tensor).
     def apply(element, s):
         if isinstance(element, (tuple, list)):
-            return (aug(element[0], training=True, seed=s), *element[1:])
-        return aug(element, training=True, seed=s)
+            return (aug.call(element[0], training=True, seed=s), *element[1:])
+        return aug.call(element, training=True, seed=s)
 
     return tf.data.Dataset.zip((ds, seeds)).map(apply, num_parallel_calls=num_parallel_calls, deterministic=True)
 
@@ -505,7 +525,8 @@ def preview_rows(images, translation=None, rotation=None, elastic=None, seed: in
             continue
         only = {k: (dict(v, probability=1.0) if k == name else off[k]) for k, v in sections.items()}
         aug = build_augmentation(**only, seed=seed)
-        rows.append((_describe(name, sections[name]), np.asarray(aug(x, training=True, seed=[seed, 1]))))
+        first = next(iter(augment_dataset(tf.data.Dataset.from_tensors(x), aug, seed=seed + 1)))
+        rows.append((_describe(name, sections[name]), np.asarray(first)))
     chain = build_augmentation(**sections, seed=seed)
     if chain is None:
         rows.append(("full chain (all off)", x))

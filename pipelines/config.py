@@ -119,6 +119,7 @@ class TrainConfig:
     seed: int = 0
     mixed_precision: bool = False  # mixed_float16; useful on GPUs
     xla: bool = False  # jit_compile the train step
+    distribution: str = "auto"  # auto | none | mirrored | data_parallel (pipelines/distribute.py)
     run_dir: str | None = None  # default: runs/<name>-<timestamp>; an existing one resumes
     runs_root: str = "runs"
     verbose: str = "auto"  # Keras fit verbosity 0 | 1 | 2; auto: the bar on a terminal, one line per epoch otherwise
@@ -130,6 +131,7 @@ class TrainConfig:
         _check(self.weight_decay >= 0, f"{p}.weight_decay", self.weight_decay, "must be >= 0")
         _choice(f"{p}.lr_schedule", self.lr_schedule, ("constant", "cosine"))
         _choice(f"{p}.verbose", self.verbose, ("auto", "0", "1", "2"))
+        _choice(f"{p}.distribution", self.distribution, ("auto", "none", "mirrored", "data_parallel"))
 
 
 @dataclass

@@ -97,13 +97,23 @@ class Evaluation:
 
 
 def keras_predictor(model, batch_size: int = 256):
-    """Class ids of a Keras model (float images in [0, 1] -> logits)."""
+    """Class ids of a Keras model (float images in [0, 1] -> logits), on any Keras backend."""
+    import keras
 
-    import tensorflow as tf
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
 
-    # One traced function over fixed-size batches (the last one zero-padded):
-    # `model.predict` would retrace for every new input size and warn about it.
-    call = tf.function(lambda x: tf.argmax(model(x, training=False), axis=-1))
+        # One traced function over fixed-size batches (the last one zero-padded):
+        # `model.predict` would retrace for every new input size and warn about it.
+        traced = tf.function(lambda x: tf.argmax(model(x, training=False), axis=-1))
+
+        def call(b):
+            return traced(tf.constant(b)).numpy()
+
+    else:
+
+        def call(b):
+            return np.argmax(np.asarray(model.predict_on_batch(b)), axis=-1)
 
     def predict(images):
         x = np.asarray(images, np.float32)
@@ -113,7 +123,7 @@ def keras_predictor(model, batch_size: int = 256):
             n = len(b)
             if n < batch_size:
                 b = np.concatenate([b, np.zeros((batch_size - n,) + b.shape[1:], np.float32)])
-            out.append(call(tf.constant(b)).numpy()[:n])
+            out.append(call(b)[:n])
         return np.concatenate(out) if out else np.zeros((0,), np.int64)
 
     return predict

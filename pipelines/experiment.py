@@ -112,15 +112,51 @@ def build_augmentation(cfg: Config):
     return build(**cfg.augment.sections(), seed=cfg.train.seed)
 
 
-def make_datasets(cfg: Config, splits, augment=None):
-    """(train, validation, test) batched datasets; shuffle and augmentation seeded by `train.seed`."""
+def make_datasets(cfg: Config, splits, augment=None, shard: tuple[int, int] = (1, 0)):
+    """(train, validation, test) batched datasets; shuffle and augmentation seeded by `train.seed`.
+
+    `shard=(processes, process id)`: this process's part of a data-parallel
+    step. The global batch stays `data.batch_size`; each process reads every
+    `processes`-th image (disjoint shards that together are the split) in
+    batches of `data.batch_size / processes`. Training drops the last partial
+    global batch, so every process runs the same number of steps; validation
+    pads its shards with zero-weight images instead, so its metrics (weighted,
+    see `compile_model`) cover the whole split once.
+    """
+    from data.pipeline import make_dataset
     from data.pipeline import make_datasets as make
 
-    return make(splits, cfg.data.batch_size, seed=cfg.train.seed, augment=augment)
+    n, i = shard
+    if n == 1:
+        return make(splits, cfg.data.batch_size, seed=cfg.train.seed, augment=augment)
+    import numpy as np
+    import tensorflow as tf
+
+    per = cfg.data.batch_size // n
+    x, y = splits.train
+    keep = len(x) // cfg.data.batch_size * cfg.data.batch_size
+    if keep == 0:
+        raise ValueError(f"data.batch_size={cfg.data.batch_size} exceeds the {len(x)} training images")
+    train = make_dataset(x[i:keep:n], y[i:keep:n], per, training=True, seed=cfg.train.seed, augment=augment)
+
+    def padded(split):
+        xs, ys = split
+        total = -(-len(xs) // cfg.data.batch_size) * cfg.data.batch_size
+        pad = total - len(xs)
+        xs = np.concatenate([xs, np.zeros((pad,) + xs.shape[1:], xs.dtype)])
+        ys = np.concatenate([ys, np.zeros((pad,), ys.dtype)])
+        w = np.concatenate([np.ones(total - pad, np.float32), np.zeros(pad, np.float32)])
+        ds = tf.data.Dataset.from_tensor_slices((xs[i::n], ys[i::n], w[i::n]))
+        return ds.map(lambda a, b, c: (tf.cast(a, tf.float32) / 255.0, b, c)).batch(per).prefetch(2)
+
+    return train, padded(splits.validation), padded(splits.test)
 
 
-def steps_per_epoch(cfg: Config, splits) -> int:
-    return max(1, math.ceil(len(splits.train[0]) / cfg.data.batch_size))
+def steps_per_epoch(cfg: Config, splits, processes: int = 1) -> int:
+    n = len(splits.train[0])
+    if processes > 1:  # make_datasets drops the last partial global batch
+        return max(1, n // cfg.data.batch_size)
+    return max(1, math.ceil(n / cfg.data.batch_size))
 
 
 def make_optimizer(cfg: Config, steps: int):
@@ -147,10 +183,12 @@ def build_model(cfg: Config, image_shape, num_classes: int):
 def compile_model(model, cfg: Config, steps: int):
     import keras
 
+    # Accuracy as a weighted metric: identical without sample weights, and exact over a split whose
+    # shards were padded with zero-weight images (make_datasets across processes).
     model.compile(
         optimizer=make_optimizer(cfg, steps),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight"),
+        weighted_metrics=["accuracy"],
         jit_compile=cfg.train.xla,
     )
     return model
@@ -209,4 +247,7 @@ def check_model_builds(cfg: Config, splits) -> None:
             f"{tuple(splits.image_shape)} and {splits.num_classes} classes: {first}"
         ) from None
     finally:
+        placed = keras.distribution.distribution()  # clear_session forgets the distribution too
         keras.backend.clear_session()
+        if placed is not None:
+            keras.distribution.set_distribution(placed)

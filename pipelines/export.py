@@ -146,9 +146,17 @@ def _write_savedmodel(infer: keras.Model, path: str) -> None:
     archive = keras.export.ExportArchive()
     archive.track(infer)
 
-    def serve(image):
-        probs = infer(tf.cast(image, tf.float32), training=False)
-        return {"probabilities": probs, "class_id": tf.argmax(probs, axis=-1)}
+    if keras.backend.backend() == "tensorflow":
+
+        def serve(image):
+            probs = infer(tf.cast(image, tf.float32), training=False)
+            return {"probabilities": probs, "class_id": tf.argmax(probs, axis=-1)}
+
+    else:  # Keras converts the endpoint with jax2tf: keras.ops only (class_id is int32 there)
+
+        def serve(image):
+            probs = infer(keras.ops.cast(image, "float32"), training=False)
+            return {"probabilities": probs, "class_id": keras.ops.argmax(probs, axis=-1)}
 
     archive.add_endpoint(
         name="serving_default",

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 
-from pipelines import experiment, rundir
+from pipelines import distribute, experiment, rundir
 from pipelines.cli import config_parser, interrupt_on_sigterm, run_main
 from pipelines.config import Config, load_config
 from pipelines.errors import UserError
@@ -47,26 +48,56 @@ class TrainResult:
 def run(cfg: Config, callbacks=()) -> TrainResult:
     """Train, test, evaluate, log and export the experiment `cfg`. `callbacks` are extra Keras callbacks."""
     import keras
-    import mlflow
-    from mlflow.exceptions import MlflowException
 
     from pipelines import tracking
 
-    print(f"Devices: {experiment.describe_devices()}")
+    # First: joining the other processes must come before any computation (pipelines/distribute.py).
+    placement = distribute.setup(cfg.train.distribution, cfg.data.batch_size)
+    if placement.multi_process and not cfg.train.run_dir:
+        raise UserError("training across processes needs train.run_dir=<a folder every process shares> "
+                        "(the same on every host), where the chief keeps the run and the checkpoints")
+    print(f"Devices: {experiment.describe_devices()}; training on {placement.describe()}")
     keras.utils.set_random_seed(cfg.train.seed)
     # Before the run directory and the MLflow run: a bad source, store or model leaves nothing behind.
     splits = experiment.load_data(cfg)
     experiment.check_model_builds(cfg, splits)
+    if not placement.is_chief:
+        return _run_worker(cfg, splits, placement, callbacks)
     uri = tracking.setup(cfg.tracking.uri, cfg.experiment_name)
     run_dir, state, lock, orphans = rundir.open_run_dir(cfg)
     try:
         rundir.mark_orphans_killed(orphans)
-        return _run_locked(cfg, splits, uri, run_dir, state, callbacks)
+        return _run_locked(cfg, splits, uri, run_dir, state, callbacks, placement)
     finally:
         lock.release()
 
 
-def _run_locked(cfg: Config, splits, uri: str, run_dir: str, state: dict, callbacks) -> TrainResult:
+def _run_worker(cfg: Config, splits, placement, callbacks) -> TrainResult:
+    """A process other than the chief: its share of each step, nothing logged, writes only in its scratch folder
+    (its checkpoints, and its final weights, which are the chief's: `final_weights.npz`)."""
+    import numpy as np
+
+    run_dir = cfg.train.run_dir
+    scratch = distribute.scratch_dir(run_dir, placement)
+    if not rundir.read_state(run_dir).get("trained"):  # the chief skips the fit of a trained run too
+        # Every process restarts from the same checkpoint: the chief's (its own may lag an epoch).
+        chief_backup, own_backup = os.path.join(run_dir, "backup"), os.path.join(scratch, "backup")
+        shutil.rmtree(own_backup, ignore_errors=True)
+        if os.path.isdir(chief_backup):
+            shutil.copytree(chief_backup, own_backup)
+        augment = experiment.build_augmentation(cfg)
+        shard = (placement.num_processes, placement.process_id)
+        train_ds, val_ds, _ = experiment.make_datasets(cfg, splits, augment, shard)
+        steps = experiment.steps_per_epoch(cfg, splits, placement.num_processes)
+        model = _fit(cfg, splits, train_ds, val_ds, steps, None, scratch, callbacks, placement)
+        weights = model.get_weights()  # the chief gathers the weights here: the same step in every process
+        np.savez(os.path.join(scratch, "final_weights.npz"), **{f"w{i}": w for i, w in enumerate(weights)})
+    distribute.leave(placement)
+    print(f"Process {placement.process_id}: done (the chief, process 0, tests, logs and exports)")
+    return TrainResult("", "", run_dir, None, float("nan"), float("nan"))
+
+
+def _run_locked(cfg: Config, splits, uri: str, run_dir: str, state: dict, callbacks, placement) -> TrainResult:
     import keras
     import mlflow
     import numpy as np
@@ -79,8 +110,10 @@ def _run_locked(cfg: Config, splits, uri: str, run_dir: str, state: dict, callba
         f"test {len(splits.test[0])} images of shape {splits.image_shape}, {splits.num_classes} classes"
     )
     augment = experiment.build_augmentation(cfg)
-    train_ds, val_ds, test_ds = experiment.make_datasets(cfg, splits, augment)
-    steps = experiment.steps_per_epoch(cfg, splits)
+    shard = (placement.num_processes, placement.process_id)
+    train_ds, val_ds, _ = experiment.make_datasets(cfg, splits, augment, shard)
+    test_ds = experiment.make_datasets(cfg, splits)[2]  # the chief tests alone, on the whole split
+    steps = experiment.steps_per_epoch(cfg, splits, placement.num_processes)
 
     run_id = state.get("mlflow_run_id")
     resumed = run_id is not None
@@ -107,13 +140,20 @@ def _run_locked(cfg: Config, splits, uri: str, run_dir: str, state: dict, callba
 
         model_path = os.path.join(run_dir, "model.keras")
         if state.get("trained") and os.path.isfile(model_path):
+            distribute.leave(placement)
             print(f"Training had finished; loading {model_path}")
             model = experiment.load_keras_model(model_path)
-            experiment.compile_model(model, cfg, steps)
         else:
-            model = _fit(cfg, splits, train_ds, val_ds, steps, run_id, run_dir, callbacks)
+            model = _fit(cfg, splits, train_ds, val_ds, steps, run_id, run_dir, callbacks, placement)
+            if placement.kind == "data_parallel":  # the weights back on this process's devices alone
+                weights = model.get_weights()
+                distribute.leave(placement)
+                with experiment.precision(cfg):
+                    model = experiment.build_model(cfg, splits.image_shape, splits.num_classes)
+                model.set_weights(weights)
             model.save(model_path)
             state = rundir.write_state(run_dir, trained=True)
+        experiment.compile_model(model, cfg, steps)
 
         # Each step after training records itself in state.json, so that a run resumed after a
         # crash in a later step neither logs its test metrics, model or evaluation twice nor exports again.
@@ -156,24 +196,27 @@ def _run_locked(cfg: Config, splits, uri: str, run_dir: str, state: dict, callba
     return TrainResult(run_id, uri, run_dir, export_path, float(test_acc), float(test_loss), refused)
 
 
-def _fit(cfg: Config, splits, train_ds, val_ds, steps: int, run_id: str, run_dir: str, callbacks):
+def _fit(cfg: Config, splits, train_ds, val_ds, steps: int, run_id: str | None, out_dir: str, callbacks, placement):
+    """Build, compile and fit the model under `placement`; the MLflow epoch log only where `run_id` is given."""
     import keras
     import numpy as np
 
     from pipelines import tracking
 
-    with experiment.precision(cfg), experiment.distribution_strategy().scope():
+    with experiment.precision(cfg), placement.scope():
         model = experiment.build_model(cfg, splits.image_shape, splits.num_classes)
         experiment.compile_model(model, cfg, steps)
-        print(f"Model {cfg.model.name}: {model.count_params():,} parameters")
+        if placement.is_chief:
+            print(f"Model {cfg.model.name}: {model.count_params():,} parameters")
         fit_callbacks = [
-            tracking.MLflowEpochLogger(run_id),
-            keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup")),
+            *([tracking.MLflowEpochLogger(run_id)] if run_id else []),
+            keras.callbacks.BackupAndRestore(os.path.join(out_dir, "backup")),
             keras.callbacks.TerminateOnNaN(),
             *callbacks,
         ]
+        verbose = experiment.fit_verbosity(cfg) if placement.is_chief else 0
         history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.train.epochs,
-                            callbacks=fit_callbacks, verbose=experiment.fit_verbosity(cfg), shuffle=False)
+                            callbacks=fit_callbacks, verbose=verbose, shuffle=False)
     losses = history.history.get("loss", [])
     if losses and not all(np.isfinite(losses)):
         raise TrainingDivergedError(f"loss became {losses[-1]} in epoch {len(losses)}; training stopped "
@@ -224,8 +267,13 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
+    processes, process_id = distribute.process_env()
+    if processes > 1 and os.environ.get(distribute.ENV_SUPERVISED) != "1":
+        return distribute.supervise(sys.argv[1:] if argv is None else list(argv), cfg, process_id)
     interrupt_on_sigterm()
     result = run(cfg)
+    if not result.run_id:  # a process other than the chief
+        return 0
     print()
     print(f"MLflow run id:   {result.run_id}")
     print(f"Tracking store:  {result.tracking_uri}   (browse it with `make ui`)")

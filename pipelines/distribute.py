@@ -1,0 +1,232 @@
+"""Where training runs: one device, the local devices, or several processes and hosts.
+
+`train.distribution`:
+
+- `none`: the default device.
+- `mirrored`: `tf.distribute.MirroredStrategy` over the local GPUs (or, with
+  none, the local logical CPUs); TensorFlow backend.
+- `data_parallel`: `keras.distribution.DataParallel` over every device of
+  every process; JAX backend.
+- `auto` (default): `none` on one device; `mirrored` (TensorFlow) or
+  `data_parallel` (JAX) over several local GPUs; `data_parallel` when the
+  process is told it is one of several.
+
+Across processes and hosts this uses Keras' own interface, not a home-made
+one: every host runs the same `make train` with
+`KERAS_DISTRIBUTION_JOB_ADDRESSES` (host:port of every process, the first is
+the coordinator), `KERAS_DISTRIBUTION_NUM_PROCESSES` and its own
+`KERAS_DISTRIBUTION_PROCESS_ID`; `keras.distribution.initialize()` reads them.
+Only the JAX backend can: Keras 3.15's `fit` under TensorFlow's
+`MultiWorkerMirroredStrategy` fails (keras-team/keras#20585: the first batch's
+concat across workers raises `PerReplica ... to a Tensor`, then the scalar
+loss reduction `Invalid reduction dimension 0`), and Ray Train's
+TensorflowTrainer uses that strategy.
+
+The global batch is `data.batch_size`; each process reads its shard of the
+data (`data.batch_size / processes` images per step). Process 0, the chief,
+is the only one that talks to MLflow, writes the run state, the export and the
+evaluation; the others write only under `<run_dir>/scratch/process-<id>/`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+
+from pipelines.errors import UserError
+
+ENV_ADDRESSES = "KERAS_DISTRIBUTION_JOB_ADDRESSES"
+ENV_PROCESSES = "KERAS_DISTRIBUTION_NUM_PROCESSES"
+ENV_PROCESS_ID = "KERAS_DISTRIBUTION_PROCESS_ID"
+ENV_SUPERVISED = "INVARIANT_NETS_SUPERVISED"
+# JAX's defaults, which keras.distribution.initialize() keeps: the processes must all join within
+# INIT_TIMEOUT_S; a process whose heartbeat stops for HEARTBEAT_TIMEOUT_S is declared dead and the
+# others are stopped (a peer killed mid-step usually fails their collective at once instead).
+INIT_TIMEOUT_S = 300
+HEARTBEAT_TIMEOUT_S = 100
+
+
+@dataclass
+class Placement:
+    """What `setup` decided: the kind, this process's place, and how to enter it."""
+
+    kind: str  # none | mirrored | data_parallel
+    num_processes: int = 1
+    process_id: int = 0
+    devices: list = field(default_factory=list)
+    strategy: object = None  # the tf.distribute strategy of `mirrored`
+
+    @property
+    def is_chief(self) -> bool:
+        return self.process_id == 0
+
+    @property
+    def multi_process(self) -> bool:
+        return self.num_processes > 1
+
+    def scope(self):
+        """Where models are built and compiled (the strategy's scope for `mirrored`)."""
+        return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
+
+    def describe(self) -> str:
+        if self.kind == "none":
+            return "one device"
+        where = f"process {self.process_id} of {self.num_processes}, " if self.multi_process else ""
+        return f"{self.kind} over {len(self.devices)} device(s) ({where}{', '.join(map(str, self.devices))})"
+
+
+def process_env() -> tuple[int, int]:
+    """(number of processes, this process's id) from Keras' environment variables; (1, 0) when unset."""
+    raw_n, raw_id = os.environ.get(ENV_PROCESSES), os.environ.get(ENV_PROCESS_ID)
+    if raw_n is None:
+        return 1, 0
+    try:
+        n, pid = int(raw_n), int(raw_id if raw_id is not None else "x")
+    except ValueError:
+        raise UserError(f"{ENV_PROCESSES}={raw_n!r} and {ENV_PROCESS_ID}={raw_id!r} must both be integers") from None
+    if n < 1 or not 0 <= pid < n:
+        raise UserError(f"{ENV_PROCESS_ID}={pid} must lie in [0, {ENV_PROCESSES}={n})")
+    if n > 1 and not os.environ.get(ENV_ADDRESSES):
+        raise UserError(f"{ENV_PROCESSES}={n} needs {ENV_ADDRESSES}: host:port of every process, coordinator first")
+    return n, pid
+
+
+def check(kind: str, backend: str, batch_size: int) -> tuple[int, int]:
+    """Refuse impossible combinations before anything runs; return (processes, process id)."""
+    n, pid = process_env()
+    if n > 1 and backend != "jax":
+        raise UserError(
+            f"training across {n} processes needs KERAS_BACKEND=jax: Keras 3.15's fit under TensorFlow's "
+            "MultiWorkerMirroredStrategy fails (keras-team/keras#20585), keras.distribution.DataParallel on JAX works"
+        )
+    if kind == "data_parallel" and backend != "jax":
+        raise UserError("train.distribution=data_parallel needs KERAS_BACKEND=jax (keras.distribution is JAX-only)")
+    if kind == "mirrored" and backend != "tensorflow":
+        raise UserError(f"train.distribution=mirrored is TensorFlow's MirroredStrategy; with KERAS_BACKEND={backend} "
+                        "use data_parallel (or auto)")
+    if kind in ("none", "mirrored") and n > 1:
+        raise UserError(f"train.distribution={kind} runs in one process, but {ENV_PROCESSES}={n}")
+    if batch_size % n:
+        raise UserError(f"data.batch_size={batch_size} must divide evenly among the {n} processes")
+    return n, pid
+
+
+def setup(kind: str, batch_size: int) -> Placement:
+    """Decide and enter the placement of `train.distribution=kind` (call once per process, before any model)."""
+    import keras
+
+    backend = keras.backend.backend()
+    n, pid = check(kind, backend, batch_size)
+    if n > 1:
+        keras.distribution.initialize()
+    if backend == "jax":
+        import jax
+
+        devices = jax.devices()
+        if kind == "data_parallel" or (kind == "auto" and len(devices) > 1):
+            # make_datasets shards per process already (and pads validation): no second sharding by Keras.
+            keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False))
+            return Placement("data_parallel", n, pid, devices)
+        return Placement("none")
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    if kind == "mirrored" or (kind == "auto" and len(gpus) > 1):
+        devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+        return Placement("mirrored", 1, 0, devices, tf.distribute.MirroredStrategy(devices))
+    return Placement("none")
+
+
+def leave(placement: Placement) -> None:
+    """Back to one device in one process, at the same point in every process (after the fit).
+
+    Across processes this is `jax.distributed.shutdown()`, a barrier every
+    process reaches; the chief then tests, evaluates and exports on its own
+    devices while the others have exited.
+    """
+    import keras
+
+    if placement.multi_process:
+        import jax
+
+        jax.distributed.shutdown()
+    if placement.kind == "data_parallel":
+        keras.distribution.set_distribution(None)
+
+
+def scratch_dir(run_dir: str, placement: Placement) -> str:
+    """Where a process writes: the run directory for the chief, `scratch/process-<id>` for the others."""
+    if placement.is_chief:
+        return run_dir
+    path = os.path.join(run_dir, "scratch", f"process-{placement.process_id}")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def supervise(argv: list[str], cfg, process_id: int) -> int:
+    """Run this process's training as a child and stand by to record how it ended.
+
+    When a peer dies, JAX's coordination service ends the survivors with a
+    fatal abort (no Python `finally` runs), so a process cannot mark its own
+    MLflow run FAILED. The supervisor can: on the chief (process 0) it marks
+    the run FAILED with the reason and prints one `error:` line; the same
+    command on every host then resumes from the last checkpoint.
+    """
+    import signal
+    import subprocess
+    import sys
+
+    if not cfg.train.run_dir:
+        raise UserError("training across processes needs train.run_dir=<a folder every process shares> "
+                        "(the same on every host), where the chief keeps the run and the checkpoints")
+    env = dict(os.environ, **{ENV_SUPERVISED: "1"})
+    child = subprocess.Popen([sys.executable, "-m", "pipelines.train", *argv], env=env)
+
+    def forward(signum, frame):
+        child.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    code = child.wait()
+    if code in (0, 2, 130):  # done, a user error or an interrupt: the child said so itself
+        return code
+    how = f"signal {-code}" if code < 0 else f"exit code {code}"
+    why = (f"training process {process_id} ended abnormally ({how}): a peer process died or stopped answering "
+           f"(declared dead after {HEARTBEAT_TIMEOUT_S} s without a heartbeat, or at once when its connection closed)")
+    if process_id == 0:
+        why += _mark_failed(cfg.train.run_dir, why)
+    print(f"error: {why}; run the same command on every host again to resume from the last checkpoint",
+          file=sys.stderr)
+    return 1
+
+
+def _mark_failed(run_dir: str, why: str) -> str:
+    """Mark the MLflow run of `run_dir` FAILED if it is still RUNNING; return a note for the message."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from pipelines import rundir, tracking
+
+    run_id = rundir.read_state(run_dir).get("mlflow_run_id")
+    if not run_id:
+        return ""
+    try:
+        tracking.quiet_mlflow()
+        client = mlflow.MlflowClient(tracking.tracking_uri(_configured_uri(run_dir)))
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_tag(run_id, "failure", why[:4000])
+            client.set_terminated(run_id, status="FAILED")
+        return f"; MLflow run {run_id} marked FAILED"
+    except MlflowException:
+        return ""
+
+
+def _configured_uri(run_dir: str) -> str | None:
+    import yaml
+
+    try:
+        with open(os.path.join(run_dir, "config.yaml")) as fh:
+            return (yaml.safe_load(fh).get("tracking") or {}).get("uri")
+    except (OSError, ValueError, AttributeError):
+        return None

@@ -1,0 +1,184 @@
+"""Training beyond one process: `make train` on two local processes (JAX DataParallel), a killed
+peer, and MirroredStrategy over two logical CPUs. Each process is a real `python -m pipelines.train`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import mlflow
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _args(tmp_path, run_dir, *extra):
+    return [
+        "--config", os.path.join(ROOT, "pipelines", "configs", "default.yaml"),
+        "name=dist", "data.synthetic.train_size=480", "data.synthetic.test_size=60", "data.batch_size=32",
+        f"data.cache_dir={tmp_path / 'cache'}", "model.params.filters=[4]", "model.params.dense_units=8",
+        "train.epochs=2", "train.verbose=0", f"train.run_dir={run_dir}", "train.lr_schedule=constant",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", f"export.dir={tmp_path / 'exports'}",
+        "evaluate.enabled=false", "augment.translation.max=0", "augment.rotation.max_degrees=0",
+        "augment.elastic.alpha=0", *extra,
+    ]
+
+
+def _launch(tmp_path, run_dir, n=2, extra=(), backend="jax"):
+    addresses = ",".join(f"127.0.0.1:{p}" for p in _ports(n))
+    procs = []
+    for i in range(n):
+        env = dict(os.environ, KERAS_BACKEND=backend, KERAS_DISTRIBUTION_JOB_ADDRESSES=addresses,
+                   KERAS_DISTRIBUTION_NUM_PROCESSES=str(n), KERAS_DISTRIBUTION_PROCESS_ID=str(i),
+                   PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+        log = open(tmp_path / f"process{i}.log", "w")
+        procs.append(subprocess.Popen([sys.executable, "-m", "pipelines.train", *_args(tmp_path, run_dir, *extra)],
+                                      cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+    return procs
+
+
+def _wait(procs, timeout):
+    deadline = time.monotonic() + timeout
+    codes = []
+    for p in procs:
+        try:
+            codes.append(p.wait(max(1, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+    return codes
+
+
+@pytest.mark.slow
+def test_two_processes_train_one_run_with_identical_weights_like_one_process(tmp_path):
+    run_dir = tmp_path / "runs" / "two"
+    procs = _launch(tmp_path, run_dir)
+    codes = _wait(procs, 600)
+    logs = [(tmp_path / f"process{i}.log").read_text() for i in range(2)]
+    assert codes == [0, 0], logs
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs(client.get_experiment_by_name("dist").experiment_id)  # one MLflow run
+    assert run.info.status == "FINISHED"
+    two = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)]
+    assert len(two) == 2
+    assert sorted(os.listdir(tmp_path / "exports" / "dist")) == ["1"]  # one export
+    assert sorted(os.listdir(run_dir / "scratch")) == ["process-1"]  # the worker wrote only there
+
+    import keras
+
+    chief = keras.saving.load_model(run_dir / "model.keras", compile=False).get_weights()
+    with np.load(run_dir / "scratch" / "process-1" / "final_weights.npz") as f:
+        worker = [f[f"w{i}"] for i in range(len(f.files))]
+    assert len(chief) == len(worker)
+    for a, b in zip(chief, worker):
+        np.testing.assert_array_equal(a, b)  # the processes ended with the same weights
+
+    # One process, the same global batch and seed: a close loss curve.
+    env = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    single = subprocess.run([sys.executable, "-m", "pipelines.train",
+                             *_args(tmp_path, tmp_path / "runs" / "one", "name=single", "export.enabled=false")],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    (one_run,) = client.search_runs(client.get_experiment_by_name("single").experiment_id)
+    one = [m.value for m in sorted(client.get_metric_history(one_run.info.run_id, "loss"), key=lambda m: m.step)]
+    np.testing.assert_allclose(two, one, rtol=0.1)
+
+
+@pytest.mark.slow
+def test_a_killed_peer_ends_the_other_within_the_timeout_and_both_resume(tmp_path):
+    from pipelines.distribute import HEARTBEAT_TIMEOUT_S
+
+    run_dir = tmp_path / "runs" / "killed"
+    extra = ("train.epochs=3", "data.synthetic.train_size=1920", "data.batch_size=16")
+    procs = _launch(tmp_path, run_dir, extra=extra)
+    backup = run_dir / "backup"
+    deadline = time.monotonic() + 400
+    while not backup.exists():  # the chief's checkpoint of its first finished epoch
+        assert all(p.poll() is None for p in procs), [(tmp_path / f"process{i}.log").read_text() for i in range(2)]
+        assert time.monotonic() < deadline, "no epoch finished"
+        time.sleep(0.3)
+    children = subprocess.run(["pgrep", "-P", str(procs[1].pid)], capture_output=True, text=True).stdout.split()
+    for pid in children:  # kill -9 the worker's training process mid-epoch (its supervisor sees it die)
+        os.kill(int(pid), signal.SIGKILL)
+    killed_at = time.monotonic()
+    codes = _wait(procs, HEARTBEAT_TIMEOUT_S + 120)
+    assert time.monotonic() - killed_at < HEARTBEAT_TIMEOUT_S + 60
+    assert codes[0] != 0
+    chief_log = (tmp_path / "process0.log").read_text()
+    assert "error: training process 0 ended abnormally" in chief_log or "error:" in chief_log, chief_log
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs(client.get_experiment_by_name("dist").experiment_id)
+    assert run.info.status == "FAILED"
+
+    procs = _launch(tmp_path, run_dir, extra=extra)  # the same command on both again
+    codes = _wait(procs, 600)
+    assert codes == [0, 0], [(tmp_path / f"process{i}.log").read_text()[-3000:] for i in range(2)]
+    (again,) = client.search_runs(client.get_experiment_by_name("dist").experiment_id)
+    assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == [0, 1, 2]
+
+
+def test_several_processes_on_the_tensorflow_backend_are_one_clear_error(tmp_path):
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", KERAS_DISTRIBUTION_JOB_ADDRESSES="127.0.0.1:1,127.0.0.1:2",
+               KERAS_DISTRIBUTION_NUM_PROCESSES="2", KERAS_DISTRIBUTION_PROCESS_ID="0", PYTHONPATH=ROOT,
+               TF_CPP_MIN_LOG_LEVEL="2", INVARIANT_NETS_SUPERVISED="1")
+    out = subprocess.run([sys.executable, "-m", "pipelines.train", *_args(tmp_path, tmp_path / "runs" / "tf")],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "KERAS_BACKEND=jax" in errors[0] and "20585" in errors[0]
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+MIRRORED = """
+import sys, json, pathlib
+sys.path.insert(0, {root!r})
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from pipelines.config import load_config
+from pipelines.train import run
+import mlflow
+out = {{}}
+for kind in ("none", "mirrored"):
+    args = {args!r} + [f"train.distribution={{kind}}", f"train.run_dir={tmp}/runs/{{kind}}", f"name=m{{kind}}"]
+    cfg = load_config(args[1], args[2:])
+    r = run(cfg)
+    c = mlflow.MlflowClient(r.tracking_uri)
+    out[kind] = [m.value for m in sorted(c.get_metric_history(r.run_id, "loss"), key=lambda m: m.step)]
+    out[kind + "_acc"] = r.test_accuracy
+print("RESULT", json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_mirrored_over_two_logical_cpus_matches_one_device(tmp_path):
+    args = _args(tmp_path, "unused", "export.enabled=false")
+    script = tmp_path / "mirrored.py"
+    script.write_text(MIRRORED.format(root=ROOT, args=args, tmp=str(tmp_path)))
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    out = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    import json
+
+    result = json.loads(out.stdout.split("RESULT", 1)[1])
+    assert "mirrored over 2 device(s)" in out.stdout
+    np.testing.assert_allclose(result["mirrored"], result["none"], rtol=1e-3)
