@@ -214,7 +214,8 @@ def main():
                   f"(goal >= -0.5): {'met' if gain >= 3 and loss <= 0.5 else 'NOT met'}")
         if "aps_circular" in by:
             c = by["aps_circular"]["circular consistency %"]
-            print(f"{dataset}: aps_circular circular consistency {c:.2f}% (goal 100): {'met' if c == 100 else 'NOT met'}")
+            verdict = "met" if c == 100 else "NOT met"
+            print(f"{dataset}: aps_circular circular consistency {c:.2f}% (goal 100): {verdict}")
 
 
 if __name__ == "__main__":

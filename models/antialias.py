@@ -133,8 +133,8 @@ def downsample(x, *, method: str, blur_size: int, strides: int = 2, padding: str
     to `zero` on maps too small to reflect. Shared by `antialias` and the builders.
     """
     if method == "blur":
-        return BlurPool2D(blur_size, strides, padding=_blur_padding(x.shape[1:3], blur_size, padding), name=name,
-                          dtype=dtype)(x)
+        return BlurPool2D(blur_size=blur_size, strides=strides, padding=_blur_padding(x.shape[1:3], blur_size, padding),
+                          name=name, dtype=dtype)(x)
     if method == "aps":
         if strides != 2:
             raise ValueError(f"adaptive polyphase sampling downsamples by 2 only, got strides {strides!r} at {name!r}")
@@ -142,7 +142,7 @@ def downsample(x, *, method: str, blur_size: int, strides: int = 2, padding: str
         odd = (int(h is not None and h % 2), int(w is not None and w % 2))
         if any(odd):
             x = layers.ZeroPadding2D(((0, odd[0]), (0, odd[1])), name=f"{name}_even", dtype=dtype)(x)
-        return AdaptivePolyphaseSampling2D(blur_size, padding=padding, name=name, dtype=dtype)(x)
+        return AdaptivePolyphaseSampling2D(blur_size=blur_size, padding=padding, name=name, dtype=dtype)(x)
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
 
@@ -178,7 +178,7 @@ class _Rewriter:
                       stacklevel=3)
 
     def claim(self, name: str) -> str:
-        """The name for a layer replacing the original `name`: that name once, fresh ones for a shared layer's other calls."""
+        """The name of a layer replacing the original `name`: that name once, then fresh ones (a shared layer)."""
         if name in self.claimed:
             return self.fresh_name(name)
         self.claimed.add(name)
@@ -379,16 +379,16 @@ class _Rewriter:
                 and padding == "valid" and self.blur_size < 7 \
                 and all(n is not None and n % 2 == 0 for n in source.shape[1:3]):
             # box(2) (x) binomial(b) = binomial(b + 1): one BlurPool2D, exactly the average pool for b = 1
-            n = BlurPool2D(self.blur_size + 1, 2,
+            n = BlurPool2D(blur_size=self.blur_size + 1, strides=2,
                            padding=_blur_padding(source.shape[1:3], self.blur_size + 1, "reflect"),
                            name=self.claim(base), dtype=dtype)  # replaces the layer: its name
             return n(x)
         if isinstance(op, layers.MaxPooling2D) and self.method == "blur" and kernel == (2, 2) and stride == 2 \
                 and padding == "valid":
-            y = MaxBlurPool2D(self.blur_size, 2, padding=_blur_padding([None if s is None else s - 1 for s in
-                                                                        source.shape[1:3]], self.blur_size, "reflect"),
-                              name=self.claim(base), dtype=dtype)(x)  # replaces the layer: its name
-            return y
+            sizes = [None if s is None else s - 1 for s in source.shape[1:3]]  # after the 2x2 max at stride 1
+            return MaxBlurPool2D(blur_size=self.blur_size, strides=2,
+                                 padding=_blur_padding(sizes, self.blur_size, "reflect"),
+                                 name=self.claim(base), dtype=dtype)(x)  # replaces the layer: its name
         full = self.copy(op, strides=(1, 1))(*args, **kwargs)
         if isinstance(op, _POOLS):
             return step(full)  # Zhang's MaxBlurPool / BlurPool: the step right after the dense pool

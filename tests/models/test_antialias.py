@@ -16,7 +16,8 @@ from keras import layers
 
 import models
 from models.antialias import same_offset
-from tests.models.antialias_checks import assert_rewritten, assert_same_outputs, randomize_batch_norms, strided, walk
+from tests.models.antialias_checks import (TF_ONLY, assert_rewritten, assert_same_outputs, randomize_batch_norms,
+                                           strided, walk)
 
 RNG = np.random.default_rng(0)
 
@@ -141,6 +142,7 @@ def test_hnet_pooling_takes_its_own_blur():
 # ----------------------------------------------------------------------------- saving
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the SavedModel export is TensorFlow's")
 def test_keras_save_reload_and_savedmodel_export(toy_model, tmp_path):
     import tensorflow as tf
 
@@ -158,10 +160,14 @@ def test_keras_save_reload_and_savedmodel_export(toy_model, tmp_path):
 # ----------------------------------------------------------------------------- keras.applications
 
 
-APPS = [("ResNet50", 32), ("MobileNetV2", 32), ("EfficientNetB0", 32), ("VGG16", 32), ("DenseNet121", 32)]
+APPS = [pytest.param("ResNet50", 32, marks=TF_ONLY, id="ResNet50"),
+        pytest.param("MobileNetV2", 32, marks=TF_ONLY, id="MobileNetV2"),
+        pytest.param("EfficientNetB0", 32, marks=TF_ONLY, id="EfficientNetB0"),
+        pytest.param("VGG16", 32, id="VGG16"),  # every backend
+        pytest.param("DenseNet121", 32, marks=TF_ONLY, id="DenseNet121")]
 
 
-@pytest.mark.parametrize("name,size", APPS, ids=[a for a, _ in APPS])
+@pytest.mark.parametrize("name,size", APPS)
 def test_keras_applications(name, size):
     keras.utils.set_random_seed(6)
     base = getattr(keras.applications, name)(weights=None, include_top=False, input_shape=(size, size, 3))

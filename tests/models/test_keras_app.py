@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 import models
-from tests.models.antialias_checks import DOWNSAMPLERS, strided, walk
+from tests.models.antialias_checks import DOWNSAMPLERS, TF_ONLY, strided, walk
+
+pytestmark = TF_ONLY  # keras.applications backbones: minutes under JAX's eager ops
 
 RNG = np.random.default_rng(0)
 

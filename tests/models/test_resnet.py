@@ -12,7 +12,7 @@ import pytest
 
 import models
 from models.resnet import search_space
-from tests.models.antialias_checks import (DOWNSAMPLERS, assert_rewritten, assert_same_outputs,
+from tests.models.antialias_checks import (DOWNSAMPLERS, TF_ONLY, assert_rewritten, assert_same_outputs,
                                            randomize_batch_norms, strided, walk)
 
 RNG = np.random.default_rng(0)
@@ -26,6 +26,7 @@ def small(antialias="none", padding="same", shape=(16, 16, 3), **kw):
     return model
 
 
+@TF_ONLY
 def test_default_is_resnet18():
     m = models.build_model("resnet", (32, 32, 3), 10)
     trainable = sum(int(np.prod(w.shape)) for w in m.trainable_weights)
@@ -42,6 +43,7 @@ def test_imagenet_stem_above_64_px():
     assert m.get_layer("stage1_block0_out").output.shape[1:3] == (12, 12)
 
 
+@TF_ONLY
 @pytest.mark.parametrize("antialias", ["blur", "aps"])
 @pytest.mark.parametrize("stem", ["cifar", "imagenet"])
 def test_antialias_options_leave_no_strided_layer(antialias, stem):
@@ -54,7 +56,8 @@ def test_antialias_options_leave_no_strided_layer(antialias, stem):
         assert sum(isinstance(l, DOWNSAMPLERS) for l in smooth.layers) == 2 + (2 if stem == "imagenet" else 0)
 
 
-@pytest.mark.parametrize("shape", [(16, 16, 3), (96, 96, 3)], ids=["cifar_stem", "imagenet_stem"])
+@pytest.mark.parametrize("shape", [pytest.param((16, 16, 3), id="cifar_stem"),
+                                   pytest.param((96, 96, 3), id="imagenet_stem", marks=TF_ONLY)])
 def test_aps_circular_is_exactly_invariant_to_circular_shifts(shape):
     m = small("aps", "circular", shape=shape, blur_size=3, filters=[4, 8], blocks_per_stage=[1, 1])
     x = RNG.uniform(0, 1, (3, *shape)).astype("float32")
@@ -67,7 +70,7 @@ def test_aps_circular_is_exactly_invariant_to_circular_shifts(shape):
     assert np.abs(np.asarray(plain(np.roll(x, (1, 1), (1, 2)), training=False)) - y0).max() > 1e-4
 
 
-@pytest.mark.parametrize("padding", ["same", "circular"])
+@pytest.mark.parametrize("padding", ["same", pytest.param("circular", marks=TF_ONLY)])
 def test_antialias_rewrite_of_the_plain_resnet(padding):
     plain = small(padding=padding)
     x = RNG.uniform(0, 1, (2, 16, 16, 3)).astype("float32")
@@ -96,6 +99,7 @@ def test_search_space_and_errors():
         models.check_params("resnet", {"depth": 18})
     for bad, match in [({"antialias": "gauss"}, "antialias.*'gauss'"), ({"padding": "reflect"}, "padding.*'reflect'"),
                        ({"stem": "big"}, "stem.*'big'"), ({"blur_size": 0}, "blur_size.*0"),
-                       ({"filters": []}, "filters"), ({"filters": [4, 8], "blocks_per_stage": [1]}, "blocks_per_stage")]:
+                       ({"filters": []}, "filters"),
+                       ({"filters": [4, 8], "blocks_per_stage": [1]}, "blocks_per_stage")]:
         with pytest.raises(ValueError, match=match):
             models.build_model("resnet", (16, 16, 3), 3, **bad)
