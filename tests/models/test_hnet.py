@@ -83,10 +83,6 @@ def test_trains_saves_reloads_and_exports(tmp_path):
     m.save(path)
     again = keras.saving.load_model(path)
     np.testing.assert_allclose(again(x, training=False), m(x, training=False), atol=1e-5)
-    if keras.backend.backend() != "tensorflow":
-        # pipelines/export.py's serving function is written in TensorFlow ops, which jax2tf cannot trace;
-        # exporting a model trained on JAX is the export job's part of issue 14.
-        pytest.skip("SavedModel export through pipelines/export.py: TensorFlow backend only for now")
     images = rng.integers(0, 256, (4, 12, 12, 1)).astype("uint8")
     out = export_model(m, str(tmp_path / "exports"), "hnet", check_images=images)
     probs = predict_savedmodel(out, images)["probabilities"]
