@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from layers._ops import PAD_MODES, border_correction, centered_pads, same_alignment, take
+from layers._geometry import PAD_MODES, border_correction, centered_pads, same_alignment, take
 
 
 def _gather_pad(x, axis, before, after, mode):

@@ -53,26 +53,42 @@ class SyntheticConfig:
 
 @dataclass
 class DataConfig:
-    """Where images come from and how they are batched.
+    """Where images come from, how they are read (data/streaming.py) and how they are batched.
 
-    source: `synthetic`, `npz:<path>`, `folder:<path>` or `tfds:<name>`.
+    source: `synthetic`, `npz:<path>`, `folder:<path>`, `tfrecord:<glob>` or `tfds:<name>`.
+    Files stream from disk (decoded in the graph); `npz:` and `synthetic` stay in memory.
     """
 
     source: str = "synthetic"
     data_dir: str | None = None  # tfds data_dir
     download: bool = False  # tfds only; off so that no run hangs on the network
     validation_fraction: float = 0.1  # carved from train when the source has no validation split
-    image_size: list[int] | None = None  # [H, W] to resize `folder:` images to
+    image_size: list[int] | None = None  # [H, W] every image is brought to (default: as stored; sizes must agree)
+    resize: str = "stretch"  # stretch | crop (cover, then center crop) | pad (fit, then zero padding)
+    channels: str | int = "auto"  # auto (1 when every image is gray, else 3) | 1 | 3
+    random_crop: bool = False  # with resize: crop, crop training images at random places
+    cache: str = "auto"  # auto (memory under cache_budget_mb, else none) | memory | disk (under cache_dir) | none
+    cache_budget_mb: float = 512  # the largest decoded size `cache: auto` keeps in memory
+    skip_bad_images: bool = False  # skip unreadable image files (logged) instead of refusing the source
+    check_images: str = "header"  # header (fast pass over headers and file ends) | full (decode every file once)
+    shuffle_buffer: int = 10_000  # records shuffled at once (tfrecord, tfds, disk cache); file lists shuffle whole
     batch_size: int = 128
     seed: int = 0
     cache_dir: str = ".cache"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
+    SOURCES = ("npz:", "folder:", "tfrecord:", "tfds:")
+
     def validate(self, p):
-        ok = self.source == "synthetic" or any(
-            self.source.startswith(k) and len(self.source) > len(k) for k in ("npz:", "folder:", "tfds:")
-        )
-        _check(ok, f"{p}.source", self.source, "must be `synthetic`, `npz:<path>`, `folder:<path>` or `tfds:<name>`")
+        ok = self.source == "synthetic" or any(self.source.startswith(k) and len(self.source) > len(k) for k in self.SOURCES)
+        _check(ok, f"{p}.source", self.source,
+               "must be `synthetic`, `npz:<path>`, `folder:<path>`, `tfrecord:<glob>` or `tfds:<name>`")
+        _choice(f"{p}.resize", self.resize, ("stretch", "crop", "pad"))
+        _check(str(self.channels) in ("auto", "1", "3"), f"{p}.channels", self.channels, "must be auto, 1 or 3")
+        _choice(f"{p}.cache", self.cache, ("auto", "memory", "disk", "none"))
+        _check(self.cache_budget_mb >= 0, f"{p}.cache_budget_mb", self.cache_budget_mb, "must be >= 0")
+        _choice(f"{p}.check_images", self.check_images, ("header", "full"))
+        _check(self.shuffle_buffer >= 1, f"{p}.shuffle_buffer", self.shuffle_buffer, "must be at least 1")
         _check(0.0 < self.validation_fraction < 1.0, f"{p}.validation_fraction", self.validation_fraction, "must be in (0, 1)")
         _check(self.batch_size >= 1, f"{p}.batch_size", self.batch_size, "must be at least 1")
         if self.image_size is not None:
@@ -102,10 +118,12 @@ class ModelConfig:
         import models
 
         try:
+            models.get_spec(self.name)  # keras_app:<Name> is resolved here, not listed
+        except ValueError:
+            _fail(f"{p}.name", self.name, f"unknown model; available: {models.available_models()} or keras_app:<Name>")
+        try:
             models.check_params(self.name, self.params)
         except ValueError as e:
-            if self.name not in models.available_models():
-                _fail(f"{p}.name", self.name, f"unknown model; available: {models.available_models()}")
             raise ConfigError(str(e)) from None
 
 
