@@ -9,5 +9,6 @@ from models import hnet  # noqa: E402,F401
 from models import sesn  # noqa: E402,F401
 from models import resnet  # noqa: E402,F401
 from models.antialias import antialias  # noqa: E402
+from models import gcnn  # noqa: E402,F401
 
 __all__ = ["antialias", "available_models", "build_model", "check_params", "get_spec", "register"]
