@@ -21,7 +21,7 @@ def log_augmentation_preview(cfg: Config, splits, run_dir: str) -> str:
     """The grid of `make preview`, drawn with the training seed (`train.seed`)."""
     import mlflow
 
-    rgb = plots.preview_grid(splits.train[0][:8], **cfg.augment.sections(), seed=cfg.train.seed,
+    rgb = plots.preview_grid(splits.train.arrays(8)[0], **cfg.augment.sections(), seed=cfg.train.seed,
                              title=f"{cfg.name}: augmentation preview")
     path = plots.save_png(rgb, os.path.join(run_dir, "augmentation_preview.png"))
     mlflow.log_artifact(path)
@@ -29,7 +29,11 @@ def log_augmentation_preview(cfg: Config, splits, run_dir: str) -> str:
 
 
 def log_figures(run_id: str, model, splits, test_ds, run_dir: str) -> None:
-    """Training curves and the test confusion matrix, as PNG artifacts."""
+    """Training curves and the test confusion matrix, as PNG artifacts.
+
+    `test_ds` is the test split in its stored order (unshuffled), so the
+    predictions line up with `splits.test.labels()` (read without decoding).
+    """
     import mlflow
 
     history = tracking.metric_history(run_id)
@@ -37,7 +41,11 @@ def log_figures(run_id: str, model, splits, test_ds, run_dir: str) -> None:
     logits = model.predict(test_ds, verbose=0)
     y_pred = np.argmax(logits, axis=-1)
     path = os.path.join(run_dir, "confusion_matrix.png")
-    plots.confusion_matrix(splits.test[1], y_pred, splits.class_names, path)
+    y_true = splits.test.labels()
+    if len(y_true) != len(y_pred):  # data.skip_bad_images dropped a file that only failed while decoding
+        print(f"Confusion matrix skipped: {len(y_pred)} test images read, {len(y_true)} listed")
+        return
+    plots.confusion_matrix(y_true, y_pred, splits.class_names, path)
     if os.path.isfile(path):
         mlflow.log_artifact(path)
 

@@ -46,7 +46,7 @@ import tempfile
 from pipelines.cli import run_main
 from pipelines.errors import UserError
 from pipelines.evaluation import (
-    ARTIFACT_DIR, evaluate, keras_predictor, log_to_run, savedmodel_class_predictor, write_report,
+    ARTIFACT_DIR, evaluate, keras_predictor, log_to_run, savedmodel_class_predictor, test_subset, write_report,
 )
 from pipelines.experiment import load_data, load_keras_model
 
@@ -81,7 +81,8 @@ def evaluate_run(run_id: str, tracking_uri: str | None = None, overrides=(), rep
         cfg = load_config(paths["config.yaml"], list(overrides))
         model = load_keras_model(paths["keras_model/model.keras"])
     splits = load_data(cfg)
-    ev = evaluate(keras_predictor(model, cfg.evaluate.batch_size), *splits.test, cfg.evaluate, model=model)
+    ev = evaluate(keras_predictor(model, cfg.evaluate.batch_size), *test_subset(splits, cfg.evaluate), cfg.evaluate,
+                  model=model)
     title = f"{cfg.name} (run {run_id[:8]}): invariance on the test split ({cfg.data.source})"
     print(ev.table(title))
     out_dir = os.path.join(reports_dir, f"run-{run_id[:8]}")
@@ -122,7 +123,7 @@ def evaluate_export(path: str, overrides=(), reports_dir: str = "reports"):
     cfg = load_config(cfg_path, list(overrides))
     predict = savedmodel_class_predictor(version_dir, cfg.evaluate.batch_size)
     splits = load_data(cfg)
-    ev = evaluate(predict, *splits.test, cfg.evaluate)
+    ev = evaluate(predict, *test_subset(splits, cfg.evaluate), cfg.evaluate)
     name = os.path.basename(os.path.dirname(os.path.abspath(version_dir)))
     version = os.path.basename(version_dir)
     title = f"{name} v{version} (SavedModel): invariance on the test split ({cfg.data.source})"

@@ -157,6 +157,12 @@ def eval_subset(images: np.ndarray, labels: np.ndarray, max_images: int, seed: i
     return x, np.asarray(labels)
 
 
+def test_subset(splits, ecfg):
+    """(uint8 images, labels) of the `eval_subset` of a `data.streaming.StreamSplits`' test split:
+    at most `ecfg.max_images` images, the same seeded subset, and only those images are read."""
+    return splits.test.arrays(ecfg.max_images, ecfg.seed)
+
+
 def evaluate(predict, images, labels, ecfg, model=None) -> Evaluation:
     """All invariance figures of `predict` on (`images` uint8 or float in [0, 1], `labels`).
 
@@ -249,7 +255,8 @@ def evaluate_in_training(model, cfg, splits, run_dir: str) -> Evaluation:
     """Called by `make train` inside its active MLflow run."""
     import mlflow
 
-    ev = evaluate(keras_predictor(model, cfg.evaluate.batch_size), *splits.test, cfg.evaluate, model=model)
+    ev = evaluate(keras_predictor(model, cfg.evaluate.batch_size), *test_subset(splits, cfg.evaluate), cfg.evaluate,
+                  model=model)
     title = f"{cfg.name}: invariance on the test split ({cfg.data.source})"
     print(ev.table(title))
     files = write_report(ev, os.path.join(run_dir, ARTIFACT_DIR), title, model=model)

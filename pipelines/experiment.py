@@ -57,7 +57,7 @@ def check_splits(splits) -> None:
     a 1001-way head, and figures sized by the class count. Refused when the
     classes without a training image outnumber those with one, or when there
     are more classes than training images; the message names the label and
-    where it was found.
+    where it was found. Reads labels only (`Split.labels()`), no image.
     """
     import numpy as np
 
@@ -65,44 +65,48 @@ def check_splits(splits) -> None:
 
     where = f"data.source {splits.source}"
     for name in ("train", "test"):
-        if len(getattr(splits, name)[1]) == 0:
+        if getattr(splits, name).total_count == 0:
             raise DataSourceError(f"{where}: the {name} split has no images")
     k = splits.num_classes
-    counts = np.bincount(np.asarray(splits.train[1], np.int64), minlength=k)
+    train_labels = splits.train.labels()
+    counts = np.bincount(np.asarray(train_labels, np.int64), minlength=k)
     empty = int(np.sum(counts[:k] == 0))
-    n_train = len(splits.train[1])
+    n_train = len(train_labels)
     if empty > k - empty or k > n_train:
         top = k - 1
         named = (("train", splits.train), ("validation", splits.validation), ("test", splits.test))
-        found = next((f"{n}[{int(np.argmax(y == top))}]" for n, (_, y) in named if np.any(y == top)), "no split")
+        found = next((f"{n}[{int(np.argmax(s.labels() == top))}]" for n, s in named if np.any(s.labels() == top)),
+                     "no split")
         raise DataSourceError(
             f"{where}: label {top} (at {found}) makes {k} classes, {empty} of which have no training image "
             f"({n_train} training images); labels must be the class indices 0..K-1"
         )
 
 
-def load_data(cfg: Config):
-    """The checked `data.sources.Splits` of the config's `data` section (see `check_splits`)."""
-    splits = _load_splits(cfg)
-    check_splits(splits)
-    return splits
-
-
-def _load_splits(cfg: Config):
-    from data.sources import load_splits
+def data_options(cfg: Config, shard: tuple[int, int] = (1, 0)):
+    """The `data.streaming.DataOptions` of the config's `data` section, for process `shard[1]` of `shard[0]`."""
+    from data.streaming import DataOptions
 
     d = cfg.data
-    return load_splits(
-        d.source,
-        seed=d.seed,
-        validation_fraction=d.validation_fraction,
-        data_dir=d.data_dir,
-        download=d.download,
-        image_size=d.image_size,
-        cache_dir=d.cache_dir,
-        synthetic_train_size=d.synthetic.train_size,
-        synthetic_test_size=d.synthetic.test_size,
-    )
+    return DataOptions.from_object(d, synthetic_train_size=d.synthetic.train_size,
+                                   synthetic_test_size=d.synthetic.test_size,
+                                   num_processes=shard[0], process_id=shard[1])
+
+
+def load_data(cfg: Config, shard: tuple[int, int] = (1, 0)):
+    """The checked `data.streaming.StreamSplits` of the config's `data` section (see `check_splits`).
+
+    Decodes no image: counts, class names, image shape and labels come from the
+    file list or the stored metadata (a folder's files get a header pass, which
+    finds unreadable ones: `BadImagesError`, exit code 2, unless
+    `data.skip_bad_images`). `shard=(processes, process id)`: every split is
+    this process's disjoint part (`Split.count`; `total_count` is the whole's).
+    """
+    from data.streaming import open_source
+
+    splits = open_source(cfg.data.source, data_options(cfg, shard))
+    check_splits(splits)
+    return splits
 
 
 def build_augmentation(cfg: Config):
@@ -115,48 +119,60 @@ def build_augmentation(cfg: Config):
 def make_datasets(cfg: Config, splits, augment=None, shard: tuple[int, int] = (1, 0)):
     """(train, validation, test) batched datasets; shuffle and augmentation seeded by `train.seed`.
 
+    One process: `data.pipeline.make_stream_datasets` over `splits`.
+
     `shard=(processes, process id)`: this process's part of a data-parallel
-    step. The global batch stays `data.batch_size`; each process reads every
-    `processes`-th image (disjoint shards that together are the split) in
-    batches of `data.batch_size / processes`. Training drops the last partial
-    global batch, so every process runs the same number of steps; validation
-    pads its shards with zero-weight images instead, so its metrics (weighted,
-    see `compile_model`) cover the whole split once.
+    step, built the same way for every source (streamed or in memory) from the
+    splits opened for this shard (`load_data(cfg, shard)`; `splits` are opened
+    again when they are not that shard, so each process decodes only its own
+    images). The global batch stays `data.batch_size`; each process reads its
+    disjoint part of each split (every `processes`-th image; together they are
+    the split) in batches of `data.batch_size / processes`. Training takes
+    `total // data.batch_size` whole batches per epoch from its shuffled part
+    (drop_remainder), so every process runs the same number of steps;
+    validation and test pad each part with zero-weight images up to the same
+    number of whole batches instead, so their metrics (weighted, see
+    `compile_model`) cover the whole split once. Elements are then
+    `(image, label, weight)`.
     """
-    from data.pipeline import make_dataset
-    from data.pipeline import make_datasets as make
+    from data.pipeline import make_stream_dataset, make_stream_datasets
 
     n, i = shard
+    bs, seed = cfg.data.batch_size, cfg.train.seed
     if n == 1:
-        return make(splits, cfg.data.batch_size, seed=cfg.train.seed, augment=augment)
+        return make_stream_datasets(splits, bs, seed=seed, augment=augment)
+    if (splits.info.num_processes, splits.info.process_id) != (n, i):
+        splits = load_data(cfg, shard)
+    per = bs // n
+    steps = splits.train.total_count // bs
+    if steps == 0:
+        raise ValueError(f"data.batch_size={bs} exceeds the {splits.train.total_count} training images")
+    train = make_stream_dataset(splits.train, per, training=True, seed=seed, augment=augment, drop_remainder=True)
+    return train.take(steps), _padded(splits.validation, bs, n), _padded(splits.test, bs, n)
+
+
+def _padded(split, batch_size: int, processes: int):
+    """This process's part of `split` as `(float image, label, weight)` batches of `batch_size / processes`,
+    padded with zero-weight zero images to `ceil(total / batch_size)` batches (the same in every process)."""
     import numpy as np
     import tensorflow as tf
 
-    per = cfg.data.batch_size // n
-    x, y = splits.train
-    keep = len(x) // cfg.data.batch_size * cfg.data.batch_size
-    if keep == 0:
-        raise ValueError(f"data.batch_size={cfg.data.batch_size} exceeds the {len(x)} training images")
-    train = make_dataset(x[i:keep:n], y[i:keep:n], per, training=True, seed=cfg.train.seed, augment=augment)
-
-    def padded(split):
-        xs, ys = split
-        total = -(-len(xs) // cfg.data.batch_size) * cfg.data.batch_size
-        pad = total - len(xs)
-        xs = np.concatenate([xs, np.zeros((pad,) + xs.shape[1:], xs.dtype)])
-        ys = np.concatenate([ys, np.zeros((pad,), ys.dtype)])
-        w = np.concatenate([np.ones(total - pad, np.float32), np.zeros(pad, np.float32)])
-        ds = tf.data.Dataset.from_tensor_slices((xs[i::n], ys[i::n], w[i::n]))
-        return ds.map(lambda a, b, c: (tf.cast(a, tf.float32) / 255.0, b, c)).batch(per).prefetch(2)
-
-    return train, padded(splits.validation), padded(splits.test)
+    per = batch_size // processes
+    batches = -(-split.total_count // batch_size)
+    pad = batches * per - split.count
+    real = split.elements().map(lambda x, y: (x, y, tf.constant(1.0, tf.float32)))
+    spec = real.element_spec[0]
+    zero = (tf.zeros(spec.shape, spec.dtype), tf.constant(0, tf.int64), tf.constant(0.0, tf.float32))
+    ds = real.concatenate(tf.data.Dataset.from_tensors(zero).repeat(max(0, pad)))
+    ds = ds.batch(per).map(lambda x, y, w: (tf.cast(x, tf.float32) / np.float32(255.0), y, w))
+    return ds.prefetch(2)
 
 
 def steps_per_epoch(cfg: Config, splits, processes: int = 1) -> int:
-    n = len(splits.train[0])
-    if processes > 1:  # make_datasets drops the last partial global batch
-        return max(1, n // cfg.data.batch_size)
-    return max(1, math.ceil(n / cfg.data.batch_size))
+    """Training steps per epoch, from the split's counts (no image read)."""
+    if processes > 1:  # make_datasets takes whole global batches only
+        return max(1, splits.train.total_count // cfg.data.batch_size)
+    return max(1, math.ceil(splits.train.count / cfg.data.batch_size))
 
 
 def make_optimizer(cfg: Config, steps: int):

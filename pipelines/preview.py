@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     from pipelines.plots import preview_grid, save_png
 
     splits = load_data(cfg)
-    images = splits.train[0][: args.n]
+    images = splits.train.arrays(args.n)[0]  # a seeded subset of n training images; only those are read
     seed = cfg.train.seed if args.seed is None else args.seed
     rgb = preview_grid(images, **cfg.augment.sections(), seed=seed, n=args.n, title=f"{cfg.name}: augmentation preview")
     out = args.out or os.path.join("reports", cfg.name, "augmentation_preview.png")

@@ -59,7 +59,8 @@ def run(cfg: Config, callbacks=()) -> TrainResult:
     print(f"Devices: {experiment.describe_devices()}; training on {placement.describe()}")
     keras.utils.set_random_seed(cfg.train.seed)
     # Before the run directory and the MLflow run: a bad source, store or model leaves nothing behind.
-    splits = experiment.load_data(cfg)
+    # The chief opens the whole splits (it tests, evaluates and exports alone); another process its shard.
+    splits = experiment.load_data(cfg, (1, 0) if placement.is_chief else (placement.num_processes, placement.process_id))
     experiment.check_model_builds(cfg, splits)
     if not placement.is_chief:
         return _run_worker(cfg, splits, placement, callbacks)
@@ -105,10 +106,7 @@ def _run_locked(cfg: Config, splits, uri: str, run_dir: str, state: dict, callba
 
     from pipelines import artifacts, tracking
 
-    print(
-        f"Data: {cfg.data.source}: train {len(splits.train[0])}, validation {len(splits.validation[0])}, "
-        f"test {len(splits.test[0])} images of shape {splits.image_shape}, {splits.num_classes} classes"
-    )
+    print(f"Data: {splits.info.summary()}")
     augment = experiment.build_augmentation(cfg)
     shard = (placement.num_processes, placement.process_id)
     train_ds, val_ds, _ = experiment.make_datasets(cfg, splits, augment, shard)
@@ -133,6 +131,8 @@ def _run_locked(cfg: Config, splits, uri: str, run_dir: str, state: dict, callba
     try:
         if not resumed:
             mlflow.log_params({k: ("" if v is None else v) for k, v in cfg.flat().items()})
+            mlflow.log_params(splits.info.params())  # counts, classes, shape, resolved cache, bad images skipped
+            mlflow.log_dict(splits.info.to_dict(), "data.json")  # and the skipped files' names
             mlflow.set_tags({"run_dir": os.path.abspath(run_dir), "devices": experiment.describe_devices()})
             mlflow.log_artifact(os.path.join(run_dir, rundir.CONFIG))
             if augment is not None:
@@ -167,7 +167,7 @@ def _run_locked(cfg: Config, splits, uri: str, run_dir: str, state: dict, callba
         if not state.get("model_logged"):
             artifacts.log_figures(run_id, model, splits, test_ds, run_dir)
             mlflow.log_artifact(model_path, artifact_path="keras_model")
-            artifacts.log_mlflow_model(model, cfg, splits.test[0][:8])
+            artifacts.log_mlflow_model(model, cfg, splits.test.arrays(max_images=8)[0])
             state = rundir.write_state(run_dir, model_logged=True)
 
         if cfg.evaluate.enabled and not state.get("evaluated"):
@@ -237,7 +237,8 @@ def _export(model, cfg: Config, splits, test_acc: float) -> tuple[str | None, st
         return None, why
     report: dict = {}
     path = export_model(
-        model, cfg.export.dir, cfg.export_name, check_images=splits.test[0],
+        model, cfg.export.dir, cfg.export_name,
+        check_images=splits.test.arrays(cfg.evaluate.max_images, cfg.evaluate.seed)[0],  # at most evaluate.max_images
         tolerance=cfg.export.tolerance, rtol=cfg.export.rtol, report=report,
         extra_assets={"experiment.yaml": cfg.to_yaml(),
                       "metrics.json": json.dumps({"test_accuracy": test_acc, "data.source": cfg.data.source})},

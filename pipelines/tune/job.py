@@ -137,7 +137,7 @@ def run(cfg: Config, callbacks=(), config_path: str | None = None) -> TuneResult
     if role != "chief":  # before the directory and the parent run: a bad source leaves neither behind
         print(f"Devices: {experiment.describe_devices()}")
         splits = experiment.load_data(cfg)
-        print(f"Data: {cfg.data.source}: train {len(splits.train[0])}, validation {len(splits.validation[0])} images")
+        print(f"Data: {splits.info.summary()}")
     if role == "worker":  # after the chief, who creates the experiment
         wait_for_chief(directory, cfg.tune.chief_timeout)
         _check_same_search(cfg, directory)

@@ -81,17 +81,18 @@ def test_the_chain_row_shows_what_training_draws_for_its_first_batch():
     assert np.abs(other - chain_row).max() > 0.1
 
 
-def test_train_seed_decides_the_training_augmentation():
-    from data.sources import Splits
+def test_train_seed_decides_the_training_augmentation(tmp_path):
     from pipelines import experiment
     from pipelines.config import config_from_dict
 
     x = np.repeat(_images(8), 4, axis=0)
     y = np.arange(32) % 4
-    splits = Splits((x, y), (x[:4], y[:4]), (x[:4], y[:4]), ["a", "b", "c", "d"], "test")
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_val=x[:4], y_val=y[:4], x_test=x[:4], y_test=y[:4])
+    source = f"data.source=npz:{tmp_path / 'd.npz'}"
+    splits = experiment.load_data(config_from_dict({}, [source]))
 
     def first_batch(*overrides):
-        cfg = config_from_dict({}, ["augment.rotation.max_degrees=90", "data.batch_size=8", *overrides])
+        cfg = config_from_dict({}, [source, "augment.rotation.max_degrees=90", "data.batch_size=8", *overrides])
         train_ds, _, _ = experiment.make_datasets(cfg, splits, experiment.build_augmentation(cfg))
         return np.asarray(next(iter(train_ds))[0])
 
