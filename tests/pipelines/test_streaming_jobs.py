@@ -1,0 +1,197 @@
+"""The jobs on streamed data (issue 13): `make train` on an RGB 64x64 folder dataset with
+baseline_cnn and hnet, exported and served; a corrupt file is one error before anything is
+written, `data.skip_bad_images` trains and logs what it skipped; the per-process datasets
+of a streamed source; the `data.*` reading options of the config."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import mlflow
+import numpy as np
+import pytest
+import requests
+from PIL import Image, ImageDraw
+
+from pipelines.cli import run_main
+from pipelines.config import ConfigError, config_from_dict
+from pipelines.train import main, run
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CLASSES = ("circle", "square", "triangle")
+
+
+def _shape_image(kind: str, rng) -> Image.Image:
+    """A 64x64 RGB image: one coloured shape of `kind` on a random dark background."""
+    im = Image.new("RGB", (64, 64), tuple(int(v) for v in rng.integers(0, 60, 3)))
+    d = ImageDraw.Draw(im)
+    r = int(rng.integers(12, 20))
+    cx, cy = (int(v) for v in rng.integers(r + 2, 62 - r, 2))
+    fill = tuple(int(v) for v in rng.integers(120, 256, 3))
+    if kind == "circle":
+        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    elif kind == "square":
+        d.rectangle([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    else:
+        d.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+    return im
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> str:
+    """train/ and test/ folders of 3 classes, 20 and 6 images per class (PNG, a few JPEG)."""
+    root = tmp_path_factory.mktemp("shapes")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 20), ("test", 6)):
+        for c in CLASSES:
+            os.makedirs(root / split / c)
+            for i in range(n):
+                ext = "jpg" if i % 5 == 0 else "png"
+                _shape_image(c, rng).save(root / split / c / f"{i:03d}.{ext}")
+    return str(root)
+
+
+def _overrides(tmp_path, source: str, name: str, *extra) -> list[str]:
+    return [
+        f"name={name}", f"data.source={source}", "data.batch_size=16", f"data.cache_dir={tmp_path / 'cache'}",
+        "train.epochs=1", "train.verbose=0", f"train.runs_root={tmp_path / 'runs'}",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", f"export.dir={tmp_path / 'exports'}",
+        "evaluate.enabled=false", "augment.translation.max=0", "augment.rotation.max_degrees=0",
+        "augment.elastic.alpha=0", *extra,
+    ]
+
+
+CNN = ("model.name=baseline_cnn", "model.params.filters=[4]", "model.params.dense_units=8")
+HNET = ("model.name=hnet", "model.params.filters=[2]", "model.params.convs_per_stage=1",
+        "model.params.kernel_size=3", "model.params.n_rings=2")
+
+
+def _metadata_dims(url: str, name: str) -> list[str]:
+    r = requests.get(f"{url}/v1/models/{name}/metadata", timeout=30)
+    assert r.status_code == 200, r.text
+    sig = r.json()["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    return [d["size"] for d in sig["inputs"]["image"]["tensor_shape"]["dim"]]
+
+
+def test_make_train_on_a_64px_rgb_folder_exports_and_serves_both_models(shapes, tmp_path):
+    from pipelines.serve import Server
+
+    source = f"folder:{shapes}"
+    cnn = run(config_from_dict({}, _overrides(tmp_path, source, "shapes_cnn", *CNN, "evaluate.enabled=true",
+                                              "evaluate.max_images=6", "evaluate.rotation_step=90",
+                                              "evaluate.scale_factors=[1.0]", "augment.rotation.max_degrees=30")))
+    hnet = run(config_from_dict({}, _overrides(tmp_path, source, "shapes_hnet", *HNET)))
+    client = mlflow.MlflowClient(cnn.tracking_uri)
+    for result in (cnn, hnet):
+        assert result.export_path and os.path.isfile(os.path.join(result.export_path, "saved_model.pb"))
+        params = client.get_run(result.run_id).data.params
+        assert params["data.num_train"] == "54" and params["data.num_validation"] == "6"  # 10% carved from train
+        assert params["data.num_test"] == "18" and params["data.num_classes"] == "3"
+        assert params["data.image_shape"] == "64x64x3" and params["data.bad_images"] == "0"
+        artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+        assert {"data.json", "confusion_matrix.png"} <= artifacts
+    run_data = client.get_run(cnn.run_id).data
+    assert run_data.metrics["eval_images"] == 6  # evaluate.max_images test images, read from the stream
+    assert "augmentation_preview.png" in {a.path for a in client.list_artifacts(cnn.run_id)}
+
+    server = Server(str(tmp_path / "exports"), port=0, poll_s=0.2, predict_timeout_s=60).start()
+    try:
+        for name in ("shapes_cnn", "shapes_hnet"):
+            dims = _metadata_dims(server.url, name)
+            assert dims[1:] == ["64", "64", "3"] and dims[0] in ("-1", None), dims
+    finally:
+        server.stop()
+
+
+def _one_error_line(capsys) -> str:
+    text = capsys.readouterr().err
+    lines = [line for line in text.strip().splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and text.strip().endswith(lines[0]), text
+    assert "Traceback" not in text
+    return lines[0]
+
+
+def _with_a_corrupt_file(shapes, tmp_path) -> tuple[str, str]:
+    root = tmp_path / "data"
+    shutil.copytree(shapes, root)
+    bad = root / "train" / "square" / "broken.png"
+    good = (root / "train" / "square" / "001.png").read_bytes()
+    bad.write_bytes(good[: len(good) // 2])  # truncated
+    return f"folder:{root}", str(bad)
+
+
+def test_a_corrupt_file_is_one_error_naming_it_and_nothing_is_written(shapes, tmp_path, capsys):
+    source, bad = _with_a_corrupt_file(shapes, tmp_path)
+    args = ["--config", os.path.join(ROOT, "pipelines", "configs", "default.yaml"),
+            *_overrides(tmp_path, source, "shapes_bad", *CNN)]
+    assert run_main(main, args) == 2
+    line = _one_error_line(capsys)
+    assert bad in line and "skip_bad_images" in line
+    for written in ("runs", "mlflow.db", "exports"):
+        assert not (tmp_path / written).exists(), written
+
+
+def test_skip_bad_images_trains_and_logs_the_skipped_file(shapes, tmp_path):
+    source, bad = _with_a_corrupt_file(shapes, tmp_path)
+    result = run(config_from_dict({}, _overrides(tmp_path, source, "shapes_skip", *CNN, "data.skip_bad_images=true",
+                                                 "export.enabled=false")))
+    client = mlflow.MlflowClient(result.tracking_uri)
+    params = client.get_run(result.run_id).data.params
+    assert params["data.bad_images"] == "1" and params["data.num_train"] == "54"
+    saved = client.download_artifacts(result.run_id, "data.json", str(tmp_path))
+    with open(saved) as fh:
+        info = json.load(fh)
+    assert [p for p, _ in info["bad_files"]] == [bad]
+
+
+def test_processes_read_disjoint_shards_in_equal_steps_and_validation_counts_each_image_once(shapes, tmp_path):
+    from pipelines import experiment
+
+    cfg = config_from_dict({}, _overrides(tmp_path, f"folder:{shapes}", "shards", "data.batch_size=8"))
+    whole = experiment.load_data(cfg)
+    parts = []
+    for i in range(2):
+        train, val, _ = experiment.make_datasets(cfg, whole, None, (2, i))  # opens process i's shard itself
+        train_batches = [(x.shape[0], y) for x, y in train.as_numpy_iterator()]
+        val_batches = list(val.as_numpy_iterator())
+        parts.append((train_batches, val_batches))
+    steps = experiment.steps_per_epoch(cfg, whole, 2)
+    assert steps == 54 // 8
+    for train_batches, val_batches in parts:
+        assert len(train_batches) == steps and all(n == 4 for n, _ in train_batches)  # half the global batch
+        assert len(val_batches) == 1 and all(len(b[0]) == 4 for b in val_batches)  # ceil(6 / 8) padded batches
+    # Validation: each image once over both processes (weight 1), the rest zero-weight padding.
+    weights = np.concatenate([b[2] for _, vb in parts for b in vb])
+    labels = np.concatenate([b[1][b[2] > 0] for _, vb in parts for b in vb])
+    assert weights.sum() == whole.validation.total_count == 6
+    assert sorted(labels) == sorted(whole.validation.labels())
+    pixels = [b[0][b[2] > 0] for _, vb in parts for b in vb]
+    assert len({x.tobytes() for x in np.concatenate(pixels)}) == 6  # disjoint shards
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [("data.resize=squash", "data.resize"), ("data.channels=2", "data.channels"), ("data.cache=ram", "data.cache"),
+     ("data.cache_budget_mb=-1", "data.cache_budget_mb"), ("data.check_images=deep", "data.check_images"),
+     ("data.shuffle_buffer=0", "data.shuffle_buffer"), ("data.skip_bad_images=maybe", "data.skip_bad_images"),
+     ("data.random_crop=1", "data.random_crop"), ("data.source=tfrecord:", "data.source")],
+)
+def test_bad_reading_options_are_config_errors_naming_key_and_value(override, key):
+    with pytest.raises(ConfigError, match=key) as e:
+        config_from_dict({}, [override])
+    assert repr(override.split("=", 1)[1]).strip("'") in str(e.value)
+
+
+def test_reading_options_reach_the_streaming_options():
+    from pipelines.experiment import data_options
+
+    cfg = config_from_dict({}, ["data.source=tfrecord:/data/shards/*.tfrecord", "data.resize=crop", "data.channels=3",
+                                "data.random_crop=true", "data.cache=disk", "data.cache_budget_mb=64",
+                                "data.skip_bad_images=true", "data.check_images=full", "data.shuffle_buffer=100",
+                                "data.image_size=[32, 48]"])
+    o = data_options(cfg, (4, 3))
+    assert (o.resize, o.channels, o.random_crop, o.cache, o.cache_budget_mb) == ("crop", 3, True, "disk", 64)
+    assert (o.skip_bad_images, o.check_images, o.shuffle_buffer, o.image_size) == (True, "full", 100, (32, 48))
+    assert (o.num_processes, o.process_id) == (4, 3)
