@@ -116,6 +116,27 @@ def _same_config(run_dir: str, resolved: str) -> bool:
         return False
 
 
+def check_resumable(cfg: Config, run_dir: str) -> dict:
+    """The state of `run_dir` if `cfg` may train in it (new, or unfinished with the same config), else `UserError`.
+
+    Read-only: every process of a distributed run checks it, so all of them stop
+    together on a wrong run directory instead of the others waiting for the chief.
+    """
+    state = read_state(run_dir)
+    if state:
+        if state.get("status") == "finished":
+            raise UserError(
+                f"train.run_dir={run_dir} holds a finished run (MLflow run {state.get('mlflow_run_id')}); "
+                "choose a new run_dir or leave it unset"
+            )
+        if not _same_config(run_dir, cfg.to_yaml()):
+            raise UserError(
+                f"train.run_dir={run_dir} holds an unfinished run of a different config "
+                f"({os.path.join(run_dir, CONFIG)}); resume it with that config or choose a new run_dir"
+            )
+    return state
+
+
 def open_run_dir(cfg: Config) -> tuple[str, dict, RunLock, list[str]]:
     """Create, reopen or find the run directory of `cfg` and lock it.
 
@@ -139,20 +160,9 @@ def open_run_dir(cfg: Config) -> tuple[str, dict, RunLock, list[str]]:
     if not lock.try_acquire():
         raise UserError(f"{run_dir} is being trained by another process (it holds {lock.path}); wait for it or stop it")
     try:
-        state = read_state(run_dir)
+        state = check_resumable(cfg, run_dir)
         config_path = os.path.join(run_dir, CONFIG)
-        if state:
-            if state.get("status") == "finished":
-                raise UserError(
-                    f"train.run_dir={run_dir} holds a finished run (MLflow run {state.get('mlflow_run_id')}); "
-                    "choose a new run_dir or leave it unset"
-                )
-            if not _same_config(run_dir, resolved):
-                raise UserError(
-                    f"train.run_dir={run_dir} holds an unfinished run of a different config ({config_path}); "
-                    "resume it with that config or choose a new run_dir"
-                )
-        else:
+        if not state:
             with open(config_path, "w") as fh:
                 fh.write(resolved)
     except BaseException:

@@ -79,8 +79,9 @@ def _run_worker(cfg: Config, splits, placement, callbacks) -> TrainResult:
     import numpy as np
 
     run_dir = cfg.train.run_dir
+    state = rundir.check_resumable(cfg, run_dir)  # stop with the chief on a wrong run directory
     scratch = distribute.scratch_dir(run_dir, placement)
-    if not rundir.read_state(run_dir).get("trained"):  # the chief skips the fit of a trained run too
+    if not state.get("trained"):  # the chief skips the fit of a trained run too
         # Every process restarts from the same checkpoint: the chief's (its own may lag an epoch).
         chief_backup, own_backup = os.path.join(run_dir, "backup"), os.path.join(scratch, "backup")
         shutil.rmtree(own_backup, ignore_errors=True)
@@ -143,6 +144,7 @@ def _run_locked(cfg: Config, splits, uri: str, run_dir: str, state: dict, callba
             distribute.leave(placement)
             print(f"Training had finished; loading {model_path}")
             model = experiment.load_keras_model(model_path)
+            experiment.compile_model(model, cfg, steps)
         else:
             model = _fit(cfg, splits, train_ds, val_ds, steps, run_id, run_dir, callbacks, placement)
             if placement.kind == "data_parallel":  # the weights back on this process's devices alone
@@ -151,9 +153,9 @@ def _run_locked(cfg: Config, splits, uri: str, run_dir: str, state: dict, callba
                 with experiment.precision(cfg):
                     model = experiment.build_model(cfg, splits.image_shape, splits.num_classes)
                 model.set_weights(weights)
+                experiment.compile_model(model, cfg, steps)
             model.save(model_path)
             state = rundir.write_state(run_dir, trained=True)
-        experiment.compile_model(model, cfg, steps)
 
         # Each step after training records itself in state.json, so that a run resumed after a
         # crash in a later step neither logs its test metrics, model or evaluation twice nor exports again.
