@@ -181,4 +181,6 @@ def test_mirrored_over_two_logical_cpus_matches_one_device(tmp_path):
 
     result = json.loads(out.stdout.split("RESULT", 1)[1])
     assert "mirrored over 2 device(s)" in out.stdout
-    np.testing.assert_allclose(result["mirrored"], result["none"], rtol=1e-3)
+    # Each replica normalises its half batch with its own batch-norm statistics (Keras does not sync them),
+    # so the curves agree closely but not to float rounding: measured 2.366 vs 2.348 (0.8%).
+    np.testing.assert_allclose(result["mirrored"], result["none"], rtol=0.03)

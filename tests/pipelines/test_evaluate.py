@@ -111,7 +111,7 @@ def test_report_is_written_and_logged_without_changing_the_run_status(store, tmp
     steps = [m.step for m in client.get_metric_history(run_id, "rotation_accuracy")]
     assert sorted(steps) == [0, 90, 180, 270]
     logged = {os.path.basename(a.path) for a in client.list_artifacts(run_id, "evaluation")}
-    want = {"invariance.md", "invariance.json", "rotation_curve.png", "elastic_curve.png", "filters.png"}
+    want = {"invariance.md", "invariance.json", "rotation_curve.png", "elastic_curve.png", "scale_curve.png", "filters.png"}
     assert logged == want | ({"harmonic_equivariance.png"} if harmonic else set())
     for f in files:
         if f.endswith(".png"):
