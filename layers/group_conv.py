@@ -6,11 +6,12 @@ import keras
 import numpy as np
 from keras import ops
 
-from layers._group_basis import check_args, resolve_basis, rotated_basis
+from layers._group_basis import check_args, rotated_basis
+from layers._group_common import GroupConvMixin
 
 
 @keras.saving.register_keras_serializable(package="invariant")
-class GroupConv2D(keras.layers.Layer):
+class GroupConv2D(GroupConvMixin, keras.layers.Layer):
     """Group convolution C_N -> C_N: feature maps over N orientations to feature maps over N orientations.
 
     A filter psi[p, n, c_in, c_out] sees all N input orientations. Output
@@ -108,10 +109,6 @@ class GroupConv2D(keras.layers.Layer):
         self._basis = rotated_basis(self.kernel_size, n, basis).astype("float32")
         self._shift = ((np.arange(n)[None, :] - np.arange(n)[:, None]) % n).astype("int32")
 
-    @property
-    def resolved_basis(self) -> str:
-        return resolve_basis(self.basis, self.group_order)
-
     def build(self, input_shape):
         if input_shape[-2] != self.group_order:
             raise ValueError(
@@ -143,19 +140,7 @@ class GroupConv2D(keras.layers.Layer):
         s = ops.shape(x)
         x = ops.reshape(x, (s[0], s[1], s[2], self.group_order * self._c_in))
         y = ops.conv(x, self.stacked_kernel(), strides=1, padding=self.padding)
-        t = ops.shape(y)
-        y = ops.reshape(y, (t[0], t[1], t[2], self.group_order, self.filters))
-        if self.use_bias:
-            y = y + ops.cast(self.bias, self.compute_dtype)
-        return y
-
-    def compute_output_shape(self, input_shape):
-        def out(d):
-            if d is None or self.padding == "same":
-                return d
-            return d - self.kernel_size + 1
-
-        return (input_shape[0], out(input_shape[1]), out(input_shape[2]), self.group_order, self.filters)
+        return self._orientation_maps(y)
 
     def get_config(self):
         config = super().get_config()

@@ -5,11 +5,12 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from layers._group_basis import check_args, resolve_basis, rotated_basis
+from layers._group_basis import check_args, rotated_basis
+from layers._group_common import GroupConvMixin
 
 
 @keras.saving.register_keras_serializable(package="invariant")
-class LiftingConv2D(keras.layers.Layer):
+class LiftingConv2D(GroupConvMixin, keras.layers.Layer):
     """Lifting convolution to the cyclic group C_N: one filter bank correlated at N rotations.
 
     Output orientation r is the input correlated with the filters rotated by
@@ -98,10 +99,6 @@ class LiftingConv2D(keras.layers.Layer):
         # [N, k*k, J], exact rotations of the basis (float64 -> float32 constant)
         self._basis = rotated_basis(self.kernel_size, self.group_order, basis).astype("float32")
 
-    @property
-    def resolved_basis(self) -> str:
-        return resolve_basis(self.basis, self.group_order)
-
     def build(self, input_shape):
         c_in = input_shape[-1]
         if c_in is None:
@@ -126,19 +123,7 @@ class LiftingConv2D(keras.layers.Layer):
     def call(self, inputs):
         x = ops.cast(inputs, self.compute_dtype)
         y = ops.conv(x, self.stacked_kernel(), strides=1, padding=self.padding)
-        s = ops.shape(y)
-        y = ops.reshape(y, (s[0], s[1], s[2], self.group_order, self.filters))
-        if self.use_bias:
-            y = y + ops.cast(self.bias, self.compute_dtype)
-        return y
-
-    def compute_output_shape(self, input_shape):
-        def out(d):
-            if d is None or self.padding == "same":
-                return d
-            return d - self.kernel_size + 1
-
-        return (input_shape[0], out(input_shape[1]), out(input_shape[2]), self.group_order, self.filters)
+        return self._orientation_maps(y)
 
     def get_config(self):
         config = super().get_config()

@@ -5,11 +5,12 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from layers._scale_basis import check_scale_args, exact_pairs, hermite_basis, scale_set
+from layers._scale_basis import check_scale_args
+from layers._scale_common import ScaleBasisMixin
 
 
 @keras.saving.register_keras_serializable(package="invariant")
-class ScaleConv2D(keras.layers.Layer):
+class ScaleConv2D(ScaleBasisMixin, keras.layers.Layer):
     """Scale-equivariant convolution of multi-scale feature maps: [.., S, C] -> [.., S, C'].
 
     The layer after `ScaleLiftingConv2D`. Output scale s is
@@ -106,20 +107,6 @@ class ScaleConv2D(keras.layers.Layer):
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.input_spec = keras.layers.InputSpec(ndim=5)
 
-    @property
-    def scales(self):
-        """The basis scales sigma * scale_step**s (NumPy float64)."""
-        return scale_set(self.sigma, self.scale_step, self.num_scales)
-
-    @property
-    def exact_pairs(self):
-        """(s, t, a): scale t = a * scale s for an odd integer a: exactly equivariant under a-fold enlargement."""
-        return exact_pairs(self.scales)
-
-    def basis(self):
-        """The fixed basis [num_scales, functions, k, k] (NumPy float64)."""
-        return hermite_basis(self.kernel_size, self.scales, self.max_order)
-
     def build(self, input_shape):
         if input_shape[-2] != self.num_scales:
             raise ValueError(
@@ -161,17 +148,6 @@ class ScaleConv2D(keras.layers.Layer):
         if self.use_bias:
             y = y + ops.cast(self.bias, self.compute_dtype)
         return y
-
-    def _spatial(self, n):
-        if n is None:
-            return None
-        if self.padding == "same":
-            return -(-n // self.strides)
-        return (n - self.kernel_size) // self.strides + 1
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], self._spatial(input_shape[1]), self._spatial(input_shape[2]),
-                self.num_scales, self.filters)
 
     def get_config(self):
         config = super().get_config()

@@ -5,11 +5,12 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from layers._scale_basis import check_scale_args, exact_pairs, hermite_basis, scale_set
+from layers._scale_basis import check_scale_args
+from layers._scale_common import ScaleBasisMixin
 
 
 @keras.saving.register_keras_serializable(package="invariant")
-class ScaleLiftingConv2D(keras.layers.Layer):
+class ScaleLiftingConv2D(ScaleBasisMixin, keras.layers.Layer):
     """Lifting scale-equivariant convolution: images -> one feature map per scale.
 
     The filters are linear combinations of a FIXED multi-scale basis,
@@ -109,20 +110,6 @@ class ScaleLiftingConv2D(keras.layers.Layer):
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
-    @property
-    def scales(self):
-        """The basis scales sigma * scale_step**s (NumPy float64)."""
-        return scale_set(self.sigma, self.scale_step, self.num_scales)
-
-    @property
-    def exact_pairs(self):
-        """(s, t, a): scale t = a * scale s for an odd integer a: exactly equivariant under a-fold enlargement."""
-        return exact_pairs(self.scales)
-
-    def basis(self):
-        """The fixed basis [num_scales, functions, k, k] (NumPy float64)."""
-        return hermite_basis(self.kernel_size, self.scales, self.max_order)
-
     def build(self, input_shape):
         c_in = input_shape[-1]
         if c_in is None:
@@ -152,17 +139,6 @@ class ScaleLiftingConv2D(keras.layers.Layer):
         if self.use_bias:
             y = y + ops.cast(self.bias, self.compute_dtype)
         return y
-
-    def _spatial(self, n):
-        if n is None:
-            return None
-        if self.padding == "same":
-            return -(-n // self.strides)
-        return (n - self.kernel_size) // self.strides + 1
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], self._spatial(input_shape[1]), self._spatial(input_shape[2]),
-                self.num_scales, self.filters)
 
     def get_config(self):
         config = super().get_config()
