@@ -35,8 +35,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import tensorflow as tf
 
+from data.options import METADATA_FILE, SPLITS, DataOptions
 from data.sources import DataSourceError
-from data.streaming import METADATA_FILE, SPLITS, DataOptions, StreamSplits, open_source
+from data.splits import StreamSplits
+from data.streaming import open_source
 
 PLAN_FILE = "convert-plan.json"
 FORMAT = "invariant-nets-tfrecord/1"

@@ -1,0 +1,233 @@
+"""Image files and image tensors of the streaming sources (data/streaming.py).
+
+Header pass (`scan_images`, before anything is decoded, in parallel threads):
+each file's size and channels from its header bytes (PNG IHDR, JPEG frame
+header, GIF screen, BMP info header; PIL for anything else) and a look at its
+last bytes, which finds empty, truncated and non-image files (and BMPs that
+`tf.io.decode_bmp` cannot read) without decoding them (`full`: decode every
+file once too).
+
+Graph ops (run inside `tf.data` maps): `decode_image` (`tf.io.decode_image`:
+PNG, JPEG, BMP, GIF first frame), `convert_channels` and `preprocess_image`.
+
+Preprocessing (the same for every source): channels (`auto`: 1 when every
+image is grayscale, else 3; or 1, 3), then `image_size` with `resize`:
+`stretch` (bilinear, antialiased), `crop` (scale to cover, keeping the aspect
+ratio, then a center crop; a random crop on the training split when
+`random_crop=True`), `pad` (scale to fit, then zero padding around the
+center). Images already at `image_size` pass unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import tensorflow as tf
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+RESIZE_MODES = ("stretch", "crop", "pad")
+
+__all__ = ["scan_images", "decode_image", "convert_channels", "preprocess_image"]
+
+
+# ----------------------------------------------------------------------------- header pass
+
+_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+
+
+def _sniff(head: bytes) -> str | None:
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if head.startswith(b"BM"):
+        return "bmp"
+    return None
+
+
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _header_shape(f, kind: str, head: bytes):
+    """(height, width, is_gray) from the header bytes, without PIL (about 10x faster); None if unsure."""
+    if kind == "png" and len(head) >= 26 and head[12:16] == b"IHDR":
+        return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big"), head[25] in (0, 4)
+    if kind == "gif" and len(head) >= 10:
+        return int.from_bytes(head[8:10], "little"), int.from_bytes(head[6:8], "little"), False
+    if kind == "bmp" and len(head) >= 30:
+        w = int.from_bytes(head[18:22], "little", signed=True)
+        h = int.from_bytes(head[22:26], "little", signed=True)
+        return abs(h), abs(w), int.from_bytes(head[28:30], "little") == 8
+    if kind == "jpeg":
+        f.seek(2)
+        for _ in range(256):  # segments before the frame header (APPn, DQT, ...)
+            marker = f.read(4)
+            if len(marker) < 4 or marker[0] != 0xFF:
+                return None
+            code, length = marker[1], int.from_bytes(marker[2:4], "big")
+            if code in _JPEG_SOF:
+                sof = f.read(6)
+                if len(sof) < 6:
+                    return None
+                return int.from_bytes(sof[1:3], "big"), int.from_bytes(sof[3:5], "big"), sof[5] == 1
+            if code == 0xFF or length < 2:
+                return None
+            f.seek(length - 2, 1)
+    return None
+
+
+def _inspect(path: str, full: bool = False):
+    """(height, width, is_gray) of an image file, or the reason it is unreadable.
+
+    Reads the header (size and channels from the PNG IHDR, JPEG frame header,
+    GIF screen or BMP info header; PIL for anything else) and the last bytes:
+    a PNG must end with its IEND chunk, a JPEG with its EOI marker, a GIF with
+    its trailer, and a BMP must be as long as its header says and be of a kind
+    `tf.io.decode_bmp` reads. That finds truncated files without decoding them.
+    A file whose end looks wrong (data appended after the end marker is legal)
+    is decoded in full before it is called truncated; `full` decodes every file
+    (finds corruption in the middle too, at the cost of a decode per file).
+    """
+    from PIL import Image
+
+    try:
+        size = os.path.getsize(path)
+        if size == 0:
+            return "empty file"
+        with open(path, "rb") as f:
+            head = f.read(32)
+            kind = _sniff(head)
+            if kind is None:
+                return "not a PNG, JPEG, BMP or GIF file"
+            f.seek(max(0, size - 32))
+            tail = f.read()
+            shape = _header_shape(f, kind, head)
+        suspect = None
+        if kind == "png" and b"IEND" not in tail:
+            suspect = "truncated PNG (no IEND chunk at the end)"
+        elif kind == "jpeg" and b"\xff\xd9" not in tail:
+            suspect = "truncated JPEG (no end-of-image marker)"
+        elif kind == "gif" and b";" not in tail[-4:]:
+            suspect = "truncated GIF (no trailer)"
+        elif kind == "bmp":
+            if len(head) >= 6 and int.from_bytes(head[2:6], "little") > size:
+                return "truncated BMP (shorter than its header says)"
+            if len(head) >= 34:
+                bpp = int.from_bytes(head[28:30], "little")
+                compression = int.from_bytes(head[30:34], "little")
+                if bpp not in (8, 24, 32) or compression not in (0, 3):
+                    return f"a BMP tf.io.decode_bmp cannot read ({bpp} bits per pixel, compression {compression})"
+        if shape is not None and not suspect and not full:
+            h, w, gray = shape
+        else:
+            with Image.open(path) as im:
+                w, h = im.size
+                gray = im.mode in _GRAY_MODES
+                if suspect or full:
+                    try:
+                        im.load()
+                    except Exception as e:
+                        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+                        return suspect or f"corrupt {kind.upper()} ({why})"
+        if w < 1 or h < 1:
+            return f"empty image ({w}x{h})"
+        return int(h), int(w), bool(gray)
+    except Exception as e:  # PIL raises many types for broken headers
+        return f"unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+
+
+def scan_images(paths, workers: int = 16, full: bool = False):
+    """The header pass over `paths`, in parallel threads: a list of `(h, w, is_gray)` or reason strings.
+
+    `full`: decode every file too (see `_inspect`)."""
+    paths = list(paths)
+    if not paths:
+        return []
+    with ThreadPoolExecutor(max(1, min(workers, len(paths)))) as pool:
+        return list(pool.map(lambda p: _inspect(p, full), paths))
+
+
+# ----------------------------------------------------------------------------- graph ops
+
+
+def decode_image(encoded, channels: int = 0):
+    """Encoded PNG/JPEG/BMP/GIF bytes -> uint8 [H, W, C] (`channels` 0: as stored, 1 to 4; or 3; GIF: first frame)."""
+    image = tf.io.decode_image(encoded, channels=channels, dtype=tf.uint8, expand_animations=False)
+    image.set_shape([None, None, channels or None])
+    return image
+
+
+def _to_uint8(x):
+    return tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8)
+
+
+def convert_channels(image, channels: int):
+    """uint8 [H, W, C] with C in 1-4 -> [H, W, channels] (gray = ITU-R 601 luma, alpha dropped)."""
+    static = image.shape[-1]
+    if static is not None:  # known when traced (arrays): choose in Python
+        if static == channels:
+            return image
+        if channels == 1:
+            return image[..., :1] if static < 3 else _to_uint8(tf.image.rgb_to_grayscale(
+                tf.cast(image[..., :3], tf.float32)))
+        return image[..., :3] if static >= 3 else tf.tile(image[..., :1], [1, 1, 3])
+    c = tf.shape(image)[-1]
+    if channels == 1:
+        def gray():
+            return _to_uint8(tf.image.rgb_to_grayscale(tf.cast(image[..., :3], tf.float32)))
+
+        out = tf.cond(c >= 3, gray, lambda: image[..., :1])
+    else:
+        out = tf.cond(c >= 3, lambda: image[..., :3], lambda: tf.tile(image[..., :1], [1, 1, 3]))
+    out.set_shape([None, None, channels])
+    return out
+
+
+def _cover_size(h, w, th, tw):
+    """The smallest size with the aspect ratio of (h, w) that covers (th, tw)."""
+    hf, wf = tf.cast(h, tf.float64), tf.cast(w, tf.float64)
+    scale = tf.maximum(th / hf, tw / wf)
+    nh = tf.maximum(tf.cast(tf.math.round(hf * scale), tf.int32), th)
+    nw = tf.maximum(tf.cast(tf.math.round(wf * scale), tf.int32), tw)
+    return nh, nw
+
+
+def _resize_to(image, nh, nw):
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    return tf.cond(tf.logical_and(tf.equal(h, nh), tf.equal(w, nw)), lambda: image,
+                   lambda: _to_uint8(tf.image.resize(image, tf.stack([nh, nw]), antialias=True)))
+
+
+def preprocess_image(image, image_size, resize: str = "stretch", channels: int = 3, *, cover_only: bool = False):
+    """Channels, then `image_size` by `resize` (deterministic: center crop and pad).
+
+    `cover_only` (resize `crop`): only scale to cover `image_size`; the crop is
+    left to `random_crop` (training).
+    """
+    image = convert_channels(image, channels)
+    if image_size is None:
+        return image
+    th, tw = int(image_size[0]), int(image_size[1])
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    if resize == "stretch":
+        out = _resize_to(image, th, tw)
+    elif resize == "crop":
+        nh, nw = _cover_size(h, w, th, tw)
+        out = _resize_to(image, nh, nw)
+        if cover_only:
+            out.set_shape([None, None, channels])
+            return out
+        out = tf.image.crop_to_bounding_box(out, (nh - th) // 2, (nw - tw) // 2, th, tw)
+    elif resize == "pad":
+        hf, wf = tf.cast(h, tf.float64), tf.cast(w, tf.float64)
+        scale = tf.minimum(th / hf, tw / wf)
+        nh = tf.clip_by_value(tf.cast(tf.math.round(hf * scale), tf.int32), 1, th)
+        nw = tf.clip_by_value(tf.cast(tf.math.round(wf * scale), tf.int32), 1, tw)
+        out = tf.image.pad_to_bounding_box(_resize_to(image, nh, nw), (th - nh) // 2, (tw - nw) // 2, th, tw)
+    else:
+        raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+    out.set_shape([th, tw, channels])
+    return out
