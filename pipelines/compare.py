@@ -5,7 +5,11 @@
 Reads each MLflow run's logged metrics (those of `make evaluate`, which `make
 train` logs at its end), prints a table with one column per run and one row
 per figure, and writes it as markdown and CSV together with the runs'
-rotation curves overlaid in one PNG to reports/compare-<short ids>/.
+rotation curves overlaid in one PNG to reports/compare-<short ids>/. The
+rotation-equivariance errors of the two equivariant families sit in adjacent
+rows at each angle: harmonic convolutions (`equiv_err_mean_<angle>`, hnet) and
+C_N group convolutions (`group_equiv_err_mean_<angle>`, gcnn; only at
+multiples of 360/N); a run without a family's layers shows "-".
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pipelines.errors import UserError
 _ROT = re.compile(r"^rot_acc_(\d{3})$")
 _ELASTIC = re.compile(r"^elastic_acc_(.+)$")
 _EQUIV_MEAN = re.compile(r"^equiv_err_mean_(.+)$")
+_GROUP_EQUIV_MEAN = re.compile(r"^group_equiv_err_mean_(.+)$")
 _SCALE = re.compile(r"^scale_acc_(.+)$")
 
 
@@ -87,8 +92,15 @@ def figure_rows(runs: list[RunFigures]) -> list[tuple[str, str, list]]:
         rows.append((f"elastic_acc_{a}", f"elastic alpha={a}"))
     for f in sorted({m.group(1) for k in keys if (m := _SCALE.match(k))}, key=_num_key):
         rows.append((f"scale_acc_{f}", f"scale {f}x"))
-    for a in sorted({m.group(1) for k in keys if (m := _EQUIV_MEAN.match(k))}, key=_num_key):
-        rows.append((f"equiv_err_mean_{a}", f"harmonic equivariance error {a} deg (mean over layers)"))
+    # the two rotation-equivariant families side by side, angle by angle: a run without a family's layers shows "-"
+    harmonic = {m.group(1) for k in keys if (m := _EQUIV_MEAN.match(k))}
+    group = {m.group(1) for k in keys if (m := _GROUP_EQUIV_MEAN.match(k))}
+    for a in sorted(harmonic | group, key=_num_key):
+        if a in harmonic:
+            rows.append((f"equiv_err_mean_{a}", f"harmonic equivariance error {a} deg (mean over layers)"))
+        if a in group:
+            rows.append((f"group_equiv_err_mean_{a}",
+                         f"group-conv (C_N) equivariance error {a} deg (mean over layers)"))
     rows.append(("eval_images", "test images evaluated"))
     return [(k, d, [r.metrics.get(k) for r in runs]) for k, d in rows]
 
@@ -98,7 +110,7 @@ def _fmt(key: str, value) -> str:
         return "-"
     if key == "eval_images":
         return str(int(value))
-    if key.startswith("equiv_err"):
+    if key.startswith(("equiv_err", "group_equiv_err")):
         return f"{value:.2e}"
     return f"{100 * value:.1f}%"
 

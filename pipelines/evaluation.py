@@ -37,6 +37,7 @@ class Evaluation:
     equivariance: dict = field(default_factory=dict)  # layer name -> {angle: relative error}
     scale: dict = field(default_factory=dict)  # factor -> accuracy
     scale_equivariance: dict = field(default_factory=dict)  # layer name -> {"s0_s1": relative error}
+    group_equivariance: dict = field(default_factory=dict)  # group conv name -> {angle: relative error}
 
     def metrics(self) -> dict[str, float]:
         """Flat MLflow metrics."""
@@ -51,6 +52,11 @@ class Evaluation:
             angles = next(iter(self.equivariance.values())).keys()
             for a in angles:
                 m[f"equiv_err_mean_{a:g}"] = float(np.mean([e[a] for e in self.equivariance.values()]))
+        for layer, errs in self.group_equivariance.items():
+            m.update({f"group_equiv_err_{layer}_{a:g}": e for a, e in errs.items()})
+        for a in sorted({a for errs in self.group_equivariance.values() for a in errs}):
+            at_a = [errs[a] for errs in self.group_equivariance.values() if a in errs]
+            m[f"group_equiv_err_mean_{a:g}"] = float(np.mean(at_a))
         m.update({f"scale_acc_{f:g}": v for f, v in self.scale.items()})
         for layer, errs in self.scale_equivariance.items():
             m.update({f"scale_equiv_err_{layer}_{k}": v for k, v in errs.items()})
@@ -72,7 +78,11 @@ class Evaluation:
         for a, v in self.elastic.items():
             rows.append((f"elastic alpha={a:g} px (sigma {self.elastic_sigma:g})", pct(v)))
         for layer, errs in self.equivariance.items():
-            rows.append((f"equivariance error {layer}", ", ".join(f"{e:.2e} @ {a:g} deg" for a, e in errs.items())))
+            rows.append((f"harmonic equivariance error {layer}",
+                         ", ".join(f"{e:.2e} @ {a:g} deg" for a, e in errs.items())))
+        for layer, errs in self.group_equivariance.items():  # at multiples of 360/N only (models/group_equivariance.py)
+            rows.append((f"group-conv equivariance error {layer}",
+                         ", ".join(f"{e:.2e} @ {a:g} deg" for a, e in errs.items())))
         if self.scale:
             rows.append(("scale curve (factor: accuracy)", "  ".join(f"{f:g}x: {pct(v)}" for f, v in self.scale.items())))
         for layer, errs in self.scale_equivariance.items():
@@ -167,7 +177,10 @@ def evaluate(predict, images, labels, ecfg, model=None) -> Evaluation:
     """All invariance figures of `predict` on (`images` uint8 or float in [0, 1], `labels`).
 
     `ecfg` is a `pipelines.config.EvaluateConfig`; `model`, a Keras model, adds
-    the equivariance errors of its harmonic convolutions.
+    the equivariance errors of its harmonic convolutions (at each of
+    `ecfg.equivariance_angles`), of its C_N group convolutions (at those of
+    the angles that are multiples of 360/N, and at 360/N) and of its scale
+    convolutions.
     """
     x, y = eval_subset(images, labels, ecfg.max_images, ecfg.seed)
     if len(x) == 0:
@@ -177,7 +190,7 @@ def evaluate(predict, images, labels, ecfg, model=None) -> Evaluation:
     circ_c = inv.shift_consistency(predict, x, ecfg.shift_range, seed=ecfg.seed + 1, mode="circular")
     elastic = inv.elastic_curve(predict, x, y, ecfg.elastic_alphas, ecfg.elastic_sigma, seed=ecfg.seed)
     scale = inv.scale_curve(predict, x, y, ecfg.scale_factors)
-    equiv, scale_equiv = {}, {}
+    equiv, scale_equiv, group_equiv = {}, {}, {}
     if model is not None and inv.harmonic_layers(model):
         equiv = inv.harmonic_equivariance(model, x[: ecfg.equivariance_images], ecfg.equivariance_angles)
     if model is not None:
@@ -185,8 +198,12 @@ def evaluate(predict, images, labels, ecfg, model=None) -> Evaluation:
 
         if scale_layers(model):
             scale_equiv = scale_equivariance(model, x[: ecfg.equivariance_images], steps=(1,))
+        from models.group_equivariance import group_equivariance, group_layers
+
+        if group_layers(model):
+            group_equiv = group_equivariance(model, x[: ecfg.equivariance_images], ecfg.equivariance_angles)
     return Evaluation(len(x), rotation, shift_c, circ_c, ecfg.shift_range, elastic, ecfg.elastic_sigma, equiv,
-                      scale, scale_equiv)
+                      scale, scale_equiv, group_equiv)
 
 
 # ----------------------------------------------------------------------------- pictures
@@ -210,6 +227,10 @@ def write_report(ev: Evaluation, out_dir: str, title: str, model=None) -> list[s
         files.append(plots.plot_scale_curve({title: ev.scale}, os.path.join(out_dir, "scale_curve.png")))
     if ev.equivariance:
         files.append(plots.plot_equivariance(ev, os.path.join(out_dir, "harmonic_equivariance.png")))
+    if ev.group_equivariance:
+        files.append(plots.plot_equivariance(
+            ev.group_equivariance, os.path.join(out_dir, "group_equivariance.png"),
+            title="rotation equivariance error per group convolution (at multiples of 360/N)"))
     if model is not None:
         p = plots.plot_filters(model, os.path.join(out_dir, "filters.png"))
         if p:

@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from models.group_equivariance import is_group_conv  # noqa: E402
 from pipelines.invariance import is_harmonic_conv  # noqa: E402
 
 
@@ -121,18 +122,25 @@ def plot_elastic_curve(ev, path: str) -> str:
     return save(fig, path)
 
 
-def plot_equivariance(ev, path: str) -> str:
+def plot_equivariance(errors, path: str, title: str = "rotation equivariance error per harmonic layer") -> str:
+    """Bars of relative equivariance errors per layer and angle (log axis).
+
+    `errors`: layer name -> {angle: error}, or an `Evaluation` (its harmonic
+    layers' `equivariance`). Layers may have different angles (a C_N layer is
+    measured at multiples of 360/N only); a missing angle leaves a gap.
+    """
+    errors = getattr(errors, "equivariance", errors)
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    names = list(ev.equivariance)
-    angles = list(next(iter(ev.equivariance.values())))
+    names = list(errors)
+    angles = sorted({a for errs in errors.values() for a in errs})
     width = 0.8 / max(1, len(angles))
     for j, a in enumerate(angles):
-        vals = [max(ev.equivariance[n][a], 1e-9) for n in names]
+        vals = [max(errors[n][a], 1e-9) if a in errors[n] else np.nan for n in names]
         ax.bar(np.arange(len(names)) + j * width, vals, width, label=f"{a:g} deg")
     ax.set_yscale("log")
     ax.set_xticks(np.arange(len(names)) + width * (len(angles) - 1) / 2, names, rotation=30, ha="right", fontsize=7)
     ax.set_ylabel("relative L2 error (central disk)")
-    ax.set_title("rotation equivariance error per harmonic layer")
+    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     return save(fig, path)
 
@@ -149,6 +157,8 @@ def first_filters(model):
 
     Harmonic convolution: its complex filters for the first input stream and
     channel, one row per output rotation order and part (real, imaginary).
+    C_N group convolution: its stacked kernel (mean over input channels),
+    one row per orientation (at most 8), the first 8 filters.
     Other convolutions: the first 4-D kernel, averaged over input channels.
     """
     for layer in _walk_layers(model):
@@ -163,6 +173,12 @@ def first_filters(model):
                 rows.append((f"m={m} re", k[:, :, qi, 0]))
                 rows.append((f"m={m} im", k[:, :, qi, 1]))
             return f"{layer.name} ({type(layer).__name__}): filters per rotation order m", rows
+        if is_group_conv(layer) and layer.built:
+            k = np.asarray(layer.stacked_kernel(), np.float32).mean(axis=2)  # [k, k, N * filters], orientation-major
+            n = int(layer.group_order)
+            k = k.reshape(k.shape[:2] + (n, layer.filters))
+            rows = [(f"{360 * r / n:g} deg", k[:, :, r, :8]) for r in range(min(n, 8))]
+            return f"{layer.name} ({type(layer).__name__}): filters per orientation, mean over input channels", rows
         for w in getattr(layer, "weights", []):
             if len(w.shape) == 4 and "kernel" in w.path.split("/")[-1]:
                 k = np.asarray(w.numpy(), np.float32).mean(axis=2)  # [k, k, out]

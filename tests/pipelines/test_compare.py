@@ -81,3 +81,47 @@ def test_bad_run_ids_give_one_clear_error(runs, tmp_path, capsys):
     assert run_main(compare.main, ["--runs", " , ", *base]) == 2
     assert "give RUNS=" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_gcnn_and_an_hnet_run_side_by_side(tmp_path):
+    """Each family's equivariance errors, as the evaluation logs them, in adjacent rows; '-' where a run has none."""
+    from pipelines.evaluation import Evaluation, log_to_run
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        client = mlflow.MlflowClient()
+        exp = client.create_experiment("e")
+        ids = []
+        for name, model, harmonic, group in (
+            ("gcnn-run", "gcnn", {},
+             {"stage0_gconv0": {45.0: 0.02, 90.0: 1e-7}, "stage0_gconv1": {45.0: 0.04, 90.0: 3e-7}}),
+            ("hnet-run", "hnet", {"hc1": {15.0: 0.01, 45.0: 0.03, 90.0: 2e-7}}, {}),
+        ):
+            ev = Evaluation(100, {0: 0.9, 90: 0.9, 180: 0.9, 270: 0.9}, 0.95, 0.97, 2, {0.0: 0.9}, 4.0,
+                            equivariance=harmonic, group_equivariance=group)
+            rid = client.create_run(exp, run_name=name).info.run_id
+            client.log_param(rid, "model.name", model)
+            log_to_run(rid, ev, [])
+            ids.append(rid)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    _, table, _ = compare.compare(ids, uri, str(tmp_path / "reports"))
+    lines = table.splitlines()
+    assert lines[1].split()[-2:] == ["gcnn", "hnet"]
+    rows = [line for line in lines if "equivariance error" in line]
+    assert [r.split(" error ")[0] for r in rows] == [
+        "harmonic equivariance", "harmonic equivariance", "group-conv (C_N) equivariance",  # 15, 45, 45 deg
+        "harmonic equivariance", "group-conv (C_N) equivariance"]  # 90, 90 deg
+    values = {r.split(" (mean over layers)")[0]: r.split()[-2:] for r in rows}
+    assert values["harmonic equivariance error 15 deg"] == ["-", "1.00e-02"]
+    assert values["harmonic equivariance error 45 deg"] == ["-", "3.00e-02"]
+    assert values["group-conv (C_N) equivariance error 45 deg"] == ["3.00e-02", "-"]  # mean over the two layers
+    assert values["group-conv (C_N) equivariance error 90 deg"] == ["2.00e-07", "-"]
+    out = tmp_path / "reports" / f"compare-{ids[0][:8]}-{ids[1][:8]}"
+    md = (out / "compare.md").read_text()
+    assert "| group-conv (C_N) equivariance error 90 deg (mean over layers) | 2.00e-07 | - |" in md
+    with open(out / "compare.csv") as fh:
+        rows = list(csv.reader(fh))
+    assert ["group_equiv_err_mean_45", "0.03", ""] in rows and ["equiv_err_mean_45", "", "0.03"] in rows

@@ -1,0 +1,136 @@
+"""Rotation-equivariance error of the C_N group convolutions (LiftingConv2D, GroupConv2D), NumPy + SciPy.
+
+For the evaluation (one figure per layer and angle, beside the harmonic
+layers' rotation errors and the scale layers' scale errors) and for tests.
+
+The relation measured (layers/lifting_conv.py, layers/group_conv.py):
+rotating a layer's input by g = 360 s / N degrees (counter-clockwise) and,
+for a group convolution, rolling the input's orientation axis by s, rotates
+every output map by g and rolls the output's orientation axis by s:
+
+    layer(R_g x)  ~  roll(R_g layer(x), s, axis=3)      (maps [B, H, W, N, C]).
+
+The error is ||layer(R x) - roll(R layer(x))|| / ||roll(R layer(x))||
+(relative L2) on the central disk of the output one pixel inside the
+inscribed circle, the input first cut to its central disk (zero outside) so
+that zero padding and rotation agree about what lies beyond the frame: the
+same resampling (bilinear, zero fill; exact `np.rot90` at multiples of 90
+degrees on square maps) and the same disks as the harmonic layers' figure
+(pipelines/invariance.py `layer_equivariance_error`), so the two families'
+figures compare. Exact (float rounding) at multiples of 90 degrees when N is
+a multiple of 4; at the group's other angles (45 degrees for N = 8, 22.5 for
+N = 16) it holds the pixel grid's interpolation error.
+
+Only angles the construction promises are measured: multiples of 360 / N.
+Between them no orientation shift exists for a group convolution's input
+(its orientation axis cannot be rolled by a fraction), so there is nothing
+to compare with; the invariance of the orientation-pooled maps at such
+angles is what the evaluation's rotation curve measures, and the layers'
+docstrings give the nearest-shift figures of single layers.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+
+def is_group_conv(layer) -> bool:
+    """A C_N convolution with an orientation axis (LiftingConv2D, GroupConv2D) or a layer with their interface."""
+    return all(hasattr(layer, a) for a in ("group_order", "stacked_kernel", "filters"))
+
+
+def group_layers(model) -> list:
+    """The model's group convolutions (top-level layers), in order."""
+    return [layer for layer in getattr(model, "layers", []) if is_group_conv(layer)]
+
+
+def promised_angles(group_order: int, angles: Sequence[float] = ()) -> list[float]:
+    """The angles (degrees) at which a C_N layer is equivariant, of `angles`, plus the group's generator 360 / N.
+
+    `angles` that are not multiples of 360 / N (within 1e-6 degrees) are left
+    out; the generator is always included for N >= 2 (N = 1 has no rotation).
+    """
+    n = int(group_order)
+    if n < 1:
+        raise ValueError(f"group_order must be a positive integer, got {group_order!r}")
+    step = 360.0 / n
+    out = {step} if n >= 2 else set()
+    for a in angles:
+        s = float(a) / step
+        if abs(s - round(s)) < 1e-6 / step:
+            out.add(float(a))
+    return sorted(out)
+
+
+def _disk(h: int, w: int, radius: float) -> np.ndarray:
+    r, c = np.meshgrid(np.arange(h) - (h - 1) / 2.0, np.arange(w) - (w - 1) / 2.0, indexing="ij")
+    return r**2 + c**2 <= radius**2
+
+
+def rotate_maps(x: np.ndarray, degrees: float) -> np.ndarray:
+    """Rotate the spatial axes (1, 2) of `[B, H, W, ...]` counter-clockwise about the centre.
+
+    Multiples of 90 degrees on square maps: `np.rot90` (exact); other angles:
+    bilinear, zero fill (as pipelines/invariance.py's `rotate`).
+    """
+    x = np.asarray(x)
+    b, h, w = x.shape[:3]
+    k, rest = divmod(float(degrees), 90.0)
+    if rest == 0.0 and (h == w or int(k) % 2 == 0):
+        return np.ascontiguousarray(np.rot90(x, int(k) % 4, axes=(1, 2)))
+    flat = x.reshape(b, h, w, -1)
+    out = ndimage.rotate(flat, float(degrees), axes=(1, 2), reshape=False, order=1, mode="grid-constant", cval=0.0,
+                         prefilter=False)
+    return out.reshape(x.shape).astype(x.dtype, copy=False)
+
+
+def _transform(x: np.ndarray, degrees: float, shift: int) -> np.ndarray:
+    """R_g of a map: rotate space; on [B, H, W, N, C] also roll the orientation axis by `shift`."""
+    out = rotate_maps(x, degrees)
+    return np.roll(out, shift, axis=3) if out.ndim == 5 else out
+
+
+def group_equivariance_error(layer, inputs: np.ndarray, angles: Sequence[float]) -> dict[float, float]:
+    """Relative L2 error of a C_N convolution's rotation equivariance at each promised angle.
+
+    Args:
+        layer: a LiftingConv2D or GroupConv2D (stride 1), built or not.
+        inputs: what the layer receives: [B, H, W, C] (lifting) or [B, H, W, N, C].
+        angles: degrees; those that are not multiples of 360 / N are left out.
+    Returns:
+        {angle: error} for each angle of `promised_angles(N, angles)`.
+    """
+    x = np.asarray(inputs, np.float32)
+    n = int(layer.group_order)
+    if x.ndim == 5 and x.shape[3] != n:
+        raise ValueError(f"the input's orientation axis has {x.shape[3]} entries, the layer's group order is {n}")
+    h, w = x.shape[1:3]
+    x = x * _disk(h, w, (min(h, w) - 1) / 2.0).reshape((1, h, w) + (1,) * (x.ndim - 3))
+    y = np.asarray(layer(x), np.float64)
+    oh, ow = y.shape[1:3]
+    out_mask = _disk(oh, ow, (min(oh, ow) - 1) / 2.0 - 1.0)
+    errors = {}
+    for a in promised_angles(n, angles):
+        s = int(round(a * n / 360.0)) % n
+        got = np.asarray(layer(np.ascontiguousarray(_transform(x, a, s), np.float32)), np.float64)
+        want = _transform(y, a, s)
+        diff = (got - want)[:, out_mask]
+        ref = want[:, out_mask]
+        errors[a] = float(np.sqrt(np.sum(diff**2) / max(np.sum(ref**2), 1e-30)))
+    return errors
+
+
+def group_equivariance(model, images: np.ndarray, angles: Sequence[float]) -> dict[str, dict[float, float]]:
+    """`group_equivariance_error` of every group convolution of a functional `model`, each fed
+    what it receives from `images` in the model. Keys: layer name -> angle (degrees) -> error."""
+    import keras
+
+    out = {}
+    for layer in group_layers(model):
+        feed = keras.Model(model.inputs[0] if len(model.inputs) == 1 else model.inputs, layer.input)
+        x = np.asarray(feed(np.asarray(images, np.float32), training=False))
+        out[layer.name] = group_equivariance_error(layer, x, angles)
+    return out

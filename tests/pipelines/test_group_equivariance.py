@@ -1,0 +1,130 @@
+"""The evaluation's equivariance section for C_N group convolutions (models/group_equivariance.py).
+
+A gcnn with N = 4 is exactly equivariant at 90 degrees (rotate the input,
+rotate the maps and roll the orientation axis by one); N = 8 is measured at
+45 and 90 degrees only (the multiples of 360/N), approximately at 45. A model
+without group convolutions has no such section; a lifting convolution whose
+N filter copies are not rotations of each other shows a large error.
+"""
+
+import json
+import os
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+
+import models
+from models.group_equivariance import group_equivariance, group_equivariance_error, group_layers, promised_angles
+from pipelines import evaluation, plots
+from pipelines.config import EvaluateConfig
+
+SMALL = dict(max_images=8, rotation_step=90, shift_range=1, elastic_alphas=[0.0], scale_factors=[1.0],
+             equivariance_angles=[15.0, 45.0, 90.0], equivariance_images=2)
+LAYERS = ["stage0_gconv0", "stage0_gconv1", "stage1_gconv0", "stage1_gconv1"]
+
+
+def gcnn(n=4):
+    keras.utils.set_random_seed(0)
+    return models.build_model("gcnn", (12, 12, 1), 3, filters=[2, 3], kernel_size=3, group_order=n)
+
+
+def data(n=8, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 12, 12, 1), dtype=np.uint8), rng.integers(0, 3, n)
+
+
+@pytest.fixture
+def store(tmp_path):
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    yield
+    mlflow.set_tracking_uri(previous)
+
+
+def test_promised_angles_are_the_multiples_of_360_over_n_plus_the_generator():
+    assert promised_angles(4, [15, 45, 90]) == [90.0]
+    assert promised_angles(8, [15, 45, 90, 180]) == [45.0, 90.0, 180.0]
+    assert promised_angles(16, [15, 45, 90]) == [22.5, 45.0, 90.0]
+    assert promised_angles(4, []) == [90.0]
+    assert promised_angles(1, [90]) == []  # C_1 has no rotation
+    with pytest.raises(ValueError, match="got 0"):
+        promised_angles(0)
+
+
+def test_c4_gcnn_section_is_exact_at_90_degrees_reported_logged_and_plotted(store, tmp_path):
+    model = gcnn(4)
+    x, y = data()
+    ev = evaluation.evaluate(evaluation.keras_predictor(model, 8), x, y, EvaluateConfig(**SMALL), model=model)
+    assert list(ev.group_equivariance) == LAYERS  # the lifting and the three group convolutions
+    assert ev.equivariance == {}  # no harmonic layers
+    for errs in ev.group_equivariance.values():
+        assert list(errs) == [90.0]  # 15 and 45 degrees are not promised by C_4
+        assert errs[90.0] < 1e-5
+    m = ev.metrics()
+    assert m["group_equiv_err_mean_90"] < 1e-5
+    assert {k for k in m if k.startswith("group_equiv_err_")} == {
+        *(f"group_equiv_err_{name}_90" for name in LAYERS), "group_equiv_err_mean_90"}
+    assert not any(k.startswith("equiv_err") for k in m)
+    rows = dict(ev.rows())
+    assert rows["group-conv equivariance error stage0_gconv0"].endswith("@ 90 deg")
+
+    files = evaluation.write_report(ev, str(tmp_path / "report"), "gcnn", model=model)
+    names = {os.path.basename(f) for f in files}
+    assert {"group_equivariance.png", "filters.png"} <= names and "harmonic_equivariance.png" not in names
+    assert "| group-conv equivariance error stage1_gconv1 |" in (tmp_path / "report" / "invariance.md").read_text()
+    with open(tmp_path / "report" / "invariance.json") as fh:
+        assert json.load(fh)["group_equiv_err_mean_90"] == pytest.approx(m["group_equiv_err_mean_90"])
+    client = mlflow.MlflowClient()
+    run_id = client.create_run(client.create_experiment("e")).info.run_id
+    evaluation.log_to_run(run_id, ev, files)
+    logged = client.get_run(run_id).data.metrics
+    assert logged["group_equiv_err_stage0_gconv0_90"] == pytest.approx(m["group_equiv_err_stage0_gconv0_90"])
+
+
+def test_c4_filter_picture_shows_the_rotated_copies():
+    title, rows = plots.first_filters(gcnn(4))
+    assert "stage0_gconv0 (LiftingConv2D)" in title
+    assert [label for label, _ in rows] == ["0 deg", "90 deg", "180 deg", "270 deg"]
+    for r in range(4):  # orientation r: the filters rotated by r quarter turns, counter-clockwise
+        np.testing.assert_allclose(rows[r][1], np.rot90(rows[0][1], r, axes=(0, 1)), atol=1e-6)
+
+
+def test_c8_is_measured_at_45_and_90_degrees_only():
+    model = gcnn(8)
+    x = np.random.default_rng(1).uniform(0, 1, (2, 12, 12, 1)).astype("float32")
+    errs = group_equivariance(model, x, [15.0, 45.0, 90.0])
+    assert list(errs) == LAYERS
+    for e in errs.values():
+        assert list(e) == [45.0, 90.0]
+        assert e[90.0] < 1e-5
+        assert 1e-4 < e[45.0] < 1.0  # the pixel grid's interpolation: approximate only
+
+
+def test_a_model_without_group_convolutions_has_no_section():
+    model = models.build_model("baseline_cnn", (12, 12, 1), 3)
+    assert group_layers(model) == []
+    x, y = data()
+    ev = evaluation.evaluate(evaluation.keras_predictor(model, 8), x, y, EvaluateConfig(**SMALL), model=model)
+    assert ev.group_equivariance == {}
+    assert not any(k.startswith("group_equiv") for k in ev.metrics())
+    assert not any("group-conv" in k for k, _ in ev.rows())
+
+
+def test_a_lifting_convolution_with_unrotated_filter_copies_is_caught():
+    model = gcnn(4)
+    x = np.random.default_rng(2).uniform(0, 1, (2, 12, 12, 1)).astype("float32")
+    lift = model.get_layer("stage0_gconv0")
+    # each orientation gets its own random filter basis instead of the rotated copies of one
+    lift._basis = np.random.default_rng(3).standard_normal(lift._basis.shape).astype("float32")
+    errs = group_equivariance(model, x, [90.0])
+    assert errs["stage0_gconv0"][90.0] > 0.3
+    # the later layers, each fed what it now receives, keep their promise: the figure points at the culprit
+    assert all(errs[name][90.0] < 1e-5 for name in LAYERS[1:])
+
+
+def test_group_conv_input_must_have_the_layers_orientations():
+    layer = gcnn(4).get_layer("stage0_gconv1")
+    with pytest.raises(ValueError, match="orientation axis has 8 entries"):
+        group_equivariance_error(layer, np.zeros((1, 12, 12, 8, 2), "float32"), [90.0])
