@@ -78,8 +78,11 @@ class Split:
 
     # -- reading
 
-    def _raw(self, shuffle: bool, seed: int, indices=None) -> tf.data.Dataset:
-        """(path, encoded bytes or uint8 image; int64 label), unpreprocessed; `indices`: a sorted subset."""
+    def _raw(self, shuffle: bool, seed: int, indices=None, then=None) -> tf.data.Dataset:
+        """(path, encoded bytes or uint8 image; int64 label), unpreprocessed; `indices`: a sorted subset.
+
+        `then` (files and arrays only): a function of (item, label) run in the same parallel
+        map as the lookup; one map per element instead of two measured 15% faster on 96x96 JPEGs."""
         s = self._stream
         if self.kind in ("files", "arrays"):
             idx = np.arange(self.count) if indices is None else np.asarray(indices)
@@ -92,7 +95,11 @@ class Split:
             def lookup(i):
                 return tf.gather(items, i), tf.gather(labels, i)
 
-            return ds.map(lookup)  # files: paths, read in the decoding map
+            if then is None:
+                return ds.map(lookup)  # files: paths, read in the decoding map
+            return ds.map(lambda i: then(*lookup(i)), num_parallel_calls=AUTOTUNE, deterministic=True)
+        if then is not None:
+            raise ValueError("`then` applies to files and arrays splits")
         if self.kind == "records":
             files = list(self.files)
             ordered = self.mask is not None or indices is not None  # masks index the stored order
@@ -137,6 +144,13 @@ class Split:
         opts = s.options
         encoded = self.kind != "arrays"
         is_path = self.kind == "files"
+        # When every stored image already has the target size and the decode gives the target channels
+        # (known from the header pass or the metadata), preprocessing is the identity: skip its
+        # per-image conditionals (measured 7% of the folder pipeline's time on 96x96 JPEGs).
+        stored_channels = 3 if encoded and s.channels == 3 else (
+            None if encoded else int(self.images.shape[-1]))
+        native_fits = (s.native_size is not None and stored_channels == s.channels
+                       and (opts.image_size is None or tuple(map(int, opts.image_size)) == tuple(s.native_size)))
 
         def prep(x, y):
             if is_path:
@@ -144,19 +158,22 @@ class Split:
             # Decoding straight to 3 channels (gray replicated, alpha dropped) is what
             # convert_channels does, without a second pass over the pixels.
             image = decode_image(x, 3 if s.channels == 3 else 0) if encoded else x
+            if native_fits:
+                return tf.ensure_shape(image, s.image_shape), y
             out = preprocess_image(image, opts.image_size, opts.resize, s.channels, cover_only=cover_only)
             if opts.image_size is None and None not in s.image_shape:
                 out = tf.ensure_shape(out, s.image_shape)
             return out, y
 
-        ds = self._raw(shuffle, seed, indices)
-        if s.skip_errors:  # a file that passed the header pass but does not decode: dropped, not a traceback
-            ds = ds.map(prep, num_parallel_calls=AUTOTUNE, deterministic=True).ignore_errors(log_warning=True)
+        if self.kind in ("files", "arrays"):
+            ds = self._raw(shuffle, seed, indices, then=prep)
         else:
-            ds = ds.map(prep, num_parallel_calls=AUTOTUNE, deterministic=True)
-            if self.kind in ("records", "tfds"):  # known from metadata: Keras then knows the epoch's length
-                n = self.count if indices is None else len(indices)
-                ds = ds.apply(tf.data.experimental.assert_cardinality(n))
+            ds = self._raw(shuffle, seed, indices).map(prep, num_parallel_calls=AUTOTUNE, deterministic=True)
+        if s.skip_errors:  # a file that passed the header pass but does not decode: dropped, not a traceback
+            ds = ds.ignore_errors(log_warning=True)
+        elif self.kind in ("records", "tfds"):  # known from metadata: Keras then knows the epoch's length
+            n = self.count if indices is None else len(indices)
+            ds = ds.apply(tf.data.experimental.assert_cardinality(n))
         return ds
 
     def elements(self, *, training: bool = False, seed: int | None = None) -> tf.data.Dataset:

@@ -78,6 +78,22 @@ def test_gray_only_folder_auto_channels_is_one_and_3_tiles(tmp_path):
     np.testing.assert_array_equal(x3, np.repeat(x1, 3, axis=-1))
 
 
+def test_images_already_at_the_target_size_are_read_as_stored(tmp_path):
+    """The fast path (no per-image preprocessing when every header says the target size) gives
+    exactly the decoded files, in evaluation and in training, and stops at a size that differs."""
+    root = make_uniform_folder(tmp_path / "u", mode="RGB", n=10)
+    s = open_source(f"folder:{root}", image_size=(10, 10), seed=0)
+    assert s.train._stream.native_size == (10, 10)
+    x, y = s.test.arrays()
+    ref = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in s.test.paths])
+    np.testing.assert_array_equal(x, ref)
+    train = [(xb, yb) for xb, yb in s.train.elements(training=True, seed=3).as_numpy_iterator()]
+    stored = {p: np.asarray(Image.open(p).convert("RGB")) for p in s.train.paths}
+    assert sorted(a.tobytes() for a, _ in train) == sorted(a.tobytes() for a in stored.values())
+    smaller = open_source(f"folder:{root}", image_size=(6, 6), seed=0)
+    assert smaller.test.arrays()[0].shape == (len(ref), 6, 6, 3)
+
+
 def test_rgb_to_gray_matches_pil_luma_within_one(tmp_path):
     rng = np.random.default_rng(0)
     arr = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
