@@ -193,7 +193,7 @@ class EvaluateConfig:
     elastic_sigma: float = 4.0
     equivariance_angles: list[float] = field(default_factory=lambda: [15.0, 45.0, 90.0])
     scale_factors: list[float] = field(default_factory=lambda: [0.5, 0.7, 1.0, 1.4, 2.0])  # the scale curve
-    equivariance_images: int = 8  # test images fed to each harmonic or scale layer's equivariance check
+    equivariance_images: int = 8  # test images fed to each harmonic, group or scale layer's equivariance check
     batch_size: int = 256
     seed: int = 0
 

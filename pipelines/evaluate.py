@@ -11,13 +11,14 @@ subset) it measures, with the metrics of pipelines/invariance.py:
   and circular consistency (the same with circular shifts, `np.roll`);
 - elastic robustness: accuracy against the elastic-warp strength alpha;
 - for models with harmonic convolutions, each one's rotation-equivariance
-  error at `evaluate.equivariance_angles`;
+  error at `evaluate.equivariance_angles`; for models with C_N group
+  convolutions, each one's at the multiples of 360/N among those angles;
 
 and draws the learned first-layer filters (for harmonic layers: real and
 imaginary parts per rotation order). It prints a table, writes it with the
 curves as PNG files to a report directory, and logs the figures as metrics
 (`rot_acc_000` ... `rot_acc_345`, `shift_consistency`, `circular_consistency`,
-`elastic_acc_<alpha>`, `equiv_err_<layer>_<angle>`) and the files as artifacts
+`elastic_acc_<alpha>`, `equiv_err_<layer>_<angle>`, `group_equiv_err_<layer>_<angle>`) and the files as artifacts
 under `evaluation/` of the MLflow run. `make train` runs it at the end unless
 `evaluate.enabled=false`.
 
@@ -27,7 +28,7 @@ status is left as it was; report in reports/run-<id>/), or an export path
 (`exports/<name>` for its highest version, or `exports/<name>/<version>`): the
 SavedModel's serving signature is evaluated on the test split named by its
 `assets.extra/experiment.yaml`, report in reports/<name>-v<version>/. A
-SavedModel has no layers to look into, so the harmonic equivariance errors and
+SavedModel has no layers to look into, so the equivariance errors and
 the filter pictures need the run id. The exported model takes uint8 pixels, so
 transformed images are rounded to uint8 before they reach it.
 
