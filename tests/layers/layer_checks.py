@@ -103,7 +103,7 @@ def check_layer(
 
     def loss_fn(x_t):
         out = keras.ops.cast(model(x_t, training=True), "float32")
-        return keras.ops.mean(keras.ops.square(out - target))
+        return keras.ops.mean(keras.ops.square(keras.ops.subtract(out, target)))
 
     weights = model.trainable_weights
     (grad_x,), grads = gradients(loss_fn, [x], weights)
@@ -114,7 +114,8 @@ def check_layer(
     assert grad_x is not None and np.any(grad_x != 0), "no gradient reaches the input"
     if weights:
         old = [keras.ops.convert_to_numpy(w) for w in weights]
-        keras.optimizers.SGD(learning_rate=0.1).apply_gradients(zip(grads, weights))
+        # Backend tensors: the torch optimizers' foreach updates refuse NumPy gradients.
+        keras.optimizers.SGD(learning_rate=0.1).apply_gradients(zip(map(keras.ops.convert_to_tensor, grads), weights))
         moved = [not np.allclose(o, keras.ops.convert_to_numpy(w)) for o, w in zip(old, weights)]
         assert all(moved), [w.path for w, m in zip(weights, moved) if not m]
     return y_np

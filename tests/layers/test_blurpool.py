@@ -12,7 +12,7 @@ import pytest
 
 from layers.blurpool import BlurPool2D
 from layers.max_blurpool import MaxBlurPool2D
-from tests.autodiff import BACKEND, compiled, input_gradient, value_and_input_gradient
+from tests.autodiff import BACKEND, compiled, input_gradient, to_numpy, value_and_input_gradient
 from tests.layers.layer_checks import check_layer
 
 NP_MODES = {"reflect": "reflect", "zero": "constant", "circular": "wrap"}
@@ -41,7 +41,7 @@ def reference_max2x2(x):
 def blur_input_gradient(layer, x, weights):
     """d/dx of sum(layer(x) * weights)."""
     w = weights.astype("float32")
-    return input_gradient(lambda t: keras.ops.sum(layer(t) * w), x)
+    return input_gradient(lambda t: keras.ops.sum(keras.ops.multiply(layer(t), w)), x)
 
 
 def _adjoint_gradient(shape, size, stride, padding, weights):
@@ -77,7 +77,7 @@ def test_kernel_sums_to_one_and_is_the_binomial_outer_product(size):
 @pytest.mark.parametrize("size,stride", [(1, 2), (2, 2), (3, 2), (4, 3), (5, 1), (7, 2)])
 def test_matches_numpy_reference(size, stride, padding, ops_path):
     x = np.random.default_rng(size).standard_normal((2, 9, 8, 3)).astype("float32")
-    y = np.asarray(BlurPool2D(size, stride, padding)(x))
+    y = to_numpy(BlurPool2D(size, stride, padding)(x))
     np.testing.assert_allclose(y, reference_blurpool(x, size, stride, padding), atol=1e-5)
 
 
@@ -106,7 +106,7 @@ def test_output_size_is_ceil_of_size_over_stride(height, width, stride, ops_path
 def test_a_constant_image_stays_constant(size, padding, ops_path):
     """Everywhere for reflect and circular padding; with zero padding away from the border it touches."""
     x = np.full((1, 12, 12, 2), 3.5, "float32")
-    y = np.asarray(BlurPool2D(size, 2, padding)(x))
+    y = to_numpy(BlurPool2D(size, 2, padding)(x))
     if padding == "zero":
         before, after = (size - 1) // 2, size - 1 - (size - 1) // 2
         inner = slice(math.ceil(before / 2), (12 - after) // 2)
@@ -119,7 +119,7 @@ def test_circular_padding_commutes_with_rolls_by_multiples_of_the_stride(ops_pat
     x = np.random.default_rng(3).standard_normal((2, 12, 8, 3)).astype("float32")
     layer = BlurPool2D(5, 2, "circular")
     np.testing.assert_allclose(
-        np.asarray(layer(np.roll(x, (4, -2), axis=(1, 2)))), np.roll(np.asarray(layer(x)), (2, -1), axis=(1, 2)),
+        to_numpy(layer(np.roll(x, (4, -2), axis=(1, 2)))), np.roll(to_numpy(layer(x)), (2, -1), axis=(1, 2)),
         atol=1e-6,
     )
 
@@ -127,11 +127,11 @@ def test_circular_padding_commutes_with_rolls_by_multiples_of_the_stride(ops_pat
 def test_max_blurpool_is_a_stride_one_max_then_blurpool(ops_path):
     x = np.random.default_rng(4).standard_normal((2, 10, 10, 3)).astype("float32")
     np.testing.assert_allclose(
-        np.asarray(MaxBlurPool2D(3, 2)(x)), reference_blurpool(reference_max2x2(x), 3, 2, "reflect"), atol=1e-5
+        to_numpy(MaxBlurPool2D(3, 2)(x)), reference_blurpool(reference_max2x2(x), 3, 2, "reflect"), atol=1e-5
     )
     wrapped = np.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)), mode="wrap")
     np.testing.assert_allclose(
-        np.asarray(MaxBlurPool2D(3, 2, "circular")(x)),
+        to_numpy(MaxBlurPool2D(3, 2, "circular")(x)),
         reference_blurpool(reference_max2x2(wrapped), 3, 2, "circular"),
         atol=1e-5,
     )
@@ -155,7 +155,7 @@ def test_border_corrections_match_numpy_reference_over_sizes_filters_strides(ops
         for size in range(2, 8):
             for stride in (1, 2, 3):
                 for padding in ("reflect", "zero", "circular"):
-                    y = np.asarray(BlurPool2D(size, stride, padding)(x))
+                    y = to_numpy(BlurPool2D(size, stride, padding)(x))
                     np.testing.assert_allclose(
                         y, reference_blurpool(x, size, stride, padding), atol=1e-5,
                         err_msg=f"{height}x{width} size={size} stride={stride} padding={padding}",
@@ -198,7 +198,7 @@ def test_compiled_values_and_gradients_match_eager(ops_path):
     loss = lambda x: keras.ops.sum(keras.ops.square(layer(x)))
     value, grad = compiled(value_and_input_gradient(loss))(keras.ops.convert_to_tensor(x))
     np.testing.assert_allclose(float(value), float(loss(x)), rtol=1e-5)
-    np.testing.assert_allclose(np.asarray(grad), input_gradient(loss, x), atol=1e-4)
+    np.testing.assert_allclose(to_numpy(grad), input_gradient(loss, x), atol=1e-4)
 
 
 @pytest.mark.parametrize("cls", [BlurPool2D, MaxBlurPool2D])
@@ -210,7 +210,7 @@ def test_mixed_precision_float16_inputs_give_float16_outputs_and_gradients(cls, 
     xh = x.astype("float16")
     y = layer(xh)
     assert keras.backend.standardize_dtype(y.dtype) == "float16"
-    np.testing.assert_allclose(np.asarray(y).astype("float32"), np.asarray(cls(3, 2, padding)(x)), atol=1e-2)
+    np.testing.assert_allclose(to_numpy(y).astype("float32"), to_numpy(cls(3, 2, padding)(x)), atol=1e-2)
     grad = input_gradient(lambda t: keras.ops.sum(keras.ops.square(keras.ops.cast(layer(t), "float32"))), xh)
     assert np.all(np.isfinite(grad))
 

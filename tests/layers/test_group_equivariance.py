@@ -24,6 +24,7 @@ from layers.group_batch_norm import GroupBatchNormalization
 from layers.group_conv import GroupConv2D
 from layers.group_pooling import GroupPooling
 from layers.lifting_conv import LiftingConv2D
+from tests.autodiff import to_numpy
 
 
 def rotate(a, degrees):
@@ -58,9 +59,9 @@ def deep_stack(n, basis):
 def test_deep_stack_is_exactly_equivariant_under_rot90(n, basis):
     model = deep_stack(n, basis)
     x = np.random.default_rng(n).uniform(0, 1, (3, 12, 12, 2)).astype("float32")
-    outs = [np.asarray(o) for o in model(x, training=True)]  # batch statistics of each batch
+    outs = [to_numpy(o) for o in model(x, training=True)]  # batch statistics of each batch
     for k in (1, 2, 3):
-        outs_r = [np.asarray(o) for o in model(np.ascontiguousarray(np.rot90(x, k, axes=(1, 2))), training=True)]
+        outs_r = [to_numpy(o) for o in model(np.ascontiguousarray(np.rot90(x, k, axes=(1, 2))), training=True)]
         for y, yr in zip(outs[:-1], outs_r[:-1]):
             want = np.roll(np.rot90(y, k, axes=(1, 2)), k * n // 4, axis=3)
             scale = np.abs(want).max()
@@ -89,7 +90,7 @@ def two_layers(n, k):
     keras.utils.set_random_seed(0)
     lift = LiftingConv2D(6, k, group_order=n)
     gconv = GroupConv2D(6, k, group_order=n)
-    return lift, lambda z: np.asarray(gconv(keras.ops.relu(lift(z))))
+    return lift, lambda z: to_numpy(gconv(keras.ops.relu(lift(z))))
 
 
 @pytest.mark.parametrize("k", [3, 5])
@@ -101,7 +102,7 @@ def test_equivariance_at_the_groups_own_angles_is_within_stated_bounds(smooth_in
     lift, stack = two_layers(n, k)
     shift = round(degrees * n / 360)
     xr = rotate(smooth_input, degrees).astype("float32")
-    for f, bound in ((lambda z: np.asarray(lift(z)), lift_bound), (stack, stack_bound)):
+    for f, bound in ((lambda z: to_numpy(lift(z)), lift_bound), (stack, stack_bound)):
         err = rel_err(f(xr), np.roll(rotate(f(smooth_input), degrees), shift, axis=3))
         assert err <= bound, (err, bound)
 
@@ -116,7 +117,7 @@ def test_orientation_pooled_maps_between_group_angles_are_within_stated_bounds(s
     pool = GroupPooling(mode)
     for k in (3, 5):
         _, stack = two_layers(n, k)
-        pooled = lambda z: np.asarray(pool(stack(z)))
+        pooled = lambda z: to_numpy(pool(stack(z)))
         err = rel_err(pooled(rotate(smooth_input, degrees).astype("float32")), rotate(pooled(smooth_input), degrees))
         assert err <= bound, (k, err)
 

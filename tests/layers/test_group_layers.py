@@ -9,6 +9,7 @@ from layers.group_batch_norm import GroupBatchNormalization
 from layers.group_conv import GroupConv2D
 from layers.group_pooling import GroupPooling
 from layers.lifting_conv import LiftingConv2D
+from tests.autodiff import to_numpy
 from tests.layers.layer_checks import check_layer
 
 
@@ -60,10 +61,10 @@ def test_lifting_conv_matches_numpy_rot90_reference():
     keras.utils.set_random_seed(1)
     layer = LiftingConv2D(4, 5, group_order=4, bias_initializer="random_normal")
     x = np.random.default_rng(1).standard_normal((2, 11, 11, 3)).astype("float32")
-    y = np.asarray(layer(x), np.float64)
+    y = to_numpy(layer(x), np.float64)
     assert layer.resolved_basis == "pixel"
-    psi = np.asarray(layer.kernel, np.float64).reshape(5, 5, 3, 4)  # pixel coefficients = the filter
-    bias = np.asarray(layer.bias, np.float64)
+    psi = to_numpy(layer.kernel, np.float64).reshape(5, 5, 3, 4)  # pixel coefficients = the filter
+    bias = to_numpy(layer.bias, np.float64)
     for r in range(4):
         want = correlate_same(x.astype(np.float64), np.rot90(psi, r, axes=(0, 1))) + bias
         np.testing.assert_allclose(y[..., r, :], want, atol=1e-4, rtol=1e-4)
@@ -73,8 +74,8 @@ def test_group_conv_matches_numpy_rot90_and_roll_reference():
     keras.utils.set_random_seed(2)
     layer = GroupConv2D(3, 3, group_order=4, use_bias=False)
     x = np.random.default_rng(2).standard_normal((2, 8, 8, 4, 2)).astype("float32")
-    y = np.asarray(layer(x), np.float64)
-    psi = np.asarray(layer.kernel, np.float64).reshape(3, 3, 4, 2, 3)  # [k, k, N_in, Ci, Co]
+    y = to_numpy(layer(x), np.float64)
+    psi = to_numpy(layer.kernel, np.float64).reshape(3, 3, 4, 2, 3)  # [k, k, N_in, Ci, Co]
     x64 = x.astype(np.float64).reshape(2, 8, 8, 8)
     for r in range(4):
         # output orientation r: the filter rotated by r * 90 degrees and shifted by r along its orientation axis
@@ -86,9 +87,9 @@ def test_harmonic_lifting_conv_matches_numpy_reference():
     keras.utils.set_random_seed(3)
     layer = LiftingConv2D(2, 5, group_order=8, use_bias=False)
     x = np.random.default_rng(3).standard_normal((1, 9, 9, 2)).astype("float32")
-    y = np.asarray(layer(x), np.float64)
+    y = to_numpy(layer(x), np.float64)
     basis = rotated_basis(5, 8, "harmonic")  # [N, P, J]
-    w = np.asarray(layer.kernel, np.float64)  # [J, Ci, Co]
+    w = to_numpy(layer.kernel, np.float64)  # [J, Ci, Co]
     for r in range(8):
         psi_r = np.einsum("pj,jio->pio", basis[r], w).reshape(5, 5, 2, 2)
         np.testing.assert_allclose(y[..., r, :], correlate_same(x.astype(np.float64), psi_r), atol=1e-4, rtol=1e-4)
@@ -152,13 +153,13 @@ def test_group_batch_norm_shares_statistics_across_orientations():
     # orientation n has mean 3n: per-orientation statistics would remove that, shared ones keep it
     x = (rng.standard_normal((4, 6, 6, 4, 2)) + 3.0 * np.arange(4)[:, None]).astype("float32")
     bn = GroupBatchNormalization(epsilon=1e-6)
-    y = np.asarray(bn(x, training=True), np.float64)
+    y = to_numpy(bn(x, training=True), np.float64)
     np.testing.assert_allclose(y.mean(axis=(0, 1, 2, 3)), 0.0, atol=1e-4)
     np.testing.assert_allclose(y.std(axis=(0, 1, 2, 3)), 1.0, atol=1e-3)
     assert np.all(np.diff(y.mean(axis=(0, 1, 2, 4))) > 0.5)
     # it commutes with cyclic shifts of the orientation axis and rot90
     xt = np.ascontiguousarray(np.roll(np.rot90(x, 1, axes=(1, 2)), 1, axis=3))
-    yt = np.asarray(GroupBatchNormalization(epsilon=1e-6)(xt, training=True))
+    yt = to_numpy(GroupBatchNormalization(epsilon=1e-6)(xt, training=True))
     np.testing.assert_allclose(yt, np.roll(np.rot90(y, 1, axes=(1, 2)), 1, axis=3), atol=1e-4)
     assert [tuple(w.shape) for w in bn.trainable_weights] == [(2,), (2,)]
 

@@ -13,11 +13,12 @@ import pytest
 from scipy import ndimage
 
 from layers.harmonic_conv import HarmonicConv2D, harmonic_basis
+from tests.autodiff import to_numpy
 from tests.layers.layer_checks import check_layer
 
 
 def to_complex(y):
-    y = np.asarray(y, dtype=np.float64)
+    y = to_numpy(y, dtype=np.float64)
     return y[..., 0, :] + 1j * y[..., 1, :]  # [B, H, W, M, C]
 
 

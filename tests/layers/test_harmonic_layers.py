@@ -13,14 +13,14 @@ from layers.harmonic_batch_norm import HarmonicBatchNormalization
 from layers.harmonic_pool import HarmonicAveragePooling2D, binomial_kernel
 from layers.harmonic_readout import HarmonicMagnitudeReadout
 from layers.harmonic_relu import HarmonicReLU
-from tests.autodiff import gradients
+from tests.autodiff import gradients, to_numpy
 from tests.layers.layer_checks import check_layer
 
 SHAPE = (2, 6, 6, 2, 2, 3)
 
 
 def complex_of(y):
-    y = np.asarray(y, np.float64)
+    y = to_numpy(y, np.float64)
     return y[..., 0, :] + 1j * y[..., 1, :]
 
 
@@ -53,8 +53,8 @@ def test_relu_is_finite_with_finite_gradient_at_zero():
     x = np.zeros((1, 2, 2, 2, 2, 3), "float32")
     y = layer(x)
     w = np.random.default_rng(0).standard_normal(y.shape).astype("float32")
-    (gx,), (gb,) = gradients(lambda t: keras.ops.sum(layer(t) * w), [x], [layer.bias])
-    assert np.all(np.asarray(y) == 0)
+    (gx,), (gb,) = gradients(lambda t: keras.ops.sum(keras.ops.multiply(layer(t), w)), [x], [layer.bias])
+    assert np.all(to_numpy(y) == 0)
     assert np.all(np.isfinite(gx)) and np.all(np.isfinite(gb))
 
 
@@ -83,7 +83,7 @@ def test_batch_norm_normalises_magnitudes_and_keeps_phase():
     # moving statistics moved towards the batch statistics; inference uses them
     mean = keras.ops.convert_to_numpy(layer.bn.moving_mean).reshape(2, 3)
     np.testing.assert_allclose(mean, 0.01 * mag.mean(axis=(0, 1, 2)), rtol=1e-3)
-    assert not np.allclose(layer(x, training=False), layer(x, training=True))
+    assert not np.allclose(to_numpy(layer(x, training=False)), to_numpy(layer(x, training=True)))
 
 
 def test_batch_norm_bad_arguments():
@@ -109,14 +109,14 @@ def test_binomial_kernel_is_pascals_triangle():
 
 def test_pool_averages_each_complex_value():
     x = np.random.default_rng(2).standard_normal(SHAPE).astype("float32")
-    got = np.asarray(HarmonicAveragePooling2D(2)(x))
+    got = to_numpy(HarmonicAveragePooling2D(2)(x))
     want = x.reshape(2, 3, 2, 3, 2, 2, 2, 3).mean(axis=(2, 4))
     np.testing.assert_allclose(got, want, atol=1e-6)
 
 
 def test_blur_pool_matches_numpy_filter():
     x = np.random.default_rng(3).standard_normal((1, 8, 8, 1, 2, 1)).astype("float32")
-    got = np.asarray(HarmonicAveragePooling2D(2, blur_size=3)(x))
+    got = to_numpy(HarmonicAveragePooling2D(2, blur_size=3)(x))
     k = binomial_kernel(2, 3)  # length 4, zero padding 1 each side, stride 2
     xp = np.pad(x[0, :, :, 0, 0, 0], 1)
     want = np.array([[np.sum(np.outer(k, k) * xp[2 * i : 2 * i + 4, 2 * j : 2 * j + 4]) for j in range(4)] for i in range(4)])
@@ -127,8 +127,8 @@ def test_blur_pool_matches_numpy_filter():
 def test_pool_commutes_with_rot90_on_even_sizes(blur_size):
     x = np.random.default_rng(4).standard_normal((1, 8, 8, 1, 2, 2)).astype("float32")
     layer = HarmonicAveragePooling2D(2, blur_size=blur_size)
-    a = np.rot90(np.asarray(layer(x)), axes=(1, 2))
-    b = np.asarray(layer(np.ascontiguousarray(np.rot90(x, axes=(1, 2)))))
+    a = np.rot90(to_numpy(layer(x)), axes=(1, 2))
+    b = to_numpy(layer(np.ascontiguousarray(np.rot90(x, axes=(1, 2)))))
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
@@ -156,13 +156,13 @@ def test_readout_shared_checks():
 
 def test_readout_sums_magnitudes_over_orders_then_averages():
     x = np.random.default_rng(5).standard_normal(SHAPE).astype("float32")
-    got = np.asarray(HarmonicMagnitudeReadout()(x))
+    got = to_numpy(HarmonicMagnitudeReadout()(x))
     want = np.abs(complex_of(x)).sum(axis=3).mean(axis=(1, 2))
     np.testing.assert_allclose(got, want, rtol=1e-5)
     # invariant to per-order phase factors (what a rotation multiplies streams by)
     z = complex_of(x) * np.exp(1j * np.array([0.3, 1.7]))[:, None]
     x2 = np.stack([z.real, z.imag], axis=-2).astype("float32")
-    np.testing.assert_allclose(np.asarray(HarmonicMagnitudeReadout()(x2)), got, rtol=1e-5)
+    np.testing.assert_allclose(to_numpy(HarmonicMagnitudeReadout()(x2)), got, rtol=1e-5)
 
 
 def test_readout_bad_arguments():

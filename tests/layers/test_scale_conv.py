@@ -13,6 +13,7 @@ from layers.scale_conv import ScaleConv2D
 from layers.scale_lifting_conv import ScaleLiftingConv2D
 from layers.scale_pooling import ScalePooling
 from models.scale_equivariance import scale_equivariance_error
+from tests.autodiff import to_numpy
 from tests.layers.layer_checks import check_layer
 
 SMALL = dict(kernel_size=5, num_scales=3, scale_step=3**0.5, sigma=0.5, max_order=2)
@@ -103,9 +104,9 @@ def test_lifting_matches_a_direct_convolution():
     keras.utils.set_random_seed(0)
     layer = ScaleLiftingConv2D(3, bias_initializer="random_normal", **SMALL)
     x = np.random.default_rng(0).standard_normal((2, 9, 11, 2)).astype("float32")
-    y = np.asarray(layer(x))
+    y = to_numpy(layer(x))
     basis = reference_basis(5, layer.scales, 2)
-    w, bias = np.asarray(layer.kernel, np.float64), np.asarray(layer.bias, np.float64)
+    w, bias = to_numpy(layer.kernel, np.float64), to_numpy(layer.bias, np.float64)
     for s in range(3):
         kernel = np.einsum("frc,fio->rcio", basis[s], w)
         np.testing.assert_allclose(y[:, :, :, s], correlate_same(x, kernel) + bias, atol=1e-4)
@@ -115,9 +116,9 @@ def test_scale_conv_matches_a_direct_convolution_with_interscale():
     keras.utils.set_random_seed(1)
     layer = ScaleConv2D(2, interscale=2, bias_initializer="random_normal", **SMALL)
     z = np.random.default_rng(1).standard_normal((1, 8, 8, 3, 3)).astype("float32")
-    y = np.asarray(layer(z))
+    y = to_numpy(layer(z))
     basis = layer.basis()
-    w, bias = np.asarray(layer.kernel, np.float64), np.asarray(layer.bias, np.float64)
+    w, bias = to_numpy(layer.kernel, np.float64), to_numpy(layer.bias, np.float64)
     for s in range(3):
         want = bias + sum(
             correlate_same(z[:, :, :, s + d], np.einsum("frc,fio->rcio", basis[s], w[:, d]))
@@ -134,8 +135,8 @@ def test_lifting_is_exactly_equivariant_for_a_threefold_enlargement():
     layer = ScaleLiftingConv2D(4, 9, bias_initializer="random_normal")  # defaults: scale 2 = 3 x scale 0
     assert layer.exact_pairs == [(0, 2, 3)]
     x = np.random.default_rng(2).standard_normal((2, 8, 10, 2)).astype("float32")
-    y = np.asarray(layer(x))
-    y3 = np.asarray(layer(enlarge_nearest(x, 3)))
+    y = to_numpy(layer(x))
+    y3 = to_numpy(layer(enlarge_nearest(x, 3)))
     got = y3[:, 1::3, 1::3, 2]  # block centres, scale 2
     np.testing.assert_allclose(got, y[:, :, :, 0], atol=1e-5 * np.abs(y).max())  # every position, borders too
     # not trivially: scale 1 (x1.73 apart) does not match
@@ -149,8 +150,8 @@ def test_scale_conv_is_exactly_equivariant_where_the_scale_range_allows():
     z = rng.standard_normal((1, 6, 6, 4, 2)).astype("float32")
     zt = rng.standard_normal((1, 18, 18, 4, 2)).astype("float32")  # scales 0, 1 of the enlarged input: anything
     zt[:, :, :, 2:] = enlarge_nearest(z[:, :, :, :2], 3)  # in'[s + 2] = U_3 in[s]
-    y = np.asarray(layer(z))
-    yt = np.asarray(layer(zt))
+    y = to_numpy(layer(z))
+    yt = to_numpy(layer(zt))
     np.testing.assert_allclose(yt[:, 1::3, 1::3, 2], y[:, :, :, 0], atol=1e-5 * np.abs(y).max())
     # scale 1 -> 3 reads scale 4, past the end: the boundary, not exact
     assert np.abs(yt[:, 1::3, 1::3, 3] - y[:, :, :, 1]).max() > 1e-3
@@ -172,15 +173,15 @@ def test_non_integer_ratios_are_equivariant_within_the_stated_bound(smooth):
     errors = scale_equivariance_error(ScaleConv2D(4, 9, interscale=2), z, steps=1)
     assert set(errors) == {0} and errors[0] < 0.04, errors
     # the figure means something: comparing with the wrong scale is far off
-    y = np.asarray(lift(smooth))
+    y = to_numpy(lift(smooth))
     assert np.linalg.norm(y[..., 0, :] - y[..., 1, :]) > 0.2 * np.linalg.norm(y[..., 0, :])
 
 
 def test_scale_pooling_is_invariant_to_a_shift_of_the_scales():
     x = np.random.default_rng(5).standard_normal((2, 4, 4, 3, 5)).astype("float32")
-    np.testing.assert_array_equal(np.asarray(ScalePooling()(x)), x.max(axis=3))
-    np.testing.assert_allclose(np.asarray(ScalePooling("mean")(x)), x.mean(axis=3), rtol=1e-6)
-    np.testing.assert_array_equal(np.asarray(ScalePooling()(x[:, :, :, ::-1])), x.max(axis=3))
+    np.testing.assert_array_equal(to_numpy(ScalePooling()(x)), x.max(axis=3))
+    np.testing.assert_allclose(to_numpy(ScalePooling("mean")(x)), x.mean(axis=3), rtol=1e-6)
+    np.testing.assert_array_equal(to_numpy(ScalePooling()(x[:, :, :, ::-1])), x.max(axis=3))
 
 
 # ----------------------------------------------------------------------------- shared checks, validation
@@ -197,7 +198,7 @@ def test_shared_layer_checks():
 def test_mixed_precision_forward():
     x = np.random.default_rng(6).standard_normal((1, 8, 8, 2)).astype("float32")
     lift32, conv32 = ScaleLiftingConv2D(3, **SMALL), ScaleConv2D(2, **SMALL)
-    ref = np.asarray(conv32(lift32(x)))
+    ref = to_numpy(conv32(lift32(x)))
     previous = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
@@ -212,7 +213,7 @@ def test_mixed_precision_forward():
     assert lift.compute_dtype == conv.compute_dtype == "float16"
     assert lift.kernel.dtype == "float32"  # variables stay float32
     assert keras.backend.standardize_dtype(y.dtype) == "float16"
-    np.testing.assert_allclose(np.asarray(y, np.float32), ref, atol=1e-2 * np.abs(ref).max())
+    np.testing.assert_allclose(to_numpy(y, np.float32), ref, atol=1e-2 * np.abs(ref).max())
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from layers.spatial_separable_conv import SpatialSeparableConv2D
-from tests.autodiff import gradients
+from tests.autodiff import gradients, to_numpy
 from tests.layers.layer_checks import check_layer
 
 
@@ -39,7 +39,7 @@ def test_equals_conv2d_with_the_outer_product_kernel(k, strides, padding, rank, 
     conv.build((None, 9, 10, 3))
     conv.set_weights([kernel, bias])
     x = np.random.default_rng(1).standard_normal((2, 9, 10, 3)).astype("float32")
-    np.testing.assert_allclose(np.asarray(layer(x)), np.asarray(conv(x)), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(to_numpy(layer(x)), to_numpy(conv(x)), rtol=1e-4, atol=1e-4)
 
 
 def test_circular_padding_equals_conv2d_on_the_wrapped_input_and_commutes_with_roll(ops_path):
@@ -48,9 +48,9 @@ def test_circular_padding_equals_conv2d_on_the_wrapped_input_and_commutes_with_r
     wrapped = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="wrap")
     expected = np.einsum("nhwabc,abcm->nhwm", np.lib.stride_tricks.sliding_window_view(wrapped, (5, 5), axis=(1, 2))
                          .transpose(0, 1, 2, 4, 5, 3), kernel) + bias
-    np.testing.assert_allclose(np.asarray(layer(x)), expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(to_numpy(layer(x)), expected, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(
-        np.asarray(layer(np.roll(x, (3, -1), axis=(1, 2)))), np.roll(np.asarray(layer(x)), (3, -1), axis=(1, 2)),
+        to_numpy(layer(np.roll(x, (3, -1), axis=(1, 2)))), np.roll(to_numpy(layer(x)), (3, -1), axis=(1, 2)),
         atol=1e-4,
     )
 
@@ -88,7 +88,7 @@ def test_mixed_precision_float16_inputs_give_float16_outputs_and_gradients(rank,
     xh = x.astype("float16")
     y = half(xh)
     assert keras.backend.standardize_dtype(y.dtype) == "float16"
-    np.testing.assert_allclose(np.asarray(y).astype("float32"), np.asarray(layer(x)), rtol=2e-2, atol=5e-2)
+    np.testing.assert_allclose(to_numpy(y).astype("float32"), to_numpy(layer(x)), rtol=2e-2, atol=5e-2)
     loss = lambda t: keras.ops.sum(keras.ops.square(keras.ops.cast(half(t), "float32")))
     grad_x, grads = gradients(loss, [xh], half.trainable_weights)
     assert all(g is not None and np.all(np.isfinite(g)) for g in grad_x + grads)
