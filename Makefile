@@ -29,6 +29,12 @@ $(STAMP): requirements.txt
 
 venv: $(STAMP) ## create .venv from the pinned requirements.txt
 
+# PyTorch (CPU) for the layer tests' third pass: optional (see requirements-torch.txt).
+TORCH_STAMP := $(VENV)/.installed-torch
+$(TORCH_STAMP): requirements-torch.txt $(STAMP)
+	@if $(PY) -m pip install --quiet -r requirements-torch.txt; then touch $@; else \
+	  echo "note: PyTorch (requirements-torch.txt) did not install here: the layer tests run on TensorFlow and JAX only"; fi
+
 train: $(STAMP) ## train CONFIG (default: pipelines/configs/default.yaml); ARGS="key=value ..." overrides
 	$(PY) -m pipelines.train --config $(CONFIG) $(ARGS)
 
@@ -36,14 +42,25 @@ train: $(STAMP) ## train CONFIG (default: pipelines/configs/default.yaml); ARGS=
 # that lie there (ARGS naming other paths only: no JAX pass). XLA's optimisation level 0 compiles the
 # many small eager ops of the tests several times faster (their run time is negligible).
 JAX_TESTS = $(if $(filter tests/%,$(ARGS)),$(filter tests/layers% tests/models%,$(ARGS)),tests/layers tests/models)
+# The PyTorch pass: tests/layers (or the test paths in ARGS that lie there), when torch is installed.
+TORCH_TESTS = $(if $(filter tests/%,$(ARGS)),$(filter tests/layers%,$(ARGS)),tests/layers)
 
-test: $(STAMP) ## the test suite on TensorFlow, then tests/layers and tests/models again on JAX (ARGS go to both)
-	KERAS_BACKEND=tensorflow $(PY) -m pytest $(ARGS)
+# Test files run in parallel (pytest-xdist, one file per worker at a time): one worker per core, at most 4
+# (each holds a TensorFlow runtime). TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
+XDIST = $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile,)
+
+test: $(STAMP) $(TORCH_STAMP) ## the suite on TensorFlow, then tests/layers and tests/models on JAX, tests/layers on PyTorch
+	KERAS_BACKEND=tensorflow $(PY) -m pytest $(XDIST) $(ARGS)
 	@if [ -n "$(strip $(JAX_TESTS))" ]; then \
-	  echo "KERAS_BACKEND=jax $(PY) -m pytest $(strip $(JAX_TESTS) $(filter-out tests/%,$(ARGS)))"; \
+	  echo "KERAS_BACKEND=jax $(PY) -m pytest $(strip $(XDIST) $(JAX_TESTS) $(filter-out tests/%,$(ARGS)))"; \
 	  KERAS_BACKEND=jax XLA_FLAGS="--xla_backend_optimization_level=0 $$XLA_FLAGS" \
-	    $(PY) -m pytest $(JAX_TESTS) $(filter-out tests/%,$(ARGS)); rc=$$?; \
+	    $(PY) -m pytest $(XDIST) $(JAX_TESTS) $(filter-out tests/%,$(ARGS)); rc=$$?; \
 	  [ $$rc -eq 0 ] || [ $$rc -eq 5 ] || exit $$rc; fi  # 5: ARGS selected no test there
+	@if [ -n "$(strip $(TORCH_TESTS))" ] && $(PY) -c "import torch" 2>/dev/null; then \
+	  echo "KERAS_BACKEND=torch $(PY) -m pytest $(strip $(XDIST) $(TORCH_TESTS) $(filter-out tests/%,$(ARGS)))"; \
+	  KERAS_BACKEND=torch $(PY) -m pytest $(XDIST) $(TORCH_TESTS) $(filter-out tests/%,$(ARGS)); rc=$$?; \
+	  [ $$rc -eq 0 ] || [ $$rc -eq 5 ] || exit $$rc; fi
 
 ui: $(STAMP) ## MLflow UI on the project's tracking store, bound to 127.0.0.1
 	$(PY) -m mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} --host 127.0.0.1 --port $(UI_PORT)

@@ -14,6 +14,7 @@ from pipelines.config import config_from_dict
 EVAL = ["evaluate.max_images=40", "evaluate.rotation_step=90", "evaluate.elastic_alphas=[0, 8]"]
 
 
+@pytest.mark.slow
 def test_train_then_evaluate_by_run_id_and_by_export_then_compare(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     previous = mlflow.get_tracking_uri()

@@ -75,6 +75,7 @@ def _metadata_dims(url: str, name: str) -> list[str]:
     return [d["size"] for d in sig["inputs"]["image"]["tensor_shape"]["dim"]]
 
 
+@pytest.mark.slow
 def test_make_train_on_a_64px_rgb_folder_exports_and_serves_both_models(shapes, tmp_path):
     from pipelines.serve import Server
 

@@ -98,6 +98,7 @@ class _CountEpochs(keras.callbacks.Callback):
         self.epochs.append(epoch)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_from_last_finished_epoch(tmp_path):
     run_dir = str(tmp_path / "runs" / "resumable")
     cfg = tiny_config(tmp_path, "train.epochs=3", f"train.run_dir={run_dir}")
@@ -163,6 +164,7 @@ def test_an_unusable_tracking_store_is_one_error_and_leaves_nothing(tmp_path, ca
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_past_training_repeats_no_step(tmp_path, monkeypatch):
     import pipelines.train as train
 
@@ -188,6 +190,7 @@ def test_resume_after_a_crash_past_training_repeats_no_step(tmp_path, monkeypatc
     assert result.export_path.endswith(os.path.join("tiny", "1"))
 
 
+@pytest.mark.slow
 def test_progress_is_one_line_per_epoch_when_stdout_is_not_a_terminal(tmp_path, capfd):
     """`train.verbose: auto`: a log file or CI output gets no progress-bar control codes."""
     from pipelines import experiment

@@ -96,6 +96,7 @@ class InterruptSecondTrial(keras.callbacks.Callback):
             raise KeyboardInterrupt("test: the search is killed in its second trial")
 
 
+@pytest.mark.slow
 def test_killed_search_resumes_without_repeating_trials_and_its_best_config_trains(lone):
     path = write_config(lone, "resume")
     cfg = load_config(path)
@@ -157,6 +158,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_chief_and_two_workers_record_every_trial_once(store):
     root, _ = store
     path = write_config(store, "dist", max_trials=3)
