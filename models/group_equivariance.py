@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import keras
 import numpy as np
 from scipy import ndimage
 
@@ -109,13 +110,14 @@ def group_equivariance_error(layer, inputs: np.ndarray, angles: Sequence[float])
         raise ValueError(f"the input's orientation axis has {x.shape[3]} entries, the layer's group order is {n}")
     h, w = x.shape[1:3]
     x = x * _disk(h, w, (min(h, w) - 1) / 2.0).reshape((1, h, w) + (1,) * (x.ndim - 3))
-    y = np.asarray(layer(x), np.float64)
+    y = np.asarray(keras.ops.convert_to_numpy(layer(x)), np.float64)
     oh, ow = y.shape[1:3]
     out_mask = _disk(oh, ow, (min(oh, ow) - 1) / 2.0 - 1.0)
     errors = {}
     for a in promised_angles(n, angles):
         s = int(round(a * n / 360.0)) % n
-        got = np.asarray(layer(np.ascontiguousarray(_transform(x, a, s), np.float32)), np.float64)
+        got = np.asarray(keras.ops.convert_to_numpy(layer(np.ascontiguousarray(_transform(x, a, s), np.float32))),
+                         np.float64)
         want = _transform(y, a, s)
         diff = (got - want)[:, out_mask]
         ref = want[:, out_mask]
@@ -131,6 +133,6 @@ def group_equivariance(model, images: np.ndarray, angles: Sequence[float]) -> di
     out = {}
     for layer in group_layers(model):
         feed = keras.Model(model.inputs[0] if len(model.inputs) == 1 else model.inputs, layer.input)
-        x = np.asarray(feed(np.asarray(images, np.float32), training=False))
+        x = np.asarray(keras.ops.convert_to_numpy(feed(np.asarray(images, np.float32), training=False)))
         out[layer.name] = group_equivariance_error(layer, x, angles)
     return out

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import keras
 import numpy as np
 from scipy import ndimage
 
@@ -67,11 +68,11 @@ def scale_equivariance_error(layer, inputs: np.ndarray, steps: int = 1) -> dict[
         raise ValueError(f"steps must be an integer from 1 to num_scales - 1 ({layer.num_scales - 1}), got {steps!r}")
     x = np.asarray(inputs, np.float32)
     a = float(layer.scale_step) ** steps
-    y = np.asarray(layer(x), np.float64)
+    y = np.asarray(keras.ops.convert_to_numpy(layer(x)), np.float64)
     xt = enlarge(x, a)
     if x.ndim == 5:  # shift the input's scales up by `steps`; scales below read T(in[0]) (never measured)
         xt = np.concatenate([np.repeat(xt[:, :, :, :1], steps, axis=3), xt[:, :, :, : layer.num_scales - steps]], axis=3)
-    got = np.asarray(layer(xt.astype(np.float32)), np.float64)
+    got = np.asarray(keras.ops.convert_to_numpy(layer(xt.astype(np.float32))), np.float64)
     want = enlarge(y, a)
     h, w = y.shape[1:3]
     mask = _disk(h, w, (min(h, w) - 1) / 2.0 - (layer.kernel_size - 1) / 2.0 - 1.0)
@@ -97,7 +98,7 @@ def scale_equivariance(model, images: np.ndarray, steps: Sequence[int] = (1,)) -
     out = {}
     for layer in scale_layers(model):
         feed = keras.Model(model.inputs[0] if len(model.inputs) == 1 else model.inputs, layer.input)
-        x = np.asarray(feed(np.asarray(images, np.float32), training=False))
+        x = np.asarray(keras.ops.convert_to_numpy(feed(np.asarray(images, np.float32), training=False)))
         errs = {}
         for t in steps:
             if 1 <= t < layer.num_scales:
