@@ -17,7 +17,11 @@ C16 at ~35k, 1.5 hours for C8 at ~130k and several for C16 at ~130k
 (estimated from the speed ratios measured in turns and hnet's 358 images/s);
 --models runs a subset:
 
-    PYTHONPATH=. .venv/bin/python bench/bench_rotated_gcnn.py --epochs 30
+    PYTHONPATH=. .venv/bin/python bench/bench_rotated_gcnn.py --epochs 30 --results bench/results/rotated_gcnn_30.json
+
+`--results FILE` keeps each finished model's row (keyed by the model and every
+setting that changes its figures) and a rerun skips the models already there,
+so the full protocol can be completed over several sittings, one model at a time.
 
 A short check of the script (a subset, a few minutes per model):
 
@@ -33,6 +37,7 @@ shared machine's changing load falls on all alike (no data file needed):
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -117,6 +122,28 @@ def interleaved_speed(names, args):
     return {name: float(np.median(r)) for name, r in rates.items()}
 
 
+def result_key(name, args) -> str:
+    """What a stored row must match to be reused: the model and every setting that changes its figures."""
+    model, params, augment = VARIANTS[name]
+    return json.dumps([name, model, params, augment, args.epochs, args.train_size, args.test_size, args.batch_size,
+                       args.lr, args.seed], sort_keys=True)
+
+
+def load_results(path) -> dict:
+    if not path or not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def save_results(path, done: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(done, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)  # a run killed mid-write keeps the previous file
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default=",".join(VARIANTS),
@@ -128,6 +155,8 @@ def main():
     p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verbose", type=int, default=2)
+    p.add_argument("--results", default=None,
+                   help="JSON file of finished models' rows: read to skip them, written after each model")
     p.add_argument("--speed-rounds", type=int, default=0,
                    help="only measure steady-state training images/s, models in turns, median of this many turns")
     p.add_argument("--speed-steps", type=int, default=10, help="training steps per model per turn (--speed-rounds)")
@@ -152,10 +181,20 @@ def main():
     test = (scale(xt[: args.test_size]), yt[: args.test_size])
     print(f"epochs={args.epochs} train={len(train[0])} test={len(test[0])} batch={args.batch_size} lr={args.lr}")
 
+    done = load_results(args.results)
     rows = []
     for name in names:
         model, params, augment = VARIANTS[name]
-        row = run(name, model, params, augment, train, test, args)
+        key = result_key(name, args)
+        if key in done:
+            row = done[key]
+            print(f"{name}: from {args.results} (measured {row.get('measured', '?')})", flush=True)
+        else:
+            row = run(name, model, params, augment, train, test, args)
+            row["measured"] = time.strftime("%Y-%m-%d %H:%M")
+            if args.results:
+                done[key] = row
+                save_results(args.results, done)
         rows.append(row)
         print(f"{name}: {row['params']} params, test error {row['test error %']:.2f}%, "
               f"{row['train img/s']:.0f} training images/s", flush=True)
