@@ -140,7 +140,7 @@ def save_results(path, done: dict) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(done, f, indent=1, sort_keys=True)
+        json.dump(done, f, indent=1)  # rows keep their column order
     os.replace(tmp, path)  # a run killed mid-write keeps the previous file
 
 
