@@ -35,7 +35,8 @@ from typing import Sequence
 
 import keras
 import numpy as np
-from scipy import ndimage
+
+from models.image_transforms import disk_mask, rotate
 
 
 def is_group_conv(layer) -> bool:
@@ -66,31 +67,9 @@ def promised_angles(group_order: int, angles: Sequence[float] = ()) -> list[floa
     return sorted(out)
 
 
-def _disk(h: int, w: int, radius: float) -> np.ndarray:
-    r, c = np.meshgrid(np.arange(h) - (h - 1) / 2.0, np.arange(w) - (w - 1) / 2.0, indexing="ij")
-    return r**2 + c**2 <= radius**2
-
-
-def rotate_maps(x: np.ndarray, degrees: float) -> np.ndarray:
-    """Rotate the spatial axes (1, 2) of `[B, H, W, ...]` counter-clockwise about the centre.
-
-    Multiples of 90 degrees on square maps: `np.rot90` (exact); other angles:
-    bilinear, zero fill (as pipelines/invariance.py's `rotate`).
-    """
-    x = np.asarray(x)
-    b, h, w = x.shape[:3]
-    k, rest = divmod(float(degrees), 90.0)
-    if rest == 0.0 and (h == w or int(k) % 2 == 0):
-        return np.ascontiguousarray(np.rot90(x, int(k) % 4, axes=(1, 2)))
-    flat = x.reshape(b, h, w, -1)
-    out = ndimage.rotate(flat, float(degrees), axes=(1, 2), reshape=False, order=1, mode="grid-constant", cval=0.0,
-                         prefilter=False)
-    return out.reshape(x.shape).astype(x.dtype, copy=False)
-
-
 def _transform(x: np.ndarray, degrees: float, shift: int) -> np.ndarray:
     """R_g of a map: rotate space; on [B, H, W, N, C] also roll the orientation axis by `shift`."""
-    out = rotate_maps(x, degrees)
+    out = rotate(x, degrees)
     return np.roll(out, shift, axis=3) if out.ndim == 5 else out
 
 
@@ -109,10 +88,10 @@ def group_equivariance_error(layer, inputs: np.ndarray, angles: Sequence[float])
     if x.ndim == 5 and x.shape[3] != n:
         raise ValueError(f"the input's orientation axis has {x.shape[3]} entries, the layer's group order is {n}")
     h, w = x.shape[1:3]
-    x = x * _disk(h, w, (min(h, w) - 1) / 2.0).reshape((1, h, w) + (1,) * (x.ndim - 3))
+    x = x * disk_mask(h, w, (min(h, w) - 1) / 2.0).reshape((1, h, w) + (1,) * (x.ndim - 3))
     y = np.asarray(keras.ops.convert_to_numpy(layer(x)), np.float64)
     oh, ow = y.shape[1:3]
-    out_mask = _disk(oh, ow, (min(oh, ow) - 1) / 2.0 - 1.0)
+    out_mask = disk_mask(oh, ow, (min(oh, ow) - 1) / 2.0 - 1.0)
     errors = {}
     for a in promised_angles(n, angles):
         s = int(round(a * n / 360.0)) % n

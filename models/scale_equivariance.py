@@ -27,6 +27,8 @@ import keras
 import numpy as np
 from scipy import ndimage
 
+from models.image_transforms import disk_mask
+
 
 def enlarge(images: np.ndarray, factor: float, order: int = 3) -> np.ndarray:
     """Enlarge `[N, H, W, ...]` by `factor` about the centre on the same canvas (spline of `order`, zero fill)."""
@@ -47,11 +49,6 @@ def enlarge(images: np.ndarray, factor: float, order: int = 3) -> np.ndarray:
 def is_scale_layer(layer) -> bool:
     """A scale-equivariant convolution (ScaleLiftingConv2D, ScaleConv2D) or a layer with their interface."""
     return all(hasattr(layer, a) for a in ("num_scales", "scale_step", "kernel_size", "basis"))
-
-
-def _disk(h: int, w: int, radius: float) -> np.ndarray:
-    r, c = np.meshgrid(np.arange(h) - (h - 1) / 2.0, np.arange(w) - (w - 1) / 2.0, indexing="ij")
-    return r**2 + c**2 <= radius**2
 
 
 def scale_equivariance_error(layer, inputs: np.ndarray, steps: int = 1) -> dict[int, float]:
@@ -75,7 +72,7 @@ def scale_equivariance_error(layer, inputs: np.ndarray, steps: int = 1) -> dict[
     got = np.asarray(keras.ops.convert_to_numpy(layer(xt.astype(np.float32))), np.float64)
     want = enlarge(y, a)
     h, w = y.shape[1:3]
-    mask = _disk(h, w, (min(h, w) - 1) / 2.0 - (layer.kernel_size - 1) / 2.0 - 1.0)
+    mask = disk_mask(h, w, (min(h, w) - 1) / 2.0 - (layer.kernel_size - 1) / 2.0 - 1.0)
     last = layer.num_scales - steps - (getattr(layer, "interscale", 1) - 1 if x.ndim == 5 else 0)
     errors = {}
     for s in range(max(last, 0)):

@@ -28,30 +28,13 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import numpy as np
-from scipy import ndimage
+
+from models.image_transforms import disk_mask, rotate  # noqa: F401  (re-exported: the evaluation's transforms)
 
 Predict = Callable[[np.ndarray], np.ndarray]
 
 
 # ----------------------------------------------------------------------------- transforms
-
-
-def rotate(images: np.ndarray, degrees: float) -> np.ndarray:
-    """Rotate `[N, H, W, ...]` about the centre by `degrees`, counter-clockwise as displayed.
-
-    Multiples of 90 degrees on square images are `np.rot90` (exact, no
-    interpolation); other angles are bilinear with zero fill outside the image
-    (`scipy.ndimage.rotate(order=1, mode='grid-constant')`: pixels next to the
-    frame fade into the fill; it agrees with `np.rot90` at 90 degrees).
-    """
-    images = np.asarray(images)
-    k, rest = divmod(float(degrees), 90.0)
-    square = images.shape[1] == images.shape[2]
-    if rest == 0.0 and (square or int(k) % 2 == 0):
-        return np.ascontiguousarray(np.rot90(images, int(k) % 4, axes=(1, 2)))
-    out = ndimage.rotate(images, float(degrees), axes=(1, 2), reshape=False, order=1,
-                         mode="grid-constant", cval=0.0, prefilter=False)
-    return out.astype(images.dtype, copy=False)
 
 
 def random_offsets(n: int, max_shift: int, rng: np.random.Generator) -> np.ndarray:
@@ -140,12 +123,6 @@ def elastic_curve(predict: Predict, images, labels, alphas: Sequence[float], sig
 def is_harmonic_conv(layer) -> bool:
     """A harmonic convolution (layers/harmonic_conv.py) or a layer with its interface."""
     return hasattr(layer, "block_filter") and hasattr(layer, "orders")
-
-
-def disk_mask(h: int, w: int, radius: float) -> np.ndarray:
-    """Boolean [h, w]: pixel centres within `radius` of the image centre."""
-    r, c = np.meshgrid(np.arange(h) - (h - 1) / 2.0, np.arange(w) - (w - 1) / 2.0, indexing="ij")
-    return r**2 + c**2 <= radius**2
 
 
 def _rotate_streams(z: np.ndarray, degrees: float, orders) -> np.ndarray:
