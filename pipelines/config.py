@@ -138,6 +138,8 @@ class TrainConfig:
     mixed_precision: bool = False  # mixed_float16; useful on GPUs
     xla: bool = False  # jit_compile the train step
     distribution: str = "auto"  # auto | none | mirrored | data_parallel (pipelines/distribute.py)
+    # Across processes (JAX): a peer silent this long is declared dead and the others stop (JAX's default 100 s).
+    heartbeat_timeout_s: int = 100
     run_dir: str | None = None  # default: runs/<name>-<timestamp>; an existing one resumes
     runs_root: str = "runs"
     verbose: str = "auto"  # Keras fit verbosity 0 | 1 | 2; auto: the bar on a terminal, one line per epoch otherwise
@@ -150,6 +152,7 @@ class TrainConfig:
         _choice(f"{p}.lr_schedule", self.lr_schedule, ("constant", "cosine"))
         _choice(f"{p}.verbose", self.verbose, ("auto", "0", "1", "2"))
         _choice(f"{p}.distribution", self.distribution, ("auto", "none", "mirrored", "data_parallel"))
+        _check(self.heartbeat_timeout_s >= 1, f"{p}.heartbeat_timeout_s", self.heartbeat_timeout_s, "must be at least 1")
 
 
 @dataclass

@@ -15,7 +15,9 @@ Across processes and hosts this uses Keras' own interface, not a home-made
 one: every host runs the same `make train` with
 `KERAS_DISTRIBUTION_JOB_ADDRESSES` (host:port of every process, the first is
 the coordinator), `KERAS_DISTRIBUTION_NUM_PROCESSES` and its own
-`KERAS_DISTRIBUTION_PROCESS_ID`; `keras.distribution.initialize()` reads them.
+`KERAS_DISTRIBUTION_PROCESS_ID`, the variables `keras.distribution.initialize()`
+reads; `join` hands them to JAX's distributed runtime as Keras would, with the
+heartbeat timeout Keras does not pass.
 Only the JAX backend can: Keras 3.15's `fit` under TensorFlow's
 `MultiWorkerMirroredStrategy` fails (keras-team/keras#20585: the first batch's
 concat across workers raises `PerReplica ... to a Tensor`, then the scalar
@@ -40,9 +42,9 @@ ENV_ADDRESSES = "KERAS_DISTRIBUTION_JOB_ADDRESSES"
 ENV_PROCESSES = "KERAS_DISTRIBUTION_NUM_PROCESSES"
 ENV_PROCESS_ID = "KERAS_DISTRIBUTION_PROCESS_ID"
 ENV_SUPERVISED = "INVARIANT_NETS_SUPERVISED"
-# JAX's defaults, which keras.distribution.initialize() keeps: the processes must all join within
-# INIT_TIMEOUT_S; a process whose heartbeat stops for HEARTBEAT_TIMEOUT_S is declared dead and the
-# others are stopped (a peer killed mid-step usually fails their collective at once instead).
+# The processes must all join within INIT_TIMEOUT_S (JAX's default); a process whose heartbeat stops
+# for `train.heartbeat_timeout_s` (default HEARTBEAT_TIMEOUT_S, JAX's) is declared dead and the others
+# are stopped (a peer killed mid-step usually fails their collective at once instead).
 INIT_TIMEOUT_S = 300
 HEARTBEAT_TIMEOUT_S = 100
 
@@ -112,14 +114,32 @@ def check(kind: str, backend: str, batch_size: int) -> tuple[int, int]:
     return n, pid
 
 
-def setup(kind: str, batch_size: int) -> Placement:
+def join(num_processes: int, process_id: int, heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S) -> None:
+    """Join the other processes: `jax.distributed.initialize` with the coordinator (the first of
+    `KERAS_DISTRIBUTION_JOB_ADDRESSES`) and the heartbeat timeout.
+
+    What `keras.distribution.initialize()` does on JAX, except that Keras passes no timeouts
+    (JAX's 100 s heartbeat would be the only choice) and then agrees on a random seed across
+    processes, which training does not need: it sets `train.seed` in every process right after.
+    """
+    addresses = [a.strip() for a in os.environ.get(ENV_ADDRESSES, "").split(",") if a.strip()]
+    if len(addresses) not in (1, num_processes):
+        raise UserError(f"{ENV_ADDRESSES} lists {len(addresses)} addresses for {ENV_PROCESSES}={num_processes}: "
+                        "give the coordinator's host:port, or every process's, coordinator first")
+    import jax
+
+    jax.distributed.initialize(coordinator_address=addresses[0], num_processes=num_processes, process_id=process_id,
+                               initialization_timeout=INIT_TIMEOUT_S, heartbeat_timeout_seconds=heartbeat_timeout_s)
+
+
+def setup(kind: str, batch_size: int, heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S) -> Placement:
     """Decide and enter the placement of `train.distribution=kind` (call once per process, before any model)."""
     import keras
 
     backend = keras.backend.backend()
     n, pid = check(kind, backend, batch_size)
     if n > 1:
-        keras.distribution.initialize()
+        join(n, pid, heartbeat_timeout_s)
     if backend == "jax":
         import jax
 
@@ -193,7 +213,7 @@ def supervise(argv: list[str], cfg, process_id: int) -> int:
         return code
     how = f"signal {-code}" if code < 0 else f"exit code {code}"
     why = (f"training process {process_id} ended abnormally ({how}): a peer process died or stopped answering "
-           f"(declared dead after {HEARTBEAT_TIMEOUT_S} s without a heartbeat, or at once when its connection closed)")
+           f"(declared dead after {cfg.train.heartbeat_timeout_s} s without a heartbeat, or at once when its connection closed)")
     if process_id == 0:
         why += _mark_failed(cfg.train.run_dir, why)
     print(f"error: {why}; run the same command on every host again to resume from the last checkpoint",

@@ -52,7 +52,7 @@ def run(cfg: Config, callbacks=()) -> TrainResult:
     from pipelines import tracking
 
     # First: joining the other processes must come before any computation (pipelines/distribute.py).
-    placement = distribute.setup(cfg.train.distribution, cfg.data.batch_size)
+    placement = distribute.setup(cfg.train.distribution, cfg.data.batch_size, cfg.train.heartbeat_timeout_s)
     if placement.multi_process and not cfg.train.run_dir:
         raise UserError("training across processes needs train.run_dir=<a folder every process shares> "
                         "(the same on every host), where the chief keeps the run and the checkpoints")

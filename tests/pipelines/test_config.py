@@ -26,6 +26,7 @@ def test_int_widens_to_float_but_not_the_reverse():
         ({"train": {"epochz": 1}}, r"train\.epochz: unknown key"),
         ({"bogus": {}}, r"bogus: unknown key"),
         ({"train": {"epochs": -1}}, r"train\.epochs: must be at least 1 \(got -1\)"),
+        ({"train": {"heartbeat_timeout_s": 0}}, r"train\.heartbeat_timeout_s: must be at least 1 \(got 0\)"),
         ({"train": {"epochs": "ten"}}, r"train\.epochs: must be an integer \(got 'ten'\)"),
         ({"model": {"name": "resnet9000"}}, r"model\.name: unknown model.*\(got 'resnet9000'\)"),
         ({"model": {"params": {"widht": 3}}}, r"model\.params: unknown key\(s\) \['widht'\]"),

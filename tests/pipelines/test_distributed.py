@@ -103,10 +103,10 @@ def test_two_processes_train_one_run_with_identical_weights_like_one_process(tmp
 
 @pytest.mark.slow
 def test_a_killed_peer_ends_the_other_within_the_timeout_and_both_resume(tmp_path):
-    from pipelines.distribute import HEARTBEAT_TIMEOUT_S
-
+    heartbeat = 20  # train.heartbeat_timeout_s (JAX's default is 100 s)
     run_dir = tmp_path / "runs" / "killed"
-    extra = ("train.epochs=3", "data.synthetic.train_size=1920", "data.batch_size=16")
+    extra = ("train.epochs=3", "data.synthetic.train_size=1920", "data.batch_size=16",
+             f"train.heartbeat_timeout_s={heartbeat}")
     procs = _launch(tmp_path, run_dir, extra=extra)
     backup = run_dir / "backup"
     deadline = time.monotonic() + 400
@@ -118,11 +118,12 @@ def test_a_killed_peer_ends_the_other_within_the_timeout_and_both_resume(tmp_pat
     for pid in children:  # kill -9 the worker's training process mid-epoch (its supervisor sees it die)
         os.kill(int(pid), signal.SIGKILL)
     killed_at = time.monotonic()
-    codes = _wait(procs, HEARTBEAT_TIMEOUT_S + 120)
-    assert time.monotonic() - killed_at < HEARTBEAT_TIMEOUT_S + 60
+    codes = _wait(procs, heartbeat + 120)
+    assert time.monotonic() - killed_at < heartbeat + 60
     assert codes[0] != 0
     chief_log = (tmp_path / "process0.log").read_text()
     assert "error: training process 0 ended abnormally" in chief_log or "error:" in chief_log, chief_log
+    assert f"declared dead after {heartbeat} s" in chief_log, chief_log
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     (run,) = client.search_runs(client.get_experiment_by_name("dist").experiment_id)
     assert run.info.status == "FAILED"
@@ -146,6 +147,15 @@ def test_several_processes_on_the_tensorflow_backend_are_one_clear_error(tmp_pat
     assert len(errors) == 1 and "KERAS_BACKEND=jax" in errors[0] and "20585" in errors[0]
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_address_list_that_does_not_match_the_process_count_is_one_clear_error(monkeypatch):
+    from pipelines import distribute
+    from pipelines.errors import UserError
+
+    monkeypatch.setenv(distribute.ENV_ADDRESSES, "127.0.0.1:1,127.0.0.1:2")
+    with pytest.raises(UserError, match="lists 2 addresses for KERAS_DISTRIBUTION_NUM_PROCESSES=3"):
+        distribute.join(3, 0)
 
 
 MIRRORED = """
