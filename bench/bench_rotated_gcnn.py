@@ -62,6 +62,9 @@ VARIANTS = {
     "gcnn_c8_130k": ("gcnn", {"group_order": 8, "filters": [8, 16, 30]}, False),  # ~132k
     "gcnn_c16_130k": ("gcnn", {"group_order": 16, "filters": [5, 11, 22]}, False),  # ~134k
     "cnn_rot_aug": ("baseline_cnn", CNN_PARAMS, True),  # ~38k
+    # The equivariant models trained with rotation augmentation too (angles between the group's own).
+    "gcnn_c4_35k_aug": ("gcnn", {"group_order": 4, "filters": [3, 7, 13]}, True),
+    "gcnn_c8_35k_aug": ("gcnn", {"group_order": 8, "filters": [4, 8, 16]}, True),
 }
 
 
