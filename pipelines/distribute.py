@@ -213,7 +213,8 @@ def supervise(argv: list[str], cfg, process_id: int) -> int:
         return code
     how = f"signal {-code}" if code < 0 else f"exit code {code}"
     why = (f"training process {process_id} ended abnormally ({how}): a peer process died or stopped answering "
-           f"(declared dead after {cfg.train.heartbeat_timeout_s} s without a heartbeat, or at once when its connection closed)")
+           f"(declared dead after {cfg.train.heartbeat_timeout_s} s without a heartbeat, "
+           "or at once when its connection closed)")
     if process_id == 0:
         why += _mark_failed(cfg.train.run_dir, why)
     print(f"error: {why}; run the same command on every host again to resume from the last checkpoint",
