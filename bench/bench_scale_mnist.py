@@ -111,7 +111,8 @@ def accuracy(model, x, y, batch=256):
 
 
 def pyramid(args):
-    return {"pyramid_scales": args.pyramid_scales, "pyramid_pool": args.pyramid_pool}
+    return {"pyramid_scales": args.pyramid_scales, "pyramid_pool": args.pyramid_pool,
+            "pyramid_bandlimit": args.pyramid_bandlimit}
 
 
 def selected(runs, args):
@@ -194,7 +195,9 @@ def main(argv=None):
     p.add_argument("--aug-min", type=float, default=0.6)
     p.add_argument("--aug-max", type=float, default=1.6)
     p.add_argument("--pyramid-scales", type=lambda s: [float(v) for v in s.split(",")], default=[2.0, 1.0, 0.5])
-    p.add_argument("--pyramid-pool", choices=["mean", "max"], default="mean")
+    p.add_argument("--pyramid-pool", choices=["mean", "max", "confident"], default="mean")
+    p.add_argument("--pyramid-bandlimit", action="store_true",
+                   help="pass every pyramid branch through the most enlarging one's resolution (models/pyramid.py)")
     p.add_argument("--only", default="", help="comma-separated model labels to run (default: all), e.g. 'CNN,sesn'")
     p.add_argument("--hnet-scales", type=lambda s: [int(v) for v in s.split(",")], default=[1, 2, 3])
     p.add_argument("--seed", type=int, default=0)

@@ -33,9 +33,9 @@ class ModelSpec:
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
-# Taken by every builder: `pyramid_scales: [1.0, 0.7, 0.5]` (and `pyramid_pool: mean | max`)
-# wraps the built model in an input pyramid (models/pyramid.py).
-WRAPPER_PARAMS = ("pyramid_scales", "pyramid_pool")
+# Taken by every builder: `pyramid_scales: [1.0, 2.0]` (and `pyramid_pool: mean | max | confident`,
+# `pyramid_bandlimit: true | false`) wraps the built model in an input pyramid (models/pyramid.py).
+WRAPPER_PARAMS = ("pyramid_scales", "pyramid_pool", "pyramid_bandlimit")
 
 
 def register(name: str, search_space: Callable | None = None):
@@ -73,13 +73,14 @@ def check_params(name: str, params: dict) -> None:
         raise ValueError(
             f"model.params: unknown key(s) {unknown} for model {name!r}; it takes {sorted(known)}"
         )
-    if params.get("pyramid_scales") is not None or params.get("pyramid_pool") is not None:
+    if any(params.get(k) is not None for k in WRAPPER_PARAMS):
         from models.pyramid import check_pyramid
 
         if params.get("pyramid_scales") is None:
-            raise ValueError(f"model.params.pyramid_pool ({params['pyramid_pool']!r}) needs pyramid_scales")
+            key = next(k for k in WRAPPER_PARAMS if params.get(k) is not None)
+            raise ValueError(f"model.params.{key} ({params[key]!r}) needs pyramid_scales")
         try:
-            check_pyramid(params["pyramid_scales"], params.get("pyramid_pool"))
+            check_pyramid(params["pyramid_scales"], params.get("pyramid_pool"), params.get("pyramid_bandlimit"))
         except ValueError as e:
             raise ValueError(f"model.params.{e}") from None
 
@@ -89,9 +90,10 @@ def build_model(name: str, input_shape, num_classes: int, **params) -> keras.Mod
     check_params(name, params)
     params = dict(params)
     scales, pool = params.pop("pyramid_scales", None), params.pop("pyramid_pool", None)
+    bandlimit = params.pop("pyramid_bandlimit", None)
     model = get_spec(name).builder(input_shape=tuple(input_shape), num_classes=int(num_classes), **params)
     if scales is None:
         return model
     from models.pyramid import pyramid
 
-    return pyramid(model, scales, pool=pool)
+    return pyramid(model, scales, pool=pool, bandlimit=bandlimit)

@@ -45,6 +45,50 @@ def test_mean_pool_is_the_default_and_a_single_scale():
     assert [type(l).__name__ for l in single.layers][:2] == ["InputLayer", "CanvasRescale2D"]
 
 
+def test_bandlimit_passes_each_branch_through_the_most_enlarging_resolution():
+    keras.utils.set_random_seed(5)
+    m = models.build_model("baseline_cnn", (16, 16, 1), 5, pyramid_scales=[1.0, 2.0, 0.5], pyramid_bandlimit=True,
+                           **SMALL_CNN)
+    x = np.random.default_rng(5).uniform(size=(3, 16, 16, 1)).astype("float32")
+    b = m.get_layer("baseline_cnn")
+    seen = [rescale_batch(rescale_batch(x, 0.5), 2.0), rescale_batch(x, 2.0),
+            rescale_batch(rescale_batch(x, 0.25), 2.0)]
+    want = np.mean([np.asarray(b(v, training=False)) for v in seen], axis=0)
+    np.testing.assert_allclose(np.asarray(m(x, training=False)), want, atol=1e-5)
+    # the point of it: an image at half size, through the 2x branch, is what the 1x branch saw at full size
+    taps = keras.Model(m.input, [m.get_layer("pyramid_rescale0").output, m.get_layer("pyramid_rescale1").output])
+    np.testing.assert_allclose(np.asarray(taps(rescale_batch(x, 0.5))[1]), np.asarray(taps(x)[0]), atol=1e-6)
+    # without it the 1x branch is the sharp image, which differs from the round trip
+    assert np.abs(seen[0] - x).max() > 0.1
+    plain = models.build_model("baseline_cnn", (16, 16, 1), 5, pyramid_scales=[1.0, 2.0], **SMALL_CNN)
+    assert not any("lowpass" in l.name for l in plain.layers)
+    # no factor above 1: nothing to limit, the same graph as without it
+    shrink = models.build_model("baseline_cnn", (16, 16, 1), 5, pyramid_scales=[1.0, 0.5], pyramid_bandlimit=True,
+                                **SMALL_CNN)
+    assert not any("lowpass" in l.name for l in shrink.layers)
+
+
+def test_confident_pool_trains_on_the_mean_and_answers_with_the_surest_branch(tmp_path):
+    keras.utils.set_random_seed(6)
+    m = models.build_model("baseline_cnn", (16, 16, 1), 5, pyramid_scales=[1.0, 2.0], pyramid_pool="confident",
+                           **SMALL_CNN)
+    b = m.get_layer("baseline_cnn")
+    x = np.random.default_rng(6).uniform(size=(16, 16, 16, 1)).astype("float32")
+    z = np.stack([np.asarray(b(x, training=False)), np.asarray(b(rescale_batch(x, 2.0), training=False))], 1)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    pick = (-(np.exp(logp) * logp).sum(-1)).argmin(1)
+    assert 0 < pick.sum() < len(pick)  # both branches chosen for some rows, so the choice is exercised
+    np.testing.assert_allclose(np.asarray(m(x, training=False)), z[np.arange(len(z)), pick], atol=1e-5)
+    # in training the pool is the mean, so every branch learns (no dropout; batch norm uses each branch's batch)
+    zt = [np.asarray(b(v, training=True)) for v in (x, rescale_batch(x, 2.0))]
+    np.testing.assert_allclose(np.asarray(m(x, training=True)), np.mean(zt, 0), atol=1e-5)
+    # saved and reloaded, it picks the same way
+    path = os.path.join(tmp_path, "confident.keras")
+    m.save(path)
+    np.testing.assert_allclose(np.asarray(keras.saving.load_model(path)(x, training=False)),
+                               np.asarray(m(x, training=False)), atol=1e-5)
+
+
 def test_model_rescale_agrees_with_the_data_op():
     x = np.random.default_rng(2).uniform(size=(2, 28, 28, 1)).astype("float32")
     for f in (0.3, 0.5, 0.7, 1.3, 2.0):
@@ -71,8 +115,10 @@ def test_saves_and_reloads(cnn_pyramid, tmp_path):
                                atol=1e-5)
 
 
-def test_mixed_precision(mixed_float16):
-    m = models.build_model("baseline_cnn", (16, 16, 1), 5, pyramid_scales=[1.0, 0.5], **SMALL_CNN)
+@pytest.mark.parametrize("pool", ["mean", "confident"])
+def test_mixed_precision(mixed_float16, pool):
+    m = models.build_model("baseline_cnn", (16, 16, 1), 5, pyramid_scales=[1.0, 2.0], pyramid_pool=pool,
+                           pyramid_bandlimit=True, **SMALL_CNN)
     assert_float16_training_step(m, (16, 16, 1))
 
 
@@ -83,8 +129,11 @@ def test_mixed_precision(mixed_float16):
         (dict(pyramid_scales=[1.0, -0.5]), r"got \[1.0, -0.5\]"),
         (dict(pyramid_scales=[1.0, 1.0]), r"got \[1.0, 1.0\]"),
         (dict(pyramid_scales=0.5), "pyramid_scales must be a list of positive numbers, got 0.5"),
-        (dict(pyramid_scales=[1.0], pyramid_pool="sum"), r"model.params.pyramid_pool must be one of \('mean', 'max'\), got 'sum'"),
+        (dict(pyramid_scales=[1.0], pyramid_pool="sum"),
+         r"model.params.pyramid_pool must be one of \('mean', 'max', 'confident'\), got 'sum'"),
         (dict(pyramid_pool="max"), "model.params.pyramid_pool \\('max'\\) needs pyramid_scales"),
+        (dict(pyramid_scales=[1.0, 2.0], pyramid_bandlimit="yes"), "model.params.pyramid_bandlimit must be true or false, got 'yes'"),
+        (dict(pyramid_bandlimit=True), "model.params.pyramid_bandlimit \\(True\\) needs pyramid_scales"),
     ],
 )
 def test_bad_pyramid_params_are_config_errors(params, match):
