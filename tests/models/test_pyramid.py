@@ -143,3 +143,17 @@ def test_bad_pyramid_params_are_config_errors(params, match):
         models.build_model("baseline_cnn", (16, 16, 1), 5, **params, **SMALL_CNN)
     with pytest.raises(ValueError, match="unknown key"):
         models.check_params("baseline_cnn", {"pyramid": [1.0]})
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the SavedModel export is TensorFlow's")
+def test_confident_bandlimited_pyramid_exports_its_inference_choice(tmp_path):
+    from pipelines.export import export_model, predict_savedmodel
+
+    keras.utils.set_random_seed(7)
+    m = models.build_model("baseline_cnn", (16, 16, 1), 5, pyramid_scales=[1.0, 2.0], pyramid_pool="confident",
+                           pyramid_bandlimit=True, **SMALL_CNN)
+    images = np.random.default_rng(7).integers(0, 256, (6, 16, 16, 1)).astype("uint8")
+    out = export_model(m, str(tmp_path / "exports"), "pyramid", check_images=images)
+    probs = predict_savedmodel(out, images)["probabilities"]
+    want = keras.ops.softmax(m(images.astype("float32") / 255.0, training=False))  # the picked branch, not the mean
+    np.testing.assert_allclose(probs, np.asarray(want), atol=1e-5)
