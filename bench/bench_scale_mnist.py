@@ -7,7 +7,8 @@ Three tables, the same epochs for every model of a table:
    28x28 canvas; train x_train[:10000] seed 0, test x_test seed 1): the CNN
    (baseline_cnn 32-64-96, ~317k parameters), the CNN with scale augmentation
    (`random_scale`, factors uniform in [--aug-min, --aug-max] per image), the
-   input pyramid on that CNN (`pyramid_scales`), and `sesn` (~302k). Test
+   input pyramid on that CNN (`--pyramid-*`), without and with that
+   augmentation, and `sesn` (~302k). Test
    error (%) and training images/s (whole fit, tracing included).
    SESN's paper: 1.68% (SESN) vs 2.56% for a same-size CNN on its MNIST-scale.
 2. `curve`: trained on upright digits at scale 1 (no augmentation), tested on
@@ -125,6 +126,7 @@ def table_scale(mnist, args):
     (xtr, ytr), (xte, yte) = mnist_scale(mnist, args.train_size, args.test_size)
     runs = [("CNN", "baseline_cnn", CNN, {}), ("CNN + scale aug", "baseline_cnn", CNN, {"scale_aug": True}),
             ("pyramid", "baseline_cnn", {**CNN, **pyramid(args)}, {}),
+            ("pyramid + scale aug", "baseline_cnn", {**CNN, **pyramid(args)}, {"scale_aug": True}),
             ("sesn", "sesn", {}, {})]
     rows, ref = [], None
     for label, name, params, aug in selected(runs, args):
