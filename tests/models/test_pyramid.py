@@ -55,17 +55,13 @@ def test_bandlimit_passes_each_branch_through_the_most_enlarging_resolution():
             rescale_batch(rescale_batch(x, 0.25), 2.0)]
     want = np.mean([np.asarray(b(v, training=False)) for v in seen], axis=0)
     np.testing.assert_allclose(np.asarray(m(x, training=False)), want, atol=1e-5)
-    # the point of it: an image at half size, through the 2x branch, is what the 1x branch saw at full size
-    taps = keras.Model(m.input, [m.get_layer("pyramid_rescale0").output, m.get_layer("pyramid_rescale1").output])
-    np.testing.assert_allclose(np.asarray(taps(rescale_batch(x, 0.5))[1]), np.asarray(taps(x)[0]), atol=1e-6)
-    # without it the 1x branch is the sharp image, which differs from the round trip
-    assert np.abs(seen[0] - x).max() > 0.1
-    plain = models.build_model("baseline_cnn", (16, 16, 1), 5, pyramid_scales=[1.0, 2.0], **SMALL_CNN)
-    assert not any("lowpass" in l.name for l in plain.layers)
-    # no factor above 1: nothing to limit, the same graph as without it
-    shrink = models.build_model("baseline_cnn", (16, 16, 1), 5, pyramid_scales=[1.0, 0.5], pyramid_bandlimit=True,
-                                **SMALL_CNN)
-    assert not any("lowpass" in l.name for l in shrink.layers)
+    # without it the same weights see the sharp image and its plain rescalings, and answer differently
+    plain = models.build_model("baseline_cnn", (16, 16, 1), 5, pyramid_scales=[1.0, 2.0, 0.5], **SMALL_CNN)
+    plain.set_weights(m.get_weights())
+    sharp = np.mean([np.asarray(b(rescale_batch(x, f), training=False)) for f in (1.0, 2.0, 0.5)], axis=0)
+    got = np.asarray(plain(x, training=False))
+    np.testing.assert_allclose(got, sharp, atol=1e-5)
+    assert np.abs(got - want).max() > 1e-3
 
 
 def test_confident_pool_trains_on_the_mean_and_answers_with_the_surest_branch(tmp_path):
@@ -120,6 +116,21 @@ def test_mixed_precision(mixed_float16, pool):
     m = models.build_model("baseline_cnn", (16, 16, 1), 5, pyramid_scales=[1.0, 2.0], pyramid_pool=pool,
                            pyramid_bandlimit=True, **SMALL_CNN)
     assert_float16_training_step(m, (16, 16, 1))
+    # inference (where the confident pool picks a branch): float16 branches, float32 logits, the pool as specified
+    x = np.random.default_rng(8).uniform(size=(8, 16, 16, 1)).astype("float32")
+    y = m(x, training=False)
+    assert keras.backend.standardize_dtype(y.dtype) == "float32"
+    b = m.get_layer("baseline_cnn")
+    z = np.stack([keras.ops.convert_to_numpy(b(v, training=False)).astype("float32")
+                  for v in (rescale_batch(rescale_batch(x, 0.5), 2.0), rescale_batch(x, 2.0))], 1)
+    y = keras.ops.convert_to_numpy(y)
+    if pool == "mean":
+        np.testing.assert_allclose(y, z.mean(1), atol=2e-3)
+    else:  # each row is one branch's logits (not their mean: rows whose branches differ by more than the rounding)
+        apart = np.abs(z[:, 0] - z[:, 1]).max(-1) > 0.01
+        assert apart.sum() >= 4
+        assert np.all(np.abs(y[:, None] - z).max(-1).min(1) < 2e-3)
+        assert np.all(np.abs(y - z.mean(1)).max(-1)[apart] > 4e-3)
 
 
 @pytest.mark.parametrize(
@@ -134,6 +145,7 @@ def test_mixed_precision(mixed_float16, pool):
         (dict(pyramid_pool="max"), "model.params.pyramid_pool \\('max'\\) needs pyramid_scales"),
         (dict(pyramid_scales=[1.0, 2.0], pyramid_bandlimit="yes"), "model.params.pyramid_bandlimit must be true or false, got 'yes'"),
         (dict(pyramid_bandlimit=True), "model.params.pyramid_bandlimit \\(True\\) needs pyramid_scales"),
+        (dict(pyramid_scales=[1.0, 0.5], pyramid_bandlimit=True), r"needs a factor > 1 in pyramid_scales, got \[1.0, 0.5\]"),
     ],
 )
 def test_bad_pyramid_params_are_config_errors(params, match):
