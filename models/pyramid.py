@@ -126,7 +126,7 @@ def pyramid(backbone: keras.Model, scales, pool: str | None = None, bandlimit: b
     inputs = keras.Input(shape=backbone.input_shape[1:], name="image")
     outputs = []
     for i, f in enumerate(scales):
-        if bandlimit and top > 1.0 and f != top:
+        if bandlimit and f != top:  # check_pyramid: top > 1 when bandlimit
             x = CanvasRescale2D(f / top, name=f"pyramid_lowpass{i}")(inputs)
             x = CanvasRescale2D(top, name=f"pyramid_rescale{i}")(x)
         else:
