@@ -156,7 +156,27 @@ def table_curve(mnist, args):
             row[f"x{f}"] = 100 * accuracy(model, rescale_batch(xte, f), yte)
         rows.append(row)
         print(row, flush=True)
+        if args.branches and label == "pyramid":
+            rows += branch_rows(model, xte, yte, args.pyramid_scales)
     return table(rows, f"Trained at scale 1 ({len(xtr)} digits, {args.epochs} epochs), accuracy % across the scale curve")
+
+
+def branch_rows(model, x, y, scales):
+    """Accuracy across the curve of each pyramid branch alone: the shared backbone on exactly what
+    that branch feeds it (its rescaling, and with --pyramid-bandlimit its low-pass)."""
+    backbone = next(l for l in model.layers if isinstance(l, keras.Model))
+    names = {l.name for l in model.layers}
+    taps = {i: keras.Model(model.input, model.get_layer(f"pyramid_rescale{i}").output)
+            for i in range(len(scales)) if f"pyramid_rescale{i}" in names}
+    rows = []
+    for i, s in enumerate(scales):
+        row = {"model": f"pyramid, branch {s:g}x alone"}
+        for f in CURVE:
+            xf = rescale_batch(x, f)
+            row[f"x{f}"] = 100 * accuracy(backbone, taps[i].predict(xf, batch_size=256, verbose=0) if i in taps else xf, y)
+        rows.append(row)
+        print(row, flush=True)
+    return rows
 
 
 def table_rotscale(mnist, args):
@@ -200,6 +220,8 @@ def main(argv=None):
     p.add_argument("--pyramid-pool", choices=["mean", "max", "confident"], default="mean")
     p.add_argument("--pyramid-bandlimit", action="store_true",
                    help="pass every pyramid branch through the most enlarging one's resolution (models/pyramid.py)")
+    p.add_argument("--branches", action="store_true",
+                   help="curve table: also the accuracy of each pyramid branch alone (the shared backbone on its input)")
     p.add_argument("--only", default="", help="comma-separated model labels to run (default: all), e.g. 'CNN,sesn'")
     p.add_argument("--hnet-scales", type=lambda s: [int(v) for v in s.split(",")], default=[1, 2, 3])
     p.add_argument("--seed", type=int, default=0)
