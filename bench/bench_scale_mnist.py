@@ -168,13 +168,12 @@ def branch_rows(model, x, y, scales):
     names = {l.name for l in model.layers}
     taps = {i: keras.Model(model.input, model.get_layer(f"pyramid_rescale{i}").output)
             for i in range(len(scales)) if f"pyramid_rescale{i}" in names}
-    rows = []
-    for i, s in enumerate(scales):
-        row = {"model": f"pyramid, branch {s:g}x alone"}
-        for f in CURVE:
-            xf = rescale_batch(x, f)
+    rows = [{"model": f"pyramid, branch {s:g}x alone"} for s in scales]
+    for f in CURVE:
+        xf = rescale_batch(x, f)  # once per factor, for every branch
+        for i, row in enumerate(rows):
             row[f"x{f}"] = 100 * accuracy(backbone, taps[i].predict(xf, batch_size=256, verbose=0) if i in taps else xf, y)
-        rows.append(row)
+    for row in rows:
         print(row, flush=True)
     return rows
 
