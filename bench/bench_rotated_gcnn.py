@@ -22,6 +22,9 @@ C16 at ~35k, 1.5 hours for C8 at ~130k and several for C16 at ~130k
 `--results FILE` keeps each finished model's row (keyed by the model and every
 setting that changes its figures) and a rerun skips the models already there,
 so the full protocol can be completed over several sittings, one model at a time.
+An unfinished model is kept too, after every epoch (Keras' BackupAndRestore, in
+FILE.partial/, ignored by git): a rerun resumes it from its last finished epoch,
+so a model longer than one sitting (C16 at ~130k) is trained over several.
 
 A short check of the script (a subset, a few minutes per model):
 
@@ -37,8 +40,10 @@ shared machine's changing load falls on all alike (no data file needed):
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import shutil
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -69,15 +74,50 @@ VARIANTS = {
 
 
 class EpochTimes(keras.callbacks.Callback):
+    """Each epoch's seconds, and the training seconds so far; with `state_path`, both are kept in a file after
+    every epoch (beside BackupAndRestore's checkpoint) so that a resumed run adds to them rather than restarting
+    the clock. The epoch each sitting started at (its time includes tracing and compilation) is listed."""
+
+    def __init__(self, state_path=None):
+        super().__init__()
+        self.state_path = state_path
+        self.state = {"epoch times": [], "sitting starts": [], "fit s": 0.0}
+        if state_path and os.path.exists(state_path):
+            with open(state_path) as f:
+                self.state = json.load(f)
+
+    def on_train_begin(self, logs=None):
+        self.fit_t0 = time.perf_counter()
+        self.fit_s0 = self.state["fit s"]
+        self.first = True
+
     def on_epoch_begin(self, epoch, logs=None):
+        if self.first:  # `epoch` counts from where BackupAndRestore resumed, not from this file's length
+            self.first = False
+            lost = self.state["epoch times"][epoch:]  # timed, but killed before their weights were kept
+            del self.state["epoch times"][epoch:]
+            self.fit_s0 -= sum(lost)
+            self.state["sitting starts"].append(epoch)
         self.t0 = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        self.times = getattr(self, "times", []) + [time.perf_counter() - self.t0]
+        self.state["epoch times"].append(time.perf_counter() - self.t0)
+        self.state["fit s"] = self.fit_s0 + time.perf_counter() - self.fit_t0
+        if self.state_path:
+            save_results(self.state_path, self.state)
+
+    def on_train_end(self, logs=None):
+        self.state["fit s"] = self.fit_s0 + time.perf_counter() - self.fit_t0
 
 
-def run(name, model_name, params, augment, train, test, args):
-    """bench_rotated_mnist's training (same optimiser, schedule and data), with per-epoch times."""
+def run(name, model_name, params, augment, train, test, args, backup_dir=None):
+    """bench_rotated_mnist's training (same optimiser, schedule and data), with per-epoch times.
+
+    With `backup_dir`, Keras' BackupAndRestore keeps the weights and the optimiser's state (its step, so the
+    cosine schedule continues) after every epoch, and a rerun resumes from the last finished epoch: a model
+    that needs more hours than one sitting has is trained over several. A resumed run's later epochs draw
+    their shuffles afresh (the data order is not that of an uninterrupted run); the row lists the epochs it
+    resumed at."""
     keras.utils.set_random_seed(args.seed)
     model = models.build_model(model_name, (28, 28, 1), 10, **params)
     steps = args.epochs * int(np.ceil(len(train[0]) / args.batch_size))
@@ -86,20 +126,29 @@ def run(name, model_name, params, augment, train, test, args):
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
-    epochs = EpochTimes()
-    with Timer() as t:
-        model.fit(dataset(*train, args.batch_size, augment, args.seed), epochs=args.epochs, verbose=args.verbose,
-                  callbacks=[epochs])
+    epochs = EpochTimes(os.path.join(backup_dir, "times.json") if backup_dir else None)
+    callbacks = [epochs]
+    if backup_dir:
+        # Kept after fit (delete_checkpoint=False) so that a run killed during the evaluation loses no training.
+        callbacks.insert(0, keras.callbacks.BackupAndRestore(backup_dir, delete_checkpoint=False))
+    model.fit(dataset(*train, args.batch_size, augment, args.seed), epochs=args.epochs, verbose=args.verbose,
+              callbacks=callbacks)
     _, acc = model.evaluate(test[0], test[1], batch_size=256, verbose=0)
-    later = epochs.times[1:]  # without the first epoch's tracing and compilation
-    return {
+    st = epochs.state
+    # Without the first epoch of each sitting (tracing and compilation).
+    later = [s for i, s in enumerate(st["epoch times"]) if i not in st["sitting starts"]]
+    row = {
         "model": name,
         "params": model.count_params(),
         "test error %": 100.0 * (1.0 - acc),
-        "train s": t.seconds,
-        "train img/s": args.epochs * len(train[0]) / t.seconds,
+        "train s": st["fit s"],
+        "train img/s": args.epochs * len(train[0]) / st["fit s"],
         "img/s after epoch 1": len(later) * len(train[0]) / sum(later) if later else float("nan"),
     }
+    resumed = [i for i in st["sitting starts"] if i > 0]
+    if resumed:
+        row["resumed after epochs"] = resumed
+    return row
 
 
 def interleaved_speed(names, args):
@@ -130,6 +179,13 @@ def result_key(name, args) -> str:
     model, params, augment = VARIANTS[name]
     return json.dumps([name, model, params, augment, args.epochs, args.train_size, args.test_size, args.batch_size,
                        args.lr, args.seed], sort_keys=True)
+
+
+def backup_dir(results_path, key) -> str:
+    """Where an unfinished model's checkpoint lives: beside the results file, one folder per result key (so that
+    a run with other settings never resumes from it), ignored by git."""
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return os.path.join(results_path + ".partial", f"{json.loads(key)[0]}-{digest}")
 
 
 def load_results(path) -> dict:
@@ -193,11 +249,13 @@ def main():
             row = done[key]
             print(f"{name}: from {args.results} (measured {row.get('measured', '?')})", flush=True)
         else:
-            row = run(name, model, params, augment, train, test, args)
+            backup = backup_dir(args.results, key) if args.results else None
+            row = run(name, model, params, augment, train, test, args, backup)
             row["measured"] = time.strftime("%Y-%m-%d %H:%M")
             if args.results:
                 done[key] = row
                 save_results(args.results, done)
+                shutil.rmtree(backup)  # the row is kept: its checkpoint is no longer needed
         rows.append(row)
         print(f"{name}: {row['params']} params, test error {row['test error %']:.2f}%, "
               f"{row['train img/s']:.0f} training images/s", flush=True)
