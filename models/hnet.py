@@ -54,6 +54,8 @@ def build(
     blur_size: int = 1,
     bn_momentum: float = 0.9,
     scales=None,
+    readout: str = "class_conv",
+    radial_initializer="he_normal",
     name: str = "hnet",
 ) -> keras.Model:
     """Build an H-Net.
@@ -78,6 +80,12 @@ def build(
             dilation, pooled over the scales by magnitude; invariant to
             rotation (exactly at 90 degrees) and approximately to rescaling
             within the dilations' range; about len(scales) times the cost.
+        readout: "class_conv" (the paper's): a final harmonic convolution to
+            one channel per class, its magnitudes averaged over positions, plus
+            a bias. "dense": the last stage's magnitudes (summed over orders)
+            averaged over positions, then a dense layer, as gcnn reads out.
+        radial_initializer: Keras initializer (name or config) of every
+            harmonic convolution's radial profiles.
     Returns:
         A Keras model from float images in [0, 1] to class logits (float32).
     """
@@ -95,6 +103,14 @@ def build(
                                or any(not isinstance(a, int) or isinstance(a, bool) or a < 1 for a in scales)):
         raise ValueError(f"scales must be a list of positive integer dilations (e.g. [1, 2, 3]) or None, got {scales!r}")
 
+    if readout not in ("class_conv", "dense"):
+        raise ValueError(f"readout must be 'class_conv' or 'dense', got {readout!r}")
+    try:
+        keras.initializers.get(radial_initializer)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"radial_initializer: not a Keras initializer: {radial_initializer!r} ({e})") from None
+    conv_args = dict(orders=orders, n_rings=n_rings, radial_initializer=radial_initializer)
+
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = inputs
     for s, (f, k) in enumerate(zip(filters, kernel_sizes)):
@@ -102,16 +118,19 @@ def build(
             x = HarmonicAveragePooling2D(2, blur_size=blur_size, name=f"stage{s}_pool")(x)
         for c in range(convs_per_stage):
             if scales is None:
-                x = HarmonicConv2D(f, k, orders=orders, n_rings=n_rings, name=f"stage{s}_hconv{c}")(x)
+                x = HarmonicConv2D(f, k, **conv_args, name=f"stage{s}_hconv{c}")(x)
             else:
-                x = ScaleHarmonicConv2D(f, k, orders=orders, n_rings=n_rings, dilations=list(scales),
-                                        name=f"stage{s}_hconv{c}")(x)
+                x = ScaleHarmonicConv2D(f, k, **conv_args, dilations=list(scales), name=f"stage{s}_hconv{c}")(x)
             if batch_norm and c == convs_per_stage - 1:
                 x = HarmonicBatchNormalization(
                     momentum=bn_momentum, activation="relu", name=f"stage{s}_hbn{c}")(x)
             else:
                 x = HarmonicReLU(name=f"stage{s}_crelu{c}")(x)
-    x = HarmonicConv2D(num_classes, kernel_sizes[-1], orders=orders, n_rings=n_rings, phase=False, name="class_hconv")(x)
-    x = HarmonicMagnitudeReadout(use_bias=True, name="readout")(x)
+    if readout == "class_conv":
+        x = HarmonicConv2D(num_classes, kernel_sizes[-1], **conv_args, phase=False, name="class_hconv")(x)
+        x = HarmonicMagnitudeReadout(use_bias=True, name="readout")(x)
+    else:
+        x = HarmonicMagnitudeReadout(name="readout")(x)
+        x = layers.Dense(num_classes, name="classifier")(x)
     outputs = layers.Activation("linear", dtype="float32", name="logits_f32")(x)
     return keras.Model(inputs, outputs, name=name)

@@ -61,6 +61,30 @@ def test_widths_depth_and_options_are_config():
         models.build_model("hnet", (16, 16, 1), 4, filters=[])
 
 
+def test_dense_readout_is_invariant_and_replaces_the_class_convolution():
+    keras.utils.set_random_seed(3)
+    m = models.build_model("hnet", (28, 28, 1), 10, readout="dense")
+    assert "class_hconv" not in [l.name for l in m.layers]
+    assert m.get_layer("classifier").kernel.shape == (32, 10)  # the last stage's 32 magnitudes -> 10 classes
+    x = np.random.default_rng(4).uniform(0, 1, (3, 28, 28, 1)).astype("float32")
+    y = np.asarray(m(x, training=False))
+    for k in (1, 2, 3):
+        yr = np.asarray(m(np.ascontiguousarray(np.rot90(x, k, axes=(1, 2))), training=False))
+        assert np.abs(yr - y).max() <= 1e-5 * np.abs(y).max()
+    assert np.abs(y[0] - y[1]).max() > 1e-4
+
+
+def test_radial_initializer_reaches_every_harmonic_convolution():
+    def radial_std(init):
+        keras.utils.set_random_seed(5)
+        m = models.build_model("hnet", (28, 28, 1), 10, filters=[16, 16], radial_initializer=init)
+        convs = [l for l in m.layers if type(l).__name__ == "HarmonicConv2D"]
+        return np.array([np.std(np.asarray(c.radial)) for c in convs])
+
+    # lecun_normal draws with half he_normal's variance: every layer's std shrinks by sqrt(2), the class layer's too
+    np.testing.assert_allclose(radial_std("he_normal") / radial_std("lecun_normal"), np.sqrt(2), rtol=0.15)
+
+
 def test_search_space_gives_valid_params():
     import keras_tuner
 
@@ -93,7 +117,9 @@ def test_trains_saves_reloads_and_exports(tmp_path):
     "kwargs,message",
     [({"filters": 8}, "filters must name at least one stage, got 8"),
      ({"kernel_size": ["a", 5, 5]}, "kernel_size must hold int values, got ['a', 5, 5]"),
-     ({"convs_per_stage": 1.5}, "convs_per_stage must be an integer >= 1, got 1.5")],
+     ({"convs_per_stage": 1.5}, "convs_per_stage must be an integer >= 1, got 1.5"),
+     ({"readout": "gap"}, "readout must be 'class_conv' or 'dense', got 'gap'"),
+     ({"radial_initializer": "he_normall"}, "radial_initializer: not a Keras initializer: 'he_normall'")],
 )
 def test_bad_params_raise_value_error_echoing_the_value(kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):
