@@ -13,6 +13,7 @@ Variants (hnet builder params, and the peak learning rate where it changes):
 * `readout_dense`: the last stage's magnitudes averaged, then a dense layer.
 * `init_lecun`, `init_glorot`: other radial-profile initialisations.
 * `lr_0.0025`, `lr_0.01`: the cosine schedule's peak halved and doubled.
+* `order2_dense`, `dense_glorot`, `order2_dense_glorot`: those that helped, together.
 
 The default is the short protocol (2 epochs of 3k rotated digits, 2k rotated
 test digits, three seeds; about 15 minutes on 2 cores):
@@ -42,6 +43,11 @@ VARIANTS = {
     "init_glorot": ({"radial_initializer": "glorot_uniform"}, None),
     "lr_0.0025": ({}, 0.0025),
     "lr_0.01": ({}, 0.01),
+    # the helpful ones together
+    "order2_dense": ({"max_order": 2, "filters": [6, 12, 24], "readout": "dense"}, None),
+    "dense_glorot": ({"readout": "dense", "radial_initializer": "glorot_uniform"}, None),
+    "order2_dense_glorot": ({"max_order": 2, "filters": [6, 12, 24], "readout": "dense",
+                             "radial_initializer": "glorot_uniform"}, None),
 }
 
 
