@@ -47,7 +47,7 @@ def test_layers_and_models_load_no_tensorflow_on_jax():
         "        importlib.import_module('layers.' + m.name)\n"
         "print(sorted(n for n in sys.modules if n == 'tensorflow' or n.startswith('tensorflow.'))[:3])\n"
     )
-    env = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=ROOT)
+    env = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
