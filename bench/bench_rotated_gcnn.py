@@ -26,6 +26,14 @@ An unfinished model is kept too, after every epoch (Keras' BackupAndRestore, in
 FILE.partial/, ignored by git): a rerun resumes it from its last finished epoch,
 so a model longer than one sitting (C16 at ~130k) is trained over several.
 
+On another Keras backend (KERAS_BACKEND=jax or torch; TensorFlow is then not
+needed) the models train on the arrays with Keras' own shuffling instead of
+tf.data, the models with rotation augmentation are refused, and each row and
+its key name the backend and device. The GPU rows of the README came from one
+H200 with JAX (no TensorFlow there; MNIST_NPZ pointed at a copy of the file):
+
+    KERAS_BACKEND=jax PYTHONPATH=. python bench/bench_rotated_gcnn.py --epochs 30 --models gcnn_c16_130k,hnet_o2_dense,hnet,gcnn_c8_130k --results bench/results/rotated_gcnn_30_h200_jax.json
+
 A short check of the script (a subset, a few minutes per model):
 
     PYTHONPATH=. .venv/bin/python bench/bench_rotated_gcnn.py --epochs 2 --train-size 3000 --test-size 2000
@@ -60,6 +68,9 @@ import models  # noqa: E402
 # name -> (registered model, builder params, rotation augmentation)
 VARIANTS = {
     "hnet": ("hnet", {}, False),  # ~34k
+    # orders {0, 1, 2}, dense readout, glorot_uniform radii: the best of bench_hnet_probe.py's short probes
+    "hnet_o2_dense": ("hnet", {"max_order": 2, "filters": [6, 13, 26], "readout": "dense",
+                               "radial_initializer": "glorot_uniform"}, False),  # ~33k, as wide as hnet
     "gcnn_c4_35k": ("gcnn", {"group_order": 4, "filters": [3, 7, 13]}, False),  # pixel basis, ~34k
     "gcnn_c8_35k": ("gcnn", {"group_order": 8, "filters": [4, 8, 16]}, False),  # the builder's default, ~36k
     "gcnn_c16_35k": ("gcnn", {"group_order": 16, "filters": [3, 6, 11]}, False),  # ~36k
@@ -131,8 +142,11 @@ def run(name, model_name, params, augment, train, test, args, backup_dir=None):
     if backup_dir:
         # Kept after fit (delete_checkpoint=False) so that a run killed during the evaluation loses no training.
         callbacks.insert(0, keras.callbacks.BackupAndRestore(backup_dir, delete_checkpoint=False))
-    model.fit(dataset(*train, args.batch_size, augment, args.seed), epochs=args.epochs, verbose=args.verbose,
-              callbacks=callbacks)
+    if keras.backend.backend() == "tensorflow":
+        data = dict(x=dataset(*train, args.batch_size, augment, args.seed))
+    else:  # no tf.data: Keras shuffles the arrays each epoch (main() refuses augmented models here)
+        data = dict(x=train[0], y=train[1], batch_size=args.batch_size, shuffle=True)
+    model.fit(**data, epochs=args.epochs, verbose=args.verbose, callbacks=callbacks)
     _, acc = model.evaluate(test[0], test[1], batch_size=256, verbose=0)
     st = epochs.state
     # Without the first epoch of each sitting (tracing and compilation).
@@ -145,6 +159,8 @@ def run(name, model_name, params, augment, train, test, args, backup_dir=None):
         "train img/s": args.epochs * len(train[0]) / st["fit s"],
         "img/s after epoch 1": len(later) * len(train[0]) / sum(later) if later else float("nan"),
     }
+    if keras.backend.backend() != "tensorflow":
+        row["backend, device"] = f"{keras.backend.backend()}, {device_name()}"
     resumed = [i for i in st["sitting starts"] if i > 0]
     if resumed:
         row["resumed after epochs"] = resumed
@@ -174,11 +190,29 @@ def interleaved_speed(names, args):
     return {name: float(np.median(r)) for name, r in rates.items()}
 
 
+def device_name() -> str:
+    """The accelerator the backend trains on (its kind, e.g. 'NVIDIA H200'), else 'cpu'."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        d = jax.devices()[0]
+        return d.device_kind if d.platform != "cpu" else "cpu"
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return "cpu"
+
+
 def result_key(name, args) -> str:
-    """What a stored row must match to be reused: the model and every setting that changes its figures."""
+    """What a stored row must match to be reused: the model and every setting that changes its figures
+    (the backend and device too, where they are not TensorFlow's: the keys of TensorFlow rows predate them)."""
     model, params, augment = VARIANTS[name]
-    return json.dumps([name, model, params, augment, args.epochs, args.train_size, args.test_size, args.batch_size,
-                       args.lr, args.seed], sort_keys=True)
+    key = [name, model, params, augment, args.epochs, args.train_size, args.test_size, args.batch_size, args.lr,
+           args.seed]
+    if keras.backend.backend() != "tensorflow":
+        key.append(f"{keras.backend.backend()}, {device_name()}")
+    return json.dumps(key, sort_keys=True)
 
 
 def backup_dir(results_path, key) -> str:
@@ -233,6 +267,11 @@ def main():
                           f"turns of {args.speed_steps} steps, models in turns)"))
         return
 
+    if keras.backend.backend() != "tensorflow":
+        augmented = [n for n in names if VARIANTS[n][2]]
+        if augmented:
+            p.error(f"--models: {augmented} train with tf.data rotation augmentation, which needs "
+                    f"KERAS_BACKEND=tensorflow (this is {keras.backend.backend()})")
     mnist = mnist_or_skip()
     (xr, yr), (xt, yt) = rotated_mnist(mnist, n_train=args.train_size)
     scale = lambda a: a.astype("float32") / 255.0

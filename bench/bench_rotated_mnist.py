@@ -30,7 +30,6 @@ from common import Timer, mnist_or_skip, rotated_mnist, table  # noqa: E402
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 import models  # noqa: E402
 
@@ -38,6 +37,8 @@ CNN_PARAMS = dict(filters=(24, 48), head="gap")  # ~37.6k parameters, near the H
 
 
 def dataset(x, y, batch, augment, seed):
+    import tensorflow as tf  # here, so that bench_rotated_gcnn.py runs on backends without TensorFlow
+
     ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed).batch(batch)
     if augment:
         rot = keras.layers.RandomRotation(1.0, fill_mode="constant", seed=seed)

@@ -60,11 +60,11 @@ class Timer:
 
 
 def table(rows: list[dict], title: str = "") -> str:
-    """A Markdown table of `rows` (dicts with the same keys), ready for the README."""
+    """A Markdown table of `rows` (dicts; a key some rows lack is an empty cell in those), ready for the README."""
     if not rows:
         return ""
-    keys = list(rows[0])
+    keys = list(dict.fromkeys(k for r in rows for k in r))
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
     lines = [f"| {' | '.join(keys)} |", f"|{'---|' * len(keys)}"]
-    lines += [f"| {' | '.join(fmt(r[k]) for k in keys)} |" for r in rows]
+    lines += [f"| {' | '.join(fmt(r[k]) if k in r else '' for k in keys)} |" for r in rows]
     return (f"\n{title}\n" if title else "\n") + "\n".join(lines) + "\n"
