@@ -11,10 +11,9 @@ included) and the same after the first epoch (without it), and the ratios
 against hnet measured in the same run (the machines are shared and noisy:
 compare ratios).
 
-The issue's full protocol is 30 epochs of 12k digits: on 2 idle CPU cores
-about 15-20 minutes each for hnet, gcnn C4 and C8 at ~35k, about 1 hour for
-C16 at ~35k, 1.5 hours for C8 at ~130k and several for C16 at ~130k
-(estimated from the speed ratios measured in turns and hnet's 358 images/s);
+The issue's full protocol is 30 epochs of 12k digits; measured on 2 CPU cores:
+7 minutes for gcnn C4 at ~35k, 16 for C8, 31 for C16 and for hnet, 5 for the
+CNN, 14 for C4 at ~130k, and about 1.4 hours each for C8 and C16 at ~130k;
 --models runs a subset:
 
     PYTHONPATH=. .venv/bin/python bench/bench_rotated_gcnn.py --epochs 30 --results bench/results/rotated_gcnn_30.json
