@@ -211,7 +211,28 @@ def _blur_axis_portable(x, f: np.ndarray, axis: int, stride: int, mode: str):
     channels = x.shape[-1]
     kernel = np.broadcast_to(f.reshape(kshape + (1, 1)), kshape + (channels, 1))
     kernel = ops.convert_to_tensor(np.ascontiguousarray(kernel), dtype=x.dtype)
-    return ops.depthwise_conv(x, kernel, strides=(stride, 1) if axis == 1 else (1, stride), padding="valid")
+    return depthwise_along(x, kernel, axis, stride)
+
+
+def depthwise_along(x, kernel, axis: int, stride: int):
+    """A VALID depthwise convolution of [N, H, W, C] by a (k, 1, C, 1) (axis 1) or (1, k, C, 1) (axis 2)
+    kernel, subsampled by `stride` along `axis` only, with equal row and column strides in every call.
+
+    TensorFlow's own DepthwiseConv2dNative kernels (CPU Eigen and GPU) refuse
+    unequal strides such as (1, 2); only the oneDNN rewrite takes them, and
+    TensorFlow turns oneDNN on by default only on CPUs with AVX-512 VNNI/AMX
+    (tensorflow/tensorflow#33005, #53055). Along the width the rows are folded
+    into the batch ([N * H, 1, W, C], a free reshape: a height of 1 stays 1 at
+    any stride); along the height the pass runs at stride 1 and keeps every
+    `stride`-th row (the rare unknown-shape path only).
+    """
+    if stride == 1:
+        return ops.depthwise_conv(x, kernel, strides=1, padding="valid")
+    if axis == 1:
+        return ops.depthwise_conv(x, kernel, strides=1, padding="valid")[:, ::stride]
+    shape = ops.shape(x)
+    y = ops.depthwise_conv(ops.reshape(x, (-1, 1, shape[2], x.shape[3])), kernel, strides=stride, padding="valid")
+    return ops.reshape(y, (shape[0], shape[1], ops.shape(y)[2], y.shape[3]))
 
 
 def blur2d(x, blur_size: int, strides: int, padding: str):

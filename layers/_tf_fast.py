@@ -108,30 +108,35 @@ def _add_rows(y, axis: int, positions, updates):
     return tf.tensor_scatter_nd_add(y, tf.stack(grids, -1), updates)
 
 
-def _blur_axis(x, f: np.ndarray, axis: int, stride: int, mode: str):
-    """One 1-D depthwise pass of `f` along `axis` (1 or 2) with Zhang's padding split, subsampled by `stride`.
+def _blur_rows(x, f: np.ndarray, stride: int, mode: str):
+    """One 1-D depthwise pass of `f` down axis 1 of [B, n, 1, C] with Zhang's padding split, subsampled by `stride`.
 
     No padded copy of `x`: the convolution pads with zeros itself ("SAME",
     aligned to Zhang's split by zero taps, `_ops.same_alignment`), and reflect
     and circular padding add a correction to the few border outputs only
     (`_ops.border_correction`), scattered in; the hand-written gradient does
     the same backwards.
+
+    The strides are (stride, stride) on an input of width 1, never (stride, 1):
+    TensorFlow's own DepthwiseConv2dNative kernels (CPU Eigen and GPU) accept
+    only equal row and column strides, and only the oneDNN rewrite (on by
+    default on CPUs with AVX-512 VNNI/AMX alone) takes unequal ones
+    (tensorflow/tensorflow#33005, #53055). A width of 1 under "SAME" stays 1.
     """
-    n, k = x.shape[axis], len(f)
+    n, k = x.shape[1], len(f)
     before, _ = centered_pads(k)
     z, e = same_alignment(n, k, stride, before)
     taps = np.concatenate([np.zeros(z), f, np.zeros(e)]).astype(f.dtype)
     channels = x.shape[-1]
-    kshape = (len(taps), 1, channels, 1) if axis == 1 else (1, len(taps), channels, 1)
-    kernel = tf.constant(np.broadcast_to(taps.reshape(kshape[:2] + (1, 1)), kshape), x.dtype)
-    strides = [1, stride, 1, 1] if axis == 1 else [1, 1, stride, 1]
+    kernel = tf.constant(np.broadcast_to(taps.reshape(len(taps), 1, 1, 1), (len(taps), 1, channels, 1)), x.dtype)
+    strides = [1, stride, stride, 1]
     outputs, sources, matrix = ([], [], None) if mode == "zero" else border_correction(n, f, stride, before, mode)
 
     @tf.custom_gradient
     def blurred(x):
         y = tf.nn.depthwise_conv2d(x, kernel, strides, "SAME")
         if outputs:
-            y = _add_rows(y, axis, outputs, _apply_rows(matrix, x, sources, axis))
+            y = _add_rows(y, 1, outputs, _apply_rows(matrix, x, sources, 1))
 
         def grad(g):
             sizes = tf.constant(x.shape.as_list(), tf.int32) if x.shape.is_fully_defined() else tf.shape(x)
@@ -139,12 +144,23 @@ def _blur_axis(x, f: np.ndarray, axis: int, stride: int, mode: str):
                 input_sizes=sizes, filter=kernel, out_backprop=g, strides=strides, padding="SAME"
             )
             if outputs:
-                dx = _add_rows(dx, axis, sources, _apply_rows(matrix.T, g, outputs, axis))
+                dx = _add_rows(dx, 1, sources, _apply_rows(matrix.T, g, outputs, 1))
             return dx
 
         return y, grad
 
     return blurred(x)
+
+
+def _blur_axis(x, f: np.ndarray, axis: int, stride: int, mode: str):
+    """`_blur_rows` along `axis` (1 or 2) of [N, H, W, C] (static H, W, C), through free reshapes:
+    rows as [N, H, 1, W * C], columns as [N * H, W, 1, C], so every call strides equally."""
+    _, h, w, c = x.shape
+    if axis == 1:
+        y = _blur_rows(tf.reshape(x, [-1, h, 1, w * c]), f, stride, mode)
+        return tf.reshape(y, [-1, y.shape[1], w, c])
+    y = _blur_rows(tf.reshape(x, [-1, w, 1, c]), f, stride, mode)
+    return tf.reshape(y, [-1, h, y.shape[1], c])
 
 
 def blur2d(x, f: np.ndarray, strides: int, padding: str):
@@ -154,6 +170,34 @@ def blur2d(x, f: np.ndarray, strides: int, padding: str):
     for axis in (1, 2):
         x = _blur_axis(x, f, axis, strides, padding)
     return x
+
+
+_PROBED: dict = {}
+
+
+def grouped_conv_gradients() -> bool:
+    """Whether TensorFlow's kernels here differentiate grouped convolutions; probed once, eagerly, on the CPU.
+
+    The oneDNN kernels and the GPU's (cuDNN) do; TensorFlow's own CPU kernels
+    (Eigen: oneDNN off, as on AMD and older Intel CPUs) refuse with "Gradients
+    for grouped convolutions are not supported on CPU". The probe runs the two
+    gradient ops on a tiny input instead of guessing from the machine; a False
+    answer sends callers to a depthwise pass that every kernel set has (on a
+    GPU of a machine whose CPU refuses, that slower path is taken too: correct).
+    """
+    if "grouped" not in _PROBED:
+        with tf.init_scope(), tf.device("/CPU:0"):
+            # The two gradient ops themselves (a GradientTape records nothing under init_scope).
+            g, common = tf.ones((1, 1, 2, 2)), dict(strides=[1, 1, 1, 1], padding="VALID")
+            try:
+                tf.raw_ops.Conv2DBackpropInput(input_sizes=[1, 1, 3, 4], filter=tf.ones((1, 2, 2, 2)),
+                                               out_backprop=g, **common)
+                tf.raw_ops.Conv2DBackpropFilter(input=tf.ones((1, 1, 3, 4)), filter_sizes=[1, 2, 2, 2],
+                                                out_backprop=g, **common)
+                _PROBED["grouped"] = True
+            except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
+                _PROBED["grouped"] = False
+    return _PROBED["grouped"]
 
 
 def grouped_conv2d(x, kernel, strides):

@@ -92,3 +92,32 @@ def test_mixed_precision_float16_inputs_give_float16_outputs_and_gradients(rank,
     loss = lambda t: keras.ops.sum(keras.ops.square(keras.ops.cast(half(t), "float32")))
     grad_x, grads = gradients(loss, [xh], half.trainable_weights)
     assert all(g is not None and np.all(np.isfinite(g)) for g in grad_x + grads)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's kernel sets")
+def test_grouped_gradient_probe_matches_the_kernel_set_and_both_branches_agree(monkeypatch):
+    """The grouped-convolution fast path is chosen by a probe of the kernels, not by the machine: on a CPU,
+    TensorFlow's own kernels refuse grouped gradients and oneDNN's compute them. Rank 2 through the grouped
+    branch (where the kernels have it) and the depthwise branch gives the same values and gradients."""
+    import tensorflow as tf
+    from tensorflow.python.util import _pywrap_util_port
+
+    from layers import _tf_fast
+
+    if not tf.config.list_physical_devices("GPU"):
+        assert _tf_fast.grouped_conv_gradients() == _pywrap_util_port.IsMklEnabled()
+    layer = SpatialSeparableConv2D(6, 5, rank=2, strides=2, padding="same")
+    x = tf.constant(np.random.default_rng(3).normal(size=(2, 11, 12, 4)).astype("float32"))
+    layer(x)
+
+    def values_and_grads():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+            loss = tf.reduce_sum(y * y)
+        return [y.numpy()] + [g.numpy() for g in tape.gradient(loss, [x] + layer.trainable_weights)]
+
+    probed = values_and_grads()
+    monkeypatch.setitem(_tf_fast._PROBED, "grouped", False)
+    for a, b in zip(probed, values_and_grads()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
