@@ -158,6 +158,71 @@ def setup(kind: str, batch_size: int, heartbeat_timeout_s: int = HEARTBEAT_TIMEO
     return Placement("none")
 
 
+@contextlib.contextmanager
+def local():
+    """Within the block, no `keras.distribution`: Keras variables are made on this process's devices alone.
+
+    Under `DataParallel` across processes, every Keras variable that is made
+    (a layer's weights, a `SeedGenerator`'s state) is placed on every process's
+    devices by `jax.device_put`, which is a collective: JAX checks across
+    processes that each passed the same value. Work done by one process only
+    (the chief's augmentation preview) or that may fail in one process only
+    (building the model to check the config) must therefore make its variables
+    here. The chief's preview did not, and that was the two-process failure of
+    the default config: its augmentation's `SeedGenerator` made one collective
+    on the chief alone, so the chief's next collective met the other process's
+    first weight placement (gloo: "576 vs 4 ... collective mismatch").
+    """
+    import keras
+
+    placed = keras.distribution.distribution()
+    keras.distribution.set_distribution(None)
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(placed)
+
+
+def agree(placement: Placement, step: str, value: str, timeout_s: int = INIT_TIMEOUT_S) -> list[str]:
+    """Every process's `value` for `step` (index = process id), exchanged through the key-value store of
+    JAX's coordination service, which `join` started: not a collective, so a process that stops with an
+    error can first say why and the others stop with that reason instead of waiting for a heartbeat."""
+    if not placement.multi_process:
+        return [value]
+    from jax._src import distributed  # the client jax.distributed.initialize made (no public accessor)
+
+    client = distributed.global_state.client
+    client.key_value_set(f"invariant_nets/{step}/{placement.process_id}", value)
+    return [value if i == placement.process_id
+            else client.blocking_key_value_get(f"invariant_nets/{step}/{i}", timeout_s * 1000)
+            for i in range(placement.num_processes)]
+
+
+@contextlib.contextmanager
+def preflight(placement: Placement, step: str):
+    """Run the block in every process, then agree: if any process raised a `UserError` there, every other
+    process stops too, with one line naming that process and its message (the raiser re-raises its own)."""
+    try:
+        yield
+    except UserError as e:
+        agree(placement, step, f"error: {e}")
+        raise
+    answers = agree(placement, step, "ok")
+    for pid, answer in enumerate(answers):
+        if answer != "ok":
+            raise UserError(f"process {pid} stopped before training ({answer[len('error: '):]}); "
+                            "this process stops with it")
+
+
+def check_same(placement: Placement, step: str, value: str, what: str) -> None:
+    """Raise one `UserError` line if `value` (a digest) differs between the processes."""
+    answers = agree(placement, step, value)
+    if len(set(answers)) > 1:
+        listed = ", ".join(f"process {i}: {a[:12]}" for i, a in enumerate(answers))
+        raise UserError(f"the processes disagree on {what} ({listed}): every process must run the same "
+                        "command with the same config and code; something drew random numbers in one process only")
+
+
 def leave(placement: Placement) -> None:
     """Back to one device in one process, at the same point in every process (after the fit).
 

@@ -148,7 +148,10 @@ def make_datasets(cfg: Config, splits, augment=None, shard: tuple[int, int] = (1
     if steps == 0:
         raise ValueError(f"data.batch_size={bs} exceeds the {splits.train.total_count} training images")
     train = make_stream_dataset(splits.train, per, training=True, seed=seed, augment=augment, drop_remainder=True)
-    return train.take(steps), _padded(splits.validation, bs, n), _padded(splits.test, bs, n)
+    # Repeated, then cut at `steps`: a shard that lost an image to `data.skip_bad_images` (a file that fails
+    # only while decoding) still runs exactly `steps` steps, as every other process does (fewer would leave
+    # the others waiting in a collective); it takes its first batches again to make up the difference.
+    return train.repeat().take(steps), _padded(splits.validation, bs, n), _padded(splits.test, bs, n)
 
 
 def _padded(split, batch_size: int, processes: int):
@@ -159,12 +162,13 @@ def _padded(split, batch_size: int, processes: int):
 
     per = batch_size // processes
     batches = -(-split.total_count // batch_size)
-    pad = batches * per - split.count
     real = split.elements().map(lambda x, y: (x, y, tf.constant(1.0, tf.float32)))
     spec = real.element_spec[0]
     zero = (tf.zeros(spec.shape, spec.dtype), tf.constant(0, tf.int64), tf.constant(0.0, tf.float32))
-    ds = real.concatenate(tf.data.Dataset.from_tensors(zero).repeat(max(0, pad)))
-    ds = ds.batch(per).map(lambda x, y, w: (tf.cast(x, tf.float32) / np.float32(255.0), y, w))
+    # Padded without end, then cut at `batches`: the same count in every process even where
+    # `data.skip_bad_images` dropped an image that failed to decode (the listed count is then one too many).
+    ds = real.concatenate(tf.data.Dataset.from_tensors(zero).repeat())
+    ds = ds.batch(per).take(batches).map(lambda x, y, w: (tf.cast(x, tf.float32) / np.float32(255.0), y, w))
     return ds.prefetch(2)
 
 
@@ -241,20 +245,37 @@ def load_keras_model(path: str):
     return keras.saving.load_model(path, compile=False)
 
 
-def check_model_builds(cfg: Config, splits) -> None:
-    """Build the model once for the data's image shape and classes, before any run is written.
+def weights_digest(model) -> str:
+    """SHA-256 of every weight's bytes, in order: equal digests mean bitwise-equal weights."""
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.sha256()
+    for w in model.get_weights():
+        h.update(np.ascontiguousarray(w).tobytes())
+    return h.hexdigest()
+
+
+def check_model_builds(cfg: Config, splits) -> str:
+    """Build the model once for the data's image shape and classes, before any run is written; return
+    the digest of its initial weights (drawn from `train.seed`, as `make train` will draw them).
 
     A bad builder value (`model.params.downsample=bogus`) or images too small
     for the model (2x2 through three poolings) is a `ConfigError` naming the
-    model and the shape, not a traceback after the run has started.
+    model and the shape, not a traceback after the run has started. Built on
+    this process's devices alone (`distribute.local`): a build that fails in
+    one process must not leave the others inside a collective.
     """
     import keras
 
+    from pipelines import distribute
     from pipelines.config import ConfigError
 
     try:
-        with precision(cfg):
-            build_model(cfg, splits.image_shape, splits.num_classes)
+        keras.utils.set_random_seed(cfg.train.seed)
+        with precision(cfg), distribute.local():
+            return weights_digest(build_model(cfg, splits.image_shape, splits.num_classes))
     except (ValueError, TypeError) as e:
         text = re.sub(r"\x1b\[[0-9;]*m|\[[0-9;]*m", "", str(e))  # Keras colours its messages
         first = " ".join(text.split())[:400] or type(e).__name__

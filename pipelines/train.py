@@ -58,28 +58,38 @@ def run(cfg: Config, callbacks=()) -> TrainResult:
                         "(the same on every host), where the chief keeps the run and the checkpoints")
     print(f"Devices: {experiment.describe_devices()}; training on {placement.describe()}")
     keras.utils.set_random_seed(cfg.train.seed)
-    # Before the run directory and the MLflow run: a bad source, store or model leaves nothing behind.
-    # The chief opens the whole splits (it tests, evaluates and exports alone); another process its shard.
-    splits = experiment.load_data(cfg, (1, 0) if placement.is_chief else (placement.num_processes, placement.process_id))
-    experiment.check_model_builds(cfg, splits)
-    if not placement.is_chief:
-        return _run_worker(cfg, splits, placement, callbacks)
-    uri = tracking.setup(cfg.tracking.uri, cfg.experiment_name)
-    run_dir, state, lock, orphans = rundir.open_run_dir(cfg)
+    lock = None
     try:
+        # Every check a user's input can fail, in every process, before the first collective: a process that
+        # stops here says why to the others, which stop with it (distribute.preflight) instead of waiting out
+        # the heartbeat. Before the run directory and the MLflow run: a bad source or model leaves nothing behind.
+        with distribute.preflight(placement, "data-and-model"):
+            # The chief opens the whole splits (it tests, evaluates and exports alone); another process its shard.
+            shard = (1, 0) if placement.is_chief else (placement.num_processes, placement.process_id)
+            splits = experiment.load_data(cfg, shard)
+            weights_digest = experiment.check_model_builds(cfg, splits)
+        distribute.check_same(placement, "initial-weights", weights_digest, "the model's initial weights")
+        with distribute.preflight(placement, "run-dir"):
+            if placement.is_chief:
+                uri = tracking.setup(cfg.tracking.uri, cfg.experiment_name)
+                run_dir, state, lock, orphans = rundir.open_run_dir(cfg)
+            else:
+                state = rundir.check_resumable(cfg, cfg.train.run_dir)  # stop with the chief on a wrong run dir
+        if not placement.is_chief:
+            return _run_worker(cfg, splits, placement, callbacks, state)
         rundir.mark_orphans_killed(orphans)
         return _run_locked(cfg, splits, uri, run_dir, state, callbacks, placement)
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
-def _run_worker(cfg: Config, splits, placement, callbacks) -> TrainResult:
+def _run_worker(cfg: Config, splits, placement, callbacks, state: dict) -> TrainResult:
     """A process other than the chief: its share of each step, nothing logged, writes only in its scratch folder
     (its checkpoints, and its final weights, which are the chief's: `final_weights.npz`)."""
     import numpy as np
 
     run_dir = cfg.train.run_dir
-    state = rundir.check_resumable(cfg, run_dir)  # stop with the chief on a wrong run directory
     scratch = distribute.scratch_dir(run_dir, placement)
     if not state.get("trained"):  # the chief skips the fit of a trained run too
         # Every process restarts from the same checkpoint: the chief's (its own may lag an epoch).
@@ -137,7 +147,8 @@ def _run_locked(cfg: Config, splits, uri: str, run_dir: str, state: dict, callba
             mlflow.set_tags({"run_dir": os.path.abspath(run_dir), "devices": experiment.describe_devices()})
             mlflow.log_artifact(os.path.join(run_dir, rundir.CONFIG))
             if augment is not None:
-                artifacts.log_augmentation_preview(cfg, splits, run_dir)
+                with distribute.local():  # the chief alone: its random state's variable must not be placed across processes
+                    artifacts.log_augmentation_preview(cfg, splits, run_dir)
 
         model_path = os.path.join(run_dir, "model.keras")
         if state.get("trained") and os.path.isfile(model_path):
@@ -205,8 +216,13 @@ def _fit(cfg: Config, splits, train_ds, val_ds, steps: int, run_id: str | None, 
 
     from pipelines import tracking
 
+    # The same draws as the model checked (and compared across processes) in `run`, whatever ran between;
+    # seeded outside the strategy's scope (inside MirroredStrategy's, the draws differed from one device's).
+    keras.utils.set_random_seed(cfg.train.seed)
     with experiment.precision(cfg), placement.scope():
         model = experiment.build_model(cfg, splits.image_shape, splits.num_classes)
+        with open(os.path.join(out_dir, "initial_weights.sha256"), "w") as fh:
+            fh.write(experiment.weights_digest(model) + "\n")
         experiment.compile_model(model, cfg, steps)
         if placement.is_chief:
             print(f"Model {cfg.model.name}: {model.count_params():,} parameters")

@@ -31,23 +31,26 @@ def _args(tmp_path, run_dir, *extra):
     return [
         "--config", os.path.join(ROOT, "pipelines", "configs", "default.yaml"),
         "name=dist", "data.synthetic.train_size=480", "data.synthetic.test_size=60", "data.batch_size=32",
-        f"data.cache_dir={tmp_path / 'cache'}", "model.params.filters=[4]", "model.params.dense_units=8",
-        "train.epochs=2", "train.verbose=0", f"train.run_dir={run_dir}", "train.lr_schedule=constant",
-        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", f"export.dir={tmp_path / 'exports'}",
-        "evaluate.enabled=false", "augment.translation.max=0", "augment.rotation.max_degrees=0",
-        "augment.elastic.alpha=0", *extra,
-    ]
+        f"data.cache_dir={tmp_path / 'cache'}", "train.epochs=2", "train.verbose=0", f"train.run_dir={run_dir}",
+        "train.lr_schedule=constant", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        f"export.dir={tmp_path / 'exports'}", "evaluate.enabled=false", *extra,
+    ]  # the default config's model and augmentation (its preview on the chief alone broke two processes once)
 
 
-def _launch(tmp_path, run_dir, n=2, extra=(), backend="jax"):
+SMALL_MODEL = ("model.params.filters=[4]", "model.params.dense_units=8")
+
+
+def _launch(tmp_path, run_dir, n=2, extra=(), backend="jax", per_process=None):
+    """`n` processes of `make train`; `per_process[i]` adds overrides to process i only."""
     addresses = ",".join(f"127.0.0.1:{p}" for p in _ports(n))
     procs = []
     for i in range(n):
+        own = tuple(extra) + tuple((per_process or {}).get(i, ()))
         env = dict(os.environ, KERAS_BACKEND=backend, KERAS_DISTRIBUTION_JOB_ADDRESSES=addresses,
                    KERAS_DISTRIBUTION_NUM_PROCESSES=str(n), KERAS_DISTRIBUTION_PROCESS_ID=str(i),
                    PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
         log = open(tmp_path / f"process{i}.log", "w")
-        procs.append(subprocess.Popen([sys.executable, "-m", "pipelines.train", *_args(tmp_path, run_dir, *extra)],
+        procs.append(subprocess.Popen([sys.executable, "-m", "pipelines.train", *_args(tmp_path, run_dir, *own)],
                                       cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
     return procs
 
@@ -80,6 +83,9 @@ def test_two_processes_train_one_run_with_identical_weights_like_one_process(tmp
     assert len(two) == 2
     assert sorted(os.listdir(tmp_path / "exports" / "dist")) == ["1"]  # one export
     assert sorted(os.listdir(run_dir / "scratch")) == ["process-1"]  # the worker wrote only there
+    # The model each process built for its first step: bitwise the same initial weights.
+    digests = [(d / "initial_weights.sha256").read_text().strip() for d in (run_dir, run_dir / "scratch" / "process-1")]
+    assert len(digests[0]) == 64 and digests[0] == digests[1]
 
     import keras
 
@@ -98,7 +104,11 @@ def test_two_processes_train_one_run_with_identical_weights_like_one_process(tmp
     assert single.returncode == 0, single.stderr[-3000:]
     (one_run,) = client.search_runs(client.get_experiment_by_name("single").experiment_id)
     one = [m.value for m in sorted(client.get_metric_history(one_run.info.run_id, "loss"), key=lambda m: m.step)]
-    np.testing.assert_allclose(two, one, rtol=0.1)
+    # Not the same draws: each process augments its own shard (seeded by train.seed), one process the
+    # whole split, so the curves agree closely in the first epoch and more loosely after it.
+    assert two[1] < two[0] and one[1] < one[0]
+    np.testing.assert_allclose(two[0], one[0], rtol=0.1)
+    np.testing.assert_allclose(two[1], one[1], rtol=0.3)
 
 
 @pytest.mark.slow
@@ -106,7 +116,7 @@ def test_a_killed_peer_ends_the_other_within_the_timeout_and_both_resume(tmp_pat
     heartbeat = 20  # train.heartbeat_timeout_s (JAX's default is 100 s)
     run_dir = tmp_path / "runs" / "killed"
     extra = ("train.epochs=3", "data.synthetic.train_size=1920", "data.batch_size=16",
-             f"train.heartbeat_timeout_s={heartbeat}")
+             f"train.heartbeat_timeout_s={heartbeat}", *SMALL_MODEL)
     procs = _launch(tmp_path, run_dir, extra=extra)
     backup = run_dir / "backup"
     deadline = time.monotonic() + 400
@@ -134,6 +144,69 @@ def test_a_killed_peer_ends_the_other_within_the_timeout_and_both_resume(tmp_pat
     (again,) = client.search_runs(client.get_experiment_by_name("dist").experiment_id)
     assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == [0, 1, 2]
+
+
+@pytest.mark.slow
+def test_an_error_of_the_chief_alone_stops_the_other_process_at_once_with_its_reason(tmp_path):
+    """A tracking store only the chief opens (unreachable here): the worker stops with the chief's reason,
+    long before the heartbeat timeout (100 s), both with exit code 2 and nothing trained."""
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    started = time.monotonic()
+    procs = _launch(tmp_path, tmp_path / "runs" / "chief-error", extra=SMALL_MODEL,
+                    per_process={0: (f"tracking.uri=http://127.0.0.1:{dead}",)})
+    codes = _wait(procs, 200)
+    logs = [(tmp_path / f"process{i}.log").read_text() for i in range(2)]
+    assert codes == [2, 2], logs
+    assert time.monotonic() - started < 90, logs
+    assert "error: " in logs[0] and f"127.0.0.1:{dead}" in logs[0], logs[0]
+    (line,) = [ln for ln in logs[1].splitlines() if ln.startswith("error: ")]
+    assert "process 0 stopped before training" in line and f"127.0.0.1:{dead}" in line, logs[1]
+    assert not (tmp_path / "runs" / "chief-error" / "backup").exists()
+
+
+@pytest.mark.slow
+def test_processes_that_draw_different_initial_weights_stop_with_one_line_saying_so(tmp_path):
+    procs = _launch(tmp_path, tmp_path / "runs" / "disagree", extra=SMALL_MODEL, per_process={1: ("train.seed=7",)})
+    codes = _wait(procs, 200)
+    logs = [(tmp_path / f"process{i}.log").read_text() for i in range(2)]
+    assert codes == [2, 2], logs
+    for log in logs:
+        (line,) = [ln for ln in log.splitlines() if ln.startswith("error: ")]
+        assert "the processes disagree on the model's initial weights (process 0: " in line, log
+        assert "peer process died" not in log
+
+
+def test_a_shard_that_lost_an_undecodable_image_still_runs_every_step(tmp_path):
+    """`data.skip_bad_images`: a file that fails only while decoding leaves its shard one image short; the
+    process must still run the same number of training, validation and test batches as the others."""
+    from PIL import Image
+
+    from pipelines import experiment
+    from pipelines.config import load_config
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "validation", "test"):  # 16 each: 8 per shard, 4 whole batches of 2 in each
+        for c in ("a", "b"):
+            os.makedirs(tmp_path / "imgs" / split / c)
+            for k in range(8):
+                Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "imgs" / split / c / f"{k}.png")
+    for split in ("train", "test"):  # header and trailer intact (the listing's header pass accepts it), data not
+        path = tmp_path / "imgs" / split / "a" / "0.png"
+        data = bytearray(path.read_bytes())
+        data[45:60] = bytes(b ^ 0xFF for b in data[45:60])
+        path.write_bytes(bytes(data))
+    cfg = load_config(os.path.join(ROOT, "pipelines", "configs", "default.yaml"),
+                      [f"data.source=folder:{tmp_path / 'imgs'}", "data.image_size=[8,8]", "data.batch_size=4",
+                       "data.skip_bad_images=true", f"data.cache_dir={tmp_path / 'c'}"])
+    batches = []  # the batch sizes of each split, per process
+    for shard in ((2, 0), (2, 1)):
+        splits = experiment.load_data(cfg, shard)
+        train, val, test = experiment.make_datasets(cfg, splits, None, shard)
+        batches.append([[int(b[0].shape[0]) for b in ds] for ds in (train, val, test)])
+    assert batches[0] == batches[1] == [[2] * 4] * 3, batches
+    assert experiment.steps_per_epoch(cfg, experiment.load_data(cfg, (2, 0)), 2) == 4
 
 
 def test_several_processes_on_the_tensorflow_backend_are_one_clear_error(tmp_path):
@@ -181,7 +254,7 @@ print("RESULT", json.dumps(out))
 
 @pytest.mark.slow
 def test_mirrored_over_two_logical_cpus_matches_one_device(tmp_path):
-    args = _args(tmp_path, "unused", "export.enabled=false")
+    args = _args(tmp_path, "unused", "export.enabled=false", *SMALL_MODEL)
     script = tmp_path / "mirrored.py"
     script.write_text(MIRRORED.format(root=ROOT, args=args, tmp=str(tmp_path)))
     env = dict(os.environ, KERAS_BACKEND="tensorflow", PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
@@ -191,6 +264,10 @@ def test_mirrored_over_two_logical_cpus_matches_one_device(tmp_path):
 
     result = json.loads(out.stdout.split("RESULT", 1)[1])
     assert "mirrored over 2 device(s)" in out.stdout
-    # Each replica normalises its half batch with its own batch-norm statistics (Keras does not sync them),
-    # so the curves agree closely but not to float rounding: measured 2.366 vs 2.348 (0.8%).
-    np.testing.assert_allclose(result["mirrored"], result["none"], rtol=0.03)
+    # Each replica normalises its half batch with its own batch-norm statistics (Keras does not sync them)
+    # and draws its own dropout masks, so the curves agree closely but not to float rounding: measured
+    # epoch 1 2.281 vs 2.323 (1.8%), epoch 2 2.033 vs 2.163 (6%, the steep part of the curve; 0.8% with
+    # other draws before the model was re-seeded right before its build).
+    assert result["mirrored"][1] < result["mirrored"][0]
+    np.testing.assert_allclose(result["mirrored"][0], result["none"][0], rtol=0.03)
+    np.testing.assert_allclose(result["mirrored"][1], result["none"][1], rtol=0.1)
