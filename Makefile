@@ -16,7 +16,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONPATH := $(CURDIR)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv train test ui preview tune evaluate compare serve serve-mlflow convert bench clean
+.PHONY: help venv train test doctor ui preview tune evaluate compare serve serve-mlflow convert bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -43,6 +43,11 @@ train: $(STAMP) ## train CONFIG (default: pipelines/configs/default.yaml); ARGS=
 # many small eager ops of the tests several times faster (their run time is negligible); with parallel
 # workers each runs XLA's CPU ops on one thread (measured 4:35 against 5:14-7:48 with its own pool).
 JAX_TESTS = $(if $(filter tests/%,$(ARGS)),$(filter tests/layers% tests/models%,$(ARGS)),tests/layers tests/models)
+# TensorFlow runs two kernel sets: its own (Eigen on CPUs; the GPU's kernels have the same limits, such as
+# depthwise convolutions at equal strides only) and oneDNN's, which TensorFlow turns on by default only on
+# CPUs with AVX-512 VNNI/AMX. The suite runs with oneDNN off; tests/layers and tests/models (or the paths
+# in ARGS that lie there) run again with it on, so both sets are covered on any machine.
+ONEDNN_TESTS = $(JAX_TESTS)
 # The PyTorch pass: tests/layers (or the test paths in ARGS that lie there), when torch is installed.
 TORCH_TESTS = $(if $(filter tests/%,$(ARGS)),$(filter tests/layers%,$(ARGS)),tests/layers)
 
@@ -53,8 +58,12 @@ TORCH_TESTS = $(if $(filter tests/%,$(ARGS)),$(filter tests/layers%,$(ARGS)),tes
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
 XDIST = $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder,)
 
-test: $(STAMP) $(TORCH_STAMP) ## the suite on TensorFlow, then tests/layers and tests/models on JAX, tests/layers on PyTorch
-	KERAS_BACKEND=tensorflow $(PY) -m pytest $(XDIST) $(ARGS)
+test: $(STAMP) $(TORCH_STAMP) ## the suite on TensorFlow (oneDNN off), tests/layers+models with oneDNN on and on JAX, tests/layers on PyTorch
+	KERAS_BACKEND=tensorflow TF_ENABLE_ONEDNN_OPTS=0 $(PY) -m pytest $(XDIST) $(ARGS)
+	@if [ -n "$(strip $(ONEDNN_TESTS))" ]; then \
+	  echo "KERAS_BACKEND=tensorflow TF_ENABLE_ONEDNN_OPTS=1 $(PY) -m pytest $(strip $(XDIST) $(ONEDNN_TESTS) $(filter-out tests/%,$(ARGS)))"; \
+	  KERAS_BACKEND=tensorflow TF_ENABLE_ONEDNN_OPTS=1 $(PY) -m pytest $(XDIST) $(ONEDNN_TESTS) $(filter-out tests/%,$(ARGS)); rc=$$?; \
+	  [ $$rc -eq 0 ] || [ $$rc -eq 5 ] || exit $$rc; fi
 	@if [ -n "$(strip $(JAX_TESTS))" ]; then \
 	  echo "KERAS_BACKEND=jax $(PY) -m pytest $(strip $(XDIST) $(JAX_TESTS) $(filter-out tests/%,$(ARGS)))"; \
 	  KERAS_BACKEND=jax XLA_FLAGS="--xla_backend_optimization_level=0 $(if $(XDIST),--xla_cpu_multi_thread_eigen=false) $$XLA_FLAGS" \
@@ -64,6 +73,9 @@ test: $(STAMP) $(TORCH_STAMP) ## the suite on TensorFlow, then tests/layers and 
 	  echo "KERAS_BACKEND=torch $(PY) -m pytest $(strip $(XDIST) $(TORCH_TESTS) $(filter-out tests/%,$(ARGS)))"; \
 	  KERAS_BACKEND=torch $(PY) -m pytest $(XDIST) $(TORCH_TESTS) $(filter-out tests/%,$(ARGS)); rc=$$?; \
 	  [ $$rc -eq 0 ] || [ $$rc -eq 5 ] || exit $$rc; fi
+
+doctor: $(STAMP) ## self-check of this machine: versions, devices, oneDNN/TF32/XLA, every layer family vs NumPy
+	$(PY) -m pipelines.doctor $(ARGS)
 
 ui: $(STAMP) ## MLflow UI on the project's tracking store, bound to 127.0.0.1
 	$(PY) -m mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} --host 127.0.0.1 --port $(UI_PORT)
