@@ -10,15 +10,27 @@
 2. SpatialSeparableConv2D (rank 1 and 2) against Conv2D at k = 3, 5, 7:
    time ratios and parameter counts.
 
-    PYTHONPATH=. .venv/bin/python bench/bench_conv_speed.py [--batch 32 --size 32 --channels 32]
+    PYTHONPATH=. .venv/bin/python bench/bench_conv_speed.py [--batch 32 --size 32 --channels 32] [--onednn both]
+
+TensorFlow has two CPU kernel sets: its own (Eigen, whose limits the GPU
+kernels share) and oneDNN's, which it turns on by default only on CPUs with
+AVX-512 VNNI/AMX. `--onednn both` (the default) runs the whole measurement
+twice in one run, in two child processes with TF_ENABLE_ONEDNN_OPTS=0 and =1
+(the variable is read when TensorFlow loads), and tables the ratios side by
+side; `--onednn 0` or `1` measures in this process with that setting.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if __name__ == "__main__" and "--onednn" in sys.argv and sys.argv[sys.argv.index("--onednn") + 1] in ("0", "1"):
+    os.environ["TF_ENABLE_ONEDNN_OPTS"] = sys.argv[sys.argv.index("--onednn") + 1]  # before TensorFlow loads
 
 from common import table  # noqa: E402  (puts the project root on sys.path)
 
@@ -76,13 +88,42 @@ def naive_blurpool(k, two_passes):
     return call
 
 
+def both(args) -> None:
+    """Measure in two children, oneDNN off then on; table each ratio side by side."""
+    results = {}
+    for flag in ("0", "1"):
+        argv = [sys.executable, os.path.abspath(__file__), "--onednn", flag, "--json", "--batch", str(args.batch),
+                "--size", str(args.size), "--channels", str(args.channels), "--reps", str(args.reps)]
+        out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+        results[flag] = json.loads(out.strip().splitlines()[-1])
+    for name in ("blurpool", "separable"):
+        rows = []
+        for off, on in zip(results["0"][name], results["1"][name]):
+            row = {"k": off["k"]}
+            for key in off:
+                if key != "k" and ("/" in key or "ratio" in key):
+                    row[f"{key} (oneDNN off)"] = off[key]
+                    row[f"{key} (on)"] = on[key]
+            rows.append(row)
+        what = ("BlurPool2D (stride 2) vs DepthwiseConv2D" if name == "blurpool"
+                else f"SpatialSeparableConv2D vs Conv2D ({args.channels} filters, same)")
+        print(table(rows, f"{what}, forward+backward, input {(args.batch, args.size, args.size, args.channels)}, "
+                          "TensorFlow with oneDNN off and on"))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--channels", type=int, default=32)
     parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--onednn", choices=("0", "1", "both"), default="both",
+                        help="TensorFlow's kernel set: 0 (its own, as on GPUs), 1 (oneDNN), both (two children)")
+    parser.add_argument("--json", action="store_true", help="print the rows as one JSON line at the end")
     args = parser.parse_args()
+    if args.onednn == "both":
+        return both(args)
+    results = {}
     shape = (args.batch, args.size, args.size, args.channels)
     x = tf.random.stateless_normal(shape, seed=(0, 0))
 
@@ -108,6 +149,7 @@ def main():
             }
         )
         print(rows[-1], flush=True)
+    results["blurpool"] = rows
     print(table(rows, f"BlurPool2D (stride 2) vs DepthwiseConv2D, forward+backward, input {shape}"))
 
     rows = []
@@ -134,7 +176,10 @@ def main():
             }
         )
         print(rows[-1], flush=True)
+    results["separable"] = rows
     print(table(rows, f"SpatialSeparableConv2D vs Conv2D ({args.channels} filters, same), forward+backward, input {shape}"))
+    if args.json:
+        print(json.dumps(results))
 
 
 if __name__ == "__main__":
