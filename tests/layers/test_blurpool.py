@@ -221,3 +221,31 @@ def test_configs_saved_with_the_old_filter_size_name_still_load():
     for cls in (BlurPool2D, MaxBlurPool2D, AdaptivePolyphaseSampling2D):
         layer = cls.from_config({"filter_size": 5, "padding": "circular", "name": "old"})
         assert layer.blur_size == 5 and "filter_size" not in layer.get_config()
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's kernel sets")
+@pytest.mark.parametrize("padding", ["reflect", "zero", "circular"])
+def test_unequal_stride_probe_matches_the_kernel_set_and_the_folded_path_agrees(padding, monkeypatch):
+    """The direct (s, 1)-stride blur pass runs only where a probe finds unequal depthwise strides (oneDNN on a
+    CPU-only machine); the folded, equal-stride pass gives the same values and gradients."""
+    import tensorflow as tf
+    from tensorflow.python.util import _pywrap_util_port
+
+    from layers import _tf_fast
+
+    if not tf.config.list_physical_devices("GPU"):
+        assert _tf_fast.unequal_depthwise_strides() == _pywrap_util_port.IsMklEnabled()
+    x = tf.constant(np.random.default_rng(5).normal(size=(2, 11, 10, 3)).astype("float32"))
+    layer = BlurPool2D(5, strides=2, padding=padding)
+
+    def values_and_grad():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+            loss = tf.reduce_sum(y * y)
+        return y.numpy(), tape.gradient(loss, x).numpy()
+
+    probed = values_and_grad()
+    monkeypatch.setitem(_tf_fast._PROBED, "unequal", False)
+    for a, b in zip(probed, values_and_grad()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
