@@ -26,6 +26,9 @@ import numpy as np
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
+# Folder names of a validation split, in order of preference (the first present is read).
+VALIDATION_FOLDERS = ("validation", "valid", "val")
+
 class DataSourceError(ValueError):
     """A data source the user named is missing or malformed; the message says how to fix it."""
 
@@ -186,9 +189,10 @@ def _load_folder(root: str, image_size, validation_fraction: float, seed: int):
             raise DataSourceError(f"folder:{root}/train: no class subfolders")
         out = {"train": _load_folder_split(os.path.join(root, "train"), class_names, image_size),
                "test": _load_folder_split(os.path.join(root, "test"), class_names, image_size)}
-        for vname in ("validation", "val"):
+        for vname in VALIDATION_FOLDERS:
             if vname in top:
                 out["validation"] = _load_folder_split(os.path.join(root, vname), class_names, image_size)
+                break
         return out, class_names
     if not top:
         raise DataSourceError(f"folder:{root}: expected one subfolder per class (or train/ and test/)")
@@ -226,7 +230,7 @@ def _load_tfds(name: str, data_dir: str | None, download: bool):
     if not keys:
         raise DataSourceError(f"tfds:{name}: the dataset has no (image, label) supervised keys")
     out = {}
-    for split, names in {"train": ("train",), "test": ("test",), "validation": ("validation", "val")}.items():
+    for split, names in {"train": ("train",), "test": ("test",), "validation": VALIDATION_FOLDERS}.items():
         found = next((s for s in names if s in splits), None)
         if found is None:
             continue

@@ -12,8 +12,8 @@ TFRecord shards, or from the tfds `DatasetInfo`.
 Sources:
     folder:<path>    one subfolder per class, directly under <path> (test and then
                      validation carved off, stratified and seeded, by file list) or
-                     under <path>/train and <path>/test (and optionally validation/
-                     or val/). PNG, JPEG, BMP and GIF (first frame): what
+                     under <path>/train and <path>/test (and optionally validation/,
+                     valid/ or val/). PNG, JPEG, BMP and GIF (first frame): what
                      `tf.io.decode_image` reads.
     tfrecord:<glob>  shards written by `make convert` (data/tfrecord.py); the glob may
                      also be the shards' directory. `dataset.json` beside them holds
@@ -61,7 +61,7 @@ import numpy as np
 
 from data.images import scan_images
 from data.options import METADATA_FILE, SPLITS, BadImagesError, DataOptions, DatasetInfo
-from data.sources import DataSourceError, load_splits, stratified_split
+from data.sources import VALIDATION_FOLDERS, DataSourceError, load_splits, stratified_split
 from data.splits import Split, StreamSplits, _StreamConfig
 
 # Re-exported: callers import these from data.streaming as before the split into modules.
@@ -119,10 +119,16 @@ def list_folder(root: str, options: DataOptions):
             raise DataSourceError(f"folder:{root}/train: no class subfolders")
         out = {"train": _list_split(os.path.join(root, "train"), class_names),
                "test": _list_split(os.path.join(root, "test"), class_names)}
-        for vname in ("validation", "val"):
+        used = ["train", "test"]
+        for vname in VALIDATION_FOLDERS:
             if vname in top:
                 out["validation"] = _list_split(os.path.join(root, vname), class_names)
+                used.append(vname)
                 break
+        ignored = [d for d in top if d not in used]
+        if ignored:  # every folder the source sees is used or named
+            print(f"Warning: folder:{root}: ignored top-level folder(s) {', '.join(ignored)}: the splits read are "
+                  f"{', '.join(used)} (a validation split is one of {', '.join(VALIDATION_FOLDERS)}/)")
         return out, class_names, True
     if not top:
         raise DataSourceError(f"folder:{root}: expected one subfolder per class (or train/ and test/)")
@@ -304,7 +310,7 @@ def _open_tfds(name: str, o: DataOptions, stream: _StreamConfig):
         raise DataSourceError(f"tfds:{name}: the dataset has no (image, label) supervised keys")
     ikey, lkey = keys
     found = {}
-    for k, names in {"train": ("train",), "test": ("test",), "validation": ("validation", "val")}.items():
+    for k, names in {"train": ("train",), "test": ("test",), "validation": VALIDATION_FOLDERS}.items():
         hit = next((s for s in names if s in info.splits), None)
         if hit is not None:
             found[k] = hit

@@ -290,3 +290,13 @@ def test_data_after_the_end_marker_is_fine_and_full_check_finds_corruption_insid
     assert sum(s.info.counts.values()) == 10
     with pytest.raises(BadImagesError, match=r"1 unreadable .*flipped\.png \(corrupt PNG"):
         open_source(f"folder:{root}", check_images="full")
+
+
+@pytest.mark.parametrize("vname", ["validation", "valid", "val"])
+def test_a_validation_folder_of_any_usual_name_is_read_and_other_top_level_folders_are_named(tmp_path, vname, capsys):
+    for split, n in (("train", 8), (vname, 4), ("test", 6), ("extras", 3)):
+        make_uniform_folder(tmp_path / split, n=n)
+    splits = open_source(f"folder:{tmp_path}", DataOptions())
+    assert (splits.train.count, splits.validation.count, splits.test.count) == (16, 8, 12)  # nothing carved
+    out = capsys.readouterr().out
+    assert "ignored top-level folder(s) extras" in out and f"the splits read are train, test, {vname}" in out
