@@ -70,8 +70,14 @@ def check_params(name: str, params: dict) -> None:
     known = get_spec(name).params()
     unknown = sorted(set(params) - set(known) - set(WRAPPER_PARAMS))
     if unknown:
+        import difflib
+
+        takes = sorted(set(known) | set(WRAPPER_PARAMS))
+        close = {k: difflib.get_close_matches(k, takes, n=1, cutoff=0.6) for k in unknown}
+        hint = "; ".join(f"{k}: did you mean {c[0]}?" for k, c in close.items() if c)
         raise ValueError(
-            f"model.params: unknown key(s) {unknown} for model {name!r}; it takes {sorted(known)}"
+            f"model.params: unknown key(s) {unknown} for model {name!r}{(' (' + hint + ')') if hint else ''}; "
+            f"it takes {sorted(known)}"
         )
     if any(params.get(k) is not None for k in WRAPPER_PARAMS):
         from models.pyramid import check_pyramid

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -172,8 +173,11 @@ class ExportConfig:
     # within tolerance + rtol * p (float32 recomputed with another batch size differs by ~1e-5).
     tolerance: float = 1e-4
     rtol: float = 1e-3
-    min_test_accuracy: float | None = None  # publish only at or above this test accuracy (default: off)
+    min_test_accuracy: float | None = None  # publish only at or above this (default: twice chance, at most halfway to 1)
     max_accuracy_drop: float | None = None  # refuse a version this far below the newest published one's (off)
+    # A new version must take the same input shape and classes as the newest one of its name (else an error
+    # before training); true allows a change (clients of the old signature then break).
+    allow_new_signature: bool = False
 
     def validate(self, p):
         _check(self.tolerance > 0, f"{p}.tolerance", self.tolerance, "must be > 0")
@@ -327,11 +331,42 @@ class Config:
         return self.tracking.registered_model_name or self.name
 
 
+def name_from_source(source: str) -> str:
+    """A run name from a data source: `folder:/data/pets/` -> `pets`, `npz:x/digits.npz` -> `digits`,
+    `tfds:mnist` -> `mnist`, `tfrecord:/data/eurosat/*.tfrecord` -> `eurosat`."""
+    kind, _, rest = source.partition(":")
+    rest = rest.rstrip("/")
+    if kind == "tfrecord":
+        rest = os.path.dirname(rest) if any(c in os.path.basename(rest) for c in "*?[") else rest
+    stem = os.path.splitext(os.path.basename(rest))[0] if kind in ("npz", "folder", "tfrecord") else rest
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-.") or kind or "data"
+
+
 def config_from_dict(data: dict, overrides: list[str] | None = None, default_name: str = "default") -> Config:
+    """The validated config of `data` with `overrides` applied.
+
+    A run whose data is not the config's own (`data.source=` given, `name=`
+    not) is named after its data, and its description says what it is: a
+    model of a user's folder is never published under the config's name, over
+    the config's own model (exports/<name>/, the registered MLflow model).
+    """
     data = dict(data or {})
     data.setdefault("name", default_name)
-    for key, value in parse_overrides(overrides or []):
+    def section(key):  # a malformed section is left to `build`, which names it
+        return data.get(key) if isinstance(data.get(key), dict) else {}
+
+    own_source = section("data").get("source", DataConfig.source)
+    parsed = parse_overrides(overrides or [])
+    for key, value in parsed:
         _set_dotted(data, key, value)
+    new_source = section("data").get("source")
+    keys = {key for key, _ in parsed}
+    if "data.source" in keys and isinstance(new_source, str) and new_source != own_source:
+        config_name, model = data["name"], section("model").get("name", ModelConfig.name)
+        if "name" not in keys:
+            data["name"] = name_from_source(new_source)
+        if "description" not in keys:
+            data["description"] = f"{model} on {new_source} (from config {config_name!r})"
     cfg = build(Config, data, "")
     return cfg
 

@@ -10,6 +10,7 @@ raise plain ones) becomes a `ConfigError` too.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from typing import Any
@@ -99,7 +100,9 @@ def build(cls, data, path):
     for k in data:
         if k not in names:
             where = f"{path}.{k}" if path else str(k)
-            raise ConfigError(f"{where}: unknown key (known keys here: {sorted(names)})")
+            close = difflib.get_close_matches(str(k), names, n=1, cutoff=0.6)
+            hint = f"did you mean {(path + '.') if path else ''}{close[0]}? " if close else ""
+            raise ConfigError(f"{where}: unknown key ({hint}known keys here: {sorted(names)})")
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name in data:

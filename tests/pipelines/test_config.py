@@ -23,13 +23,15 @@ def test_int_widens_to_float_but_not_the_reverse():
 @pytest.mark.parametrize(
     "data, message",
     [
-        ({"train": {"epochz": 1}}, r"train\.epochz: unknown key"),
-        ({"bogus": {}}, r"bogus: unknown key"),
+        ({"train": {"epochz": 1}}, r"train\.epochz: unknown key \(did you mean train\.epochs\? known keys"),
+        ({"trian": {"epochs": 1}}, r"trian: unknown key \(did you mean train\? known keys"),
+        ({"bogus": {}}, r"bogus: unknown key \(known keys"),  # nothing close: no suggestion
         ({"train": {"epochs": -1}}, r"train\.epochs: must be at least 1 \(got -1\)"),
         ({"train": {"heartbeat_timeout_s": 0}}, r"train\.heartbeat_timeout_s: must be at least 1 \(got 0\)"),
         ({"train": {"epochs": "ten"}}, r"train\.epochs: must be an integer \(got 'ten'\)"),
         ({"model": {"name": "resnet9000"}}, r"model\.name: unknown model.*\(got 'resnet9000'\)"),
         ({"model": {"params": {"widht": 3}}}, r"model\.params: unknown key\(s\) \['widht'\]"),
+        ({"model": {"params": {"filtres": [4]}}}, r"unknown key\(s\) \['filtres'\] .*\(filtres: did you mean filters\?\)"),
         ({"data": {"source": "s3://bucket"}}, r"data\.source: must be .*\(got 's3://bucket'\)"),
         ({"data": {"validation_fraction": 1.5}}, r"data\.validation_fraction: must be in \(0, 1\) \(got 1\.5\)"),
         ({"augment": {"rotation": {"max_degrees": 400}}}, r"augment\.rotation\.max_degrees: .*\(got 400\.0\)"),
@@ -83,3 +85,21 @@ def test_round_trip_through_yaml():
     assert again == cfg
     flat = cfg.flat()
     assert flat["train.epochs"] == 4 and flat["model.params.filters"] == [4]
+
+
+def test_a_run_on_other_data_is_named_after_it_and_described_unless_told():
+    import os
+
+    from pipelines.config import load_config, name_from_source
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    default = os.path.join(root, "pipelines", "configs", "default.yaml")
+    pets = load_config(default, ["data.source=folder:/data/pets/"])
+    assert pets.name == pets.export_name == pets.registered_model_name == "pets"
+    assert pets.description == "baseline_cnn on folder:/data/pets/ (from config 'default')"
+    mine = load_config(default, ["data.source=folder:/data/pets", "name=mine"])
+    assert mine.name == "mine" and "folder:/data/pets" in mine.description
+    assert load_config(default, ["data.source=synthetic"]).name == "default"  # the config's own data
+    assert load_config(default).name == "default"
+    assert [name_from_source(s) for s in ("npz:x/digits.npz", "tfds:mnist", "tfrecord:/d/eurosat/*.tfrecord",
+                                          "folder:/data/my pets")] == ["digits", "mnist", "eurosat", "my-pets"]
