@@ -68,6 +68,10 @@ def check_splits(splits) -> None:
         if getattr(splits, name).total_count == 0:
             raise DataSourceError(f"{where}: the {name} split has no images")
     k = splits.num_classes
+    if k < 2:
+        names = f" ({', '.join(map(str, splits.class_names))})" if getattr(splits, "class_names", None) else ""
+        raise DataSourceError(f"{where}: {k} class{names}; a classifier needs at least 2 (a folder source "
+                              "has one subfolder per class)")
     train_labels = splits.train.labels()
     counts = np.bincount(np.asarray(train_labels, np.int64), minlength=k)
     empty = int(np.sum(counts[:k] == 0))
@@ -81,6 +85,19 @@ def check_splits(splits) -> None:
             f"{where}: label {top} (at {found}) makes {k} classes, {empty} of which have no training image "
             f"({n_train} training images); labels must be the class indices 0..K-1"
         )
+
+
+MIN_TEST_IMAGES_PER_CLASS = 5
+
+
+def small_test_split(splits) -> str | None:
+    """A warning when the test split is too small to mean much (fewer than MIN_TEST_IMAGES_PER_CLASS per
+    class on average), else None: its accuracy moves in steps of 1 / count."""
+    n, k = splits.test.total_count, splits.num_classes
+    if n >= MIN_TEST_IMAGES_PER_CLASS * k:
+        return None
+    return (f"the test split has {n} images for {k} classes (fewer than {MIN_TEST_IMAGES_PER_CLASS} per class): "
+            f"its accuracy moves in steps of {100 / max(n, 1):.0f} points and says little")
 
 
 def data_options(cfg: Config, shard: tuple[int, int] = (1, 0)):

@@ -105,15 +105,79 @@ def published_metrics(exports_dir: str, name: str) -> tuple[int, dict] | None:
         return versions[-1], {}
 
 
-def publish_refusal(export_cfg, name: str, test_accuracy: float, source: str) -> str | None:
+SIGNATURE_FILE = "signature.json"  # in a version's assets.extra/: its input shape and class names
+
+
+def signature_of(image_shape, class_names) -> dict:
+    """What clients of a model depend on: the image shape it takes and the classes it answers."""
+    return {"input_shape": [int(d) for d in image_shape], "class_names": [str(c) for c in class_names]}
+
+
+def published_signature(exports_dir: str, name: str) -> tuple[int, dict] | None:
+    """(version, `signature_of` it) of the newest published version of `name`, or None. A version written
+    before signature.json existed is read from its SavedModel (input shape only; its classes unknown)."""
+    versions = version_dirs(os.path.join(exports_dir, name))
+    if not versions:
+        return None
+    path = os.path.join(exports_dir, name, str(versions[-1]))
+    try:
+        with open(os.path.join(path, "assets.extra", SIGNATURE_FILE)) as fh:
+            return versions[-1], json.load(fh)
+    except (OSError, ValueError):
+        pass
+    try:
+        spec = tf.saved_model.load(path).signatures["serving_default"].structured_input_signature[1]["image"]
+        return versions[-1], {"input_shape": [int(d) for d in spec.shape[1:]]}
+    except (OSError, KeyError, ValueError, TypeError):
+        return None  # not a readable SavedModel: nothing to keep compatible with
+
+
+def signature_conflict(exports_dir: str, name: str, image_shape, class_names) -> str | None:
+    """Why a model of `image_shape` and `class_names` must not become the next version of `name`
+    (the newest version takes another input shape or answers other classes), or None."""
+    found = published_signature(exports_dir, name)
+    if found is None:
+        return None
+    version, old = found
+    new = signature_of(image_shape, class_names)
+    what = []
+    if old.get("input_shape") != new["input_shape"]:
+        what.append(f"input shape {tuple(new['input_shape'])} vs version {version}'s {tuple(old['input_shape'])}")
+    if "class_names" in old and old["class_names"] != new["class_names"]:
+        what.append(f"classes {_short(new['class_names'])} vs version {version}'s {_short(old['class_names'])}")
+    if not what:
+        return None
+    return (f"{exports_dir}/{name}: this model would not be a compatible new version of {name!r}: "
+            f"{'; '.join(what)}. Give the run its own name (name=...), or set export.allow_new_signature=true "
+            "to publish it anyway (clients of the old version then break)")
+
+
+def _short(names: list) -> str:
+    return "[" + ", ".join(names[:6]) + (f", ... ({len(names)} in all)" if len(names) > 6 else "") + "]"
+
+
+def chance_floor(num_classes: int) -> float:
+    """The default publishing floor: twice chance (2 / K), capped halfway between chance and perfect
+    ((1 + 1 / K) / 2) so that two- and three-class models can reach it (0.75 and 0.67)."""
+    return min(2.0 / num_classes, (1.0 + 1.0 / num_classes) / 2.0)
+
+
+def publish_refusal(export_cfg, name: str, test_accuracy: float, source: str, num_classes: int) -> str | None:
     """Why the export guard refuses to publish a model of `test_accuracy`, or None to publish.
 
-    `export.min_test_accuracy`: an absolute floor. `export.max_accuracy_drop`:
-    the newest published version's test accuracy (same data source) minus
-    this margin is a floor too.
+    `export.min_test_accuracy`: an absolute floor; unset, the floor is
+    `chance_floor(num_classes)` (a model no better than chance is never
+    published by default; `export.min_test_accuracy: 0` publishes anything).
+    `export.max_accuracy_drop`: the newest published version's test accuracy
+    (same data source) minus this margin is a floor too.
     """
     floor = export_cfg.min_test_accuracy
-    if floor is not None and test_accuracy < floor:
+    if floor is None:
+        chance = chance_floor(num_classes)
+        if test_accuracy < chance:
+            return (f"test accuracy {test_accuracy:.4f} is not clearly above chance for {num_classes} classes "
+                    f"(at least {chance:.4f} by default; export.min_test_accuracy overrides)")
+    elif test_accuracy < floor:
         return f"test accuracy {test_accuracy:.4f} < export.min_test_accuracy {floor:g}"
     if export_cfg.max_accuracy_drop is not None:
         found = published_metrics(export_cfg.dir, name)
@@ -141,16 +205,20 @@ def version_dirs(base: str) -> list[int]:
     return sorted(int(d) for d in os.listdir(base) if d.isdigit() and os.path.isdir(os.path.join(base, d)))
 
 
-def _write_savedmodel(infer: keras.Model, path: str) -> None:
+def _write_savedmodel(infer: keras.Model, path: str, class_names=None) -> None:
     shape = [None, *infer.input_shape[1:]]
     archive = keras.export.ExportArchive()
     archive.track(infer)
 
     if keras.backend.backend() == "tensorflow":
+        names = tf.constant([str(c) for c in class_names]) if class_names is not None else None
 
         def serve(image):
             probs = infer(tf.cast(image, tf.float32), training=False)
-            return {"probabilities": probs, "class_id": tf.argmax(probs, axis=-1)}
+            out = {"probabilities": probs, "class_id": tf.argmax(probs, axis=-1)}
+            if names is not None:  # the class names as a string output (TF Serving answers them as text)
+                out["class_name"] = tf.gather(names, out["class_id"])
+            return out
 
     else:  # Keras converts the endpoint with jax2tf: keras.ops only (class_id is int32 there)
 
@@ -205,6 +273,7 @@ def export_model(
     extra_assets: dict[str, str] | None = None,
     rtol: float = 1e-3,
     report: dict | None = None,
+    class_names: list | None = None,
 ) -> str:
     """Export `model` as the next version of `exports_dir/name`; return the version's path.
 
@@ -213,6 +282,9 @@ def export_model(
     (`compare_outputs`: absolute `tolerance` plus relative `rtol`, and class
     agreement); a mismatch raises `ExportMismatchError` and nothing is
     published. `report`, a dict, receives the comparison's figures.
+    `class_names`: on TensorFlow, `serving_default` also answers `class_name`
+    (a string per image; Keras' JAX export cannot produce strings, so a JAX
+    run's export has `class_id` only, and the names in assets.extra/labels.txt).
     Temporaries of exports that died (`kill -9`) are removed first. `extra_assets` (file name -> text) are written to the version's
     `assets.extra/`, which TF Serving ignores; training stores the resolved
     experiment config there as `experiment.yaml`.
@@ -223,7 +295,7 @@ def export_model(
     infer = inference_model(model)
     tmp = os.path.join(base, f".tmp-{os.getpid()}-{uuid.uuid4().hex}")
     try:
-        _write_savedmodel(infer, tmp)
+        _write_savedmodel(infer, tmp, class_names)
         for fname, text in (extra_assets or {}).items():
             os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
             with open(os.path.join(tmp, "assets.extra", fname), "w") as fh:

@@ -71,6 +71,7 @@ def run(cfg: Config, callbacks=()) -> TrainResult:
         distribute.check_same(placement, "initial-weights", weights_digest, "the model's initial weights")
         with distribute.preflight(placement, "run-dir"):
             if placement.is_chief:
+                _check_publishable(cfg, splits)
                 uri = tracking.setup(cfg.tracking.uri, cfg.experiment_name)
                 run_dir, state, lock, orphans = rundir.open_run_dir(cfg)
             else:
@@ -118,6 +119,9 @@ def _run_locked(cfg: Config, splits, uri: str, run_dir: str, state: dict, callba
     from pipelines import artifacts, tracking
 
     print(f"Data: {splits.info.summary()}")
+    small = experiment.small_test_split(splits)
+    if small:
+        print(f"Warning: {small}")
     augment = experiment.build_augmentation(cfg)
     shard = (placement.num_processes, placement.process_id)
     train_ds, val_ds, _ = experiment.make_datasets(cfg, splits, augment, shard)
@@ -144,7 +148,8 @@ def _run_locked(cfg: Config, splits, uri: str, run_dir: str, state: dict, callba
             mlflow.log_params({k: ("" if v is None else v) for k, v in cfg.flat().items()})
             mlflow.log_params(splits.info.params())  # counts, classes, shape, resolved cache, bad images skipped
             mlflow.log_dict(splits.info.to_dict(), "data.json")  # and the skipped files' names
-            mlflow.set_tags({"run_dir": os.path.abspath(run_dir), "devices": experiment.describe_devices()})
+            mlflow.set_tags({"run_dir": os.path.abspath(run_dir), "devices": experiment.describe_devices(),
+                             **({"warning.small_test_split": small} if small else {})})
             mlflow.log_artifact(os.path.join(run_dir, rundir.CONFIG))
             if augment is not None:
                 with distribute.local():  # the chief alone: its random state's variable must not be placed across processes
@@ -233,6 +238,10 @@ def _fit(cfg: Config, splits, train_ds, val_ds, steps: int, run_id: str | None, 
             *callbacks,
         ]
         verbose = experiment.fit_verbosity(cfg) if placement.is_chief else 0
+        if verbose == 2:  # a log, not a terminal: a line at least every 30 s, not only at each epoch's end
+            from pipelines.progress import ProgressLog
+
+            fit_callbacks.append(ProgressLog(steps, cfg.train.epochs, cfg.data.batch_size))
         history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.train.epochs,
                             callbacks=fit_callbacks, verbose=verbose, shuffle=False)
     losses = history.history.get("loss", [])
@@ -242,13 +251,23 @@ def _fit(cfg: Config, splits, train_ds, val_ds, steps: int, run_id: str | None, 
     return model
 
 
+def _check_publishable(cfg: Config, splits) -> None:
+    """Before training: a model that could not be a compatible new version of its name is one error line."""
+    from pipelines.export import signature_conflict
+
+    if cfg.export.enabled and not cfg.export.allow_new_signature:
+        why = signature_conflict(cfg.export.dir, cfg.export_name, splits.image_shape, splits.class_names)
+        if why:
+            raise UserError(why)
+
+
 def _export(model, cfg: Config, splits, test_acc: float) -> tuple[str | None, str | None]:
     """Publish the next version unless the export guard refuses; return (path, why not published)."""
     import mlflow
 
-    from pipelines.export import export_model, publish_refusal
+    from pipelines.export import SIGNATURE_FILE, export_model, publish_refusal, signature_of
 
-    why = publish_refusal(cfg.export, cfg.export_name, test_acc, cfg.data.source)
+    why = publish_refusal(cfg.export, cfg.export_name, test_acc, cfg.data.source, splits.num_classes)
     if why:
         mlflow.set_tag("export_refused", why)
         print(f"Not published: {why}")
@@ -257,8 +276,10 @@ def _export(model, cfg: Config, splits, test_acc: float) -> tuple[str | None, st
     path = export_model(
         model, cfg.export.dir, cfg.export_name,
         check_images=splits.test.arrays(cfg.evaluate.max_images, cfg.evaluate.seed)[0],  # at most evaluate.max_images
-        tolerance=cfg.export.tolerance, rtol=cfg.export.rtol, report=report,
+        tolerance=cfg.export.tolerance, rtol=cfg.export.rtol, report=report, class_names=splits.class_names,
         extra_assets={"experiment.yaml": cfg.to_yaml(),
+                      SIGNATURE_FILE: json.dumps(signature_of(splits.image_shape, splits.class_names)),
+                      "labels.txt": "".join(f"{c}\n" for c in splits.class_names),
                       "metrics.json": json.dumps({"test_accuracy": test_acc, "data.source": cfg.data.source})},
     )
     mlflow.set_tag("export_path", os.path.abspath(path))

@@ -39,7 +39,14 @@ class Servable:
         import tensorflow as tf
 
         feeds = {k: tf.constant(v, dtype=self.inputs[k].dtype) for k, v in inputs.items()}
-        return {k: v.numpy() for k, v in self._fn(**feeds).items()}
+        return {k: _text(v.numpy()) for k, v in self._fn(**feeds).items()}
+
+
+def _text(values: np.ndarray) -> np.ndarray:
+    """A string output (bytes from TensorFlow) as text, which JSON answers carry; others unchanged."""
+    if values.dtype == object:
+        return np.vectorize(lambda b: b.decode("utf-8") if isinstance(b, bytes) else str(b), otypes=[object])(values)
+    return values
 
 
 def _signature_defs_json(path: str) -> dict:

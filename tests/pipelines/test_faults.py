@@ -33,6 +33,7 @@ def _args(tmp_path, *extra):
         f"data.cache_dir={tmp_path / 'cache'}", "model.params.filters=[4]", "model.params.dense_units=8",
         "train.epochs=2", "train.verbose=0", f"train.runs_root={tmp_path / 'runs'}",
         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", f"export.dir={tmp_path / 'exports'}",
+        "export.min_test_accuracy=0",  # as tiny_config: the default guard is tested on its own below
         "evaluate.enabled=false", "augment.translation.max=0", "augment.rotation.max_degrees=0",
         "augment.elastic.alpha=0", *extra,
     ]
@@ -68,11 +69,11 @@ def test_a_genuine_export_mismatch_is_one_line_keeps_the_model_and_a_rerun_retri
 
     write = export._write_savedmodel
 
-    def perturbed(infer, path):  # the SavedModel computes something else than the model
+    def perturbed(infer, path, *rest):  # the SavedModel computes something else than the model
         weights = infer.get_weights()
         infer.set_weights([w + 0.5 for w in weights])
         try:
-            write(infer, path)
+            write(infer, path, *rest)
         finally:
             infer.set_weights(weights)
 
@@ -280,3 +281,102 @@ def test_stale_export_temporaries_are_cleaned_and_the_guard_keeps_a_worse_model_
     (base / "1" / "assets.extra" / "metrics.json").write_text('{"test_accuracy": 1.0, "data.source": "synthetic"}')
     guarded = run(tiny_config(tmp_path, "export.max_accuracy_drop=0.01"))
     assert guarded.export_path is None and "version 1" in guarded.not_published
+
+
+# ----------------------------------------------------------------------------- nothing wrong is published
+
+
+def _folder(root, classes, per_class, test_per_class=None, size=8, same_test_image=False):
+    """Random RGB images in class folders; `same_test_image`: every test image identical (any model then
+    answers one class for all of them: exactly chance on balanced classes)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    fixed = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+    for split, n in (("train", per_class), ("test", test_per_class if test_per_class is not None else per_class)):
+        for c in classes:
+            os.makedirs(root / split / c, exist_ok=True)
+            for k in range(n):
+                image = fixed if split == "test" and same_test_image else rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+                Image.fromarray(image).save(root / split / c / f"{k}.png")
+    return root
+
+
+def test_a_folder_with_one_class_is_one_error_line_and_writes_nothing(tmp_path, capsys):
+    root = _folder(tmp_path / "one", ["cats"], 6)
+    code = run_main(main, _args(tmp_path, f"data.source=folder:{root}", "data.image_size=[8,8]"))
+    assert code == 2
+    line = _one_error_line(capsys)
+    assert "1 class (cats)" in line and "at least 2" in line
+    for written in ("runs", "mlflow.db", "exports"):
+        assert not (tmp_path / written).exists(), written
+
+
+def test_the_chance_floor_is_twice_chance_capped_halfway_to_perfect():
+    from pipelines.export import chance_floor
+
+    assert chance_floor(10) == pytest.approx(0.2)
+    assert chance_floor(2) == pytest.approx(0.75) and chance_floor(3) == pytest.approx(2 / 3)
+    assert chance_floor(100) == pytest.approx(0.02)
+
+
+def test_a_model_at_chance_is_not_published_by_default_and_a_too_small_test_split_is_flagged(tmp_path, capsys):
+    """Two classes whose 3 test images each are one and the same image (accuracy exactly 0.5, chance): the
+    default guard keeps the model unpublished with one 'Not published' line, and the run carries a warning
+    about the test split."""
+    root = _folder(tmp_path / "noise", ["a", "b"], 16, test_per_class=3, same_test_image=True)
+    args = _args(tmp_path, f"data.source=folder:{root}", "data.image_size=[8,8]", "data.batch_size=8",
+                 "data.validation_fraction=0.25", "train.epochs=1", "name=noise", "train.verbose=auto")
+    code = run_main(main, [a for a in args if not a.startswith("export.min_test_accuracy")])  # the default guard
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "epoch 1/1 done in " in out  # stdout is not a terminal here: the log's progress lines
+    assert "Warning: the test split has 6 images for 2 classes (fewer than 5 per class)" in out
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (r,) = client.search_runs(client.get_experiment_by_name("noise").experiment_id)
+    assert "fewer than 5 per class" in r.data.tags["warning.small_test_split"]
+    assert r.data.metrics["test_accuracy"] == pytest.approx(0.5)
+    assert "Not published: test accuracy 0.5000 is not clearly above chance for 2 classes (at least 0.7500" in out
+    assert "not clearly above chance" in r.data.tags["export_refused"]
+    assert not (tmp_path / "exports" / "noise").exists() or not os.listdir(tmp_path / "exports" / "noise")
+
+
+def test_a_new_version_with_other_classes_or_shape_is_refused_before_training_unless_allowed(tmp_path, capsys):
+    """Versions of one name stay compatible: the newest version's classes and input shape are kept in its
+    assets.extra/ (signature.json, labels.txt); a run that would change them stops before training."""
+    two = _folder(tmp_path / "two", ["cats", "dogs"], 8)
+    three = _folder(tmp_path / "three", ["cats", "dogs", "foxes"], 8)
+    common = ("name=pets", "data.image_size=[8,8]", "data.batch_size=8", "train.epochs=1",
+              "export.min_test_accuracy=0")  # noise images: the guard is not what this tests
+    assert run_main(main, _args(tmp_path, f"data.source=folder:{two}", *common)) == 0
+    version = tmp_path / "exports" / "pets" / "1" / "assets.extra"
+    assert (version / "labels.txt").read_text() == "cats\ndogs\n"
+    capsys.readouterr()
+    # The export answers class names beside class ids, and the server passes them on as text.
+    from pipelines.export import predict_savedmodel
+    from pipelines.serve import Server
+
+    images = np.random.default_rng(1).integers(0, 255, (5, 8, 8, 3), dtype=np.uint8)
+    out = predict_savedmodel(str(tmp_path / "exports" / "pets" / "1"), images)
+    assert [n.decode() for n in out["class_name"]] == [["cats", "dogs"][i] for i in out["class_id"]]
+    server = Server(str(tmp_path / "exports"), port=0, poll_s=0.2, predict_timeout_s=60).start()
+    try:
+        import requests
+
+        answer = requests.post(f"{server.url}/v1/models/pets:predict", json={"instances": images[:2].tolist()},
+                               timeout=60).json()
+        assert [p["class_name"] for p in answer["predictions"]] == [n.decode() for n in out["class_name"][:2]]
+    finally:
+        server.stop()
+
+    runs_before = sorted(os.listdir(tmp_path / "runs"))
+    assert run_main(main, _args(tmp_path, f"data.source=folder:{three}", *common)) == 2
+    line = _one_error_line(capsys)
+    assert "classes [cats, dogs, foxes] vs version 1's [cats, dogs]" in line and "export.allow_new_signature" in line
+    assert sorted(os.listdir(tmp_path / "runs")) == runs_before  # stopped before anything was written
+    assert run_main(main, _args(tmp_path, f"data.source=folder:{two}", *common, "data.image_size=[10,10]")) == 2
+    assert "input shape (10, 10, 3) vs version 1's (8, 8, 3)" in _one_error_line(capsys)
+
+    assert run_main(main, _args(tmp_path, f"data.source=folder:{three}", *common, "export.allow_new_signature=true")) == 0
+    assert sorted(os.listdir(tmp_path / "exports" / "pets")) == ["1", "2"]
+    assert (tmp_path / "exports" / "pets" / "2" / "assets.extra" / "labels.txt").read_text() == "cats\ndogs\nfoxes\n"

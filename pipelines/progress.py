@@ -1,0 +1,60 @@
+"""Progress a person can follow in a log file: `make train > log` prints a line at least every 30 s."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import keras
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class ProgressLog(keras.callbacks.Callback):
+    """When stdout is not a terminal (Keras then prints one line per epoch), a line at most every
+    `every_s` seconds within an epoch, and one at each epoch's end: step / steps, images/s, the elapsed
+    time and ETA of the epoch and of the run.
+
+        epoch 2/5  step 120/266  85 images/s  epoch 1:30 elapsed, ETA 1:50  run ETA 9:20
+    """
+
+    def __init__(self, steps: int, epochs: int, batch_size: int, every_s: float = 30.0, out=None, clock=time.monotonic):
+        super().__init__()
+        self.steps, self.epochs, self.batch_size, self.every_s = steps, epochs, batch_size, every_s
+        self.out, self.clock = out, clock
+        self.epoch_times: list[float] = []
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.out or sys.stdout, flush=True)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch, self.started = epoch, self.clock()
+        self.last = self.started
+
+    def _eta_run(self, epoch_seconds: float) -> float:
+        per_epoch = sum(self.epoch_times) / len(self.epoch_times) if self.epoch_times else epoch_seconds
+        return per_epoch * (self.epochs - self.epoch - 1)
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = self.clock()
+        if now - self.last < self.every_s:
+            return
+        self.last = now
+        done, elapsed = batch + 1, now - self.started
+        rate = done * self.batch_size / max(elapsed, 1e-9)
+        eta_epoch = elapsed / done * (self.steps - done)
+        self._print(f"epoch {self.epoch + 1}/{self.epochs}  step {done}/{self.steps}  {rate:.0f} images/s  "
+                    f"epoch {_clock(elapsed)} elapsed, ETA {_clock(eta_epoch)}  "
+                    f"run ETA {_clock(eta_epoch + self._eta_run(elapsed + eta_epoch))}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        took = self.clock() - self.started
+        self.epoch_times.append(took)
+        rate = self.steps * self.batch_size / max(took, 1e-9)
+        self._print(f"epoch {epoch + 1}/{self.epochs} done in {_clock(took)} ({rate:.0f} images/s)  "
+                    f"run ETA {_clock(self._eta_run(took))}")

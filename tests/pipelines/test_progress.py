@@ -1,0 +1,43 @@
+"""Progress in a log file: a line at most every 30 s within an epoch and one per epoch, with rate and ETAs."""
+
+from __future__ import annotations
+
+import io
+
+from pipelines.progress import ProgressLog
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def _run(steps=100, epochs=2, step_s=1.0):
+    clock, out = FakeClock(), io.StringIO()
+    cb = ProgressLog(steps, epochs, batch_size=32, every_s=30, out=out, clock=clock)
+    for epoch in range(epochs):
+        cb.on_epoch_begin(epoch)
+        for batch in range(steps):
+            clock.now += step_s
+            cb.on_train_batch_end(batch)
+        cb.on_epoch_end(epoch)
+    return out.getvalue().splitlines()
+
+
+def test_a_line_every_30_seconds_within_an_epoch_and_one_at_its_end_with_rate_and_etas():
+    lines = _run()
+    within = [ln for ln in lines if " step " in ln]
+    ends = [ln for ln in lines if " done in " in ln]
+    assert len(ends) == 2 and len(within) == 6  # 100 s epochs: at 30, 60 and 90 s of each
+    assert within[0] == "epoch 1/2  step 30/100  32 images/s  epoch 0:30 elapsed, ETA 1:10  run ETA 2:50"
+    assert ends[0] == "epoch 1/2 done in 1:40 (32 images/s)  run ETA 1:40"
+    assert within[3].startswith("epoch 2/2  step 30/100") and within[3].endswith("run ETA 1:10")
+    assert ends[1].endswith("run ETA 0:00")
+
+
+def test_fast_epochs_print_only_their_end_lines():
+    lines = _run(steps=10, epochs=3, step_s=0.5)
+    assert lines == [f"epoch {e}/3 done in 0:05 (64 images/s)  run ETA {eta}" for e, eta in ((1, "0:10"), (2, "0:05"), (3, "0:00"))]
