@@ -46,13 +46,12 @@ import tempfile
 
 from pipelines.cli import run_main
 from pipelines.errors import UserError
-from pipelines.evaluation import (
-    ARTIFACT_DIR, evaluate, keras_predictor, log_to_run, savedmodel_class_predictor, test_subset, write_report,
-)
-from pipelines.experiment import load_data, load_keras_model
 
 def evaluate_run(run_id: str, tracking_uri: str | None = None, overrides=(), reports_dir: str = "reports"):
     """Evaluate the Keras model of training run `run_id`; log to it. Returns (Evaluation, report dir, files)."""
+    # Here, not at the top: `--help` answers without loading TensorFlow (seconds).
+    from pipelines.evaluation import ARTIFACT_DIR, evaluate, keras_predictor, log_to_run, test_subset, write_report
+    from pipelines.experiment import load_data, load_keras_model
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -112,6 +111,9 @@ def resolve_export(path: str) -> str:
 
 def evaluate_export(path: str, overrides=(), reports_dir: str = "reports"):
     """Evaluate an exported SavedModel on its experiment's test split. Returns (Evaluation, report dir, files)."""
+    from pipelines.evaluation import evaluate, savedmodel_class_predictor, test_subset, write_report
+    from pipelines.experiment import load_data
+
     from pipelines.config import load_config
 
     version_dir = resolve_export(path)

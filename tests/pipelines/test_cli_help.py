@@ -1,0 +1,33 @@
+"""Every job's `--help` answers without loading TensorFlow, Keras or KerasTuner (the seconds a user waits):
+the arguments are read before the heavy imports."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+JOBS = ["train", "tune", "evaluate", "compare", "serve", "preview", "convert", "doctor"]
+
+PROBE = """
+import runpy, sys
+sys.argv = ["job", "--help"]
+try:
+    runpy.run_module("pipelines.{job}", run_name="__main__", alter_sys=True)
+except SystemExit as e:
+    code = e.code
+heavy = sorted(m for m in ("tensorflow", "keras", "keras_tuner", "jax", "torch", "mlflow") if m in sys.modules)
+print("HEAVY", ",".join(heavy), "CODE", code)
+"""
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_help_answers_without_loading_the_frameworks(job):
+    out = subprocess.run([sys.executable, "-c", PROBE.format(job=job)], cwd=ROOT, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=ROOT), timeout=120)
+    assert "usage:" in out.stdout, out.stderr[-2000:]
+    last = out.stdout.strip().splitlines()[-1]
+    assert last == "HEAVY  CODE 0", last
