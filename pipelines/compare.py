@@ -37,6 +37,7 @@ class RunFigures:
     name: str
     model: str
     metrics: dict[str, float]
+    data: str = ""  # the run's data.source (and class count): runs on different data do not compare
 
     @property
     def label(self) -> str:
@@ -66,7 +67,9 @@ def load_runs(run_ids: list[str], tracking_uri: str | None = None) -> list[RunFi
             run = client.get_run(rid)
         except MlflowException:
             raise UserError(f"no MLflow run {rid!r} in the tracking store {uri}") from None
-        figures = RunFigures(rid, run.info.run_name or "", run.data.params.get("model.name", "?"), dict(run.data.metrics))
+        params = run.data.params
+        data = f"{params.get('data.source', '?')} ({params.get('data.num_classes', '?')} classes)"
+        figures = RunFigures(rid, run.info.run_name or "", params.get("model.name", "?"), dict(run.data.metrics), data)
         if not figures.rotation:
             raise UserError(f"MLflow run {rid} has no invariance metrics; run `make evaluate RUN={rid}` first")
         out.append(figures)
@@ -148,6 +151,14 @@ def write_csv(runs: list[RunFigures], path: str) -> str:
     return path
 
 
+def data_warning(runs: list[RunFigures]) -> str | None:
+    """A warning when the runs were trained on different data (their figures then do not compare), else None."""
+    if len({r.data for r in runs}) <= 1:
+        return None
+    return "Warning: these runs used different data, so their figures do not compare: " + "; ".join(
+        f"{r.label}: {r.data}" for r in runs)
+
+
 def compare(run_ids: list[str], tracking_uri: str | None = None, reports_dir: str = "reports"):
     """Write the comparison of `run_ids`; return (runs, printed table, files)."""
     from pipelines.plots import plot_rotation_curve, plot_scale_curve
@@ -156,8 +167,9 @@ def compare(run_ids: list[str], tracking_uri: str | None = None, reports_dir: st
     out_dir = os.path.join(reports_dir, "compare-" + "-".join(r.run_id[:8] for r in runs))
     os.makedirs(out_dir, exist_ok=True)
     md = os.path.join(out_dir, "compare.md")
+    warning = data_warning(runs)
     with open(md, "w") as fh:
-        fh.write(markdown_table(runs))
+        fh.write((f"> {warning}\n\n" if warning else "") + markdown_table(runs))
     files = [md, write_csv(runs, os.path.join(out_dir, "compare.csv"))]
     curves = {f"{r.label} ({r.model})": r.rotation for r in runs}
     files.append(plot_rotation_curve(curves, os.path.join(out_dir, "rotation_curves.png"),
@@ -165,7 +177,7 @@ def compare(run_ids: list[str], tracking_uri: str | None = None, reports_dir: st
     scales = {f"{r.label} ({r.model})": r.scale for r in runs if r.scale}
     if scales:
         files.append(plot_scale_curve(scales, os.path.join(out_dir, "scale_curves.png")))
-    return runs, text_table(runs), files
+    return runs, (f"{warning}\n\n" if warning else "") + text_table(runs), files
 
 
 def parse_run_ids(text: str) -> list[str]:

@@ -24,6 +24,8 @@ def runs(tmp_path):
         run = client.create_run(exp, run_name=name)
         rid = run.info.run_id
         client.log_param(rid, "model.name", model)
+        client.log_param(rid, "data.source", "synthetic")
+        client.log_param(rid, "data.num_classes", "10")
         metrics = {f"rot_acc_{a:03d}": v for a, v in rot.items()}
         metrics.update(rot_acc_mean=sum(rot.values()) / 4, rot_acc_min=min(rot.values()), test_accuracy=rot[0],
                        shift_consistency=0.95, circular_consistency=0.97, elastic_acc_0=rot[0],
@@ -51,7 +53,7 @@ def test_table_csv_and_overlaid_curves(runs, tmp_path):
     elastic = [line.split()[1] for line in lines if line.startswith("elastic alpha=")]
     assert elastic == ["alpha=0", "alpha=8", "alpha=34"]  # numeric order, not text order
     md = (out / "compare.md").read_text()
-    assert md.startswith("| figure | ") and "| rotation 90 deg | 20.0% | 80.0% |" in md
+    assert "different data" not in table and md.startswith("| figure | ")  # the same data: no warning and "| rotation 90 deg | 20.0% | 80.0% |" in md
     with open(out / "compare.csv") as fh:
         rows = list(csv.reader(fh))
     assert rows[0] == ["metric", *ids]
@@ -125,3 +127,22 @@ def test_a_gcnn_and_an_hnet_run_side_by_side(tmp_path):
     with open(out / "compare.csv") as fh:
         rows = list(csv.reader(fh))
     assert ["group_equiv_err_mean_45", "0.03", ""] in rows and ["equiv_err_mean_45", "", "0.03"] in rows
+
+
+def test_runs_on_different_data_are_compared_with_a_warning_naming_each_runs_data(runs, tmp_path, capsys):
+    uri, ids, _ = runs
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    pets = client.create_run(client.get_experiment_by_name("e").experiment_id, run_name="pets-run").info.run_id
+    for k, v in (("model.name", "baseline_cnn"), ("data.source", "folder:/data/pets"), ("data.num_classes", "3")):
+        client.log_param(pets, k, v)
+    for k, v in (("rot_acc_000", 0.9), ("rot_acc_090", 0.5), ("rot_acc_mean", 0.7), ("test_accuracy", 0.9)):
+        client.log_metric(pets, k, v)
+    assert run_main(compare.main, ["--runs", f"{ids[0]},{pets}", "--tracking-uri", uri,
+                                   "--reports-dir", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    warning = out.splitlines()[0]
+    assert warning.startswith("Warning: these runs used different data")
+    assert f"{ids[0][:8]} cnn-run: synthetic (10 classes)" in warning
+    assert f"{pets[:8]} pets-run: folder:/data/pets (3 classes)" in warning
+    md = next((tmp_path / "r").iterdir()) / "compare.md"
+    assert md.read_text().startswith("> Warning: these runs used different data")
