@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 
 import keras
 
@@ -67,11 +68,26 @@ def setup(configured_uri: str | None, experiment: str) -> str:
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     try:
+        location = _artifact_location(uri)
+        if location and mlflow.get_experiment_by_name(experiment) is None:
+            try:
+                mlflow.create_experiment(experiment, artifact_location=location)
+            except MlflowException:
+                pass  # made meanwhile by another process (tune workers, the processes of one run)
         mlflow.set_experiment(experiment)
     except MlflowException as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"tracking store {uri} (tracking.uri or MLFLOW_TRACKING_URI): {first}") from None
     return uri
+
+
+def _artifact_location(uri: str) -> str | None:
+    """For a new experiment in a SQLite store: its artifacts in `mlruns/` beside the database file. MLflow's
+    own default is `./mlruns` of whatever directory the job runs in, which scattered them (and a test run's)
+    into the working tree; for the default store (`mlflow.db` in the project) the place is the same."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return pathlib.Path(os.path.abspath(uri[len("sqlite:///"):])).parent.joinpath("mlruns").as_uri()
 
 
 def logged_steps(run_id: str, key: str = "loss") -> set[int]:

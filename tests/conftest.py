@@ -38,3 +38,39 @@ def pytest_collection_modifyitems(session, config, items):
     changes nothing that a test may rely on (each file keeps its own order)."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in slow_files)  # stable: the order within files is kept
+
+
+_LEFT_ALONE = {".venv", ".pytest_cache", "__pycache__", ".git"}
+
+
+def _untracked_top_level(root):
+    """Top-level entries of the working tree that git does not track (ignored ones included)."""
+    import subprocess
+
+    out = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=normal"], cwd=root,
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        return None  # not a git checkout: nothing to compare
+    entries = {line[3:].strip().strip('"').rstrip("/").split("/")[0] for line in out.stdout.splitlines()
+               if line[:2] in ("??", "!!")}
+    return entries - _LEFT_ALONE
+
+
+def pytest_sessionstart(session):
+    if not hasattr(session.config, "workerinput"):  # the controller (or the only process)
+        session.config._tree_before = _untracked_top_level(session.config.rootpath)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The suite writes nothing into the working tree: MLflow artifacts, exports, caches and runs go to
+    temporary directories. A test that leaves a file there fails the run, naming it."""
+    before = getattr(session.config, "_tree_before", None)
+    if before is None:
+        return
+    left = sorted(_untracked_top_level(session.config.rootpath) - before)
+    if left:
+        import sys
+
+        print(f"\nerror: the test run left files in the working tree: {', '.join(left)} "
+              "(tests write under tmp_path)", file=sys.stderr)
+        session.exitstatus = 1

@@ -20,7 +20,8 @@ def test_train_then_evaluate_by_run_id_and_by_export_then_compare(tmp_path, caps
     previous = mlflow.get_tracking_uri()
     cfg = config_from_dict(
         {
-            "data": {"synthetic": {"train_size": 300, "test_size": 100}, "batch_size": 64},
+            "data": {"synthetic": {"train_size": 300, "test_size": 100}, "batch_size": 64,
+                     "cache_dir": str(tmp_path / "cache")},
             "model": {"name": "baseline_cnn", "params": {"filters": [4], "dense_units": 8}},
             "train": {"epochs": 1, "runs_root": str(tmp_path / "runs"), "verbose": "0"},
             "tracking": {"uri": uri, "register_model": False},
