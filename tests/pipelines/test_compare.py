@@ -15,7 +15,7 @@ def runs(tmp_path):
     """Two runs with invariance metrics (one with harmonic errors) and one without, in a temp store."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = mlflow.MlflowClient(tracking_uri=uri)
-    exp = client.create_experiment("e")
+    exp = client.create_experiment("e", artifact_location=(tmp_path / "mlruns").as_uri())
     ids = []
     for name, model, rot, extra in (
         ("cnn-run", "baseline_cnn", {0: 0.9, 90: 0.2, 180: 0.1, 270: 0.3}, {}),
@@ -94,7 +94,7 @@ def test_a_gcnn_and_an_hnet_run_side_by_side(tmp_path):
     mlflow.set_tracking_uri(uri)
     try:
         client = mlflow.MlflowClient()
-        exp = client.create_experiment("e")
+        exp = client.create_experiment("e", artifact_location=(tmp_path / "mlruns").as_uri())
         ids = []
         for name, model, harmonic, group in (
             ("gcnn-run", "gcnn", {},

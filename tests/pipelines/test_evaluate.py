@@ -100,7 +100,7 @@ def test_report_is_written_and_logged_without_changing_the_run_status(store, tmp
         assert all(e[90.0] < 1e-5 for e in ev.equivariance.values())
     files = evaluation.write_report(ev, str(tmp_path / "report"), "title", model=model)
     client = mlflow.MlflowClient()
-    run_id = client.create_run(client.create_experiment("e")).info.run_id
+    run_id = client.create_run(client.create_experiment("e", artifact_location=(tmp_path / "mlruns").as_uri())).info.run_id
     client.set_terminated(run_id, "FINISHED")
     evaluation.log_to_run(run_id, ev, files)
 
@@ -150,7 +150,7 @@ def test_bad_run_ids_and_paths_give_one_clear_error(store, tmp_path, capsys):
 
 def test_runs_without_a_model_give_one_clear_error(store, tmp_path, capsys):
     client = mlflow.MlflowClient()
-    exp = client.create_experiment("e")
+    exp = client.create_experiment("e", artifact_location=(tmp_path / "mlruns").as_uri())
     bare = client.create_run(exp).info.run_id
     code, err = _cli(["--run", bare, "--tracking-uri", store], capsys)
     assert code == 2 and f"MLflow run {bare} has no config.yaml artifact" in err

@@ -77,7 +77,7 @@ def test_c4_gcnn_section_is_exact_at_90_degrees_reported_logged_and_plotted(stor
     with open(tmp_path / "report" / "invariance.json") as fh:
         assert json.load(fh)["group_equiv_err_mean_90"] == pytest.approx(m["group_equiv_err_mean_90"])
     client = mlflow.MlflowClient()
-    run_id = client.create_run(client.create_experiment("e")).info.run_id
+    run_id = client.create_run(client.create_experiment("e", artifact_location=(tmp_path / "mlruns").as_uri())).info.run_id
     evaluation.log_to_run(run_id, ev, files)
     logged = client.get_run(run_id).data.metrics
     assert logged["group_equiv_err_stage0_gconv0_90"] == pytest.approx(m["group_equiv_err_stage0_gconv0_90"])
