@@ -311,7 +311,7 @@ def _tensorflow_ops(layer):
 
 @keras.saving.register_keras_serializable(package="invariant")
 class Augmentation(keras.layers.Layer):
-    """The training augmentation chain: elastic warp, then scale, then rotation, then translation.
+    """The training augmentation chain: flips, then elastic warp, scale, rotation and translation.
 
     Each operation is applied to each image independently with its own
     probability; images are floats in [0, 1] and the output is clipped to
@@ -322,6 +322,8 @@ class Augmentation(keras.layers.Layer):
     little more than one composed transform would.
 
     Args:
+        flip: dict `{horizontal, vertical, rotate90}` (booleans): exact mirrors (probability 1/2
+            each) and quarter turns (k uniform in 0..3; square images only), applied first.
         translation: dict `{max, units: fraction|pixels, fill_mode, probability}`;
             shifts drawn uniformly from [-max, max] on each axis independently.
         rotation: dict `{max_degrees in [0, 180], fill_mode, probability}`;
@@ -351,7 +353,7 @@ class Augmentation(keras.layers.Layer):
         TensorShape([4, 28, 28, 1])
     """
 
-    def __init__(self, translation=None, rotation=None, elastic=None, seed=None, scale=None, **kwargs):
+    def __init__(self, translation=None, rotation=None, elastic=None, seed=None, scale=None, flip=None, **kwargs):
         super().__init__(**kwargs)
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
             raise ValueError(f"seed must be an integer or None, got seed={seed!r}")
@@ -359,6 +361,7 @@ class Augmentation(keras.layers.Layer):
         self.rotation = _section("rotation", rotation)
         self.elastic = _section("elastic", elastic)
         self.scale = _section("scale", scale)
+        self.flip = _section("flip", flip)
         self.seed = seed
         self.generator = keras.random.SeedGenerator(seed)
         # Sub-layers are made here, not in build: each holds a SeedGenerator
@@ -398,13 +401,15 @@ class Augmentation(keras.layers.Layer):
             layer.height_factor, layer.width_factor = (-fh, fh), (-fw, fw)
             layer.height_lower, layer.height_upper = -fh, fh
             layer.width_lower, layer.width_upper = -fw, fw
+        if self.flip["rotate90"] and input_shape[1] != input_shape[2]:
+            raise ValueError(f"flip.rotate90 needs square images, got height x width {input_shape[1]}x{input_shape[2]}")
         if self._elastic_layer is not None:
             self._elastic_layer.build(input_shape)
 
     @property
     def operations(self) -> list[str]:
         """The names of the operations that are on, in the order they apply."""
-        ops = [("elastic", self._elastic_layer), ("scale", _is_on("scale", self.scale) or None),
+        ops = [("flip", _is_on("flip", self.flip) or None), ("elastic", self._elastic_layer), ("scale", _is_on("scale", self.scale) or None),
                ("rotation", self._rotation_layer), ("translation", self._translation_layer)]
         return [n for n, layer in ops if layer is not None]
 
@@ -420,6 +425,8 @@ class Augmentation(keras.layers.Layer):
             return inputs
         images = tf.cast(inputs, tf.float32)
         seeds = _SeedStream(self.generator.next() if seed is None else _as_seed_tensor(seed))
+        if _is_on("flip", self.flip):
+            images = random_flips(images, seeds, **self.flip)
         if self._elastic_layer is not None:
             out = self._elastic_layer.call(images, training=True, seed=seeds.next())
             images = self._with_probability(self.elastic["probability"], out, images, seeds)
@@ -447,13 +454,33 @@ class Augmentation(keras.layers.Layer):
                 "elastic": dict(self.elastic),
                 "seed": self.seed,
                 "scale": dict(self.scale),
+                "flip": dict(self.flip),
             }
         )
         return config
 
 
+def random_flips(images, seeds, horizontal=False, vertical=False, rotate90=False):
+    """Each image of `images` [N, H, W, C] mirrored left-right / top-bottom with probability 1/2 each
+    and turned by k quarter turns (k uniform in 0..3), drawn from `seeds` (a `_SeedStream`)."""
+    n = tf.shape(images)[0]
+
+    def coin():
+        return (tf.random.stateless_uniform([n], seed=seeds.next()) < 0.5)[:, None, None, None]
+
+    if horizontal:
+        images = tf.where(coin(), tf.reverse(images, [2]), images)
+    if vertical:
+        images = tf.where(coin(), tf.reverse(images, [1]), images)
+    if rotate90:
+        k = tf.random.stateless_uniform([n], seed=seeds.next(), maxval=4, dtype=tf.int32)
+        turns = tf.stack([tf.image.rot90(images, i) for i in range(4)])  # [4, N, H, W, C]
+        images = tf.gather_nd(turns, tf.stack([k, tf.range(n)], axis=1))
+    return images
+
+
 def build_augmentation(translation: dict | None = None, rotation: dict | None = None, elastic: dict | None = None,
-                       seed: int = 0, scale: dict | None = None):
+                       seed: int = 0, scale: dict | None = None, flip: dict | None = None):
     """The augmentation chain of a config's `augment` section, or None when every operation is off.
 
     An operation is off when its size (`translation.max`, `rotation.max_degrees`,
@@ -461,12 +488,12 @@ def build_augmentation(translation: dict | None = None, rotation: dict | None = 
     sections are plain dicts with the keys of data/augment_settings.py; apply
     the result with `augment_dataset`.
     """
-    sections = {"translation": translation, "rotation": rotation, "elastic": elastic, "scale": scale}
+    sections = {"translation": translation, "rotation": rotation, "elastic": elastic, "scale": scale, "flip": flip}
     filled = {k: _section(k, v) for k, v in sections.items()}
     if not any(_is_on(k, v) for k, v in filled.items()):
         return None
     return Augmentation(filled["translation"], filled["rotation"], filled["elastic"], seed=int(seed),
-                        scale=filled["scale"])
+                        scale=filled["scale"], flip=filled["flip"])
 
 
 def augment_dataset(ds: tf.data.Dataset, aug, seed: int | None = None, num_parallel_calls=tf.data.AUTOTUNE) -> tf.data.Dataset:
@@ -500,7 +527,8 @@ def augment_dataset(ds: tf.data.Dataset, aug, seed: int | None = None, num_paral
 # ----------------------------------------------------------------------------- preview
 
 
-def preview_rows(images, translation=None, rotation=None, elastic=None, seed: int = 0, n: int = 8, scale=None) -> list[tuple[str, np.ndarray]]:
+def preview_rows(images, translation=None, rotation=None, elastic=None, seed: int = 0, n: int = 8, scale=None,
+                 flip=None) -> list[tuple[str, np.ndarray]]:
     """The rows of the preview grid as (label, float images [n, H, W, C] in [0, 1]).
 
     The original images, then one row per operation that is on (applied with
@@ -515,15 +543,15 @@ def preview_rows(images, translation=None, rotation=None, elastic=None, seed: in
     if x.ndim == 3:
         x = x[..., None]
     x = x.astype("float32") / 255.0 if np.issubdtype(x.dtype, np.integer) else x.astype("float32")
-    given = {"translation": translation, "rotation": rotation, "elastic": elastic, "scale": scale}
+    given = {"translation": translation, "rotation": rotation, "elastic": elastic, "scale": scale, "flip": flip}
     sections = {k: _section(k, v) for k, v in given.items()}
     off = {"translation": {"max": 0.0}, "rotation": {"max_degrees": 0.0}, "elastic": {"alpha": 0.0},
-           "scale": {"min": 1.0, "max": 1.0}}
+           "scale": {"min": 1.0, "max": 1.0}, "flip": {}}
     rows = [("original", x)]
-    for name in ("translation", "rotation", "elastic", "scale"):
+    for name in ("flip", "translation", "rotation", "elastic", "scale"):
         if not _is_on(name, sections[name]):
             continue
-        only = {k: (dict(v, probability=1.0) if k == name else off[k]) for k, v in sections.items()}
+        only = {k: ((v if k == "flip" else dict(v, probability=1.0)) if k == name else off[k]) for k, v in sections.items()}
         aug = build_augmentation(**only, seed=seed)
         first = next(iter(augment_dataset(tf.data.Dataset.from_tensors(x), aug, seed=seed + 1)))
         rows.append((_describe(name, sections[name]), np.asarray(first)))
@@ -545,4 +573,6 @@ def _describe(name: str, s: dict) -> str:
         return f"rotation\n±{s['max_degrees']:g}°"
     if name == "scale":
         return f"scale\n×{s['min']:g}–{s['max']:g}"
+    if name == "flip":
+        return "flip\n" + ", ".join(k for k in ("horizontal", "vertical", "rotate90") if s[k])
     return f"elastic\nα={s['alpha']:g}, σ={s['sigma']:g}"

@@ -126,7 +126,26 @@ class ScaleSettings:
         _probability(f"{where}.probability", self.probability)
 
 
-SETTINGS = {"translation": TranslationSettings, "rotation": RotationSettings, "elastic": ElasticSettings,
+@dataclass
+class FlipSettings:
+    """Exact symmetries of the pixel grid, for labels they leave unchanged (no resampling, no blur):
+    each image is mirrored left-right and/or top-bottom with probability 1/2 each, and turned by
+    0, 90, 180 or 270 degrees with probability 1/4 each (square images). Applied first."""
+
+    horizontal: bool = False  # mirror left-right
+    vertical: bool = False  # mirror top-bottom
+    rotate90: bool = False  # quarter turns; needs square images
+
+    @property
+    def on(self) -> bool:
+        return self.horizontal or self.vertical or self.rotate90
+
+    def validate(self, where: str = "flip") -> None:
+        for key in ("horizontal", "vertical", "rotate90"):
+            _check(isinstance(getattr(self, key), bool), f"{where}.{key}", getattr(self, key), "must be true or false")
+
+
+SETTINGS = {"flip": FlipSettings, "translation": TranslationSettings, "rotation": RotationSettings, "elastic": ElasticSettings,
             "scale": ScaleSettings}
 OPERATIONS = tuple(SETTINGS)
 

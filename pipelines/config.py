@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from data.augment_settings import OPERATIONS, ElasticSettings, RotationSettings, ScaleSettings, TranslationSettings
+from data.augment_settings import OPERATIONS, ElasticSettings, FlipSettings, RotationSettings, ScaleSettings, TranslationSettings
 from pipelines.typed import ConfigError, _check, _fail, _set_dotted, build, flatten, parse_overrides  # noqa: F401
 
 
@@ -100,6 +100,7 @@ class DataConfig:
 class AugmentConfig:
     """Training-split augmentation; never part of the exported model."""
 
+    flip: FlipSettings = field(default_factory=FlipSettings)
     translation: TranslationSettings = field(default_factory=TranslationSettings)
     rotation: RotationSettings = field(default_factory=RotationSettings)
     elastic: ElasticSettings = field(default_factory=ElasticSettings)

@@ -214,7 +214,7 @@ def plot_filters(model, path: str, max_cols: int = 8) -> str | None:
 
 
 def preview_grid(images, translation=None, rotation=None, elastic=None, seed: int = 0, n: int = 8,
-                 title: str | None = None, scale=None) -> np.ndarray:
+                 title: str | None = None, scale=None, flip=None) -> np.ndarray:
     """A labelled grid of augmented samples (the rows of `preview_rows`) as a uint8 RGB
     array [height, width, 3], ready for `save_png` or `mlflow.log_image`."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -222,7 +222,7 @@ def preview_grid(images, translation=None, rotation=None, elastic=None, seed: in
 
     from data.augment import preview_rows
 
-    rows = preview_rows(images, translation, rotation, elastic, seed=seed, n=n, scale=scale)
+    rows = preview_rows(images, translation, rotation, elastic, seed=seed, n=n, scale=scale, flip=flip)
     x = rows[0][1]
     cols = len(x)
     fig = Figure(figsize=(1.0 * cols + 1.3, 1.0 * len(rows) + (0.4 if title else 0.1)), dpi=100)

@@ -281,6 +281,8 @@ def test_all_off_builds_nothing():
         (dict(elastic={"alpha": 3, "sigma": 0}), "sigma"),
         (dict(elastic={"alpha": 3, "probability": 1.5}), "1.5"),
         (dict(rotation={"degrees": 10}), "degrees"),
+        (dict(flip={"horizontal": "yes"}), "flip.horizontal"),
+        (dict(flip={"mirror": True}), "mirror"),
     ],
 )
 def test_bad_sections_raise_naming_the_value(kwargs, needle):
@@ -310,3 +312,61 @@ def test_scale_in_the_chain_is_per_image_with_an_unknown_batch_size():
     assert build_augmentation(scale={"min": 1.0, "max": 1.0}, seed=0) is None
     with pytest.raises(ValueError, match=r"scale\.min: must be <= scale\.max"):
         build_augmentation(scale={"min": 1.5, "max": 1.2}, seed=0)
+
+
+# ----------------------------------------------------------------------------- flips and quarter turns
+
+
+def dihedral_images(img):
+    """The 8 images of the square `img` [H, W, C] under quarter turns and mirrors."""
+    out = []
+    for k in range(4):
+        r = np.rot90(img, k)
+        out += [r, r[:, ::-1]]
+    return out
+
+
+def test_flips_and_quarter_turns_are_exact_and_draw_all_eight_per_image():
+    """Every output is one of the input's 8 exact dihedral images (no resampling), each image draws
+    its own, and all 8 occur (in tf.data, batch size unknown)."""
+    rng = np.random.RandomState(0)
+    x = rng.rand(256, H, W, 3).astype("float32")
+    aug = build_augmentation(flip={"horizontal": True, "vertical": True, "rotate90": True}, seed=3)
+    ds = tf.data.Dataset.from_tensor_slices(x).batch(64)
+    y = np.concatenate(list(augment_dataset(ds, aug).as_numpy_iterator()))
+    seen = []
+    for a, b in zip(x, y):
+        hits = [j for j, t in enumerate(dihedral_images(a)) if np.array_equal(t, b)]
+        assert len(hits) == 1
+        seen.append(hits[0])
+    counts = np.bincount(seen, minlength=8)
+    assert counts.min() > 10, counts  # 256 draws of 8 equally likely: about 32 each
+
+
+@pytest.mark.parametrize("key", ["horizontal", "vertical"])
+def test_one_mirror_only_gives_that_mirror_or_the_image(key):
+    """`horizontal` mirrors left-right, `vertical` top-bottom, about half the images each; nothing else."""
+    x = np.random.RandomState(1).rand(64, H, W, 1).astype("float32")
+    y = build_augmentation(flip={key: True}, seed=0)(x, training=True).numpy()
+    mirror = (lambda a: a[:, ::-1]) if key == "horizontal" else (lambda a: a[::-1])
+    same = [np.array_equal(a, b) for a, b in zip(x, y)]
+    flipped = [np.array_equal(mirror(a), b) for a, b in zip(x, y)]
+    assert all(s or f for s, f in zip(same, flipped))
+    assert 10 < sum(flipped) < 54
+
+
+def test_quarter_turns_need_square_images():
+    aug = build_augmentation(flip={"rotate90": True}, seed=0)
+    with pytest.raises(ValueError, match="square"):
+        aug(np.zeros((2, 8, 6, 1), "float32"), training=True)
+
+
+def test_flip_is_a_config_section_and_in_the_preview():
+    from data.augment import preview_rows
+    from pipelines.config import load_config
+
+    cfg = load_config("pipelines/configs/default.yaml", ["augment.flip.horizontal=true"])
+    assert cfg.augment.flip.horizontal and "flip" in cfg.augment.sections()
+    assert build_augmentation(**cfg.augment.sections(), seed=0).operations[0] == "flip"
+    labels = [label for label, _ in preview_rows(digit_like(2), **cfg.augment.sections())]
+    assert labels[1] == "flip\nhorizontal"
