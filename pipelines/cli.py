@@ -5,18 +5,47 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import signal
 import sys
 
 DEFAULT_CONFIG = "pipelines/configs/default.yaml"
 
 
+class ConfigArgumentParser(argparse.ArgumentParser):
+    """A config-driven job's parser: options may stand between the overrides (`a=1 --print-config b=2`),
+    and `--print-config` prints the resolved config and exits 0, as `--help` does (before any heavy import)."""
+
+    def parse_args(self, args=None, namespace=None):
+        ns = self.parse_intermixed_args(args, namespace)
+        if ns.print_config:
+            print_config(self.prog, ns.config, ns.overrides)
+            self.exit(0)
+        return ns
+
+
 def config_parser(prog: str, description: str, example: str) -> argparse.ArgumentParser:
-    """The arguments every config-driven job takes: --config and dotted key=value overrides."""
-    p = argparse.ArgumentParser(prog=prog, description=description)
+    """The arguments every config-driven job takes: --config, dotted key=value overrides, --print-config."""
+    p = ConfigArgumentParser(prog=prog, description=description)
     p.add_argument("--config", default=DEFAULT_CONFIG, help="experiment YAML")
     p.add_argument("overrides", nargs="*", help=f"dotted key=value overrides, e.g. {example}")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config (--config plus overrides) as YAML with every key, its comment "
+                        "and its default where it differs, then exit; `> my.yaml` makes a config to edit")
     return p
+
+
+def print_config(prog: str, path: str, overrides: list[str]) -> None:
+    """The config `path` with `overrides` as commented YAML that load_config reads back (model.name and
+    model.params are checked by the job itself: the check imports Keras)."""
+    from pipelines.config import load_config
+    from pipelines.typed import commented_yaml
+
+    cfg = load_config(path, overrides, check_model=False)
+    given = shlex.join(["--config", path, *overrides]).replace("\n", "\\n")
+    head = [f"# {prog} {given}: the resolved config, every key; [default: ...] where a value is not the default.",
+            "# model.name and model.params are checked when the job runs."]
+    print("\n".join(head + commented_yaml(cfg)))
 
 
 def _interrupt(signum, frame):
@@ -26,7 +55,6 @@ def _interrupt(signum, frame):
 def interrupt_on_sigterm() -> None:
     """Make SIGTERM a KeyboardInterrupt, so that a job killed politely records itself as KILLED."""
     signal.signal(signal.SIGTERM, _interrupt)
-
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

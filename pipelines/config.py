@@ -21,6 +21,7 @@ the augmentation settings without depending on pydantic.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import os
 import re
@@ -31,6 +32,10 @@ import yaml
 
 from data.augment_settings import OPERATIONS, ElasticSettings, FlipSettings, RotationSettings, ScaleSettings, TranslationSettings
 from pipelines.typed import ConfigError, _check, _fail, _set_dotted, build, flatten, parse_overrides  # noqa: F401
+
+
+# Off while `--print-config` loads a config: the model registry's check imports Keras (seconds); the job checks it.
+_CHECK_MODEL = contextvars.ContextVar("check_model", default=True)
 
 
 def _choice(path: str, value, choices):
@@ -117,6 +122,8 @@ class ModelConfig:
     params: dict = field(default_factory=dict)  # keyword arguments of the registered builder
 
     def validate(self, p):
+        if not _CHECK_MODEL.get():
+            return
         import models
 
         try:
@@ -343,13 +350,15 @@ def name_from_source(source: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-.") or kind or "data"
 
 
-def config_from_dict(data: dict, overrides: list[str] | None = None, default_name: str = "default") -> Config:
+def config_from_dict(data: dict, overrides: list[str] | None = None, default_name: str = "default",
+                     check_model: bool = True) -> Config:
     """The validated config of `data` with `overrides` applied.
 
     A run whose data is not the config's own (`data.source=` given, `name=`
     not) is named after its data, and its description says what it is: a
     model of a user's folder is never published under the config's name, over
     the config's own model (exports/<name>/, the registered MLflow model).
+    `check_model=False` leaves `model.name` and `model.params` unchecked (no Keras import).
     """
     data = dict(data or {})
     data.setdefault("name", default_name)
@@ -368,12 +377,15 @@ def config_from_dict(data: dict, overrides: list[str] | None = None, default_nam
             data["name"] = name_from_source(new_source)
         if "description" not in keys:
             data["description"] = f"{model} on {new_source} (from config {config_name!r})"
-    cfg = build(Config, data, "")
-    return cfg
+    token = _CHECK_MODEL.set(check_model)
+    try:
+        return build(Config, data, "")
+    finally:
+        _CHECK_MODEL.reset(token)
 
 
-def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
-    """Load, override and validate the YAML experiment config at `path`."""
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None, check_model: bool = True) -> Config:
+    """Load, override and validate the YAML experiment config at `path` (see `config_from_dict`)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} does not exist")
@@ -385,4 +397,4 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (got {type(data).__name__})")
     name = os.path.splitext(os.path.basename(path))[0]
-    return config_from_dict(data or {}, overrides, default_name=name)
+    return config_from_dict(data or {}, overrides, default_name=name, check_model=check_model)

@@ -5,12 +5,23 @@
 `ConfigError` that names the dotted key and echoes the value, then calls each
 section's `validate(path)`; a `ValueError` raised there (the data/ settings
 raise plain ones) becomes a `ConfigError` too.
+
+`commented_yaml(obj)` is the way back (`--print-config`): every field of the
+dataclass `obj` as YAML that `build` reads again, each with the comment its
+source gives it and its default where the value differs.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import functools
+import inspect
+import io
+import math
+import textwrap
+import tokenize
 import types
 import typing
 from typing import Any
@@ -147,3 +158,84 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
             value = raw
         out.append((key.strip(), value))
     return out
+
+
+# ----------------------------------------------------------------------------- printing (--print-config)
+
+
+@functools.lru_cache(maxsize=None)
+def source_notes(cls) -> tuple[str, dict[str, str]]:
+    """The first paragraph of dataclass `cls`'s docstring and each field's comment, read from its source.
+
+    A field's comment is the comment lines right above it plus the comment after it (`x: int = 1  # ...`),
+    joined on one line; a field without either has none. Comments are found by `tokenize`, so a `#` in a
+    string or a docstring is not one.
+    """
+    try:
+        src = textwrap.dedent(inspect.getsource(cls))
+        tree = ast.parse(src)
+        tokens = list(tokenize.generate_tokens(io.StringIO(src).readline))
+    except (OSError, TypeError, SyntaxError, tokenize.TokenError):
+        return "", {}
+    comments, whole_line = {}, set()
+    for tok in tokens:
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = tok.string.lstrip("#").strip()
+            if tok.line.lstrip().startswith("#"):
+                whole_line.add(tok.start[0])
+    node = next((n for n in tree.body if isinstance(n, ast.ClassDef)), None)
+    if node is None:
+        return "", {}
+    doc = " ".join((ast.get_docstring(node) or "").split("\n\n")[0].split())
+    notes = {}
+    for stmt in node.body:
+        if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)):
+            continue
+        line, above = stmt.lineno - 1, []
+        while line in whole_line:
+            above.insert(0, comments[line])
+            line -= 1
+        after = [comments[n] for n in range(stmt.lineno, stmt.end_lineno + 1) if n in comments and n not in whole_line]
+        text = " ".join(c for c in above + after if c)
+        if text:
+            notes[stmt.target.id] = text
+    return doc, notes
+
+
+def flow(value) -> str:
+    """`value` as a one-line YAML node (quoted where plain text would read back as something else)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=math.inf, allow_unicode=True, sort_keys=False)
+    text = text.removesuffix("\n").removesuffix("\n...")
+    if "\n" in text:  # a multi-line string: double quotes with \n escapes keep it on one line
+        text = yaml.safe_dump(value, default_flow_style=True, default_style='"', width=math.inf,
+                              allow_unicode=True, sort_keys=False).removesuffix("\n").removesuffix("\n...")
+    return text
+
+
+def _default(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def commented_yaml(obj, indent: int = 0, defaults=None) -> list[str]:
+    """The lines of YAML giving every field of dataclass `obj` (recursively): `key: value  # comment`, and
+    `[default: ...]` after the comment where the value is not the default (that of `defaults`, an
+    instance of the same class, when given; else the field's own)."""
+    pad, lines = "  " * indent, []
+    _, notes = source_notes(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        default = _default(f) if defaults is None else getattr(defaults, f.name)
+        note = notes.get(f.name, "")
+        if dataclasses.is_dataclass(value):
+            note = note or source_notes(type(value))[0]
+            lines.append(f"{pad}{f.name}:" + (f"  # {note}" if note else ""))
+            lines += commented_yaml(value, indent + 1, default if type(default) is type(value) else None)
+            continue
+        if default is not dataclasses.MISSING and value != default:
+            note = f"{note} [default: {flow(default)}]".strip()
+        lines.append(f"{pad}{f.name}: {flow(value)}" + (f"  # {note}" if note else ""))
+    return lines

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-JOBS = ["train", "tune", "evaluate", "compare", "serve", "preview", "convert", "doctor"]
+JOBS = ["train", "tune", "evaluate", "compare", "serve", "preview", "convert", "doctor", "ui"]
 
 PROBE = """
 import runpy, sys
