@@ -77,8 +77,8 @@ test: $(STAMP) $(TORCH_STAMP) ## the suite on TensorFlow (oneDNN off), tests/lay
 doctor: $(STAMP) ## self-check of this machine: versions, devices, oneDNN/TF32/XLA, every layer family vs NumPy
 	$(PY) -m pipelines.doctor $(ARGS)
 
-ui: $(STAMP) ## MLflow UI on the project's tracking store, bound to 127.0.0.1
-	$(PY) -m mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} --host 127.0.0.1 --port $(UI_PORT)
+ui: $(STAMP) ## MLflow UI on the project's tracking store, bound to 127.0.0.1 (one worker; Ctrl-C stops it)
+	exec $(PY) -m pipelines.ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} --port $(UI_PORT) $(ARGS)
 
 preview: $(STAMP) ## PNG grid of augmented samples for CONFIG
 	$(PY) -m pipelines.preview --config $(CONFIG) $(ARGS)
