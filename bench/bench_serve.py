@@ -149,7 +149,7 @@ def main() -> int:
             proc = start_mlflow_serve(uri, port, tracking, log_path)
             try:
                 wait_http(f"http://127.0.0.1:{port}/ping", proc, 300, log_path)
-                preds["mlflow"] = np.array(post_json(port, "/invocations", body)["predictions"][0])
+                preds["mlflow"] = np.array(post_json(port, "/invocations", body)["predictions"]["probabilities"][0])
                 rows.append({"server": "mlflow models serve", "clients": a.clients,
                              **summary([load(port, "/invocations", body, a.clients, a.seconds)])})
                 print(rows[-1], flush=True)

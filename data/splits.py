@@ -291,6 +291,11 @@ class StreamSplits:
     def source(self) -> str:
         return self.info.source
 
+    @property
+    def content_key(self) -> str:
+        """Identifies the source's content (files with their sizes and times, or arrays' bytes)."""
+        return self.train._stream.key
+
     def split(self, name: str) -> Split:
         return {"train": self.train, "validation": self.validation, "val": self.validation, "test": self.test}[name]
 

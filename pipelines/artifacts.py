@@ -50,25 +50,66 @@ def log_figures(run_id: str, model, splits, test_ds, run_dir: str) -> None:
         mlflow.log_artifact(path)
 
 
-def log_mlflow_model(model, cfg: Config, example: np.ndarray):
-    """Log the inference model (raw pixels -> probabilities) with mlflow.keras and register it.
+def log_mlflow_model(model, cfg: Config, splits, example: np.ndarray):
+    """Log the run's MLflow model, register it, and tag the new version with the class names.
 
-    It is saved in exported (SavedModel) form so that `mlflow models serve`
-    needs TensorFlow only, not this project's custom layer classes.
+    The MLflow model is the SavedModel the export publishes (uint8 images ->
+    `probabilities`, `class_id`, `class_name`; pipelines/serving/mlflow_serve.py),
+    so that `mlflow models serve` and `make serve` take and answer the same.
+    The Keras model itself (with this project's layers, for `make evaluate`
+    and fine-tuning) is the run's `keras_model/model.keras`.
     """
+    import json
+    import tempfile
+
     import mlflow
-    from mlflow.models import infer_signature
 
-    from pipelines.export import inference_model
+    from pipelines.export import inference_model, write_savedmodel
+    from pipelines.serving.mlflow_serve import log_savedmodel
 
-    infer = inference_model(model)
-    x = example.astype("float32")
-    signature = infer_signature(x, infer.predict(x, verbose=0))
-    with contextlib.redirect_stdout(io.StringIO()):  # ExportArchive prints every captured variable
-        return mlflow.keras.log_model(
-            infer,
-            name="model",
-            signature=signature,
-            save_exported_model=True,
-            registered_model_name=cfg.registered_model_name if cfg.tracking.register_model else None,
-        )
+    register = cfg.registered_model_name if cfg.tracking.register_model else None
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):  # ExportArchive prints
+        path = os.path.join(tmp, "saved_model")
+        write_savedmodel(inference_model(model), path, splits.class_names)
+        info = log_savedmodel(path, example, register)
+    if register and info.registered_model_version is not None:
+        client = mlflow.MlflowClient()
+        tags = {"class_names": json.dumps(list(splits.class_names)), "num_classes": str(splits.num_classes),
+                "input_shape": json.dumps(list(splits.image_shape)), "data.source": cfg.data.source}
+        for k, v in tags.items():
+            client.set_model_version_tag(register, str(info.registered_model_version), k, v)
+    return info
+
+
+def log_dataset(cfg: Config, splits) -> None:
+    """The run's data as an MLflow dataset input: its source, a digest of its content, counts and class names."""
+    import hashlib
+    import json
+
+    import mlflow
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.types import Schema, TensorSpec
+
+    from pipelines.config import name_from_source
+
+    info = splits.info
+    digest = hashlib.sha256(json.dumps([splits.content_key, list(info.class_names), info.total_counts],
+                                       sort_keys=True).encode()).hexdigest()[:16]
+    kind, _, where = cfg.data.source.partition(":")
+    if kind in ("folder", "npz", "tfrecord"):  # files: MLflow's local source, at the absolute path
+        where = os.path.dirname(where) if any(c in os.path.basename(where) for c in "*?[") else where
+        source = resolve_dataset_source(os.path.abspath(where))
+    else:  # synthetic, tfds:<name>: made by code
+        source = CodeDatasetSource({"data.source": cfg.data.source})
+    dataset = MetaDataset(
+        source,
+        name=name_from_source(cfg.data.source) if where else kind,
+        digest=digest,
+        schema=Schema([TensorSpec(np.dtype(np.uint8), (-1, *info.image_shape), "image")]),
+    )
+    tags = {"counts": json.dumps(info.total_counts),  # MLflow keeps 500 characters of an input tag
+            "class_names": json.dumps(list(info.class_names))[:500],
+            "num_classes": str(info.num_classes)}
+    mlflow.log_input(dataset, context="training", tags=tags)

@@ -205,7 +205,8 @@ def version_dirs(base: str) -> list[int]:
     return sorted(int(d) for d in os.listdir(base) if d.isdigit() and os.path.isdir(os.path.join(base, d)))
 
 
-def _write_savedmodel(infer: keras.Model, path: str, class_names=None) -> None:
+def write_savedmodel(infer: keras.Model, path: str, class_names=None) -> None:
+    """Write `infer` (an `inference_model`) as a SavedModel whose `serving_default` takes uint8 `image`."""
     shape = [None, *infer.input_shape[1:]]
     archive = keras.export.ExportArchive()
     archive.track(infer)
@@ -295,7 +296,7 @@ def export_model(
     infer = inference_model(model)
     tmp = os.path.join(base, f".tmp-{os.getpid()}-{uuid.uuid4().hex}")
     try:
-        _write_savedmodel(infer, tmp, class_names)
+        write_savedmodel(infer, tmp, class_names)
         for fname, text in (extra_assets or {}).items():
             os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
             with open(os.path.join(tmp, "assets.extra", fname), "w") as fh:

@@ -148,6 +148,7 @@ def _run_locked(cfg: Config, splits, uri: str, run_dir: str, state: dict, callba
             mlflow.log_params({k: ("" if v is None else v) for k, v in cfg.flat().items()})
             mlflow.log_params(splits.info.params())  # counts, classes, shape, resolved cache, bad images skipped
             mlflow.log_dict(splits.info.to_dict(), "data.json")  # and the skipped files' names
+            artifacts.log_dataset(cfg, splits)
             mlflow.set_tags({"run_dir": os.path.abspath(run_dir), "devices": experiment.describe_devices(),
                              **({"warning.small_test_split": small} if small else {})})
             mlflow.log_artifact(os.path.join(run_dir, rundir.CONFIG))
@@ -185,7 +186,7 @@ def _run_locked(cfg: Config, splits, uri: str, run_dir: str, state: dict, callba
         if not state.get("model_logged"):
             artifacts.log_figures(run_id, model, splits, test_ds, run_dir)
             mlflow.log_artifact(model_path, artifact_path="keras_model")
-            artifacts.log_mlflow_model(model, cfg, splits.test.arrays(max_images=8)[0])
+            artifacts.log_mlflow_model(model, cfg, splits, splits.test.arrays(max_images=2)[0])
             state = rundir.write_state(run_dir, model_logged=True)
 
         if cfg.evaluate.enabled and not state.get("evaluated"):

@@ -1,15 +1,20 @@
-"""The other way of serving: `mlflow models serve` on the MLflow-logged inference model.
+"""The other way of serving: `mlflow models serve` on a run's MLflow model.
 
-Training logs `pipelines.export.inference_model(model)` (float32 raw pixels
-[0, 255], [N, H, W, C] -> probabilities) with `mlflow.keras.log_model`; MLflow
-serves it with
+Training logs the SavedModel that `make serve` would serve (the export's
+`serving_default`: uint8 images `[N, H, W, C]` -> `probabilities`, `class_id`
+and, on TensorFlow, `class_name`) as an MLflow pyfunc model
+(pipelines/serving/mlflow_pyfunc.py, logged as code: it needs TensorFlow,
+not this project), with its signature and an input example; MLflow serves it
+with
 
     MLFLOW_TRACKING_URI=sqlite:///mlflow.db \\
         mlflow models serve -m models:/<name>/<version> --env-manager local -h 127.0.0.1 -p 5001
 
-and answers `POST /invocations` with `{"instances": ...}` or `{"inputs": ...}`.
-These helpers log such a model into a given tracking store and run that
-command as a child process (the tests and bench/bench_serve.py use them).
+and answers `POST /invocations` with `{"inputs": <uint8 images as nested
+lists>}` (or `{"instances": ...}`) as `{"predictions": {"probabilities":
+[...], "class_id": [...], "class_name": [...]}}`. These helpers log such a
+model, and run that command as a child process (the tests and
+bench/bench_serve.py use them).
 """
 
 from __future__ import annotations
@@ -18,32 +23,71 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
 
+PYFUNC_CODE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mlflow_pyfunc.py")
 
-def log_inference_model(model, tracking_uri: str, artifact_dir: str, sample: np.ndarray) -> str:
-    """Log `inference_model(model)` with a signature from `sample` (uint8 images); return its URI.
 
-    The process-wide tracking URI is restored afterwards.
+def log_savedmodel(saved_model_dir: str, example: np.ndarray, registered_model_name: str | None = None):
+    """Log the SavedModel at `saved_model_dir` as the active run's MLflow model `model`; return its ModelInfo.
+
+    `example` (uint8 images) becomes the logged input example (its first two
+    images) and, with the SavedModel's answers to it, the signature. With
+    `registered_model_name`, the model is registered as a new version of it.
     """
     import mlflow
     from mlflow.models import infer_signature
 
-    from pipelines.export import inference_model
+    from pipelines.export import predict_savedmodel
 
-    infer = inference_model(model)
-    x = sample.astype("float32")
+    example = np.asarray(example, np.uint8)[:2]
+    answer = {k: (v.astype(str) if v.dtype == object else v)
+              for k, v in predict_savedmodel(saved_model_dir, example).items()}
+    return mlflow.pyfunc.log_model(
+        name="model",
+        python_model=PYFUNC_CODE,
+        artifacts={"saved_model": saved_model_dir},
+        signature=infer_signature(example, answer),
+        input_example=example,
+        registered_model_name=registered_model_name,
+        pip_requirements=[f"tensorflow-cpu=={_version('tensorflow')}", f"mlflow=={_version('mlflow')}",
+                          f"numpy=={_version('numpy')}"],
+    )
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in (dist, f"{dist}-cpu"):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            continue
+    return ""
+
+
+def log_inference_model(model, tracking_uri: str, artifact_dir: str, sample: np.ndarray,
+                        class_names: list | None = None) -> str:
+    """Log `model` as training does (its export's SavedModel as an MLflow pyfunc) into `tracking_uri`,
+    in a new experiment whose artifacts go to `artifact_dir`; return the model's URI.
+
+    The process-wide tracking URI is restored afterwards.
+    """
+    import mlflow
+
+    from pipelines.export import inference_model, write_savedmodel
+
     prev = mlflow.get_tracking_uri()  # not $MLFLOW_TRACKING_URI: a URI set in code counts too
     mlflow.set_tracking_uri(tracking_uri)
     try:
         exp = mlflow.create_experiment(f"serve-{os.getpid()}-{time.time_ns()}", artifact_location=artifact_dir)
-        with mlflow.start_run(experiment_id=exp):
-            info = mlflow.keras.log_model(
-                infer, name="model", signature=infer_signature(x, infer.predict(x, verbose=0))
-            )
-        return info.model_uri
+        with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(experiment_id=exp):
+            path = os.path.join(tmp, "saved_model")
+            write_savedmodel(inference_model(model), path, class_names)
+            return log_savedmodel(path, sample).model_uri
     finally:
         mlflow.set_tracking_uri(prev)
 

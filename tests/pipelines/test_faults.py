@@ -67,7 +67,7 @@ def test_a_genuine_export_mismatch_is_one_line_keeps_the_model_and_a_rerun_retri
 ):
     import pipelines.export as export
 
-    write = export._write_savedmodel
+    write = export.write_savedmodel
 
     def perturbed(infer, path, *rest):  # the SavedModel computes something else than the model
         weights = infer.get_weights()
@@ -77,7 +77,7 @@ def test_a_genuine_export_mismatch_is_one_line_keeps_the_model_and_a_rerun_retri
         finally:
             infer.set_weights(weights)
 
-    monkeypatch.setattr(export, "_write_savedmodel", perturbed)
+    monkeypatch.setattr(export, "write_savedmodel", perturbed)
     assert run_main(main, _args(tmp_path)) == 2
     line = _one_error_line(capsys)
     assert "not published" in line and "kept in" in line
@@ -88,7 +88,7 @@ def test_a_genuine_export_mismatch_is_one_line_keeps_the_model_and_a_rerun_retri
     (failed,) = client.search_runs(client.get_experiment_by_name("tiny").experiment_id)
     assert failed.info.status == "FAILED"
 
-    monkeypatch.setattr(export, "_write_savedmodel", write)
+    monkeypatch.setattr(export, "write_savedmodel", write)
     trained_at = os.path.getmtime(os.path.join(run_dir, "model.keras"))
     assert run_main(main, _args(tmp_path)) == 0  # the same command again
     assert [str(p) for p in (tmp_path / "runs").iterdir()] == [run_dir]  # resumed, not started over

@@ -1,5 +1,6 @@
 """End to end: a tiny `make train` run, its MLflow record, its export, resume and errors."""
 
+import json
 import os
 
 import keras
@@ -76,9 +77,31 @@ def test_end_to_end_run_is_tracked_exported_and_verified(tmp_path):
     np.testing.assert_allclose(served["probabilities"], probs, atol=1e-5)
     np.testing.assert_array_equal(served["class_id"], probs.argmax(-1))
 
-    # The MLflow-registered model gives the same probabilities from raw pixels.
-    pyfunc = mlflow.pyfunc.load_model(f"runs:/{result.run_id}/model")
-    np.testing.assert_allclose(np.asarray(pyfunc.predict(images.astype("float32"))), probs, atol=1e-5)
+    # One model, one contract: the registered MLflow model takes what the export takes (uint8 images)
+    # and answers what it answers, class names included.
+    pyfunc = mlflow.pyfunc.load_model("models:/tiny/1")
+    assert str(pyfunc.metadata.get_input_schema().inputs[0].type) == "uint8"
+    answer = pyfunc.predict(images)
+    np.testing.assert_allclose(answer["probabilities"], served["probabilities"], atol=1e-6)
+    np.testing.assert_array_equal(answer["class_id"], served["class_id"])
+    assert list(answer["class_name"]) == [str(c) for c in served["class_id"]]  # the digits' class names
+    local = mlflow.artifacts.download_artifacts("models:/tiny/1", dst_path=str(tmp_path / "mlflow-model"))
+    example = mlflow.models.Model.load(local).load_input_example(local)
+    assert example.dtype == np.uint8 and example.shape[1:] == (28, 28, 1)
+    with pytest.raises(Exception, match="uint8|float"):  # the schema refuses another dtype
+        pyfunc.predict(images.astype("float32") / 255.0)
+    # The Keras model is stored once in the run (keras_model/), the MLflow model holds the SavedModel only.
+    model_files = [f.path for f in client.list_artifacts(result.run_id, "keras_model")]
+    assert model_files == ["keras_model/model.keras"]
+    # The version is tagged with what a client needs to know; the data is the run's dataset input.
+    tags = client.get_model_version("tiny", "1").tags
+    assert json.loads(tags["class_names"]) == [str(d) for d in range(10)]
+    assert tags["input_shape"] == "[28, 28, 1]" and tags["data.source"] == "synthetic"
+    (data_input,) = r.inputs.dataset_inputs
+    assert data_input.dataset.name == "synthetic" and len(data_input.dataset.digest) == 16
+    input_tags = {t.key: t.value for t in data_input.tags}
+    counts = json.loads(input_tags["counts"])
+    assert counts["train"] + counts["validation"] == 240 and counts["test"] == 60
 
     # A finished run directory is not trained over again.
     with pytest.raises(UserError, match="holds a finished run"):
