@@ -116,7 +116,9 @@ class RestApi:
             servable, _ = self.manager.get(name, version)
             return Response(200, {
                 "model_spec": {"name": name, "signature_name": "", "version": str(servable.version)},
-                "metadata": {"signature_def": {"signature_def": servable.signature_defs}},
+                "metadata": {"signature_def": {"signature_def": servable.signature_defs},
+                             # this server's addition (TF Serving has signature_def only): class id -> name
+                             **({"class_names": servable.class_names} if servable.class_names else {})},
             })
         return Response(200, {"model_version_status": self._status(name, version)})
 

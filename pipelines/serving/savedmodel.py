@@ -34,12 +34,18 @@ class Servable:
     signature_defs: dict  # TF Serving's JSON form of the SavedModel's SignatureDefs
     _fn: object = field(repr=False)
     _keep: object = field(repr=False)  # the loaded object owns the variables the signature reads
+    class_names: list[str] | None = None  # assets.extra/labels.txt, one name per class id
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import tensorflow as tf
 
         feeds = {k: tf.constant(v, dtype=self.inputs[k].dtype) for k, v in inputs.items()}
-        return {k: _text(v.numpy()) for k, v in self._fn(**feeds).items()}
+        out = {k: _text(v.numpy()) for k, v in self._fn(**feeds).items()}
+        if self.class_names and "class_name" not in out and "class_id" in out:
+            # An export without the string output (Keras' JAX export has none): the names from labels.txt.
+            ids = out["class_id"]
+            out["class_name"] = np.array(self.class_names, dtype=object)[np.clip(ids, 0, len(self.class_names) - 1)]
+        return out
 
 
 def _text(values: np.ndarray) -> np.ndarray:
@@ -66,6 +72,16 @@ def _signature_defs_json(path: str) -> dict:
     }
 
 
+def read_labels(path: str) -> list[str] | None:
+    """The class names of the export at `path` (assets.extra/labels.txt, one per line), or None."""
+    f = os.path.join(path, "assets.extra", "labels.txt")
+    if not os.path.isfile(f):
+        return None
+    with open(f, encoding="utf-8") as fh:
+        names = fh.read().splitlines()
+    return names or None
+
+
 def load_servable(name: str, version: int, path: str) -> Servable:
     """Load `path`'s `serving_default`, read its specs, and warm it up on zeros."""
     import tensorflow as tf
@@ -83,7 +99,10 @@ def load_servable(name: str, version: int, path: str) -> Servable:
         k: TensorInfo(k, np.dtype(s.dtype.as_numpy_dtype), tuple(s.shape.as_list()))
         for k, s in sorted(fn.structured_outputs.items())
     }
-    servable = Servable(name, version, path, inputs, outputs, _signature_defs_json(path), fn, loaded)
+    class_names = read_labels(path)
+    if class_names and "class_name" not in outputs and "class_id" in outputs:
+        outputs["class_name"] = TensorInfo("class_name", np.dtype(object), outputs["class_id"].shape)
+    servable = Servable(name, version, path, inputs, outputs, _signature_defs_json(path), fn, loaded, class_names)
     if all(d is not None for t in inputs.values() for d in t.shape[1:]):
         servable.run({k: np.zeros((1, *t.shape[1:]), t.dtype) for k, t in inputs.items()})
     return servable

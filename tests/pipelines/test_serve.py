@@ -26,6 +26,7 @@ from pipelines.export import export_model, predict_savedmodel
 from pipelines.serve import Server
 
 LIMIT = 64 * 1024  # body size limit of the test servers
+NAMES = ["airplane", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck", "zebra"]
 
 
 def tiny_model(seed: int):
@@ -45,6 +46,9 @@ def exports(tmp_path_factory):
     model = tiny_model(0)
     path = export_model(model, root, "tiny")
     export_model(tiny_model(1), root, "switch")
+    labels = {"labels.txt": "".join(f"{n}\n" for n in NAMES)}
+    export_model(tiny_model(2), root, "named", class_names=NAMES, extra_assets=labels)  # as `make train` on TF
+    export_model(tiny_model(2), root, "ids_only", extra_assets=labels)  # as a JAX run: no string output
     x = np.random.default_rng(0).integers(0, 256, (3, 28, 28, 1), dtype=np.uint8)
     return {"root": root, "model": model, "x": x, "ref": predict_savedmodel(path, x)}
 
@@ -91,6 +95,21 @@ def test_metadata_gives_the_signature_def(server):
     assert sig["outputs"]["probabilities"]["dtype"] == "DT_FLOAT"
     assert [d["size"] for d in sig["outputs"]["probabilities"]["tensor_shape"]["dim"]] == ["-1", "10"]
     assert sig["outputs"]["class_id"]["dtype"] == "DT_INT64"
+
+
+@pytest.mark.parametrize("name", ["named", "ids_only"])
+def test_class_names_in_metadata_and_answers(server, exports, name):
+    """Class names end to end: the metadata lists them, every answer names its class (from the export's
+    `class_name` output, or from assets.extra/labels.txt where the export has class ids only)."""
+    meta = requests.get(f"{server.url}/v1/models/{name}/metadata", timeout=10).json()
+    assert meta["metadata"]["class_names"] == NAMES
+    outputs = meta["metadata"]["signature_def"]["signature_def"]["serving_default"]["outputs"]
+    assert ("class_name" in outputs) == (name == "named")
+    r = predict(f"{server.url}/v1/models/{name}:predict", json={"instances": exports["x"].tolist()})
+    assert r.status_code == 200, r.text
+    preds = r.json()["predictions"]
+    assert [p["class_name"] for p in preds] == [NAMES[p["class_id"]] for p in preds]
+    assert "class_names" not in requests.get(f"{server.url}/v1/models/tiny/metadata", timeout=10).json()["metadata"]
 
 
 # ----------------------------------------------------------------------------- predict
