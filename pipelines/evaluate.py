@@ -82,7 +82,7 @@ def evaluate_run(run_id: str, tracking_uri: str | None = None, overrides=(), rep
         model = load_keras_model(paths["keras_model/model.keras"])
     splits = load_data(cfg)
     ev = evaluate(keras_predictor(model, cfg.evaluate.batch_size), *test_subset(splits, cfg.evaluate), cfg.evaluate,
-                  model=model)
+                  model=model, class_names=splits.class_names)
     title = f"{cfg.name} (run {run_id[:8]}): invariance on the test split ({cfg.data.source})"
     print(ev.table(title))
     out_dir = os.path.join(reports_dir, f"run-{run_id[:8]}")
@@ -126,7 +126,7 @@ def evaluate_export(path: str, overrides=(), reports_dir: str = "reports"):
     cfg = load_config(cfg_path, list(overrides))
     predict = savedmodel_class_predictor(version_dir, cfg.evaluate.batch_size)
     splits = load_data(cfg)
-    ev = evaluate(predict, *test_subset(splits, cfg.evaluate), cfg.evaluate)
+    ev = evaluate(predict, *test_subset(splits, cfg.evaluate), cfg.evaluate, class_names=splits.class_names)
     name = os.path.basename(os.path.dirname(os.path.abspath(version_dir)))
     version = os.path.basename(version_dir)
     title = f"{name} v{version} (SavedModel): invariance on the test split ({cfg.data.source})"

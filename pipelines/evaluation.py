@@ -38,6 +38,22 @@ class Evaluation:
     scale: dict = field(default_factory=dict)  # factor -> accuracy
     scale_equivariance: dict = field(default_factory=dict)  # layer name -> {"s0_s1": relative error}
     group_equivariance: dict = field(default_factory=dict)  # group conv name -> {angle: relative error}
+    class_names: list = field(default_factory=list)  # class id -> name
+    confusion: np.ndarray | None = None  # [K, K] counts on unchanged inputs, rows: true class
+
+    def per_class(self) -> list[tuple[str, int, float, str]]:
+        """(class name, images, accuracy, the class it is most often taken for) per class with images."""
+        out = []
+        if self.confusion is None:
+            return out
+        for i, row in enumerate(self.confusion):
+            n = int(row.sum())
+            if n:
+                wrong = row.copy()
+                wrong[i] = 0
+                other = self.class_names[int(wrong.argmax())] if wrong.any() else ""
+                out.append((self.class_names[i], n, float(row[i] / n), other))
+        return out
 
     def metrics(self) -> dict[str, float]:
         """Flat MLflow metrics."""
@@ -87,6 +103,10 @@ class Evaluation:
             rows.append(("scale curve (factor: accuracy)", "  ".join(f"{f:g}x: {pct(v)}" for f, v in self.scale.items())))
         for layer, errs in self.scale_equivariance.items():
             rows.append((f"scale equivariance error {layer}", ", ".join(f"{e:.2e} ({k})" for k, e in errs.items())))
+        worst = sorted(self.per_class(), key=lambda r: r[2])[:3]
+        if worst:
+            rows.append(("lowest class accuracies", ", ".join(
+                f"{name} {pct(acc)}" + (f" (taken for {other})" if other else "") for name, _, acc, other in worst)))
         return rows
 
     def table(self, title: str) -> str:
@@ -100,6 +120,9 @@ class Evaluation:
         lines += [f"| {k} | {v} |" for k, v in self.rows()]
         lines += ["", "| rotation (deg) | accuracy |", "|---:|---:|"]
         lines += [f"| {int(a)} | {100 * v:.2f}% |" for a, v in self.rotation.items()]
+        if self.confusion is not None:
+            lines += ["", "| class | images | accuracy | most often taken for |", "|---|---:|---:|---|"]
+            lines += [f"| {name} | {n} | {100 * acc:.2f}% | {other} |" for name, n, acc, other in self.per_class()]
         return "\n".join(lines) + "\n"
 
 
@@ -173,18 +196,22 @@ def test_subset(splits, ecfg):
     return splits.test.arrays(ecfg.max_images, ecfg.seed)
 
 
-def evaluate(predict, images, labels, ecfg, model=None) -> Evaluation:
+def evaluate(predict, images, labels, ecfg, model=None, class_names=None) -> Evaluation:
     """All invariance figures of `predict` on (`images` uint8 or float in [0, 1], `labels`).
 
     `ecfg` is a `pipelines.config.EvaluateConfig`; `model`, a Keras model, adds
     the equivariance errors of its harmonic convolutions (at each of
     `ecfg.equivariance_angles`), of its C_N group convolutions (at those of
     the angles that are multiples of 360/N, and at 360/N) and of its scale
-    convolutions.
+    convolutions. `class_names` (class id -> name) name the per-class table and the confusion matrix.
     """
     x, y = eval_subset(images, labels, ecfg.max_images, ecfg.seed)
     if len(x) == 0:
         raise UserError("the test split is empty; nothing to evaluate")
+    names = [str(c) for c in class_names] if class_names is not None else [str(i) for i in range(int(y.max()) + 1)]
+    k = len(names)
+    pred = np.clip(np.asarray(predict(x)).astype(np.int64), 0, k - 1)
+    confusion = np.bincount(np.asarray(y, np.int64) * k + pred, minlength=k * k).reshape(k, k)
     rotation = inv.rotation_curve(predict, x, y, inv.rotation_angles(ecfg.rotation_step))
     shift_c = inv.shift_consistency(predict, x, ecfg.shift_range, seed=ecfg.seed, mode="pad")
     circ_c = inv.shift_consistency(predict, x, ecfg.shift_range, seed=ecfg.seed + 1, mode="circular")
@@ -203,7 +230,7 @@ def evaluate(predict, images, labels, ecfg, model=None) -> Evaluation:
         if group_layers(model):
             group_equiv = group_equivariance(model, x[: ecfg.equivariance_images], ecfg.equivariance_angles)
     return Evaluation(len(x), rotation, shift_c, circ_c, ecfg.shift_range, elastic, ecfg.elastic_sigma, equiv,
-                      scale, scale_equiv, group_equiv)
+                      scale, scale_equiv, group_equiv, names, confusion)
 
 
 # ----------------------------------------------------------------------------- pictures
@@ -231,6 +258,9 @@ def write_report(ev: Evaluation, out_dir: str, title: str, model=None) -> list[s
         files.append(plots.plot_equivariance(
             ev.group_equivariance, os.path.join(out_dir, "group_equivariance.png"),
             title="rotation equivariance error per group convolution (at multiples of 360/N)"))
+    if ev.confusion is not None and len(ev.class_names) <= plots.MAX_CONFUSION_CLASSES:
+        files.append(plots.confusion_matrix_figure(ev.confusion, ev.class_names, os.path.join(out_dir, "confusion_matrix.png"),
+                                                   title=f"confusion matrix ({ev.n_images} test images)"))
     if model is not None:
         p = plots.plot_filters(model, os.path.join(out_dir, "filters.png"))
         if p:
@@ -277,7 +307,7 @@ def evaluate_in_training(model, cfg, splits, run_dir: str) -> Evaluation:
     import mlflow
 
     ev = evaluate(keras_predictor(model, cfg.evaluate.batch_size), *test_subset(splits, cfg.evaluate), cfg.evaluate,
-                  model=model)
+                  model=model, class_names=splits.class_names)
     title = f"{cfg.name}: invariance on the test split ({cfg.data.source})"
     print(ev.table(title))
     files = write_report(ev, os.path.join(run_dir, ARTIFACT_DIR), title, model=model)

@@ -53,6 +53,14 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[s
     cm = np.bincount(np.asarray(y_true) * k + np.asarray(y_pred), minlength=k * k).reshape(k, k)
     if k > MAX_CONFUSION_CLASSES:  # unreadable, and its memory grows with k^2: no figure
         return cm
+    confusion_matrix_figure(cm, class_names, path)
+    return cm
+
+
+def confusion_matrix_figure(cm: np.ndarray, class_names: list[str], path: str,
+                            title: str = "confusion matrix (test split)") -> str:
+    """The PNG of confusion counts `cm` [K, K] (rows: true class), axes named by `class_names`."""
+    k = len(class_names)
     side = min(0.5 * k + 2.5, 16.0)  # inches: at most 1600 px at 100 dpi, whatever k
     fig, ax = plt.subplots(figsize=(side, side - 0.5))
     ax.imshow(cm, cmap="Blues")
@@ -65,9 +73,8 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[s
         ax.set_yticks(range(k), class_names, fontsize=7)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title("confusion matrix (test split)")
-    save(fig, path)
-    return cm
+    ax.set_title(title)
+    return save(fig, path)
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -66,6 +66,22 @@ def test_figures_of_a_model_that_ignores_its_input():
     assert "elastic alpha=8 px (sigma 4)" in table
 
 
+def test_per_class_accuracy_and_confusion_matrix_use_the_class_names(tmp_path):
+    """A model that answers `cat` for everything: cats 100%, the others 0% and taken for `cat`."""
+    x, y = data(40)
+    names = ["cat", "dog", "fox"]
+    ev = evaluation.evaluate(lambda im: np.zeros(len(im), int), x, y, EvaluateConfig(**SMALL), class_names=names)
+    sub_y = evaluation.eval_subset(x, y, 24, SMALL.get("seed", 0))[1]
+    assert ev.confusion.sum() == 24 and ev.confusion[:, 0].sum() == 24
+    rows = {name: (n, acc, other) for name, n, acc, other in ev.per_class()}
+    assert rows["cat"] == (int((sub_y == 0).sum()), 1.0, "")
+    assert rows["dog"][1:] == (0.0, "cat") and rows["fox"][1:] == (0.0, "cat")
+    assert "dog 0.0% (taken for cat)" in ev.table("t")
+    files = evaluation.write_report(ev, str(tmp_path), "t")
+    assert os.path.join(str(tmp_path), "confusion_matrix.png") in files
+    assert "| fox |" in open(os.path.join(str(tmp_path), "invariance.md")).read()
+
+
 def test_subset_is_seeded_and_scaled():
     x, y = data(50)
     a, la = evaluation.eval_subset(x, y, 20, seed=1)
@@ -111,7 +127,8 @@ def test_report_is_written_and_logged_without_changing_the_run_status(store, tmp
     steps = [m.step for m in client.get_metric_history(run_id, "rotation_accuracy")]
     assert sorted(steps) == [0, 90, 180, 270]
     logged = {os.path.basename(a.path) for a in client.list_artifacts(run_id, "evaluation")}
-    want = {"invariance.md", "invariance.json", "rotation_curve.png", "elastic_curve.png", "scale_curve.png", "filters.png"}
+    want = {"invariance.md", "invariance.json", "rotation_curve.png", "elastic_curve.png", "scale_curve.png", "filters.png",
+            "confusion_matrix.png"}
     assert logged == want | ({"harmonic_equivariance.png"} if harmonic else set())
     for f in files:
         if f.endswith(".png"):
