@@ -48,6 +48,8 @@ class ProgressLog(keras.callbacks.Callback):
         done, elapsed = batch + 1, now - self.started
         rate = done * self.batch_size / max(elapsed, 1e-9)
         eta_epoch = elapsed / done * (self.steps - done)
+        if self.epoch_times and done * 10 < self.steps:  # a few steps in: a slow first step would dominate
+            eta_epoch = sum(self.epoch_times) / len(self.epoch_times) * (self.steps - done) / self.steps
         self._print(f"epoch {self.epoch + 1}/{self.epochs}  step {done}/{self.steps}  {rate:.0f} images/s  "
                     f"epoch {_clock(elapsed)} elapsed, ETA {_clock(eta_epoch)}  "
                     f"run ETA {_clock(eta_epoch + self._eta_run(elapsed + eta_epoch))}")

@@ -41,3 +41,19 @@ def test_a_line_every_30_seconds_within_an_epoch_and_one_at_its_end_with_rate_an
 def test_fast_epochs_print_only_their_end_lines():
     lines = _run(steps=10, epochs=3, step_s=0.5)
     assert lines == [f"epoch {e}/3 done in 0:05 (64 images/s)  run ETA {eta}" for e, eta in ((1, "0:10"), (2, "0:05"), (3, "0:00"))]
+
+
+def test_a_slow_first_step_of_a_later_epoch_does_not_make_a_wild_eta():
+    """Under load the first step of epoch 2 took 55 s; its ETA comes from epoch 1's time, not from that step."""
+    clock, out = FakeClock(), io.StringIO()
+    cb = ProgressLog(300, 2, batch_size=32, every_s=30, out=out, clock=clock)
+    cb.on_epoch_begin(0)
+    for batch in range(300):
+        clock.now += 0.5
+        cb.on_train_batch_end(batch)
+    cb.on_epoch_end(0)  # 150 s
+    cb.on_epoch_begin(1)
+    clock.now += 55
+    cb.on_train_batch_end(0)
+    line = out.getvalue().splitlines()[-1]
+    assert line.startswith("epoch 2/2  step 1/300") and "ETA 2:30 " in line  # 150 s x 299/300, not 4:33:40
