@@ -2,7 +2,9 @@
 
 `<exports>/<name>/<version>/saved_model.pb`, versions 1, 2, ... The signature
 `serving_default` takes raw images `image: uint8 [batch, H, W, C]` and returns
-`probabilities: float32 [batch, classes]` and `class_id: int64 [batch]`.
+`probabilities: float32 [batch, classes]`, `class_id: int64 [batch]` and
+`class_name: string [batch]`; `image_bytes` takes encoded image files and
+`classify` (TF Serving's Classify) `tf.train.Example`s (pipelines/signatures.py).
 
 The exported graph is the *inference model*: raw pixel values -> /255 ->
 trained model -> softmax. The same inference model is what MLflow logs, so
@@ -28,6 +30,7 @@ import tensorflow as tf
 
 
 from pipelines.errors import UserError
+from pipelines.signatures import write_savedmodel  # noqa: F401 - the export's signatures; tests patch it here
 
 STALE_TMP_AGE_S = 3600.0  # a temporary without a live writer's pid is removed after this long
 
@@ -205,36 +208,6 @@ def version_dirs(base: str) -> list[int]:
     return sorted(int(d) for d in os.listdir(base) if d.isdigit() and os.path.isdir(os.path.join(base, d)))
 
 
-def write_savedmodel(infer: keras.Model, path: str, class_names=None) -> None:
-    """Write `infer` (an `inference_model`) as a SavedModel whose `serving_default` takes uint8 `image`."""
-    shape = [None, *infer.input_shape[1:]]
-    archive = keras.export.ExportArchive()
-    archive.track(infer)
-
-    if keras.backend.backend() == "tensorflow":
-        names = tf.constant([str(c) for c in class_names]) if class_names is not None else None
-
-        def serve(image):
-            probs = infer(tf.cast(image, tf.float32), training=False)
-            out = {"probabilities": probs, "class_id": tf.argmax(probs, axis=-1)}
-            if names is not None:  # the class names as a string output (TF Serving answers them as text)
-                out["class_name"] = tf.gather(names, out["class_id"])
-            return out
-
-    else:  # Keras converts the endpoint with jax2tf: keras.ops only (class_id is int32 there)
-
-        def serve(image):
-            probs = infer(keras.ops.cast(image, "float32"), training=False)
-            return {"probabilities": probs, "class_id": keras.ops.argmax(probs, axis=-1)}
-
-    archive.add_endpoint(
-        name="serving_default",
-        fn=serve,
-        input_signature=[tf.TensorSpec(shape, tf.uint8, name="image")],
-    )
-    archive.write_out(path, verbose=False)
-
-
 def savedmodel_predictor(path: str, batch_size: int = 256):
     """`predict(uint8 images [N, H, W, C]) -> {output name: array}` of the SavedModel's `serving_default`.
 
@@ -275,6 +248,7 @@ def export_model(
     rtol: float = 1e-3,
     report: dict | None = None,
     class_names: list | None = None,
+    resize: str = "stretch",
 ) -> str:
     """Export `model` as the next version of `exports_dir/name`; return the version's path.
 
@@ -283,9 +257,9 @@ def export_model(
     (`compare_outputs`: absolute `tolerance` plus relative `rtol`, and class
     agreement); a mismatch raises `ExportMismatchError` and nothing is
     published. `report`, a dict, receives the comparison's figures.
-    `class_names`: on TensorFlow, `serving_default` also answers `class_name`
-    (a string per image; Keras' JAX export cannot produce strings, so a JAX
-    run's export has `class_id` only, and the names in assets.extra/labels.txt).
+    `class_names` (class id -> name) are what `class_name` and `classify` answer;
+    `resize` (the run's `data.resize`) is how the encoded-image signatures bring
+    an image to the model's size.
     Temporaries of exports that died (`kill -9`) are removed first. `extra_assets` (file name -> text) are written to the version's
     `assets.extra/`, which TF Serving ignores; training stores the resolved
     experiment config there as `experiment.yaml`.
@@ -296,7 +270,7 @@ def export_model(
     infer = inference_model(model)
     tmp = os.path.join(base, f".tmp-{os.getpid()}-{uuid.uuid4().hex}")
     try:
-        write_savedmodel(infer, tmp, class_names)
+        write_savedmodel(infer, tmp, class_names, resize)
         for fname, text in (extra_assets or {}).items():
             os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
             with open(os.path.join(tmp, "assets.extra", fname), "w") as fh:

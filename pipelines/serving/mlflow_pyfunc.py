@@ -7,8 +7,8 @@ for what the export takes:
 
 - input: uint8 images `[N, H, W, C]` (the tensor `image`; a JSON request to
   `mlflow models serve` sends them as nested lists: `{"inputs": [[[[0], ...]]]}`);
-- outputs: `probabilities` `[N, K]`, `class_id` `[N]` and, where the export
-  has it (TensorFlow runs), `class_name` `[N]` (text).
+- outputs: `probabilities` `[N, K]`, `class_id` `[N]` and `class_name` `[N]`
+  (text).
 
 Nothing of the project imports this module; `pipelines/serving/mlflow_serve.py`
 logs it.

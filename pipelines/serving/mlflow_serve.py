@@ -2,7 +2,7 @@
 
 Training logs the SavedModel that `make serve` would serve (the export's
 `serving_default`: uint8 images `[N, H, W, C]` -> `probabilities`, `class_id`
-and, on TensorFlow, `class_name`) as an MLflow pyfunc model
+and `class_name`) as an MLflow pyfunc model
 (pipelines/serving/mlflow_pyfunc.py, logged as code: it needs TensorFlow,
 not this project), with its signature and an input example; MLflow serves it
 with

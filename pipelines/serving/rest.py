@@ -6,6 +6,10 @@ Routes (https://www.tensorflow.org/tfx/serving/api_rest):
     GET  /v1/models/<name>[/versions/<v>]/metadata   signature defs
     POST /v1/models/<name>[/versions/<v>]:predict    row ("instances") or columnar ("inputs")
 
+`/labels/<label>` may stand where `/versions/<v>` does: the version the label
+names in the model config file (404 for an unknown label, and while the
+version it names is not AVAILABLE). Without either, the highest served version.
+
 An image input (uint8 [batch, H, W, C]) takes nested lists of integers or
 `{"b64": "<base64 PNG or JPEG bytes>"}`; a decoded image must have the
 signature's height, width and channels. Every mistake of the client is a 4xx
@@ -66,6 +70,15 @@ class RestApi:
         self.max_body_bytes = max_body_bytes
         self.predict_timeout_s = predict_timeout_s
         self.max_rows = max_rows
+        self._pool = None
+
+    def _classify_pool(self):
+        """Classify calls run here, off the HTTP stack's loop (they are not batched)."""
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(2, thread_name_prefix="classify")
+        return self._pool
 
     def too_large(self, size: int | None) -> Response | None:
         if size is not None and size > self.max_body_bytes:
@@ -87,13 +100,11 @@ class RestApi:
         path = path.split("?", 1)[0]
         m = _ROUTE.match(path)
         if m is None:
-            raise NotFound(f"Malformed request: {clip(method, 16)} {clip(path)} (routes: /v1/models/<name>[/versions/<v>]"
-                           f"[/metadata|:predict])")
+            raise NotFound(f"Malformed request: {clip(method, 16)} {clip(path)} (routes: /v1/models/<name>"
+                           f"[/versions/<v>|/labels/<label>][/metadata|:predict|:classify])")
         name, label, verb = m["name"], m["label"], m["verb"]
         if len(path) > 200:
             raise NotFound(f"Malformed request: path of {len(path)} characters {clip(path, 60)}")
-        if label is not None:
-            raise NotFound(f"version labels are not supported (got label {label!r}); use /versions/<v>")
         version = None
         if m["version"] is not None:
             if not m["version"].isdigit():
@@ -104,37 +115,30 @@ class RestApi:
                 raise NotFound(f"Malformed request: unknown verb {verb!r} (use :predict)")
             if method != "POST":
                 raise BadRequest(f"{verb} needs POST, got {prefix(method, 16)}", 405, {"Allow": "POST"})
+            if verb == "classify":  # TF Serving's Classify on the export's `classify` signature
+                from pipelines.serving.classify import format_classify, parse_classify
+
+                servable, _ = self.manager.resolve(name, version, label)
+                examples = parse_classify(body)
+                return Pending(self._classify_pool().submit(servable.classify, examples), format_classify)
             if verb != "predict":
-                raise BadRequest(f"{verb} is not supported by the 'serving_default' signature; use :predict")
-            servable, batcher = self.manager.get(name, version)
+                raise BadRequest(f"{verb} is not supported: the export has no regression signature; "
+                                 "use :predict or :classify")
+            servable, batcher = self.manager.resolve(name, version, label)
             inputs, row = parse_predict(body, servable, self.max_rows)
             fut = batcher.submit(servable, inputs)
             return Pending(fut, lambda out: encode_predict(out, row))
         if method != "GET":
             raise BadRequest(f"{path} answers GET, got {prefix(method, 16)}", 405, {"Allow": "GET"})
         if m["metadata"]:
-            servable, _ = self.manager.get(name, version)
+            servable, _ = self.manager.resolve(name, version, label)
             return Response(200, {
                 "model_spec": {"name": name, "signature_name": "", "version": str(servable.version)},
                 "metadata": {"signature_def": {"signature_def": servable.signature_defs},
                              # this server's addition (TF Serving has signature_def only): class id -> name
                              **({"class_names": servable.class_names} if servable.class_names else {})},
             })
-        return Response(200, {"model_version_status": self._status(name, version)})
-
-    def _status(self, name: str, version: int | None) -> list[dict]:
-        st = self.manager.state(name)
-        rows = []
-        if st.servable is not None:
-            rows.append((st.servable.version, "AVAILABLE", "OK", ""))
-        if st.loading is not None:
-            rows.append((st.loading, "LOADING", "OK", ""))
-        rows += [(v, "END", "UNKNOWN", msg) for v, msg in sorted(st.failed.items())]
-        if version is not None:
-            rows = [r for r in rows if r[0] == version]
-            if not rows:
-                raise NotFound(f"Could not find version {version} of model {name!r}")
-        return [
+        return Response(200, {"model_version_status": [  # the rows gRPC's GetModelStatus answers too
             {"version": str(v), "state": s, "status": {"error_code": code, "error_message": msg}}
-            for v, s, code, msg in rows
-        ]
+            for v, s, code, msg in self.manager.status(name, version, label)
+        ]})

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 SIGNATURE = "serving_default"
+CLASSIFY = "classify"  # method tensorflow/serving/classify (pipelines/signatures.py)
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,32 @@ class Servable:
     _fn: object = field(repr=False)
     _keep: object = field(repr=False)  # the loaded object owns the variables the signature reads
     class_names: list[str] | None = None  # assets.extra/labels.txt, one name per class id
+    signature_def_protos: dict = field(default_factory=dict, repr=False)  # name -> SignatureDef proto
+    _signatures: dict = field(default_factory=dict, repr=False)  # name -> concrete function
+
+    def classify(self, examples: list[bytes]) -> dict[str, np.ndarray]:
+        """TF Serving's Classify: serialized `tf.train.Example`s (`image/encoded`) -> `classes` [N, K] (text)
+        and `scores` [N, K], by the export's `classify` signature; ValueError if the export has none."""
+        import tensorflow as tf
+
+        fn = self._signatures.get(CLASSIFY)
+        if fn is None:
+            raise ValueError(f"{self.name} version {self.version} has no {CLASSIFY!r} signature "
+                             "(exported before it existed); use predict")
+        out = fn(inputs=tf.constant(list(examples), dtype=tf.string))
+        return {k: _text(v.numpy()) for k, v in out.items()}
+
+    def run_signature(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Call any signature of the export (e.g. `image_bytes` with string `image_bytes`) unbatched; the
+        inputs are converted to the signature's dtypes. KeyError for a signature the export has not."""
+        import tensorflow as tf
+
+        if signature == SIGNATURE:
+            return self.run(inputs)
+        fn = self._signatures[signature]
+        specs = fn.structured_input_signature[1]
+        feeds = {k: tf.constant(v, dtype=specs[k].dtype) for k, v in inputs.items()}
+        return {k: _text(v.numpy()) for k, v in fn(**feeds).items()}
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import tensorflow as tf
@@ -55,8 +82,8 @@ def _text(values: np.ndarray) -> np.ndarray:
     return values
 
 
-def _signature_defs_json(path: str) -> dict:
-    """The SignatureDefs of `path/saved_model.pb` as TF Serving prints them."""
+def _signature_defs(path: str) -> tuple[dict, dict]:
+    """The SignatureDefs of `path/saved_model.pb`: as TF Serving prints them (JSON), and as protos."""
     from google.protobuf import json_format
     from tensorflow.core.protobuf import saved_model_pb2
 
@@ -64,12 +91,13 @@ def _signature_defs_json(path: str) -> dict:
     with open(os.path.join(path, "saved_model.pb"), "rb") as f:
         proto.ParseFromString(f.read())
     defs = proto.meta_graphs[0].signature_def
-    return {
+    as_json = {
         k: json_format.MessageToDict(
             defs[k], preserving_proto_field_name=True, always_print_fields_with_no_presence=True
         )
         for k in sorted(defs)
     }
+    return as_json, {k: defs[k] for k in sorted(defs)}
 
 
 def read_labels(path: str) -> list[str] | None:
@@ -102,7 +130,9 @@ def load_servable(name: str, version: int, path: str) -> Servable:
     class_names = read_labels(path)
     if class_names and "class_name" not in outputs and "class_id" in outputs:
         outputs["class_name"] = TensorInfo("class_name", np.dtype(object), outputs["class_id"].shape)
-    servable = Servable(name, version, path, inputs, outputs, _signature_defs_json(path), fn, loaded, class_names)
+    defs_json, defs = _signature_defs(path)
+    servable = Servable(name, version, path, inputs, outputs, defs_json, fn, loaded, class_names, defs,
+                        dict(loaded.signatures))
     if all(d is not None for t in inputs.values() for d in t.shape[1:]):
         servable.run({k: np.zeros((1, *t.shape[1:]), t.dtype) for k, t in inputs.items()})
     return servable

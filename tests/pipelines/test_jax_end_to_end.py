@@ -54,5 +54,8 @@ def test_a_jax_trained_model_exports_and_serves_under_tensorflow(tmp_path):
         r = requests.post(f"{server.url}/v1/models/jaxrun:predict", json={"instances": x[:4].tolist()}, timeout=60)
         assert r.status_code == 200, r.text
         assert [p["class_id"] for p in r.json()["predictions"]] == served["class_id"][:4].tolist()
+        # the class names too: the export's own `class_name` output, on JAX as on TensorFlow
+        assert [p["class_name"] for p in r.json()["predictions"]] == [str(i) for i in served["class_id"][:4]]
+        assert [c.decode() for c in served["class_name"]] == [str(i) for i in served["class_id"]]
     finally:
         server.stop()

@@ -1,0 +1,137 @@
+"""The export's signatures as TF Serving reads them, and TF Serving's Classify over REST.
+
+Every export has `serving_default` (uint8 `image` -> probabilities, class_id,
+class_name), `image_bytes` (encoded files -> the same) and `classify`
+(method tensorflow/serving/classify: serialized tf.Examples with
+`image/encoded` -> `classes`, `scores`), pipelines/signatures.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import keras
+import numpy as np
+import pytest
+import requests
+import tensorflow as tf
+from PIL import Image
+from tensorflow.core.protobuf import saved_model_pb2
+
+from data.images import preprocess_image
+from models.registry import build_model
+from pipelines.export import export_model, predict_savedmodel
+from pipelines.serve import Server
+from pipelines.signatures import example
+
+NAMES = ["ant", "bee", "cat"]
+
+
+def png(img: np.ndarray) -> bytes:
+    b = io.BytesIO()
+    Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(b, "PNG")
+    return b.getvalue()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("exports"))
+    keras.utils.set_random_seed(5)
+    model = build_model("baseline_cnn", (16, 16, 3), 3, filters=[4], dense_units=8)
+    path = export_model(model, root, "rgb", class_names=NAMES,
+                        extra_assets={"labels.txt": "".join(f"{n}\n" for n in NAMES)})
+    x = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    return {"root": root, "path": path, "x": x, "ref": predict_savedmodel(path, x)}
+
+
+def test_signatures_are_what_tf_serving_accepts(exported):
+    proto = saved_model_pb2.SavedModel()
+    with open(f"{exported['path']}/saved_model.pb", "rb") as f:
+        proto.ParseFromString(f.read())
+    defs = proto.meta_graphs[0].signature_def
+    dt = tf.dtypes.as_dtype
+    predict, classify, raw = defs["serving_default"], defs["classify"], defs["image_bytes"]
+    assert predict.method_name == raw.method_name == "tensorflow/serving/predict"
+    assert classify.method_name == "tensorflow/serving/classify"  # what TF Serving's Classify API requires
+    assert {k: dt(v.dtype) for k, v in predict.inputs.items()} == {"image": tf.uint8}
+    assert [d.size for d in predict.inputs["image"].tensor_shape.dim] == [-1, 16, 16, 3]
+    assert {k: dt(v.dtype) for k, v in predict.outputs.items()} == {
+        "probabilities": tf.float32, "class_id": tf.int64, "class_name": tf.string}
+    assert {k: dt(v.dtype) for k, v in raw.inputs.items()} == {"image_bytes": tf.string}
+    assert {k: dt(v.dtype) for k, v in classify.inputs.items()} == {"inputs": tf.string}  # kClassifyInputs
+    assert {k: dt(v.dtype) for k, v in classify.outputs.items()} == {"classes": tf.string, "scores": tf.float32}
+
+
+def test_encoded_and_example_signatures_answer_like_serving_default(exported):
+    x, ref = exported["x"], exported["ref"]
+    assert [c.decode() for c in ref["class_name"]] == [NAMES[i] for i in ref["class_id"]]
+    sigs = tf.saved_model.load(exported["path"]).signatures
+    out = sigs["image_bytes"](image_bytes=tf.constant([png(a) for a in x]))
+    np.testing.assert_allclose(out["probabilities"].numpy(), ref["probabilities"], atol=1e-6)
+    cls = sigs["classify"](inputs=tf.constant([example(png(a)) for a in x]))
+    np.testing.assert_allclose(cls["scores"].numpy(), ref["probabilities"], atol=1e-6)
+    assert cls["classes"].numpy().tolist() == [[n.encode() for n in NAMES]] * len(x)
+
+
+def test_encoded_images_of_another_size_are_resized_as_training_reads_them(exported):
+    big = np.random.default_rng(1).integers(0, 256, (40, 24, 3), dtype=np.uint8)
+    as_training = preprocess_image(tf.constant(big), (16, 16), "stretch", 3).numpy()[None]
+    sigs = tf.saved_model.load(exported["path"]).signatures
+    got = sigs["image_bytes"](image_bytes=tf.constant([png(big)]))["probabilities"].numpy()
+    np.testing.assert_allclose(got, predict_savedmodel(exported["path"], as_training)["probabilities"], atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def server(exported):
+    s = Server(exported["root"], port=0, poll_s=0.2).start()
+    yield s
+    s.stop()
+
+
+def test_rest_classify_answers_class_names_with_scores(server, exported):
+    x, ref = exported["x"], exported["ref"]
+    body = {"examples": [{"image/encoded": {"b64": base64.b64encode(png(a)).decode()}} for a in x]}
+    r = requests.post(f"{server.url}/v1/models/rgb:classify", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    result = r.json()["result"]
+    assert [[c for c, _ in row] for row in result] == [NAMES] * len(x)
+    np.testing.assert_allclose([[s for _, s in row] for row in result], ref["probabilities"], atol=1e-6)
+    # context features merge into each example; the signature may be named
+    body = {"signature_name": "classify", "context": {"image/encoded": body["examples"][0]["image/encoded"]},
+            "examples": [{}]}
+    r = requests.post(f"{server.url}/v1/models/rgb/versions/1:classify", json=body, timeout=30)
+    assert r.status_code == 200 and len(r.json()["result"]) == 1
+
+
+@pytest.mark.parametrize("body,status,needle", [
+    ({"instances": [1]}, 400, "examples"),
+    ({"examples": []}, 400, "empty"),
+    ({"examples": [{"label": 3}]}, 400, "image/encoded"),
+    ({"examples": [{"image/encoded": {"b64": "***"}}]}, 400, "base64"),
+    ({"examples": [{"image/encoded": {"b64": base64.b64encode(b"not an image").decode()}}]}, 400, "rejected"),
+    ({"signature_name": "serving_default", "examples": [{}]}, 400, "classification"),
+])
+def test_bad_classify_requests_are_one_clear_error(server, body, status, needle):
+    r = requests.post(f"{server.url}/v1/models/rgb:classify", json=body, timeout=30)
+    assert r.status_code == status and needle in r.json()["error"], r.text
+
+
+def test_regress_names_what_to_use(server):
+    r = requests.post(f"{server.url}/v1/models/rgb:regress", json={"examples": [{}]}, timeout=30)
+    assert r.status_code == 400 and ":classify" in r.json()["error"]
+
+
+def test_the_served_version_runs_every_signature(exported):
+    from pipelines.serving.savedmodel import load_servable
+
+    servable = load_servable("rgb", 1, exported["path"])
+    assert {"serving_default", "image_bytes", "classify"} <= set(servable.signature_def_protos)
+    x, ref = exported["x"], exported["ref"]
+    out = servable.run_signature("image_bytes", {"image_bytes": np.array([png(a) for a in x], dtype=object)})
+    np.testing.assert_allclose(out["probabilities"], ref["probabilities"], atol=1e-6)
+    assert list(out["class_name"]) == [NAMES[i] for i in ref["class_id"]]
+    cls = servable.classify([example(png(a)) for a in x])
+    assert cls["classes"].tolist() == [NAMES] * len(x)
+    with pytest.raises(KeyError):
+        servable.run_signature("regress", {})
