@@ -215,7 +215,7 @@ def _readme_requests() -> list[tuple[str, str]]:
     out = []
     for block in _fenced(_read(README)):
         for cmd in block.replace("\\\n", " ").splitlines():
-            if "curl" not in cmd or ":predict" not in cmd or "docs/examples/" not in cmd:
+            if "curl" not in cmd or not re.search(r":(predict|classify)\b", cmd) or "docs/examples/" not in cmd:
                 continue
             args = shlex.split(cmd)
             name = re.search(r"/v1/models/([^/:]+)", cmd).group(1)
@@ -242,6 +242,16 @@ def test_readme_request_image_decodes_to_the_default_model_input():
             return base64.b64encode(path.read_bytes()).decode()
 
         body = re.sub(r"\$\(base64 -w0 ([^)\s]+)\)", encoded, body)
+        if '"examples"' in body:  # :classify: tf.Examples whose image/encoded is the shipped file
+            import tensorflow as tf
+
+            from pipelines.serving.classify import parse_classify
+
+            (ex,) = parse_classify(body.encode())
+            parsed = tf.io.parse_single_example(ex, {"image/encoded": tf.io.FixedLenFeature([], tf.string)})
+            image = tf.io.decode_image(parsed["image/encoded"]).numpy()
+            assert image.shape == (h, w, c) and image.dtype == np.uint8
+            continue
         inputs, row = parse_predict(body.encode(), servable, max_rows=4096)
         images = inputs["image"][0:1]
         assert row and images.shape == (1, h, w, c) and images.dtype == np.uint8
