@@ -1,7 +1,7 @@
 """The one shared test helper for the project's layers.
 
-`check_layer` runs the checks every layer owes (the house plan's "Conventions
-to follow": `../shared/DESIGN.md`, beside the repository, not inside it):
+`check_layer` runs the checks every layer owes (the house plan's "The tests'
+rules": docs/design.md):
 
 1. config round trip: `get_config` names every `__init__` argument, and
    `from_config(get_config())` rebuilds a layer with an equal config;
