@@ -9,8 +9,9 @@ number of client threads (keep-alive connections) post one 28x28 image per
 request (`{"instances": [...]}`, the same body for every server) for a fixed
 time. Prints requests/s, p50 and p99 latency and failed requests for each
 server, and throughput as a ratio to `mlflow models serve` measured in the same
-run. The rows besides the default (aiohttp, batching on) are the measurement
-that chose the HTTP stack and the batching defaults.
+run. The rows besides the default (batching on) are the measurement that
+chose the batching defaults. (Three HTTP stacks were measured here until the
+server kept the fastest, the standard library's; see pipelines/serving/http.py.)
 """
 
 from __future__ import annotations
@@ -100,7 +101,6 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--seconds", type=float, default=10.0)
-    p.add_argument("--stacks", default="aiohttp,uvicorn,stdlib", help="our HTTP stacks to measure (batching on)")
     p.add_argument("--rounds", type=int, default=1, help="rounds over our configs, interleaved (median req/s)")
     p.add_argument("--no-mlflow", action="store_true", help="skip mlflow models serve (no ratio then)")
     a = p.parse_args()
@@ -119,9 +119,9 @@ def main() -> int:
         body = json.dumps({"instances": image.tolist()}).encode()
 
         # (label, command-line extras, path); ours first, mlflow last
-        configs = [(f"ours {s}, batching", ["--stack", s], "/v1/models/baseline:predict") for s in a.stacks.split(",")]
-        configs.append(("ours aiohttp, batching, no wait", ["--stack", "aiohttp", "--batch-wait-ms", "0"], "/v1/models/baseline:predict"))
-        configs.append(("ours aiohttp, no batching", ["--stack", "aiohttp", "--max-batch", "1"], "/v1/models/baseline:predict"))
+        path = "/v1/models/baseline:predict"
+        configs = [("ours, batching", [], path), ("ours, batching, no wait", ["--batch-wait-ms", "0"], path),
+                   ("ours, no batching", ["--max-batch", "1"], path)]
         runs: dict[str, list] = {label: [] for label, _, _ in configs}
         preds = {}
         for (label, extra, path), _ in ((c, r) for r in range(a.rounds) for c in configs):

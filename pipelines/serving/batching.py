@@ -8,6 +8,10 @@ evenly between the waiting requests, so a large request cannot hold up the
 small ones for more than one batch; a request's rows are taken (images
 decoded) one chunk at a time. A batch that fails is rerun request by request,
 so one request cannot fail the others.
+
+Each `Batcher` tallies the rows of its signature calls (`batch_sizes()`: rows
+-> calls, whichever front end the rows came from), which the server's metrics
+read at scrape time (`pipelines.serving.metrics`: `serving_batch_size_rows`).
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ class Batcher:
         self.batch_wait_ms = batch_wait_ms
         self.threads = threads
         self.calls = 0  # signature calls made (for tests and stats)
+        self._sizes: dict[int, int] = {}  # rows per signature call -> calls made with that many
+        self._sizes_lock = threading.Lock()
         self._cv = threading.Condition()  # guards everything below and each item's counters
         self._active: deque[_Item] = deque()  # requests with rows not yet sent, in turn order
         self._waiting_rows = 0
@@ -81,6 +87,17 @@ class Batcher:
             self._waiting_rows += rows
             self._cv.notify()
         return fut
+
+    def batch_sizes(self) -> dict[int, int]:
+        """Rows per signature call -> how many calls had that many rows, since the start."""
+        with self._sizes_lock:
+            return dict(self._sizes)
+
+    def _called(self, feeds: dict) -> None:
+        rows = len(next(iter(feeds.values()))) if feeds else 0
+        with self._sizes_lock:
+            self.calls += 1
+            self._sizes[rows] = self._sizes.get(rows, 0) + 1
 
     def stop(self) -> None:
         with self._cv:
@@ -188,7 +205,7 @@ class Batcher:
                 feeds = feeds_of[0][1]
             else:
                 feeds = {k: np.concatenate([f[k] for _, f in feeds_of]) for k in feeds_of[0][1]}
-            self.calls += 1
+            self._called(feeds)
             out = servable.run(feeds)
         except Exception as e:  # noqa: BLE001 - a failed batch is retried piece by piece
             if len(feeds_of) == 1:
@@ -196,7 +213,7 @@ class Batcher:
                 return
             for (it, a, b), f in feeds_of:
                 try:
-                    self.calls += 1
+                    self._called(f)
                     self._answered(it, a, servable.run(f))
                 except Exception as e1:  # noqa: BLE001
                     self._failed(it, e1)
