@@ -8,6 +8,7 @@ CONFIG ?= pipelines/configs/default.yaml
 ARGS   ?=
 HOST   ?= 127.0.0.1
 PORT   ?= 8501
+GRPC_PORT ?= 8500
 UI_PORT ?= 5000
 MLFLOW_PORT ?= 5001
 EXPORTS ?= exports
@@ -93,8 +94,8 @@ evaluate: $(STAMP) ## invariance evaluation of RUN=<MLflow run id or export path
 compare: $(STAMP) ## side-by-side table of RUNS=<id>,<id>,...
 	$(PY) -m pipelines.compare --runs "$(RUNS)" $(ARGS)
 
-serve: $(STAMP) ## TF Serving REST API for every model under EXPORTS on HOST:PORT
-	$(PY) -m pipelines.serve --exports $(EXPORTS) --host $(HOST) --port $(PORT) $(ARGS)
+serve: $(STAMP) ## TF Serving REST API for every model under EXPORTS on HOST:PORT, gRPC on GRPC_PORT (-1: off)
+	$(PY) -m pipelines.serve --exports $(EXPORTS) --host $(HOST) --port $(PORT) --grpc-port $(GRPC_PORT) $(ARGS)
 
 serve-mlflow: $(STAMP) ## `mlflow models serve` of MODEL=models:/<name>/<version> on HOST:MLFLOW_PORT (5001)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} \

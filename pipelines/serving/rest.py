@@ -5,6 +5,7 @@ Routes (https://www.tensorflow.org/tfx/serving/api_rest):
     GET  /v1/models/<name>[/versions/<v>]            version status
     GET  /v1/models/<name>[/versions/<v>]/metadata   signature defs
     POST /v1/models/<name>[/versions/<v>]:predict    row ("instances") or columnar ("inputs")
+    GET  /monitoring/prometheus/metrics              Prometheus metrics (`pipelines.serving.metrics`)
 
 `/labels/<label>` may stand where `/versions/<v>` does: the version the label
 names in the model config file (404 for an unknown label, and while the
@@ -17,8 +18,7 @@ answer `{"error": "..."}` that says what was wrong; 5xx is kept for the
 server's own faults.
 
 `RestApi.handle` returns either a `Response` or a `Pending` (a queued predict
-whose `future` the HTTP stack waits on, blocking or with asyncio, before
-calling `finish()`).
+whose `future` the HTTP server waits on before calling `finish()`).
 
 `pipelines.serving.responses` holds the answer types and error wording,
 `pipelines.serving.request` the request parsing and checking,
@@ -32,6 +32,7 @@ import logging
 import re
 
 from pipelines.serving.codec import _loads, encode_predict, format_predict
+from pipelines.serving.metrics import PATH as METRICS_PATH
 from pipelines.serving.request import LazyInstances, parse_predict
 from pipelines.serving.responses import BadRequest, Pending, Response, _first_line, clip, error, prefix
 from pipelines.serving.servables import ModelManager, NotFound
@@ -65,8 +66,10 @@ class RestApi:
         max_body_bytes: int = 8 << 20,
         predict_timeout_s: float = 60.0,
         max_rows: int | None = 4096,
+        metrics=None,  # pipelines.serving.metrics.ServerMetrics, served at its PATH; None: 404 there
     ):
         self.manager = manager
+        self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.predict_timeout_s = predict_timeout_s
         self.max_rows = max_rows
@@ -98,6 +101,11 @@ class RestApi:
 
     def _handle(self, method: str, path: str, body: bytes) -> Response | Pending:
         path = path.split("?", 1)[0]
+        if path == METRICS_PATH and self.metrics is not None:
+            if method != "GET":
+                raise BadRequest(f"{path} answers GET, got {prefix(method, 16)}", 405, {"Allow": "GET"})
+            body, content_type = self.metrics.exposition()
+            return Response(200, body, {"Content-Type": content_type})
         m = _ROUTE.match(path)
         if m is None:
             raise NotFound(f"Malformed request: {clip(method, 16)} {clip(path)} (routes: /v1/models/<name>"
