@@ -35,7 +35,8 @@ _REGISTRY: dict[str, ModelSpec] = {}
 
 # Taken by every builder: `pyramid_scales: [1.0, 2.0]` (and `pyramid_pool: mean | max | confident`,
 # `pyramid_bandlimit: true | false`) wraps the built model in an input pyramid (models/pyramid.py).
-WRAPPER_PARAMS = ("pyramid_scales", "pyramid_pool", "pyramid_bandlimit")
+PYRAMID_PARAMS = ("pyramid_scales", "pyramid_pool", "pyramid_bandlimit")
+WRAPPER_PARAMS = (*PYRAMID_PARAMS, "invariant")  # taken by every builder: models/pyramid.py, models/invariant.py
 
 
 def register(name: str, search_space: Callable | None = None):
@@ -79,11 +80,18 @@ def check_params(name: str, params: dict) -> None:
             f"model.params: unknown key(s) {unknown} for model {name!r}{(' (' + hint + ')') if hint else ''}; "
             f"it takes {sorted(known)}"
         )
-    if any(params.get(k) is not None for k in WRAPPER_PARAMS):
+    if params.get("invariant") is not None:
+        from models.invariant import check_invariant
+
+        try:
+            check_invariant(params["invariant"])
+        except ValueError as e:
+            raise ValueError(f"model.params.{e}") from None
+    if any(params.get(k) is not None for k in PYRAMID_PARAMS):
         from models.pyramid import check_pyramid
 
         if params.get("pyramid_scales") is None:
-            key = next(k for k in WRAPPER_PARAMS if params.get(k) is not None)
+            key = next(k for k in PYRAMID_PARAMS if params.get(k) is not None)
             raise ValueError(f"model.params.{key} ({params[key]!r}) needs pyramid_scales")
         try:
             check_pyramid(params["pyramid_scales"], params.get("pyramid_pool"), params.get("pyramid_bandlimit"))
@@ -97,9 +105,14 @@ def build_model(name: str, input_shape, num_classes: int, **params) -> keras.Mod
     params = dict(params)
     scales, pool = params.pop("pyramid_scales", None), params.pop("pyramid_pool", None)
     bandlimit = params.pop("pyramid_bandlimit", None)
+    invariant_to = params.pop("invariant", None)
     model = get_spec(name).builder(input_shape=tuple(input_shape), num_classes=int(num_classes), **params)
-    if scales is None:
-        return model
-    from models.pyramid import pyramid
+    if scales is not None:
+        from models.pyramid import pyramid
 
-    return pyramid(model, scales, pool=pool, bandlimit=bandlimit)
+        model = pyramid(model, scales, pool=pool, bandlimit=bandlimit)
+    if invariant_to is not None:  # outermost: the rescalings commute with rot90 and mirrors of square images
+        from models.invariant import check_invariant, invariant
+
+        model = invariant(model, **check_invariant(invariant_to))
+    return model

@@ -1,0 +1,128 @@
+"""models.invariant: orbit averaging makes any model exactly C4 / D4 invariant (models/invariant.py)."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+import models
+from models.invariant import GroupOrbit, _rotate, invariant
+from tests.autodiff import gradients
+
+X = np.random.default_rng(0).random((3, 16, 16, 3)).astype("float32")
+
+
+def rot90(x, k=1):
+    return np.ascontiguousarray(np.rot90(x, k, axes=(1, 2)))
+
+
+def mirror(x):
+    return np.ascontiguousarray(x[:, :, ::-1])
+
+
+def transpose(x):
+    return np.ascontiguousarray(x.transpose(0, 2, 1, 3))
+
+
+def out(model, x):
+    return keras.ops.convert_to_numpy(model(x, training=False))
+
+
+def cnn(group, **params):
+    keras.utils.set_random_seed(1)
+    return models.build_model("baseline_cnn", (16, 16, 3), 5, filters=[4, 8], dense_units=8,
+                              invariant={"group": group}, **params)
+
+
+@pytest.mark.parametrize("group", ["C4", "D4", "C8", "D8"])
+def test_exact_invariance_under_the_groups_exact_elements(group):
+    model = cnn(group)
+    y = out(model, X)
+    for k in (1, 2, 3):
+        np.testing.assert_allclose(out(model, rot90(X, k)), y, atol=1e-5)
+    if group.startswith("D"):
+        for t in (mirror, transpose):
+            np.testing.assert_allclose(out(model, t(X)), y, atol=1e-5)
+    else:  # a cyclic group leaves mirrors alone: a plain CNN's logits change under them
+        assert np.abs(out(model, mirror(X)) - y).max() > 1e-3
+
+
+def test_c8_is_closer_to_45_degree_invariance_than_c4():
+    """The 45-degree copies are resampled, so C8 is approximate there; still nearer than C4."""
+    disk = X * (np.hypot(*np.mgrid[-7.5:8.5, -7.5:8.5]) < 7)[None, :, :, None].astype("float32")  # no corners lost
+    turned = keras.ops.convert_to_numpy(_rotate(disk, 45.0))
+    err = {g: np.abs(out(cnn(g), turned) - out(cnn(g), disk)).max() for g in ("C4", "C8")}
+    assert err["C8"] < err["C4"]
+
+
+def test_the_resampled_rotation_turns_as_rot90_does():
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(_rotate(X, 90.0)), rot90(X), atol=1e-5)
+
+
+def test_one_backbone_call_on_the_stacked_copies_and_weights_kept():
+    keras.utils.set_random_seed(2)
+    backbone = models.build_model("baseline_cnn", (16, 16, 3), 5, filters=[4], dense_units=8)
+    calls = []
+    backbone_call = backbone.call
+
+    def counting(x, *a, **k):
+        calls.append(tuple(x.shape))
+        return backbone_call(x, *a, **k)
+
+    wrapped = invariant(backbone, "D4")
+    assert wrapped.count_params() == backbone.count_params()  # the backbone's own weights, shared
+    backbone.call = counting
+    wrapped(X)
+    assert calls == [(8 * 3, 16, 16, 3)]
+    manual = np.mean([out(backbone, t) for t in (
+        X, rot90(X, 1), rot90(X, 2), rot90(X, 3), mirror(X), mirror(rot90(X, 1)), mirror(rot90(X, 2)),
+        mirror(rot90(X, 3)))], axis=0)
+    np.testing.assert_allclose(out(wrapped, X), manual, atol=1e-5)
+
+
+def test_a_keras_applications_backbone_is_wrapped_too():
+    keras.utils.set_random_seed(3)
+    model = models.build_model("keras_app:MobileNetV2", (32, 32, 3), 4, invariant="C4")
+    x = np.random.default_rng(1).random((2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(out(model, rot90(x)), out(model, x), atol=1e-4)
+
+
+def test_trains_saves_reloads_and_stays_invariant(tmp_path):
+    model = cnn("D4")
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    _, grads = gradients(lambda t: keras.ops.mean(keras.ops.square(model(t, training=True))), [X],
+                         model.trainable_weights)
+    assert all(g is not None and np.all(np.isfinite(g)) for g in grads)
+    model.fit(X, np.array([0, 1, 2]), epochs=1, verbose=0)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    again = keras.saving.load_model(path)
+    np.testing.assert_allclose(out(again, X), out(model, X), atol=1e-6)
+    np.testing.assert_allclose(out(again, transpose(X)), out(again, X), atol=1e-5)
+
+
+@pytest.mark.skipif(keras.backend.backend() == "torch", reason="Keras' SavedModel export takes TensorFlow or JAX")
+def test_exported_savedmodel_is_invariant(tmp_path):
+    from pipelines.export import export_model, predict_savedmodel
+
+    model = cnn("D4")
+    path = export_model(model, str(tmp_path), "inv", class_names=list("abcde"))
+    x = (X * 255).astype("uint8")
+    p = predict_savedmodel(path, x)["probabilities"]
+    np.testing.assert_allclose(predict_savedmodel(path, np.ascontiguousarray(x[:, ::-1]))["probabilities"], p, atol=1e-5)
+
+
+@pytest.mark.parametrize("params,match", [
+    ({"invariant": {"group": "C5"}}, "invariant.group"),
+    ({"invariant": {"group": "C4", "method": "canonicalize"}}, "invariant.method"),
+    ({"invariant": {"groups": "C4"}}, "unknown key"),
+])
+def test_bad_invariant_params_are_config_errors(params, match):
+    with pytest.raises(ValueError, match=match):
+        models.registry.check_params("baseline_cnn", params)
+
+
+def test_needs_square_images():
+    with pytest.raises(ValueError, match="square"):
+        GroupOrbit("C4")(np.zeros((1, 8, 6, 1), "float32"))
