@@ -24,11 +24,28 @@ and the mean of logits is the log of the normalised geometric mean of the
 copies' probabilities, which keeps a copy that is confidently right from
 being averaged away by uncertain ones. Either is exactly invariant.
 
-The cost is |G| backbone passes (4 or 8) in one batched call. Any registered
-builder takes it through `model.params.invariant: {group: C4}`
+The cost is |G| backbone passes (4 or 8) in one batched call.
+
+`method="canonicalize"` (Kaba, Mondal, Zhang, Bengio & Ravanbakhsh, "Equivariance
+with Learned Canonicalization Functions", ICML 2023; Mondal et al., NeurIPS 2023)
+costs one backbone pass plus a small network: `Canonicalize`, a C_N group
+CNN of this project's layers (lifting and group convolutions, exactly
+equivariant at multiples of 90 degrees), scores the N orientations of the
+input; the input is turned back by the best-scoring one, and the unchanged
+backbone sees that canonical pose. Turning the input by s steps moves the best
+score by s, so the canonical pose, and the answer, do not change: exactly for
+C4 (and for the quarter turns of C8; at 45 degrees as far as resampling and
+the group convolutions' band limit allow). In training, the forward pass uses
+the best orientation and the gradient reaches the scoring network through its
+softmax (a straight-through estimator); `prior_weight` adds the prior of
+Mondal et al., `prior_weight * -log p(identity)`, which keeps upright
+training images upright (for a backbone trained on upright images). Mirrors
+need the dihedral group convolutions (not built yet): `canonicalize` takes
+C4 and C8.
+
+Any registered builder takes both through `model.params.invariant: {group:
+C4, method: orbit | canonicalize, filters, kernel_size, prior_weight}`
 (models/registry.py `build_model`), `keras_app:<Name>` backbones included.
-Learned canonicalization (one pass plus a small equivariant network) is not
-built yet.
 """
 
 from __future__ import annotations
@@ -39,24 +56,40 @@ import keras
 from keras import ops
 
 GROUPS = {"C4": (4, False), "C8": (8, False), "D4": (4, True), "D8": (8, True)}
-METHODS = ("orbit",)
+METHODS = ("orbit", "canonicalize")
+CANONICALIZER = {"filters": 8, "kernel_size": 5, "prior_weight": 0.0}  # `canonicalize`'s options, defaults
 
 
 def check_invariant(spec) -> dict:
-    """The validated `{group, method}` of `model.params.invariant` (a dict, or a group name)."""
+    """The validated `{group, method, ...}` of `model.params.invariant` (a dict, or a group name), defaults filled."""
     if isinstance(spec, str):
         spec = {"group": spec}
     if not isinstance(spec, dict):
         raise ValueError(f"invariant: must be a group name or {{group, method}} (got {spec!r})")
-    unknown = sorted(set(spec) - {"group", "method"})
-    if unknown:
-        raise ValueError(f"invariant: unknown key(s) {unknown}; it takes group and method")
     group, method = spec.get("group"), spec.get("method", "orbit")
-    if group not in GROUPS:
-        raise ValueError(f"invariant.group: must be one of {list(GROUPS)} (got {group!r})")
     if method not in METHODS:
         raise ValueError(f"invariant.method: must be one of {list(METHODS)} (got {method!r})")
-    return {"group": group, "method": method}
+    options = CANONICALIZER if method == "canonicalize" else {}
+    unknown = sorted(set(spec) - {"group", "method", *options})
+    if unknown:
+        raise ValueError(f"invariant: unknown key(s) {unknown}; with method {method} it takes "
+                         f"{['group', 'method', *options]}")
+    if group not in GROUPS:
+        raise ValueError(f"invariant.group: must be one of {list(GROUPS)} (got {group!r})")
+    out = {"group": group, "method": method, **options, **{k: spec[k] for k in options if k in spec}}
+    if method == "canonicalize":
+        if GROUPS[group][1]:
+            raise ValueError(f"invariant.group: canonicalize takes C4 or C8 (got {group}: mirrors need "
+                             "dihedral group convolutions)")
+        for k in ("filters", "kernel_size"):
+            if not isinstance(out[k], int) or isinstance(out[k], bool) or out[k] < 1:
+                raise ValueError(f"invariant.{k}: must be a positive integer (got {out[k]!r})")
+        if out["kernel_size"] % 2 == 0:
+            raise ValueError(f"invariant.kernel_size: must be odd (got {out['kernel_size']})")
+        w = out["prior_weight"]
+        if not isinstance(w, (int, float)) or isinstance(w, bool) or not 0 <= w < math.inf:
+            raise ValueError(f"invariant.prior_weight: must be a number >= 0 (got {w!r})")
+    return out
 
 
 def _rot90(x, k: int):
@@ -140,16 +173,91 @@ class OrbitMean(keras.layers.Layer):
         return {**super().get_config(), "size": self.size}
 
 
-def invariant(model: keras.Model, group: str = "C4", method: str = "orbit", name: str | None = None) -> keras.Model:
-    """`model` (images -> logits [B, K]) made invariant to `group` by orbit averaging; its weights are kept.
+def _turn(x, steps: int, order: int):
+    """x turned counter-clockwise by `steps` * 360/order degrees (exact for multiples of 90)."""
+    deg = (steps % order) * 360.0 / order
+    return _rot90(x, int(deg // 90)) if deg % 90 == 0 else _rotate(x, deg)
 
-    Returns a functional model with the backbone's input and output shapes
-    (float32 logits); the backbone is called once per batch, on the |G|
-    stacked copies.
+
+@keras.saving.register_keras_serializable(package="invariant")
+class Canonicalize(keras.layers.Layer):
+    """Images turned back to their canonical pose by a small C_N group CNN (module docstring).
+
+    Call: x [B, H, W, C] (square) -> the canonical images, same shape. The
+    last orientation scores are kept as `self.last_scores` only inside the
+    call; `orientation(x)` returns the predicted element (0..N-1) of each image.
     """
-    check_invariant({"group": group, "method": method})
+
+    def __init__(self, group: str = "C4", filters: int = 8, kernel_size: int = 5, prior_weight: float = 0.0,
+                 **kwargs):
+        super().__init__(**kwargs)
+        opts = check_invariant({"group": group, "method": "canonicalize", "filters": filters,
+                                "kernel_size": kernel_size, "prior_weight": prior_weight})
+        self.group, self.filters, self.kernel_size = group, opts["filters"], opts["kernel_size"]
+        self.prior_weight = float(opts["prior_weight"])
+        self.order = GROUPS[group][0]
+        from layers.group_conv import GroupConv2D
+        from layers.lifting_conv import LiftingConv2D
+
+        n, k = self.order, self.kernel_size
+        self.lift = LiftingConv2D(self.filters, k, group_order=n, name="lift")
+        self.conv = GroupConv2D(self.filters, k, group_order=n, name="conv")
+        self.score = GroupConv2D(1, k, group_order=n, name="score")
+
+    def build(self, input_shape):
+        if input_shape[1] is None or input_shape[1] != input_shape[2]:
+            raise ValueError(f"canonicalization needs square images of known size, got {input_shape}")
+        shape = tuple(input_shape)
+        self.lift.build(shape)
+        inner = (*shape[:3], self.order, self.filters)
+        self.conv.build(inner)
+        self.score.build(inner)
+
+    def scores(self, x):
+        """Orientation logits [B, N]: turning x by s steps rolls them by s."""
+        h = ops.relu(self.lift(x))
+        h = ops.relu(self.conv(h))
+        return ops.mean(ops.cast(self.score(h), "float32"), axis=(1, 2, 4))
+
+    def orientation(self, x):
+        return ops.argmax(self.scores(x), axis=-1)
+
+    def call(self, x, training=False):
+        logits = self.scores(x)
+        p = ops.softmax(logits, axis=-1)
+        hard = ops.one_hot(ops.argmax(logits, axis=-1), self.order, dtype="float32")
+        w = hard + p - ops.stop_gradient(p) if training else hard  # straight-through in training
+        if training and self.prior_weight > 0:
+            self.add_loss(self.prior_weight * ops.mean(-ops.log(p[:, 0] + 1e-7)))
+        copies = ops.stack([_turn(x, -r, self.order) for r in range(self.order)], axis=1)  # [B, N, H, W, C]
+        w = ops.cast(w, copies.dtype)[:, :, None, None, None]
+        return ops.sum(w * copies, axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "group": self.group, "filters": self.filters,
+                "kernel_size": self.kernel_size, "prior_weight": self.prior_weight}
+
+
+def invariant(model: keras.Model, group: str = "C4", method: str = "orbit", name: str | None = None,
+              **options) -> keras.Model:
+    """`model` (images -> logits [B, K]) made invariant to `group`; its weights are kept.
+
+    `method`: `orbit` (the backbone called once per batch on the |G| stacked
+    copies, logits averaged) or `canonicalize` (one pass on the canonical pose
+    that a `Canonicalize` network picks; `options`: filters, kernel_size,
+    prior_weight). Returns a functional model with the backbone's input and
+    output shapes (float32 logits).
+    """
+    opts = check_invariant({"group": group, "method": method, **options})
     inputs = keras.Input(shape=model.input_shape[1:], name="image")
-    orbit = GroupOrbit(group, name=f"orbit_{group.lower()}")
-    z = model(orbit(inputs))
-    y = OrbitMean(orbit.size, dtype="float32", name="orbit_mean")(z)
-    return keras.Model(inputs, y, name=name or f"{model.name}_{group.lower()}_invariant")
+    if method == "canonicalize":
+        canon = Canonicalize(group, opts["filters"], opts["kernel_size"], opts["prior_weight"],
+                             name=f"canonicalize_{group.lower()}")
+        y = keras.layers.Activation("linear", dtype="float32", name="canonical_f32")(model(canon(inputs)))
+    else:
+        orbit = GroupOrbit(group, name=f"orbit_{group.lower()}")
+        y = OrbitMean(orbit.size, dtype="float32", name="orbit_mean")(model(orbit(inputs)))
+    return keras.Model(inputs, y, name=name or f"{model.name}_{group.lower()}_{method}")

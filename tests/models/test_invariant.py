@@ -1,4 +1,5 @@
-"""models.invariant: orbit averaging makes any model exactly C4 / D4 invariant (models/invariant.py)."""
+"""models.invariant: orbit averaging and learned canonicalization make any model exactly C4 (orbit: D4)
+invariant (models/invariant.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 import models
-from models.invariant import GroupOrbit, _rotate, invariant
+from models.invariant import Canonicalize, GroupOrbit, _rotate, invariant
 from tests.autodiff import gradients
 
 X = np.random.default_rng(0).random((3, 16, 16, 3)).astype("float32")
@@ -115,7 +116,11 @@ def test_exported_savedmodel_is_invariant(tmp_path):
 
 @pytest.mark.parametrize("params,match", [
     ({"invariant": {"group": "C5"}}, "invariant.group"),
-    ({"invariant": {"group": "C4", "method": "canonicalize"}}, "invariant.method"),
+    ({"invariant": {"group": "C4", "method": "frames"}}, "invariant.method"),
+    ({"invariant": {"group": "D4", "method": "canonicalize"}}, "dihedral"),
+    ({"invariant": {"group": "C4", "method": "canonicalize", "kernel_size": 4}}, "odd"),
+    ({"invariant": {"group": "C4", "method": "canonicalize", "prior_weight": -1}}, "prior_weight"),
+    ({"invariant": {"group": "C4", "prior_weight": 1.0}}, "unknown key"),
     ({"invariant": {"groups": "C4"}}, "unknown key"),
 ])
 def test_bad_invariant_params_are_config_errors(params, match):
@@ -126,3 +131,54 @@ def test_bad_invariant_params_are_config_errors(params, match):
 def test_needs_square_images():
     with pytest.raises(ValueError, match="square"):
         GroupOrbit("C4")(np.zeros((1, 8, 6, 1), "float32"))
+
+
+# ----------------------------------------------------------------------------- canonicalization
+
+
+def canonical(group, **opts):
+    keras.utils.set_random_seed(4)
+    return models.build_model("baseline_cnn", (16, 16, 3), 5, filters=[4, 8], dense_units=8,
+                              invariant={"group": group, "method": "canonicalize", **opts})
+
+
+@pytest.mark.parametrize("group", ["C4", "C8"])
+def test_the_canonicalizer_is_equivariant_turning_the_input_rolls_its_scores(group):
+    keras.utils.set_random_seed(5)
+    c = Canonicalize(group)
+    n = int(group[1:])
+    s = keras.ops.convert_to_numpy(c.scores(X))
+    for k in (1, 2, 3):  # a quarter turn is n/4 steps of the group
+        got = keras.ops.convert_to_numpy(c.scores(rot90(X, k)))
+        np.testing.assert_allclose(got, np.roll(s, k * n // 4, axis=-1), atol=1e-5)
+    pred = keras.ops.convert_to_numpy(c.orientation(rot90(X, 1)))
+    np.testing.assert_array_equal(pred, (s.argmax(-1) + n // 4) % n)
+
+
+@pytest.mark.parametrize("group", ["C4", "C8"])
+def test_canonicalized_model_is_exactly_invariant_to_quarter_turns(group):
+    model = canonical(group)
+    y = out(model, X)
+    for k in (1, 2, 3):
+        np.testing.assert_allclose(out(model, rot90(X, k)), y, atol=1e-5)
+    assert np.abs(out(model, mirror(X)) - y).max() > 1e-4  # mirrors are not in C_N
+
+
+def test_canonicalization_trains_both_networks_with_the_prior_and_reloads(tmp_path):
+    model = canonical("C4", prior_weight=0.5)
+    canon = next(l for l in model.layers if isinstance(l, Canonicalize))
+    model(X, training=True)
+    assert len(model.losses) == 1  # the prior, -log p(identity), weighted
+    _, grads = gradients(lambda t: keras.ops.mean(keras.ops.square(model(t, training=True))), [X],
+                         model.trainable_weights)
+    by_name = {w.path: g for w, g in zip(model.trainable_weights, grads)}
+    assert all(g is not None and np.all(np.isfinite(g)) for g in grads)
+    assert any(np.abs(g).max() > 0 for p, g in by_name.items() if "canonicalize" in p)  # straight-through
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(X, np.array([0, 1, 2]), epochs=1, verbose=0)
+    path = str(tmp_path / "c.keras")
+    model.save(path)
+    again = keras.saving.load_model(path)
+    np.testing.assert_allclose(out(again, X), out(model, X), atol=1e-6)
+    np.testing.assert_allclose(out(again, rot90(X)), out(again, X), atol=1e-5)
+    assert canon.count_params() < model.count_params()
