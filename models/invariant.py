@@ -261,3 +261,38 @@ def invariant(model: keras.Model, group: str = "C4", method: str = "orbit", name
         orbit = GroupOrbit(group, name=f"orbit_{group.lower()}")
         y = OrbitMean(orbit.size, dtype="float32", name="orbit_mean")(model(orbit(inputs)))
     return keras.Model(inputs, y, name=name or f"{model.name}_{group.lower()}_{method}")
+
+
+def canonicalizer(model: keras.Model) -> Canonicalize | None:
+    """The `Canonicalize` layer of `model` (searched through nested models), or None."""
+    for layer in model.layers:
+        if isinstance(layer, Canonicalize):
+            return layer
+        if isinstance(layer, keras.Model):
+            found = canonicalizer(layer)
+            if found is not None:
+                return found
+    return None
+
+
+def orientation_accuracy(model: keras.Model, images, batch_size: int = 256) -> float | None:
+    """How often the canonicalizer of `model` names the turn of a turned test image.
+
+    Every image of `images` (float [N, H, W, C], upright as the data comes) is
+    turned by each of the group's N elements (k steps of 360/N degrees); the
+    figure is the fraction of turned images whose predicted orientation is k,
+    i.e. that are turned back to the data's own upright pose. None when the
+    model has no canonicalizer.
+    """
+    canon = canonicalizer(model)
+    if canon is None:
+        return None
+    n, hits, total = canon.order, 0, 0
+    x = ops.convert_to_tensor(images, dtype="float32")
+    for k in range(n):
+        turned = _turn(x, k, n)
+        for i in range(0, int(x.shape[0]), batch_size):
+            pred = ops.convert_to_numpy(canon.orientation(turned[i : i + batch_size]))
+            hits += int((pred == k).sum())
+            total += len(pred)
+    return hits / max(total, 1)

@@ -40,6 +40,7 @@ class Evaluation:
     group_equivariance: dict = field(default_factory=dict)  # group conv name -> {angle: relative error}
     class_names: list = field(default_factory=list)  # class id -> name
     confusion: np.ndarray | None = None  # [K, K] counts on unchanged inputs, rows: true class
+    orientation_acc: float | None = None  # a canonicalizing model's: turned test images whose turn it names
 
     def per_class(self) -> list[tuple[str, int, float, str]]:
         """(class name, images, accuracy, the class it is most often taken for) per class with images."""
@@ -76,6 +77,8 @@ class Evaluation:
         m.update({f"scale_acc_{f:g}": v for f, v in self.scale.items()})
         for layer, errs in self.scale_equivariance.items():
             m.update({f"scale_equiv_err_{layer}_{k}": v for k, v in errs.items()})
+        if self.orientation_acc is not None:
+            m["canonical_orientation_acc"] = self.orientation_acc
         m["eval_images"] = float(self.n_images)
         return m
 
@@ -103,6 +106,8 @@ class Evaluation:
             rows.append(("scale curve (factor: accuracy)", "  ".join(f"{f:g}x: {pct(v)}" for f, v in self.scale.items())))
         for layer, errs in self.scale_equivariance.items():
             rows.append((f"scale equivariance error {layer}", ", ".join(f"{e:.2e} ({k})" for k, e in errs.items())))
+        if self.orientation_acc is not None:
+            rows.append(("canonicalizer: turns of test images it names", pct(self.orientation_acc)))
         worst = sorted(self.per_class(), key=lambda r: r[2])[:3]
         if worst:
             rows.append(("lowest class accuracies", ", ".join(
@@ -229,8 +234,14 @@ def evaluate(predict, images, labels, ecfg, model=None, class_names=None) -> Eva
 
         if group_layers(model):
             group_equiv = group_equivariance(model, x[: ecfg.equivariance_images], ecfg.equivariance_angles)
+    orientation = None
+    if model is not None:
+        from models.invariant import orientation_accuracy
+
+        xf = x.astype("float32") / 255.0 if np.issubdtype(x.dtype, np.integer) else x
+        orientation = orientation_accuracy(model, xf)
     return Evaluation(len(x), rotation, shift_c, circ_c, ecfg.shift_range, elastic, ecfg.elastic_sigma, equiv,
-                      scale, scale_equiv, group_equiv, names, confusion)
+                      scale, scale_equiv, group_equiv, names, confusion, orientation)
 
 
 # ----------------------------------------------------------------------------- pictures

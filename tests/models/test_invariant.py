@@ -182,3 +182,20 @@ def test_canonicalization_trains_both_networks_with_the_prior_and_reloads(tmp_pa
     np.testing.assert_allclose(out(again, X), out(model, X), atol=1e-6)
     np.testing.assert_allclose(out(again, rot90(X)), out(again, X), atol=1e-5)
     assert canon.count_params() < model.count_params()
+
+
+def test_the_evaluation_reports_how_often_the_canonicalizer_names_the_turn():
+    from models.invariant import orientation_accuracy
+    from pipelines.config import EvaluateConfig
+    from pipelines.evaluation import evaluate, keras_predictor
+
+    model = canonical("C4")
+    canon = next(l for l in model.layers if isinstance(l, Canonicalize))
+    upright = keras.ops.convert_to_numpy(canon(X))  # images the canonicalizer itself calls upright
+    assert orientation_accuracy(model, upright) == 1.0  # exact: each turn k is named k
+    assert orientation_accuracy(cnn("C4"), X) is None
+    x8 = (X * 255).astype("uint8")
+    ev = evaluate(keras_predictor(model), x8, np.array([0, 1, 2]), EvaluateConfig(max_images=3, rotation_step=90),
+                  model=model)
+    assert 0.0 <= ev.metrics()["canonical_orientation_acc"] <= 1.0
+    assert "canonicalizer: turns of test images it names" in ev.table("t")
