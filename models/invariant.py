@@ -30,7 +30,8 @@ The cost is |G| backbone passes (4 or 8) in one batched call.
 with Learned Canonicalization Functions", ICML 2023; Mondal et al., NeurIPS 2023)
 costs one backbone pass plus a small network: `Canonicalize`, a C_N group
 CNN of this project's layers (lifting and group convolutions, exactly
-equivariant at multiples of 90 degrees), scores the N orientations of the
+equivariant at multiples of 90 degrees) on the input average-pooled by
+`downscale` (2: a quarter of the pixels), scores the N orientations of the
 input; the input is turned back by the best-scoring one, and the unchanged
 backbone sees that canonical pose. Turning the input by s steps moves the best
 score by s, so the canonical pose, and the answer, do not change: exactly for
@@ -44,7 +45,7 @@ need the dihedral group convolutions (not built yet): `canonicalize` takes
 C4 and C8.
 
 Any registered builder takes both through `model.params.invariant: {group:
-C4, method: orbit | canonicalize, filters, kernel_size, prior_weight}`
+C4, method: orbit | canonicalize, filters, kernel_size, prior_weight, downscale}`
 (models/registry.py `build_model`), `keras_app:<Name>` backbones included.
 """
 
@@ -57,7 +58,7 @@ from keras import ops
 
 GROUPS = {"C4": (4, False), "C8": (8, False), "D4": (4, True), "D8": (8, True)}
 METHODS = ("orbit", "canonicalize")
-CANONICALIZER = {"filters": 8, "kernel_size": 5, "prior_weight": 0.0}  # `canonicalize`'s options, defaults
+CANONICALIZER = {"filters": 8, "kernel_size": 5, "prior_weight": 0.0, "downscale": 2}  # `canonicalize`'s options
 
 
 def check_invariant(spec) -> dict:
@@ -81,7 +82,7 @@ def check_invariant(spec) -> dict:
         if GROUPS[group][1]:
             raise ValueError(f"invariant.group: canonicalize takes C4 or C8 (got {group}: mirrors need "
                              "dihedral group convolutions)")
-        for k in ("filters", "kernel_size"):
+        for k in ("filters", "kernel_size", "downscale"):
             if not isinstance(out[k], int) or isinstance(out[k], bool) or out[k] < 1:
                 raise ValueError(f"invariant.{k}: must be a positive integer (got {out[k]!r})")
         if out["kernel_size"] % 2 == 0:
@@ -189,12 +190,12 @@ class Canonicalize(keras.layers.Layer):
     """
 
     def __init__(self, group: str = "C4", filters: int = 8, kernel_size: int = 5, prior_weight: float = 0.0,
-                 **kwargs):
+                 downscale: int = 2, **kwargs):
         super().__init__(**kwargs)
         opts = check_invariant({"group": group, "method": "canonicalize", "filters": filters,
-                                "kernel_size": kernel_size, "prior_weight": prior_weight})
+                                "kernel_size": kernel_size, "prior_weight": prior_weight, "downscale": downscale})
         self.group, self.filters, self.kernel_size = group, opts["filters"], opts["kernel_size"]
-        self.prior_weight = float(opts["prior_weight"])
+        self.prior_weight, self.downscale = float(opts["prior_weight"]), opts["downscale"]
         self.order = GROUPS[group][0]
         from layers.group_conv import GroupConv2D
         from layers.lifting_conv import LiftingConv2D
@@ -207,14 +208,21 @@ class Canonicalize(keras.layers.Layer):
     def build(self, input_shape):
         if input_shape[1] is None or input_shape[1] != input_shape[2]:
             raise ValueError(f"canonicalization needs square images of known size, got {input_shape}")
-        shape = tuple(input_shape)
+        if input_shape[1] % self.downscale:
+            raise ValueError(f"canonicalization: the image side {input_shape[1]} is not a multiple of "
+                             f"downscale={self.downscale} (the pooling must tile the image to stay exact)")
+        side = input_shape[1] // self.downscale
+        shape = (input_shape[0], side, side, input_shape[3])
         self.lift.build(shape)
         inner = (*shape[:3], self.order, self.filters)
         self.conv.build(inner)
         self.score.build(inner)
 
     def scores(self, x):
-        """Orientation logits [B, N]: turning x by s steps rolls them by s."""
+        """Orientation logits [B, N]: turning x by s steps rolls them by s. Computed on x average-pooled by
+        `downscale` (non-overlapping blocks that tile the image: they commute with quarter turns)."""
+        if self.downscale > 1:
+            x = ops.average_pool(x, self.downscale, self.downscale, padding="valid")
         h = ops.relu(self.lift(x))
         h = ops.relu(self.conv(h))
         return ops.mean(ops.cast(self.score(h), "float32"), axis=(1, 2, 4))
@@ -238,7 +246,7 @@ class Canonicalize(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "group": self.group, "filters": self.filters,
-                "kernel_size": self.kernel_size, "prior_weight": self.prior_weight}
+                "kernel_size": self.kernel_size, "prior_weight": self.prior_weight, "downscale": self.downscale}
 
 
 def invariant(model: keras.Model, group: str = "C4", method: str = "orbit", name: str | None = None,
@@ -248,13 +256,13 @@ def invariant(model: keras.Model, group: str = "C4", method: str = "orbit", name
     `method`: `orbit` (the backbone called once per batch on the |G| stacked
     copies, logits averaged) or `canonicalize` (one pass on the canonical pose
     that a `Canonicalize` network picks; `options`: filters, kernel_size,
-    prior_weight). Returns a functional model with the backbone's input and
+    prior_weight, downscale). Returns a functional model with the backbone's input and
     output shapes (float32 logits).
     """
     opts = check_invariant({"group": group, "method": method, **options})
     inputs = keras.Input(shape=model.input_shape[1:], name="image")
     if method == "canonicalize":
-        canon = Canonicalize(group, opts["filters"], opts["kernel_size"], opts["prior_weight"],
+        canon = Canonicalize(group, opts["filters"], opts["kernel_size"], opts["prior_weight"], opts["downscale"],
                              name=f"canonicalize_{group.lower()}")
         y = keras.layers.Activation("linear", dtype="float32", name="canonical_f32")(model(canon(inputs)))
     else:

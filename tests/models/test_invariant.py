@@ -121,11 +121,21 @@ def test_exported_savedmodel_is_invariant(tmp_path):
     ({"invariant": {"group": "C4", "method": "canonicalize", "kernel_size": 4}}, "odd"),
     ({"invariant": {"group": "C4", "method": "canonicalize", "prior_weight": -1}}, "prior_weight"),
     ({"invariant": {"group": "C4", "prior_weight": 1.0}}, "unknown key"),
+    ({"invariant": {"group": "C4", "method": "canonicalize", "downscale": 0}}, "downscale"),
     ({"invariant": {"groups": "C4"}}, "unknown key"),
 ])
 def test_bad_invariant_params_are_config_errors(params, match):
     with pytest.raises(ValueError, match=match):
         models.registry.check_params("baseline_cnn", params)
+
+
+def test_the_canonicalizer_pools_by_blocks_that_tile_the_image():
+    with pytest.raises(ValueError, match="multiple"):
+        Canonicalize("C4", downscale=3)(X)
+    keras.utils.set_random_seed(6)
+    c = Canonicalize("C4", downscale=4)  # 16 -> 4x4 blocks: still exactly equivariant
+    s = keras.ops.convert_to_numpy(c.scores(X))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(c.scores(rot90(X))), np.roll(s, 1, axis=-1), atol=1e-5)
 
 
 def test_needs_square_images():
