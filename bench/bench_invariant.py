@@ -1,0 +1,118 @@
+"""Any model made rotation-invariant (models/invariant.py) against the equivariant gcnn, on MNIST.
+
+    PYTHONPATH=. .venv/bin/python bench/bench_invariant.py [--epochs 30] [--protocols rotated,upright]
+
+Two protocols on the reference MNIST file (../shared/data/README.md; skips
+when it is absent), trained as bench_rotated_gcnn.py trains (Adam, cosine
+decay, batch 32, lr 0.005, one seed):
+
+- `rotated`: rotated MNIST (x_train[:12000] and x_test, each rotated once by
+  a uniform angle), test error;
+- `upright`: trained on the upright x_train[:12000], tested on the upright
+  x_test turned by 0, 15, ..., 345 degrees: the mean accuracy over the turns
+  and the spread of that rotation curve (max - min, points; 0 = flat).
+
+Models: the plain `baseline_cnn` (bench_rotated_mnist's ~38k configuration),
+the same wrapped by `invariant: orbit C4`, `orbit C8` and `canonicalize C8`,
+and `gcnn` C8 at ~36k. Per model: parameters, test error (or mean rotated
+accuracy and the curve's spread), training images/s, and inference images/s
+on the test set (batches of 256). The issue's goals: `canonicalize` C8 within
+0.3 points of gcnn C8's rotated test error at no more than 1.5x the plain
+CNN's inference cost; the wrapped models' curves flat within 1 point on
+`upright` (C4: exact at quarter turns).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+from bench_rotated_gcnn import run  # noqa: E402
+from bench_rotated_mnist import CNN_PARAMS  # noqa: E402
+from common import mnist_or_skip, rotate_images, rotated_mnist, table  # noqa: E402
+
+VARIANTS = {
+    "cnn": ("baseline_cnn", CNN_PARAMS),
+    "cnn_orbit_c4": ("baseline_cnn", {**CNN_PARAMS, "invariant": {"group": "C4"}}),
+    "cnn_orbit_c8": ("baseline_cnn", {**CNN_PARAMS, "invariant": {"group": "C8"}}),
+    "cnn_canon_c8": ("baseline_cnn", {**CNN_PARAMS, "invariant": {"group": "C8", "method": "canonicalize"}}),
+    "gcnn_c8_35k": ("gcnn", {"group_order": 8, "filters": [4, 8, 16]}),
+}
+ANGLES = list(range(0, 360, 15))
+
+
+def inference_rate(model, x) -> float:
+    model.predict(x[:256], batch_size=256, verbose=0)
+    t0 = time.perf_counter()
+    model.predict(x, batch_size=256, verbose=0)
+    return len(x) / (time.perf_counter() - t0)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--train-size", type=int, default=12000)
+    p.add_argument("--test-size", type=int, default=10000)
+    p.add_argument("--models", default=",".join(VARIANTS))
+    p.add_argument("--protocols", default="rotated,upright")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=0.005)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--verbose", type=int, default=2)
+    a = p.parse_args()
+
+    import keras
+
+    mnist = mnist_or_skip()
+    rows = []
+    for protocol in a.protocols.split(","):
+        if protocol == "rotated":
+            train, test = rotated_mnist(mnist, a.train_size)
+        elif protocol == "upright":
+            train = (mnist["x_train"][: a.train_size], mnist["y_train"][: a.train_size])
+            test = (mnist["x_test"], mnist["y_test"])
+        else:
+            sys.exit(f"unknown protocol {protocol!r}: rotated or upright")
+        test = (test[0][: a.test_size], test[1][: a.test_size])
+        for name in a.models.split(","):
+            model_name, params = VARIANTS[name]
+            captured = {}
+            build = keras.Model.evaluate
+
+            def keep(self, *args, **kw):  # the trained model, for the inference and rotation figures
+                captured["model"] = self
+                return build(self, *args, **kw)
+
+            keras.Model.evaluate = keep
+            try:
+                row = run(name, model_name, params, False, (train[0].astype("float32") / 255.0, train[1]),
+                          (test[0].astype("float32") / 255.0, test[1]), a)
+            finally:
+                keras.Model.evaluate = build
+            model = captured["model"]
+            row = {"protocol": protocol, **row}
+            row["infer img/s"] = inference_rate(model, test[0].astype("float32") / 255.0)
+            if protocol == "upright":
+                accs = []
+                for deg in ANGLES:
+                    turned = rotate_images(test[0], np.full(len(test[0]), float(deg)))
+                    pred = np.argmax(model.predict(turned.astype("float32") / 255.0, batch_size=256, verbose=0), -1)
+                    accs.append(float(np.mean(pred == test[1])))
+                row["mean rot acc %"] = 100 * float(np.mean(accs))
+                row["curve spread pts"] = 100 * (max(accs) - min(accs))
+                row["quarter-turn spread pts"] = 100 * (max(accs[::6]) - min(accs[::6]))
+            rows.append(row)
+            print(row, flush=True)
+    print(table(rows, f"bench_invariant: {a.epochs} epochs, {a.train_size} training digits, "
+                      f"{a.test_size} test digits, seed {a.seed}"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
