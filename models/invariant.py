@@ -100,17 +100,24 @@ def _rot90(x, k: int):
     return x
 
 
-def _rotate(x, degrees: float):
-    """x [B, H, W, C] rotated counter-clockwise by `degrees` about the image centre (bilinear, zeros outside)."""
-    h, w = x.shape[1], x.shape[2]
+def _rotation_transform(degrees: float, h: int, w: int) -> list[float]:
+    """The `affine_transform` row that turns an h x w image counter-clockwise by `degrees` about its centre.
+
+    Output pixel (x, y) reads input (c x - s y + a2, s x + c y + b2): the inverse rotation, so that the
+    picture turns as np.rot90 does (rows grow downwards). At multiples of 90 degrees c and s are exactly
+    0 or +-1, so the bilinear read lands on pixel centres and the turn is exact.
+    """
     t = math.radians(degrees)
     c, s = math.cos(t), math.sin(t)
+    if degrees % 90 == 0:
+        c, s = float(round(c)), float(round(s))
     cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
-    # output pixel (x, y) reads input (c x - s y + a2, s x + c y + b2): the inverse rotation about the centre,
-    # so that the picture turns counter-clockwise as np.rot90 does (rows grow downwards)
-    a2 = cx - c * cx + s * cy
-    b2 = cy - s * cx - c * cy
-    transform = ops.convert_to_tensor([[c, -s, a2, s, c, b2, 0.0, 0.0]], dtype="float32")
+    return [c, -s, cx - c * cx + s * cy, s, c, cy - s * cx - c * cy, 0.0, 0.0]
+
+
+def _rotate(x, degrees: float):
+    """x [B, H, W, C] rotated counter-clockwise by `degrees` about the image centre (bilinear, zeros outside)."""
+    transform = ops.convert_to_tensor([_rotation_transform(degrees, x.shape[1], x.shape[2])], dtype="float32")
     transform = ops.tile(transform, (ops.shape(x)[0], 1))
     return ops.image.affine_transform(x, transform, interpolation="bilinear", fill_mode="constant")
 
@@ -232,10 +239,18 @@ class Canonicalize(keras.layers.Layer):
 
     def call(self, x, training=False):
         logits = self.scores(x)
+        if not training:  # one resampling per image, by its own turn back (not all N copies)
+            n, side = self.order, x.shape[1]
+            table = ops.convert_to_tensor([_rotation_transform(-r * 360.0 / n, side, side) for r in range(n)],
+                                          dtype="float32")
+            transform = ops.take(table, ops.argmax(logits, axis=-1), axis=0)
+            out = ops.image.affine_transform(ops.cast(x, "float32"), transform, interpolation="bilinear",
+                                             fill_mode="constant")
+            return ops.cast(out, x.dtype)
         p = ops.softmax(logits, axis=-1)
         hard = ops.one_hot(ops.argmax(logits, axis=-1), self.order, dtype="float32")
-        w = hard + p - ops.stop_gradient(p) if training else hard  # straight-through in training
-        if training and self.prior_weight > 0:
+        w = hard + p - ops.stop_gradient(p)  # straight-through: the forward pass is the hard choice
+        if self.prior_weight > 0:
             self.add_loss(self.prior_weight * ops.mean(-ops.log(p[:, 0] + 1e-7)))
         copies = ops.stack([_turn(x, -r, self.order) for r in range(self.order)], axis=1)  # [B, N, H, W, C]
         w = ops.cast(w, copies.dtype)[:, :, None, None, None]
