@@ -220,3 +220,18 @@ def test_the_evaluation_reports_how_often_the_canonicalizer_names_the_turn():
                   model=model)
     assert 0.0 <= ev.metrics()["canonical_orientation_acc"] <= 1.0
     assert "canonicalizer: turns of test images it names" in ev.table("t")
+
+
+def test_a_wrapped_model_loads_in_a_fresh_process(tmp_path):
+    """Its layers are registered by `import models` (as `make evaluate` and resume load a run's model)."""
+    import subprocess
+    import sys
+
+    path = str(tmp_path / "w.keras")
+    canonical("C4").save(path)
+    code = ("import keras, numpy as np; from pipelines.experiment import load_keras_model; "
+            f"m = load_keras_model({path!r}); print(m.output_shape)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "(None, 5)" in done.stdout
