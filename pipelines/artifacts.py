@@ -7,8 +7,6 @@ under the config's name). Every function logs to the active MLflow run.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 
 import numpy as np
@@ -50,28 +48,24 @@ def log_figures(run_id: str, model, splits, test_ds, run_dir: str) -> None:
         mlflow.log_artifact(path)
 
 
-def log_mlflow_model(model, cfg: Config, splits, example: np.ndarray):
-    """Log the run's MLflow model, register it, and tag the new version with the class names.
+def log_mlflow_model(model, cfg: Config, splits, example: np.ndarray, keras_path: str):
+    """Log the run's Keras model (saved at `keras_path`) as its MLflow model, register it, and tag the new
+    version with the class names.
 
-    The MLflow model is the SavedModel the export publishes (uint8 images ->
-    `probabilities`, `class_id`, `class_name`; pipelines/serving/mlflow_serve.py),
-    so that `mlflow models serve` and `make serve` take and answer the same.
-    The Keras model itself (with this project's layers, for `make evaluate`
-    and fine-tuning) is the run's `keras_model/model.keras`.
+    The MLflow model is the run's one copy of the trained model: it holds
+    `model.keras` (for `make evaluate`, resume and fine-tuning) and answers
+    like the export (uint8 images -> `probabilities`, `class_id`,
+    `class_name`; pipelines/serving/mlflow_serve.py), so that `mlflow models
+    serve` and `make serve` take and answer the same.
     """
     import json
-    import tempfile
 
     import mlflow
 
-    from pipelines.export import inference_model, write_savedmodel
-    from pipelines.serving.mlflow_serve import log_savedmodel
+    from pipelines.serving.mlflow_serve import log_keras_model
 
     register = cfg.registered_model_name if cfg.tracking.register_model else None
-    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):  # ExportArchive prints
-        path = os.path.join(tmp, "saved_model")
-        write_savedmodel(inference_model(model), path, splits.class_names)
-        info = log_savedmodel(path, example, register)
+    info = log_keras_model(model, keras_path, splits.class_names, example, register)
     if register and info.registered_model_version is not None:
         client = mlflow.MlflowClient()
         tags = {"class_names": json.dumps(list(splits.class_names)), "num_classes": str(splits.num_classes),

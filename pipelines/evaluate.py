@@ -23,7 +23,7 @@ under `evaluation/` of the MLflow run. `make train` runs it at the end unless
 `evaluate.enabled=false`.
 
 RUN is either an MLflow run id of a training run (its config.yaml and
-keras_model/model.keras are downloaded; results are logged to that run, whose
+its Keras model (in its MLflow model) are downloaded; results are logged to that run, whose
 status is left as it was; report in reports/run-<id>/), or an export path
 (`exports/<name>` for its highest version, or `exports/<name>/<version>`): the
 SavedModel's serving signature is evaluated on the test split named by its
@@ -69,17 +69,12 @@ def evaluate_run(run_id: str, tracking_uri: str | None = None, overrides=(), rep
     if run.info.lifecycle_stage == "deleted":
         raise UserError(f"MLflow run {run_id} is deleted")
     with tempfile.TemporaryDirectory() as tmp:
-        paths = {}
-        for name, what in (("config.yaml", "config.yaml artifact"),
-                           ("keras_model/model.keras", "trained model (artifact keras_model/model.keras)")):
-            try:
-                paths[name] = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=tmp)
-            except (MlflowException, OSError):
-                raise UserError(
-                    f"MLflow run {run_id} has no {what}; is it a `make train` run whose training finished?"
-                ) from None
-        cfg = load_config(paths["config.yaml"], list(overrides))
-        model = load_keras_model(paths["keras_model/model.keras"])
+        try:
+            cfg_path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config.yaml", dst_path=tmp)
+        except (MlflowException, OSError):
+            raise UserError(f"MLflow run {run_id} has no config.yaml artifact; is it a `make train` run?") from None
+        cfg = load_config(cfg_path, list(overrides))
+        model = load_keras_model(_run_keras_model(run_id, tmp))
     splits = load_data(cfg)
     ev = evaluate(keras_predictor(model, cfg.evaluate.batch_size), *test_subset(splits, cfg.evaluate), cfg.evaluate,
                   model=model, class_names=splits.class_names)
@@ -92,6 +87,27 @@ def evaluate_run(run_id: str, tracking_uri: str | None = None, overrides=(), rep
     print(f"\nLogged evaluation {k} of the run: {len(ev.metrics())} metrics at step {k} and {len(files)} files "
           f"(artifacts/{folder}/) to MLflow run {run_id}")
     return ev, out_dir, files
+
+
+def _run_keras_model(run_id: str, tmp: str) -> str:
+    """The local path of run `run_id`'s Keras model: inside its MLflow model (`model`), or, for runs logged
+    before it held the model, the artifact keras_model/model.keras."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from pipelines.serving.mlflow_serve import keras_model_path
+
+    try:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{run_id}/model", dst_path=tmp)
+        if os.path.isfile(keras_model_path(local)):
+            return keras_model_path(local)
+    except (MlflowException, OSError):
+        pass
+    try:
+        return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="keras_model/model.keras", dst_path=tmp)
+    except (MlflowException, OSError):
+        raise UserError(f"MLflow run {run_id} has no trained model (its MLflow model `model`); is it a `make "
+                        "train` run whose training finished?") from None
 
 
 def resolve_export(path: str) -> str:

@@ -185,8 +185,7 @@ def _run_locked(cfg: Config, splits, uri: str, run_dir: str, state: dict, callba
         print(f"Test accuracy {test_acc:.4f}, test loss {test_loss:.4f}")
         if not state.get("model_logged"):
             artifacts.log_figures(run_id, model, splits, test_ds, run_dir)
-            mlflow.log_artifact(model_path, artifact_path="keras_model")
-            artifacts.log_mlflow_model(model, cfg, splits, splits.test.arrays(max_images=2)[0])
+            artifacts.log_mlflow_model(model, cfg, splits, splits.test.arrays(max_images=2)[0], model_path)
             state = rundir.write_state(run_dir, model_logged=True)
 
         if cfg.evaluate.enabled and not state.get("evaluated"):

@@ -1,11 +1,11 @@
 """The other way of serving: `mlflow models serve` on a run's MLflow model.
 
-Training logs the SavedModel that `make serve` would serve (the export's
-`serving_default`: uint8 images `[N, H, W, C]` -> `probabilities`, `class_id`
-and `class_name`) as an MLflow pyfunc model
-(pipelines/serving/mlflow_pyfunc.py, logged as code: it needs TensorFlow,
-not this project), with its signature and an input example; MLflow serves it
-with
+Training logs its Keras model once, as the MLflow model
+(pipelines/serving/mlflow_pyfunc.py, logged as code, with the model file, its
+class names and this project's `layers/` and `models/` as code paths). It
+takes what the export takes, uint8 images `[N, H, W, C]`, and answers what it
+answers, `probabilities`, `class_id` and `class_name`; its signature and an
+input example are logged with it. MLflow serves it with
 
     MLFLOW_TRACKING_URI=sqlite:///mlflow.db \\
         mlflow models serve -m models:/<name>/<version> --env-manager local -h 127.0.0.1 -p 5001
@@ -19,6 +19,7 @@ bench/bench_serve.py use them).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -28,34 +29,58 @@ import time
 
 import numpy as np
 
-PYFUNC_CODE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mlflow_pyfunc.py")
+HERE = os.path.dirname(os.path.abspath(__file__))
+PYFUNC_CODE = os.path.join(HERE, "mlflow_pyfunc.py")
+PROJECT = os.path.dirname(os.path.dirname(HERE))
+CODE_PATHS = [os.path.join(PROJECT, "layers"), os.path.join(PROJECT, "models")]  # what loading the model imports
+KERAS_MODEL = "model.keras"  # its file name among the MLflow model's artifacts
 
 
-def log_savedmodel(saved_model_dir: str, example: np.ndarray, registered_model_name: str | None = None):
-    """Log the SavedModel at `saved_model_dir` as the active run's MLflow model `model`; return its ModelInfo.
+def log_keras_model(model, keras_path: str, class_names, example: np.ndarray,
+                    registered_model_name: str | None = None):
+    """Log the Keras model saved at `keras_path` (`model`, in memory) as the active run's MLflow model `model`.
 
     `example` (uint8 images) becomes the logged input example (its first two
-    images) and, with the SavedModel's answers to it, the signature. With
+    images) and, with the model's answers to it, the signature. With
     `registered_model_name`, the model is registered as a new version of it.
+    Returns MLflow's ModelInfo.
     """
     import mlflow
     from mlflow.models import infer_signature
 
-    from pipelines.export import predict_savedmodel
-
+    answer = _pyfunc_module().answer  # the pyfunc's own computation of the outputs
     example = np.asarray(example, np.uint8)[:2]
-    answer = {k: (v.astype(str) if v.dtype == object else v)
-              for k, v in predict_savedmodel(saved_model_dir, example).items()}
-    return mlflow.pyfunc.log_model(
-        name="model",
-        python_model=PYFUNC_CODE,
-        artifacts={"saved_model": saved_model_dir},
-        signature=infer_signature(example, answer),
-        input_example=example,
-        registered_model_name=registered_model_name,
-        pip_requirements=[f"tensorflow-cpu=={_version('tensorflow')}", f"mlflow=={_version('mlflow')}",
-                          f"numpy=={_version('numpy')}"],
-    )
+    names = [str(c) for c in class_names]
+    with tempfile.TemporaryDirectory() as tmp:
+        names_path = os.path.join(tmp, "class_names.json")
+        with open(names_path, "w") as fh:
+            json.dump(names, fh)
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=PYFUNC_CODE,
+            artifacts={"keras_model": keras_path, "class_names": names_path},
+            code_paths=CODE_PATHS,
+            signature=infer_signature(example, answer(model, names, example)),
+            input_example=example,
+            registered_model_name=registered_model_name,
+            pip_requirements=[f"tensorflow-cpu=={_version('tensorflow')}", f"keras=={_version('keras')}",
+                              f"mlflow=={_version('mlflow')}", f"numpy=={_version('numpy')}"],
+        )
+
+
+def _pyfunc_module():
+    """pipelines/serving/mlflow_pyfunc.py as a module of its own (it is MLflow's model-from-code file)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_invariant_mlflow_pyfunc", PYFUNC_CODE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def keras_model_path(local_model_dir: str) -> str:
+    """The Keras model file inside a downloaded MLflow model of `log_keras_model`."""
+    return os.path.join(local_model_dir, "artifacts", KERAS_MODEL)
 
 
 def _version(dist: str) -> str:
@@ -71,23 +96,19 @@ def _version(dist: str) -> str:
 
 def log_inference_model(model, tracking_uri: str, artifact_dir: str, sample: np.ndarray,
                         class_names: list | None = None) -> str:
-    """Log `model` as training does (its export's SavedModel as an MLflow pyfunc) into `tracking_uri`,
-    in a new experiment whose artifacts go to `artifact_dir`; return the model's URI.
-
-    The process-wide tracking URI is restored afterwards.
-    """
+    """Log `model` as training does into `tracking_uri`, in a new experiment whose artifacts go to
+    `artifact_dir`; return the model's URI. The process-wide tracking URI is restored afterwards."""
     import mlflow
 
-    from pipelines.export import inference_model, write_savedmodel
-
+    names = class_names if class_names is not None else [str(i) for i in range(int(model.output_shape[-1]))]
     prev = mlflow.get_tracking_uri()  # not $MLFLOW_TRACKING_URI: a URI set in code counts too
     mlflow.set_tracking_uri(tracking_uri)
     try:
         exp = mlflow.create_experiment(f"serve-{os.getpid()}-{time.time_ns()}", artifact_location=artifact_dir)
         with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(experiment_id=exp):
-            path = os.path.join(tmp, "saved_model")
-            write_savedmodel(inference_model(model), path, class_names)
-            return log_savedmodel(path, sample).model_uri
+            path = os.path.join(tmp, KERAS_MODEL)
+            model.save(path)
+            return log_keras_model(model, path, names, sample).model_uri
     finally:
         mlflow.set_tracking_uri(prev)
 

@@ -176,4 +176,4 @@ def test_runs_without_a_model_give_one_clear_error(store, tmp_path, capsys):
     cfg.write_text("name: x\n")
     client.log_artifact(with_config, str(cfg))
     code, err = _cli(["--run", with_config, "--tracking-uri", store], capsys)
-    assert code == 2 and "has no trained model (artifact keras_model/model.keras)" in err
+    assert code == 2 and "has no trained model (its MLflow model `model`)" in err

@@ -58,7 +58,7 @@ def test_end_to_end_run_is_tracked_exported_and_verified(tmp_path):
     assert 0.0 <= r.data.metrics["test_accuracy"] <= 1.0
     assert r.data.metrics["test_accuracy"] == pytest.approx(result.test_accuracy)
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
-    assert {"config.yaml", "training_curves.png", "confusion_matrix.png", "keras_model"} <= artifacts
+    assert {"config.yaml", "training_curves.png", "confusion_matrix.png"} <= artifacts
     versions = client.search_model_versions("name='tiny'")
     assert len(versions) == 1 and versions[0].run_id == result.run_id
 
@@ -90,9 +90,12 @@ def test_end_to_end_run_is_tracked_exported_and_verified(tmp_path):
     assert example.dtype == np.uint8 and example.shape[1:] == (28, 28, 1)
     with pytest.raises(Exception, match="uint8|float"):  # the schema refuses another dtype
         pyfunc.predict(images.astype("float32") / 255.0)
-    # The Keras model is stored once in the run (keras_model/), the MLflow model holds the SavedModel only.
-    model_files = [f.path for f in client.list_artifacts(result.run_id, "keras_model")]
-    assert model_files == ["keras_model/model.keras"]
+    # The Keras model is stored once: in the MLflow model (no keras_model/ artifact beside it, no SavedModel
+    # copy in it), from which `make evaluate` loads it.
+    assert "keras_model" not in artifacts
+    stored = [os.path.relpath(os.path.join(d, f), local) for d, _, fs in os.walk(local) for f in fs]
+    assert [f for f in stored if f.endswith(".keras")] == ["artifacts/model.keras"]
+    assert not [f for f in stored if f.endswith("saved_model.pb") or "variables" in f]
     # The version is tagged with what a client needs to know; the data is the run's dataset input.
     tags = client.get_model_version("tiny", "1").tags
     assert json.loads(tags["class_names"]) == [str(d) for d in range(10)]
