@@ -36,6 +36,16 @@ def cnn(group, **params):
                               invariant={"group": group}, **params)
 
 
+def fit_save_reload_and_check(model, tmp_path, element):
+    """A training epoch, save and reload: the same outputs, still invariant under `element`."""
+    model.fit(X, np.array([0, 1, 2]), epochs=1, verbose=0)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    again = keras.saving.load_model(path)
+    np.testing.assert_allclose(out(again, X), out(model, X), atol=1e-6)
+    np.testing.assert_allclose(out(again, element(X)), out(again, X), atol=1e-5)
+
+
 @pytest.mark.parametrize("group", ["C4", "D4", "C8", "D8"])
 def test_exact_invariance_under_the_groups_exact_elements(group):
     model = cnn(group)
@@ -95,12 +105,7 @@ def test_trains_saves_reloads_and_stays_invariant(tmp_path):
     _, grads = gradients(lambda t: keras.ops.mean(keras.ops.square(model(t, training=True))), [X],
                          model.trainable_weights)
     assert all(g is not None and np.all(np.isfinite(g)) for g in grads)
-    model.fit(X, np.array([0, 1, 2]), epochs=1, verbose=0)
-    path = str(tmp_path / "m.keras")
-    model.save(path)
-    again = keras.saving.load_model(path)
-    np.testing.assert_allclose(out(again, X), out(model, X), atol=1e-6)
-    np.testing.assert_allclose(out(again, transpose(X)), out(again, X), atol=1e-5)
+    fit_save_reload_and_check(model, tmp_path, transpose)
 
 
 @pytest.mark.skipif(keras.backend.backend() == "torch", reason="Keras' SavedModel export takes TensorFlow or JAX")
@@ -196,12 +201,7 @@ def test_canonicalization_trains_both_networks_with_the_prior_and_reloads(tmp_pa
     assert all(g is not None and np.all(np.isfinite(g)) for g in grads)
     assert any(np.abs(g).max() > 0 for p, g in by_name.items() if "canonicalize" in p)  # straight-through
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(X, np.array([0, 1, 2]), epochs=1, verbose=0)
-    path = str(tmp_path / "c.keras")
-    model.save(path)
-    again = keras.saving.load_model(path)
-    np.testing.assert_allclose(out(again, X), out(model, X), atol=1e-6)
-    np.testing.assert_allclose(out(again, rot90(X)), out(again, X), atol=1e-5)
+    fit_save_reload_and_check(model, tmp_path, rot90)
     assert canon.count_params() < model.count_params()
 
 
