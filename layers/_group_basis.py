@@ -55,16 +55,20 @@ def harmonic_frequencies(kernel_size: int) -> list[tuple[float, int]]:
     return out
 
 
-def _harmonic(kernel_size: int, angle: float) -> np.ndarray:
-    """[P, J] harmonic basis functions evaluated at R_{-angle} p, with the norms of angle 0."""
+def _harmonic(kernel_size: int, angle: float, mirror: bool = False) -> np.ndarray:
+    """[P, J] harmonic basis functions evaluated at F^m R_{-angle} p (F: x -> -x when `mirror`), with the
+    norms of angle 0. The mirror maps theta to pi - theta: cos(m theta) and sin(m theta) go to +-themselves,
+    so the mirrored basis spans the same functions, exactly."""
     k = kernel_size
     c = (k - 1) / 2.0
     rows, cols = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
     x, y = (cols - c).reshape(-1), (c - rows).reshape(-1)
 
-    def sample(a):
+    def sample(a, flip=False):
         xr = np.cos(a) * x + np.sin(a) * y  # R_{-a} p
         yr = -np.sin(a) * x + np.cos(a) * y
+        if flip:
+            xr = -xr
         rad, th = np.hypot(xr, yr), np.arctan2(yr, xr)
         cols_ = []
         for r0, m in harmonic_frequencies(k):
@@ -84,7 +88,7 @@ def _harmonic(kernel_size: int, angle: float) -> np.ndarray:
         width = 1 if m == 0 else 2
         norms += [np.sqrt(np.mean(np.sum(b0[:, j:j + width] ** 2, axis=0)))] * width
         j += width
-    return sample(angle) / np.asarray(norms)
+    return sample(angle, mirror) / np.asarray(norms)
 
 
 def rotated_basis(kernel_size: int, group_order: int, basis: str) -> np.ndarray:
@@ -99,6 +103,23 @@ def rotated_basis(kernel_size: int, group_order: int, basis: str) -> np.ndarray:
     return np.stack([_harmonic(k, 2.0 * np.pi * r / n) for r in range(n)])
 
 
+def group_basis(kernel_size: int, group, basis: str) -> np.ndarray:
+    """float64 [|G|, k*k, J]: the basis transformed by each element g = R_r F^m of C_N or D_N
+    (layers/_groups.py), B[g, p, j] = phi_j(g^-1 p): mirrored (np.flip of the columns), then rotated."""
+    from layers._groups import parse_group
+
+    group = parse_group(group)
+    k, n = kernel_size, group.rotations
+    if resolve_basis(basis, n) == "pixel":
+        rot = rotated_basis(k, n, "pixel").reshape(n, k, k, -1)
+        out = [rot]
+        if group.mirrors:
+            flipped = np.flip(np.eye(k * k).reshape(k, k, k * k), axis=1)
+            out.append(np.stack([np.rot90(flipped, r * 4 // n, axes=(0, 1)) for r in range(n)]))
+        return np.concatenate(out).reshape(group.order, k * k, k * k)
+    return np.stack([_harmonic(k, 2.0 * np.pi * r / n, bool(m)) for m, r in map(group.element, range(group.order))])
+
+
 def check_args(filters, kernel_size, group_order, basis, padding, use_bias) -> None:
     """The shared argument checks of LiftingConv2D and GroupConv2D: ValueError echoing the value."""
     def is_int(v):
@@ -110,7 +131,7 @@ def check_args(filters, kernel_size, group_order, basis, padding, use_bias) -> N
         raise ValueError(f"kernel_size must be an odd positive integer (the filter is centred on a pixel), "
                          f"got {kernel_size!r}")
     if not is_int(group_order) or group_order < 1:
-        raise ValueError(f"group_order must be a positive integer (N of C_N), got {group_order!r}")
+        raise ValueError(f"group_order must be a positive integer (N of C_N or D_N), got {group_order!r}")
     if basis not in BASES:
         raise ValueError(f"basis must be one of {BASES}, got {basis!r}")
     if basis == "pixel" and 4 % group_order:

@@ -1,18 +1,16 @@
-"""Group convolution on the cyclic group C_N, regular representation (Cohen & Welling, ICML 2016)."""
+"""Group convolution on the cyclic group C_N or the dihedral group D_N, regular representation (Cohen & Welling, ICML 2016)."""
 
 from __future__ import annotations
 
 import keras
-import numpy as np
 from keras import ops
 
-from layers._group_basis import check_args, rotated_basis
-from layers._group_common import GroupConvMixin
+from layers._group_common import GroupConvBase
 
 
 @keras.saving.register_keras_serializable(package="invariant")
-class GroupConv2D(GroupConvMixin, keras.layers.Layer):
-    """Group convolution C_N -> C_N: feature maps over N orientations to feature maps over N orientations.
+class GroupConv2D(GroupConvBase):
+    """Group convolution G -> G (C_N or D_N): feature maps over the group's elements to maps over them.
 
     A filter psi[p, n, c_in, c_out] sees all N input orientations. Output
     orientation r uses psi rotated by 2 pi r / N (counter-clockwise) in space
@@ -49,27 +47,39 @@ class GroupConv2D(GroupConvMixin, keras.layers.Layer):
     against 7-22% (mean) and 33-50% (max) for N = 4 at 22.5 and 45 degrees.
     tests/layers/test_group_equivariance.py asserts bounds with a margin.
 
-    Feature-map layout of all group layers: [batch, height, width, N, channels],
-    the orientation axis before the channels.
+    Mirrors (`group='D4'`, `'D8'`): output element g = R_r F^m uses psi
+    mirrored and rotated by g in space and its group axis permuted by g:
+    y[., g, c] = sum_{p, h, c'} psi_c(g^-1 p, g^-1 h, c') x(. + p, h, c')
+    (one constant gather by the group's table of g^-1 h, layers/_groups.py).
+    Transforming the input by g (space, and the group axis by
+    out[..., k, :] = in[..., g^-1 k, :]) transforms the output the same
+    way; exact for all of D4 and for D8's mirrors and quarter turns, through
+    any stack (tests/layers/test_dihedral.py).
+
+    Feature-map layout of all group layers: [batch, height, width, |G|, channels],
+    the group axis (orientations) before the channels.
 
     Args:
         filters: output channels per orientation.
         kernel_size: odd filter size (the filter is centred on a pixel).
-        group_order: N, the number of rotations of C_N (4: exact rot90).
+        group_order: N, the number of rotations of C_N (4: exact rot90);
+            None: 4, or the rotations of `group`.
         basis: `auto` (`pixel` if N divides 4, else `harmonic`), `pixel`
             (k*k free weights per filter and orientation, N in {1, 2, 4}) or
             `harmonic` (J band-limited circular harmonics: 4 for k = 3, 9 for
             k = 5, 16 for k = 7). Weights: J * N * C_in * filters.
         padding: 'same' or 'valid' (stride 1).
         use_bias: add a bias per output channel, shared by the N orientations.
-        kernel_initializer: initializer of the coefficients [J, N, C_in, filters].
+        kernel_initializer: initializer of the coefficients [J, |G|, C_in, filters].
         bias_initializer: initializer of the bias [filters].
+        group: 'C<N>' or 'D<N>'; None: C_N with N = group_order. Weights:
+            J * |G| * C_in * filters (|G| = 2N for D_N).
 
     Input shape:
-        [batch, H, W, N, C_in].
+        [batch, H, W, |G|, C_in].
 
     Output shape:
-        [batch, H', W', N, filters] (H' = H for 'same', H - k + 1 for 'valid').
+        [batch, H', W', |G|, filters] (H' = H for 'same', H - k + 1 for 'valid').
 
     Example:
         >>> x = keras.Input((28, 28, 1))
@@ -81,53 +91,33 @@ class GroupConv2D(GroupConvMixin, keras.layers.Layer):
     Steerable CNNs", NeurIPS 2019 (e2cnn).
     """
 
-    def __init__(
-        self,
-        filters,
-        kernel_size=3,
-        group_order=4,
-        basis="auto",
-        padding="same",
-        use_bias=True,
-        kernel_initializer="he_normal",
-        bias_initializer="zeros",
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        check_args(filters, kernel_size, group_order, basis, padding, use_bias)
-        self.filters = int(filters)
-        self.kernel_size = int(kernel_size)
-        self.group_order = int(group_order)
-        self.basis = basis
-        self.padding = padding
-        self.use_bias = use_bias
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
+    def __init__(self, filters, kernel_size=3, group_order=None, basis="auto", padding="same", use_bias=True,
+                 kernel_initializer="he_normal", bias_initializer="zeros", group=None, **kwargs):
+        super().__init__(filters, kernel_size, group_order, basis, padding, use_bias, kernel_initializer,
+                         bias_initializer, group, **kwargs)
         self.input_spec = keras.layers.InputSpec(ndim=5)
-        n = self.group_order
-        # [N, k*k, J]: exact rotations of the basis; [N, N]: input orientation read by
-        # output orientation r at filter orientation n, (n - r) mod N.
-        self._basis = rotated_basis(self.kernel_size, n, basis).astype("float32")
-        self._shift = ((np.arange(n)[None, :] - np.arange(n)[:, None]) % n).astype("int32")
+        # [|G|, |G|]: the input element read by output element g at filter element h, index(g^-1 h)
+        # ((h - g) mod N on C_N)
+        self._shift = self._group.inverse_table
 
     def build(self, input_shape):
-        if input_shape[-2] != self.group_order:
+        if input_shape[-2] != self.group_size:
             raise ValueError(
-                f"input must be [batch, H, W, {self.group_order} (group_order), channels], got shape {input_shape}"
+                f"input must be [batch, H, W, {self.group_size} ({self.group}'s elements), channels], "
+                f"got shape {input_shape}"
             )
         if input_shape[-1] is None:
             raise ValueError(f"the channel axis of the input must be known, got shape {input_shape}")
         self._c_in = int(input_shape[-1])
         self.kernel = self.add_weight(
-            name="kernel", shape=(self._basis.shape[-1], self.group_order, self._c_in, self.filters),
+            name="kernel", shape=(self._basis.shape[-1], self.group_size, self._c_in, self.filters),
             initializer=self.kernel_initializer,
         )
-        if self.use_bias:
-            self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer=self.bias_initializer)
+        self._add_bias()
 
     def stacked_kernel(self):
-        """The conv kernel [k, k, N * C_in, N * filters] (orientation-major on both channel axes)."""
-        k, n, ci, co = self.kernel_size, self.group_order, self._c_in, self.filters
+        """The conv kernel [k, k, |G| * C_in, |G| * filters] (element-major on both channel axes)."""
+        k, n, ci, co = self.kernel_size, self.group_size, self._c_in, self.filters
         w = ops.cast(self.kernel, "float32")  # [J, N, Ci, Co]
         w = ops.take(w, ops.convert_to_tensor(self._shift), axis=1)  # [J, N_out, N_in, Ci, Co]
         w = ops.reshape(ops.transpose(w, (1, 0, 2, 3, 4)), (n, -1, n * ci * co))  # [N_out, J, N_in*Ci*Co]
@@ -139,22 +129,6 @@ class GroupConv2D(GroupConvMixin, keras.layers.Layer):
     def call(self, inputs):
         x = ops.cast(inputs, self.compute_dtype)
         s = ops.shape(x)
-        x = ops.reshape(x, (s[0], s[1], s[2], self.group_order * self._c_in))
+        x = ops.reshape(x, (s[0], s[1], s[2], self.group_size * self._c_in))
         y = ops.conv(x, self.stacked_kernel(), strides=1, padding=self.padding)
         return self._orientation_maps(y)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "filters": self.filters,
-                "kernel_size": self.kernel_size,
-                "group_order": self.group_order,
-                "basis": self.basis,
-                "padding": self.padding,
-                "use_bias": self.use_bias,
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-            }
-        )
-        return config

@@ -1,17 +1,16 @@
-"""Lifting convolution (Cohen & Welling, ICML 2016): an image -> feature maps over the rotations of C_N."""
+"""Lifting convolution (Cohen & Welling, ICML 2016): an image -> feature maps over the elements of C_N or D_N."""
 
 from __future__ import annotations
 
 import keras
 from keras import ops
 
-from layers._group_basis import check_args, rotated_basis
-from layers._group_common import GroupConvMixin
+from layers._group_common import GroupConvBase
 
 
 @keras.saving.register_keras_serializable(package="invariant")
-class LiftingConv2D(GroupConvMixin, keras.layers.Layer):
-    """Lifting convolution to the cyclic group C_N: one filter bank correlated at N rotations.
+class LiftingConv2D(GroupConvBase):
+    """Lifting convolution to C_N or D_N: one filter bank correlated at the group's N rotations (and mirrors).
 
     Output orientation r is the input correlated with the filters rotated by
     2 pi r / N (counter-clockwise): y[..., r, c] = sum_p psi_c(R_r^-1 p) x(. + p).
@@ -41,13 +40,24 @@ class LiftingConv2D(GroupConvMixin, keras.layers.Layer):
     the orientation-pooled figures. tests/layers/test_group_equivariance.py
     asserts bounds with a margin.
 
-    Feature-map layout of all group layers: [batch, height, width, N, channels],
-    the orientation axis before the channels.
+    Mirrors (`group='D4'`, `'D8'`, the dihedral groups of Veeling et al.'s
+    p4m and e2cnn's D_N): the group axis has 2N entries, element
+    g = R_r F^m at index m N + r (layers/_groups.py), the filters mirrored
+    left-right (np.flip of the columns) and then rotated. Transforming the
+    input by g (flip, then rotate) transforms every output map by g and
+    permutes the group axis by g (out[..., k, :] = in[..., g^-1 k, :]);
+    exact for every element of D4 (np.rot90, left-right and up-down flips,
+    transposes), and for D8's mirrors and quarter turns; D8's 45-degree
+    elements are as approximate as C8's.
+
+    Feature-map layout of all group layers: [batch, height, width, |G|, channels],
+    the group axis (orientations) before the channels.
 
     Args:
         filters: output channels per orientation.
         kernel_size: odd filter size (the filter is centred on a pixel).
-        group_order: N, the number of rotations of C_N (4: exact rot90).
+        group_order: N, the number of rotations of C_N (4: exact rot90);
+            None: 4, or the rotations of `group`.
         basis: `auto` (`pixel` if N divides 4, else `harmonic`), `pixel`
             (k*k free weights, N in {1, 2, 4}) or `harmonic` (J band-limited
             circular harmonics: 4 for k = 3, 9 for k = 5, 16 for k = 7).
@@ -56,48 +66,32 @@ class LiftingConv2D(GroupConvMixin, keras.layers.Layer):
             (an orientation-dependent bias would break the equivariance).
         kernel_initializer: initializer of the basis coefficients [J, C_in, filters].
         bias_initializer: initializer of the bias [filters].
+        group: 'C<N>' or 'D<N>' (e.g. 'D4': 4 rotations and their mirrors);
+            None: C_N with N = group_order.
 
     Input shape:
         [batch, H, W, C_in].
 
     Output shape:
-        [batch, H', W', N, filters] (H' = H for 'same', H - k + 1 for 'valid').
+        [batch, H', W', |G|, filters] (|G| = N, or 2N for D_N; H' = H for
+        'same', H - k + 1 for 'valid').
 
     Example:
         >>> x = keras.Input((28, 28, 1))
         >>> y = LiftingConv2D(8, 5, group_order=8)(x)   # [None, 28, 28, 8, 8]
         >>> y = GroupConv2D(8, 5, group_order=8)(y)     # C_8 -> C_8
+        >>> z = LiftingConv2D(8, 3, group="D4")(x)      # [None, 28, 28, 8, 8]: 4 rotations x 2 mirrors
 
     Papers: T. S. Cohen, M. Welling, "Group Equivariant Convolutional
     Networks", ICML 2016; M. Weiler, G. Cesa, "General E(2)-Equivariant
     Steerable CNNs", NeurIPS 2019 (e2cnn).
     """
 
-    def __init__(
-        self,
-        filters,
-        kernel_size=5,
-        group_order=4,
-        basis="auto",
-        padding="same",
-        use_bias=True,
-        kernel_initializer="he_normal",
-        bias_initializer="zeros",
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        check_args(filters, kernel_size, group_order, basis, padding, use_bias)
-        self.filters = int(filters)
-        self.kernel_size = int(kernel_size)
-        self.group_order = int(group_order)
-        self.basis = basis
-        self.padding = padding
-        self.use_bias = use_bias
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
+    def __init__(self, filters, kernel_size=5, group_order=None, basis="auto", padding="same", use_bias=True,
+                 kernel_initializer="he_normal", bias_initializer="zeros", group=None, **kwargs):
+        super().__init__(filters, kernel_size, group_order, basis, padding, use_bias, kernel_initializer,
+                         bias_initializer, group, **kwargs)
         self.input_spec = keras.layers.InputSpec(ndim=4)
-        # [N, k*k, J], exact rotations of the basis (float64 -> float32 constant)
-        self._basis = rotated_basis(self.kernel_size, self.group_order, basis).astype("float32")
 
     def build(self, input_shape):
         c_in = input_shape[-1]
@@ -108,12 +102,11 @@ class LiftingConv2D(GroupConvMixin, keras.layers.Layer):
             name="kernel", shape=(self._basis.shape[-1], self._c_in, self.filters),
             initializer=self.kernel_initializer,
         )
-        if self.use_bias:
-            self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer=self.bias_initializer)
+        self._add_bias()
 
     def stacked_kernel(self):
-        """The conv kernel [k, k, C_in, N * filters] (orientation-major on the output axis)."""
-        k, n = self.kernel_size, self.group_order
+        """The conv kernel [k, k, C_in, |G| * filters] (element-major on the output axis)."""
+        k, n = self.kernel_size, self.group_size
         w = ops.reshape(ops.cast(self.kernel, "float32"), (-1, self._c_in * self.filters))  # [J, Ci*Co]
         b = ops.reshape(ops.convert_to_tensor(self._basis), (n * k * k, -1))  # [N*P, J]
         kern = ops.reshape(ops.matmul(b, w), (n, k, k, self._c_in, self.filters))
@@ -124,20 +117,3 @@ class LiftingConv2D(GroupConvMixin, keras.layers.Layer):
         x = ops.cast(inputs, self.compute_dtype)
         y = ops.conv(x, self.stacked_kernel(), strides=1, padding=self.padding)
         return self._orientation_maps(y)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "filters": self.filters,
-                "kernel_size": self.kernel_size,
-                "group_order": self.group_order,
-                "basis": self.basis,
-                "padding": self.padding,
-                "use_bias": self.use_bias,
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-            }
-        )
-        return config
-
