@@ -83,11 +83,11 @@ def _family_layers():
 
     def lifting(layer, x):
         y = np_conv_valid(x, numpy_of(layer.stacked_kernel()))
-        return y.reshape(y.shape[:3] + (layer.group_order, layer.filters)) + numpy_of(layer.bias)
+        return y.reshape(y.shape[:3] + (layer.group_size, layer.filters)) + numpy_of(layer.bias)
 
     def group(layer, x):
         y = np_conv_valid(x.reshape(x.shape[:3] + (-1,)), numpy_of(layer.stacked_kernel()))
-        return y.reshape(y.shape[:3] + (layer.group_order, layer.filters)) + numpy_of(layer.bias)
+        return y.reshape(y.shape[:3] + (layer.group_size, layer.filters)) + numpy_of(layer.bias)
 
     def scale(layer, x):
         outs = [np_conv_valid(x[:, :, :, s], numpy_of(k)) for s, k in enumerate(layer.conv_kernels())]
@@ -105,6 +105,8 @@ def _family_layers():
          (2, 9, 9, 2), lifting),
         ("group", "GroupConv2D C4", lambda: GroupConv2D(3, 3, group_order=4, padding="valid", **bias),
          (2, 9, 9, 4, 2), group),
+        ("group", "GroupConv2D D4", lambda: GroupConv2D(3, 3, group="D4", padding="valid", **bias),
+         (2, 9, 9, 8, 2), group),
         ("scale", "ScaleConv2D, 3 scales", lambda: ScaleConv2D(3, 5, num_scales=3, padding="valid", **bias),
          (2, 11, 11, 3, 2), scale),
     ]

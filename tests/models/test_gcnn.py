@@ -124,3 +124,103 @@ def test_trains_under_mixed_float16(mixed_float16, group_order):
                            pooling="blur")
     assert m.get_layer("stage0_gconv0").compute_dtype == "float16"
     assert_float16_training_step(m, (12, 12, 1))
+
+
+# ---------------------------------------------------------------- dihedral groups, residual blocks, restriction
+
+
+D4_ELEMENTS = {  # the 8 elements of D4 on [B, H, W, C] images
+    "rot90": lambda x: np.rot90(x, 1, axes=(1, 2)), "rot180": lambda x: np.rot90(x, 2, axes=(1, 2)),
+    "rot270": lambda x: np.rot90(x, 3, axes=(1, 2)), "flip_lr": lambda x: x[:, :, ::-1],
+    "flip_ud": lambda x: x[:, ::-1], "transpose": lambda x: x.transpose(0, 2, 1, 3),
+    "anti_transpose": lambda x: x.transpose(0, 2, 1, 3)[:, ::-1, ::-1],
+}
+
+
+def logits(model, x):
+    return np.asarray(keras.ops.convert_to_numpy(model(np.ascontiguousarray(x), training=False)), np.float64)
+
+
+def residual(group, **kw):
+    keras.utils.set_random_seed(4)
+    params = dict(filters=[2, 3, 4], kernel_size=3, block="residual", blocks_per_stage=[1, 2, 1], stem_pool=True,
+                  pooling="blur", group=group)
+    params.update(kw)
+    return models.build_model("gcnn", (32, 32, 3), 5, **params)  # 32 -> 16 -> 8 -> 4: every pooled size even
+
+
+@pytest.mark.parametrize("group", ["D4", "D8"])
+def test_residual_dihedral_logits_are_exactly_invariant_to_every_rot90_flip_and_transpose(group):
+    model = residual(group)
+    assert any(type(layer).__name__ == "Add" for layer in model.layers)  # residual sums
+    assert model.get_layer("stage1_block0_proj").kernel_size == 1  # width 2 -> 3: projection shortcut
+    x = np.random.default_rng(5).uniform(0, 1, (3, 32, 32, 3)).astype("float32")
+    y = logits(model, x)
+    for name, t in D4_ELEMENTS.items():
+        assert np.abs(logits(model, t(x)) - y).max() <= 1e-5 * np.abs(y).max(), name
+    assert np.abs(y[0] - y[1]).max() > 1e-4
+
+
+def test_cyclic_model_is_not_mirror_invariant_and_widths_are_per_element():
+    c4, d4 = residual("C4"), residual("D4")
+    x = np.random.default_rng(6).uniform(0, 1, (2, 32, 32, 3)).astype("float32")
+    y = logits(c4, x)
+    assert np.abs(logits(c4, D4_ELEMENTS["rot90"](x)) - y).max() <= 1e-5 * np.abs(y).max()
+    assert np.abs(logits(c4, D4_ELEMENTS["flip_lr"](x)) - y).max() > 1e-3 * np.abs(y).max()
+    assert d4.get_layer("stem_lift").output.shape[-2:] == (8, 2)  # 2N elements x width
+    group_weights = lambda m: sum(int(np.prod(w.shape)) for layer in m.layers if "Conv2D" in type(layer).__name__
+                                  and "Lifting" not in type(layer).__name__ for w in layer.weights)
+    assert group_weights(d4) == 2 * group_weights(c4)  # J * |G| * w_in * w_out
+
+
+@pytest.mark.parametrize("to,kept,lost", [("C8", ["rot90", "rot180"], "flip_lr"), ("D1", ["flip_lr"], "rot90"),
+                                          ("trivial", [], "rot90")])
+def test_restriction_keeps_exactly_the_subgroups_invariance(to, kept, lost):
+    model = residual("D8", restrict_to=to, restrict_stage=2)
+    restricted = model.get_layer("stage2_restrict")
+    assert restricted.output.shape[-2] == {"C8": 8, "D1": 2, "trivial": 1}[to]
+    x = np.random.default_rng(7).uniform(0, 1, (2, 32, 32, 3)).astype("float32")
+    y = logits(model, x)
+    for name in kept:
+        assert np.abs(logits(model, D4_ELEMENTS[name](x)) - y).max() <= 1e-5 * np.abs(y).max(), name
+    assert np.abs(logits(model, D4_ELEMENTS[lost](x)) - y).max() > 1e-3 * np.abs(y).max()
+
+
+@pytest.mark.parametrize("kwargs,needle", [({"group": "D3x"}, "'D3x'"), ({"group": "D4", "group_order": 8}, "8"),
+                                           ({"block": "bottleneck"}, "'bottleneck'"),
+                                           ({"block": "residual", "blocks_per_stage": [1, 0]}, r"\[1, 0\]"),
+                                           ({"convs_per_stage": True}, "True"),
+                                           ({"group": "C8", "restrict_to": "D1", "restrict_stage": 1}, "'D1'"),
+                                           ({"group": "D4", "restrict_to": "C4", "restrict_stage": 2}, "2"),
+                                           ({"group": "D4", "restrict_to": "C4"}, "None"),
+                                           ({"restrict_stage": 1}, "restrict_to"),
+                                           ({"block": "residual", "stem_pool": "yes"}, "'yes'")])
+def test_bad_group_and_block_params_raise_value_error_echoing_the_value(kwargs, needle):
+    with pytest.raises(ValueError, match=needle):
+        models.build_model("gcnn", (16, 16, 3), 4, filters=[2, 3], **kwargs)
+
+
+def test_restriction_layer_checks():
+    from layers.group_restriction import GroupRestriction
+    from tests.layers.layer_checks import check_layer
+
+    check_layer(lambda: GroupRestriction("D4", "C4"), (2, 5, 5, 8, 3), (2, 5, 5, 4, 6), expects_trainable_weights=False)
+    check_layer(lambda: GroupRestriction("D8", "trivial"), (2, 5, 5, 16, 2), (2, 5, 5, 1, 32),
+                expects_trainable_weights=False)
+
+
+def test_residual_d4_trains_under_mixed_float16_saves_reloads_and_exports(mixed_float16, tmp_path):
+    m = residual("D4", filters=[2, 3], blocks_per_stage=1)
+    assert m.get_layer("stage1_block0_conv1").compute_dtype == "float16"
+    assert_float16_training_step(m, (32, 32, 3))
+    keras.mixed_precision.set_global_policy("float32")
+    m = residual("D4", filters=[2, 3], blocks_per_stage=1)
+    x = np.random.default_rng(8).uniform(0, 1, (2, 32, 32, 3)).astype("float32")
+    m.save(tmp_path / "d4.keras")
+    np.testing.assert_allclose(logits(keras.saving.load_model(tmp_path / "d4.keras"), x), logits(m, x), atol=1e-5)
+    if keras.backend.backend() == "tensorflow":
+        from pipelines.export import export_model, predict_savedmodel
+
+        images = np.random.default_rng(9).integers(0, 256, (2, 32, 32, 3)).astype("uint8")
+        out = export_model(m, str(tmp_path / "exports"), "gcnn_d4", check_images=images)
+        assert predict_savedmodel(out, images)["probabilities"].shape == (2, 5)
