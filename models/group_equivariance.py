@@ -1,4 +1,4 @@
-"""Rotation-equivariance error of the C_N group convolutions (LiftingConv2D, GroupConv2D), NumPy + SciPy.
+"""Equivariance error of the C_N and D_N group convolutions (LiftingConv2D, GroupConv2D), NumPy + SciPy.
 
 For the evaluation (one figure per layer and angle, beside the harmonic
 layers' rotation errors and the scale layers' scale errors) and for tests.
@@ -21,6 +21,12 @@ figures compare. Exact (float rounding) at multiples of 90 degrees when N is
 a multiple of 4; at the group's other angles (45 degrees for N = 8, 22.5 for
 N = 16) it holds the pixel grid's interpolation error.
 
+Mirrors (D_N layers, `mirror_equivariance_error`): the element g = R_a F
+(mirror the columns, then rotate by a) acts on the maps' group axis by its
+permutation (layers/_groups.py), layer(g x) ~ g layer(x); measured for the
+mirror alone ('flip') and for the mirror after each promised rotation
+('flip_rot90', ...): exact for D4 and for D8's quarter turns.
+
 Only angles the construction promises are measured: multiples of 360 / N.
 Between them no orientation shift exists for a group convolution's input
 (its orientation axis cannot be rolled by a fraction), so there is nothing
@@ -36,6 +42,7 @@ from typing import Sequence
 import keras
 import numpy as np
 
+from layers._groups import Group
 from models.image_transforms import disk_mask, rotate
 
 
@@ -67,51 +74,84 @@ def promised_angles(group_order: int, angles: Sequence[float] = ()) -> list[floa
     return sorted(out)
 
 
-def _transform(x: np.ndarray, degrees: float, shift: int) -> np.ndarray:
-    """R_g of a map: rotate space; on [B, H, W, N, C] also roll the orientation axis by `shift`."""
-    out = rotate(x, degrees)
-    return np.roll(out, shift, axis=3) if out.ndim == 5 else out
+def layer_group(layer) -> Group:
+    """The group of a group convolution (C_N for layers that only name `group_order`)."""
+    return getattr(layer, "_group", None) or Group(int(layer.group_order))
 
 
-def group_equivariance_error(layer, inputs: np.ndarray, angles: Sequence[float]) -> dict[float, float]:
-    """Relative L2 error of a C_N convolution's rotation equivariance at each promised angle.
+def _transform(x: np.ndarray, group: Group, g: int) -> np.ndarray:
+    """g on a map: mirror and rotate space; on [B, H, W, |G|, C] also permute the group axis."""
+    out = np.flip(x, axis=2) if group.mirrored(g) else x
+    out = rotate(out, group.degrees(g))
+    return out[..., group.permutation(g), :] if out.ndim == 5 else out
 
-    Args:
-        layer: a LiftingConv2D or GroupConv2D (stride 1), built or not.
-        inputs: what the layer receives: [B, H, W, C] (lifting) or [B, H, W, N, C].
-        angles: degrees; those that are not multiples of 360 / N are left out.
-    Returns:
-        {angle: error} for each angle of `promised_angles(N, angles)`.
-    """
+
+def _element_errors(layer, inputs: np.ndarray, elements: dict) -> dict:
+    """{key: relative L2 error of layer(g x) against g layer(x)} on the central disks, for {key: element g}."""
     x = np.asarray(inputs, np.float32)
-    n = int(layer.group_order)
-    if x.ndim == 5 and x.shape[3] != n:
-        raise ValueError(f"the input's orientation axis has {x.shape[3]} entries, the layer's group order is {n}")
+    group = layer_group(layer)
+    if x.ndim == 5 and x.shape[3] != group.order:
+        raise ValueError(f"the input's orientation axis has {x.shape[3]} entries, the layer's group "
+                         f"{group.name} has {group.order} elements")
     h, w = x.shape[1:3]
     x = x * disk_mask(h, w, (min(h, w) - 1) / 2.0).reshape((1, h, w) + (1,) * (x.ndim - 3))
     y = np.asarray(keras.ops.convert_to_numpy(layer(x)), np.float64)
     oh, ow = y.shape[1:3]
     out_mask = disk_mask(oh, ow, (min(oh, ow) - 1) / 2.0 - 1.0)
     errors = {}
-    for a in promised_angles(n, angles):
-        s = int(round(a * n / 360.0)) % n
-        got = np.asarray(keras.ops.convert_to_numpy(layer(np.ascontiguousarray(_transform(x, a, s), np.float32))),
+    for key, g in elements.items():
+        got = np.asarray(keras.ops.convert_to_numpy(layer(np.ascontiguousarray(_transform(x, group, g), np.float32))),
                          np.float64)
-        want = _transform(y, a, s)
+        want = _transform(y, group, g)
         diff = (got - want)[:, out_mask]
         ref = want[:, out_mask]
-        errors[a] = float(np.sqrt(np.sum(diff**2) / max(np.sum(ref**2), 1e-30)))
+        errors[key] = float(np.sqrt(np.sum(diff**2) / max(np.sum(ref**2), 1e-30)))
     return errors
+
+
+def group_equivariance_error(layer, inputs: np.ndarray, angles: Sequence[float]) -> dict[float, float]:
+    """Relative L2 error of a C_N or D_N convolution's rotation equivariance at each promised angle.
+
+    Args:
+        layer: a LiftingConv2D or GroupConv2D (stride 1), built or not.
+        inputs: what the layer receives: [B, H, W, C] (lifting) or [B, H, W, |G|, C].
+        angles: degrees; those that are not multiples of 360 / N are left out.
+    Returns:
+        {angle: error} for each angle of `promised_angles(N, angles)`.
+    """
+    group = layer_group(layer)
+    n = group.rotations
+    return _element_errors(layer, inputs, {a: group.index(0, int(round(a * n / 360.0))) for a in
+                                           promised_angles(n, angles)})
+
+
+def mirror_equivariance_error(layer, inputs: np.ndarray, angles: Sequence[float]) -> dict[str, float]:
+    """Relative L2 error of a D_N convolution's mirror equivariance: 'flip' (left-right), and the flip followed
+    by each promised rotation ('flip_rot90', ...); {} for a C_N layer."""
+    group = layer_group(layer)
+    if not group.mirrors:
+        return {}
+    n = group.rotations
+    elements = {"flip": group.index(1, 0)}
+    for a in promised_angles(n, angles):
+        g = group.index(1, int(round(a * n / 360.0)))
+        elements[group.label(g).replace("+", "_")] = g
+    return _element_errors(layer, inputs, elements)
+
+
+def _layer_inputs(model, images):
+    for layer in group_layers(model):
+        feed = keras.Model(model.inputs[0] if len(model.inputs) == 1 else model.inputs, layer.input)
+        yield layer, np.asarray(keras.ops.convert_to_numpy(feed(np.asarray(images, np.float32), training=False)))
 
 
 def group_equivariance(model, images: np.ndarray, angles: Sequence[float]) -> dict[str, dict[float, float]]:
     """`group_equivariance_error` of every group convolution of a functional `model`, each fed
     what it receives from `images` in the model. Keys: layer name -> angle (degrees) -> error."""
-    import keras
+    return {layer.name: group_equivariance_error(layer, x, angles) for layer, x in _layer_inputs(model, images)}
 
-    out = {}
-    for layer in group_layers(model):
-        feed = keras.Model(model.inputs[0] if len(model.inputs) == 1 else model.inputs, layer.input)
-        x = np.asarray(keras.ops.convert_to_numpy(feed(np.asarray(images, np.float32), training=False)))
-        out[layer.name] = group_equivariance_error(layer, x, angles)
-    return out
+
+def mirror_equivariance(model, images: np.ndarray, angles: Sequence[float]) -> dict[str, dict[str, float]]:
+    """`mirror_equivariance_error` of every D_N convolution of `model`: layer name -> element -> error."""
+    return {layer.name: mirror_equivariance_error(layer, x, angles) for layer, x in _layer_inputs(model, images)
+            if layer_group(layer).mirrors}

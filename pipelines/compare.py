@@ -8,8 +8,9 @@ per figure, and writes it as markdown and CSV together with the runs'
 rotation curves overlaid in one PNG to reports/compare-<short ids>/. The
 rotation-equivariance errors of the two equivariant families sit in adjacent
 rows at each angle: harmonic convolutions (`equiv_err_mean_<angle>`, hnet) and
-C_N group convolutions (`group_equiv_err_mean_<angle>`, gcnn; only at
-multiples of 360/N); a run without a family's layers shows "-".
+C_N and D_N group convolutions (`group_equiv_err_mean_<angle>`, gcnn; only at
+multiples of 360/N; `_flip`, `_flip_rot90`... for D_N's mirrors), accuracy on
+mirrored test images (`mirror_acc_lr`, `_ud`, `_transpose`); a run without a family's layers shows "-".
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ def figure_rows(runs: list[RunFigures]) -> list[tuple[str, str, list]]:
     rows = [("test_accuracy", "test accuracy"), ("rot_acc_mean", "rotation: mean accuracy over angles"),
             ("rot_acc_min", "rotation: worst-angle accuracy")]
     rows += [(f"rot_acc_{a:03d}", f"rotation {a} deg") for a in (0, 90, 180, 270) if f"rot_acc_{a:03d}" in keys]
+    rows += [(f"mirror_acc_{k}", f"mirror {k.replace('lr', 'left-right').replace('ud', 'up-down')}")
+             for k in ("lr", "ud", "transpose") if f"mirror_acc_{k}" in keys]
     rows += [("shift_consistency", "shift consistency (pad-and-crop)"),
              ("circular_consistency", "circular shift consistency")]
     for a in sorted({m.group(1) for k in keys if (m := _ELASTIC.match(k))}, key=_num_key):
@@ -102,8 +105,9 @@ def figure_rows(runs: list[RunFigures]) -> list[tuple[str, str, list]]:
         if a in harmonic:
             rows.append((f"equiv_err_mean_{a}", f"harmonic equivariance error {a} deg (mean over layers)"))
         if a in group:
+            what = f"{a} deg" if _num_key(a)[0] == 0 else a.replace("_", "+")
             rows.append((f"group_equiv_err_mean_{a}",
-                         f"group-conv (C_N) equivariance error {a} deg (mean over layers)"))
+                         f"group-conv (C_N, D_N) equivariance error {what} (mean over layers)"))
     rows.append(("eval_images", "test images evaluated"))
     return [(k, d, [r.metrics.get(k) for r in runs]) for k, d in rows]
 

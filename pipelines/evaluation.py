@@ -41,6 +41,9 @@ class Evaluation:
     class_names: list = field(default_factory=list)  # class id -> name
     confusion: np.ndarray | None = None  # [K, K] counts on unchanged inputs, rows: true class
     orientation_acc: float | None = None  # a canonicalizing model's: turned test images whose turn it names
+    mirror: dict = field(default_factory=dict)  # "flip_lr" / "flip_ud" / "transpose" -> accuracy
+    mirror_logit_change: dict = field(default_factory=dict)  # same keys -> mean relative logit change (Keras models)
+    group_mirror_equivariance: dict = field(default_factory=dict)  # D_N conv name -> {"flip", "flip_rot90": error}
 
     def per_class(self) -> list[tuple[str, int, float, str]]:
         """(class name, images, accuracy, the class it is most often taken for) per class with images."""
@@ -74,6 +77,13 @@ class Evaluation:
         for a in sorted({a for errs in self.group_equivariance.values() for a in errs}):
             at_a = [errs[a] for errs in self.group_equivariance.values() if a in errs]
             m[f"group_equiv_err_mean_{a:g}"] = float(np.mean(at_a))
+        for layer, errs in self.group_mirror_equivariance.items():
+            m.update({f"group_equiv_err_{layer}_{k}": e for k, e in errs.items()})
+        for k in sorted({k for errs in self.group_mirror_equivariance.values() for k in errs}):
+            m[f"group_equiv_err_mean_{k}"] = float(np.mean([e[k] for e in self.group_mirror_equivariance.values()
+                                                              if k in e]))
+        m.update({f"mirror_acc_{k.replace('flip_', '')}": v for k, v in self.mirror.items()})  # _lr, _ud, _transpose
+        m.update({f"mirror_logit_change_{k.replace('flip_', '')}": v for k, v in self.mirror_logit_change.items()})
         m.update({f"scale_acc_{f:g}": v for f, v in self.scale.items()})
         for layer, errs in self.scale_equivariance.items():
             m.update({f"scale_equiv_err_{layer}_{k}": v for k, v in errs.items()})
@@ -92,6 +102,12 @@ class Evaluation:
         low = min(rot, key=rot.get)
         rows.append((f"rotation: mean over {len(rot)} angles", pct(float(np.mean(list(rot.values()))))))
         rows.append(("rotation: worst angle", f"{pct(rot[low])} at {int(low)} deg"))
+        if self.mirror:
+            rows.append(("accuracy mirrored " + " / ".join(k.replace("flip_", "") for k in self.mirror),
+                         " / ".join(pct(v) for v in self.mirror.values())))
+        if self.mirror_logit_change:
+            rows.append(("logit change mirrored " + " / ".join(k.replace("flip_", "") for k in self.mirror_logit_change),
+                         " / ".join(f"{v:.2e}" for v in self.mirror_logit_change.values())))
         rows.append((f"shift consistency (+-{self.shift_range} px, pad-and-crop)", pct(self.shift_consistency)))
         rows.append((f"circular consistency (+-{self.shift_range} px, roll)", pct(self.circular_consistency)))
         for a, v in self.elastic.items():
@@ -102,6 +118,9 @@ class Evaluation:
         for layer, errs in self.group_equivariance.items():  # at multiples of 360/N only (models/group_equivariance.py)
             rows.append((f"group-conv equivariance error {layer}",
                          ", ".join(f"{e:.2e} @ {a:g} deg" for a, e in errs.items())))
+        for layer, errs in self.group_mirror_equivariance.items():
+            rows.append((f"group-conv mirror equivariance error {layer}",
+                         ", ".join(f"{e:.2e} @ {k.replace('_', '+')}" for k, e in errs.items())))
         if self.scale:
             rows.append(("scale curve (factor: accuracy)", "  ".join(f"{f:g}x: {pct(v)}" for f, v in self.scale.items())))
         for layer, errs in self.scale_equivariance.items():
@@ -207,8 +226,10 @@ def evaluate(predict, images, labels, ecfg, model=None, class_names=None) -> Eva
     `ecfg` is a `pipelines.config.EvaluateConfig`; `model`, a Keras model, adds
     the equivariance errors of its harmonic convolutions (at each of
     `ecfg.equivariance_angles`), of its C_N group convolutions (at those of
-    the angles that are multiples of 360/N, and at 360/N) and of its scale
-    convolutions. `class_names` (class id -> name) name the per-class table and the confusion matrix.
+    the angles that are multiples of 360/N, and at 360/N; for D_N also at
+    the mirrors), of its scale convolutions, and the relative change of its
+    logits under the mirrors. Accuracy on mirrored images (left-right,
+    up-down, transposed when square) is measured for every predictor. `class_names` (class id -> name) name the per-class table and the confusion matrix.
     """
     x, y = eval_subset(images, labels, ecfg.max_images, ecfg.seed)
     if len(x) == 0:
@@ -222,7 +243,8 @@ def evaluate(predict, images, labels, ecfg, model=None, class_names=None) -> Eva
     circ_c = inv.shift_consistency(predict, x, ecfg.shift_range, seed=ecfg.seed + 1, mode="circular")
     elastic = inv.elastic_curve(predict, x, y, ecfg.elastic_alphas, ecfg.elastic_sigma, seed=ecfg.seed)
     scale = inv.scale_curve(predict, x, y, ecfg.scale_factors)
-    equiv, scale_equiv, group_equiv = {}, {}, {}
+    mirror = inv.mirror_accuracy(predict, x, y)
+    equiv, scale_equiv, group_equiv, group_mirror, logit_change = {}, {}, {}, {}, {}
     if model is not None and inv.harmonic_layers(model):
         equiv = inv.harmonic_equivariance(model, x[: ecfg.equivariance_images], ecfg.equivariance_angles)
     if model is not None:
@@ -230,10 +252,12 @@ def evaluate(predict, images, labels, ecfg, model=None, class_names=None) -> Eva
 
         if scale_layers(model):
             scale_equiv = scale_equivariance(model, x[: ecfg.equivariance_images], steps=(1,))
-        from models.group_equivariance import group_equivariance, group_layers
+        from models.group_equivariance import group_equivariance, group_layers, mirror_equivariance
 
         if group_layers(model):
             group_equiv = group_equivariance(model, x[: ecfg.equivariance_images], ecfg.equivariance_angles)
+            group_mirror = mirror_equivariance(model, x[: ecfg.equivariance_images], ecfg.equivariance_angles)
+        logit_change = {k: inv.logit_change(model, x, inv.MIRRORS[k], ecfg.batch_size) for k in mirror}
     orientation = None
     if model is not None:
         from models.invariant import orientation_accuracy
@@ -241,7 +265,7 @@ def evaluate(predict, images, labels, ecfg, model=None, class_names=None) -> Eva
         xf = x.astype("float32") / 255.0 if np.issubdtype(x.dtype, np.integer) else x
         orientation = orientation_accuracy(model, xf)
     return Evaluation(len(x), rotation, shift_c, circ_c, ecfg.shift_range, elastic, ecfg.elastic_sigma, equiv,
-                      scale, scale_equiv, group_equiv, names, confusion, orientation)
+                      scale, scale_equiv, group_equiv, names, confusion, orientation, mirror, logit_change, group_mirror)
 
 
 # ----------------------------------------------------------------------------- pictures

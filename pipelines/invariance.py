@@ -117,6 +117,34 @@ def elastic_curve(predict: Predict, images, labels, alphas: Sequence[float], sig
     return {a: accuracy(predict, elastic_warp(images, a, sigma, seed), labels) for a in alphas}
 
 
+MIRRORS = {  # the mirrors of the evaluation, on [N, H, W, C] images
+    "flip_lr": lambda x: x[:, :, ::-1],  # left-right
+    "flip_ud": lambda x: x[:, ::-1],  # up-down
+    "transpose": lambda x: np.swapaxes(x, 1, 2),  # about the main diagonal (square images only)
+}
+
+
+def mirror_accuracy(predict: Predict, images, labels) -> dict[str, float]:
+    """Accuracy on mirrored copies of the images: left-right, up-down and (square images) transposed."""
+    x = np.asarray(images)
+    names = [n for n in MIRRORS if n != "transpose" or x.shape[1] == x.shape[2]]
+    return {n: accuracy(predict, np.ascontiguousarray(MIRRORS[n](x)), labels) for n in names}
+
+
+def logit_change(model, images, transform, batch_size: int = 256) -> float:
+    """Mean over images of ||f(T x) - f(x)|| / ||f(x)|| for the logits f of a Keras model (0: invariant)."""
+    import keras
+
+    def logits(x):
+        out = [keras.ops.convert_to_numpy(model(np.ascontiguousarray(x[i:i + batch_size], np.float32), training=False))
+               for i in range(0, len(x), batch_size)]
+        return np.concatenate(out).astype(np.float64)
+
+    x = np.asarray(images, np.float32)
+    a, b = logits(x), logits(transform(x))
+    return float(np.mean(np.linalg.norm(b - a, axis=-1) / np.maximum(np.linalg.norm(a, axis=-1), 1e-12)))
+
+
 # ----------------------------------------------------------------------------- harmonic layers
 
 

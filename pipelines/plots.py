@@ -184,7 +184,8 @@ def first_filters(model):
             k = np.asarray(layer.stacked_kernel(), np.float32).mean(axis=2)  # [k, k, N * filters], orientation-major
             n, group = int(layer.group_size), layer._group
             k = k.reshape(k.shape[:2] + (n, layer.filters))
-            rows = [(group.label(r), k[:, :, r, :8]) for r in range(min(n, 8))]
+            rows = [(("flip, " if group.mirrored(r) else "") + f"{group.degrees(r):g} deg", k[:, :, r, :8])
+                    for r in range(min(n, 8))]
             return f"{layer.name} ({type(layer).__name__}): filters per orientation, mean over input channels", rows
         for w in getattr(layer, "weights", []):
             if len(w.shape) == 4 and "kernel" in w.path.split("/")[-1]:

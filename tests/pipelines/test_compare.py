@@ -114,16 +114,16 @@ def test_a_gcnn_and_an_hnet_run_side_by_side(tmp_path):
     assert lines[1].split()[-2:] == ["gcnn", "hnet"]
     rows = [line for line in lines if "equivariance error" in line]
     assert [r.split(" error ")[0] for r in rows] == [
-        "harmonic equivariance", "harmonic equivariance", "group-conv (C_N) equivariance",  # 15, 45, 45 deg
-        "harmonic equivariance", "group-conv (C_N) equivariance"]  # 90, 90 deg
+        "harmonic equivariance", "harmonic equivariance", "group-conv (C_N, D_N) equivariance",  # 15, 45, 45 deg
+        "harmonic equivariance", "group-conv (C_N, D_N) equivariance"]  # 90, 90 deg
     values = {r.split(" (mean over layers)")[0]: r.split()[-2:] for r in rows}
     assert values["harmonic equivariance error 15 deg"] == ["-", "1.00e-02"]
     assert values["harmonic equivariance error 45 deg"] == ["-", "3.00e-02"]
-    assert values["group-conv (C_N) equivariance error 45 deg"] == ["3.00e-02", "-"]  # mean over the two layers
-    assert values["group-conv (C_N) equivariance error 90 deg"] == ["2.00e-07", "-"]
+    assert values["group-conv (C_N, D_N) equivariance error 45 deg"] == ["3.00e-02", "-"]  # mean over the two layers
+    assert values["group-conv (C_N, D_N) equivariance error 90 deg"] == ["2.00e-07", "-"]
     out = tmp_path / "reports" / f"compare-{ids[0][:8]}-{ids[1][:8]}"
     md = (out / "compare.md").read_text()
-    assert "| group-conv (C_N) equivariance error 90 deg (mean over layers) | 2.00e-07 | - |" in md
+    assert "| group-conv (C_N, D_N) equivariance error 90 deg (mean over layers) | 2.00e-07 | - |" in md
     with open(out / "compare.csv") as fh:
         rows = list(csv.reader(fh))
     assert ["group_equiv_err_mean_45", "0.03", ""] in rows and ["equiv_err_mean_45", "", "0.03"] in rows

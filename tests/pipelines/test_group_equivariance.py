@@ -128,3 +128,32 @@ def test_group_conv_input_must_have_the_layers_orientations():
     layer = gcnn(4).get_layer("stage0_gconv1")
     with pytest.raises(ValueError, match="orientation axis has 8 entries"):
         group_equivariance_error(layer, np.zeros((1, 12, 12, 8, 2), "float32"), [90.0])
+
+
+def test_d4_gcnn_is_mirror_invariant_in_the_evaluation_and_its_mirror_errors_are_exact():
+    keras.utils.set_random_seed(0)
+    model = models.build_model("gcnn", (12, 12, 1), 3, filters=[2, 3], kernel_size=3, group="D4")
+    x, y = data()
+    ev = evaluation.evaluate(evaluation.keras_predictor(model, 8), x, y, EvaluateConfig(**SMALL), model=model)
+    assert list(ev.mirror) == ["flip_lr", "flip_ud", "transpose"]
+    assert all(v == ev.rotation[0] for v in ev.mirror.values())  # same predictions, same accuracy
+    assert all(v < 1e-5 for v in ev.mirror_logit_change.values())
+    assert list(ev.group_mirror_equivariance) == LAYERS
+    for errs in ev.group_mirror_equivariance.values():
+        assert list(errs) == ["flip", "flip_rot90"] and max(errs.values()) < 1e-5
+        assert ev.group_equivariance  # the rotations are still measured
+    m = ev.metrics()
+    assert m["group_equiv_err_mean_flip"] < 1e-5 and m["group_equiv_err_stage1_gconv1_flip_rot90"] < 1e-5
+    assert {"mirror_acc_lr", "mirror_acc_ud", "mirror_acc_transpose", "mirror_logit_change_lr"} <= set(m)
+    rows = dict(ev.rows())
+    assert rows["group-conv mirror equivariance error stage0_gconv0"].endswith("@ flip+rot90")
+    assert "accuracy mirrored lr / ud / transpose" in rows
+
+
+def test_c8_gcnn_logits_change_under_mirrors_and_it_has_no_mirror_section():
+    model = gcnn(8)
+    x, y = data()
+    ev = evaluation.evaluate(evaluation.keras_predictor(model, 8), x, y, EvaluateConfig(**SMALL), model=model)
+    assert ev.group_mirror_equivariance == {}
+    assert min(ev.mirror_logit_change.values()) > 1e-4
+    assert not any(k.endswith("_flip") for k in ev.metrics())
