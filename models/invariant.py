@@ -28,21 +28,22 @@ The cost is |G| backbone passes (4 or 8) in one batched call.
 
 `method="canonicalize"` (Kaba, Mondal, Zhang, Bengio & Ravanbakhsh, "Equivariance
 with Learned Canonicalization Functions", ICML 2023; Mondal et al., NeurIPS 2023)
-costs one backbone pass plus a small network: `Canonicalize`, a C_N group
-CNN of this project's layers (lifting and group convolutions, exactly
-equivariant at multiples of 90 degrees) on the input average-pooled by
-`downscale` (2: a quarter of the pixels), scores the N orientations of the
-input; the input is turned back by the best-scoring one, and the unchanged
-backbone sees that canonical pose. Turning the input by s steps moves the best
-score by s, so the canonical pose, and the answer, do not change: exactly for
-C4 (and for the quarter turns of C8; at 45 degrees as far as resampling and
-the group convolutions' band limit allow). In training, the forward pass uses
+costs one backbone pass plus a small network: `Canonicalize`, a C_N or D_N
+group CNN of this project's layers (lifting and group convolutions, exactly
+equivariant at multiples of 90 degrees and at mirrors) on the input
+average-pooled by `downscale` (2: a quarter of the pixels), scores the
+group's elements (N rotations, and their mirror images for D_N) for the
+input; the input is transformed back by the inverse of the best-scoring one,
+and the unchanged backbone sees that canonical pose. Transforming the input
+by g moves the best score from h to g h (layers/_groups.py), so the
+canonical pose, and the answer, do not change: exactly for C4 and D4 (and for
+the quarter turns and mirrors of C8 and D8; at 45 degrees as far as
+resampling and the group convolutions' band limit allow). In training, the forward pass uses
 the best orientation and the gradient reaches the scoring network through its
 softmax (a straight-through estimator); `prior_weight` adds the prior of
 Mondal et al., `prior_weight * -log p(identity)`, which keeps upright
-training images upright (for a backbone trained on upright images). Mirrors
-need the dihedral group convolutions (not built yet): `canonicalize` takes
-C4 and C8.
+training images upright (for a backbone trained on upright images).
+`canonicalize` takes C4, C8, D4 and D8.
 
 Any registered builder takes both through `model.params.invariant: {group:
 C4, method: orbit | canonicalize, filters, kernel_size, prior_weight, downscale}`
@@ -79,9 +80,6 @@ def check_invariant(spec) -> dict:
         raise ValueError(f"invariant.group: must be one of {list(GROUPS)} (got {group!r})")
     out = {"group": group, "method": method, **options, **{k: spec[k] for k in options if k in spec}}
     if method == "canonicalize":
-        if GROUPS[group][1]:
-            raise ValueError(f"invariant.group: canonicalize takes C4 or C8 (got {group}: mirrors need "
-                             "dihedral group convolutions)")
         for k in ("filters", "kernel_size", "downscale"):
             if not isinstance(out[k], int) or isinstance(out[k], bool) or out[k] < 1:
                 raise ValueError(f"invariant.{k}: must be a positive integer (got {out[k]!r})")
@@ -187,13 +185,29 @@ def _turn(x, steps: int, order: int):
     return _rot90(x, int(deg // 90)) if deg % 90 == 0 else _rotate(x, deg)
 
 
+def _apply(x, group, g: int):
+    """x [B, H, W, C] transformed by element g = R_r F^m of `group` (layers/_groups.py): the columns mirrored
+    when m = 1, then turned by r steps (exact for quarter turns and mirrors)."""
+    m, r = group.element(g)
+    return _turn(ops.flip(x, axis=2) if m else x, r, group.rotations)
+
+
+def _element_transform(group, g: int, h: int, w: int) -> list[float]:
+    """The `affine_transform` row of element g: the rotation's row, its read column mirrored when m = 1."""
+    m, r = group.element(g)
+    row = _rotation_transform(r * 360.0 / group.rotations, h, w)
+    if m:  # out(p) = x(F R^-1 p): read the mirrored column of the rotation's read point
+        row[0], row[1], row[2] = -row[0], -row[1], (w - 1) - row[2]
+    return row
+
+
 @keras.saving.register_keras_serializable(package="invariant")
 class Canonicalize(keras.layers.Layer):
-    """Images turned back to their canonical pose by a small C_N group CNN (module docstring).
+    """Images turned back to their canonical pose by a small C_N or D_N group CNN (module docstring).
 
-    Call: x [B, H, W, C] (square) -> the canonical images, same shape. The
-    last orientation scores are kept as `self.last_scores` only inside the
-    call; `orientation(x)` returns the predicted element (0..N-1) of each image.
+    Call: x [B, H, W, C] (square) -> the canonical images, same shape.
+    `orientation(x)` returns the predicted element of each image (0..|G|-1,
+    index m N + r for R_r F^m; 0..N-1 for C_N).
     """
 
     def __init__(self, group: str = "C4", filters: int = 8, kernel_size: int = 5, prior_weight: float = 0.0,
@@ -203,14 +217,16 @@ class Canonicalize(keras.layers.Layer):
                                 "kernel_size": kernel_size, "prior_weight": prior_weight, "downscale": downscale})
         self.group, self.filters, self.kernel_size = group, opts["filters"], opts["kernel_size"]
         self.prior_weight, self.downscale = float(opts["prior_weight"]), opts["downscale"]
-        self.order = GROUPS[group][0]
+        from layers._groups import parse_group
         from layers.group_conv import GroupConv2D
         from layers.lifting_conv import LiftingConv2D
 
-        n, k = self.order, self.kernel_size
-        self.lift = LiftingConv2D(self.filters, k, group_order=n, name="lift")
-        self.conv = GroupConv2D(self.filters, k, group_order=n, name="conv")
-        self.score = GroupConv2D(1, k, group_order=n, name="score")
+        self._group = parse_group(group)
+        self.order = self._group.order  # |G|: the elements scored
+        k = self.kernel_size
+        self.lift = LiftingConv2D(self.filters, k, group=group, name="lift")
+        self.conv = GroupConv2D(self.filters, k, group=group, name="conv")
+        self.score = GroupConv2D(1, k, group=group, name="score")
 
     def build(self, input_shape):
         if input_shape[1] is None or input_shape[1] != input_shape[2]:
@@ -226,8 +242,9 @@ class Canonicalize(keras.layers.Layer):
         self.score.build(inner)
 
     def scores(self, x):
-        """Orientation logits [B, N]: turning x by s steps rolls them by s. Computed on x average-pooled by
-        `downscale` (non-overlapping blocks that tile the image: they commute with quarter turns)."""
+        """Element logits [B, |G|]: transforming x by g permutes them as g permutes a group axis (turning by s
+        steps of C_N rolls them by s). Computed on x average-pooled by `downscale` (non-overlapping blocks
+        that tile the image: they commute with quarter turns and mirrors)."""
         if self.downscale > 1:
             x = ops.average_pool(x, self.downscale, self.downscale, padding="valid")
         h = ops.relu(self.lift(x))
@@ -239,10 +256,11 @@ class Canonicalize(keras.layers.Layer):
 
     def call(self, x, training=False):
         logits = self.scores(x)
-        if not training:  # one resampling per image, by its own turn back (not all N copies)
-            n, side = self.order, x.shape[1]
-            table = ops.convert_to_tensor([_rotation_transform(-r * 360.0 / n, side, side) for r in range(n)],
-                                          dtype="float32")
+        group = self._group
+        if not training:  # one resampling per image, by the inverse of its own element (not all |G| copies)
+            side = x.shape[1]
+            table = ops.convert_to_tensor([_element_transform(group, group.inv(g), side, side)
+                                           for g in range(self.order)], dtype="float32")
             transform = ops.take(table, ops.argmax(logits, axis=-1), axis=0)
             out = ops.image.affine_transform(ops.cast(x, "float32"), transform, interpolation="bilinear",
                                              fill_mode="constant")
@@ -252,7 +270,7 @@ class Canonicalize(keras.layers.Layer):
         w = hard + p - ops.stop_gradient(p)  # straight-through: the forward pass is the hard choice
         if self.prior_weight > 0:
             self.add_loss(self.prior_weight * ops.mean(-ops.log(p[:, 0] + 1e-7)))
-        copies = ops.stack([_turn(x, -r, self.order) for r in range(self.order)], axis=1)  # [B, N, H, W, C]
+        copies = ops.stack([_apply(x, group, group.inv(g)) for g in range(self.order)], axis=1)  # [B, |G|, H, W, C]
         w = ops.cast(w, copies.dtype)[:, :, None, None, None]
         return ops.sum(w * copies, axis=1)
 
@@ -299,21 +317,22 @@ def canonicalizer(model: keras.Model) -> Canonicalize | None:
 
 
 def orientation_accuracy(model: keras.Model, images, batch_size: int = 256) -> float | None:
-    """How often the canonicalizer of `model` names the turn of a turned test image.
+    """How often the canonicalizer of `model` names the turn (and mirror) of a transformed test image.
 
     Every image of `images` (float [N, H, W, C], upright as the data comes) is
-    turned by each of the group's N elements (k steps of 360/N degrees); the
-    figure is the fraction of turned images whose predicted orientation is k,
-    i.e. that are turned back to the data's own upright pose. None when the
-    model has no canonicalizer.
+    transformed by each of the group's elements g (k steps of 360/N degrees,
+    after a mirror for D_N's second half); the figure is the fraction of
+    transformed images whose predicted element is g, i.e. that are turned
+    back to the data's own upright pose. None when the model has no
+    canonicalizer.
     """
     canon = canonicalizer(model)
     if canon is None:
         return None
-    n, hits, total = canon.order, 0, 0
+    hits, total = 0, 0
     x = ops.convert_to_tensor(images, dtype="float32")
-    for k in range(n):
-        turned = _turn(x, k, n)
+    for k in range(canon.order):
+        turned = _apply(x, canon._group, k)
         for i in range(0, int(x.shape[0]), batch_size):
             pred = ops.convert_to_numpy(canon.orientation(turned[i : i + batch_size]))
             hits += int((pred == k).sum())

@@ -122,7 +122,7 @@ def test_exported_savedmodel_is_invariant(tmp_path):
 @pytest.mark.parametrize("params,match", [
     ({"invariant": {"group": "C5"}}, "invariant.group"),
     ({"invariant": {"group": "C4", "method": "frames"}}, "invariant.method"),
-    ({"invariant": {"group": "D4", "method": "canonicalize"}}, "dihedral"),
+    ({"invariant": {"group": "D2", "method": "canonicalize"}}, "invariant.group"),
     ({"invariant": {"group": "C4", "method": "canonicalize", "kernel_size": 4}}, "odd"),
     ({"invariant": {"group": "C4", "method": "canonicalize", "prior_weight": -1}}, "prior_weight"),
     ({"invariant": {"group": "C4", "prior_weight": 1.0}}, "unknown key"),
@@ -190,6 +190,37 @@ def test_canonicalized_model_is_exactly_invariant_to_quarter_turns(group):
     assert np.abs(out(model, mirror(X)) - y).max() > 1e-4  # mirrors are not in C_N
 
 
+D4_ELEMENTS = [lambda x: x, lambda x: rot90(x, 1), lambda x: rot90(x, 2), lambda x: rot90(x, 3),
+               mirror, lambda x: rot90(mirror(x), 1), lambda x: rot90(mirror(x), 2), lambda x: rot90(mirror(x), 3)]
+
+
+@pytest.mark.parametrize("group", ["D4", "D8"])
+def test_the_dihedral_canonicalizer_permutes_its_scores_as_the_group_acts(group):
+    from layers._groups import parse_group
+
+    keras.utils.set_random_seed(6)
+    c, grp = Canonicalize(group), parse_group(group)
+    s = keras.ops.convert_to_numpy(c.scores(X))
+    assert s.shape == (3, grp.order)
+    step = grp.rotations // 4
+    for i, t in enumerate(D4_ELEMENTS):  # element (m, r): mirror, then r quarter turns
+        g = grp.index(i // 4, (i % 4) * step)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(c.scores(t(X))), s[:, grp.permutation(g)], atol=1e-5)
+        pred = keras.ops.convert_to_numpy(c.orientation(t(X)))
+        np.testing.assert_array_equal(pred, [grp.mul(g, int(h)) for h in s.argmax(-1)])
+
+
+@pytest.mark.parametrize("group", ["D4", "D8"])
+def test_dihedral_canonicalized_model_is_exactly_invariant_to_quarter_turns_mirrors_and_transposes(group, tmp_path):
+    model = canonical(group)
+    y = out(model, X)
+    for t in D4_ELEMENTS[1:] + [transpose]:
+        np.testing.assert_allclose(out(model, t(X)), y, atol=1e-5)
+    if group == "D4":
+        model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        fit_save_reload_and_check(model, tmp_path, transpose)
+
+
 def test_canonicalization_trains_both_networks_with_the_prior_and_reloads(tmp_path):
     model = canonical("C4", prior_weight=0.5)
     canon = next(l for l in model.layers if isinstance(l, Canonicalize))
@@ -215,6 +246,9 @@ def test_the_evaluation_reports_how_often_the_canonicalizer_names_the_turn():
     upright = keras.ops.convert_to_numpy(canon(X))  # images the canonicalizer itself calls upright
     assert orientation_accuracy(model, upright) == 1.0  # exact: each turn k is named k
     assert orientation_accuracy(cnn("C4"), X) is None
+    d4 = canonical("D4")
+    canon_d4 = next(l for l in d4.layers if isinstance(l, Canonicalize))
+    assert orientation_accuracy(d4, keras.ops.convert_to_numpy(canon_d4(X))) == 1.0  # each of the 8 named
     x8 = (X * 255).astype("uint8")
     ev = evaluate(keras_predictor(model), x8, np.array([0, 1, 2]), EvaluateConfig(max_images=3, rotation_step=90),
                   model=model)
