@@ -221,3 +221,29 @@ def test_d8_at_45_degrees_and_its_mirrors_is_within_stated_bounds(smooth_input):
             want = act(y, grp, g)
             err = np.abs(y_g - want)[:, disk].max() / np.abs(want[:, disk]).max()
             assert err < bound, (grp.label(g), err)
+
+
+def test_mixed_precision_forward_and_gradient_keep_the_float32_result_and_the_d4_symmetry():
+    from tests.autodiff import gradients
+
+    x = np.random.default_rng(6).standard_normal((2, 8, 8, 2)).astype("float32")
+    keras.utils.set_random_seed(8)
+    lift32, conv32 = LiftingConv2D(3, 3, group="D4"), GroupConv2D(2, 3, group="D4")
+    ref = to_numpy(conv32(lift32(x)), np.float64)
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        lift, conv = LiftingConv2D(3, 3, group="D4"), GroupConv2D(2, 3, group="D4")
+        lift.build(x.shape)
+        conv.build((2, 8, 8, 8, 3))
+        lift.set_weights(lift32.get_weights())
+        conv.set_weights(conv32.get_weights())
+        y = conv(lift(x))
+        (_,), grads = gradients(lambda t: keras.ops.mean(keras.ops.cast(conv(lift(t)), "float32") ** 2), [x],
+                                lift.trainable_weights + conv.trainable_weights)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    assert lift.compute_dtype == conv.compute_dtype == "float16" and lift.kernel.dtype == "float32"
+    assert keras.backend.standardize_dtype(y.dtype) == "float16"
+    np.testing.assert_allclose(to_numpy(y, np.float64), ref, atol=2e-2 * np.abs(ref).max())
+    assert all(g is not None and np.all(np.isfinite(g)) and np.any(g != 0) for g in grads)
