@@ -249,6 +249,7 @@ def export_model(
     report: dict | None = None,
     class_names: list | None = None,
     resize: str = "stretch",
+    plain: bool = False,
 ) -> str:
     """Export `model` as the next version of `exports_dir/name`; return the version's path.
 
@@ -259,7 +260,10 @@ def export_model(
     published. `report`, a dict, receives the comparison's figures.
     `class_names` (class id -> name) are what `class_name` and `classify` answer;
     `resize` (the run's `data.resize`) is how the encoded-image signatures bring
-    an image to the model's size.
+    an image to the model's size. `plain` (`export.plain`) exports the model
+    converted to stock Keras layers (`models.to_plain`: faster at inference),
+    checked against the unconverted model; a layer without a stock form is a
+    `UserError`.
     Temporaries of exports that died (`kill -9`) are removed first. `extra_assets` (file name -> text) are written to the version's
     `assets.extra/`, which TF Serving ignores; training stores the resolved
     experiment config there as `experiment.yaml`.
@@ -267,7 +271,14 @@ def export_model(
     base = os.path.join(exports_dir, name)
     os.makedirs(base, exist_ok=True)
     clean_stale_temporaries(base)
-    infer = inference_model(model)
+    infer = reference = inference_model(model)
+    if plain:
+        from models.plain import to_plain
+
+        try:
+            infer = inference_model(to_plain(model))
+        except ValueError as e:
+            raise UserError(f"export.plain: {e}") from None
     tmp = os.path.join(base, f".tmp-{os.getpid()}-{uuid.uuid4().hex}")
     try:
         write_savedmodel(infer, tmp, class_names, resize)
@@ -276,7 +287,7 @@ def export_model(
             with open(os.path.join(tmp, "assets.extra", fname), "w") as fh:
                 fh.write(text)
         if check_images is not None and len(check_images):
-            expected = infer.predict(check_images.astype("float32"), batch_size=256, verbose=0)
+            expected = reference.predict(check_images.astype("float32"), batch_size=256, verbose=0)
             got = predict_savedmodel(tmp, check_images)["probabilities"]
             figures = compare_outputs(got, expected, tolerance, rtol)
             if report is not None:
