@@ -25,8 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import tensorflow as tf
 
+from data.options import RESIZE_MODES
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
-RESIZE_MODES = ("stretch", "crop", "pad")
 
 __all__ = ["scan_images", "decode_image", "convert_channels", "preprocess_image"]
 

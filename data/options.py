@@ -1,9 +1,19 @@
-"""How a streaming source is read and what is known of it without decoding (data/streaming.py).
+"""The `data.*` settings, defined once, and what every streaming module shares (data/streaming.py).
 
-`DataOptions` (the `data.*` reading options, validated), `DatasetInfo` (class
-names, per-split counts, image shape, bad files skipped), `BadImagesError`,
-and the names every streaming module shares: `SPLITS`, `METADATA_FILE` (the
-`dataset.json` beside TFRecord shards) and `CACHE_MODES`.
+`DataSettings` is the `data:` section of an experiment config: every key, its
+default, its comment (which `--print-config` prints) and its check.
+`pipelines/config.py` uses it as that section (adding the check of `source`
+against the registry of data/sources/), and `DataOptions` is the same
+settings as `open_source` reads them, with what only code sets: this
+process's part of every split and the header pass's threads. A default or a
+bound lives here and nowhere else.
+
+Also here: `DatasetInfo` (class names, per-split counts, image shape, bad
+files skipped), the errors `DataSourceError` and `BadImagesError`, and the
+vocabularies every streaming module shares: `SPLITS`, `METADATA_FILE` (the
+`dataset.json` beside TFRecord shards), `CACHE_MODES`, `RESIZE_MODES`.
+This module imports nothing heavy (no TensorFlow), so loading a config stays
+cheap.
 """
 
 from __future__ import annotations
@@ -13,14 +23,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from data.images import RESIZE_MODES
-from data.sources import DataSourceError
-
 CACHE_MODES = ("auto", "memory", "disk", "none")
+RESIZE_MODES = ("stretch", "crop", "pad")
+CHECK_MODES = ("header", "full")
 METADATA_FILE = "dataset.json"
 SPLITS = ("train", "validation", "test")
 
-__all__ = ["DataOptions", "DatasetInfo", "BadImagesError", "SPLITS", "METADATA_FILE", "CACHE_MODES"]
+__all__ = ["DataSettings", "SyntheticSettings", "DataOptions", "DatasetInfo", "DataSourceError", "BadImagesError",
+           "SPLITS", "METADATA_FILE", "CACHE_MODES", "RESIZE_MODES"]
+
+
+class DataSourceError(ValueError):
+    """A data source the user named is missing or malformed; the message says how to fix it."""
 
 
 class BadImagesError(DataSourceError):
@@ -41,94 +55,113 @@ class BadImagesError(DataSourceError):
         )
 
 
-# ----------------------------------------------------------------------------- options and metadata
+def _check(cond: bool, where: str, value, why: str) -> None:
+    if not cond:
+        raise DataSourceError(f"{where}: {why} (got {value!r})")
+
+
+def _choice(where: str, value, choices) -> None:
+    _check(value in choices, where, value, f"must be one of {list(choices)}")
+
+
+# ----------------------------------------------------------------------------- settings
 
 
 @dataclass
-class DataOptions:
-    """How a source is read. Field names match the planned `data.*` config keys.
+class SyntheticSettings:
+    """Size of the embedded synthetic digits dataset (source `synthetic`)."""
 
-    Args:
-        seed: seeds the carved splits, shuffling and random crops.
-        validation_fraction: carved (stratified) from train when the source has no
-            validation split; `folder:` without test/ carves the test split likewise.
-        image_size: `[H, W]` every image is brought to, or None (sizes must agree).
-        resize: `stretch | crop | pad`, how `image_size` is reached.
-        channels: `auto | 1 | 3`.
-        random_crop: with `resize: crop`, crop the training split at random places.
-        cache: `auto | memory | disk | none`.
-        cache_dir: where `disk` caches go (under `<cache_dir>/stream/`); also the
-            synthetic digits' cache.
-        cache_budget_mb: the largest decoded size `auto` caches in memory.
-        skip_bad_images: skip unreadable files (reported in `DatasetInfo.bad_files`)
-            instead of raising `BadImagesError`.
-        check_images: `header` (the fast pass over headers and file ends) or
-            `full` (also decode every file once, with PIL, before training).
-        num_processes, process_id: this process's disjoint part of every split.
-        shuffle_buffer: buffer of the record shuffle (TFRecord, tfds) and of a disk
-            cache; file lists and in-memory caches are shuffled whole.
-        scan_workers: threads of the header pass over image files.
-        data_dir, download: tfds only.
-        synthetic_train_size, synthetic_test_size: source `synthetic` only.
+    train_size: int = 12000
+    test_size: int = 2000
+
+    def validate(self, p: str = "data.synthetic") -> None:
+        _check(self.train_size >= 10, f"{p}.train_size", self.train_size, "must be at least 10")
+        _check(self.test_size >= 10, f"{p}.test_size", self.test_size, "must be at least 10")
+
+
+@dataclass
+class DataSettings:
+    """Where images come from, how they are read (data/streaming.py) and how they are batched.
+
+    `source` names a source of the registry in data/sources/ (`synthetic`, `npz:<path>`, ...; each
+    module there says what it reads). A failed check raises `DataSourceError` naming the dotted key
+    and the value (`data.cache: must be one of [...] (got 'ram')`); the config loader makes it a
+    `ConfigError`.
     """
 
-    seed: int = 0
-    validation_fraction: float = 0.1
-    image_size: tuple[int, int] | None = None
-    resize: str = "stretch"
-    channels: str | int = "auto"
-    random_crop: bool = False
-    cache: str = "auto"
-    cache_dir: str = ".cache"
-    cache_budget_mb: float = 512
-    skip_bad_images: bool = False
-    check_images: str = "header"
+    source: str = "synthetic"
+    data_dir: str | None = None  # tfds data_dir
+    download: bool = False  # tfds only; off so that no run hangs on the network
+    validation_fraction: float = 0.1  # carved from train when the source has no validation split
+    image_size: list[int] | None = None  # [H, W] every image is brought to (default: as stored; sizes must agree)
+    resize: str = "stretch"  # stretch | crop (cover, then center crop) | pad (fit, then zero padding)
+    channels: str | int = "auto"  # auto (1 when every image is gray, else 3) | 1 | 3
+    random_crop: bool = False  # with resize: crop, crop training images at random places
+    cache: str = "auto"  # auto (memory under cache_budget_mb, else none) | memory | disk (under cache_dir) | none
+    cache_budget_mb: float = 512  # the largest decoded size `cache: auto` keeps in memory
+    skip_bad_images: bool = False  # skip unreadable image files (logged) instead of refusing the source
+    check_images: str = "header"  # header (fast pass over headers and file ends) | full (decode every file once)
+    shuffle_buffer: int = 10_000  # records shuffled at once (tfrecord, tfds, disk cache); file lists shuffle whole
+    batch_size: int = 128
+    seed: int = 0  # decides the data: the synthetic digits and the carved splits
+    cache_dir: str = ".cache"  # the synthetic digits' cache, and `cache: disk`'s (under <cache_dir>/stream/)
+    synthetic: SyntheticSettings = field(default_factory=SyntheticSettings)
+
+    def validate(self, p: str = "data") -> None:
+        """Check every setting but `source` (which the registry checks: `data.sources.get_source`)."""
+        _choice(f"{p}.resize", self.resize, RESIZE_MODES)
+        _check(str(self.channels) in ("auto", "1", "3"), f"{p}.channels", self.channels, "must be auto, 1 or 3")
+        _choice(f"{p}.cache", self.cache, CACHE_MODES)
+        _check(self.cache_budget_mb >= 0, f"{p}.cache_budget_mb", self.cache_budget_mb, "must be >= 0")
+        _choice(f"{p}.check_images", self.check_images, CHECK_MODES)
+        _check(self.shuffle_buffer >= 1, f"{p}.shuffle_buffer", self.shuffle_buffer, "must be at least 1")
+        _check(0.0 < self.validation_fraction < 1.0, f"{p}.validation_fraction", self.validation_fraction,
+               "must be in (0, 1)")
+        _check(self.batch_size >= 1, f"{p}.batch_size", self.batch_size, "must be at least 1")
+        if self.image_size is not None:
+            _check(len(self.image_size) == 2 and min(self.image_size) >= 1, f"{p}.image_size", self.image_size,
+                   "must be [height, width]")
+        self.synthetic.validate(f"{p}.synthetic")
+
+
+@dataclass
+class DataOptions(DataSettings):
+    """How `open_source` reads a source: the `data.*` settings, checked, plus what only code sets.
+
+    `open_source(source, options)` sets `source` to the source it opens.
+    `image_size` becomes a tuple and `channels` an int (or `auto`).
+    Args (besides `DataSettings`'):
+        num_processes, process_id: this process's disjoint part of every split.
+        scan_workers: threads of the header pass over image files.
+    """
+
     num_processes: int = 1
     process_id: int = 0
-    shuffle_buffer: int = 10_000
     scan_workers: int = 16
-    data_dir: str | None = None
-    download: bool = False
-    synthetic_train_size: int = 12000
-    synthetic_test_size: int = 2000
 
     def __post_init__(self):
-        def bad(key, why):
-            raise DataSourceError(f"data.{key}: {why} (got {getattr(self, key)!r})")
-
+        self.validate()
         if self.image_size is not None:
-            size = tuple(int(v) for v in self.image_size)
-            if len(size) != 2 or min(size) < 1:
-                bad("image_size", "must be [height, width] with both at least 1")
-            self.image_size = size
-        if self.resize not in RESIZE_MODES:
-            bad("resize", f"must be one of {', '.join(RESIZE_MODES)}")
-        if str(self.channels) not in ("auto", "1", "3"):
-            bad("channels", "must be auto, 1 or 3")
+            self.image_size = tuple(int(v) for v in self.image_size)
         self.channels = "auto" if str(self.channels) == "auto" else int(self.channels)
-        if self.check_images not in ("header", "full"):
-            bad("check_images", "must be header or full")
-        if self.cache not in CACHE_MODES:
-            bad("cache", f"must be one of {', '.join(CACHE_MODES)}")
-        if not 0.0 < self.validation_fraction < 1.0:
-            bad("validation_fraction", "must be in (0, 1)")
-        if self.num_processes < 1:
-            bad("num_processes", "must be at least 1")
-        if not 0 <= self.process_id < self.num_processes:
-            bad("process_id", f"must be in [0, num_processes={self.num_processes})")
-        if self.cache_budget_mb < 0:
-            bad("cache_budget_mb", "must be at least 0")
-        if self.shuffle_buffer < 1:
-            bad("shuffle_buffer", "must be at least 1")
+
+    def validate(self, p: str = "data") -> None:
+        super().validate(p)
+        _check(self.num_processes >= 1, f"{p}.num_processes", self.num_processes, "must be at least 1")
+        _check(0 <= self.process_id < self.num_processes, f"{p}.process_id", self.process_id,
+               f"must be in [0, num_processes={self.num_processes})")
 
     @classmethod
     def from_object(cls, obj, **overrides) -> "DataOptions":
-        """Options from any object (a config section) or mapping with some of these field names."""
+        """Options from any object (a config's `data` section) or mapping with some of these field names."""
         names = [f.name for f in dataclasses.fields(cls)]
         get = obj.get if isinstance(obj, dict) else (lambda k, d=None: getattr(obj, k, d))
         values = {k: get(k) for k in names if get(k, None) is not None}
         values.update(overrides)
         return cls(**values)
+
+
+# ----------------------------------------------------------------------------- metadata
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """tf.data pipelines: seeded shuffle, batch, parallel map, cache, prefetch.
 
-`make_dataset(s)` take the in-memory arrays of `data.sources.Splits`;
-`make_stream_dataset(s)` take the streamed splits of `data.streaming.open_source`.
+`make_stream_dataset(s)` take the splits of `data.streaming.open_source` (every
+source, streamed or held in memory); `make_dataset` takes arrays.
 
 Images enter as uint8 and leave as float32 in [0, 1]. Augmentation (see
 data/augment.py) runs on the training split only, after
@@ -48,15 +48,6 @@ def make_dataset(
     return ds.prefetch(AUTOTUNE)
 
 
-def make_datasets(splits, batch_size: int, seed: int = 0, augment=None):
-    """(train, validation, test) datasets for a `data.sources.Splits`."""
-    return (
-        make_dataset(*splits.train, batch_size, training=True, seed=seed, augment=augment),
-        make_dataset(*splits.validation, batch_size),
-        make_dataset(*splits.test, batch_size),
-    )
-
-
 # ----------------------------------------------------------------------------- streaming splits (issue 13)
 
 
@@ -96,8 +87,7 @@ def make_stream_dataset(
 
 
 def make_stream_datasets(splits, batch_size: int, seed: int = 0, augment=None):
-    """(train, validation, test) batched datasets for a `data.streaming.StreamSplits`
-    (the streaming counterpart of `make_datasets`)."""
+    """(train, validation, test) batched datasets for a `data.streaming.StreamSplits`."""
     return (
         make_stream_dataset(splits.train, batch_size, training=True, seed=seed, augment=augment),
         make_stream_dataset(splits.validation, batch_size),

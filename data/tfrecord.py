@@ -35,8 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import tensorflow as tf
 
-from data.options import METADATA_FILE, SPLITS, DataOptions
-from data.sources import DataSourceError
+from data.options import METADATA_FILE, SPLITS, DataOptions, DataSourceError
 from data.splits import StreamSplits
 from data.streaming import open_source
 

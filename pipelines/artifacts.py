@@ -86,15 +86,16 @@ def log_dataset(cfg: Config, splits) -> None:
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.types import Schema, TensorSpec
 
+    from data.sources import local_path
     from pipelines.config import name_from_source
 
     info = splits.info
     digest = hashlib.sha256(json.dumps([splits.content_key, list(info.class_names), info.total_counts],
                                        sort_keys=True).encode()).hexdigest()[:16]
     kind, _, where = cfg.data.source.partition(":")
-    if kind in ("folder", "npz", "tfrecord"):  # files: MLflow's local source, at the absolute path
-        where = os.path.dirname(where) if any(c in os.path.basename(where) for c in "*?[") else where
-        source = resolve_dataset_source(os.path.abspath(where))
+    path = local_path(cfg.data.source)
+    if path is not None:  # files (the registry says which sources read them): MLflow's local source
+        source = resolve_dataset_source(os.path.abspath(path))
     else:  # synthetic, tfds:<name>: made by code
         source = CodeDatasetSource({"data.source": cfg.data.source})
     dataset = MetaDataset(

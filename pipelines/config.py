@@ -5,7 +5,8 @@ annotations, so an unknown key, a wrong type or an impossible value is a
 `ConfigError` that names the key (`train.epochs`) and the value received.
 Command-line overrides use the same dotted keys: `train.epochs=3`. The
 `augment.*` sections are the dataclasses of data/augment_settings.py, where
-the augmentation's defaults and checks are defined once.
+the augmentation's defaults and checks are defined once; the `data` section
+is data/options.py's `DataSettings`, shared with the options data/ reads with.
 
 Why dataclasses and not pydantic v2 (installed with MLflow): checked with
 pydantic 2.14 on this schema, its message for `epochs: -2` is "1 validation
@@ -31,6 +32,8 @@ from typing import Any
 import yaml
 
 from data.augment_settings import OPERATIONS, ElasticSettings, FlipSettings, RotationSettings, ScaleSettings, TranslationSettings
+from data.options import DataSettings, SyntheticSettings
+from data.sources import get_source, local_path, source_usage
 from pipelines.typed import ConfigError, _check, _fail, _set_dotted, build, flatten, parse_overrides  # noqa: F401
 
 
@@ -45,60 +48,24 @@ def _choice(path: str, value, choices):
 # ----------------------------------------------------------------------------- sections
 
 
-@dataclass
-class SyntheticConfig:
-    """Size of the embedded synthetic digits dataset (source `synthetic`)."""
-
-    train_size: int = 12000
-    test_size: int = 2000
-
-    def validate(self, p):
-        _check(self.train_size >= 10, f"{p}.train_size", self.train_size, "must be at least 10")
-        _check(self.test_size >= 10, f"{p}.test_size", self.test_size, "must be at least 10")
+SyntheticConfig = SyntheticSettings  # the `data.synthetic` section (data/options.py)
 
 
 @dataclass
-class DataConfig:
+class DataConfig(DataSettings):
     """Where images come from, how they are read (data/streaming.py) and how they are batched.
 
-    source: `synthetic`, `npz:<path>`, `folder:<path>`, `tfrecord:<glob>` or `tfds:<name>`.
-    Files stream from disk (decoded in the graph); `npz:` and `synthetic` stay in memory.
+    Every key, its default and its check are `data.options.DataSettings`', defined once and shared
+    with the `DataOptions` the data is opened with; `source` is checked here against the registry of
+    data/sources/, whose names the error lists.
     """
 
-    source: str = "synthetic"
-    data_dir: str | None = None  # tfds data_dir
-    download: bool = False  # tfds only; off so that no run hangs on the network
-    validation_fraction: float = 0.1  # carved from train when the source has no validation split
-    image_size: list[int] | None = None  # [H, W] every image is brought to (default: as stored; sizes must agree)
-    resize: str = "stretch"  # stretch | crop (cover, then center crop) | pad (fit, then zero padding)
-    channels: str | int = "auto"  # auto (1 when every image is gray, else 3) | 1 | 3
-    random_crop: bool = False  # with resize: crop, crop training images at random places
-    cache: str = "auto"  # auto (memory under cache_budget_mb, else none) | memory | disk (under cache_dir) | none
-    cache_budget_mb: float = 512  # the largest decoded size `cache: auto` keeps in memory
-    skip_bad_images: bool = False  # skip unreadable image files (logged) instead of refusing the source
-    check_images: str = "header"  # header (fast pass over headers and file ends) | full (decode every file once)
-    shuffle_buffer: int = 10_000  # records shuffled at once (tfrecord, tfds, disk cache); file lists shuffle whole
-    batch_size: int = 128
-    seed: int = 0
-    cache_dir: str = ".cache"
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-
-    SOURCES = ("npz:", "folder:", "tfrecord:", "tfds:")
-
     def validate(self, p):
-        ok = self.source == "synthetic" or any(self.source.startswith(k) and len(self.source) > len(k) for k in self.SOURCES)
-        _check(ok, f"{p}.source", self.source,
-               "must be `synthetic`, `npz:<path>`, `folder:<path>`, `tfrecord:<glob>` or `tfds:<name>`")
-        _choice(f"{p}.resize", self.resize, ("stretch", "crop", "pad"))
-        _check(str(self.channels) in ("auto", "1", "3"), f"{p}.channels", self.channels, "must be auto, 1 or 3")
-        _choice(f"{p}.cache", self.cache, ("auto", "memory", "disk", "none"))
-        _check(self.cache_budget_mb >= 0, f"{p}.cache_budget_mb", self.cache_budget_mb, "must be >= 0")
-        _choice(f"{p}.check_images", self.check_images, ("header", "full"))
-        _check(self.shuffle_buffer >= 1, f"{p}.shuffle_buffer", self.shuffle_buffer, "must be at least 1")
-        _check(0.0 < self.validation_fraction < 1.0, f"{p}.validation_fraction", self.validation_fraction, "must be in (0, 1)")
-        _check(self.batch_size >= 1, f"{p}.batch_size", self.batch_size, "must be at least 1")
-        if self.image_size is not None:
-            _check(len(self.image_size) == 2 and min(self.image_size) >= 1, f"{p}.image_size", self.image_size, "must be [height, width]")
+        try:
+            get_source(self.source)
+        except ValueError:
+            _fail(f"{p}.source", self.source, f"must be {source_usage('`')}")
+        super().validate(p)
 
 
 @dataclass
@@ -341,12 +308,11 @@ class Config:
 
 def name_from_source(source: str) -> str:
     """A run name from a data source: `folder:/data/pets/` -> `pets`, `npz:x/digits.npz` -> `digits`,
-    `tfds:mnist` -> `mnist`, `tfrecord:/data/eurosat/*.tfrecord` -> `eurosat`."""
+    `tfds:mnist` -> `mnist`, `tfrecord:/data/eurosat/*.tfrecord` -> `eurosat` (a source that reads local
+    files is named after them: `data.sources.local_path`)."""
     kind, _, rest = source.partition(":")
-    rest = rest.rstrip("/")
-    if kind == "tfrecord":
-        rest = os.path.dirname(rest) if any(c in os.path.basename(rest) for c in "*?[") else rest
-    stem = os.path.splitext(os.path.basename(rest))[0] if kind in ("npz", "folder", "tfrecord") else rest
+    path = local_path(source)
+    stem = os.path.splitext(os.path.basename(path.rstrip("/")))[0] if path is not None else rest.rstrip("/")
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-.") or kind or "data"
 
 

@@ -20,8 +20,12 @@ import time
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="make convert", description="Write a data source into sharded TFRecords.")
-    p.add_argument("--src", required=True, help="synthetic, npz:<path>, folder:<path>, tfrecord:<glob> or tfds:<name>")
+    from data.sources import available_sources, source_usage  # the registry: no TensorFlow
+
+    sources = "\n".join(f"  {s.usage:<17} {s.help}" for s in available_sources())
+    p = argparse.ArgumentParser(prog="make convert", description="Write a data source into sharded TFRecords.",
+                                epilog=f"data sources:\n{sources}", formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--src", required=True, help=source_usage())
     p.add_argument("--dest", required=True, help="directory of the shards (created)")
     p.add_argument("--shard-size", type=int, default=2048, help="images per shard (default 2048)")
     p.add_argument("--workers", type=int, default=min(8, (os.cpu_count() or 2) * 2), help="shards written at once")
@@ -39,7 +43,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from data.streaming import DataOptions
+    from data.options import DataOptions
     from data.tfrecord import convert
 
     options = DataOptions(seed=args.seed, validation_fraction=args.validation_fraction,

@@ -101,13 +101,10 @@ def small_test_split(splits) -> str | None:
 
 
 def data_options(cfg: Config, shard: tuple[int, int] = (1, 0)):
-    """The `data.streaming.DataOptions` of the config's `data` section, for process `shard[1]` of `shard[0]`."""
-    from data.streaming import DataOptions
+    """The `data.options.DataOptions` of the config's `data` section, for process `shard[1]` of `shard[0]`."""
+    from data.options import DataOptions
 
-    d = cfg.data
-    return DataOptions.from_object(d, synthetic_train_size=d.synthetic.train_size,
-                                   synthetic_test_size=d.synthetic.test_size,
-                                   num_processes=shard[0], process_id=shard[1])
+    return DataOptions.from_object(cfg.data, num_processes=shard[0], process_id=shard[1])
 
 
 def load_data(cfg: Config, shard: tuple[int, int] = (1, 0)):

@@ -169,8 +169,19 @@ def source_notes(cls) -> tuple[str, dict[str, str]]:
 
     A field's comment is the comment lines right above it plus the comment after it (`x: int = 1  # ...`),
     joined on one line; a field without either has none. Comments are found by `tokenize`, so a `#` in a
-    string or a docstring is not one.
+    string or a docstring is not one. Fields a dataclass inherits keep their base class's comment (and a
+    class without a docstring its base's).
     """
+    doc, notes = _own_notes(cls)
+    for base in cls.__mro__[1:]:
+        if dataclasses.is_dataclass(base):
+            base_doc, base_notes = _own_notes(base)
+            doc, notes = doc or base_doc, {**base_notes, **notes}
+    return doc, notes
+
+
+def _own_notes(cls) -> tuple[str, dict[str, str]]:
+    """`source_notes` of the fields `cls` declares itself."""
     try:
         src = textwrap.dedent(inspect.getsource(cls))
         tree = ast.parse(src)

@@ -1,11 +1,20 @@
-"""Data sources: synthetic, npz, folder and tfds (offline), and their errors."""
+"""Data sources: the registry (data/sources/) as the one list of sources, the synthetic and npz sources
+(held in memory), the stratified carve. Folders are tested in test_streaming.py, TFRecord shards and tfds
+in test_streaming_records.py."""
+
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from data import synthetic
-from data.sources import DataSourceError, load_splits, stratified_split
+from data.sources import DataSourceError, available_sources, get_source, local_path, register_source, stratified_split
+from data.sources import registry
+from data.sources.common import array_splits
+from data.streaming import open_source
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_synthetic_is_deterministic_balanced_and_cached(tmp_path):
@@ -38,12 +47,17 @@ def test_synthetic_digits_look_like_mnist():
     assert np.abs(x[y == 1].mean(0) - x[y == 0].mean(0)).mean() > 10
 
 
+def _synthetic(tmp_path, **kw):
+    from data.options import SyntheticSettings
+
+    return open_source("synthetic", synthetic=SyntheticSettings(200, 50), cache_dir=str(tmp_path), **kw)
+
+
 def test_synthetic_source_carves_a_stratified_validation_split(tmp_path):
-    s = load_splits("synthetic", synthetic_train_size=200, synthetic_test_size=50, validation_fraction=0.2,
-                    cache_dir=str(tmp_path))
-    assert len(s.train[0]) == 160 and len(s.validation[0]) == 40 and len(s.test[0]) == 50
-    assert np.bincount(s.validation[1], minlength=10).tolist() == [4] * 10
-    assert s.num_classes == 10 and s.image_shape == (28, 28, 1)
+    s = _synthetic(tmp_path, validation_fraction=0.2)
+    assert (s.train.count, s.validation.count, s.test.count) == (160, 40, 50)
+    assert np.bincount(s.validation.labels(), minlength=10).tolist() == [4] * 10
+    assert s.num_classes == 10 and s.image_shape == (28, 28, 1) and s.info.cache == "memory"
 
 
 def test_stratified_split_is_disjoint_complete_per_class_and_seeded():
@@ -68,97 +82,121 @@ def _npz(path, n=30, **extra):
 
 def test_npz_source(tmp_path):
     arrays = _npz(tmp_path / "d.npz")
-    s = load_splits(f"npz:{tmp_path / 'd.npz'}", validation_fraction=0.2)
-    assert s.train[0].shape[1:] == (12, 12, 1) and s.train[0].dtype == np.uint8
-    assert len(s.train[0]) + len(s.validation[0]) == 30
-    np.testing.assert_array_equal(s.test[0][..., 0], arrays["x_test"])
+    s = open_source(f"npz:{tmp_path / 'd.npz'}", validation_fraction=0.2)
+    assert s.image_shape == (12, 12, 1) and s.train.images.dtype == np.uint8
+    assert s.train.count + s.validation.count == 30
+    x, y = s.test.arrays()
+    np.testing.assert_array_equal(x[..., 0], arrays["x_test"])
+    np.testing.assert_array_equal(y, arrays["y_test"])
     assert s.class_names == ["0", "1", "2"]
 
 
 def test_npz_float_images_in_unit_range_are_scaled(tmp_path):
     x = np.full((6, 4, 4), 0.5, np.float32)
     np.savez(tmp_path / "f.npz", x_train=x, y_train=np.arange(6) % 2, x_test=x[:2], y_test=np.array([0, 1]))
-    s = load_splits(f"npz:{tmp_path / 'f.npz'}", validation_fraction=0.3)
-    assert s.test[0].dtype == np.uint8 and int(s.test[0].max()) == 128
+    s = open_source(f"npz:{tmp_path / 'f.npz'}", validation_fraction=0.3)
+    assert s.test.images.dtype == np.uint8 and int(s.test.images.max()) == 128
 
 
 def test_npz_errors(tmp_path):
     with pytest.raises(DataSourceError, match="no such file"):
-        load_splits(f"npz:{tmp_path / 'missing.npz'}")
+        open_source(f"npz:{tmp_path / 'missing.npz'}")
     np.savez(tmp_path / "partial.npz", x_train=np.zeros((4, 2, 2)), y_train=np.zeros(4, int))
     with pytest.raises(DataSourceError, match=r"missing array\(s\) \['x_test', 'y_test'\]"):
-        load_splits(f"npz:{tmp_path / 'partial.npz'}")
+        open_source(f"npz:{tmp_path / 'partial.npz'}")
     _npz(tmp_path / "short.npz", y_train=np.zeros(5, int))
     with pytest.raises(DataSourceError, match="5 labels for 30 images"):
-        load_splits(f"npz:{tmp_path / 'short.npz'}")
+        open_source(f"npz:{tmp_path / 'short.npz'}")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(DataSourceError, match="not a readable"):
-        load_splits(f"npz:{tmp_path / 'junk.npz'}")
+        open_source(f"npz:{tmp_path / 'junk.npz'}")
+    _npz(tmp_path / "one.npz", n=1, x_train=np.zeros((1, 12, 12), np.uint8), y_train=np.zeros(1, int))
+    with pytest.raises(DataSourceError, match="the training split needs at least 2 images, has 1"):
+        open_source(f"npz:{tmp_path / 'one.npz'}")
+    _npz(tmp_path / "odd.npz", x_val=np.zeros((3, 5, 5), np.uint8), y_val=np.zeros(3, int))
+    with pytest.raises(DataSourceError, match="splits have different image shapes"):
+        open_source(f"npz:{tmp_path / 'odd.npz'}")
 
 
-def _write_images(root, classes=("cat", "dog"), n=6, size=(10, 10), mode="L"):
-    rng = np.random.default_rng(1)
-    for c in classes:
-        (root / c).mkdir(parents=True)
-        for i in range(n):
-            arr = rng.integers(0, 256, size + ((3,) if mode == "RGB" else ()), dtype=np.uint8)
-            Image.fromarray(arr).save(root / c / f"{i}.{'png' if i % 2 else 'jpg'}")
+# ----------------------------------------------------------------------------- the registry is the one list
 
 
-def test_folder_source_with_class_subfolders(tmp_path):
-    _write_images(tmp_path / "imgs")
-    s = load_splits(f"folder:{tmp_path / 'imgs'}", validation_fraction=0.25)
-    assert s.class_names == ["cat", "dog"]
-    assert s.image_shape == (10, 10, 1)
-    assert len(s.train[0]) + len(s.validation[0]) + len(s.test[0]) == 12
-    assert set(np.unique(s.test[1])) == {0, 1}
+def test_the_unknown_source_errors_list_exactly_the_registered_sources():
+    from pipelines.config import ConfigError, config_from_dict
+
+    usages = [s.usage for s in available_sources()]
+    assert usages[0] == "synthetic" and "npz:<path>" in usages and len(usages) == len(set(usages))
+    for bad in ("s3://bucket", "synthetic:x", "npz:", "folder", "tfrecord:", "nope:x"):
+        with pytest.raises(DataSourceError) as e:
+            open_source(bad)
+        listed = str(e.value).split("; use ", 1)[1]
+        assert re.split(r", | or ", listed) == usages
+        with pytest.raises(ConfigError) as e:
+            config_from_dict({"data": {"source": bad}})
+        assert re.findall(r"`([^`]+)`", str(e.value)) == usages, str(e.value)
 
 
-def test_folder_source_with_train_test_and_resize(tmp_path):
-    _write_images(tmp_path / "d" / "train", mode="RGB")
-    _write_images(tmp_path / "d" / "test", n=2, size=(14, 14), mode="RGB")
-    with pytest.raises(DataSourceError, match="set data.image_size"):
-        load_splits(f"folder:{tmp_path / 'd'}")
-    s = load_splits(f"folder:{tmp_path / 'd'}", image_size=[8, 9])
-    assert s.image_shape == (8, 9, 3) and len(s.test[0]) == 4
+def test_the_manual_names_every_registered_source():
+    """The "Datasets" table of docs/manual.md has one row per registered source, in the registry's order."""
+    text = (ROOT / "docs" / "manual.md").read_text()
+    table = text.split("### Datasets", 1)[1].split("\n\n", 2)[1]
+    rows = [re.match(r"\| `([a-z0-9_]+)", line).group(1) for line in table.splitlines()[2:]]
+    assert rows == [s.name for s in available_sources()]
 
 
-def test_folder_errors(tmp_path):
-    with pytest.raises(DataSourceError, match="no such directory"):
-        load_splits(f"folder:{tmp_path / 'nope'}")
-    (tmp_path / "empty" / "a").mkdir(parents=True)
-    with pytest.raises(DataSourceError, match="no PNG/JPEG images"):
-        load_splits(f"folder:{tmp_path / 'empty'}")
-    _write_images(tmp_path / "bad")
-    (tmp_path / "bad" / "cat" / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(DataSourceError, match="cannot read image"):
-        load_splits(f"folder:{tmp_path / 'bad'}")
+def test_local_path_is_what_a_source_reads_from_disk():
+    assert local_path("npz:x/digits.npz") == "x/digits.npz"
+    assert local_path("folder:/data/pets/") == "/data/pets"
+    assert local_path("tfrecord:/d/eurosat/*.tfrecord") == local_path("tfrecord:/d/eurosat") == "/d/eurosat"
+    assert local_path("tfds:mnist") is None and local_path("synthetic") is None and local_path("s3://x") is None
 
 
-def test_tfds_source_offline(tmp_path):
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
-
-    rng = np.random.default_rng(0)
-
-    def split(n):
-        return tf.data.Dataset.from_tensor_slices(
-            {"image": rng.integers(0, 255, (n, 8, 8, 1)).astype("uint8"), "label": np.arange(n) % 3})
-
-    tfds.dataset_builders.store_as_tfds_dataset(
-        name="tiny_shapes", version="1.0.0", data_dir=str(tmp_path),
-        features=tfds.features.FeaturesDict({"image": tfds.features.Image(shape=(8, 8, 1)),
-                                             "label": tfds.features.ClassLabel(names=["a", "b", "c"])}),
-        split_datasets={"train": split(20), "test": split(9)},
-    )
-    s = load_splits("tfds:tiny_shapes", data_dir=str(tmp_path), validation_fraction=0.2)
-    assert s.class_names == ["a", "b", "c"]
-    assert s.image_shape == (8, 8, 1) and len(s.test[0]) == 9
-    assert len(s.train[0]) + len(s.validation[0]) == 20
+def test_a_name_registered_twice_or_malformed_is_refused(monkeypatch):
+    monkeypatch.setattr(registry, "_SOURCES", dict(registry._SOURCES))
+    with pytest.raises(ValueError, match="registered twice"):
+        register_source("npz", argument="<path>", help="another")(lambda *a: None)
+    with pytest.raises(ValueError, match="lower-case"):
+        register_source("My-Source", help="bad name")
+    with pytest.raises(ValueError, match="files must be"):
+        register_source("x", help="bad files", files="yes")
 
 
-def test_tfds_not_prepared_says_how_to_prepare(tmp_path):
-    with pytest.raises(DataSourceError, match=r"tfds:mnist: not prepared in .*download_and_prepare"):
-        load_splits("tfds:mnist", data_dir=str(tmp_path))
-    with pytest.raises(DataSourceError, match="unknown dataset"):
-        load_splits("tfds:surely_not_a_dataset_name", data_dir=str(tmp_path))
+@pytest.fixture
+def toy(monkeypatch):
+    """A source registered by the test (and gone after it): `toy:<n>`, n images of each of 2 classes."""
+    monkeypatch.setattr(registry, "_SOURCES", dict(registry._SOURCES))
+
+    @register_source("toy", argument="<n>", help="n random 6x6 images of each of two classes, in memory")
+    def open_toy(argument, o, stream):
+        n = int(argument)
+        rng = np.random.default_rng(o.seed)
+        x = rng.integers(0, 256, (4 * n, 6, 6, 1), dtype=np.uint8)
+        y = np.arange(4 * n) % 2
+        return array_splits({"train": (x[: 3 * n], y[: 3 * n]), "test": (x[3 * n:], y[3 * n:])}, ["a", "b"], o,
+                            stream)
+
+    return open_toy
+
+
+def test_a_registered_source_is_known_to_the_config_the_data_and_the_jobs(toy, capsys):
+    """One module with `@register_source` (here, the fixture) is all a source needs."""
+    from pipelines import convert, experiment
+    from pipelines.config import ConfigError, config_from_dict, name_from_source
+
+    assert get_source("toy:8")[0].open is toy
+    with pytest.raises(DataSourceError, match=r"use synthetic, .* tfds:<name> or toy:<n>$"):
+        open_source("toy")  # takes an argument
+    with pytest.raises(ConfigError, match=r"data\.source: must be .*`tfds:<name>` or `toy:<n>` \(got 'toy'\)"):
+        config_from_dict({}, ["data.source=toy"])
+    cfg = config_from_dict({}, ["data.source=toy:8", "data.batch_size=4"])
+    assert cfg.name == name_from_source("toy:8") == "8"
+    splits = experiment.load_data(cfg)
+    assert splits.class_names == ["a", "b"] and splits.image_shape == (6, 6, 1)
+    assert splits.info.total_counts == {"train": 22, "validation": 2, "test": 8}
+    train, val, test = experiment.make_datasets(cfg, splits)
+    x, y = next(iter(train))
+    assert x.shape == (4, 6, 6, 1) and x.dtype.name == "float32" and set(np.asarray(y)) <= {0, 1}
+    assert sum(len(b[1]) for b in test) == 8
+    with pytest.raises(SystemExit):
+        convert.parse_args(["--help"])
+    assert "toy:<n>" in capsys.readouterr().out

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from data.sources import DataSourceError, load_splits
+from data.sources import DataSourceError, stratified_split
 from data.streaming import BadImagesError, DataOptions, open_source, preprocess_image
 
 
@@ -135,17 +135,58 @@ def test_random_crop_in_training_center_crop_in_evaluation(tmp_path):
     assert len(starts) > 1  # different places
 
 
-def test_streamed_splits_equal_the_array_reference_on_the_same_seed(tmp_path):
-    """Same files in the same splits as data.sources.load_splits, same pixels (PNG: exact)."""
+def _carved_reference(root, seed, fraction):
+    """The documented carve of a folder without train/ and test/, by sorted file list: test held out with
+    `seed + 1`, then validation with `seed`, each stratified; the images as PIL decodes them."""
+    import os
+
+    classes = sorted(d for d in os.listdir(root) if (root / d).is_dir())
+    files = [(str(root / c / f), i) for i, c in enumerate(classes) for f in sorted(os.listdir(root / c))]
+    paths, labels = np.array([p for p, _ in files], dtype=object), np.array([y for _, y in files])
+    rest, test = stratified_split(paths, labels, fraction, seed + 1)
+    train, validation = stratified_split(*rest, fraction, seed)
+    return {name: (np.stack([np.asarray(Image.open(p).convert("RGB")) for p in ps]), ys)
+            for name, (ps, ys) in (("train", train), ("validation", validation), ("test", test))}
+
+
+def test_carved_splits_are_the_seeded_stratified_carve_of_the_file_list(tmp_path):
+    """Same files in the same splits as the carve the docs promise (and data.sources' in-memory loader,
+    before it was removed, made), same pixels (PNG: exact)."""
     root = make_uniform_folder(tmp_path / "u", classes=("a", "b", "c"), n=10, mode="RGB")
     for seed in (0, 5):
-        ref = load_splits(f"folder:{root}", seed=seed, validation_fraction=0.2)
+        ref = _carved_reference(root, seed, 0.2)
         s = open_source(f"folder:{root}", seed=seed, validation_fraction=0.2)
         for name in ("train", "validation", "test"):
             x, y = _all(s.split(name))
-            rx, ry = getattr(ref, name)
+            rx, ry = ref[name]
             np.testing.assert_array_equal(y, ry)
             np.testing.assert_array_equal(x, rx)
+
+
+def test_folder_with_train_and_test_of_different_sizes_needs_an_image_size(tmp_path):
+    make_uniform_folder(tmp_path / "d" / "train", classes=("cat", "dog"), n=6, mode="RGB")
+    make_uniform_folder(tmp_path / "d" / "test", classes=("cat", "dog"), n=2, size=(14, 14), mode="RGB")
+    with pytest.raises(DataSourceError, match="images differ in size.*set data.image_size"):
+        open_source(f"folder:{tmp_path / 'd'}")
+    s = open_source(f"folder:{tmp_path / 'd'}", image_size=[8, 9])
+    assert s.image_shape == (8, 9, 3) and s.test.count == 4 and s.class_names == ["cat", "dog"]
+    assert _all(s.test)[0].shape == (4, 8, 9, 3)
+
+
+def test_folder_errors(tmp_path):
+    with pytest.raises(DataSourceError, match="no such directory"):
+        open_source(f"folder:{tmp_path / 'nope'}")
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "x.png").write_bytes(b"")
+    with pytest.raises(DataSourceError, match="expected one subfolder per class"):
+        open_source(f"folder:{tmp_path / 'flat'}")
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+    with pytest.raises(DataSourceError, match="no image files in its class subfolders"):
+        open_source(f"folder:{tmp_path / 'empty'}")
+    make_uniform_folder(tmp_path / "bad", n=4)
+    (tmp_path / "bad" / "a" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(BadImagesError, match="broken.png"):
+        open_source(f"folder:{tmp_path / 'bad'}")
 
 
 def test_training_pipeline_is_seeded_and_a_permutation(tmp_path):
@@ -228,13 +269,17 @@ def test_bad_files_are_named_before_training_or_skipped(tmp_path):
 
 
 def test_arrays_sources_through_the_same_api(tmp_path):
-    s = open_source("synthetic", synthetic_train_size=100, synthetic_test_size=20, cache_dir=str(tmp_path))
-    ref = load_splits("synthetic", synthetic_train_size=100, synthetic_test_size=20, cache_dir=str(tmp_path))
-    assert s.image_shape == (28, 28, 1) and s.class_names == ref.class_names
+    from data import synthetic
+    from data.options import SyntheticSettings
+
+    s = open_source("synthetic", synthetic=SyntheticSettings(100, 20), cache_dir=str(tmp_path))
+    (xtr, ytr), _ = synthetic.load(100, 20, seed=0, cache_dir=str(tmp_path))
+    _, (rx, ry) = stratified_split(xtr, ytr, 0.1, seed=0)  # validation carved from train with data.seed
+    assert s.image_shape == (28, 28, 1) and s.class_names == synthetic.CLASS_NAMES
     x, y = _all(s.validation)
-    np.testing.assert_array_equal(x, ref.validation[0])
-    np.testing.assert_array_equal(y, ref.validation[1])
-    big = open_source("synthetic", synthetic_train_size=100, synthetic_test_size=20, cache_dir=str(tmp_path),
+    np.testing.assert_array_equal(x, rx)
+    np.testing.assert_array_equal(y, ry)
+    big = open_source("synthetic", synthetic=SyntheticSettings(100, 20), cache_dir=str(tmp_path),
                       image_size=(32, 32), channels=3)
     assert big.test.elements().element_spec[0].shape == (32, 32, 3)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from data.pipeline import make_stream_dataset
-from data.sources import load_splits
+from data.sources import DataSourceError, stratified_split
 from data.streaming import open_source
 from pipelines.cli import run_main
 from pipelines.convert import main as convert_main
@@ -90,12 +90,13 @@ def test_npz_to_shards_is_lossless(tmp_path):
     np.savez(tmp_path / "d.npz", x_train=rng.integers(0, 256, (20, 6, 6), dtype=np.uint8), y_train=np.arange(20) % 2,
              x_test=rng.integers(0, 256, (6, 6, 6), dtype=np.uint8), y_test=np.arange(6) % 2)
     assert _convert(f"npz:{tmp_path / 'd.npz'}", tmp_path / "s") == 0
-    ref = load_splits(f"npz:{tmp_path / 'd.npz'}")
+    with np.load(tmp_path / "d.npz") as f:
+        ref_x, ref_y = f["x_test"][..., None], f["y_test"]
     s = open_source(f"tfrecord:{tmp_path / 's'}")
     assert s.image_shape == (6, 6, 1)
     x, y = _arrays(s.test)
-    np.testing.assert_array_equal(x, ref.test[0])
-    np.testing.assert_array_equal(y, ref.test[1])
+    np.testing.assert_array_equal(x, ref_x)
+    np.testing.assert_array_equal(y, ref_y)
 
 
 @pytest.mark.parametrize("n_proc", [2])
@@ -114,7 +115,7 @@ def test_tfrecord_shards_disjoint_and_complete(tmp_path, n_proc):
         assert sorted(got) == ref
 
 
-def _store_tfds(tmp_path, name="tiny_rgb", with_validation=False):
+def _store_tfds(tmp_path, name="tiny_rgb", with_validation=False, channels=3):
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
@@ -122,35 +123,63 @@ def _store_tfds(tmp_path, name="tiny_rgb", with_validation=False):
 
     def split(n):
         return tf.data.Dataset.from_tensor_slices(
-            {"image": rng.integers(0, 255, (n, 8, 8, 3)).astype("uint8"), "label": np.arange(n) % 3})
+            {"image": rng.integers(0, 255, (n, 8, 8, channels)).astype("uint8"), "label": np.arange(n) % 3})
 
     splits = {"train": split(24), "test": split(9)}
     if with_validation:
         splits["validation"] = split(6)
     tfds.dataset_builders.store_as_tfds_dataset(
         name=name, version="1.0.0", data_dir=str(tmp_path),
-        features=tfds.features.FeaturesDict({"image": tfds.features.Image(shape=(8, 8, 3)),
+        features=tfds.features.FeaturesDict({"image": tfds.features.Image(shape=(8, 8, channels)),
                                              "label": tfds.features.ClassLabel(names=["a", "b", "c"])}),
         split_datasets=splits,
     )
 
 
-def test_tfds_streams_the_same_splits_as_the_array_loader(tmp_path):
+def _tfds_reference(tmp_path, name, fraction, seed):
+    """{split: (images, labels)} as tfds decodes them, validation carved from train (stratified, seeded)."""
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(name, data_dir=str(tmp_path))
+    read = {}
+    for split in ("train", "test"):
+        items = list(tfds.as_numpy(builder.as_dataset(split=split)))
+        read[split] = (np.stack([e["image"] for e in items]), np.array([e["label"] for e in items]))
+    read["train"], read["validation"] = stratified_split(*read["train"], fraction, seed)
+    return read
+
+
+def test_tfds_streams_the_stored_splits_with_a_carved_validation(tmp_path):
     _store_tfds(tmp_path)
-    ref = load_splits("tfds:tiny_rgb", data_dir=str(tmp_path), validation_fraction=0.25, seed=2)
+    ref = _tfds_reference(tmp_path, "tiny_rgb", 0.25, 2)
     s = open_source("tfds:tiny_rgb", data_dir=str(tmp_path), validation_fraction=0.25, seed=2)
     assert s.class_names == ["a", "b", "c"] and s.image_shape == (8, 8, 3)
     for name in ("train", "validation", "test"):
         x, y = _arrays(s.split(name))
-        rx, ry = getattr(ref, name)
+        rx, ry = ref[name]
         np.testing.assert_array_equal(x, rx)
         np.testing.assert_array_equal(y, ry)
     small = open_source("tfds:tiny_rgb", data_dir=str(tmp_path), image_size=(4, 4), channels=1)
     assert small.test.elements().element_spec[0].shape == (4, 4, 1)
     assert _arrays(small.test)[0].shape == (9, 4, 4, 1)
     parts = [open_source("tfds:tiny_rgb", data_dir=str(tmp_path), num_processes=2, process_id=p).test for p in (0, 1)]
-    assert sorted(a.tobytes() for p in parts for a in _arrays(p)[0]) == sorted(a.tobytes() for a in ref.test[0])
+    assert sorted(a.tobytes() for p in parts for a in _arrays(p)[0]) == sorted(a.tobytes() for a in ref["test"][0])
     # and into shards (the sequential path of make convert)
     assert _convert("tfds:tiny_rgb", tmp_path / "s", "--data-dir", str(tmp_path), "--shard-size", "5") == 0
     back = open_source(f"tfrecord:{tmp_path / 's'}")
-    np.testing.assert_array_equal(_arrays(back.test)[0], ref.test[0])
+    np.testing.assert_array_equal(_arrays(back.test)[0], ref["test"][0])
+
+
+def test_tfds_gray_source_offline(tmp_path):
+    _store_tfds(tmp_path, "tiny_gray", channels=1)
+    s = open_source("tfds:tiny_gray", data_dir=str(tmp_path), validation_fraction=0.2)
+    assert s.class_names == ["a", "b", "c"]
+    assert s.image_shape == (8, 8, 1) and s.test.count == 9
+    assert s.train.count + s.validation.count == 24
+
+
+def test_tfds_not_prepared_says_how_to_prepare(tmp_path):
+    with pytest.raises(DataSourceError, match=r"tfds:mnist: not prepared in .*download_and_prepare"):
+        open_source("tfds:mnist", data_dir=str(tmp_path))
+    with pytest.raises(DataSourceError, match="unknown dataset"):
+        open_source("tfds:surely_not_a_dataset_name", data_dir=str(tmp_path))

@@ -71,6 +71,8 @@ def test_every_key_of_the_schema_is_printed_with_its_comment(capsys):
                for line in lines)
     assert any(line.startswith("    fill_mode: constant  # one of FILL_MODES") for line in section_lines(out, "augment"))
     assert "  batch_size: 128" in section_lines(out, "data")  # no comment: none printed
+    # data/options.py's DataSettings, which the config's DataConfig inherits: its comments too
+    assert any(line.startswith("  cache: auto  # auto (memory under cache_budget_mb") for line in section_lines(out, "data"))
     assert "hp.Fixed" not in out  # a `#` inside TuneConfig's docstring is no comment
     assert lines[0].startswith("# make train --config pipelines/configs/default.yaml")
 

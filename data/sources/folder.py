@@ -1,0 +1,115 @@
+"""`folder:<path>`: one subfolder per class of image files, streamed from disk and decoded in the graph.
+
+The class folders are directly under <path> (test and then validation carved
+off, stratified and seeded, by file list) or under <path>/train and
+<path>/test (and optionally validation/, valid/ or val/; any other top-level
+folder is named in a warning). PNG, JPEG, BMP and GIF (first frame): what
+`tf.io.decode_image` reads. A header pass (data/images.py `scan_images`)
+finds every file's size and channels and the unreadable files before
+anything is decoded: `BadImagesError` names them, unless `skip_bad_images`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+
+from data.options import SPLITS, BadImagesError, DataOptions, DataSourceError
+from data.sources.common import VALIDATION_FOLDERS, shard_indices, stratified_split
+from data.sources.registry import register_source
+
+
+def _class_dirs(root: str) -> list[str]:
+    return sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
+
+
+def _list_split(root: str, class_names: list[str]):
+    paths, labels = [], []
+    for c, name in enumerate(class_names):
+        d = os.path.join(root, name)
+        if not os.path.isdir(d):
+            continue
+        for fn in sorted(os.listdir(d)):
+            p = os.path.join(d, fn)
+            if fn.startswith(".") or not os.path.isfile(p):
+                continue
+            paths.append(p)
+            labels.append(c)
+    return np.asarray(paths, dtype=object), np.asarray(labels, np.int64)
+
+
+def list_folder(root: str):
+    """The file lists of `folder:<root>` (before the header pass):
+    ({split: (paths, labels)}, class names, whether it has train/ and test/)."""
+    if not os.path.isdir(root):
+        raise DataSourceError(f"folder:{root}: no such directory")
+    top = _class_dirs(root)
+    if "train" in top and "test" in top:
+        class_names = _class_dirs(os.path.join(root, "train"))
+        if not class_names:
+            raise DataSourceError(f"folder:{root}/train: no class subfolders")
+        out = {"train": _list_split(os.path.join(root, "train"), class_names),
+               "test": _list_split(os.path.join(root, "test"), class_names)}
+        used = ["train", "test"]
+        for vname in VALIDATION_FOLDERS:
+            if vname in top:
+                out["validation"] = _list_split(os.path.join(root, vname), class_names)
+                used.append(vname)
+                break
+        ignored = [d for d in top if d not in used]
+        if ignored:  # every folder the source sees is used or named
+            print(f"Warning: folder:{root}: ignored top-level folder(s) {', '.join(ignored)}: the splits read are "
+                  f"{', '.join(used)} (a validation split is one of {', '.join(VALIDATION_FOLDERS)}/)")
+        return out, class_names, True
+    if not top:
+        raise DataSourceError(f"folder:{root}: expected one subfolder per class (or train/ and test/)")
+    return {"all": _list_split(root, top)}, top, False
+
+
+@register_source("folder", argument="<path>", files="path",
+                 help="a subfolder per class of images (or train/, test/); streamed")
+def open_folder(path: str, o: DataOptions, stream):
+    from data.images import scan_images
+    from data.splits import Split
+
+    root = os.path.expanduser(path)
+    lists, class_names, has_test = list_folder(root)
+    every = np.concatenate([p for p, _ in lists.values()])
+    if len(every) == 0:
+        raise DataSourceError(f"folder:{root}: no image files in its class subfolders")
+    found = scan_images(every, o.scan_workers, full=o.check_images == "full")
+    bad = [(p, r) for p, r in zip(every, found) if isinstance(r, str)]
+    if bad and not o.skip_bad_images:
+        raise BadImagesError(f"folder:{root}", bad)
+    badset = {p for p, _ in bad}
+    good = [r for r in found if not isinstance(r, str)]
+    if not good:
+        raise DataSourceError(f"folder:{root}: none of its {len(every)} files is a readable image")
+    lists = {k: (p[[x not in badset for x in p]], y[[x not in badset for x in p]]) for k, (p, y) in lists.items()}
+    if not has_test:  # test carved with seed + 1, then validation with seed
+        (p, y), test = stratified_split(*lists.pop("all"), o.validation_fraction, o.seed + 1)
+        lists = {"train": (p, y), "test": test}
+    if "validation" not in lists:
+        if len(lists["train"][0]) < 2:
+            raise DataSourceError(f"folder:{root}: the training split needs at least 2 images")
+        lists["train"], lists["validation"] = stratified_split(*lists["train"], o.validation_fraction, o.seed)
+    channels = o.channels if o.channels != "auto" else (1 if all(g for _, _, g in good) else 3)
+    sizes = sorted({(h, w) for h, w, _ in good})
+    stream.native_size = sizes[0] if len(sizes) == 1 else None
+    stream.native_channels = 1 if all(g for _, _, g in good) else 3
+    stream.mixed_sizes_hint = f"({len(sizes)} sizes, e.g. {sizes[0]} and {sizes[-1]})"
+    shape = (*(o.image_size or stream.native_size or (None, None)), channels)
+    fingerprint = hashlib.sha256()
+    for k in SPLITS:
+        for p in lists[k][0]:
+            st = os.stat(p)
+            fingerprint.update(f"{k}|{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    stream.key = f"folder:{os.path.abspath(root)}:{fingerprint.hexdigest()}"
+    splits = {}
+    for k in SPLITS:
+        paths, labels = lists[k]
+        idx = shard_indices(len(paths), o)
+        splits[k] = Split(k, "files", labels[idx], stream=stream, paths=paths[idx].astype(str), total=len(paths))
+    return splits, class_names, shape, channels, bad

@@ -1,0 +1,102 @@
+"""`tfrecord:<glob>`: TFRecord shards written by `make convert` (data/tfrecord.py), streamed.
+
+The glob may also be the shards' directory (`<dir>/*.tfrecord`). `dataset.json`
+beside them holds the class names, image shape, splits, per-file counts and
+labels, so nothing is read to know them. A split given by some of its shards
+reads those; validation is carved (by record, stratified, seeded) from train
+when there are no validation shards. With at least as many files of a split
+as processes, whole files go round-robin to the processes; otherwise records.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import json
+import os
+
+import numpy as np
+
+from data.options import METADATA_FILE, SPLITS, DataOptions, DataSourceError
+from data.sources.common import split_masks, stratified_split
+from data.sources.registry import register_source
+
+
+def read_metadata(pattern: str):
+    """The shard files matched by `tfrecord:<pattern>` and the `dataset.json` beside them."""
+    if os.path.isdir(pattern):
+        pattern = os.path.join(pattern, "*.tfrecord")
+    files = sorted(globlib.glob(os.path.expanduser(pattern)))
+    if not files:
+        raise DataSourceError(f"tfrecord:{pattern}: no files match")
+    meta_path = os.path.join(os.path.dirname(files[0]), METADATA_FILE)
+    if not os.path.isfile(meta_path):
+        raise DataSourceError(f"tfrecord:{pattern}: no {METADATA_FILE} beside the shards; write them with "
+                              f"`make convert SRC=<source> DEST=<dir>`")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    return files, meta, os.path.dirname(files[0])
+
+
+@register_source("tfrecord", argument="<glob>", files="glob",
+                 help="shards written by make convert (a glob, or their folder); streamed")
+def open_tfrecord(pattern: str, o: DataOptions, stream):
+    from data.splits import Split
+
+    files, meta, root = read_metadata(pattern)
+    matched = {os.path.abspath(f) for f in files}
+    splits = {}
+    for k in SPLITS:
+        sm = meta["splits"].get(k)
+        if sm is None:
+            continue
+        names = [os.path.abspath(os.path.join(root, f)) for f in sm["files"]]
+        counts = list(sm["counts"])
+        labels = np.asarray(sm["labels"], np.int64) if sm.get("labels") is not None else None
+        picked = [i for i, f in enumerate(names) if f in matched]
+        if not picked:
+            continue
+        missing = [f for i, f in enumerate(names) if i in picked and not os.path.isfile(f)]
+        if missing:
+            raise DataSourceError(f"tfrecord:{pattern}: {k} shard {missing[0]} is missing")
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        if labels is not None:
+            labels = np.concatenate([labels[starts[i]:starts[i + 1]] for i in picked])
+        names = [names[i] for i in picked]
+        counts = [counts[i] for i in picked]
+        splits[k] = (names, counts, labels)
+    if "train" not in splits or "test" not in splits:
+        raise DataSourceError(f"tfrecord:{pattern}: needs train and test shards, has {sorted(splits)}")
+    if "validation" not in splits:
+        names, counts, labels = splits["train"]
+        if labels is None:
+            raise DataSourceError(f"tfrecord:{pattern}: no validation shards and no labels in {METADATA_FILE} to carve one")
+        idx = np.arange(len(labels))
+        (rest, _), (held, _) = stratified_split(idx, labels, o.validation_fraction, o.seed)
+        train_mask = np.zeros(len(labels), bool)
+        train_mask[rest] = True
+        splits["train"] = (names, counts, labels, train_mask)
+        splits["validation"] = (names, counts, labels, ~train_mask)
+    out = {}
+    for k in SPLITS:
+        names, counts, labels, *carve = splits[k]
+        carve = carve[0] if carve else None
+        total = int(carve.sum()) if carve is not None else int(sum(counts))
+        if carve is None and len(names) >= o.num_processes:  # whole files round-robin
+            pick = list(range(o.process_id, len(names), o.num_processes))
+            starts = np.concatenate([[0], np.cumsum(counts)])
+            lab = None if labels is None else np.concatenate(
+                [labels[starts[i]:starts[i + 1]] for i in pick] or [np.zeros(0, np.int64)])
+            out[k] = Split(k, "records", lab, stream=stream, files=[names[i] for i in pick],
+                           file_counts=[counts[i] for i in pick], total=total)
+        else:
+            mask = split_masks(int(sum(counts)), carve, o)
+            out[k] = Split(k, "records", None if labels is None else labels[mask], stream=stream, files=names,
+                           file_counts=counts, mask=mask, total=total)
+    class_names = list(meta["class_names"])
+    hint = meta.get("channels") or 3
+    channels = o.channels if o.channels != "auto" else int(hint)
+    stream.native_size = tuple(meta["image_shape"][:2]) if meta.get("image_shape") else None
+    stream.native_channels = int(hint)
+    shape = (*(o.image_size or stream.native_size or (None, None)), channels)
+    stream.key = f"tfrecord:{os.path.abspath(root)}:{meta.get('fingerprint', '')}:{sorted(matched)}"
+    return out, class_names, shape, channels, []
