@@ -153,6 +153,9 @@ class ExportConfig:
     # A new version must take the same input shape and classes as the newest one of its name (else an error
     # before training); true allows a change (clients of the old signature then break).
     allow_new_signature: bool = False
+    # Publish the model rewritten in stock Keras layers (models.to_plain: group convolutions as Conv2D with their
+    # dense kernels, batch norm folded), checked against the unconverted model; harmonic layers are refused.
+    plain: bool = False
 
     def validate(self, p):
         _check(self.tolerance > 0, f"{p}.tolerance", self.tolerance, "must be > 0")

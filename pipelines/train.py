@@ -277,7 +277,7 @@ def _export(model, cfg: Config, splits, test_acc: float) -> tuple[str | None, st
         model, cfg.export.dir, cfg.export_name,
         check_images=splits.test.arrays(cfg.evaluate.max_images, cfg.evaluate.seed)[0],  # at most evaluate.max_images
         tolerance=cfg.export.tolerance, rtol=cfg.export.rtol, report=report, class_names=splits.class_names,
-        resize=cfg.data.resize, plain=getattr(cfg.export, "plain", False),  # export.plain (pipelines/config.py)
+        resize=cfg.data.resize, plain=cfg.export.plain,
         extra_assets={"experiment.yaml": cfg.to_yaml(),
                       SIGNATURE_FILE: json.dumps(signature_of(splits.image_shape, splits.class_names)),
                       "labels.txt": "".join(f"{c}\n" for c in splits.class_names),

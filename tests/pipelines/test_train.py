@@ -240,3 +240,20 @@ def test_progress_is_one_line_per_epoch_when_stdout_is_not_a_terminal(tmp_path, 
         assert experiment.fit_verbosity(tiny_config(tmp_path, "train.verbose=auto")) == 1  # the bar
     finally:
         sys.stdout = real
+
+
+def test_export_plain_true_publishes_the_model_in_stock_layers(tmp_path):
+    """`export.plain: true` (models.to_plain): the published SavedModel holds dense Conv2D kernels, not the group
+    convolutions' basis coefficients (a LiftingConv2D's kernel is [J, C_in, filters]), and answers as training's."""
+    import tensorflow as tf
+
+    base = tiny_config(tmp_path, "export.plain=true", "train.epochs=1").to_dict()
+    base["model"] = {"name": "gcnn", "params": {"filters": [2, 3], "group": "C4", "kernel_size": 3}}
+    cfg = config_from_dict(base, [])
+    result = run(cfg)
+    stored = tf.train.list_variables(os.path.join(result.export_path, "variables", "variables"))
+    shapes = [tuple(shape) for name, shape in stored if name.startswith("loaded/variables/")]
+    assert (3, 3, 1, 2 * 4) in shapes and (3, 3, 2 * 4, 2 * 4) in shapes, shapes  # dense kernels, |G| = 4
+    assert not any(len(s) == 3 for s in shapes), shapes  # no [J, C_in, filters] basis coefficients
+    x = np.random.default_rng(0).integers(0, 256, (4, 28, 28, 1), dtype=np.uint8)
+    assert predict_savedmodel(result.export_path, x)["probabilities"].shape == (4, 10)
