@@ -1,9 +1,9 @@
 """NumPy transforms of image batches and feature maps shared by the equivariance measurements.
 
-`models/group_equivariance.py`, `models/scale_equivariance.py` and
-`pipelines/invariance.py` (which re-exports these for the evaluation) measure
-rotation and scale errors with the same resampling and the same disks, so
-their figures compare; `models/` may not import `pipelines/`, hence they live here.
+`models/equivariance.py` (every family's equivariance error) and
+`pipelines/invariance.py` (which re-exports these for the evaluation's curves)
+use the same resampling and the same disks, so their figures compare;
+`models/` may not import `pipelines/`, hence they live here.
 """
 
 from __future__ import annotations

@@ -6,11 +6,12 @@ Reads each MLflow run's logged metrics (those of `make evaluate`, which `make
 train` logs at its end), prints a table with one column per run and one row
 per figure, and writes it as markdown and CSV together with the runs'
 rotation curves overlaid in one PNG to reports/compare-<short ids>/. The
-rotation-equivariance errors of the two equivariant families sit in adjacent
-rows at each angle: harmonic convolutions (`equiv_err_mean_<angle>`, hnet) and
-C_N and D_N group convolutions (`group_equiv_err_mean_<angle>`, gcnn; only at
-multiples of 360/N; `_flip`, `_flip_rot90`... for D_N's mirrors), accuracy on
-mirrored test images (`mirror_acc_lr`, `_ud`, `_transpose`); a run without a family's layers shows "-".
+equivariance errors of the equivariant families (models/equivariance.py) sit
+in adjacent rows element by element: `equiv_err_<family>_mean_<element>`, e.g.
+harmonic (hnet) and group (gcnn, only at multiples of 360/N; `flip`,
+`flip_rot90`... for D_N's mirrors) at `rot45`, then scale (`s0_s1`); older
+runs' names are read too. Accuracy on mirrored test images (`mirror_acc_lr`,
+`_ud`, `_transpose`) has its rows; a run without a family's layers shows "-".
 """
 
 from __future__ import annotations
@@ -27,8 +28,12 @@ from pipelines.errors import UserError
 
 _ROT = re.compile(r"^rot_acc_(\d{3})$")
 _ELASTIC = re.compile(r"^elastic_acc_(.+)$")
-_EQUIV_MEAN = re.compile(r"^equiv_err_mean_(.+)$")
-_GROUP_EQUIV_MEAN = re.compile(r"^group_equiv_err_mean_(.+)$")
+_EQUIV_MEAN = re.compile(r"^equiv_err_([a-z]+)_mean_(.+)$")  # models/equivariance.py: family, element
+# metric names of runs evaluated before the one protocol: harmonic `equiv_err_mean_<angle>`, group
+# `group_equiv_err_mean_<angle | flip...>`, scale `scale_equiv_err_<layer>_s0_s1`
+_LEGACY = ((re.compile(r"^equiv_err_mean_(\d.*)$"), "equiv_err_harmonic_mean_rot{}"),
+           (re.compile(r"^group_equiv_err_mean_(\d.*)$"), "equiv_err_group_mean_rot{}"),
+           (re.compile(r"^group_equiv_err_mean_(flip.*)$"), "equiv_err_group_mean_{}"))
 _SCALE = re.compile(r"^scale_acc_(.+)$")
 
 
@@ -70,11 +75,27 @@ def load_runs(run_ids: list[str], tracking_uri: str | None = None) -> list[RunFi
             raise UserError(f"no MLflow run {rid!r} in the tracking store {uri}") from None
         params = run.data.params
         data = f"{params.get('data.source', '?')} ({params.get('data.num_classes', '?')} classes)"
-        figures = RunFigures(rid, run.info.run_name or "", params.get("model.name", "?"), dict(run.data.metrics), data)
+        figures = RunFigures(rid, run.info.run_name or "", params.get("model.name", "?"),
+                             _current_names(run.data.metrics), data)
         if not figures.rotation:
             raise UserError(f"MLflow run {rid} has no invariance metrics; run `make evaluate RUN={rid}` first")
         out.append(figures)
     return out
+
+
+def _current_names(metrics: dict) -> dict:
+    """A run's metrics with the names of older evaluations' equivariance means brought to today's."""
+    out = dict(metrics)
+    for k, v in metrics.items():
+        for pattern, name in _LEGACY:
+            if m := pattern.match(k):
+                out.setdefault(name.format(m.group(1)), v)
+    return out
+
+
+def _element_key(label: str):
+    """rot<angle> in angle order, then the others (flip, flip_rot90, s0_s1) by name."""
+    return (0, float(label[3:]), label) if label.startswith("rot") and _num_key(label[3:])[0] == 0 else (1, 0.0, label)
 
 
 def _num_key(s: str):
@@ -98,16 +119,11 @@ def figure_rows(runs: list[RunFigures]) -> list[tuple[str, str, list]]:
         rows.append((f"elastic_acc_{a}", f"elastic alpha={a}"))
     for f in sorted({m.group(1) for k in keys if (m := _SCALE.match(k))}, key=_num_key):
         rows.append((f"scale_acc_{f}", f"scale {f}x"))
-    # the two rotation-equivariant families side by side, angle by angle: a run without a family's layers shows "-"
-    harmonic = {m.group(1) for k in keys if (m := _EQUIV_MEAN.match(k))}
-    group = {m.group(1) for k in keys if (m := _GROUP_EQUIV_MEAN.match(k))}
-    for a in sorted(harmonic | group, key=_num_key):
-        if a in harmonic:
-            rows.append((f"equiv_err_mean_{a}", f"harmonic equivariance error {a} deg (mean over layers)"))
-        if a in group:
-            what = f"{a} deg" if _num_key(a)[0] == 0 else a.replace("_", "+")
-            rows.append((f"group_equiv_err_mean_{a}",
-                         f"group-conv (C_N, D_N) equivariance error {what} (mean over layers)"))
+    # the equivariant families side by side, element by element (rot45: harmonic, then group): a run without a
+    # family's layers shows "-"
+    means = {(m.group(2), m.group(1)) for k in keys if (m := _EQUIV_MEAN.match(k))}
+    for label, family in sorted(means, key=lambda lf: (_element_key(lf[0]), lf[1])):
+        rows.append((f"equiv_err_{family}_mean_{label}", f"{family} equivariance error {label} (mean over layers)"))
     rows.append(("eval_images", "test images evaluated"))
     return [(k, d, [r.metrics.get(k) for r in runs]) for k, d in rows]
 
@@ -117,7 +133,7 @@ def _fmt(key: str, value) -> str:
         return "-"
     if key == "eval_images":
         return str(int(value))
-    if key.startswith(("equiv_err", "group_equiv_err")):
+    if key.startswith("equiv_err"):
         return f"{value:.2e}"
     return f"{100 * value:.1f}%"
 

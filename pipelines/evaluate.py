@@ -10,15 +10,16 @@ subset) it measures, with the metrics of pipelines/invariance.py:
   +-`evaluate.shift_range` pixels, pad-and-crop, percent of equal predictions)
   and circular consistency (the same with circular shifts, `np.roll`);
 - elastic robustness: accuracy against the elastic-warp strength alpha;
-- for models with harmonic convolutions, each one's rotation-equivariance
-  error at `evaluate.equivariance_angles`; for models with C_N group
-  convolutions, each one's at the multiples of 360/N among those angles;
+- accuracy on mirrored test images (left-right, up-down, transposed);
+- for models with equivariant layers (harmonic, group, scale convolutions),
+  each one's equivariance error at the group elements it promises among
+  `evaluate.equivariance_angles` (models/equivariance.py, one protocol);
 
 and draws the learned first-layer filters (for harmonic layers: real and
 imaginary parts per rotation order). It prints a table, writes it with the
 curves as PNG files to a report directory, and logs the figures as metrics
 (`rot_acc_000` ... `rot_acc_345`, `shift_consistency`, `circular_consistency`,
-`elastic_acc_<alpha>`, `equiv_err_<layer>_<angle>`, `group_equiv_err_<layer>_<angle>`) and the files as artifacts
+`elastic_acc_<alpha>`, `mirror_acc_lr`, `equiv_err_<family>_<layer>_<element>`) and the files as artifacts
 under `evaluation/` of the MLflow run. `make train` runs it at the end unless
 `evaluate.enabled=false`.
 

@@ -34,16 +34,15 @@ class Evaluation:
     shift_range: int
     elastic: dict  # alpha -> accuracy
     elastic_sigma: float
-    equivariance: dict = field(default_factory=dict)  # layer name -> {angle: relative error}
+    # family ("harmonic", "group", "scale") -> layer name -> element ("rot90", "flip", "s0_s1") -> relative
+    # error (models/equivariance.py, the one protocol)
+    equivariance: dict = field(default_factory=dict)
     scale: dict = field(default_factory=dict)  # factor -> accuracy
-    scale_equivariance: dict = field(default_factory=dict)  # layer name -> {"s0_s1": relative error}
-    group_equivariance: dict = field(default_factory=dict)  # group conv name -> {angle: relative error}
     class_names: list = field(default_factory=list)  # class id -> name
     confusion: np.ndarray | None = None  # [K, K] counts on unchanged inputs, rows: true class
     orientation_acc: float | None = None  # a canonicalizing model's: turned test images whose turn it names
     mirror: dict = field(default_factory=dict)  # "flip_lr" / "flip_ud" / "transpose" -> accuracy
     mirror_logit_change: dict = field(default_factory=dict)  # same keys -> mean relative logit change (Keras models)
-    group_mirror_equivariance: dict = field(default_factory=dict)  # D_N conv name -> {"flip", "flip_rot90": error}
 
     def per_class(self) -> list[tuple[str, int, float, str]]:
         """(class name, images, accuracy, the class it is most often taken for) per class with images."""
@@ -66,27 +65,14 @@ class Evaluation:
         m.update(rot_acc_mean=float(np.mean(rot)), rot_acc_min=float(np.min(rot)))
         m.update(shift_consistency=self.shift_consistency, circular_consistency=self.circular_consistency)
         m.update({f"elastic_acc_{a:g}": v for a, v in self.elastic.items()})
-        for layer, errs in self.equivariance.items():
-            m.update({f"equiv_err_{layer}_{a:g}": e for a, e in errs.items()})
-        if self.equivariance:
-            angles = next(iter(self.equivariance.values())).keys()
-            for a in angles:
-                m[f"equiv_err_mean_{a:g}"] = float(np.mean([e[a] for e in self.equivariance.values()]))
-        for layer, errs in self.group_equivariance.items():
-            m.update({f"group_equiv_err_{layer}_{a:g}": e for a, e in errs.items()})
-        for a in sorted({a for errs in self.group_equivariance.values() for a in errs}):
-            at_a = [errs[a] for errs in self.group_equivariance.values() if a in errs]
-            m[f"group_equiv_err_mean_{a:g}"] = float(np.mean(at_a))
-        for layer, errs in self.group_mirror_equivariance.items():
-            m.update({f"group_equiv_err_{layer}_{k}": e for k, e in errs.items()})
-        for k in sorted({k for errs in self.group_mirror_equivariance.values() for k in errs}):
-            m[f"group_equiv_err_mean_{k}"] = float(np.mean([e[k] for e in self.group_mirror_equivariance.values()
-                                                              if k in e]))
+        for family, per_layer in self.equivariance.items():
+            for layer, errs in per_layer.items():
+                m.update({f"equiv_err_{family}_{layer}_{k}": e for k, e in errs.items()})
+            for k in dict.fromkeys(k for errs in per_layer.values() for k in errs):
+                m[f"equiv_err_{family}_mean_{k}"] = float(np.mean([e[k] for e in per_layer.values() if k in e]))
         m.update({f"mirror_acc_{k.replace('flip_', '')}": v for k, v in self.mirror.items()})  # _lr, _ud, _transpose
         m.update({f"mirror_logit_change_{k.replace('flip_', '')}": v for k, v in self.mirror_logit_change.items()})
         m.update({f"scale_acc_{f:g}": v for f, v in self.scale.items()})
-        for layer, errs in self.scale_equivariance.items():
-            m.update({f"scale_equiv_err_{layer}_{k}": v for k, v in errs.items()})
         if self.orientation_acc is not None:
             m["canonical_orientation_acc"] = self.orientation_acc
         m["eval_images"] = float(self.n_images)
@@ -112,19 +98,13 @@ class Evaluation:
         rows.append((f"circular consistency (+-{self.shift_range} px, roll)", pct(self.circular_consistency)))
         for a, v in self.elastic.items():
             rows.append((f"elastic alpha={a:g} px (sigma {self.elastic_sigma:g})", pct(v)))
-        for layer, errs in self.equivariance.items():
-            rows.append((f"harmonic equivariance error {layer}",
-                         ", ".join(f"{e:.2e} @ {a:g} deg" for a, e in errs.items())))
-        for layer, errs in self.group_equivariance.items():  # at multiples of 360/N only (models/group_equivariance.py)
-            rows.append((f"group-conv equivariance error {layer}",
-                         ", ".join(f"{e:.2e} @ {a:g} deg" for a, e in errs.items())))
-        for layer, errs in self.group_mirror_equivariance.items():
-            rows.append((f"group-conv mirror equivariance error {layer}",
-                         ", ".join(f"{e:.2e} @ {k.replace('_', '+')}" for k, e in errs.items())))
+        for family, per_layer in self.equivariance.items():  # the elements each layer promises
+            for layer, errs in per_layer.items():
+                rows.append((f"{family} equivariance error {layer}",
+                             ", ".join(f"{e:.2e} @ {k.replace('_', '+') if family == 'group' else k}"
+                                       for k, e in errs.items())))
         if self.scale:
             rows.append(("scale curve (factor: accuracy)", "  ".join(f"{f:g}x: {pct(v)}" for f, v in self.scale.items())))
-        for layer, errs in self.scale_equivariance.items():
-            rows.append((f"scale equivariance error {layer}", ", ".join(f"{e:.2e} ({k})" for k, e in errs.items())))
         if self.orientation_acc is not None:
             rows.append(("canonicalizer: turns of test images it names", pct(self.orientation_acc)))
         worst = sorted(self.per_class(), key=lambda r: r[2])[:3]
@@ -224,11 +204,12 @@ def evaluate(predict, images, labels, ecfg, model=None, class_names=None) -> Eva
     """All invariance figures of `predict` on (`images` uint8 or float in [0, 1], `labels`).
 
     `ecfg` is a `pipelines.config.EvaluateConfig`; `model`, a Keras model, adds
-    the equivariance errors of its harmonic convolutions (at each of
-    `ecfg.equivariance_angles`), of its C_N group convolutions (at those of
-    the angles that are multiples of 360/N, and at 360/N; for D_N also at
-    the mirrors), of its scale convolutions, and the relative change of its
-    logits under the mirrors. Accuracy on mirrored images (left-right,
+    the equivariance errors of its equivariant layers at the elements each
+    promises (models/equivariance.py: harmonic convolutions at each of
+    `ecfg.equivariance_angles`; C_N / D_N group convolutions at the multiples
+    of 360/N among them and at 360/N, and for D_N at the mirrors; scale
+    convolutions one scale step up), and the relative change of its logits
+    under the mirrors. Accuracy on mirrored images (left-right,
     up-down, transposed when square) is measured for every predictor. `class_names` (class id -> name) name the per-class table and the confusion matrix.
     """
     x, y = eval_subset(images, labels, ecfg.max_images, ecfg.seed)
@@ -244,19 +225,11 @@ def evaluate(predict, images, labels, ecfg, model=None, class_names=None) -> Eva
     elastic = inv.elastic_curve(predict, x, y, ecfg.elastic_alphas, ecfg.elastic_sigma, seed=ecfg.seed)
     scale = inv.scale_curve(predict, x, y, ecfg.scale_factors)
     mirror = inv.mirror_accuracy(predict, x, y)
-    equiv, scale_equiv, group_equiv, group_mirror, logit_change = {}, {}, {}, {}, {}
-    if model is not None and inv.harmonic_layers(model):
-        equiv = inv.harmonic_equivariance(model, x[: ecfg.equivariance_images], ecfg.equivariance_angles)
+    equiv, logit_change = {}, {}
     if model is not None:
-        from models.scale_equivariance import scale_equivariance, scale_layers
+        from models.equivariance import equivariance
 
-        if scale_layers(model):
-            scale_equiv = scale_equivariance(model, x[: ecfg.equivariance_images], steps=(1,))
-        from models.group_equivariance import group_equivariance, group_layers, mirror_equivariance
-
-        if group_layers(model):
-            group_equiv = group_equivariance(model, x[: ecfg.equivariance_images], ecfg.equivariance_angles)
-            group_mirror = mirror_equivariance(model, x[: ecfg.equivariance_images], ecfg.equivariance_angles)
+        equiv = equivariance(model, x[: ecfg.equivariance_images], ecfg.equivariance_angles)
         logit_change = {k: inv.logit_change(model, x, inv.MIRRORS[k], ecfg.batch_size) for k in mirror}
     orientation = None
     if model is not None:
@@ -265,7 +238,7 @@ def evaluate(predict, images, labels, ecfg, model=None, class_names=None) -> Eva
         xf = x.astype("float32") / 255.0 if np.issubdtype(x.dtype, np.integer) else x
         orientation = orientation_accuracy(model, xf)
     return Evaluation(len(x), rotation, shift_c, circ_c, ecfg.shift_range, elastic, ecfg.elastic_sigma, equiv,
-                      scale, scale_equiv, group_equiv, names, confusion, orientation, mirror, logit_change, group_mirror)
+                      scale, names, confusion, orientation, mirror, logit_change)
 
 
 # ----------------------------------------------------------------------------- pictures
@@ -287,12 +260,9 @@ def write_report(ev: Evaluation, out_dir: str, title: str, model=None) -> list[s
     files.append(plots.plot_elastic_curve(ev, os.path.join(out_dir, "elastic_curve.png")))
     if ev.scale:
         files.append(plots.plot_scale_curve({title: ev.scale}, os.path.join(out_dir, "scale_curve.png")))
-    if ev.equivariance:
-        files.append(plots.plot_equivariance(ev, os.path.join(out_dir, "harmonic_equivariance.png")))
-    if ev.group_equivariance:
-        files.append(plots.plot_equivariance(
-            ev.group_equivariance, os.path.join(out_dir, "group_equivariance.png"),
-            title="rotation equivariance error per group convolution (at multiples of 360/N)"))
+    for family, per_layer in ev.equivariance.items():
+        files.append(plots.plot_equivariance(per_layer, os.path.join(out_dir, f"{family}_equivariance.png"),
+                                             title=f"{family} equivariance error per layer (elements it promises)"))
     if ev.confusion is not None and len(ev.class_names) <= plots.MAX_CONFUSION_CLASSES:
         files.append(plots.confusion_matrix_figure(ev.confusion, ev.class_names, os.path.join(out_dir, "confusion_matrix.png"),
                                                    title=f"confusion matrix ({ev.n_images} test images)"))

@@ -18,9 +18,11 @@ so two evaluations of the same model on the same images give the same figures.
   same canvas by each factor (data/scale_augment.py's `rescale_batch`).
 - `elastic_curve`: accuracy against the strength `alpha` of the elastic warp
   of `data.augment.ElasticWarp` (Simard et al. 2003), one fixed field per image.
-- `harmonic_equivariance`: for a harmonic convolution layer, the relative
-  error between layer(rotate(x)) and rotate(layer(x)) with each stream of
-  rotation order m multiplied by e^{i m theta}, on the central disk.
+- `mirror_accuracy`, `logit_change`: accuracy on mirrored images, and how
+  far a Keras model's logits move under a transform.
+
+The layers' equivariance errors (every family, one protocol) are
+models/equivariance.py's.
 """
 
 from __future__ import annotations
@@ -143,74 +145,3 @@ def logit_change(model, images, transform, batch_size: int = 256) -> float:
     x = np.asarray(images, np.float32)
     a, b = logits(x), logits(transform(x))
     return float(np.mean(np.linalg.norm(b - a, axis=-1) / np.maximum(np.linalg.norm(a, axis=-1), 1e-12)))
-
-
-# ----------------------------------------------------------------------------- harmonic layers
-
-
-def is_harmonic_conv(layer) -> bool:
-    """A harmonic convolution (layers/harmonic_conv.py) or a layer with its interface."""
-    return hasattr(layer, "block_filter") and hasattr(layer, "orders")
-
-
-def _rotate_streams(z: np.ndarray, degrees: float, orders) -> np.ndarray:
-    """Rotate a harmonic map [B, H, W, M, 2, C] and multiply stream m by e^{i m theta}."""
-    b, h, w = z.shape[:3]
-    zr = rotate(z.reshape(b, h, w, -1), degrees)
-    zr = zr.reshape(zr.shape[:3] + z.shape[3:])  # (np.rot90 swaps H and W of a non-square map)
-    t = np.deg2rad(degrees)
-    cos = np.cos(np.asarray(orders) * t)[:, None]  # [M, 1]
-    sin = np.sin(np.asarray(orders) * t)[:, None]
-    re, im = zr[..., 0, :], zr[..., 1, :]
-    return np.stack([re * cos - im * sin, re * sin + im * cos], axis=-2)
-
-
-def layer_equivariance_error(layer, inputs: np.ndarray, angles: Sequence[float]) -> dict[float, float]:
-    """Relative L2 error of a harmonic convolution's rotation equivariance at each angle.
-
-    `inputs` is what the layer receives: real images [B, H, W, C] (order 0) or
-    a harmonic map [B, H, W, M_in, 2, C] of the layer's input orders. The input
-    is first cut to its central disk (zero outside), so that zero padding and
-    rotation agree about what lies beyond the frame; then
-    ||layer(R x) - R layer(x) e^{i q theta}|| / ||R layer(x) e^{i q theta}||
-    is measured on the central disk of the output, one pixel inside the
-    inscribed circle. Exact (float rounding) at multiples of 90 degrees;
-    other angles carry the error of sampling the filters on the pixel grid and
-    of bilinear resampling.
-    """
-    x = np.asarray(inputs, np.float32)
-    h, w = x.shape[1:3]
-    mask = disk_mask(h, w, (min(h, w) - 1) / 2.0).reshape((1, h, w) + (1,) * (x.ndim - 3))
-    x = x * mask
-    y = np.asarray(layer(x), np.float64)
-    in_orders = (0,) if x.ndim == 4 else tuple(layer.in_orders)
-    oh, ow = y.shape[1:3]
-    out_mask = disk_mask(oh, ow, (min(oh, ow) - 1) / 2.0 - 1.0)
-    errors = {}
-    for a in angles:
-        xr = rotate(x, a) if x.ndim == 4 else _rotate_streams(x, a, in_orders)
-        got = np.asarray(layer(np.ascontiguousarray(xr, np.float32)), np.float64)
-        want = _rotate_streams(y, a, layer.orders)
-        diff = (got - want)[:, out_mask]
-        ref = want[:, out_mask]
-        errors[a] = float(np.sqrt(np.sum(diff**2) / max(np.sum(ref**2), 1e-30)))
-    return errors
-
-
-def harmonic_layers(model) -> list:
-    """The model's harmonic convolutions (top-level layers), in order."""
-    return [layer for layer in getattr(model, "layers", []) if is_harmonic_conv(layer)]
-
-
-def harmonic_equivariance(model, images: np.ndarray, angles: Sequence[float]) -> dict[str, dict[float, float]]:
-    """`layer_equivariance_error` of every harmonic convolution of a functional `model`,
-    each fed what it receives from `images` in the model."""
-    import keras
-
-    out = {}
-    for layer in harmonic_layers(model):
-        inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-        feed = keras.Model(inputs, layer.input)
-        x = np.asarray(feed(np.asarray(images, np.float32), training=False))
-        out[layer.name] = layer_equivariance_error(layer, x, angles)
-    return out

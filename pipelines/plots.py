@@ -12,10 +12,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from models.group_equivariance import is_group_conv  # noqa: E402
-from pipelines.invariance import is_harmonic_conv  # noqa: E402
+from models.equivariance import family_of  # noqa: E402
 
 
 MAX_CONFUSION_CLASSES = 100  # more classes: the confusion matrix is returned but not drawn
@@ -129,23 +129,23 @@ def plot_elastic_curve(ev, path: str) -> str:
     return save(fig, path)
 
 
-def plot_equivariance(errors, path: str, title: str = "rotation equivariance error per harmonic layer") -> str:
-    """Bars of relative equivariance errors per layer and angle (log axis).
+def plot_equivariance(errors, path: str, title: str = "equivariance error per layer") -> str:
+    """Bars of relative equivariance errors per layer and group element (log axis).
 
-    `errors`: layer name -> {angle: error}, or an `Evaluation` (its harmonic
-    layers' `equivariance`). Layers may have different angles (a C_N layer is
-    measured at multiples of 360/N only); a missing angle leaves a gap.
+    `errors`: layer name -> {element label ("rot90", "flip", "s0_s1"): error},
+    one family's part of an `Evaluation.equivariance`. Layers may promise
+    different elements (a C_N layer is measured at multiples of 360/N only);
+    a missing one leaves a gap.
     """
-    errors = getattr(errors, "equivariance", errors)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     names = list(errors)
-    angles = sorted({a for errs in errors.values() for a in errs})
-    width = 0.8 / max(1, len(angles))
-    for j, a in enumerate(angles):
-        vals = [max(errors[n][a], 1e-9) if a in errors[n] else np.nan for n in names]
-        ax.bar(np.arange(len(names)) + j * width, vals, width, label=f"{a:g} deg")
+    labels = list(dict.fromkeys(k for errs in errors.values() for k in errs))
+    width = 0.8 / max(1, len(labels))
+    for j, k in enumerate(labels):
+        vals = [max(errors[n][k], 1e-9) if k in errors[n] else np.nan for n in names]
+        ax.bar(np.arange(len(names)) + j * width, vals, width, label=k)
     ax.set_yscale("log")
-    ax.set_xticks(np.arange(len(names)) + width * (len(angles) - 1) / 2, names, rotation=30, ha="right", fontsize=7)
+    ax.set_xticks(np.arange(len(names)) + width * (len(labels) - 1) / 2, names, rotation=30, ha="right", fontsize=7)
     ax.set_ylabel("relative L2 error (central disk)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
@@ -169,8 +169,9 @@ def first_filters(model):
     Other convolutions: the first 4-D kernel, averaged over input channels.
     """
     for layer in _walk_layers(model):
-        if is_harmonic_conv(layer):
-            k = np.asarray(layer.block_filter(), np.float32)
+        family = getattr(family_of(layer), "name", None)
+        if family == "harmonic":
+            k = np.asarray(keras.ops.convert_to_numpy(layer.block_filter()), np.float32)
             in_orders, parts = layer.in_orders, layer.in_parts
             c_in = k.shape[2] // (len(in_orders) * parts)
             k = k.reshape(k.shape[:2] + (len(in_orders), parts, c_in, len(layer.orders), 2, -1))[:, :, 0, 0, 0]
@@ -180,8 +181,8 @@ def first_filters(model):
                 rows.append((f"m={m} re", k[:, :, qi, 0]))
                 rows.append((f"m={m} im", k[:, :, qi, 1]))
             return f"{layer.name} ({type(layer).__name__}): filters per rotation order m", rows
-        if is_group_conv(layer) and layer.built:
-            k = np.asarray(layer.stacked_kernel(), np.float32).mean(axis=2)  # [k, k, N * filters], orientation-major
+        if family == "group" and layer.built:
+            k = np.asarray(keras.ops.convert_to_numpy(layer.stacked_kernel()), np.float32).mean(axis=2)  # [k, k, |G| F]
             n, group = int(layer.group_size), layer._group
             k = k.reshape(k.shape[:2] + (n, layer.filters))
             rows = [(("flip, " if group.mirrored(r) else "") + f"{group.degrees(r):g} deg", k[:, :, r, :8])
@@ -189,7 +190,7 @@ def first_filters(model):
             return f"{layer.name} ({type(layer).__name__}): filters per orientation, mean over input channels", rows
         for w in getattr(layer, "weights", []):
             if len(w.shape) == 4 and "kernel" in w.path.split("/")[-1]:
-                k = np.asarray(w.numpy(), np.float32).mean(axis=2)  # [k, k, out]
+                k = np.asarray(keras.ops.convert_to_numpy(w), np.float32).mean(axis=2)  # [k, k, out]
                 n = min(k.shape[-1], 32)
                 rows = [(f"{i}-{min(i + 8, n) - 1}", k[:, :, i : min(i + 8, n)]) for i in range(0, n, 8)]
                 return f"{layer.name} ({type(layer).__name__}) {w.path.split('/')[-1]}, mean over input channels", rows

@@ -12,7 +12,7 @@ from layers._scale_basis import exact_pairs, hermite_basis, scale_set
 from layers.scale_conv import ScaleConv2D
 from layers.scale_lifting_conv import ScaleLiftingConv2D
 from layers.scale_pooling import ScalePooling
-from models.scale_equivariance import scale_equivariance_error
+from models.equivariance import elements, equivariance_errors
 from tests.autodiff import to_numpy
 from tests.layers.layer_checks import check_layer
 
@@ -166,12 +166,13 @@ def smooth():
 def test_non_integer_ratios_are_equivariant_within_the_stated_bound(smooth):
     keras.utils.set_random_seed(4)
     lift = ScaleLiftingConv2D(8, 9)  # docstring: 2.2% and 1.3% for one step on such inputs
-    errors = scale_equivariance_error(lift, smooth, steps=1)
-    assert set(errors) == {0, 1}
+    errors = equivariance_errors(lift, smooth, elements(lift))  # the protocol's scale family, one step up
+    assert set(errors) == {"s0_s1", "s1_s2"}
     assert all(e < 0.04 for e in errors.values()), errors
     z = np.stack([smooth] * 3, axis=3)[..., :1].repeat(4, axis=-1)
-    errors = scale_equivariance_error(ScaleConv2D(4, 9, interscale=2), z, steps=1)
-    assert set(errors) == {0} and errors[0] < 0.04, errors
+    conv = ScaleConv2D(4, 9, interscale=2)
+    errors = equivariance_errors(conv, z, elements(conv))
+    assert set(errors) == {"s0_s1"} and errors["s0_s1"] < 0.04, errors
     # the figure means something: comparing with the wrong scale is far off
     y = to_numpy(lift(smooth))
     assert np.linalg.norm(y[..., 0, :] - y[..., 1, :]) > 0.2 * np.linalg.norm(y[..., 0, :])

@@ -8,7 +8,7 @@ import pytest
 from scipy import ndimage
 
 import models
-from models.scale_equivariance import enlarge, scale_equivariance, scale_equivariance_error, scale_layers
+from models.equivariance import elements, enlarge, equivariance, equivariance_errors, equivariant_layers
 from models.sesn import search_space
 from tests.models.conftest import assert_float16_training_step
 
@@ -73,12 +73,15 @@ def test_equivariance_helper_per_layer_and_scale():
     m = models.build_model("sesn", (32, 32, 1), 3, filters=[4, 4], kernel_size=7, max_order=2, dense_units=0)
     rng = np.random.default_rng(2)
     x = ndimage.gaussian_filter(rng.uniform(size=(2, 32, 32, 1)), (0, 2, 2, 0)).astype("float32")
-    errors = scale_equivariance(m, x, steps=(1, 2))
+    errors = equivariance(m, x, [])["scale"]  # the evaluation's call: one scale step up
     assert list(errors) == ["stage0_lift", "stage1_sconv"]
-    assert set(errors["stage0_lift"]) == {"s0_s1", "s1_s2", "s0_s2"}
-    assert all(0 < e < 0.1 for e in errors["stage0_lift"].values()), errors
-    with pytest.raises(ValueError, match="steps must be an integer from 1 to num_scales - 1 \\(2\\), got 3"):
-        scale_equivariance_error(scale_layers(m)[0], x, steps=3)
+    assert set(errors["stage0_lift"]) == {"s0_s1", "s1_s2"}
+    lift = equivariant_layers(m)[0]
+    two = equivariance_errors(lift, x, elements(lift, steps=(1, 2)))
+    assert set(two) == {"s0_s1", "s1_s2", "s0_s2"}
+    assert all(0 < e < 0.1 for e in two.values()), two
+    with pytest.raises(ValueError, match="steps must be integers from 1 to num_scales - 1 \\(2\\), got 3"):
+        elements(lift, steps=(3,))
     # enlarge: factor 1 is the identity, and it enlarges about the centre
     np.testing.assert_allclose(enlarge(x, 1.0), x, atol=1e-6)
     dot = np.zeros((1, 9, 9, 1))

@@ -48,7 +48,8 @@ def test_table_csv_and_overlaid_curves(runs, tmp_path):
     assert ids[0][:8] in lines[0] and ids[1][:8] in lines[0]
     row = next(line for line in lines if line.startswith("rotation: mean accuracy"))
     assert row.split()[-2:] == ["37.5%", "80.0%"]
-    row = next(line for line in lines if line.startswith("harmonic equivariance error 45 deg"))
+    # the run logged `equiv_err_mean_45`, an older evaluation's name: read as today's harmonic rot45
+    row = next(line for line in lines if line.startswith("harmonic equivariance error rot45"))
     assert row.split()[-2:] == ["-", "3.00e-02"]  # the CNN has no harmonic layers
     elastic = [line.split()[1] for line in lines if line.startswith("elastic alpha=")]
     assert elastic == ["alpha=0", "alpha=8", "alpha=34"]  # numeric order, not text order
@@ -96,13 +97,13 @@ def test_a_gcnn_and_an_hnet_run_side_by_side(tmp_path):
         client = mlflow.MlflowClient()
         exp = client.create_experiment("e", artifact_location=(tmp_path / "mlruns").as_uri())
         ids = []
-        for name, model, harmonic, group in (
-            ("gcnn-run", "gcnn", {},
-             {"stage0_gconv0": {45.0: 0.02, 90.0: 1e-7}, "stage0_gconv1": {45.0: 0.04, 90.0: 3e-7}}),
-            ("hnet-run", "hnet", {"hc1": {15.0: 0.01, 45.0: 0.03, 90.0: 2e-7}}, {}),
+        for name, model, equivariance in (
+            ("gcnn-run", "gcnn", {"group": {"stage0_gconv0": {"rot45": 0.02, "rot90": 1e-7, "flip": 2e-7},
+                                            "stage0_gconv1": {"rot45": 0.04, "rot90": 3e-7, "flip": 4e-7}}}),
+            ("hnet-run", "hnet", {"harmonic": {"hc1": {"rot15": 0.01, "rot45": 0.03, "rot90": 2e-7}}}),
         ):
             ev = Evaluation(100, {0: 0.9, 90: 0.9, 180: 0.9, 270: 0.9}, 0.95, 0.97, 2, {0.0: 0.9}, 4.0,
-                            equivariance=harmonic, group_equivariance=group)
+                            equivariance=equivariance)
             rid = client.create_run(exp, run_name=name).info.run_id
             client.log_param(rid, "model.name", model)
             log_to_run(rid, ev, [])
@@ -113,20 +114,21 @@ def test_a_gcnn_and_an_hnet_run_side_by_side(tmp_path):
     lines = table.splitlines()
     assert lines[1].split()[-2:] == ["gcnn", "hnet"]
     rows = [line for line in lines if "equivariance error" in line]
-    assert [r.split(" error ")[0] for r in rows] == [
-        "harmonic equivariance", "harmonic equivariance", "group-conv (C_N, D_N) equivariance",  # 15, 45, 45 deg
-        "harmonic equivariance", "group-conv (C_N, D_N) equivariance"]  # 90, 90 deg
+    assert [r.split(" (mean")[0] for r in rows] == [
+        "harmonic equivariance error rot15", "group equivariance error rot45", "harmonic equivariance error rot45",
+        "group equivariance error rot90", "harmonic equivariance error rot90", "group equivariance error flip"]
     values = {r.split(" (mean over layers)")[0]: r.split()[-2:] for r in rows}
-    assert values["harmonic equivariance error 15 deg"] == ["-", "1.00e-02"]
-    assert values["harmonic equivariance error 45 deg"] == ["-", "3.00e-02"]
-    assert values["group-conv (C_N, D_N) equivariance error 45 deg"] == ["3.00e-02", "-"]  # mean over the two layers
-    assert values["group-conv (C_N, D_N) equivariance error 90 deg"] == ["2.00e-07", "-"]
+    assert values["harmonic equivariance error rot15"] == ["-", "1.00e-02"]
+    assert values["harmonic equivariance error rot45"] == ["-", "3.00e-02"]
+    assert values["group equivariance error rot45"] == ["3.00e-02", "-"]  # mean over the two layers
+    assert values["group equivariance error rot90"] == ["2.00e-07", "-"]
+    assert values["group equivariance error flip"] == ["3.00e-07", "-"]
     out = tmp_path / "reports" / f"compare-{ids[0][:8]}-{ids[1][:8]}"
     md = (out / "compare.md").read_text()
-    assert "| group-conv (C_N, D_N) equivariance error 90 deg (mean over layers) | 2.00e-07 | - |" in md
+    assert "| group equivariance error rot90 (mean over layers) | 2.00e-07 | - |" in md
     with open(out / "compare.csv") as fh:
         rows = list(csv.reader(fh))
-    assert ["group_equiv_err_mean_45", "0.03", ""] in rows and ["equiv_err_mean_45", "", "0.03"] in rows
+    assert ["equiv_err_group_mean_rot45", "0.03", ""] in rows and ["equiv_err_harmonic_mean_rot45", "", "0.03"] in rows
 
 
 def test_runs_on_different_data_are_compared_with_a_warning_naming_each_runs_data(runs, tmp_path, capsys):

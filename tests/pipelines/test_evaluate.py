@@ -112,8 +112,8 @@ def test_report_is_written_and_logged_without_changing_the_run_status(store, tmp
     harmonic = builder is hnet
     assert bool(ev.equivariance) == harmonic
     if harmonic:
-        assert set(ev.equivariance) == {"hc1", "hc2"}
-        assert all(e[90.0] < 1e-5 for e in ev.equivariance.values())
+        assert list(ev.equivariance) == ["harmonic"] and set(ev.equivariance["harmonic"]) == {"hc1", "hc2"}
+        assert all(e["rot90"] < 1e-5 for e in ev.equivariance["harmonic"].values())
     files = evaluation.write_report(ev, str(tmp_path / "report"), "title", model=model)
     client = mlflow.MlflowClient()
     run_id = client.create_run(client.create_experiment("e", artifact_location=(tmp_path / "mlruns").as_uri())).info.run_id

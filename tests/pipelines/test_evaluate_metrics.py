@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from pipelines import invariance as inv
+from models import equivariance as eq
 
 
 def images(n=60, size=12, seed=0):
@@ -146,7 +147,7 @@ def smooth(x, sigma=1.5):
 def test_phase_factor_of_rotated_streams():
     z = np.zeros((1, 3, 3, 2, 2, 1))
     z[0, 1, 1, :, 0, 0] = 1.0  # orders 0 and 1, value 1 + 0i at the centre
-    r = inv._rotate_streams(z, 90, (0, 1))
+    r = eq._rotate_streams(z, 90, (0, 1))
     np.testing.assert_allclose(r[0, 1, 1, 0, :, 0], [1.0, 0.0], atol=1e-12)  # order 0: unchanged
     np.testing.assert_allclose(r[0, 1, 1, 1, :, 0], [0.0, 1.0], atol=1e-12)  # order 1: times i
 
@@ -157,16 +158,20 @@ def test_harmonic_conv_is_exactly_equivariant_at_90_and_approximately_at_other_a
     keras.utils.set_random_seed(0)
     x = smooth(images(4, 20, seed=5))
     first = HarmonicConv2D(3, 5, orders=(0, 1))
-    err = inv.layer_equivariance_error(first, x, [90, 180, 270, 45])
-    assert max(err[90], err[180], err[270]) < 1e-5
-    assert 1e-5 < err[45] < 0.1  # sampled filters: approximate only
+    promised = eq.elements(first, [90, 180, 270, 45])
+    assert [(e.label, e.exact) for e in promised] == [("rot90", True), ("rot180", True), ("rot270", True),
+                                                       ("rot45", False)]
+    err = eq.equivariance_errors(first, x, promised)
+    assert max(err["rot90"], err["rot180"], err["rot270"]) < 1e-5
+    assert 1e-5 < err["rot45"] < 0.1  # sampled filters: approximate only
+    assert eq.equivariance_error(first, x, promised[3]) == err["rot45"]
     second = HarmonicConv2D(3, 3, orders=(0, 1, 2), input_orders=(0, 1))
-    z = np.asarray(first(x))
-    err2 = inv.layer_equivariance_error(second, z, [90, 30])
-    assert err2[90] < 1e-5 and err2[30] < 0.1
+    z = keras.ops.convert_to_numpy(first(x))
+    err2 = eq.equivariance_errors(second, z, eq.elements(second, [90, 30]))
+    assert err2["rot90"] < 1e-5 and err2["rot30"] < 0.1
 
 
-def test_harmonic_equivariance_visits_each_harmonic_conv_of_a_model():
+def test_the_protocol_visits_each_harmonic_conv_of_a_model():
     from layers.harmonic_conv import HarmonicConv2D
     from layers.harmonic_readout import HarmonicMagnitudeReadout
     from layers.harmonic_relu import HarmonicReLU
@@ -177,11 +182,11 @@ def test_harmonic_equivariance_visits_each_harmonic_conv_of_a_model():
     h = HarmonicReLU()(h)
     h = HarmonicConv2D(2, 3, name="hc2")(h)
     model = keras.Model(inp, HarmonicMagnitudeReadout()(h))
-    errs = inv.harmonic_equivariance(model, smooth(images(3, 16)), [45, 90])
-    assert list(errs) == ["hc1", "hc2"]
-    for e in errs.values():
-        assert e[90] < 1e-5 and e[45] > e[90]
-    assert inv.harmonic_layers(dense_model()) == []
+    errs = eq.equivariance(model, smooth(images(3, 16)), [45, 90])
+    assert list(errs) == ["harmonic"] and list(errs["harmonic"]) == ["hc1", "hc2"]
+    for e in errs["harmonic"].values():
+        assert e["rot90"] < 1e-5 and e["rot45"] > e["rot90"]
+    assert eq.equivariant_layers(dense_model()) == []
 
 
 def test_scale_curve_rescales_the_inputs_and_scores_each_factor():

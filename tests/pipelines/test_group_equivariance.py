@@ -1,4 +1,4 @@
-"""The evaluation's equivariance section for C_N group convolutions (models/group_equivariance.py).
+"""The evaluation's equivariance section for C_N / D_N group convolutions (models/equivariance.py, family `group`).
 
 A gcnn with N = 4 is exactly equivariant at 90 degrees (rotate the input,
 rotate the maps and roll the orientation axis by one); N = 8 is measured at
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import models
-from models.group_equivariance import group_equivariance, group_equivariance_error, group_layers, promised_angles
+from models.equivariance import Element, elements, equivariance, equivariance_error, equivariant_layers, promised_angles
 from pipelines import evaluation, plots
 from pipelines.config import EvaluateConfig
 
@@ -57,30 +57,29 @@ def test_c4_gcnn_section_is_exact_at_90_degrees_reported_logged_and_plotted(stor
     model = gcnn(4)
     x, y = data()
     ev = evaluation.evaluate(evaluation.keras_predictor(model, 8), x, y, EvaluateConfig(**SMALL), model=model)
-    assert list(ev.group_equivariance) == LAYERS  # the lifting and the three group convolutions
-    assert ev.equivariance == {}  # no harmonic layers
-    for errs in ev.group_equivariance.values():
-        assert list(errs) == [90.0]  # 15 and 45 degrees are not promised by C_4
-        assert errs[90.0] < 1e-5
+    assert list(ev.equivariance) == ["group"]  # no harmonic or scale layers
+    assert list(ev.equivariance["group"]) == LAYERS  # the lifting and the three group convolutions
+    for errs in ev.equivariance["group"].values():
+        assert list(errs) == ["rot90"]  # 15 and 45 degrees are not promised by C_4
+        assert errs["rot90"] < 1e-5
     m = ev.metrics()
-    assert m["group_equiv_err_mean_90"] < 1e-5
-    assert {k for k in m if k.startswith("group_equiv_err_")} == {
-        *(f"group_equiv_err_{name}_90" for name in LAYERS), "group_equiv_err_mean_90"}
-    assert not any(k.startswith("equiv_err") for k in m)
+    assert m["equiv_err_group_mean_rot90"] < 1e-5
+    assert {k for k in m if k.startswith("equiv_err_")} == {
+        *(f"equiv_err_group_{name}_rot90" for name in LAYERS), "equiv_err_group_mean_rot90"}
     rows = dict(ev.rows())
-    assert rows["group-conv equivariance error stage0_gconv0"].endswith("@ 90 deg")
+    assert rows["group equivariance error stage0_gconv0"].endswith("@ rot90")
 
     files = evaluation.write_report(ev, str(tmp_path / "report"), "gcnn", model=model)
     names = {os.path.basename(f) for f in files}
     assert {"group_equivariance.png", "filters.png"} <= names and "harmonic_equivariance.png" not in names
-    assert "| group-conv equivariance error stage1_gconv1 |" in (tmp_path / "report" / "invariance.md").read_text()
+    assert "| group equivariance error stage1_gconv1 |" in (tmp_path / "report" / "invariance.md").read_text()
     with open(tmp_path / "report" / "invariance.json") as fh:
-        assert json.load(fh)["group_equiv_err_mean_90"] == pytest.approx(m["group_equiv_err_mean_90"])
+        assert json.load(fh)["equiv_err_group_mean_rot90"] == pytest.approx(m["equiv_err_group_mean_rot90"])
     client = mlflow.MlflowClient()
     run_id = client.create_run(client.create_experiment("e", artifact_location=(tmp_path / "mlruns").as_uri())).info.run_id
     evaluation.log_to_run(run_id, ev, files)
     logged = client.get_run(run_id).data.metrics
-    assert logged["group_equiv_err_stage0_gconv0_90"] == pytest.approx(m["group_equiv_err_stage0_gconv0_90"])
+    assert logged["equiv_err_group_stage0_gconv0_rot90"] == pytest.approx(m["equiv_err_group_stage0_gconv0_rot90"])
 
 
 def test_c4_filter_picture_shows_the_rotated_copies():
@@ -94,22 +93,24 @@ def test_c4_filter_picture_shows_the_rotated_copies():
 def test_c8_is_measured_at_45_and_90_degrees_only():
     model = gcnn(8)
     x = np.random.default_rng(1).uniform(0, 1, (2, 12, 12, 1)).astype("float32")
-    errs = group_equivariance(model, x, [15.0, 45.0, 90.0])
+    errs = equivariance(model, x, [15.0, 45.0, 90.0])["group"]
     assert list(errs) == LAYERS
     for e in errs.values():
-        assert list(e) == [45.0, 90.0]
-        assert e[90.0] < 1e-5
-        assert 1e-4 < e[45.0] < 1.0  # the pixel grid's interpolation: approximate only
+        assert list(e) == ["rot45", "rot90"]
+        assert e["rot90"] < 1e-5
+        assert 1e-4 < e["rot45"] < 1.0  # the pixel grid's interpolation: approximate only
+    assert [(e.label, e.exact) for e in elements(model.get_layer("stage0_gconv0"), [45.0, 90.0])] == [
+        ("rot45", False), ("rot90", True)]
 
 
 def test_a_model_without_group_convolutions_has_no_section():
     model = models.build_model("baseline_cnn", (12, 12, 1), 3)
-    assert group_layers(model) == []
+    assert equivariant_layers(model) == []
     x, y = data()
     ev = evaluation.evaluate(evaluation.keras_predictor(model, 8), x, y, EvaluateConfig(**SMALL), model=model)
-    assert ev.group_equivariance == {}
-    assert not any(k.startswith("group_equiv") for k in ev.metrics())
-    assert not any("group-conv" in k for k, _ in ev.rows())
+    assert ev.equivariance == {}
+    assert not any(k.startswith("equiv_err") for k in ev.metrics())
+    assert not any("equivariance error" in k for k, _ in ev.rows())
 
 
 def test_a_lifting_convolution_with_unrotated_filter_copies_is_caught():
@@ -118,16 +119,16 @@ def test_a_lifting_convolution_with_unrotated_filter_copies_is_caught():
     lift = model.get_layer("stage0_gconv0")
     # each orientation gets its own random filter basis instead of the rotated copies of one
     lift._basis = np.random.default_rng(3).standard_normal(lift._basis.shape).astype("float32")
-    errs = group_equivariance(model, x, [90.0])
-    assert errs["stage0_gconv0"][90.0] > 0.3
+    errs = equivariance(model, x, [90.0])["group"]
+    assert errs["stage0_gconv0"]["rot90"] > 0.3
     # the later layers, each fed what it now receives, keep their promise: the figure points at the culprit
-    assert all(errs[name][90.0] < 1e-5 for name in LAYERS[1:])
+    assert all(errs[name]["rot90"] < 1e-5 for name in LAYERS[1:])
 
 
 def test_group_conv_input_must_have_the_layers_orientations():
     layer = gcnn(4).get_layer("stage0_gconv1")
     with pytest.raises(ValueError, match="orientation axis has 8 entries"):
-        group_equivariance_error(layer, np.zeros((1, 12, 12, 8, 2), "float32"), [90.0])
+        equivariance_error(layer, np.zeros((1, 12, 12, 8, 2), "float32"), Element("rot90", 1, True))
 
 
 def test_d4_gcnn_is_mirror_invariant_in_the_evaluation_and_its_mirror_errors_are_exact():
@@ -138,15 +139,14 @@ def test_d4_gcnn_is_mirror_invariant_in_the_evaluation_and_its_mirror_errors_are
     assert list(ev.mirror) == ["flip_lr", "flip_ud", "transpose"]
     assert all(v == ev.rotation[0] for v in ev.mirror.values())  # same predictions, same accuracy
     assert all(v < 1e-5 for v in ev.mirror_logit_change.values())
-    assert list(ev.group_mirror_equivariance) == LAYERS
-    for errs in ev.group_mirror_equivariance.values():
-        assert list(errs) == ["flip", "flip_rot90"] and max(errs.values()) < 1e-5
-        assert ev.group_equivariance  # the rotations are still measured
+    assert list(ev.equivariance["group"]) == LAYERS
+    for errs in ev.equivariance["group"].values():
+        assert list(errs) == ["rot90", "flip", "flip_rot90"] and max(errs.values()) < 1e-5
     m = ev.metrics()
-    assert m["group_equiv_err_mean_flip"] < 1e-5 and m["group_equiv_err_stage1_gconv1_flip_rot90"] < 1e-5
+    assert m["equiv_err_group_mean_flip"] < 1e-5 and m["equiv_err_group_stage1_gconv1_flip_rot90"] < 1e-5
     assert {"mirror_acc_lr", "mirror_acc_ud", "mirror_acc_transpose", "mirror_logit_change_lr"} <= set(m)
     rows = dict(ev.rows())
-    assert rows["group-conv mirror equivariance error stage0_gconv0"].endswith("@ flip+rot90")
+    assert rows["group equivariance error stage0_gconv0"].endswith("@ flip+rot90")
     assert "accuracy mirrored lr / ud / transpose" in rows
 
 
@@ -154,6 +154,6 @@ def test_c8_gcnn_logits_change_under_mirrors_and_it_has_no_mirror_section():
     model = gcnn(8)
     x, y = data()
     ev = evaluation.evaluate(evaluation.keras_predictor(model, 8), x, y, EvaluateConfig(**SMALL), model=model)
-    assert ev.group_mirror_equivariance == {}
+    assert all("flip" not in k for errs in ev.equivariance["group"].values() for k in errs)
     assert min(ev.mirror_logit_change.values()) > 1e-4
     assert not any(k.endswith("_flip") for k in ev.metrics())
