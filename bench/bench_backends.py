@@ -10,7 +10,7 @@ its reference in the same run):
 1. Forward + backward (gradients to the input and every weight, one compiled
    step: `tf.function` on TensorFlow, `jax.jit` on JAX) of
    - BlurPool2D (stride 2) vs DepthwiseConv2D (same k, stride 2), on each code
-     path of layers/_ops.py: the TensorFlow fast path (hand-written gradients,
+     path of layers/common/_ops.py: the TensorFlow fast path (hand-written gradients,
      TensorFlow only), the portable keras.ops path (its padding has a
      hand-written `keras.ops.custom_gradient`), and the portable path with the
      backend's own gradient of that padding (the alternative it was measured
@@ -37,10 +37,10 @@ import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 
 import models  # noqa: E402
-from layers import _ops  # noqa: E402
-from layers.blurpool import BlurPool2D  # noqa: E402
-from layers.harmonic_conv import HarmonicConv2D  # noqa: E402
-from layers.spatial_separable_conv import SpatialSeparableConv2D  # noqa: E402
+from layers.common import _ops  # noqa: E402
+from layers.harmonic.harmonic_conv import HarmonicConv2D  # noqa: E402
+from layers.shift.blurpool import BlurPool2D  # noqa: E402
+from layers.shift.spatial_separable_conv import SpatialSeparableConv2D  # noqa: E402
 
 BACKEND = keras.backend.backend()
 
@@ -92,7 +92,7 @@ def time_all(fns: dict, x, reps: int) -> dict:
 
 
 def on_path(fast: bool, layer):
-    """`layer` called with layers/_ops.py's TensorFlow fast path on or off (read while tracing)."""
+    """`layer` called with layers/common/_ops.py's TensorFlow fast path on or off (read while tracing)."""
 
     def call(x):
         with _ops.tf_fast_path(fast):

@@ -6,7 +6,7 @@
    BlurPool implementations (tf.pad(REFLECT) then one k x k or two 1-D passes)
    are timed beside it, which is why the layer runs two 1-D passes that pad
    inside the convolution, correcting only the border outputs for reflect and
-   circular padding (layers/_ops.py, _blur_axis).
+   circular padding (layers/common/_ops.py, _blur_axis).
 2. SpatialSeparableConv2D (rank 1 and 2) against Conv2D at k = 3, 5, 7:
    time ratios and parameter counts.
 
@@ -40,9 +40,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from layers._ops import binomial_filter, centered_pads  # noqa: E402
-from layers.blurpool import BlurPool2D  # noqa: E402
-from layers.spatial_separable_conv import SpatialSeparableConv2D  # noqa: E402
+from layers.common._ops import binomial_filter, centered_pads  # noqa: E402
+from layers.shift.blurpool import BlurPool2D  # noqa: E402
+from layers.shift.spatial_separable_conv import SpatialSeparableConv2D  # noqa: E402
 
 
 def step_fn(call, weights):

@@ -25,7 +25,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from layers.harmonic_conv import HarmonicConv2D  # noqa: E402
+from layers.harmonic.harmonic_conv import HarmonicConv2D  # noqa: E402
 
 
 def step_fn(layer, x):

@@ -83,7 +83,7 @@ def layer_seconds(model, x, iters, repeats):
 
 def conv_flops(layer, in_shape):
     """Forward FLOPs of the layer's one convolution (dense block filter)."""
-    k = layer.block_filter().shape
+    k = layer.dense_kernel().shape
     b, h, w = in_shape[:3]
     return 2.0 * b * h * w * k[0] * k[1] * k[2] * k[3] / (layer.strides**2)
 

@@ -17,7 +17,7 @@ triangle filter widened by 1 / factor (anti-aliased, like
 crops; factor 1 is the identity, exactly. It is separable: per image one
 [H, H] and one [W, W] resampling matrix, built in the graph from the factors,
 applied by two batched matrix products. The same matrices as the model-side
-`layers.canvas_rescale.canvas_resample_matrix` (the pyramid), tested equal.
+`layers.scale.canvas_rescale.canvas_resample_matrix` (the pyramid), tested equal.
 
 Keras' `RandomZoom` is not used: it has no anti-aliasing when zooming out,
 and (like `RandomElasticTransform`) draws per batch rather than per image

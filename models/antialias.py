@@ -62,9 +62,9 @@ import warnings
 import keras
 from keras import layers
 
-from layers.blurpool import BlurPool2D
-from layers.max_blurpool import MaxBlurPool2D
-from layers.polyphase import AdaptivePolyphaseSampling2D
+from layers.shift.blurpool import BlurPool2D
+from layers.shift.max_blurpool import MaxBlurPool2D
+from layers.shift.polyphase import AdaptivePolyphaseSampling2D
 
 METHODS = ("blur", "aps")
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from layers.blurpool import BlurPool2D
-from layers.circular_pad import CircularPad2D
-from layers.max_blurpool import MaxBlurPool2D
-from layers.polyphase import AdaptivePolyphaseSampling2D
-from layers.spatial_separable_conv import SpatialSeparableConv2D
+from layers.common import validation as check
+from layers.shift.blurpool import BlurPool2D
+from layers.shift.circular_pad import CircularPad2D
+from layers.shift.max_blurpool import MaxBlurPool2D
+from layers.shift.polyphase import AdaptivePolyphaseSampling2D
+from layers.shift.spatial_separable_conv import SpatialSeparableConv2D
 from models.registry import register
 
 CONV_KINDS = ("standard", "separable", "spatial_separable")
@@ -168,8 +169,7 @@ def build(
         )
     if head not in ("flatten", "gap"):
         raise ValueError(f"head must be 'flatten' or 'gap', got {head!r}")
-    if not isinstance(convs_per_stage, int) or convs_per_stage < 1:
-        raise ValueError(f"convs_per_stage must be an integer >= 1, got {convs_per_stage!r}")
+    convs_per_stage = check.integer(convs_per_stage, "convs_per_stage", low=1, what="an integer >= 1")
 
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = inputs

@@ -23,7 +23,7 @@ The families:
   layer's orders. The input is cut to its central disk (zero outside) so that
   zero padding and rotation agree about what lies beyond the frame. Exact at
   multiples of 90 degrees (elements `rot<angle>`).
-- `group` (LiftingConv2D, GroupConv2D on C_N or D_N, layers/_groups.py):
+- `group` (LiftingConv2D, GroupConv2D on C_N or D_N, layers/group/_groups.py):
   rotations by multiples of 360/N (`rot<angle>`: only those of the asked
   angles, plus the generator) and for D_N the mirror alone and after each of
   them (`flip`, `flip_rot90`, ...). Space is rotated (and mirrored), the
@@ -47,12 +47,12 @@ import keras
 import numpy as np
 from scipy import ndimage
 
-from layers._groups import Group
-from layers.group_conv import GroupConv2D
-from layers.harmonic_conv import HarmonicConv2D
-from layers.lifting_conv import LiftingConv2D
-from layers.scale_conv import ScaleConv2D
-from layers.scale_lifting_conv import ScaleLiftingConv2D
+from layers.group._groups import Group
+from layers.group.group_conv import GroupConv2D
+from layers.group.lifting_conv import LiftingConv2D
+from layers.harmonic.harmonic_conv import HarmonicConv2D
+from layers.scale.scale_conv import ScaleConv2D
+from layers.scale.scale_lifting_conv import ScaleLiftingConv2D
 from models.image_transforms import disk_mask, rotate
 
 

@@ -38,7 +38,7 @@ invariant to other rotations (N = 8, 16 add the 45 and 22.5 degree
 rotations to the filters, exact on the filters, approximate on the pixel
 grid). `restrict_to` at `restrict_stage` keeps only a subgroup's
 equivariance from that stage on (D8 -> C8, D4 -> D1 for data with an
-upright direction, or 'trivial'), layers/group_restriction.py.
+upright direction, or 'trivial'), layers/group/group_restriction.py.
 Per-stage lists drive it, as in baseline.py and hnet.py.
 """
 
@@ -47,13 +47,13 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from layers._groups import parse_group
-from layers.blurpool import BlurPool2D
-from layers.group_batch_norm import GroupBatchNormalization
-from layers.group_conv import GroupConv2D
-from layers.group_pooling import GroupPooling
-from layers.group_restriction import GroupRestriction
-from layers.lifting_conv import LiftingConv2D
+from layers.group._groups import parse_group
+from layers.group.group_batch_norm import GroupBatchNormalization
+from layers.group.group_conv import GroupConv2D
+from layers.group.group_pooling import GroupPooling
+from layers.group.group_restriction import GroupRestriction
+from layers.group.lifting_conv import LiftingConv2D
+from layers.shift.blurpool import BlurPool2D
 from models.baseline import _per_stage
 from models.registry import register
 

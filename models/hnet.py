@@ -18,12 +18,13 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from layers.harmonic_batch_norm import HarmonicBatchNormalization
-from layers.harmonic_conv import HarmonicConv2D
-from layers.scale_harmonic_conv import ScaleHarmonicConv2D
-from layers.harmonic_pool import HarmonicAveragePooling2D
-from layers.harmonic_readout import HarmonicMagnitudeReadout
-from layers.harmonic_relu import HarmonicReLU
+from layers.common import validation as check
+from layers.harmonic.harmonic_batch_norm import HarmonicBatchNormalization
+from layers.harmonic.harmonic_conv import HarmonicConv2D
+from layers.harmonic.harmonic_pool import HarmonicAveragePooling2D
+from layers.harmonic.harmonic_readout import HarmonicMagnitudeReadout
+from layers.harmonic.harmonic_relu import HarmonicReLU
+from layers.scale.scale_harmonic_conv import ScaleHarmonicConv2D
 from models.baseline import _per_stage
 from models.registry import register
 
@@ -96,8 +97,7 @@ def build(
         raise ValueError(f"filters must name at least one stage, got {filters!r}")
     filters = _per_stage(filters, n, "filters")
     kernel_sizes = _per_stage(kernel_size, n, "kernel_size")
-    if not isinstance(convs_per_stage, int) or convs_per_stage < 1:
-        raise ValueError(f"convs_per_stage must be an integer >= 1, got {convs_per_stage!r}")
+    convs_per_stage = check.integer(convs_per_stage, "convs_per_stage", low=1, what="an integer >= 1")
     if not isinstance(max_order, int) or max_order < 0:
         raise ValueError(f"max_order must be a non-negative integer, got {max_order!r}")
     orders = tuple(range(max_order + 1))

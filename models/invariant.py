@@ -35,7 +35,7 @@ average-pooled by `downscale` (2: a quarter of the pixels), scores the
 group's elements (N rotations, and their mirror images for D_N) for the
 input; the input is transformed back by the inverse of the best-scoring one,
 and the unchanged backbone sees that canonical pose. Transforming the input
-by g moves the best score from h to g h (layers/_groups.py), so the
+by g moves the best score from h to g h (layers/group/_groups.py), so the
 canonical pose, and the answer, do not change: exactly for C4 and D4 (and for
 the quarter turns and mirrors of C8 and D8; at 45 degrees as far as
 resampling and the group convolutions' band limit allow). In training, the forward pass uses
@@ -186,7 +186,7 @@ def _turn(x, steps: int, order: int):
 
 
 def _apply(x, group, g: int):
-    """x [B, H, W, C] transformed by element g = R_r F^m of `group` (layers/_groups.py): the columns mirrored
+    """x [B, H, W, C] transformed by element g = R_r F^m of `group` (layers/group/_groups.py): the columns mirrored
     when m = 1, then turned by r steps (exact for quarter turns and mirrors)."""
     m, r = group.element(g)
     return _turn(ops.flip(x, axis=2) if m else x, r, group.rotations)
@@ -217,9 +217,9 @@ class Canonicalize(keras.layers.Layer):
                                 "kernel_size": kernel_size, "prior_weight": prior_weight, "downscale": downscale})
         self.group, self.filters, self.kernel_size = group, opts["filters"], opts["kernel_size"]
         self.prior_weight, self.downscale = float(opts["prior_weight"]), opts["downscale"]
-        from layers._groups import parse_group
-        from layers.group_conv import GroupConv2D
-        from layers.lifting_conv import LiftingConv2D
+        from layers.group._groups import parse_group
+        from layers.group.group_conv import GroupConv2D
+        from layers.group.lifting_conv import LiftingConv2D
 
         self._group = parse_group(group)
         self.order = self._group.order  # |G|: the elements scored

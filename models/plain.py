@@ -13,19 +13,19 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from layers.blurpool import BlurPool2D
-from layers.circular_pad import CircularPad2D
-from layers.group_batch_norm import GroupBatchNormalization
-from layers.group_conv import GroupConv2D
-from layers._groups import parse_group
-from layers.group_pooling import GroupPooling
-from layers.group_restriction import GroupRestriction
-from layers.lifting_conv import LiftingConv2D
-from layers.max_blurpool import MaxBlurPool2D
-from layers.scale_conv import ScaleConv2D
-from layers.scale_lifting_conv import ScaleLiftingConv2D
-from layers.scale_pooling import ScalePooling
-from layers.spatial_separable_conv import SpatialSeparableConv2D
+from layers.group._groups import parse_group
+from layers.group.group_batch_norm import GroupBatchNormalization
+from layers.group.group_conv import GroupConv2D
+from layers.group.group_pooling import GroupPooling
+from layers.group.group_restriction import GroupRestriction
+from layers.group.lifting_conv import LiftingConv2D
+from layers.scale.scale_conv import ScaleConv2D
+from layers.scale.scale_lifting_conv import ScaleLiftingConv2D
+from layers.scale.scale_pooling import ScalePooling
+from layers.shift.blurpool import BlurPool2D
+from layers.shift.circular_pad import CircularPad2D
+from layers.shift.max_blurpool import MaxBlurPool2D
+from layers.shift.spatial_separable_conv import SpatialSeparableConv2D
 
 L = keras.layers
 _GROUP_CONVS = (LiftingConv2D, GroupConv2D)
@@ -35,9 +35,9 @@ _NO_STOCK_FORM = {  # module prefix -> why it has no stock form
     "layers.harmonic": "the harmonic family's complex feature maps need magnitude nonlinearities "
                        "(|z|-gated ReLU, magnitude readout: a square root and a division per pixel) that no stock "
                        "Keras layer computes",
-    "layers.scale_harmonic": "the harmonic family's complex feature maps need magnitude nonlinearities "
-                             "that no stock Keras layer computes",
-    "layers.polyphase": "it picks the sampling phase per image from the data (an argmax of norms): no stock layer",
+    "layers.scale.scale_harmonic": "the harmonic family's complex feature maps need magnitude nonlinearities "
+                                   "that no stock Keras layer computes",
+    "layers.shift.polyphase": "it picks the sampling phase per image from the data (an argmax of norms): no stock layer",
     "models.invariant": "its orbit over transformed copies (or its canonicalising transform) has no stock form",
 }
 
@@ -47,7 +47,7 @@ def to_plain(model: keras.Model, fold_batch_norm: bool = True) -> keras.Model:
 
     - `LiftingConv2D`, `GroupConv2D` (C_N and D_N), `ScaleLiftingConv2D` and
       `ScaleConv2D` become one `Conv2D` each, with the dense kernel
-      (`stacked_kernel()`, `conv_kernel(s)()`) and bias frozen
+      (`dense_kernel()`) and bias frozen
       (`trainable=False`). Their [B, H, W, |G|, C] maps travel as the
       [B, H, W, |G| * C] maps the convolutions read and write; a `Reshape`
       back to five axes is added only before a layer that needs them.
@@ -348,7 +348,7 @@ class _Converter:
 
     def _group_conv(self, layer, x):
         g, f = getattr(layer, "group_size", layer.group_order), layer.filters
-        kernel = _np(layer.stacked_kernel())
+        kernel = _np(layer.dense_kernel())
         if isinstance(layer, GroupConv2D) and isinstance(x, _Virtual) and x.perm is not None:
             rows = np.empty_like(kernel)
             rows[:, :, x.perm, :] = kernel  # the kernel reads the flat channels where the map's are
@@ -447,12 +447,12 @@ class _Converter:
     def _scale_lifting(self, layer, x):
         s, f = layer.num_scales, layer.filters
         bias = np.tile(_np(layer.bias), s) if layer.use_bias else None
-        return self._conv(layer, self._real(x), _np(layer.conv_kernel()), bias, s, f, layer.strides, layer.padding)
+        return self._conv(layer, self._real(x), _np(layer.dense_kernel()), bias, s, f, layer.strides, layer.padding)
 
     def _scale_conv(self, layer, x):
         flat, s, c = self._flat(x, layer)
         f, inter = layer.filters, layer.interscale
-        kernels = [_np(k) for k in layer.conv_kernels()]  # per output scale: [k, k, inter * C, F]
+        kernels = _np(layer.dense_kernel())  # per output scale: [S, k, k, inter * C, F]
         kh, kw = kernels[0].shape[:2]
         kernel = np.zeros((kh, kw, s * c, s * f))
         for out in range(s):

@@ -3,7 +3,7 @@
 Any registered builder takes it through `model.params.pyramid_scales`
 (models/registry.py `build_model`): e.g. `pyramid_scales: [1.0, 2.0]` builds
 the backbone once and applies it to the image and to its copy enlarged 2x
-about the centre of the same canvas (`layers.canvas_rescale.CanvasRescale2D`:
+about the centre of the same canvas (`layers.scale.canvas_rescale.CanvasRescale2D`:
 bilinear, cropped; factors < 1 shrink into the centre, anti-aliased). The
 backbone's weights are shared, so the parameter count is the backbone's; the
 cost is up to len(scales) times the backbone's, since every branch runs on
@@ -53,7 +53,7 @@ import math
 import keras
 from keras import layers, ops
 
-from layers.canvas_rescale import CanvasRescale2D
+from layers.scale.canvas_rescale import CanvasRescale2D
 
 POOLS = ("mean", "max", "confident")
 DEFAULT_POOL = "mean"

@@ -35,7 +35,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from layers.circular_pad import CircularPad2D
+from layers.shift.circular_pad import CircularPad2D
 from models.antialias import downsample
 from models.baseline import _per_stage, apply_conv
 from models.registry import register

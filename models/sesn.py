@@ -10,7 +10,7 @@ max pooling between stages (28 -> 14 -> 7); then max over the scales
 default here (25 basis functions, max_order 4) has about 302k. The scale
 layers are exactly equivariant for odd integer ratios of their scales (the
 defaults: scale 0 and 2, ratio 3) under nearest-neighbour enlargement and
-approximately otherwise (figures in `layers/scale_lifting_conv.py`); the
+approximately otherwise (figures in `layers/scale/scale_lifting_conv.py`); the
 stack as a whole is approximately scale-invariant.
 """
 
@@ -19,9 +19,9 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from layers.scale_conv import ScaleConv2D
-from layers.scale_lifting_conv import ScaleLiftingConv2D
-from layers.scale_pooling import ScalePooling
+from layers.scale.scale_conv import ScaleConv2D
+from layers.scale.scale_lifting_conv import ScaleLiftingConv2D
+from layers.scale.scale_pooling import ScalePooling
 from models.baseline import _per_stage
 from models.registry import register
 

@@ -62,12 +62,12 @@ def _family_layers():
     """(family, what, make layer, input shape, reference(layer, x) -> NumPy output) of every family."""
     from keras import ops
 
-    from layers.blurpool import BlurPool2D
-    from layers.group_conv import GroupConv2D
-    from layers.harmonic_conv import HarmonicConv2D
-    from layers.lifting_conv import LiftingConv2D
-    from layers.scale_conv import ScaleConv2D
-    from layers.spatial_separable_conv import SpatialSeparableConv2D
+    from layers.group.group_conv import GroupConv2D
+    from layers.group.lifting_conv import LiftingConv2D
+    from layers.harmonic.harmonic_conv import HarmonicConv2D
+    from layers.scale.scale_conv import ScaleConv2D
+    from layers.shift.blurpool import BlurPool2D
+    from layers.shift.spatial_separable_conv import SpatialSeparableConv2D
 
     def numpy_of(t):
         return np.asarray(ops.convert_to_numpy(t), dtype="float64")
@@ -78,19 +78,19 @@ def _family_layers():
         return np_conv_valid(x, kernel, layer.strides) + numpy_of(layer.bias)
 
     def harmonic(layer, x):
-        y = np_conv_valid(x, numpy_of(layer.block_filter()))
+        y = np_conv_valid(x, numpy_of(layer.dense_kernel()))
         return y.reshape(y.shape[:3] + (len(layer.orders), 2, layer.filters))
 
     def lifting(layer, x):
-        y = np_conv_valid(x, numpy_of(layer.stacked_kernel()))
+        y = np_conv_valid(x, numpy_of(layer.dense_kernel()))
         return y.reshape(y.shape[:3] + (layer.group_size, layer.filters)) + numpy_of(layer.bias)
 
     def group(layer, x):
-        y = np_conv_valid(x.reshape(x.shape[:3] + (-1,)), numpy_of(layer.stacked_kernel()))
+        y = np_conv_valid(x.reshape(x.shape[:3] + (-1,)), numpy_of(layer.dense_kernel()))
         return y.reshape(y.shape[:3] + (layer.group_size, layer.filters)) + numpy_of(layer.bias)
 
     def scale(layer, x):
-        outs = [np_conv_valid(x[:, :, :, s], numpy_of(k)) for s, k in enumerate(layer.conv_kernels())]
+        outs = [np_conv_valid(x[:, :, :, s], k) for s, k in enumerate(numpy_of(layer.dense_kernel()))]
         return np.stack(outs, axis=3) + numpy_of(layer.bias)
 
     bias = {"bias_initializer": "random_normal"}
@@ -225,7 +225,7 @@ def machine_lines() -> list[str]:
         import tensorflow as tf
         from tensorflow.python.util import _pywrap_util_port
 
-        from layers import _tf_fast
+        from layers.common import _tf_fast
 
         lines.append("devices: " + ", ".join(d.name for d in tf.config.list_logical_devices()))
         lines.append(f"oneDNN: {'on' if _pywrap_util_port.IsMklEnabled() else 'off'} "

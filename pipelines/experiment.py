@@ -240,15 +240,9 @@ def fit_verbosity(cfg: Config):
 
 
 def import_custom_layers() -> None:
-    """Import every module of layers/ (and the model builders), which registers the custom layers."""
-    import importlib
-    import pkgutil
-
-    import layers
+    """Import layers/ (its `__init__` imports every public layer) and the model builders: registers the custom layers."""
+    import layers  # noqa: F401
     import models  # noqa: F401
-
-    for mod in pkgutil.iter_modules(layers.__path__):
-        importlib.import_module(f"layers.{mod.name}")
     import data.augment  # noqa: F401  (its layers are serializable too)
 
 

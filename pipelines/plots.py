@@ -164,14 +164,14 @@ def first_filters(model):
 
     Harmonic convolution: its complex filters for the first input stream and
     channel, one row per output rotation order and part (real, imaginary).
-    C_N group convolution: its stacked kernel (mean over input channels),
+    C_N group convolution: its dense kernel (mean over input channels),
     one row per orientation (at most 8), the first 8 filters.
     Other convolutions: the first 4-D kernel, averaged over input channels.
     """
     for layer in _walk_layers(model):
         family = getattr(family_of(layer), "name", None)
         if family == "harmonic":
-            k = np.asarray(keras.ops.convert_to_numpy(layer.block_filter()), np.float32)
+            k = np.asarray(keras.ops.convert_to_numpy(layer.dense_kernel()), np.float32)
             in_orders, parts = layer.in_orders, layer.in_parts
             c_in = k.shape[2] // (len(in_orders) * parts)
             k = k.reshape(k.shape[:2] + (len(in_orders), parts, c_in, len(layer.orders), 2, -1))[:, :, 0, 0, 0]
@@ -182,7 +182,7 @@ def first_filters(model):
                 rows.append((f"m={m} im", k[:, :, qi, 1]))
             return f"{layer.name} ({type(layer).__name__}): filters per rotation order m", rows
         if family == "group" and layer.built:
-            k = np.asarray(keras.ops.convert_to_numpy(layer.stacked_kernel()), np.float32).mean(axis=2)  # [k, k, |G| F]
+            k = np.asarray(keras.ops.convert_to_numpy(layer.dense_kernel()), np.float32).mean(axis=2)  # [k, k, |G| F]
             n, group = int(layer.group_size), layer._group
             k = k.reshape(k.shape[:2] + (n, layer.filters))
             rows = [(("flip, " if group.mirrored(r) else "") + f"{group.degrees(r):g} deg", k[:, :, r, :8])

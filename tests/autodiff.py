@@ -96,7 +96,7 @@ def input_gradient(fn, x):
 
 
 # torch.compile's backend for `compiled`. Measured on 2 CPU cores (BlurPool2D's value and
-# input gradient, tests/layers/test_blurpool.py): eager 4 ms; "aot_eager" 1.7 s to capture;
+# input gradient, tests/layers/shift/test_blurpool.py): eager 4 ms; "aot_eager" 1.7 s to capture;
 # "inductor" 21 s to compile from a cold cache (C++ code generation, which also needs a
 # compiler where the tests run), 3.5 s from a warm one; all three give identical values.
 TORCH_COMPILE_BACKEND = "aot_eager"

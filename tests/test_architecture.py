@@ -1,10 +1,10 @@
 """The house plan's arrows, read from the source: every import, function-level ones included.
 
-`layers` imports nothing of the project, `models` only `layers`, `data` nothing
-above it; no module of `pipelines/` imports a job module (`train`, `tune`,
-`evaluate`, `preview`, `compare`, `serve`, `convert`) other than its own
-package; no import cycle anywhere; no file under `pipelines/` is much longer
-than 400 lines.
+`layers` imports nothing of the project and holds one folder per family,
+`models` only `layers`, `data` nothing above it; no module of `pipelines/`
+imports a job module (`train`, `tune`, `evaluate`, `preview`, `compare`,
+`serve`, `convert`) other than its own package; no import cycle anywhere; no
+file under `pipelines/` is much longer than 400 lines.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def _job(module: str) -> str | None:
 
 
 def test_the_graph_is_read(graph):
-    assert "pipelines.train" in graph and "layers.blurpool" in graph
+    assert "pipelines.train" in graph and "layers.shift.blurpool" in graph
     assert "pipelines.experiment" in graph["pipelines.train"]
 
 
@@ -104,6 +104,15 @@ def test_no_import_cycles(graph):
         if m not in state:
             visit(m, [m])
     assert not cycles, cycles
+
+
+def test_layers_live_in_family_folders():
+    """layers/ holds its `__init__.py` and one package per family (and `common/`), no flat modules (issue 26)."""
+    top = os.path.join(ROOT, "layers")
+    flat = [f for f in os.listdir(top) if f.endswith(".py") and f != "__init__.py"]
+    folders = {d for d in os.listdir(top) if os.path.isfile(os.path.join(top, d, "__init__.py"))}
+    assert not flat, f"modules directly under layers/: {flat}"
+    assert {"shift", "harmonic", "group", "scale", "common"} <= folders, folders
 
 
 def test_pipeline_files_stay_short():

@@ -34,17 +34,13 @@ class KerasImageModel(mlflow.pyfunc.PythonModel):
     """`predict(uint8 images)` -> probabilities, class_id, class_name of the artifact `keras_model`."""
 
     def load_context(self, context):
-        import importlib
         import json
-        import pkgutil
 
         import keras
 
-        import layers  # the project's code, from the model's code paths
+        import layers  # noqa: F401 - the project's code, from the model's code paths; registers every layer
         import models  # noqa: F401 - registers the wrappers' layers
 
-        for mod in pkgutil.iter_modules(layers.__path__):
-            importlib.import_module(f"layers.{mod.name}")
         self._model = keras.saving.load_model(context.artifacts["keras_model"], compile=False)
         with open(context.artifacts["class_names"]) as fh:
             self._names = json.load(fh)

@@ -9,9 +9,23 @@ rules": docs/design.md):
    unknown) and agrees with `compute_output_shape`;
 3. save and reload: a functional model around the layer, saved as `.keras`
    and loaded back, gives the same outputs;
-4. one training step: every trainable weight gets a finite, non-zero
+4. compiled: that model called inside a jit-compiled function
+   (`tests/autodiff.py` `compiled`: `tf.function(jit_compile=True)` on
+   TensorFlow, `jax.jit`) gives the eager outputs. On PyTorch only with
+   LAYER_CHECKS_TORCH_COMPILE=1 (`torch.compile`, graph breaks allowed, as
+   Keras' `jit_compile=True` runs it), see TORCH_COMPILE;
+5. mixed precision: the layer made under the `mixed_float16` policy, with
+   the float32 layer's weights, returns float16 (or the dtype the layer
+   documents), finite and close to the float32 output (a tolerance relative
+   to its largest value); the global policy is restored after;
+6. one training step: every trainable weight gets a finite, non-zero
    gradient and moves after one optimizer step; a layer without weights
    passes the gradient through to its input.
+
+A layer that cannot run pass 4 or 5 somewhere (a kernel a backend lacks)
+says so at its call site: `skip_compiled` / `skip_mixed_precision` take the
+reason, for every backend (a string) or per backend (a dict); never a
+silent skip.
 
 Each layer's own promise (NumPy reference, equivariance) is tested beside it.
 Backend-agnostic: gradients come from `tests/autodiff.py`.
@@ -26,7 +40,7 @@ import tempfile
 import keras
 import numpy as np
 
-from tests.autodiff import gradients
+from tests.autodiff import BACKEND, TORCH_COMPILE_BACKEND, compiled, gradients
 
 
 def _as_list(x):
@@ -46,6 +60,61 @@ def check_config_round_trip(layer: keras.layers.Layer) -> None:
     assert clone.get_config() == config, "from_config(get_config()) changed the config"
 
 
+# Keras' jit_compile="auto", and its own run_layer_test, compile on TensorFlow and JAX and leave PyTorch
+# eager. Every layer here passes the compiled check under torch.compile too (every check_layer call of
+# tests/layers, run with it on), with graph breaks that Keras' torch backend itself needs (its convert_to_tensor of
+# NumPy constants, ops.max with keepdims), but Dynamo's tracing of Keras' call path costs about 8 s a layer
+# on 2 CPU cores (4 minutes a PyTorch pass), so it runs when asked. tests/layers/common/test_basis_conv.py
+# compiles the basis convolutions on PyTorch in every pass.
+TORCH_COMPILE = os.environ.get("LAYER_CHECKS_TORCH_COMPILE") == "1"
+
+
+def _skip_reason(skip, what: str) -> str | None:
+    """The reason to skip a pass on this backend, from a string (every backend) or a dict (per backend)."""
+    reason = skip.get(BACKEND) if isinstance(skip, dict) else skip
+    if reason is not None and not (isinstance(reason, str) and reason.strip()):
+        raise ValueError(f"{what} needs a reason (a non-empty string), got {reason!r}")
+    return reason
+
+
+def check_compiled(model, x, eager, *, atol: float) -> None:
+    """The model inside a jit-compiled function gives its eager outputs (float rounding aside)."""
+    def run(t):
+        return model(t, training=False)
+
+    if BACKEND == "torch":
+        import torch
+
+        # As Keras' `jit_compile` on PyTorch (`torch.compile(predict_step)`): graph breaks allowed, which
+        # Keras' torch backend itself needs (its convert_to_tensor of NumPy constants, ops.max with keepdims).
+        torch._dynamo.reset()  # each check compiles `run` anew: past 8 recompilations Dynamo would run it eagerly
+        fn = torch.compile(run, backend=TORCH_COMPILE_BACKEND)
+    else:
+        fn = compiled(run)
+    out = keras.ops.convert_to_numpy(fn(keras.ops.convert_to_tensor(x)))
+    np.testing.assert_allclose(out, eager, atol=max(atol, 1e-5), rtol=1e-4, err_msg="compiled != eager")
+
+
+def check_mixed_precision(layer_factory, layer, x, y32, *, dtype: str, tolerance: float) -> None:
+    """The layer under `mixed_float16`, with `layer`'s weights: output of `dtype`, finite, close to `y32`."""
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        half = layer_factory()
+        half(x)  # builds it
+        half.set_weights(layer.get_weights())
+        y = half(x)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    assert keras.backend.standardize_dtype(y.dtype) == dtype, (
+        f"{type(half).__name__} under mixed_float16 returned {y.dtype}, expected {dtype}")
+    y = keras.ops.convert_to_numpy(y).astype("float32")
+    assert np.all(np.isfinite(y)), "non-finite output under mixed_float16"
+    scale = max(float(np.max(np.abs(y32))), 1e-3)
+    np.testing.assert_allclose(y, y32, atol=tolerance * scale, rtol=0,
+                               err_msg=f"mixed_float16 output off by more than {tolerance} of max |y| = {scale:g}")
+
+
 def check_layer(
     layer_factory,
     input_shape: tuple,
@@ -55,6 +124,10 @@ def check_layer(
     expects_trainable_weights: bool | None = None,
     seed: int = 0,
     atol: float = 1e-6,
+    mixed_precision_dtype: str = "float16",
+    mixed_precision_tolerance: float = 1e-2,
+    skip_compiled: str | dict | None = None,
+    skip_mixed_precision: str | dict | None = None,
 ):
     """Run the shared checks on the layer that `layer_factory()` returns.
 
@@ -65,6 +138,11 @@ def check_layer(
             or None to skip the comparison.
         expects_trainable_weights: if given, whether the built layer must have
             trainable weights.
+        mixed_precision_dtype: the output dtype under `mixed_float16`.
+        mixed_precision_tolerance: the largest difference to the float32 output
+            under `mixed_float16`, relative to its largest absolute value.
+        skip_compiled, skip_mixed_precision: the reason why the layer skips
+            that pass (a string: on every backend; a dict: backend -> reason).
     Returns:
         The layer's output on the random input (NumPy), for further checks.
     """
@@ -98,7 +176,16 @@ def check_layer(
     after = keras.ops.convert_to_numpy(reloaded(x, training=False))
     np.testing.assert_allclose(after, before, atol=atol, rtol=1e-5)
 
-    # 4. one training step.
+    # 4. compiled.
+    if _skip_reason(skip_compiled, "skip_compiled") is None and (BACKEND != "torch" or TORCH_COMPILE):
+        check_compiled(model, x, before, atol=atol)
+
+    # 5. mixed precision.
+    if _skip_reason(skip_mixed_precision, "skip_mixed_precision") is None:
+        check_mixed_precision(layer_factory, layer, x, y_np, dtype=mixed_precision_dtype,
+                              tolerance=mixed_precision_tolerance)
+
+    # 6. one training step.
     target = rng.standard_normal(before.shape).astype("float32")
 
     def loss_fn(x_t):

@@ -1,7 +1,8 @@
 """layers/ and models/ are written in keras.ops: no TensorFlow import there, except the TF-only fast path.
 
-`layers/_tf_fast.py` is imported by `layers/_ops.py` only when the backend is
-TensorFlow; on JAX, importing every layer and builder leaves TensorFlow unloaded.
+`layers/common/_tf_fast.py` is imported by `layers/common/_ops.py` and `layers/common/conv.py`
+only when the backend is TensorFlow; on JAX, importing every layer and builder leaves TensorFlow
+unloaded.
 """
 
 import ast
@@ -12,7 +13,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TF_ONLY = {os.path.join("layers", "_tf_fast.py")}
+TF_ONLY = {os.path.join("layers", "common", "_tf_fast.py")}
 
 
 def _python_files(room):
@@ -42,9 +43,9 @@ def test_layers_and_models_load_no_tensorflow_on_jax():
     code = (
         "import importlib, pkgutil, sys\n"
         "import layers, models\n"
-        "for m in pkgutil.iter_modules(layers.__path__):\n"
-        "    if m.name != '_tf_fast':\n"
-        "        importlib.import_module('layers.' + m.name)\n"
+        "for m in pkgutil.walk_packages(layers.__path__, 'layers.'):\n"
+        "    if not m.name.endswith('._tf_fast'):\n"
+        "        importlib.import_module(m.name)\n"
         "print(sorted(n for n in sys.modules if n == 'tensorflow' or n.startswith('tensorflow.'))[:3])\n"
     )
     env = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from keras import layers
 
-from layers.blurpool import BlurPool2D
-from layers.polyphase import AdaptivePolyphaseSampling2D
+from layers.shift.blurpool import BlurPool2D
+from layers.shift.polyphase import AdaptivePolyphaseSampling2D
 
 DOWNSAMPLERS = (BlurPool2D, AdaptivePolyphaseSampling2D)  # MaxBlurPool2D is a BlurPool2D
 

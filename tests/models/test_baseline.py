@@ -22,6 +22,7 @@ from tests.models.conftest import assert_float16_training_step
         ({"head": "attention"}, "head must be 'flatten' or 'gap', got 'attention'"),
         ({"convs_per_stage": "2"}, "convs_per_stage must be an integer >= 1, got '2'"),
         ({"convs_per_stage": 0}, "convs_per_stage must be an integer >= 1, got 0"),
+        ({"convs_per_stage": True}, "convs_per_stage must be an integer >= 1, got True"),
     ],
 )
 def test_bad_params_raise_value_error_echoing_the_value(kwargs, message):

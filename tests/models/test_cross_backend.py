@@ -31,9 +31,7 @@ LOADER = """
 import sys
 import keras
 import numpy as np
-import layers.blurpool, layers.max_blurpool, layers.polyphase, layers.circular_pad, layers.spatial_separable_conv
-import layers.harmonic_conv, layers.harmonic_pool, layers.harmonic_relu, layers.harmonic_batch_norm
-import layers.harmonic_readout
+import layers  # its __init__ imports every public layer, which registers them
 x = np.load(sys.argv[1])
 outputs = [keras.ops.convert_to_numpy(keras.saving.load_model(p)(x, training=False)) for p in sys.argv[3:]]
 np.savez(sys.argv[2], *outputs)

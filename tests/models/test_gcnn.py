@@ -201,7 +201,7 @@ def test_bad_group_and_block_params_raise_value_error_echoing_the_value(kwargs, 
 
 
 def test_restriction_layer_checks():
-    from layers.group_restriction import GroupRestriction
+    from layers.group.group_restriction import GroupRestriction
     from tests.layers.layer_checks import check_layer
 
     check_layer(lambda: GroupRestriction("D4", "C4"), (2, 5, 5, 8, 3), (2, 5, 5, 4, 6), expects_trainable_weights=False)

@@ -117,6 +117,7 @@ def test_trains_saves_reloads_and_exports(tmp_path):
     [({"filters": 8}, "filters must name at least one stage, got 8"),
      ({"kernel_size": ["a", 5, 5]}, "kernel_size must hold int values, got ['a', 5, 5]"),
      ({"convs_per_stage": 1.5}, "convs_per_stage must be an integer >= 1, got 1.5"),
+     ({"convs_per_stage": True}, "convs_per_stage must be an integer >= 1, got True"),
      ({"readout": "gap"}, "readout must be 'class_conv' or 'dense', got 'gap'"),
      ({"radial_initializer": "he_normall"}, "radial_initializer: not a Keras initializer: 'he_normall'")],
 )

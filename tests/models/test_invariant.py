@@ -196,7 +196,7 @@ D4_ELEMENTS = [lambda x: x, lambda x: rot90(x, 1), lambda x: rot90(x, 2), lambda
 
 @pytest.mark.parametrize("group", ["D4", "D8"])
 def test_the_dihedral_canonicalizer_permutes_its_scores_as_the_group_acts(group):
-    from layers._groups import parse_group
+    from layers.group._groups import parse_group
 
     keras.utils.set_random_seed(6)
     c, grp = Canonicalize(group), parse_group(group)

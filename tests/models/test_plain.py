@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 import models
-from layers.blurpool import BlurPool2D
-from layers.circular_pad import CircularPad2D
-from layers.lifting_conv import LiftingConv2D
-from layers.max_blurpool import MaxBlurPool2D
-from layers.spatial_separable_conv import SpatialSeparableConv2D
+from layers.group.lifting_conv import LiftingConv2D
+from layers.shift.blurpool import BlurPool2D
+from layers.shift.circular_pad import CircularPad2D
+from layers.shift.max_blurpool import MaxBlurPool2D
+from layers.shift.spatial_separable_conv import SpatialSeparableConv2D
 from models.plain import to_plain
 
 SHAPE = (28, 28, 1)
@@ -109,10 +109,10 @@ def test_gcnn_unfolded_batch_norm_same_outputs():
 
 def test_dihedral_group_and_restriction_convert():
     """D4 layers; a restriction read by batch norm and pooling (its channel order made by a 1x1 permutation)."""
-    from layers.group_batch_norm import GroupBatchNormalization
-    from layers.group_conv import GroupConv2D
-    from layers.group_pooling import GroupPooling
-    from layers.group_restriction import GroupRestriction
+    from layers.group.group_batch_norm import GroupBatchNormalization
+    from layers.group.group_conv import GroupConv2D
+    from layers.group.group_pooling import GroupPooling
+    from layers.group.group_restriction import GroupRestriction
 
     keras.utils.set_random_seed(2)
     inputs = keras.Input((12, 12, 2))

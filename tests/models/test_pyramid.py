@@ -8,7 +8,7 @@ import pytest
 
 import models
 from data.scale_augment import rescale_batch
-from layers.canvas_rescale import CanvasRescale2D
+from layers.scale.canvas_rescale import CanvasRescale2D
 from tests.models.conftest import assert_float16_training_step
 
 SMALL_CNN = dict(filters=[4, 8], dense_units=0, dropout=0.0)

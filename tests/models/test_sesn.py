@@ -21,7 +21,7 @@ def test_default_is_the_mnist_scale_network():
     assert "sesn" in models.available_models()
     kinds = [type(l).__name__ for l in m.layers]
     assert kinds.count("ScaleLiftingConv2D") == 1 and kinds.count("ScaleConv2D") == 2 and "ScalePooling" in kinds
-    convs = scale_layers(m)
+    convs = equivariant_layers(m)  # the scale family's layers (models/equivariance.py)
     assert [c.filters for c in convs] == [32, 63, 95]
     assert [tuple(c.output.shape[1:4]) for c in convs] == [(28, 28, 3), (14, 14, 3), (7, 7, 3)]
     assert all(c.exact_pairs == [(0, 2, 3)] for c in convs)
@@ -35,7 +35,7 @@ def test_small_config_output_save_and_reload(tmp_path):
     x = np.random.default_rng(1).uniform(size=(2, 16, 16, 1)).astype("float32")
     y = np.asarray(m(x, training=False))
     assert y.shape == (2, 3) and np.all(np.isfinite(y))
-    assert [c.interscale for c in scale_layers(m)[1:]] == [2, 2]
+    assert [c.interscale for c in equivariant_layers(m)[1:]] == [2, 2]
     path = os.path.join(tmp_path, "sesn.keras")
     m.save(path)
     np.testing.assert_allclose(np.asarray(keras.saving.load_model(path)(x, training=False)), y, atol=1e-5)

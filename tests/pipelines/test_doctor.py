@@ -29,7 +29,7 @@ def test_every_family_passes_on_this_backend_and_the_report_names_the_machine(ca
 
 
 def test_a_family_whose_kernel_computes_wrong_values_fails_alone_and_the_exit_code_says_so(monkeypatch, capsys):
-    from layers.blurpool import BlurPool2D
+    from layers.shift.blurpool import BlurPool2D
 
     call = BlurPool2D.call
     monkeypatch.setattr(BlurPool2D, "call", lambda self, x: call(self, x) * 1.01)  # 1% off: a wrong kernel
@@ -42,12 +42,12 @@ def test_a_family_whose_kernel_computes_wrong_values_fails_alone_and_the_exit_co
 
 
 def test_a_family_whose_kernel_raises_reports_the_error_in_one_line(monkeypatch, capsys):
-    from layers.lifting_conv import LiftingConv2D
+    from layers.group.lifting_conv import LiftingConv2D
 
     def missing_kernel(self):
         raise RuntimeError("no kernel for this op on this device\nsecond line of a long message")
 
-    monkeypatch.setattr(LiftingConv2D, "stacked_kernel", missing_kernel)
+    monkeypatch.setattr(LiftingConv2D, "dense_kernel", missing_kernel)
     assert doctor.run_checks() is False
     lines = _family_lines(capsys.readouterr().out)
     assert lines["group"].split()[:3] == ["group", "FAIL", "RuntimeError:"]

@@ -40,8 +40,8 @@ def cnn():
 
 
 def hnet():
-    from layers.harmonic_conv import HarmonicConv2D
-    from layers.harmonic_readout import HarmonicMagnitudeReadout
+    from layers.harmonic.harmonic_conv import HarmonicConv2D
+    from layers.harmonic.harmonic_readout import HarmonicMagnitudeReadout
 
     keras.utils.set_random_seed(0)
     x = keras.Input((12, 12, 1))

@@ -153,7 +153,7 @@ def test_phase_factor_of_rotated_streams():
 
 
 def test_harmonic_conv_is_exactly_equivariant_at_90_and_approximately_at_other_angles():
-    from layers.harmonic_conv import HarmonicConv2D
+    from layers.harmonic.harmonic_conv import HarmonicConv2D
 
     keras.utils.set_random_seed(0)
     x = smooth(images(4, 20, seed=5))
@@ -172,9 +172,9 @@ def test_harmonic_conv_is_exactly_equivariant_at_90_and_approximately_at_other_a
 
 
 def test_the_protocol_visits_each_harmonic_conv_of_a_model():
-    from layers.harmonic_conv import HarmonicConv2D
-    from layers.harmonic_readout import HarmonicMagnitudeReadout
-    from layers.harmonic_relu import HarmonicReLU
+    from layers.harmonic.harmonic_conv import HarmonicConv2D
+    from layers.harmonic.harmonic_readout import HarmonicMagnitudeReadout
+    from layers.harmonic.harmonic_relu import HarmonicReLU
 
     keras.utils.set_random_seed(0)
     inp = keras.Input((16, 16, 1))
