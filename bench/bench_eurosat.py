@@ -47,20 +47,29 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from common import table  # noqa: E402
+from common import rates_in_turns, table  # noqa: E402
 
 FLIPS_ROT90 = {"horizontal": True, "vertical": True, "rotate90": True}
 SHIFT = {"max": 0.1, "units": "fraction", "fill_mode": "reflect", "probability": 0.5}
 RESNET = dict(blocks_per_stage=[1, 1, 1, 1], stem="cifar", antialias="none")
 GCNN = dict(block="residual", kernel_size=3, blocks_per_stage=1, stem_pool=True, pooling="blur")
-# name -> (builder, params, flip augmentation); widths per table
+
+
+def models_at(resnet_widths, d4_widths, c8_widths) -> dict:
+    """name -> (builder, params, flip augmentation) of one table, at its widths."""
+    resnet = dict(RESNET, filters=resnet_widths)
+    return {
+        "resnet": ("resnet", resnet, None),
+        "resnet_flips_rot90": ("resnet", resnet, FLIPS_ROT90),
+        "resnet_blur_flips_rot90": ("resnet", dict(resnet, antialias="blur"), FLIPS_ROT90),
+        "gcnn_d4_residual": ("gcnn", dict(GCNN, group="D4", filters=d4_widths), None),
+        "gcnn_c8_residual": ("gcnn", dict(GCNN, group="C8", filters=c8_widths), {"horizontal": True}),
+    }
+
+
 TABLES = {
     "low": {
-        "resnet": ("resnet", dict(RESNET, filters=[16, 32, 64, 128]), None),
-        "resnet_flips_rot90": ("resnet", dict(RESNET, filters=[16, 32, 64, 128]), FLIPS_ROT90),
-        "resnet_blur_flips_rot90": ("resnet", dict(RESNET, filters=[16, 32, 64, 128], antialias="blur"), FLIPS_ROT90),
-        "gcnn_d4_residual": ("gcnn", dict(GCNN, group="D4", filters=[6, 11, 22, 44]), None),
-        "gcnn_c8_residual": ("gcnn", dict(GCNN, group="C8", filters=[8, 16, 32, 64]), {"horizontal": True}),
+        **models_at([16, 32, 64, 128], [6, 11, 22, 44], [8, 16, 32, 64]),
         # issue 30's wrappers around the same resnet: canonicalize D4 trained end to end (no symmetry
         # augmentation: the wrapped model is D4-invariant), and orbit D4 around the flips + rot90 resnet at test
         # time only (its row is the trained resnet_flips_rot90 wrapped, weights kept: 8 backbone passes)
@@ -68,13 +77,7 @@ TABLES = {
                                                   invariant={"group": "D4", "method": "canonicalize"}), None),
         "resnet_flips_rot90_orbit_d4": ("resnet", dict(RESNET, filters=[16, 32, 64, 128]), FLIPS_ROT90),
     },
-    "full": {
-        "resnet": ("resnet", dict(RESNET, filters=[32, 64, 128, 256]), None),
-        "resnet_flips_rot90": ("resnet", dict(RESNET, filters=[32, 64, 128, 256]), FLIPS_ROT90),
-        "resnet_blur_flips_rot90": ("resnet", dict(RESNET, filters=[32, 64, 128, 256], antialias="blur"), FLIPS_ROT90),
-        "gcnn_d4_residual": ("gcnn", dict(GCNN, group="D4", filters=[12, 24, 48, 96]), None),
-        "gcnn_c8_residual": ("gcnn", dict(GCNN, group="C8", filters=[16, 32, 64, 128]), {"horizontal": True}),
-    },
+    "full": models_at([32, 64, 128, 256], [12, 24, 48, 96], [16, 32, 64, 128]),
 }
 
 
@@ -145,30 +148,13 @@ def interleaved_speed(specs, names, args) -> list[dict]:
     """Steady-state training images/s of each model on random 64x64 RGB batches, timed in turns (A, B, ..., A,
     B, ...) so that a shared machine's load falls on all alike: the median of `args.speed_rounds` turns of
     `args.speed_steps` steps each; the cost of equivariance at equal parameters, without the data pipeline."""
-    import keras
-
-    import models
-
     rng = np.random.default_rng(args.seed)
     x = rng.uniform(0, 1, (args.batch_size * args.speed_steps, 64, 64, 3)).astype("float32")
     y = rng.integers(0, 10, len(x))
-    fitted = {}
-    for name in names:
-        builder, params, _ = specs[name]
-        keras.utils.set_random_seed(args.seed)
-        m = models.build_model(builder, (64, 64, 3), 10, **params)
-        m.compile(keras.optimizers.Adam(args.lr), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        m.fit(x[: 2 * args.batch_size], y[: 2 * args.batch_size], batch_size=args.batch_size, verbose=0)  # trace
-        fitted[name] = m
-    rates = {name: [] for name in names}
-    for _ in range(args.speed_rounds):
-        for name in names:
-            t0 = time.perf_counter()
-            fitted[name].fit(x, y, batch_size=args.batch_size, epochs=1, verbose=0, shuffle=False)
-            rates[name].append(len(x) / (time.perf_counter() - t0))
-    ref = float(np.median(rates[names[0]]))
-    return [{"model": n, "params": fitted[n].count_params(), "train img/s": float(np.median(rates[n])),
-             f"speed vs {names[0]}": float(np.median(rates[n])) / ref} for n in names]
+    rates, params = rates_in_turns({n: specs[n][:2] for n in names}, x, y, args.batch_size, args.lr,
+                                   args.speed_rounds, args.seed)
+    return [{"model": n, "params": params[n], "train img/s": rates[n], f"speed vs {names[0]}": rates[n] / rates[names[0]]}
+            for n in names]
 
 
 def main() -> int:

@@ -57,7 +57,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import time  # noqa: E402
 
 from bench_rotated_mnist import CNN_PARAMS, dataset  # noqa: E402
-from common import Timer, mnist_or_skip, rotated_mnist, table  # noqa: E402
+from common import mnist_or_skip, rates_in_turns, rotated_mnist, table  # noqa: E402
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -172,21 +172,8 @@ def interleaved_speed(names, args):
     rng = np.random.default_rng(args.seed)
     x = rng.uniform(0, 1, (args.batch_size * args.speed_steps, 28, 28, 1)).astype("float32")
     y = rng.integers(0, 10, len(x))
-    fitted = {}
-    for name in names:
-        model_name, params, _ = VARIANTS[name]
-        keras.utils.set_random_seed(args.seed)
-        m = models.build_model(model_name, (28, 28, 1), 10, **params)
-        m.compile(keras.optimizers.Adam(args.lr), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        m.fit(x[: 2 * args.batch_size], y[: 2 * args.batch_size], batch_size=args.batch_size, verbose=0)  # trace
-        fitted[name] = m
-    rates = {name: [] for name in names}
-    for _ in range(args.speed_rounds):
-        for name, m in fitted.items():
-            with Timer() as t:
-                m.fit(x, y, batch_size=args.batch_size, epochs=1, verbose=0, shuffle=False)
-            rates[name].append(len(x) / t.seconds)
-    return {name: float(np.median(r)) for name, r in rates.items()}
+    return rates_in_turns({n: VARIANTS[n][:2] for n in names}, x, y, args.batch_size, args.lr, args.speed_rounds,
+                          args.seed)[0]
 
 
 def device_name() -> str:

@@ -68,3 +68,32 @@ def table(rows: list[dict], title: str = "") -> str:
     lines = [f"| {' | '.join(keys)} |", f"|{'---|' * len(keys)}"]
     lines += [f"| {' | '.join(fmt(r[k]) if k in r else '' for k in keys)} |" for r in rows]
     return (f"\n{title}\n" if title else "\n") + "\n".join(lines) + "\n"
+
+
+def rates_in_turns(specs: dict, x, y, batch_size: int, lr: float, rounds: int, seed: int = 0):
+    """Steady-state training images/s of each model, measured in turns (model A, B, ..., A, B, ...) so that a
+    shared machine's load falls on all of them alike: `specs` maps a name to (registry builder, params); each
+    model is built for x's image shape with y.max() + 1 classes, compiled (Adam at `lr`), traced on two
+    batches, then timed for one epoch on (x, y) `rounds` times. Returns ({name: median images/s},
+    {name: parameters})."""
+    import time
+
+    import keras
+
+    import models
+
+    fitted = {}
+    for name, (builder, params) in specs.items():
+        keras.utils.set_random_seed(seed)
+        m = models.build_model(builder, x.shape[1:], int(y.max()) + 1, **params)
+        m.compile(keras.optimizers.Adam(lr), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        m.fit(x[: 2 * batch_size], y[: 2 * batch_size], batch_size=batch_size, verbose=0)  # trace
+        fitted[name] = m
+    rates = {name: [] for name in fitted}
+    for _ in range(rounds):
+        for name, m in fitted.items():
+            t0 = time.perf_counter()
+            m.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, shuffle=False)
+            rates[name].append(len(x) / (time.perf_counter() - t0))
+    return ({name: float(np.median(r)) for name, r in rates.items()},
+            {name: m.count_params() for name, m in fitted.items()})

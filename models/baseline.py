@@ -36,6 +36,15 @@ def _per_stage(value, n, name, cast=int):
         raise ValueError(f"{name} must hold {cast.__name__} values, got {value!r}") from None
 
 
+def stages(filters, kernel_size) -> tuple[int, list[int], list[int]]:
+    """(number of stages, filters per stage, kernel size per stage): `filters` a non-empty list names the
+    stages, `kernel_size` one per stage or one for all (the builders' shared prologue)."""
+    n = len(filters) if isinstance(filters, (list, tuple)) else 0
+    if n < 1:
+        raise ValueError(f"filters must name at least one stage, got {filters!r}")
+    return n, _per_stage(filters, n, "filters"), _per_stage(kernel_size, n, "kernel_size")
+
+
 def conv_layer(
     kind: str, filters: int, kernel_size: int, *, strides: int = 1, padding: str = "same", rank: int = 1, name=None
 ):

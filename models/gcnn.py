@@ -54,7 +54,7 @@ from layers.group.group_pooling import GroupPooling
 from layers.group.group_restriction import GroupRestriction
 from layers.group.lifting_conv import LiftingConv2D
 from layers.shift.blurpool import BlurPool2D
-from models.baseline import _per_stage
+from models.baseline import stages
 from models.registry import register
 
 POOLINGS = ("avg", "max", "blur")
@@ -177,11 +177,7 @@ def build(
     Returns:
         A Keras model from float images in [0, 1] to class logits (float32).
     """
-    n = len(filters) if isinstance(filters, (list, tuple)) else 0
-    if n < 1:
-        raise ValueError(f"filters must name at least one stage, got {filters!r}")
-    filters = _per_stage(filters, n, "filters")
-    kernel_sizes = _per_stage(kernel_size, n, "kernel_size")
+    n, filters, kernel_sizes = stages(filters, kernel_size)
     g = _group(group, group_order)
     if block not in BLOCKS:
         raise ValueError(f"block must be one of {BLOCKS}, got {block!r}")

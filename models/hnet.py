@@ -25,7 +25,7 @@ from layers.harmonic.harmonic_pool import HarmonicAveragePooling2D
 from layers.harmonic.harmonic_readout import HarmonicMagnitudeReadout
 from layers.harmonic.harmonic_relu import HarmonicReLU
 from layers.scale.scale_harmonic_conv import ScaleHarmonicConv2D
-from models.baseline import _per_stage
+from models.baseline import stages
 from models.registry import register
 
 
@@ -92,11 +92,7 @@ def build(
     Returns:
         A Keras model from float images in [0, 1] to class logits (float32).
     """
-    n = len(filters) if isinstance(filters, (list, tuple)) else 0
-    if n < 1:
-        raise ValueError(f"filters must name at least one stage, got {filters!r}")
-    filters = _per_stage(filters, n, "filters")
-    kernel_sizes = _per_stage(kernel_size, n, "kernel_size")
+    n, filters, kernel_sizes = stages(filters, kernel_size)
     convs_per_stage = check.integer(convs_per_stage, "convs_per_stage", low=1, what="an integer >= 1")
     if not isinstance(max_order, int) or max_order < 0:
         raise ValueError(f"max_order must be a non-negative integer, got {max_order!r}")

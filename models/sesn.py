@@ -22,7 +22,7 @@ from keras import layers
 from layers.scale.scale_conv import ScaleConv2D
 from layers.scale.scale_lifting_conv import ScaleLiftingConv2D
 from layers.scale.scale_pooling import ScalePooling
-from models.baseline import _per_stage
+from models.baseline import _per_stage, stages
 from models.registry import register
 
 
@@ -84,11 +84,7 @@ def build(
     Returns:
         A Keras model from float images in [0, 1] to class logits (float32).
     """
-    n = len(filters) if isinstance(filters, (list, tuple)) else 0
-    if n < 1:
-        raise ValueError(f"filters must name at least one stage, got {filters!r}")
-    filters = _per_stage(filters, n, "filters")
-    kernel_sizes = _per_stage(kernel_size, n, "kernel_size")
+    n, filters, kernel_sizes = stages(filters, kernel_size)
     interscales = _per_stage(interscale, max(n - 1, 1), "interscale")
     if not isinstance(final_pool, int) or isinstance(final_pool, bool) or final_pool < 1:
         raise ValueError(f"final_pool must be a positive integer, got {final_pool!r}")

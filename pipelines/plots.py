@@ -80,6 +80,17 @@ def confusion_matrix_figure(cm: np.ndarray, class_names: list[str], path: str,
 # ----------------------------------------------------------------------------- evaluation
 
 
+def _accuracy_axes(fig, ax, path: str, xlabel: str, title: str) -> str:
+    """Finish a test-accuracy-against-a-transform figure (y in [0, 1], grid, legend) and save it."""
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save(fig, path)
+
+
 def plot_rotation_curve(curves: dict[str, dict], path: str, title: str = "accuracy under input rotation") -> str:
     """One or more rotation curves (label -> {angle: accuracy}) as a PNG."""
     fig, ax = plt.subplots(figsize=(7, 3.8))
@@ -90,13 +101,7 @@ def plot_rotation_curve(curves: dict[str, dict], path: str, title: str = "accura
     for a in (90, 180, 270):
         ax.axvline(a, color="grey", lw=0.5, alpha=0.5)
     ax.set_xlim(0, 360)
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("input rotation (degrees, counter-clockwise)")
-    ax.set_ylabel("test accuracy")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return save(fig, path)
+    return _accuracy_axes(fig, ax, path, "input rotation (degrees, counter-clockwise)", title)
 
 
 def plot_scale_curve(curves: dict[str, dict], path: str, title: str = "accuracy under input rescaling") -> str:
@@ -108,13 +113,7 @@ def plot_scale_curve(curves: dict[str, dict], path: str, title: str = "accuracy 
     ax.set_xscale("log")
     ax.set_xticks(sorted({f for c in curves.values() for f in c}), [f"{f:g}x" for f in sorted({f for c in curves.values() for f in c})])
     ax.minorticks_off()
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("input scale factor (same canvas)")
-    ax.set_ylabel("test accuracy")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return save(fig, path)
+    return _accuracy_axes(fig, ax, path, "input scale factor (same canvas)", title)
 
 
 def plot_elastic_curve(ev, path: str) -> str:

@@ -56,24 +56,15 @@ class GroupConv2D(GroupConvBase):
     way; exact for all of D4 and for D8's mirrors and quarter turns, through
     any stack (tests/layers/group/test_dihedral.py).
 
-    Feature-map layout of all group layers: [batch, height, width, |G|, channels],
-    the group axis (orientations) before the channels.
+    Feature-map layout: as LiftingConv2D's.
 
     Args:
-        filters: output channels per orientation.
-        kernel_size: odd filter size (the filter is centred on a pixel).
-        group_order: N, the number of rotations of C_N (4: exact rot90);
-            None: 4, or the rotations of `group`.
-        basis: `auto` (`pixel` if N divides 4, else `harmonic`), `pixel`
-            (k*k free weights per filter and orientation, N in {1, 2, 4}) or
-            `harmonic` (J band-limited circular harmonics: 4 for k = 3, 9 for
-            k = 5, 16 for k = 7). Weights: J * N * C_in * filters.
-        padding: 'same' or 'valid' (stride 1).
-        use_bias: add a bias per output channel, shared by the N orientations.
+        filters, kernel_size, group_order, basis, padding, use_bias, group:
+            as LiftingConv2D's (pixel filters: k*k free weights per filter
+            and group element).
         kernel_initializer: initializer of the coefficients [J, |G|, C_in, filters].
         bias_initializer: initializer of the bias [filters].
-        group: 'C<N>' or 'D<N>'; None: C_N with N = group_order. Weights:
-            J * |G| * C_in * filters (|G| = 2N for D_N).
+        Weights: J * |G| * C_in * filters (|G| = N, or 2N for D_N).
 
     Input shape:
         [batch, H, W, |G|, C_in].
