@@ -247,3 +247,22 @@ def test_mixed_precision_forward_and_gradient_keep_the_float32_result_and_the_d4
     assert keras.backend.standardize_dtype(y.dtype) == "float16"
     np.testing.assert_allclose(to_numpy(y, np.float64), ref, atol=2e-2 * np.abs(ref).max())
     assert all(g is not None and np.all(np.isfinite(g)) and np.any(g != 0) for g in grads)
+
+
+def test_the_equivariance_protocol_measures_d4_layers_at_every_promised_element():
+    """models/equivariance.py, the measure the evaluation uses: the D4 layers promise quarter turns and mirrors,
+    all exact; a layer whose mirrored filter copies are plain (unmirrored) copies fails at the mirrors only."""
+    from models.equivariance import elements, equivariance_errors
+
+    keras.utils.set_random_seed(9)
+    x = np.random.default_rng(9).standard_normal((2, 12, 12, 2)).astype("float32")
+    lift = LiftingConv2D(3, 3, group="D4")
+    promised = elements(lift, [45.0, 90.0, 180.0])
+    assert [(e.label, e.exact) for e in promised] == [("rot90", True), ("rot180", True), ("flip", True),
+                                                       ("flip_rot90", True), ("flip_rot180", True)]
+    errs = equivariance_errors(lift, x, promised)
+    assert max(errs.values()) < 1e-5, errs
+    lift._basis = np.concatenate([lift._basis[:4], lift._basis[:4]])  # the mirror half forgets the mirror
+    lift._kernel_cache.clear()  # the dense kernel kept from the eager calls above was built from the old basis
+    errs = equivariance_errors(lift, x, promised)
+    assert errs["rot90"] < 1e-5 and min(errs["flip"], errs["flip_rot90"]) > 0.1, errs
