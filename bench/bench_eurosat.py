@@ -132,6 +132,7 @@ def run(name, spec, train, valid, test, args):
     fit_s = time.perf_counter() - t0
     if name.endswith("_orbit_d4"):  # wrapped after training, weights kept (models/invariant.py)
         model = models.invariant(model, "D4")
+        model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     acc = {}
     for split, (x, y) in (("valid", valid), ("test", test)):
         _, acc[split] = model.evaluate(x.astype("float32") / 255.0, y, batch_size=256, verbose=0)
