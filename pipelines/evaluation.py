@@ -230,7 +230,7 @@ def evaluate(predict, images, labels, ecfg, model=None, class_names=None) -> Eva
         from models.equivariance import equivariance
 
         equiv = equivariance(model, x[: ecfg.equivariance_images], ecfg.equivariance_angles)
-        logit_change = {k: inv.logit_change(model, x, inv.MIRRORS[k], ecfg.batch_size) for k in mirror}
+        logit_change = inv.logit_changes(model, x, {k: inv.MIRRORS[k] for k in mirror}, ecfg.batch_size)
     orientation = None
     if model is not None:
         from models.invariant import orientation_accuracy

@@ -18,7 +18,7 @@ so two evaluations of the same model on the same images give the same figures.
   same canvas by each factor (data/scale_augment.py's `rescale_batch`).
 - `elastic_curve`: accuracy against the strength `alpha` of the elastic warp
   of `data.augment.ElasticWarp` (Simard et al. 2003), one fixed field per image.
-- `mirror_accuracy`, `logit_change`: accuracy on mirrored images, and how
+- `mirror_accuracy`, `logit_changes`: accuracy on mirrored images, and how
   far a Keras model's logits move under a transform.
 
 The layers' equivariance errors (every family, one protocol) are
@@ -133,8 +133,9 @@ def mirror_accuracy(predict: Predict, images, labels) -> dict[str, float]:
     return {n: accuracy(predict, np.ascontiguousarray(MIRRORS[n](x)), labels) for n in names}
 
 
-def logit_change(model, images, transform, batch_size: int = 256) -> float:
-    """Mean over images of ||f(T x) - f(x)|| / ||f(x)|| for the logits f of a Keras model (0: invariant)."""
+def logit_changes(model, images, transforms: dict, batch_size: int = 256) -> dict[str, float]:
+    """{name: mean over images of ||f(T x) - f(x)|| / ||f(x)||} for the logits f of a Keras model and each
+    transform T of `transforms` (0: invariant); f(x) is computed once."""
     import keras
 
     def logits(x):
@@ -143,5 +144,6 @@ def logit_change(model, images, transform, batch_size: int = 256) -> float:
         return np.concatenate(out).astype(np.float64)
 
     x = np.asarray(images, np.float32)
-    a, b = logits(x), logits(transform(x))
-    return float(np.mean(np.linalg.norm(b - a, axis=-1) / np.maximum(np.linalg.norm(a, axis=-1), 1e-12)))
+    a = logits(x)
+    norm = np.maximum(np.linalg.norm(a, axis=-1), 1e-12)
+    return {name: float(np.mean(np.linalg.norm(logits(t(x)) - a, axis=-1) / norm)) for name, t in transforms.items()}
