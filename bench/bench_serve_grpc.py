@@ -127,6 +127,8 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--rounds", type=int, default=3, help="rounds of REST then gRPC, interleaved (median req/s)")
     p.add_argument("--image-size", type=int, default=28, help="images of this side (28: 28x28x1, else NxNx3)")
+    p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                   help="one more argument for the server (repeat it), e.g. --server-arg=--batch-wait-ms=0")
     a = p.parse_args()
 
     import tensorflow as tf
@@ -156,7 +158,7 @@ def main() -> int:
         port, grpc_port = free_port(), free_port()
         log_path = os.path.join(tmp, "server.log")
         cmd = [sys.executable, "-m", "pipelines.serve", "--exports", exports, "--port", str(port),
-               "--grpc-port", str(grpc_port), "--poll-s", "0.5"]
+               "--grpc-port", str(grpc_port), "--poll-s", "0.5", *a.server_arg]
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True)

@@ -1,7 +1,9 @@
 """The batching queue in front of one model's signature calls (TF Serving's batching).
 
 `Batcher`: a worker thread takes the waiting requests, gathers more until
-`max_batch` rows or `batch_wait_ms` have passed, runs one signature call on at
+`max_batch` rows or `batch_wait_ms` have passed (0 by default, TF Serving's
+`batch_timeout_micros` default: the requests that arrived while the previous
+batch ran form the next one, so a lone request never waits), runs one signature call on at
 most `max_batch` rows and hands each request its slice. A request larger than
 `max_batch` rows is run in chunks, and the rows of a batch are shared out
 evenly between the waiting requests, so a large request cannot hold up the
@@ -43,7 +45,7 @@ class _Item:
 class Batcher:
     """Batching queue in front of one model's signature calls (see the module docstring)."""
 
-    def __init__(self, name: str, max_batch: int = 32, batch_wait_ms: float = 2.0, threads: int = 1):
+    def __init__(self, name: str, max_batch: int = 32, batch_wait_ms: float = 0.0, threads: int = 1):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch!r}")
         if batch_wait_ms < 0:

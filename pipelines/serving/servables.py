@@ -122,7 +122,7 @@ class ModelManager:
         exports: str,
         poll_s: float = 1.0,
         max_batch: int = 32,
-        batch_wait_ms: float = 2.0,
+        batch_wait_ms: float = 0.0,
         batch_threads: int = 1,
         retry_max_s: float = 30.0,
         config_file: str | None = None,

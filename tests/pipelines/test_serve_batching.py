@@ -79,6 +79,21 @@ class GatedServable(FakeServable):
         return super().run(inputs)
 
 
+def test_by_default_the_requests_that_arrive_during_a_call_form_the_next_batch(make_batcher):
+    """The default wait is 0 (TF Serving's batch_timeout_micros): nothing waits for company, and what queued
+    while the model ran goes out as one call."""
+    s = GatedServable()
+    b = make_batcher(max_batch=8)
+    assert b.batch_wait_ms == 0
+    first = b.submit(s, one(1))
+    assert s.started.wait(10)  # it ran alone, at once
+    queued = [b.submit(s, one(v)) for v in (2, 3, 4)]
+    s.gate.set()
+    assert first.result(timeout=10)["n"].tolist() == [1]
+    assert [f.result(timeout=10)["n"].tolist() for f in queued] == [[3]] * 3
+    assert s.batches == [[1], [2, 3, 4]]
+
+
 def test_a_large_request_takes_turns_with_small_ones(make_batcher):
     """Before: a 10-row request was one call, and requests behind it waited for all of it."""
     s = GatedServable()
