@@ -8,8 +8,9 @@ config file (`pipelines.serving.model_config`, read again when it changes) with
 their `latest`, `all` or `specific` policy and `version_labels`.
 
 Swaps keep the model available (TF Serving's availability-preserving policy):
-a wanted version is loaded (in the poller's thread, warmed up) and added
-first; versions no longer wanted (replaced by a newer one, dropped by the
+a wanted version is loaded (in the poller's thread, warmed up at the batch
+sizes its model's traffic has had, and pausing every 2 ms so that requests
+keep the GIL: `pipelines.serving.polite`) and added first; versions no longer wanted (replaced by a newer one, dropped by the
 policy, their directory deleted: how a bad version is rolled back) are
 unloaded after; while no wanted version loads, the highest other one keeps
 serving. A request holds the `Servable` it was resolved to, so requests in
@@ -38,6 +39,7 @@ from typing import NamedTuple
 
 from pipelines.serving.batching import Batcher
 from pipelines.serving.heap import Reclaimer, freeze_base
+from pipelines.serving.polite import polite
 from pipelines.serving.model_config import ConfigWatcher, ModelSpec, exports_specs
 from pipelines.serving.savedmodel import SIGNATURE, Servable, TensorInfo, load_servable
 
@@ -320,7 +322,14 @@ class ModelManager:
         log.info("model %s: loading version %s (attempt %d)", name, version, attempt)
         t0 = time.perf_counter()
         try:
-            servable = load_servable(name, version, path)
+            with self._lock:
+                serving = any(m.servables for m in self._models.values())
+            sizes = st.batcher.batch_sizes()  # warmed up at the batch sizes the traffic has run, most frequent first
+            rows = sorted(sizes, key=lambda r: -sizes[r])
+            if serving:  # requests may be waiting: leave them the GIL
+                servable = polite(lambda: load_servable(name, version, path, rows))
+            else:
+                servable = load_servable(name, version, path, rows)
         except Exception as e:  # noqa: BLE001 - a bad export must not stop the server or the others
             msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             backoff = min(self.poll_s * 2 ** (attempt - 1), self.retry_max_s)

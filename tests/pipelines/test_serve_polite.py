@@ -1,0 +1,138 @@
+"""Gentle version swaps: the load leaves requests the GIL (pipelines/serving/polite.py) and the new version is
+warmed up at the batch sizes the traffic has had (pipelines/serving/savedmodel.load_servable)."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from pipelines.serving import polite as polite_mod
+from pipelines.serving.polite import polite
+
+
+def busy_python(seconds: float) -> int:
+    """Pure Python calls for `seconds` (what `tf.saved_model.load` mostly is), holding the GIL."""
+    n, end = 0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        n += len(str(n))
+    return n
+
+
+def test_it_pauses_every_slice_and_returns_the_value(monkeypatch):
+    pauses = []
+    real_sleep = time.sleep
+    monkeypatch.setattr(polite_mod.time, "sleep", lambda s: (pauses.append(s), real_sleep(s)))
+    t0 = time.perf_counter()
+    assert polite(lambda: busy_python(0.1) > 0) is True
+    elapsed = time.perf_counter() - t0
+    # one pause of 1 ms after each 2 ms of running: about a third of the time
+    assert len(pauses) >= 0.1 / 0.004, pauses
+    assert all(p == polite_mod.PAUSE_S for p in pauses)
+    assert elapsed >= 0.1
+
+
+def test_the_hook_is_removed_and_exceptions_pass_through():
+    before = sys.getprofile()
+
+    def boom():
+        raise KeyError("bad export")
+
+    with pytest.raises(KeyError, match="bad export"):
+        polite(boom)
+    assert sys.getprofile() is before
+
+
+def test_only_the_calling_thread_pauses(monkeypatch):
+    pauses = {}
+    real_sleep = time.sleep
+
+    def sleep(s):
+        pauses[threading.current_thread().name] = pauses.get(threading.current_thread().name, 0) + 1
+        real_sleep(s)
+
+    monkeypatch.setattr(polite_mod.time, "sleep", sleep)
+    other = threading.Thread(target=busy_python, args=(0.1,), name="request")
+    other.start()
+    polite(lambda: busy_python(0.1))
+    other.join()
+    assert pauses.get(threading.current_thread().name, 0) > 0
+    assert "request" not in pauses
+
+
+def test_a_waiting_thread_gets_the_gil_sooner():
+    """A thread that needs the GIL in short turns (a request) is held up for a switch interval (5 ms) at a time
+    by a thread running Python; against a polite one, for about a slice (2 ms)."""
+
+    def worst_gap(runner) -> float:
+        gaps, stop = [], threading.Event()
+
+        def ticker():
+            last = time.perf_counter()
+            while not stop.is_set():
+                time.sleep(0.0002)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        th = threading.Thread(target=ticker)
+        th.start()
+        runner(lambda: busy_python(0.3))
+        stop.set()
+        th.join()
+        return sorted(gaps)[int(0.9 * len(gaps))]  # the 90th percentile: robust to a busy machine
+
+    plain = worst_gap(lambda fn: fn())
+    kind = worst_gap(polite)
+    assert kind < 0.75 * plain, (kind, plain)
+
+
+def test_the_manager_loads_politely_only_while_something_is_served(tmp_path, monkeypatch):
+    from pipelines.serving import servables
+
+    class Loaded:  # what load_servable returns, enough for the manager
+        def __init__(self, version):
+            self.version = version
+
+    loads = []
+
+    def fake_load(name, version, path, warm_rows=(1,)):
+        loads.append((version, sys.getprofile() is not None, list(warm_rows)))  # the hook is on while polite
+        return Loaded(version)
+
+    monkeypatch.setattr(servables, "load_servable", fake_load)
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    manager = servables.ModelManager(str(tmp_path))
+    try:
+        manager.poll_once()  # start-up: nothing served yet, full speed
+        batcher = manager.resolve("m")[1]
+        for rows in (3, 8, 8, 1):  # the traffic's batches so far
+            batcher._called({"x": np.zeros((rows, 1))})
+        (tmp_path / "m" / "2").mkdir()
+        manager.poll_once()  # version 1 is serving: the load of 2 leaves requests the GIL
+        assert loads[0] == (1, False, [])
+        assert loads[1][:2] == (2, True)
+        assert loads[1][2][0] == 8 and sorted(loads[1][2]) == [1, 3, 8]  # the most frequent size first
+        assert manager.resolve("m")[0].version == 2
+    finally:
+        manager.stop()
+
+
+def test_a_loaded_version_is_warmed_up_at_the_given_batch_sizes(tmp_path, monkeypatch):
+    from pipelines.export import export_model
+    from pipelines.serving import savedmodel
+    from tests.pipelines.test_serve import tiny_model
+
+    path = export_model(tiny_model(0), str(tmp_path), "tiny")
+    calls = []
+    real_run = savedmodel.Servable.run
+    monkeypatch.setattr(savedmodel.Servable, "run", lambda self, feeds: (
+        calls.append(len(next(iter(feeds.values())))), real_run(self, feeds))[1])
+    savedmodel.load_servable("tiny", 1, path, warm_rows=[8, 3, 1])
+    assert calls == [1, 8, 3]  # 1 first (it checks the export), each size once
+    calls.clear()
+    savedmodel.load_servable("tiny", 1, path, warm_rows=[8, 3], warm_budget_s=0.0)
+    assert calls == [1]  # no time for more: the other sizes are left to the traffic
