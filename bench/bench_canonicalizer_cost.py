@@ -1,0 +1,65 @@
+"""Inference cost of `canonicalize` C8 around the plain MNIST CNN, for canonicalizers of several sizes.
+
+The issue's goal is at most 1.5x the plain CNN's inference cost. The
+canonicalizer's default (8 channels per rotation, 5x5 filters, the input
+average-pooled by 2) is sized for real-image backbones; around bench_invariant's
+38k CNN on 28x28 digits its group convolutions cost more than the CNN itself.
+This times the CNN and the wrapped CNN with each canonicalizer in turns
+(`--rounds` rounds of `model.predict` over 4,096 random digits, batches of
+256; the median of each; a shared machine's load falls on all alike) and
+prints images/s and the cost against the CNN.
+
+    PYTHONPATH=. .venv/bin/python bench/bench_canonicalizer_cost.py [--rounds 9]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from bench_rotated_mnist import CNN_PARAMS  # noqa: E402
+from common import table  # noqa: E402  (puts the project root on sys.path)
+
+import numpy as np  # noqa: E402
+
+import models  # noqa: E402
+
+CANONICALIZERS = {  # name -> the `invariant` options beside group C8, method canonicalize
+    "default: 8 ch, 5x5, /2": {},
+    "8 ch, 3x3, /2": dict(kernel_size=3),
+    "4 ch, 3x3, /2 (bench_invariant's)": dict(filters=4, kernel_size=3),
+    "8 ch, 3x3, /4": dict(kernel_size=3, downscale=4),
+    "4 ch, 3x3, /4": dict(filters=4, kernel_size=3, downscale=4),
+}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=9)
+    a = p.parse_args()
+    built = {"plain CNN": models.build_model("baseline_cnn", (28, 28, 1), 10, **CNN_PARAMS)}
+    for name, opts in CANONICALIZERS.items():
+        inv = {"group": "C8", "method": "canonicalize", **opts}
+        built[name] = models.build_model("baseline_cnn", (28, 28, 1), 10, **CNN_PARAMS, invariant=inv)
+    x = np.random.default_rng(0).uniform(0, 1, (4096, 28, 28, 1)).astype("float32")
+    for m in built.values():
+        m.predict(x[:512], batch_size=256, verbose=0)
+    rates: dict[str, list[float]] = {n: [] for n in built}
+    for _ in range(a.rounds):
+        for n, m in built.items():
+            t0 = time.perf_counter()
+            m.predict(x, batch_size=256, verbose=0)
+            rates[n].append(len(x) / (time.perf_counter() - t0))
+    base = float(np.median(rates["plain CNN"]))
+    rows = [{"model": n, "params": m.count_params(), "infer img/s": float(np.median(rates[n])),
+             "cost vs CNN": base / float(np.median(rates[n]))} for n, m in built.items()]
+    print(table(rows, f"canonicalize C8 around the {rows[0]['params']:,}-parameter CNN: inference, "
+                      f"{a.rounds} rounds in turns"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
