@@ -10,14 +10,15 @@ their `latest`, `all` or `specific` policy and `version_labels`.
 Swaps keep the model available (TF Serving's availability-preserving policy):
 a wanted version is loaded (in the poller's thread, warmed up at the batch
 sizes its model's traffic has had, and pausing every 2 ms so that requests
-keep the GIL: `pipelines.serving.polite`) and added first; versions no longer wanted (replaced by a newer one, dropped by the
-policy, their directory deleted: how a bad version is rolled back) are
-unloaded after; while no wanted version loads, the highest other one keeps
-serving. A request holds the `Servable` it was resolved to, so requests in
-flight on an unloaded version finish on it, and none waits for a load. A
-request without a version gets the highest served version; a label resolves
-to the version it names once that one is AVAILABLE (until then to the one it
-named before, while that is served). Each model has one `Batcher`.
+keep the GIL: `pipelines.serving.polite`) and added first; versions no
+longer wanted (replaced by a newer one, dropped by the policy, their
+directory deleted: how a bad version is rolled back) are unloaded after;
+while no wanted version loads, the highest other one keeps serving. A
+request holds the `Servable` it was resolved to, so requests in flight on an
+unloaded version finish on it, and none waits for a load. A request without a
+version gets the highest served version; a label resolves to the version it
+names once that one is AVAILABLE (until then to the one it named before,
+while that is served). Each model has one `Batcher`.
 
 A version that fails to load (for example one still being copied in) is
 tried again when its files change (their names, sizes and mtimes), at most
@@ -39,8 +40,8 @@ from typing import NamedTuple
 
 from pipelines.serving.batching import Batcher
 from pipelines.serving.heap import Reclaimer, freeze_base
-from pipelines.serving.polite import polite
 from pipelines.serving.model_config import ConfigWatcher, ModelSpec, exports_specs
+from pipelines.serving.polite import polite
 from pipelines.serving.savedmodel import SIGNATURE, Servable, TensorInfo, load_servable
 
 __all__ = [
