@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,17 +23,25 @@ def busy_python(seconds: float) -> int:
     return n
 
 
-def test_it_pauses_every_slice_and_returns_the_value(monkeypatch):
-    pauses = []
-    real_sleep = time.sleep
-    monkeypatch.setattr(polite_mod.time, "sleep", lambda s: (pauses.append(s), real_sleep(s)))
-    t0 = time.perf_counter()
-    assert polite(lambda: busy_python(0.1) > 0) is True
-    elapsed = time.perf_counter() - t0
-    # one pause of 1 ms after each 2 ms of running: about a third of the time
-    assert len(pauses) >= 0.1 / 0.004, pauses
-    assert all(p == polite_mod.PAUSE_S for p in pauses)
-    assert elapsed >= 0.1
+def test_it_pauses_after_every_slice_and_returns_the_value(monkeypatch):
+    """On a fake clock (0.5 ms per reading): a pause each time a slice (2 ms) has passed since the last one."""
+    tick, pauses = 0.0005, []
+    clock = {"t": 0.0}
+
+    def perf_counter():
+        clock["t"] += tick
+        return clock["t"]
+
+    monkeypatch.setattr(polite_mod, "time", SimpleNamespace(perf_counter=perf_counter,
+                                                            sleep=lambda s: pauses.append((clock["t"], s))))
+    def square(i):
+        return i * i
+
+    assert polite(lambda: [square(i) for i in range(300)][-1]) == 299 * 299
+    assert len(pauses) >= 50  # 600 calls and returns: a slice every 4 readings
+    assert all(s == polite_mod.PAUSE_S for _, s in pauses)
+    gaps = np.diff([t for t, _ in pauses])
+    assert gaps.min() >= polite_mod.SLICE_S and gaps.max() <= polite_mod.SLICE_S + 3 * tick, gaps
 
 
 def test_the_hook_is_removed_and_exceptions_pass_through():
