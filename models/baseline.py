@@ -65,7 +65,13 @@ def conv_layer(
 
 
 def apply_conv(x, kind: str, filters: int, kernel_size: int, *, strides: int = 1, padding: str = "same", rank: int = 1, name=None):
-    """Apply one convolution to `x`; `circular` padding = CircularPad2D, then a `valid` convolution."""
+    """Apply one convolution to `x`; `circular` padding = CircularPad2D, then a `valid` convolution. A standard
+    1x1 convolution at a stride s > 1 sees every s-th pixel (a 1x1 max pool at stride s) and runs at stride 1:
+    the same values and gradients, without oneDNN's strided 1x1 backward-weights, which corrupts memory or the
+    gradients below 16 input channels (layers/common/_ops.py `conv2d` says more)."""
+    if kind == "standard" and kernel_size == 1 and strides != 1:
+        x = layers.MaxPooling2D(1, strides=strides, padding="valid", name=f"{name}_subsample")(x)
+        strides, padding = 1, "valid" if padding == "circular" else padding
     if padding == "circular" and kind != "spatial_separable":
         before = (kernel_size - 1) // 2
         x = CircularPad2D(((before, kernel_size - 1 - before),) * 2, name=f"{name}_pad")(x)

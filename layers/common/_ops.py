@@ -259,3 +259,17 @@ def blur2d(x, blur_size: int, strides: int, padding: str):
     for axis in (1, 2):
         x = _blur_axis_portable(x, f, axis, strides, padding)
     return x
+
+
+def conv2d(x, kernel, strides: int, padding: str):
+    """`ops.conv` of [N, H, W, C] by a [k, k, C, M] kernel, except that a 1x1 kernel at a stride s > 1 runs as
+    the stride-1 convolution of every s-th pixel: the same values and gradients (output side ceil(H / s) for
+    `same` and `valid` alike), and no strided 1x1 convolution.
+
+    Why: oneDNN's 1x1 backward-weights at a stride > 1 writes past its workspace when the input has fewer
+    channels than its block (16 with AVX-512): heap corruption ("free(): invalid size") on an AMX Xeon with
+    TensorFlow's oneDNN on, wrong weight gradients or a hang on other CPUs (uxlfoundation/oneDNN#6035, open;
+    reproduced here with TF 2.21 at 4, 8 and 12 input channels, not at 16 or 24)."""
+    if strides != 1 and kernel.shape[0] == 1 and kernel.shape[1] == 1:
+        return ops.conv(x[:, ::strides, ::strides, :], kernel, strides=1, padding="valid")
+    return ops.conv(x, kernel, strides=strides, padding=padding)

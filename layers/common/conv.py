@@ -18,6 +18,7 @@ import keras
 from keras import ops
 
 from layers.common import validation as check
+from layers.common._ops import conv2d
 from layers.common.base import ConfigLayer
 
 
@@ -211,7 +212,7 @@ class BasisConv2D(Conv2DBase):
 
     def call(self, inputs, training=None):
         x = self.fold_input(ops.cast(inputs, self.compute_dtype))
-        y = ops.conv(x, self.call_kernel(x, training), strides=self.strides, padding=self.padding)
+        y = conv2d(x, self.call_kernel(x, training), self.strides, self.padding)  # a strided 1x1: see conv2d
         return self._bias_add(self.unfold_output(y))
 
     def spatial_size(self, n):

@@ -103,3 +103,36 @@ def test_search_space_and_errors():
                        ({"filters": [4, 8], "blocks_per_stage": [1]}, "blocks_per_stage")]:
         with pytest.raises(ValueError, match=match):
             models.build_model("resnet", (16, 16, 3), 3, **bad)
+
+
+def test_narrow_projection_shortcuts_train_and_run_no_strided_1x1_convolution():
+    """oneDNN's strided 1x1 backward-weights corrupts memory below 16 input channels (uxlfoundation/oneDNN#6035;
+    on an AMX Xeon a resnet with an 8-channel stage died in its first training step, "free(): invalid size"):
+    the projection shortcut sees every second pixel and runs its 1x1 convolution at stride 1."""
+    model = small(shape=(16, 16, 3))  # stages of 4, 8, 8 channels: two strided projections
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    ones = [c for c in convs if tuple(c.kernel_size) == (1, 1)]
+    assert len(ones) == 2 and all(tuple(c.strides) == (1, 1) for c in ones)
+    for c in ones:
+        sub = model.get_layer(f"{c.name}_subsample")
+        assert isinstance(sub, keras.layers.MaxPooling2D) and tuple(sub.pool_size) == (1, 1)
+    x = RNG.uniform(0, 1, (8, 16, 16, 3)).astype("float32")
+    y = np.arange(8) % 5
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    before = [c.get_weights()[0].copy() for c in ones]
+    history = model.fit(x, y, batch_size=4, epochs=2, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert all(not np.allclose(b, c.get_weights()[0]) for b, c in zip(before, ones))  # their gradients arrived
+
+
+def test_a_subsampled_1x1_convolution_equals_the_strided_one():
+    from models.baseline import apply_conv
+
+    x = keras.Input((9, 9, 8))
+    model = keras.Model(x, apply_conv(x, "standard", 6, 1, strides=2, name="proj"))
+    stock = keras.layers.Conv2D(6, 1, strides=2, padding="same", use_bias=False)
+    stock.build((None, 9, 9, 8))
+    stock.set_weights(model.get_layer("proj").get_weights())
+    batch = RNG.normal(size=(2, 9, 9, 8)).astype("float32")
+    np.testing.assert_allclose(model.predict(batch, verbose=0), keras.ops.convert_to_numpy(stock(batch)),
+                               rtol=1e-5, atol=1e-5)
