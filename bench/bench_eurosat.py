@@ -30,7 +30,11 @@ batches' images) for all; the symmetry augmentations per model as named:
 Per model: parameters, test and valid accuracy, training images/s (of the
 whole fit, data pipeline included) and inference images/s (batches of 256).
 Rows are written to `--out` (JSON) after each model, so a killed run keeps
-the finished ones and `--resume` skips them.
+the finished ones and `--resume` skips them. Each trained model's weights are
+kept beside it (`<out>.weights/<model>.weights.h5`) before it is evaluated:
+a failed evaluation does not cost the training, and the orbit row wraps the
+weights of `resnet_flips_rot90` trained in the same run (same epochs and
+seed) instead of training that resnet again.
 """
 
 from __future__ import annotations
@@ -66,6 +70,8 @@ def models_at(resnet_widths, d4_widths, c8_widths) -> dict:
         "gcnn_c8_residual": ("gcnn", dict(GCNN, group="C8", filters=c8_widths), {"horizontal": True}),
     }
 
+
+ORBIT_OF = "resnet_flips_rot90"  # the trained model the orbit row wraps
 
 TABLES = {
     "low": {
@@ -127,9 +133,19 @@ def run(name, spec, train, valid, test, args):
     steps = args.epochs * int(np.ceil(len(train[0]) / args.batch_size))
     model.compile(keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(args.lr, steps)),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    t0 = time.perf_counter()
-    model.fit(train_dataset(*train, args.batch_size, flips, args.seed), epochs=args.epochs, verbose=args.verbose)
-    fit_s = time.perf_counter() - t0
+    weights = os.path.join(args.weights_dir, f"{name}.weights.h5")
+    trained_as = os.path.join(args.weights_dir, f"{ORBIT_OF}.weights.h5") if name.endswith("_orbit_d4") else None
+    reused = None
+    if trained_as and os.path.exists(trained_as) and args.trained.get(ORBIT_OF) is not None:
+        model.load_weights(trained_as)  # the same resnet, trained earlier in this run's table
+        reused = args.trained[ORBIT_OF]
+    else:
+        t0 = time.perf_counter()
+        model.fit(train_dataset(*train, args.batch_size, flips, args.seed), epochs=args.epochs,
+                  verbose=args.verbose)
+        fit_s = time.perf_counter() - t0
+        os.makedirs(args.weights_dir, exist_ok=True)
+        model.save_weights(weights)
     if name.endswith("_orbit_d4"):  # wrapped after training, weights kept (models/invariant.py)
         model = models.invariant(model, "D4")
         model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
@@ -140,9 +156,13 @@ def run(name, spec, train, valid, test, args):
     model.predict(xt[:256], batch_size=256, verbose=0)
     t1 = time.perf_counter()
     model.predict(xt, batch_size=256, verbose=0)
-    return {"model": name, "params": model.count_params(), "test acc %": 100.0 * acc["test"],
-            "valid acc %": 100.0 * acc["valid"], "epochs": args.epochs, "train img/s": args.epochs * len(train[0]) / fit_s,
-            "infer img/s": len(xt) / (time.perf_counter() - t1), "augment": "flips" if flips else "shifts only"}
+    row = {"model": name, "params": model.count_params(), "test acc %": 100.0 * acc["test"],
+           "valid acc %": 100.0 * acc["valid"], "epochs": args.epochs,
+           "train img/s": reused["train img/s"] if reused else args.epochs * len(train[0]) / fit_s,
+           "infer img/s": len(xt) / (time.perf_counter() - t1), "augment": "flips" if flips else "shifts only"}
+    if reused:
+        row["trained"] = f"the weights of {ORBIT_OF}, wrapped"
+    return row
 
 
 def interleaved_speed(specs, names, args) -> list[dict]:
@@ -190,9 +210,12 @@ def main() -> int:
     valid, test = load_split(root, "valid")[:2], load_split(root, "test")[:2]
     print(f"EuroSAT {a.regime}: {len(train[0])} training, {len(valid[0])} valid, {len(test[0])} test images", flush=True)
     rows = json.load(open(out)) if a.resume and os.path.exists(out) else []
+    a.weights_dir = os.path.splitext(out)[0] + ".weights"
     for name in names:
         if any(r["model"] == name for r in rows):
             continue
+        # the orbit row may reuse the resnet's weights only if they were trained with these settings
+        a.trained = {r["model"]: r for r in rows if r["epochs"] == a.epochs and "trained" not in r}
         rows.append(run(name, specs[name], train, valid, test, a))
         os.makedirs(os.path.dirname(out), exist_ok=True)
         with open(out, "w") as fh:
