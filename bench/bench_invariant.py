@@ -25,6 +25,7 @@ CNN's inference cost; the wrapped models' curves flat within 1 point on
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -68,6 +69,7 @@ def main() -> int:
     p.add_argument("--lr", type=float, default=0.005)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verbose", type=int, default=2)
+    p.add_argument("--out", default=None, help="JSON rows, written after each model (a killed run keeps them)")
     a = p.parse_args()
 
     import keras
@@ -110,10 +112,15 @@ def main() -> int:
                 row["mean rot acc %"] = 100 * float(np.mean(accs))
                 row["curve spread pts"] = 100 * (max(accs) - min(accs))
                 row["quarter-turn spread pts"] = 100 * (max(accs[::6]) - min(accs[::6]))
+                row["curve %"] = {deg: round(100 * acc, 2) for deg, acc in zip(ANGLES, accs)}
             rows.append(row)
             print(row, flush=True)
-    print(table(rows, f"bench_invariant: {a.epochs} epochs, {a.train_size} training digits, "
-                      f"{a.test_size} test digits, seed {a.seed}"))
+            if a.out:
+                with open(a.out, "w") as fh:
+                    json.dump(rows, fh, indent=1)
+    shown = [{k: v for k, v in r.items() if k != "curve %"} for r in rows]  # the curves: in --out
+    print(table(shown, f"bench_invariant: {a.epochs} epochs, {a.train_size} training digits, "
+                       f"{a.test_size} test digits, seed {a.seed}"))
     return 0
 
 
