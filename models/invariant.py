@@ -38,16 +38,29 @@ and the unchanged backbone sees that canonical pose. Transforming the input
 by g moves the best score from h to g h (layers/group/_groups.py), so the
 canonical pose, and the answer, do not change: exactly for C4 and D4 (and for
 the quarter turns and mirrors of C8 and D8; at 45 degrees as far as
-resampling and the group convolutions' band limit allow). In training, the forward pass uses
-the best orientation and the gradient reaches the scoring network through its
-softmax (a straight-through estimator); `prior_weight` adds the prior of
-Mondal et al., `prior_weight * -log p(identity)`, which keeps upright
-training images upright (for a backbone trained on upright images).
-`canonicalize` takes C4, C8, D4 and D8.
+resampling and the group convolutions' band limit allow). Two ways to train
+it (`relaxation`), both with the same inference (the best element, one
+backbone pass):
+
+- `straight_through` (the default): the forward pass uses the best
+  orientation and the gradient reaches the scoring network through its
+  softmax p (a straight-through estimator). One backbone pass per image.
+- `marginal`: the backbone sees all |G| transformed-back copies of each
+  training image (one batched call, as `orbit`), and the loss is the
+  cross-entropy of the exact marginal sum_g p(g | x) q(y | copy g)
+  (`CanonicalMarginal`): the scoring network gets the exact gradient of
+  the likelihood, and learns to put its mass on the poses the backbone
+  classifies best. |G| backbone passes per training image (training costs
+  about as much as `orbit`'s).
+
+`prior_weight` adds the prior of Mondal et al., `prior_weight * -log
+p(identity)`, which keeps upright training images upright (for a backbone
+trained on upright images). `canonicalize` takes C4, C8, D4 and D8.
 
 Any registered builder takes both through `model.params.invariant: {group:
-C4, method: orbit | canonicalize, filters, kernel_size, prior_weight, downscale}`
-(models/registry.py `build_model`), `keras_app:<Name>` backbones included.
+C4, method: orbit | canonicalize, filters, kernel_size, prior_weight, downscale,
+relaxation}` (models/registry.py `build_model`), `keras_app:<Name>` backbones
+included.
 """
 
 from __future__ import annotations
@@ -59,7 +72,9 @@ from keras import ops
 
 GROUPS = {"C4": (4, False), "C8": (8, False), "D4": (4, True), "D8": (8, True)}
 METHODS = ("orbit", "canonicalize")
-CANONICALIZER = {"filters": 8, "kernel_size": 5, "prior_weight": 0.0, "downscale": 2}  # `canonicalize`'s options
+RELAXATIONS = ("straight_through", "marginal")  # how `canonicalize` trains (the module docstring)
+CANONICALIZER = {"filters": 8, "kernel_size": 5, "prior_weight": 0.0, "downscale": 2,
+                 "relaxation": "straight_through"}  # `canonicalize`'s options
 
 
 def check_invariant(spec) -> dict:
@@ -88,6 +103,8 @@ def check_invariant(spec) -> dict:
         w = out["prior_weight"]
         if not isinstance(w, (int, float)) or isinstance(w, bool) or not 0 <= w < math.inf:
             raise ValueError(f"invariant.prior_weight: must be a number >= 0 (got {w!r})")
+        if out["relaxation"] not in RELAXATIONS:
+            raise ValueError(f"invariant.relaxation: must be one of {list(RELAXATIONS)} (got {out['relaxation']!r})")
     return out
 
 
@@ -206,17 +223,22 @@ class Canonicalize(keras.layers.Layer):
     """Images turned back to their canonical pose by a small C_N or D_N group CNN (module docstring).
 
     Call: x [B, H, W, C] (square) -> the canonical images, same shape.
+    With `relaxation="marginal"` it returns (images, element logits [B, |G|])
+    for `CanonicalMarginal`, and in training the images are every
+    transformed-back copy, stacked copy-major ([|G| B, H, W, C]).
     `orientation(x)` returns the predicted element of each image (0..|G|-1,
     index m N + r for R_r F^m; 0..N-1 for C_N).
     """
 
     def __init__(self, group: str = "C4", filters: int = 8, kernel_size: int = 5, prior_weight: float = 0.0,
-                 downscale: int = 2, **kwargs):
+                 downscale: int = 2, relaxation: str = "straight_through", **kwargs):
         super().__init__(**kwargs)
         opts = check_invariant({"group": group, "method": "canonicalize", "filters": filters,
-                                "kernel_size": kernel_size, "prior_weight": prior_weight, "downscale": downscale})
+                                "kernel_size": kernel_size, "prior_weight": prior_weight, "downscale": downscale,
+                                "relaxation": relaxation})
         self.group, self.filters, self.kernel_size = group, opts["filters"], opts["kernel_size"]
         self.prior_weight, self.downscale = float(opts["prior_weight"]), opts["downscale"]
+        self.relaxation = opts["relaxation"]
         from layers.group._groups import parse_group
         from layers.group.group_conv import GroupConv2D
         from layers.group.lifting_conv import LiftingConv2D
@@ -254,32 +276,76 @@ class Canonicalize(keras.layers.Layer):
     def orientation(self, x):
         return ops.argmax(self.scores(x), axis=-1)
 
+    def _canonical(self, x, logits):
+        """x turned back by the inverse of its best-scoring element: one resampling per image."""
+        group, side = self._group, x.shape[1]
+        table = ops.convert_to_tensor([_element_transform(group, group.inv(g), side, side)
+                                       for g in range(self.order)], dtype="float32")
+        transform = ops.take(table, ops.argmax(logits, axis=-1), axis=0)
+        out = ops.image.affine_transform(ops.cast(x, "float32"), transform, interpolation="bilinear",
+                                         fill_mode="constant")
+        return ops.cast(out, x.dtype)
+
     def call(self, x, training=False):
         logits = self.scores(x)
         group = self._group
-        if not training:  # one resampling per image, by the inverse of its own element (not all |G| copies)
-            side = x.shape[1]
-            table = ops.convert_to_tensor([_element_transform(group, group.inv(g), side, side)
-                                           for g in range(self.order)], dtype="float32")
-            transform = ops.take(table, ops.argmax(logits, axis=-1), axis=0)
-            out = ops.image.affine_transform(ops.cast(x, "float32"), transform, interpolation="bilinear",
-                                             fill_mode="constant")
-            return ops.cast(out, x.dtype)
+        if training and self.prior_weight > 0:
+            p0 = ops.softmax(logits, axis=-1)[:, 0]
+            self.add_loss(self.prior_weight * ops.mean(-ops.log(p0 + 1e-7)))
+        if self.relaxation == "marginal":
+            if not training:
+                return self._canonical(x, logits), logits
+            return ops.concatenate([_apply(x, group, group.inv(g)) for g in range(self.order)], axis=0), logits
+        if not training:
+            return self._canonical(x, logits)
         p = ops.softmax(logits, axis=-1)
         hard = ops.one_hot(ops.argmax(logits, axis=-1), self.order, dtype="float32")
         w = hard + p - ops.stop_gradient(p)  # straight-through: the forward pass is the hard choice
-        if self.prior_weight > 0:
-            self.add_loss(self.prior_weight * ops.mean(-ops.log(p[:, 0] + 1e-7)))
         copies = ops.stack([_apply(x, group, group.inv(g)) for g in range(self.order)], axis=1)  # [B, |G|, H, W, C]
         w = ops.cast(w, copies.dtype)[:, :, None, None, None]
         return ops.sum(w * copies, axis=1)
 
     def compute_output_shape(self, input_shape):
+        if self.relaxation == "marginal":
+            return tuple(input_shape), (input_shape[0], self.order)
         return tuple(input_shape)
 
     def get_config(self):
         return {**super().get_config(), "group": self.group, "filters": self.filters,
-                "kernel_size": self.kernel_size, "prior_weight": self.prior_weight, "downscale": self.downscale}
+                "kernel_size": self.kernel_size, "prior_weight": self.prior_weight, "downscale": self.downscale,
+                "relaxation": self.relaxation}
+
+
+@keras.saving.register_keras_serializable(package="invariant")
+class CanonicalMarginal(keras.layers.Layer):
+    """The output of a `canonicalize` model trained with `relaxation="marginal"` (module docstring).
+
+    Call: [backbone logits, element logits [B, |G|]] -> logits [B, K]. In
+    training the backbone saw the |G| transformed-back copies of each image
+    ([|G| B, K], copy-major) and the output is log sum_g p(g | x) q(y | copy g):
+    the log-probabilities of the exact marginal over the elements (so that
+    a cross-entropy from logits is -log of the marginal likelihood). At
+    inference the backbone saw the one canonical image and its logits pass through.
+    """
+
+    def __init__(self, size: int, **kwargs):
+        super().__init__(**kwargs)
+        self.size = int(size)
+
+    def call(self, inputs, training=False):
+        logits, scores = inputs
+        logits = ops.cast(logits, "float32")
+        if not training:
+            return logits
+        log_q = ops.log_softmax(ops.reshape(logits, (self.size, -1, logits.shape[-1])), axis=-1)  # [|G|, B, K]
+        log_p = ops.transpose(ops.log_softmax(ops.cast(scores, "float32"), axis=-1))[:, :, None]  # [|G|, B, 1]
+        return ops.logsumexp(log_q + log_p, axis=0)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[1][0], input_shape[0][-1])
+
+    def get_config(self):
+        return {**super().get_config(), "size": self.size}
 
 
 def invariant(model: keras.Model, group: str = "C4", method: str = "orbit", name: str | None = None,
@@ -289,15 +355,19 @@ def invariant(model: keras.Model, group: str = "C4", method: str = "orbit", name
     `method`: `orbit` (the backbone called once per batch on the |G| stacked
     copies, logits averaged) or `canonicalize` (one pass on the canonical pose
     that a `Canonicalize` network picks; `options`: filters, kernel_size,
-    prior_weight, downscale). Returns a functional model with the backbone's input and
+    prior_weight, downscale, relaxation). Returns a functional model with the backbone's input and
     output shapes (float32 logits).
     """
     opts = check_invariant({"group": group, "method": method, **options})
     inputs = keras.Input(shape=model.input_shape[1:], name="image")
     if method == "canonicalize":
         canon = Canonicalize(group, opts["filters"], opts["kernel_size"], opts["prior_weight"], opts["downscale"],
-                             name=f"canonicalize_{group.lower()}")
-        y = keras.layers.Activation("linear", dtype="float32", name="canonical_f32")(model(canon(inputs)))
+                             opts["relaxation"], name=f"canonicalize_{group.lower()}")
+        if opts["relaxation"] == "marginal":
+            images, scores = canon(inputs)
+            y = CanonicalMarginal(canon.order, dtype="float32", name="canonical_marginal")([model(images), scores])
+        else:
+            y = keras.layers.Activation("linear", dtype="float32", name="canonical_f32")(model(canon(inputs)))
     else:
         orbit = GroupOrbit(group, name=f"orbit_{group.lower()}")
         y = OrbitMean(orbit.size, dtype="float32", name="orbit_mean")(model(orbit(inputs)))

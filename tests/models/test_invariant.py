@@ -109,13 +109,17 @@ def test_trains_saves_reloads_and_stays_invariant(tmp_path):
 
 
 @pytest.mark.skipif(keras.backend.backend() == "torch", reason="Keras' SavedModel export takes TensorFlow or JAX")
-def test_exported_savedmodel_is_invariant(tmp_path):
+@pytest.mark.parametrize("method", ["orbit", "canonicalize_marginal"])
+def test_exported_savedmodel_is_invariant(tmp_path, method):
+    """The export is the inference model (for `marginal`: the one canonical pass, not training's marginal)."""
     from pipelines.export import export_model, predict_savedmodel
 
-    model = cnn("D4")
+    model = cnn("D4") if method == "orbit" else canonical("D4", relaxation="marginal")
     path = export_model(model, str(tmp_path), "inv", class_names=list("abcde"))
     x = (X * 255).astype("uint8")
     p = predict_savedmodel(path, x)["probabilities"]
+    want = keras.ops.convert_to_numpy(keras.ops.softmax(model(x.astype("float32") / 255.0, training=False)))
+    np.testing.assert_allclose(p, want, atol=1e-5)
     np.testing.assert_allclose(predict_savedmodel(path, np.ascontiguousarray(x[:, ::-1]))["probabilities"], p, atol=1e-5)
 
 
@@ -127,6 +131,8 @@ def test_exported_savedmodel_is_invariant(tmp_path):
     ({"invariant": {"group": "C4", "method": "canonicalize", "prior_weight": -1}}, "prior_weight"),
     ({"invariant": {"group": "C4", "prior_weight": 1.0}}, "unknown key"),
     ({"invariant": {"group": "C4", "method": "canonicalize", "downscale": 0}}, "downscale"),
+    ({"invariant": {"group": "C4", "method": "canonicalize", "relaxation": "gumbel"}}, "invariant.relaxation"),
+    ({"invariant": {"group": "C4", "relaxation": "marginal"}}, "unknown key"),
     ({"invariant": {"groups": "C4"}}, "unknown key"),
 ])
 def test_bad_invariant_params_are_config_errors(params, match):
@@ -269,3 +275,72 @@ def test_a_wrapped_model_loads_in_a_fresh_process(tmp_path):
                           env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "(None, 5)" in done.stdout
+
+
+# ----------------------------------------------------------------------------- canonicalization, marginal training
+
+
+def plain_backbone(classes=5):
+    """No batch norm or dropout: the same function in training and at inference, so that the references hold."""
+    keras.utils.set_random_seed(8)
+    return keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(6, 3, activation="relu"),
+                             keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(classes)])
+
+
+def log_softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def test_marginal_training_output_is_the_exact_marginal_over_the_quarter_turns():
+    """In training the output is log sum_k p(k | x) q(y | x turned back by k), q the backbone's softmax on the
+    copy: checked against np.rot90 copies; at inference, the backbone's logits on the best element's copy."""
+    from models.invariant import canonicalizer
+
+    backbone = plain_backbone()
+    model = invariant(backbone, "C4", "canonicalize", relaxation="marginal")
+    canon = canonicalizer(model)
+    log_p = log_softmax(keras.ops.convert_to_numpy(canon.scores(X)))  # [B, 4]
+    log_q = np.stack([log_softmax(keras.ops.convert_to_numpy(backbone(rot90(X, -k)))) for k in range(4)], 1)
+    want = np.log(np.exp(log_p[:, :, None] + log_q).sum(1))  # [B, K]
+    got = keras.ops.convert_to_numpy(model(X, training=True))
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_allclose(np.exp(got).sum(-1), 1.0, atol=1e-5)  # log-probabilities: softmax leaves them
+    best = log_p.argmax(-1)
+    canonical = np.stack([rot90(X[i : i + 1], -int(k))[0] for i, k in enumerate(best)])
+    np.testing.assert_allclose(out(model, X), keras.ops.convert_to_numpy(backbone(canonical)), atol=1e-5)
+
+
+@pytest.mark.parametrize("group, elements", [("C4", [lambda x: rot90(x, k) for k in (1, 2, 3)]),
+                                             ("D4", D4_ELEMENTS[1:] + [transpose])])
+def test_marginal_canonicalization_is_exactly_invariant_in_training_and_at_inference(group, elements):
+    model = invariant(plain_backbone(), group, "canonicalize", relaxation="marginal")
+    train, infer = keras.ops.convert_to_numpy(model(X, training=True)), out(model, X)
+    for t in elements:
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(model(t(X), training=True)), train, atol=1e-5)
+        np.testing.assert_allclose(out(model, t(X)), infer, atol=1e-5)
+
+
+def test_marginal_training_gives_the_canonicalizer_its_exact_gradient_trains_and_reloads(tmp_path):
+    model = canonical("C8", relaxation="marginal", prior_weight=0.1)
+    canon = next(l for l in model.layers if isinstance(l, Canonicalize))
+    assert canon.relaxation == "marginal"
+    model(X, training=True)
+    assert len(model.losses) == 1  # the prior still applies
+    labels = np.array([0, 1, 2])
+
+    def nll(t):  # the training loss: -log of the marginal likelihood of the labels
+        z = model(t, training=True)
+        return -keras.ops.mean(keras.ops.take_along_axis(z, keras.ops.convert_to_tensor(labels[:, None]), 1))
+
+    _, grads = gradients(nll, [X], model.trainable_weights)
+    by_name = {w.path: g for w, g in zip(model.trainable_weights, grads)}
+    assert all(g is not None and np.all(np.isfinite(g)) for g in grads)
+    # every canonicalizer weight learns, except the score's bias: it adds one constant to all elements' logits
+    canon_grads = {p: g for p, g in by_name.items() if "canonicalize" in p and not p.endswith("score/bias")}
+    assert len(canon_grads) >= 5 and all(np.abs(g).max() > 1e-6 for g in canon_grads.values()), canon_grads.keys()
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    fit_save_reload_and_check(model, tmp_path, rot90)
+    again = keras.saving.load_model(str(tmp_path / "m.keras"))  # still trains on the marginal
+    assert next(l for l in again.layers if isinstance(l, Canonicalize)).relaxation == "marginal"
+    assert again.layers[-1].__class__.__name__ == "CanonicalMarginal"
