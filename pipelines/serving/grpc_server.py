@@ -38,9 +38,14 @@ Threads: gRPC's thread-per-RPC server with `threads` workers (default 32, the
 default `--max-batch`: enough waiting Predicts to fill a batch by gRPC
 alone); a Predict's worker waits there for its rows from the batcher. Up to
 `4 x threads` RPCs may be in progress or queued; more are refused with
-RESOURCE_EXHAUSTED rather than queued without bound. gRPC's asyncio server
-was measured slower here (bench/bench_serve_grpc.py). `stop(grace_s)`
-refuses new RPCs at once and gives those in flight `grace_s` seconds.
+RESOURCE_EXHAUSTED rather than queued without bound. gRPC's asyncio server:
+an earlier measurement found it slower; a later prototype of Predict on it
+(awaiting the batcher's future) served 8% more requests/s than this server
+(median of 4 interleaved 5 s rounds, bench/bench_serve_grpc.py's client,
+974 against 901), not enough to change the protocol ratio, which the CPU
+per request sets on a machine shared with the clients (docs/results.md).
+`stop(grace_s)` refuses new RPCs at once and gives those in flight `grace_s`
+seconds.
 """
 
 from __future__ import annotations
