@@ -51,7 +51,9 @@ backbone pass):
   (`CanonicalMarginal`): the scoring network gets the exact gradient of
   the likelihood, and learns to put its mass on the poses the backbone
   classifies best. |G| backbone passes per training image (training costs
-  about as much as `orbit`'s).
+  about as much as `orbit`'s). On rotated MNIST (C8, 30 epochs, two seeds)
+  it made 3.15% test errors against 3.90-4.03% straight-through, at about 4x
+  the training time (docs/results.md).
 
 `prior_weight` adds the prior of Mondal et al., `prior_weight * -log
 p(identity)`, which keeps upright training images upright (for a backbone
