@@ -288,22 +288,25 @@ class Canonicalize(keras.layers.Layer):
                                          fill_mode="constant")
         return ops.cast(out, x.dtype)
 
+    def _turned_back(self, x) -> list:
+        """x transformed back by the inverse of each element g = 0..|G|-1: the candidate canonical images."""
+        return [_apply(x, self._group, self._group.inv(g)) for g in range(self.order)]
+
     def call(self, x, training=False):
         logits = self.scores(x)
-        group = self._group
         if training and self.prior_weight > 0:
             p0 = ops.softmax(logits, axis=-1)[:, 0]
             self.add_loss(self.prior_weight * ops.mean(-ops.log(p0 + 1e-7)))
         if self.relaxation == "marginal":
             if not training:
                 return self._canonical(x, logits), logits
-            return ops.concatenate([_apply(x, group, group.inv(g)) for g in range(self.order)], axis=0), logits
+            return ops.concatenate(self._turned_back(x), axis=0), logits
         if not training:
             return self._canonical(x, logits)
         p = ops.softmax(logits, axis=-1)
         hard = ops.one_hot(ops.argmax(logits, axis=-1), self.order, dtype="float32")
         w = hard + p - ops.stop_gradient(p)  # straight-through: the forward pass is the hard choice
-        copies = ops.stack([_apply(x, group, group.inv(g)) for g in range(self.order)], axis=1)  # [B, |G|, H, W, C]
+        copies = ops.stack(self._turned_back(x), axis=1)  # [B, |G|, H, W, C]
         w = ops.cast(w, copies.dtype)[:, :, None, None, None]
         return ops.sum(w * copies, axis=1)
 
