@@ -38,8 +38,8 @@ and the unchanged backbone sees that canonical pose. Transforming the input
 by g moves the best score from h to g h (layers/group/_groups.py), so the
 canonical pose, and the answer, do not change: exactly for C4 and D4 (and for
 the quarter turns and mirrors of C8 and D8; at 45 degrees as far as
-resampling and the group convolutions' band limit allow). Two ways to train
-it (`relaxation`), both with the same inference (the best element, one
+resampling and the group convolutions' band limit allow). Three ways to train
+it (`relaxation`), the first two with the same inference (the best element, one
 backbone pass):
 
 - `straight_through` (the default): the forward pass uses the best
@@ -54,6 +54,16 @@ backbone pass):
   about as much as `orbit`'s). On rotated MNIST (C8, 30 epochs, two seeds)
   it made 3.15% test errors against 3.90-4.03% straight-through, at about 4x
   the training time (docs/results.md).
+
+- `continuous` (C4 and C8): no discrete choice. The pose is the angle of the
+  scores' first Fourier coefficient along the rotations (`Canonicalize.pose`,
+  which turns with the image), and the input is turned back by that angle,
+  in training and at inference alike, with a differentiable bilinear
+  resampling (`_turn_by`): the backbone sees digits brought upright to any
+  angle, not only to the nearest of the N turns, and the scoring network
+  gets the exact gradient of the loss through the angle. One backbone pass
+  per image. Exactly invariant to quarter turns (to the float rounding of
+  the angle); mirrors are not angles, so D4 and D8 train one of the other two.
 
 `prior_weight` adds the prior of Mondal et al., `prior_weight * -log
 p(identity)`, which keeps upright training images upright (for a backbone
@@ -74,7 +84,7 @@ from keras import ops
 
 GROUPS = {"C4": (4, False), "C8": (8, False), "D4": (4, True), "D8": (8, True)}
 METHODS = ("orbit", "canonicalize")
-RELAXATIONS = ("straight_through", "marginal")  # how `canonicalize` trains (the module docstring)
+RELAXATIONS = ("straight_through", "marginal", "continuous")  # how `canonicalize` trains (the module docstring)
 CANONICALIZER = {"filters": 8, "kernel_size": 5, "prior_weight": 0.0, "downscale": 2,
                  "relaxation": "straight_through"}  # `canonicalize`'s options
 
@@ -107,6 +117,10 @@ def check_invariant(spec) -> dict:
             raise ValueError(f"invariant.prior_weight: must be a number >= 0 (got {w!r})")
         if out["relaxation"] not in RELAXATIONS:
             raise ValueError(f"invariant.relaxation: must be one of {list(RELAXATIONS)} (got {out['relaxation']!r})")
+        if out["relaxation"] == "continuous" and GROUPS[group][1]:
+            raise ValueError(f"invariant.relaxation: continuous turns by any angle and takes the rotation groups "
+                             f"C4 and C8 (a mirror is not an angle; got {group}: train it straight_through or "
+                             f"marginal)")
     return out
 
 
@@ -137,6 +151,35 @@ def _rotate(x, degrees: float):
     transform = ops.convert_to_tensor([_rotation_transform(degrees, x.shape[1], x.shape[2])], dtype="float32")
     transform = ops.tile(transform, (ops.shape(x)[0], 1))
     return ops.image.affine_transform(x, transform, interpolation="bilinear", fill_mode="constant")
+
+
+def _turn_by(x, cos, sin):
+    """Each image of x [B, H, W, C] turned counter-clockwise about its centre by its own angle, given as
+    cos, sin [B] (bilinear, zeros outside; `_rotation_transform`'s reading rule).
+
+    Hand-written gathers rather than `ops.image.affine_transform`: the latter has no gradient with respect to
+    the transform on TensorFlow (ImageProjectiveTransformV3), and the continuous canonicalizer learns its
+    angle through this resampling.
+    """
+    b, (h, w, c) = ops.shape(x)[0], x.shape[1:]
+    cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+    yy = ops.reshape(ops.repeat(ops.arange(h, dtype="float32") - cy, w), (1, h * w))
+    xx = ops.reshape(ops.tile(ops.arange(w, dtype="float32") - cx, (h,)), (1, h * w))
+    cos, sin = ops.cast(cos, "float32")[:, None], ops.cast(sin, "float32")[:, None]
+    read_x, read_y = cx + cos * xx - sin * yy, cy + sin * xx + cos * yy  # [B, H W]
+    x0, y0 = ops.floor(read_x), ops.floor(read_y)
+    fx, fy = read_x - x0, read_y - y0
+    flat = ops.concatenate([ops.reshape(ops.cast(x, "float32"), (-1, c)), ops.zeros((1, c))], axis=0)
+    zero_row = b * (h * w)
+    base = ops.arange(b)[:, None] * (h * w)
+    out = 0.0
+    for dy, dx, weight in ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx), (1, 0, fy * (1 - fx)),
+                           (1, 1, fy * fx)):
+        xi, yi = ops.cast(x0, "int32") + dx, ops.cast(y0, "int32") + dy
+        inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+        index = ops.where(inside, base + yi * w + xi, zero_row)
+        out = out + ops.take(flat, ops.reshape(index, (-1,)), axis=0) * ops.reshape(weight, (-1, 1))
+    return ops.cast(ops.reshape(out, (b, h, w, c)), x.dtype)
 
 
 @keras.saving.register_keras_serializable(package="invariant")
@@ -275,8 +318,24 @@ class Canonicalize(keras.layers.Layer):
         h = ops.relu(self.conv(h))
         return ops.mean(ops.cast(self.score(h), "float32"), axis=(1, 2, 4))
 
+    def pose(self, logits):
+        """The continuous pose (`relaxation="continuous"`, C_N): cos, sin [B] of the angle of the scores'
+        first Fourier coefficient along the rotations, v = sum_r s_r exp(2 pi i r / N). Turning x by s steps
+        rolls the scores by s and multiplies v by exp(2 pi i s / N): the angle turns with the image (exactly at
+        quarter turns). v / sqrt(|v|^2 + eps) keeps the gradient bounded where |v| is near 0."""
+        rows = [_rotation_transform(r * 360.0 / self.order, 1, 1) for r in range(self.order)]  # exact quarters
+        re = ops.sum(logits * ops.convert_to_tensor([row[0] for row in rows]), axis=-1)
+        im = ops.sum(logits * ops.convert_to_tensor([row[3] for row in rows]), axis=-1)
+        norm = ops.sqrt(re * re + im * im + 1e-12)
+        return re / norm, im / norm
+
     def orientation(self, x):
-        return ops.argmax(self.scores(x), axis=-1)
+        logits = self.scores(x)
+        if self.relaxation != "continuous":
+            return ops.argmax(logits, axis=-1)
+        cos, sin = self.pose(logits)  # the nearest element to the continuous angle
+        steps = ops.round(ops.arctan2(sin, cos) * (self.order / (2.0 * math.pi)))
+        return ops.cast(ops.mod(steps, self.order), "int32")
 
     def _canonical(self, x, logits):
         """x turned back by the inverse of its best-scoring element: one resampling per image."""
@@ -297,6 +356,9 @@ class Canonicalize(keras.layers.Layer):
         if training and self.prior_weight > 0:
             p0 = ops.softmax(logits, axis=-1)[:, 0]
             self.add_loss(self.prior_weight * ops.mean(-ops.log(p0 + 1e-7)))
+        if self.relaxation == "continuous":  # turned back by its angle, differentiably, in training and inference
+            cos, sin = self.pose(logits)
+            return _turn_by(x, cos, -sin)
         if self.relaxation == "marginal":
             if not training:
                 return self._canonical(x, logits), logits

@@ -109,18 +109,21 @@ def test_trains_saves_reloads_and_stays_invariant(tmp_path):
 
 
 @pytest.mark.skipif(keras.backend.backend() == "torch", reason="Keras' SavedModel export takes TensorFlow or JAX")
-@pytest.mark.parametrize("method", ["orbit", "canonicalize_marginal"])
+@pytest.mark.parametrize("method", ["orbit", "canonicalize_marginal", "canonicalize_continuous"])
 def test_exported_savedmodel_is_invariant(tmp_path, method):
     """The export is the inference model (for `marginal`: the one canonical pass, not training's marginal)."""
     from pipelines.export import export_model, predict_savedmodel
 
-    model = cnn("D4") if method == "orbit" else canonical("D4", relaxation="marginal")
+    if method == "canonicalize_continuous":  # C4: a quarter turn instead of the mirror below
+        model, element = canonical("C4", relaxation="continuous"), rot90
+    else:
+        model, element = cnn("D4") if method == "orbit" else canonical("D4", relaxation="marginal"), mirror
     path = export_model(model, str(tmp_path), "inv", class_names=list("abcde"))
     x = (X * 255).astype("uint8")
     p = predict_savedmodel(path, x)["probabilities"]
     want = keras.ops.convert_to_numpy(keras.ops.softmax(model(x.astype("float32") / 255.0, training=False)))
     np.testing.assert_allclose(p, want, atol=1e-5)
-    np.testing.assert_allclose(predict_savedmodel(path, np.ascontiguousarray(x[:, ::-1]))["probabilities"], p, atol=1e-5)
+    np.testing.assert_allclose(predict_savedmodel(path, element(x))["probabilities"], p, atol=1e-4)
 
 
 @pytest.mark.parametrize("params,match", [
@@ -133,6 +136,7 @@ def test_exported_savedmodel_is_invariant(tmp_path, method):
     ({"invariant": {"group": "C4", "method": "canonicalize", "downscale": 0}}, "downscale"),
     ({"invariant": {"group": "C4", "method": "canonicalize", "relaxation": "gumbel"}}, "invariant.relaxation"),
     ({"invariant": {"group": "C4", "relaxation": "marginal"}}, "unknown key"),
+    ({"invariant": {"group": "D4", "method": "canonicalize", "relaxation": "continuous"}}, "a mirror is not an angle"),
     ({"invariant": {"groups": "C4"}}, "unknown key"),
 ])
 def test_bad_invariant_params_are_config_errors(params, match):
@@ -344,3 +348,88 @@ def test_marginal_training_gives_the_canonicalizer_its_exact_gradient_trains_and
     again = keras.saving.load_model(str(tmp_path / "m.keras"))  # still trains on the marginal
     assert next(l for l in again.layers if isinstance(l, Canonicalize)).relaxation == "marginal"
     assert again.layers[-1].__class__.__name__ == "CanonicalMarginal"
+
+
+# ----------------------------------------------------------------------------- canonicalization, continuous angle
+
+
+@pytest.mark.parametrize("degrees", [0.0, 30.0, 45.0, 90.0, 200.0, -75.0])
+def test_the_differentiable_turn_resamples_as_the_affine_transform_does(degrees):
+    """`_turn_by` (per-image angles, differentiable in them) against `ops.image.affine_transform`'s rotation;
+    a quarter turn is np.rot90 exactly."""
+    from models.invariant import _turn_by
+
+    t = np.radians(degrees)
+    n = len(X)
+    got = keras.ops.convert_to_numpy(_turn_by(X, np.full(n, np.cos(t), "float32"), np.full(n, np.sin(t), "float32")))
+    np.testing.assert_allclose(got, keras.ops.convert_to_numpy(_rotate(X, degrees)), atol=1e-5)
+    if degrees == 90.0:
+        np.testing.assert_array_equal(got, rot90(X))
+    assert degrees == 0.0 or np.abs(got - X).max() > 0.1
+
+
+def test_the_differentiable_turn_has_the_angle_s_finite_difference_gradient():
+    from models.invariant import _turn_by
+
+    i, j = np.meshgrid(np.arange(16), np.arange(16), indexing="ij")  # smooth images: small kinks at pixel edges
+    x = np.stack([np.sin(0.4 * i + 0.1 * c) * np.cos(0.3 * j - c) for c in range(6)]).reshape(2, 3, 16, 16)
+    x = x.transpose(0, 2, 3, 1)
+    x, w = x.astype("float32"), np.random.default_rng(3).random(x.shape).astype("float32")
+    t0 = np.array([0.3, -2.0], "float32")
+
+    def loss(t):
+        return keras.ops.sum(keras.ops.multiply(_turn_by(x, keras.ops.cos(t), keras.ops.sin(t)), w))
+
+    (g,), _ = gradients(loss, [t0])
+    f = lambda t: float(keras.ops.convert_to_numpy(loss(keras.ops.convert_to_tensor(t))))  # noqa: E731
+    for i in range(2):
+        e = np.zeros(2, "float32")
+        e[i] = 1e-3  # small enough not to straddle many of bilinear sampling's kinks
+        fd = (f(t0 + e) - f(t0 - e)) / 2e-3
+        np.testing.assert_allclose(g[i], fd, rtol=0.02)
+        assert abs(g[i]) > 0.1
+
+
+@pytest.mark.parametrize("group", ["C4", "C8"])
+def test_the_continuous_pose_turns_with_the_image_and_the_model_is_invariant_to_quarter_turns(group):
+    """A quarter turn rolls the scores and adds exactly 90 degrees to the pose; the canonical image, and so the
+    logits, stay (to the angle's float rounding). Training and inference are the same function."""
+    from models.invariant import canonicalizer
+
+    model = invariant(plain_backbone(), group, "canonicalize", relaxation="continuous")
+    canon = canonicalizer(model)
+    n = int(group[1:])
+
+    def degrees(x):
+        c, s = canon.pose(canon.scores(x))
+        return np.degrees(np.arctan2(keras.ops.convert_to_numpy(s), keras.ops.convert_to_numpy(c)))
+
+    a, y = degrees(X), out(model, X)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model(X, training=True)), y, atol=1e-6)
+    assert np.abs(a - np.round(a / (360 / n)) * (360 / n)).max() > 0.5  # a continuous angle, not an element's
+    for k in (1, 2, 3):
+        turned = (degrees(rot90(X, k)) - a - 90 * k + 180) % 360 - 180
+        np.testing.assert_allclose(turned, 0.0, atol=1e-2)
+        np.testing.assert_allclose(out(model, rot90(X, k)), y, atol=1e-4)
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(canon.orientation(rot90(X, k))),
+                                      (keras.ops.convert_to_numpy(canon.orientation(X)) + k * n // 4) % n)
+    assert np.abs(out(model, mirror(X)) - y).max() > 1e-4  # mirrors are not in C_N
+
+
+def test_continuous_canonicalization_learns_its_angle_from_the_loss_trains_and_reloads(tmp_path):
+    model = canonical("C8", relaxation="continuous")
+    labels = np.array([0, 1, 2])
+
+    def nll(t):
+        z = keras.ops.log_softmax(model(t, training=True), axis=-1)
+        return -keras.ops.mean(keras.ops.take_along_axis(z, keras.ops.convert_to_tensor(labels[:, None]), 1))
+
+    _, grads = gradients(nll, [X], model.trainable_weights)
+    by_name = {w.path: g for w, g in zip(model.trainable_weights, grads)}
+    assert all(g is not None and np.all(np.isfinite(g)) for g in grads)
+    canon_grads = {p: g for p, g in by_name.items() if "canonicalize" in p and not p.endswith("score/bias")}
+    assert len(canon_grads) >= 5 and all(np.abs(g).max() > 1e-6 for g in canon_grads.values()), canon_grads.keys()
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    fit_save_reload_and_check(model, tmp_path, rot90)
+    again = keras.saving.load_model(str(tmp_path / "m.keras"))
+    assert next(l for l in again.layers if isinstance(l, Canonicalize)).relaxation == "continuous"
