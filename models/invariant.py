@@ -65,13 +65,20 @@ backbone pass):
   per image. Exactly invariant to quarter turns (to the float rounding of
   the angle); mirrors are not angles, so D4 and D8 train one of the other two.
 
+`pose_weight` (with `continuous`) adds a self-supervised pose-consistency
+loss, `pose_weight * mean(1 - cos(pose(x turned by a) - pose(x) - a))` for
+an angle a drawn per image: the scoring network is exactly equivariant only
+at quarter turns, and this trains it to turn its angle with the image at
+every angle, so that every turned copy of an image reaches the same
+canonical pose (one more pass of the small network per training image).
+
 `prior_weight` adds the prior of Mondal et al., `prior_weight * -log
 p(identity)`, which keeps upright training images upright (for a backbone
 trained on upright images). `canonicalize` takes C4, C8, D4 and D8.
 
 Any registered builder takes both through `model.params.invariant: {group:
 C4, method: orbit | canonicalize, filters, kernel_size, prior_weight, downscale,
-relaxation}` (models/registry.py `build_model`), `keras_app:<Name>` backbones
+relaxation, pose_weight}` (models/registry.py `build_model`), `keras_app:<Name>` backbones
 included.
 """
 
@@ -86,7 +93,7 @@ GROUPS = {"C4": (4, False), "C8": (8, False), "D4": (4, True), "D8": (8, True)}
 METHODS = ("orbit", "canonicalize")
 RELAXATIONS = ("straight_through", "marginal", "continuous")  # how `canonicalize` trains (the module docstring)
 CANONICALIZER = {"filters": 8, "kernel_size": 5, "prior_weight": 0.0, "downscale": 2,
-                 "relaxation": "straight_through"}  # `canonicalize`'s options
+                 "relaxation": "straight_through", "pose_weight": 0.0}  # `canonicalize`'s options
 
 
 def check_invariant(spec) -> dict:
@@ -112,9 +119,13 @@ def check_invariant(spec) -> dict:
                 raise ValueError(f"invariant.{k}: must be a positive integer (got {out[k]!r})")
         if out["kernel_size"] % 2 == 0:
             raise ValueError(f"invariant.kernel_size: must be odd (got {out['kernel_size']})")
-        w = out["prior_weight"]
-        if not isinstance(w, (int, float)) or isinstance(w, bool) or not 0 <= w < math.inf:
-            raise ValueError(f"invariant.prior_weight: must be a number >= 0 (got {w!r})")
+        for k in ("prior_weight", "pose_weight"):
+            w = out[k]
+            if not isinstance(w, (int, float)) or isinstance(w, bool) or not 0 <= w < math.inf:
+                raise ValueError(f"invariant.{k}: must be a number >= 0 (got {w!r})")
+        if out["pose_weight"] and out["relaxation"] != "continuous":
+            raise ValueError("invariant.pose_weight: the pose-consistency loss needs relaxation: continuous "
+                             f"(a differentiable angle; got {out['relaxation']})")
         if out["relaxation"] not in RELAXATIONS:
             raise ValueError(f"invariant.relaxation: must be one of {list(RELAXATIONS)} (got {out['relaxation']!r})")
         if out["relaxation"] == "continuous" and GROUPS[group][1]:
@@ -276,11 +287,14 @@ class Canonicalize(keras.layers.Layer):
     """
 
     def __init__(self, group: str = "C4", filters: int = 8, kernel_size: int = 5, prior_weight: float = 0.0,
-                 downscale: int = 2, relaxation: str = "straight_through", **kwargs):
+                 downscale: int = 2, relaxation: str = "straight_through", pose_weight: float = 0.0, seed=None,
+                 **kwargs):
         super().__init__(**kwargs)
         opts = check_invariant({"group": group, "method": "canonicalize", "filters": filters,
                                 "kernel_size": kernel_size, "prior_weight": prior_weight, "downscale": downscale,
-                                "relaxation": relaxation})
+                                "relaxation": relaxation, "pose_weight": pose_weight})
+        self.pose_weight, self.seed = float(opts["pose_weight"]), seed
+        self._angles = keras.random.SeedGenerator(seed) if self.pose_weight else None
         self.group, self.filters, self.kernel_size = group, opts["filters"], opts["kernel_size"]
         self.prior_weight, self.downscale = float(opts["prior_weight"]), opts["downscale"]
         self.relaxation = opts["relaxation"]
@@ -347,6 +361,13 @@ class Canonicalize(keras.layers.Layer):
                                          fill_mode="constant")
         return ops.cast(out, x.dtype)
 
+    def pose_inconsistency(self, x, cos, sin, a):
+        """The pose-consistency loss: x turned by the angle a [B] (radians) should have the pose (cos, sin) of x
+        plus a. 1 - cos(pose(turned) - pose(x) - a), averaged; 0 where the canonicalizer is equivariant at a."""
+        ca, sa = ops.cos(a), ops.sin(a)
+        c2, s2 = self.pose(self.scores(_turn_by(x, ca, sa)))
+        return ops.mean(1.0 - (c2 * (cos * ca - sin * sa) + s2 * (sin * ca + cos * sa)))
+
     def _turned_back(self, x) -> list:
         """x transformed back by the inverse of each element g = 0..|G|-1: the candidate canonical images."""
         return [_apply(x, self._group, self._group.inv(g)) for g in range(self.order)]
@@ -358,6 +379,9 @@ class Canonicalize(keras.layers.Layer):
             self.add_loss(self.prior_weight * ops.mean(-ops.log(p0 + 1e-7)))
         if self.relaxation == "continuous":  # turned back by its angle, differentiably, in training and inference
             cos, sin = self.pose(logits)
+            if training and self.pose_weight > 0:
+                a = keras.random.uniform(ops.shape(x)[:1], 0.0, 2.0 * math.pi, seed=self._angles)
+                self.add_loss(self.pose_weight * self.pose_inconsistency(x, cos, sin, a))
             return _turn_by(x, cos, -sin)
         if self.relaxation == "marginal":
             if not training:
@@ -380,7 +404,7 @@ class Canonicalize(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "group": self.group, "filters": self.filters,
                 "kernel_size": self.kernel_size, "prior_weight": self.prior_weight, "downscale": self.downscale,
-                "relaxation": self.relaxation}
+                "relaxation": self.relaxation, "pose_weight": self.pose_weight, "seed": self.seed}
 
 
 @keras.saving.register_keras_serializable(package="invariant")
@@ -422,14 +446,14 @@ def invariant(model: keras.Model, group: str = "C4", method: str = "orbit", name
     `method`: `orbit` (the backbone called once per batch on the |G| stacked
     copies, logits averaged) or `canonicalize` (one pass on the canonical pose
     that a `Canonicalize` network picks; `options`: filters, kernel_size,
-    prior_weight, downscale, relaxation). Returns a functional model with the backbone's input and
+    prior_weight, downscale, relaxation, pose_weight). Returns a functional model with the backbone's input and
     output shapes (float32 logits).
     """
     opts = check_invariant({"group": group, "method": method, **options})
     inputs = keras.Input(shape=model.input_shape[1:], name="image")
     if method == "canonicalize":
         canon = Canonicalize(group, opts["filters"], opts["kernel_size"], opts["prior_weight"], opts["downscale"],
-                             opts["relaxation"], name=f"canonicalize_{group.lower()}")
+                             opts["relaxation"], opts["pose_weight"], name=f"canonicalize_{group.lower()}")
         if opts["relaxation"] == "marginal":
             images, scores = canon(inputs)
             y = CanonicalMarginal(canon.order, dtype="float32", name="canonical_marginal")([model(images), scores])

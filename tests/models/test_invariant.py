@@ -137,6 +137,9 @@ def test_exported_savedmodel_is_invariant(tmp_path, method):
     ({"invariant": {"group": "C4", "method": "canonicalize", "relaxation": "gumbel"}}, "invariant.relaxation"),
     ({"invariant": {"group": "C4", "relaxation": "marginal"}}, "unknown key"),
     ({"invariant": {"group": "D4", "method": "canonicalize", "relaxation": "continuous"}}, "a mirror is not an angle"),
+    ({"invariant": {"group": "C8", "method": "canonicalize", "pose_weight": 1.0}}, "needs relaxation: continuous"),
+    ({"invariant": {"group": "C8", "method": "canonicalize", "relaxation": "continuous", "pose_weight": -1}},
+     "pose_weight"),
     ({"invariant": {"groups": "C4"}}, "unknown key"),
 ])
 def test_bad_invariant_params_are_config_errors(params, match):
@@ -433,3 +436,37 @@ def test_continuous_canonicalization_learns_its_angle_from_the_loss_trains_and_r
     fit_save_reload_and_check(model, tmp_path, rot90)
     again = keras.saving.load_model(str(tmp_path / "m.keras"))
     assert next(l for l in again.layers if isinstance(l, Canonicalize)).relaxation == "continuous"
+
+
+def test_the_pose_consistency_loss_is_zero_at_quarter_turns_and_training_lowers_it(tmp_path):
+    """`pose_weight`: 1 - cos(pose(x turned by a) - pose(x) - a). Exactly 0 at quarter turns (the scoring network
+    is equivariant there), not at other angles before training; fitting on it (with the labels' loss) lowers it
+    at angles it never drew, and it trains only in training."""
+    from models.invariant import canonicalizer
+
+    model = canonical("C8", relaxation="continuous", pose_weight=1.0)
+    canon = canonicalizer(model)
+    rng = np.random.default_rng(0)
+    x = rng.random((32, 16, 16, 3)).astype("float32")
+    x[:, :, 8:] *= np.linspace(0.2, 1.0, 8)[None, None, :, None]  # a direction to find: brighter to the right
+    x = keras.ops.convert_to_tensor(x)
+
+    def inconsistency(a):
+        cos, sin = canon.pose(canon.scores(x))
+        return float(keras.ops.convert_to_numpy(canon.pose_inconsistency(x, cos, sin, np.asarray(a, "float32"))))
+
+    for k in (1, 2, 3):
+        assert inconsistency(np.full(32, k * np.pi / 2)) < 1e-5
+    angles = rng.uniform(0.2, 1.3, 32)  # away from the quarter turns
+    before = inconsistency(angles)
+    assert before > 1e-3
+    model(x, training=True)
+    assert len(model.losses) == 1
+    model.compile(keras.optimizers.Adam(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, np.arange(32) % 5, epochs=30, batch_size=32, verbose=0)
+    assert inconsistency(angles) < 0.5 * before
+    model(x, training=False)
+    assert len(model.losses) == 0
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    assert canonicalizer(keras.saving.load_model(path)).pose_weight == 1.0
