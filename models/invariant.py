@@ -71,6 +71,10 @@ an angle a drawn per image: the scoring network is exactly equivariant only
 at quarter turns, and this trains it to turn its angle with the image at
 every angle, so that every turned copy of an image reaches the same
 canonical pose (one more pass of the small network per training image).
+Trained on upright digits and tested turned by every 15 degrees (C8, two
+seeds), it made the accuracy curve flat to 0.34-0.38 points, against 6.5
+without it; on rotated MNIST, 2.51-3.05% test errors with 5x5 filters
+(docs/results.md).
 
 `prior_weight` adds the prior of Mondal et al., `prior_weight * -log
 p(identity)`, which keeps upright training images upright (for a backbone
