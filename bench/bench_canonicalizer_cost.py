@@ -31,6 +31,9 @@ CANONICALIZERS = {  # name -> the `invariant` options beside group C8, method ca
     "default: 8 ch, 5x5, /2": {},
     "8 ch, 3x3, /2": dict(kernel_size=3),
     "4 ch, 3x3, /2 (bench_invariant's)": dict(filters=4, kernel_size=3),
+    "4 ch, 3x3, /2, continuous": dict(filters=4, kernel_size=3, relaxation="continuous"),
+    "4 ch, 5x5, /2, continuous": dict(filters=4, kernel_size=5, relaxation="continuous"),
+    "6 ch, 5x5, /2, continuous": dict(filters=6, kernel_size=5, relaxation="continuous"),
     "8 ch, 3x3, /4": dict(kernel_size=3, downscale=4),
     "4 ch, 3x3, /4": dict(filters=4, kernel_size=3, downscale=4),
 }
