@@ -127,11 +127,11 @@ def check_invariant(spec) -> dict:
             w = out[k]
             if not isinstance(w, (int, float)) or isinstance(w, bool) or not 0 <= w < math.inf:
                 raise ValueError(f"invariant.{k}: must be a number >= 0 (got {w!r})")
+        if out["relaxation"] not in RELAXATIONS:
+            raise ValueError(f"invariant.relaxation: must be one of {list(RELAXATIONS)} (got {out['relaxation']!r})")
         if out["pose_weight"] and out["relaxation"] != "continuous":
             raise ValueError("invariant.pose_weight: the pose-consistency loss needs relaxation: continuous "
                              f"(a differentiable angle; got {out['relaxation']})")
-        if out["relaxation"] not in RELAXATIONS:
-            raise ValueError(f"invariant.relaxation: must be one of {list(RELAXATIONS)} (got {out['relaxation']!r})")
         if out["relaxation"] == "continuous" and GROUPS[group][1]:
             raise ValueError(f"invariant.relaxation: continuous turns by any angle and takes the rotation groups "
                              f"C4 and C8 (a mirror is not an angle; got {group}: train it straight_through or "
