@@ -328,24 +328,28 @@ def test_marginal_canonicalization_is_exactly_invariant_in_training_and_at_infer
         np.testing.assert_allclose(out(model, t(X)), infer, atol=1e-5)
 
 
+def assert_every_canonicalizer_weight_learns(model, log_probs):
+    """The training loss, -log_probs(model(x)) at the labels, reaches every weight of the canonicalizer, except
+    the score's bias: it adds one constant to all elements' logits."""
+    labels = keras.ops.convert_to_tensor(np.array([0, 1, 2])[:, None])
+
+    def nll(t):
+        return -keras.ops.mean(keras.ops.take_along_axis(log_probs(model(t, training=True)), labels, 1))
+
+    _, grads = gradients(nll, [X], model.trainable_weights)
+    assert all(g is not None and np.all(np.isfinite(g)) for g in grads)
+    canon_grads = {w.path: g for w, g in zip(model.trainable_weights, grads)
+                   if "canonicalize" in w.path and not w.path.endswith("score/bias")}
+    assert len(canon_grads) >= 5 and all(np.abs(g).max() > 1e-6 for g in canon_grads.values()), canon_grads.keys()
+
+
 def test_marginal_training_gives_the_canonicalizer_its_exact_gradient_trains_and_reloads(tmp_path):
     model = canonical("C8", relaxation="marginal", prior_weight=0.1)
     canon = next(l for l in model.layers if isinstance(l, Canonicalize))
     assert canon.relaxation == "marginal"
     model(X, training=True)
     assert len(model.losses) == 1  # the prior still applies
-    labels = np.array([0, 1, 2])
-
-    def nll(t):  # the training loss: -log of the marginal likelihood of the labels
-        z = model(t, training=True)
-        return -keras.ops.mean(keras.ops.take_along_axis(z, keras.ops.convert_to_tensor(labels[:, None]), 1))
-
-    _, grads = gradients(nll, [X], model.trainable_weights)
-    by_name = {w.path: g for w, g in zip(model.trainable_weights, grads)}
-    assert all(g is not None and np.all(np.isfinite(g)) for g in grads)
-    # every canonicalizer weight learns, except the score's bias: it adds one constant to all elements' logits
-    canon_grads = {p: g for p, g in by_name.items() if "canonicalize" in p and not p.endswith("score/bias")}
-    assert len(canon_grads) >= 5 and all(np.abs(g).max() > 1e-6 for g in canon_grads.values()), canon_grads.keys()
+    assert_every_canonicalizer_weight_learns(model, lambda z: z)  # the output: the marginal's log-probabilities
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     fit_save_reload_and_check(model, tmp_path, rot90)
     again = keras.saving.load_model(str(tmp_path / "m.keras"))  # still trains on the marginal
@@ -423,17 +427,7 @@ def test_the_continuous_pose_turns_with_the_image_and_the_model_is_invariant_to_
 
 def test_continuous_canonicalization_learns_its_angle_from_the_loss_trains_and_reloads(tmp_path):
     model = canonical("C8", relaxation="continuous")
-    labels = np.array([0, 1, 2])
-
-    def nll(t):
-        z = keras.ops.log_softmax(model(t, training=True), axis=-1)
-        return -keras.ops.mean(keras.ops.take_along_axis(z, keras.ops.convert_to_tensor(labels[:, None]), 1))
-
-    _, grads = gradients(nll, [X], model.trainable_weights)
-    by_name = {w.path: g for w, g in zip(model.trainable_weights, grads)}
-    assert all(g is not None and np.all(np.isfinite(g)) for g in grads)
-    canon_grads = {p: g for p, g in by_name.items() if "canonicalize" in p and not p.endswith("score/bias")}
-    assert len(canon_grads) >= 5 and all(np.abs(g).max() > 1e-6 for g in canon_grads.values()), canon_grads.keys()
+    assert_every_canonicalizer_weight_learns(model, lambda z: keras.ops.log_softmax(z, axis=-1))
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     fit_save_reload_and_check(model, tmp_path, rot90)
     again = keras.saving.load_model(str(tmp_path / "m.keras"))
