@@ -402,7 +402,8 @@ def test_the_differentiable_turn_has_the_angle_s_finite_difference_gradient():
 @pytest.mark.parametrize("group", ["C4", "C8"])
 def test_the_continuous_pose_turns_with_the_image_and_the_model_is_invariant_to_quarter_turns(group):
     """A quarter turn rolls the scores and adds exactly 90 degrees to the pose; the canonical image, and so the
-    logits, stay (to the angle's float rounding). Training and inference are the same function."""
+    logits, stay (to the angle's float rounding). Training (the differentiable gathers) and inference (the
+    resampling op) give the same logits."""
     from models.invariant import canonicalizer
 
     model = invariant(plain_backbone(), group, "canonicalize", relaxation="continuous")
