@@ -40,6 +40,9 @@ CANONICALIZERS = {  # name -> the `invariant` options beside group C8, method ca
     "6 ch, 5x5, /2, continuous": dict(filters=6, kernel_size=5, relaxation="continuous"),
     "8 ch, 3x3, /4": dict(kernel_size=3, downscale=4),
     "4 ch, 3x3, /4": dict(filters=4, kernel_size=3, downscale=4),
+    "8 ch, 3x3, /4, continuous": dict(kernel_size=3, downscale=4, relaxation="continuous"),
+    "6 ch, 5x5, /4, continuous": dict(filters=6, kernel_size=5, downscale=4, relaxation="continuous"),
+    "8 ch, 5x5, /4, continuous": dict(kernel_size=5, downscale=4, relaxation="continuous"),
 }
 
 

@@ -15,8 +15,8 @@ decay, batch 32, lr 0.005, one seed):
 Models: the plain `baseline_cnn` (bench_rotated_mnist's ~38k configuration),
 the same wrapped by `invariant: orbit C4`, `orbit C8` and `canonicalize C8`
 (trained straight-through, on the marginal over the turns, and `continuous`,
-with and without the pose-consistency loss and with 3x3 or 5x5 filters in
-the canonicalizer), and `gcnn` C8 at ~36k. Per model: parameters, test error
+with and without the pose-consistency loss, with 3x3 or 5x5 filters in the
+canonicalizer, on the half- or the quarter-size digit), and `gcnn` C8 at ~36k. Per model: parameters, test error
 (or mean rotated accuracy and the curve's spread), training images/s,
 inference images/s on the test set (batches of 256), and for canonicalize
 the pose error (`pose_error`: how far the predicted pose strays from turning
@@ -67,6 +67,13 @@ VARIANTS = {
     "cnn_canon_c8_continuous_k5_pose3": canon_c8(relaxation="continuous", kernel_size=5, pose_weight=3.0),
     "cnn_canon_c8_continuous_6ch_k5_pose": canon_c8(relaxation="continuous", filters=6, kernel_size=5,
                                                     pose_weight=1.0),
+    # the canonicalizer on the quarter-size digit (7x7 for MNIST): more channels, or 5x5 filters, at the same cost
+    "cnn_canon_c8_continuous_ds4_8ch_pose": canon_c8(relaxation="continuous", filters=8, downscale=4,
+                                                     pose_weight=1.0),
+    "cnn_canon_c8_continuous_ds4_6ch_k5_pose": canon_c8(relaxation="continuous", filters=6, kernel_size=5,
+                                                        downscale=4, pose_weight=1.0),
+    "cnn_canon_c8_continuous_ds4_8ch_k5_pose": canon_c8(relaxation="continuous", filters=8, kernel_size=5,
+                                                        downscale=4, pose_weight=1.0),
     "gcnn_c8_35k": ("gcnn", {"group_order": 8, "filters": [4, 8, 16]}),
 }
 ANGLES = list(range(0, 360, 15))
