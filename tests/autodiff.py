@@ -5,12 +5,12 @@ The layer and model tests run under TensorFlow and again under JAX
 through this module only: `tf.GradientTape` on TensorFlow, `jax.grad` over a
 `keras.StatelessScope` on JAX (under `jax.jit`: one XLA compilation per call,
 where differentiating eagerly compiled each primitive on its own; the suite's
-JAX pass took 6:23 instead of 8:05 on 2 cores), `torch.autograd.grad` over
-fresh leaf inputs and the Keras variables' torch tensors (`v.value`) on
-PyTorch. Where no path
-leads from the loss to a tensor, TensorFlow and PyTorch give None, JAX zeros.
-Tests turn backend values into NumPy with `to_numpy` (never `np.asarray`,
-which fails on a torch tensor that requires grad).
+JAX pass took 6:23 instead of 8:05 in one pair of runs on 2 cores),
+`torch.autograd.grad` over fresh leaf inputs and the Keras variables' torch
+tensors (`v.value`) on PyTorch. Where no path leads from the loss to a
+tensor, TensorFlow and PyTorch give None, JAX zeros. Tests turn backend
+values into NumPy with `to_numpy` (never `np.asarray`, which fails on a
+torch tensor that requires grad).
 """
 
 from __future__ import annotations
