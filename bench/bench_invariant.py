@@ -17,8 +17,8 @@ the same wrapped by `invariant: orbit C4`, `orbit C8` and `canonicalize C8`
 (trained straight-through, on the marginal over the turns, and `continuous`,
 with and without the pose-consistency loss, with 3x3 or 5x5 filters in the
 canonicalizer, on the half- or the quarter-size digit), and `gcnn` C8 at
-~36k. Per model: parameters, test error (or mean rotated accuracy and the curve's spread), training images/s,
-inference images/s on the test set (batches of 256), and for canonicalize
+~36k. Per model: parameters, test error (or mean rotated accuracy and the
+curve's spread), training images/s, inference images/s on the test set (batches of 256), and for canonicalize
 the pose error (`pose_error`: how far the predicted pose strays from turning
 with the digit) and how much a class's upright digits agree on their
 canonical pose (`class_pose_agreement`). The issue's goals: `canonicalize` C8 within
