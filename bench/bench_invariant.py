@@ -139,6 +139,30 @@ def class_pose_agreement(model, x_upright: np.ndarray, y: np.ndarray, n: int = 5
     return float(np.mean(fractions))
 
 
+def class_pose_offsets(model, x_upright: np.ndarray, y: np.ndarray, n: int = 5000) -> dict | None:
+    """Where a class's digits lie off the class's circular mean pose (`class_pose_agreement`'s mean): the
+    fraction within 22.5 degrees of it, of it plus a half turn, of it plus or minus a quarter turn, and
+    elsewhere, averaged over the classes. A digit brought upside down to the class's pose (a 6 turned like a 9,
+    a 1 or an 8 either way up) lands in the half turn. None without a C_N canonicalizer."""
+    from models.invariant import canonicalizer
+
+    canon = canonicalizer(model)
+    if canon is None or canon._group.mirrors:
+        return None
+    t = np.radians(_pose(canon, x_upright[:n]))
+    y = y[:n]
+    bins = {"same": [], "half turn": [], "quarter turn": [], "elsewhere": []}
+    for k in np.unique(y):
+        tk = t[y == k]
+        mean = np.arctan2(np.sin(tk).mean(), np.cos(tk).mean())
+        off = np.abs((np.degrees(tk - mean) + 180.0) % 360.0 - 180.0)  # 0..180
+        same, half, quarter = off <= 22.5, off >= 157.5, np.abs(off - 90.0) <= 22.5
+        for key, hit in (("same", same), ("half turn", half), ("quarter turn", quarter),
+                         ("elsewhere", ~(same | half | quarter))):
+            bins[key].append(float(np.mean(hit)))
+    return {key: round(float(np.mean(v)), 3) for key, v in bins.items()}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--epochs", type=int, default=30)
@@ -151,6 +175,8 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verbose", type=int, default=2)
     p.add_argument("--out", default=None, help="JSON rows, written after each model (a killed run keeps them)")
+    p.add_argument("--save-weights", default=None, metavar="DIR",
+                   help="keep each trained model's weights there (<model>_<protocol>_s<seed>.weights.h5)")
     a = p.parse_args()
 
     import keras
@@ -182,12 +208,16 @@ def main() -> int:
             finally:
                 keras.Model.evaluate = build
             model = captured["model"]
+            if a.save_weights:
+                os.makedirs(a.save_weights, exist_ok=True)
+                model.save_weights(os.path.join(a.save_weights, f"{name}_{protocol}_s{a.seed}.weights.h5"))
             row = {"protocol": protocol, **row}
             row["infer img/s"] = inference_rate(model, test[0].astype("float32") / 255.0)
             pose = pose_error(model, test[0], a.seed)
             if pose is not None:
                 row["pose error deg (median, p90)"] = [round(pose["median"], 2), round(pose["p90"], 2)]
                 row["class pose agreement"] = class_pose_agreement(model, mnist["x_test"], mnist["y_test"])
+                row["class pose offsets"] = class_pose_offsets(model, mnist["x_test"], mnist["y_test"])
             if protocol == "upright":
                 accs = []
                 for deg in ANGLES:
@@ -203,7 +233,7 @@ def main() -> int:
             if a.out:
                 with open(a.out, "w") as fh:
                     json.dump(rows, fh, indent=1)
-    shown = [{k: v for k, v in r.items() if k != "curve %"} for r in rows]  # the curves: in --out
+    shown = [{k: v for k, v in r.items() if k not in ("curve %", "class pose offsets")} for r in rows]  # in --out
     print(table(shown, f"bench_invariant: {a.epochs} epochs, {a.train_size} training digits, "
                        f"{a.test_size} test digits, seed {a.seed}"))
     return 0
