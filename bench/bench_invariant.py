@@ -123,20 +123,9 @@ def class_pose_agreement(model, x_upright: np.ndarray, y: np.ndarray, n: int = 5
     """How much a class's digits agree on their canonical pose: for the upright test digits of each class,
     the fraction whose pose lies within 22.5 degrees of the class's circular mean pose, averaged over the
     classes (1: every digit of a class is brought to one pose; the backbone then sees each class in one
-    pose). None without a C_N canonicalizer."""
-    from models.invariant import canonicalizer
-
-    canon = canonicalizer(model)
-    if canon is None or canon._group.mirrors:
-        return None
-    t = np.radians(_pose(canon, x_upright[:n]))
-    y = y[:n]
-    fractions = []
-    for k in np.unique(y):
-        tk = t[y == k]
-        mean = np.arctan2(np.sin(tk).mean(), np.cos(tk).mean())
-        fractions.append(float(np.mean(np.abs((tk - mean + np.pi) % (2 * np.pi) - np.pi) <= np.radians(22.5))))
-    return float(np.mean(fractions))
+    pose). None without a C_N canonicalizer. `class_pose_offsets`' "same"."""
+    offsets = class_pose_offsets(model, x_upright, y, n)
+    return None if offsets is None else offsets["same"]
 
 
 def class_pose_offsets(model, x_upright: np.ndarray, y: np.ndarray, n: int = 5000) -> dict | None:
@@ -160,7 +149,7 @@ def class_pose_offsets(model, x_upright: np.ndarray, y: np.ndarray, n: int = 500
         for key, hit in (("same", same), ("half turn", half), ("quarter turn", quarter),
                          ("elsewhere", ~(same | half | quarter))):
             bins[key].append(float(np.mean(hit)))
-    return {key: round(float(np.mean(v)), 3) for key, v in bins.items()}
+    return {key: float(np.mean(v)) for key, v in bins.items()}
 
 
 def main() -> int:
@@ -216,8 +205,9 @@ def main() -> int:
             pose = pose_error(model, test[0], a.seed)
             if pose is not None:
                 row["pose error deg (median, p90)"] = [round(pose["median"], 2), round(pose["p90"], 2)]
-                row["class pose agreement"] = class_pose_agreement(model, mnist["x_test"], mnist["y_test"])
-                row["class pose offsets"] = class_pose_offsets(model, mnist["x_test"], mnist["y_test"])
+                offsets = class_pose_offsets(model, mnist["x_test"], mnist["y_test"])
+                row["class pose agreement"] = offsets["same"]
+                row["class pose offsets"] = {key: round(v, 3) for key, v in offsets.items()}
             if protocol == "upright":
                 accs = []
                 for deg in ANGLES:
