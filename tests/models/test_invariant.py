@@ -140,6 +140,9 @@ def test_exported_savedmodel_is_invariant(tmp_path, method):
     ({"invariant": {"group": "C8", "method": "canonicalize", "pose_weight": 1.0}}, "needs relaxation: continuous"),
     ({"invariant": {"group": "C8", "method": "canonicalize", "relaxation": "continuous", "pose_weight": -1}},
      "pose_weight"),
+    ({"invariant": {"group": "C8", "method": "canonicalize", "pose_jitter": 20}}, "pose_jitter: .*continuous"),
+    ({"invariant": {"group": "C8", "method": "canonicalize", "relaxation": "continuous", "pose_jitter": 200}},
+     "pose_jitter: must be a number of degrees from 0 to 180"),
     ({"invariant": {"groups": "C4"}}, "unknown key"),
 ])
 def test_bad_invariant_params_are_config_errors(params, match):
@@ -467,3 +470,35 @@ def test_the_pose_consistency_loss_is_zero_at_quarter_turns_and_training_lowers_
     path = str(tmp_path / "m.keras")
     model.save(path)
     assert canonicalizer(keras.saving.load_model(path)).pose_weight == 1.0
+
+
+def test_pose_jitter_turns_training_images_back_to_within_the_jitter_of_their_pose_and_leaves_inference_alone(
+        tmp_path):
+    """`pose_jitter: J`: in training each image is turned back by its angle minus d, d uniform in [-J, J] and
+    drawn per image; at inference the same canonical image as without it (the model stays invariant)."""
+    from models.invariant import _turn_by, canonicalizer
+
+    jitter = 30.0
+    model = canonical("C8", relaxation="continuous", pose_jitter=jitter)
+    plain = canonical("C8", relaxation="continuous")  # no jitter, given the same weights
+    plain.set_weights(model.get_weights())
+    canon, canon0 = canonicalizer(model), canonicalizer(plain)
+    x = np.repeat(np.random.default_rng(3).random((1, 16, 16, 3)).astype("float32"), 64, axis=0)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(canon(x)), keras.ops.convert_to_numpy(canon0(x)),
+                               atol=1e-6)  # inference: no jitter
+    cos, sin = (float(keras.ops.convert_to_numpy(v)[0]) for v in canon.pose(canon.scores(x[:1])))
+    theta = np.arctan2(sin, cos)
+    trained = keras.ops.convert_to_numpy(canon(x, training=True))  # 64 copies of one image, 64 draws of d
+    grid = np.radians(np.arange(-45.0, 45.01, 0.5))  # candidate jitters, beyond the range on both sides
+    candidates = keras.ops.convert_to_numpy(_turn_by(x[:1].repeat(len(grid), 0), np.cos(theta - grid).astype(
+        "float32"), -np.sin(theta - grid).astype("float32")))
+    errors = np.abs(trained[:, None] - candidates[None]).max(axis=(2, 3, 4))  # [copy, candidate]
+    best = np.degrees(grid[errors.argmin(axis=1)])
+    assert errors.min(axis=1).max() < 0.05  # every copy is the image turned by theta - d for one d
+    assert np.abs(best).max() <= jitter + 0.5 and best.std() > jitter / 3  # spread over [-J, J], not beyond
+    assert np.abs(trained - keras.ops.convert_to_numpy(canon0(x, training=True))).max() > 0.05
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x[:8], np.arange(8) % 5, epochs=1, verbose=0)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    assert canonicalizer(keras.saving.load_model(path)).pose_jitter == jitter
