@@ -74,7 +74,9 @@ VARIANTS = {
                                                         downscale=4, pose_weight=1.0),
     "cnn_canon_c8_continuous_ds4_8ch_k5_pose": canon_c8(relaxation="continuous", filters=8, kernel_size=5,
                                                         downscale=4, pose_weight=1.0),
-    # and trained on canonical poses jittered by up to 30 or 45 degrees (the poses a class's test digits spread over)
+    # and trained on canonical poses jittered by up to 15, 30 or 45 degrees (a class's test digits spread so)
+    "cnn_canon_c8_continuous_ds4_6ch_k5_pose_jit15": canon_c8(relaxation="continuous", filters=6, kernel_size=5,
+                                                              downscale=4, pose_weight=1.0, pose_jitter=15.0),
     "cnn_canon_c8_continuous_ds4_6ch_k5_pose_jit30": canon_c8(relaxation="continuous", filters=6, kernel_size=5,
                                                               downscale=4, pose_weight=1.0, pose_jitter=30.0),
     "cnn_canon_c8_continuous_ds4_6ch_k5_pose_jit45": canon_c8(relaxation="continuous", filters=6, kernel_size=5,

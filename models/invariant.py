@@ -83,8 +83,10 @@ trains on canonical poses spread as a class's test digits spread around its
 pose (the writers' slant, the pose's own error), where it otherwise errs 2.5-3x
 more. Training only: inference and its invariance are unchanged, and so is
 the cost. On rotated MNIST (the quarter-size 6-channel 5x5 canonicalizer
-with the pose loss) J = 30 made 1.99% / 1.86% test errors against 2.19% /
-2.15% without it (seeds 0 / 1); 15 and 45 did not help (docs/results.md).
+with the pose loss) J = 30 made 1.99% / 1.86% / 2.10% test errors against
+2.19% / 2.15% / 2.07% without it (seeds 0 / 1 / 2): 0.15 points fewer on
+the mean, on two seeds of three, so not established; 15 and 45 did not
+help on seed 0 (docs/results.md). Off by default.
 
 `prior_weight` adds the prior of Mondal et al., `prior_weight * -log
 p(identity)`, which keeps upright training images upright (for a backbone
