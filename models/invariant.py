@@ -495,8 +495,8 @@ def invariant(model: keras.Model, group: str = "C4", method: str = "orbit", name
     `method`: `orbit` (the backbone called once per batch on the |G| stacked
     copies, logits averaged) or `canonicalize` (one pass on the canonical pose
     that a `Canonicalize` network picks; `options`: filters, kernel_size,
-    prior_weight, downscale, relaxation, pose_weight, pose_jitter). Returns a functional model with the backbone's input and
-    output shapes (float32 logits).
+    prior_weight, downscale, relaxation, pose_weight, pose_jitter). Returns a functional model with the
+    backbone's input and output shapes (float32 logits).
     """
     opts = check_invariant({"group": group, "method": method, **options})
     inputs = keras.Input(shape=model.input_shape[1:], name="image")
