@@ -21,7 +21,7 @@ canonicalizer, on the half- or the quarter-size digit), and `gcnn` C8 at
 curve's spread), training images/s, inference images/s on the test set (batches of 256), and for canonicalize
 the pose error (`pose_error`: how far the predicted pose strays from turning
 with the digit) and how much a class's upright digits agree on their
-canonical pose (`class_pose_agreement`). The issue's goals: `canonicalize` C8 within
+canonical pose (`class_pose_offsets`). The issue's goals: `canonicalize` C8 within
 0.3 points of gcnn C8's rotated test error at no more than 1.5x the plain
 CNN's inference cost; the wrapped models' curves flat within 1 point on
 `upright` (C4: exact at quarter turns).
@@ -75,12 +75,9 @@ VARIANTS = {
     "cnn_canon_c8_continuous_ds4_8ch_k5_pose": canon_c8(relaxation="continuous", filters=8, kernel_size=5,
                                                         downscale=4, pose_weight=1.0),
     # and trained on canonical poses jittered by up to 15, 30 or 45 degrees (a class's test digits spread so)
-    "cnn_canon_c8_continuous_ds4_6ch_k5_pose_jit15": canon_c8(relaxation="continuous", filters=6, kernel_size=5,
-                                                              downscale=4, pose_weight=1.0, pose_jitter=15.0),
-    "cnn_canon_c8_continuous_ds4_6ch_k5_pose_jit30": canon_c8(relaxation="continuous", filters=6, kernel_size=5,
-                                                              downscale=4, pose_weight=1.0, pose_jitter=30.0),
-    "cnn_canon_c8_continuous_ds4_6ch_k5_pose_jit45": canon_c8(relaxation="continuous", filters=6, kernel_size=5,
-                                                              downscale=4, pose_weight=1.0, pose_jitter=45.0),
+    **{f"cnn_canon_c8_continuous_ds4_6ch_k5_pose_jit{j}": canon_c8(relaxation="continuous", filters=6, kernel_size=5,
+                                                                  downscale=4, pose_weight=1.0, pose_jitter=float(j))
+       for j in (15, 30, 45)},
     "gcnn_c8_35k": ("gcnn", {"group_order": 8, "filters": [4, 8, 16]}),
 }
 ANGLES = list(range(0, 360, 15))
@@ -126,20 +123,12 @@ def _pose(canon, u: np.ndarray) -> np.ndarray:
     return convert_to_numpy(logits).argmax(-1) * 360.0 / canon.order
 
 
-def class_pose_agreement(model, x_upright: np.ndarray, y: np.ndarray, n: int = 5000) -> float | None:
-    """How much a class's digits agree on their canonical pose: for the upright test digits of each class,
-    the fraction whose pose lies within 22.5 degrees of the class's circular mean pose, averaged over the
-    classes (1: every digit of a class is brought to one pose; the backbone then sees each class in one
-    pose). None without a C_N canonicalizer. `class_pose_offsets`' "same"."""
-    offsets = class_pose_offsets(model, x_upright, y, n)
-    return None if offsets is None else offsets["same"]
-
-
 def class_pose_offsets(model, x_upright: np.ndarray, y: np.ndarray, n: int = 5000) -> dict | None:
-    """Where a class's digits lie off the class's circular mean pose (`class_pose_agreement`'s mean): the
-    fraction within 22.5 degrees of it, of it plus a half turn, of it plus or minus a quarter turn, and
-    elsewhere, averaged over the classes. A digit brought upside down to the class's pose (a 6 turned like a 9,
-    a 1 or an 8 either way up) lands in the half turn. None without a C_N canonicalizer."""
+    """Where a class's upright test digits lie off the class's circular mean pose: the fraction within 22.5
+    degrees of it ("same": the class pose agreement; 1 when every digit of a class is brought to one pose), of it
+    plus a half turn, of it plus or minus a quarter turn, and elsewhere, averaged over the classes. A digit
+    brought upside down to the class's pose (a 6 turned like a 9, a 1 or an 8 either way up) lands in the half
+    turn. None without a C_N canonicalizer."""
     from models.invariant import canonicalizer
 
     canon = canonicalizer(model)
