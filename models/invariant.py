@@ -192,6 +192,11 @@ def _rotate(x, degrees: float):
     return ops.image.affine_transform(x, transform, interpolation="bilinear", fill_mode="constant")
 
 
+def _add_angles(cos_a, sin_a, cos_b, sin_b):
+    """cos and sin of a + b, from those of a and b."""
+    return cos_a * cos_b - sin_a * sin_b, sin_a * cos_b + cos_a * sin_b
+
+
 def _turn_by(x, cos, sin):
     """Each image of x [B, H, W, C] turned counter-clockwise about its centre by its own angle, given as
     cos, sin [B] (bilinear, zeros outside; `_rotation_transform`'s reading rule).
@@ -407,7 +412,8 @@ class Canonicalize(keras.layers.Layer):
         plus a. 1 - cos(pose(turned) - pose(x) - a), averaged; 0 where the canonicalizer is equivariant at a."""
         ca, sa = ops.cos(a), ops.sin(a)
         c2, s2 = self.pose(self.scores(_turn_by(x, ca, sa)))
-        return ops.mean(1.0 - (c2 * (cos * ca - sin * sa) + s2 * (sin * ca + cos * sa)))
+        want_cos, want_sin = _add_angles(cos, sin, ca, sa)
+        return ops.mean(1.0 - (c2 * want_cos + s2 * want_sin))
 
     def _turned_back(self, x) -> list:
         """x transformed back by the inverse of each element g = 0..|G|-1: the candidate canonical images."""
@@ -428,8 +434,7 @@ class Canonicalize(keras.layers.Layer):
             if self.pose_jitter > 0:  # turned back by theta - d, d uniform in +-pose_jitter (module docstring)
                 j = math.radians(self.pose_jitter)
                 d = keras.random.uniform(ops.shape(x)[:1], -j, j, seed=self._jitter)
-                cd, sd = ops.cos(d), ops.sin(d)
-                cos, sin = cos * cd + sin * sd, sin * cd - cos * sd
+                cos, sin = _add_angles(cos, sin, ops.cos(d), -ops.sin(d))
             return _turn_by(x, cos, -sin)
         if self.relaxation == "marginal":
             if not training:
