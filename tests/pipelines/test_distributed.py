@@ -68,58 +68,25 @@ def _wait(procs, timeout):
     return codes
 
 
-@pytest.mark.slow
-def test_two_processes_train_one_run_with_identical_weights_like_one_process(tmp_path):
-    run_dir = tmp_path / "runs" / "two"
-    procs = _launch(tmp_path, run_dir)
-    codes = _wait(procs, 600)
-    logs = [(tmp_path / f"process{i}.log").read_text() for i in range(2)]
-    assert codes == [0, 0], logs
-
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    (run,) = client.search_runs(client.get_experiment_by_name("dist").experiment_id)  # one MLflow run
-    assert run.info.status == "FINISHED"
-    two = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)]
-    assert len(two) == 2
-    assert sorted(os.listdir(tmp_path / "exports" / "dist")) == ["1"]  # one export
-    assert sorted(os.listdir(run_dir / "scratch")) == ["process-1"]  # the worker wrote only there
-    # The model each process built for its first step: bitwise the same initial weights.
-    digests = [(d / "initial_weights.sha256").read_text().strip() for d in (run_dir, run_dir / "scratch" / "process-1")]
-    assert len(digests[0]) == 64 and digests[0] == digests[1]
-
-    import keras
-
-    chief = keras.saving.load_model(run_dir / "model.keras", compile=False).get_weights()
-    with np.load(run_dir / "scratch" / "process-1" / "final_weights.npz") as f:
-        worker = [f[f"w{i}"] for i in range(len(f.files))]
-    assert len(chief) == len(worker)
-    for a, b in zip(chief, worker):
-        np.testing.assert_array_equal(a, b)  # the processes ended with the same weights
-
-    # One process, the same global batch and seed: a close loss curve.
-    env = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
-    single = subprocess.run([sys.executable, "-m", "pipelines.train",
-                             *_args(tmp_path, tmp_path / "runs" / "one", "name=single", "export.enabled=false")],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert single.returncode == 0, single.stderr[-3000:]
-    (one_run,) = client.search_runs(client.get_experiment_by_name("single").experiment_id)
-    one = [m.value for m in sorted(client.get_metric_history(one_run.info.run_id, "loss"), key=lambda m: m.step)]
-    # Not the same draws: each process augments its own shard (seeded by train.seed), one process the
-    # whole split, so the curves agree closely in the first epoch and more loosely after it.
-    assert two[1] < two[0] and one[1] < one[0]
-    np.testing.assert_allclose(two[0], one[0], rtol=0.1)
-    np.testing.assert_allclose(two[1], one[1], rtol=0.3)
+def _losses(client, experiment: str) -> list[float]:
+    (run,) = client.search_runs(client.get_experiment_by_name(experiment).experiment_id)  # one MLflow run
+    return [m.value for m in sorted(client.get_metric_history(run.info.run_id, "loss"),
+                                                     key=lambda m: m.step)]
 
 
 @pytest.mark.slow
-def test_a_killed_peer_ends_the_other_within_the_timeout_and_both_resume(tmp_path):
+def test_a_killed_peer_ends_the_other_within_the_timeout_and_both_resume_to_one_run_like_one_process(tmp_path):
+    """Two processes of `make train`: the worker is killed mid-run, the chief ends within the heartbeat
+    timeout, and the same command on both resumes the one MLflow run to its end: one export, identical
+    weights in both processes, a loss curve close to one process's. (One scenario for all of it: each
+    launch of two processes costs about a minute of this suite on two cores.)"""
     heartbeat = 20  # train.heartbeat_timeout_s (JAX's default is 100 s)
     run_dir = tmp_path / "runs" / "killed"
     # Three epochs: the worker is killed within a fraction of a second of the chief's first checkpoint, in the
     # second epoch (or, on a fast machine with a jitted step of a few ms, the third: 30 steps per epoch), and
     # the rerun trains what is left; either way each epoch's loss is logged once.
-    extra = ("train.epochs=3", "data.synthetic.train_size=960", "data.batch_size=16",
-             f"train.heartbeat_timeout_s={heartbeat}", *SMALL_MODEL)
+    same = ("data.synthetic.train_size=960", "data.batch_size=16", *SMALL_MODEL)  # as the one-process run's
+    extra = ("train.epochs=3", f"train.heartbeat_timeout_s={heartbeat}", *same)
     procs = _launch(tmp_path, run_dir, extra=extra)
     backup = run_dir / "backup"
     deadline = time.monotonic() + 400
@@ -140,6 +107,7 @@ def test_a_killed_peer_ends_the_other_within_the_timeout_and_both_resume(tmp_pat
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     (run,) = client.search_runs(client.get_experiment_by_name("dist").experiment_id)
     assert run.info.status == "FAILED"
+    assert not (tmp_path / "exports").exists()
 
     procs = _launch(tmp_path, run_dir, extra=extra)  # the same command on both again
     codes = _wait(procs, 600)
@@ -147,6 +115,35 @@ def test_a_killed_peer_ends_the_other_within_the_timeout_and_both_resume(tmp_pat
     (again,) = client.search_runs(client.get_experiment_by_name("dist").experiment_id)
     assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == [0, 1, 2]
+    assert sorted(os.listdir(tmp_path / "exports" / "dist")) == ["1"]  # one export
+    assert sorted(os.listdir(run_dir / "scratch")) == ["process-1"]  # the worker wrote only there
+    # The model each process built for its first step: bitwise the same initial weights.
+    digests = [(d / "initial_weights.sha256").read_text().strip() for d in (run_dir, run_dir / "scratch" / "process-1")]
+    assert len(digests[0]) == 64 and digests[0] == digests[1]
+
+    import keras
+
+    chief = keras.saving.load_model(run_dir / "model.keras", compile=False).get_weights()
+    with np.load(run_dir / "scratch" / "process-1" / "final_weights.npz") as f:
+        worker = [f[f"w{i}"] for i in range(len(f.files))]
+    assert len(chief) == len(worker)
+    for a, b in zip(chief, worker):
+        np.testing.assert_array_equal(a, b)  # the processes ended with the same weights
+
+    # One process, the same global batch, seed and (constant) learning rate, 2 epochs: a close loss curve.
+    env = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    single = subprocess.run([sys.executable, "-m", "pipelines.train",
+                             *_args(tmp_path, tmp_path / "runs" / "one", *same, "name=single",
+                                    "export.enabled=false")],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    two, one = _losses(client, "dist"), _losses(client, "single")
+    # Not the same draws: each process augments its own shard (seeded by train.seed), one process the
+    # whole split, and the resumed epochs start a fresh pass over the data, so the curves agree closely in
+    # the first epoch and more loosely after it.
+    assert two[1] < two[0] and one[1] < one[0]
+    np.testing.assert_allclose(two[0], one[0], rtol=0.05)  # measured 2.264 vs 2.257
+    np.testing.assert_allclose(two[1], one[1], rtol=0.15)  # measured 2.026 vs 2.074
 
 
 @pytest.mark.slow
