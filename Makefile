@@ -40,10 +40,17 @@ $(TORCH_STAMP): requirements-torch.txt $(STAMP)
 train: $(STAMP) ## train CONFIG (default: pipelines/configs/default.yaml); ARGS="key=value ..." overrides
 	$(PY) -m pipelines.train --config $(CONFIG) $(ARGS)
 
+# XLA in every pass of `make test` (JAX; the JAX training processes that the TensorFlow pass launches;
+# TensorFlow's jit_compile=True checks): the tests' programs are small, run in microseconds and compile in
+# tens of milliseconds each, hundreds per test file, so compile time is what counts. Optimisation level 0
+# compiles them several times faster; XLA CPU's older loop emitters instead of its fusion emitters a
+# quarter to a third faster again (an eager op's compile 38-42 ms against 56-68 ms; the JAX pass 3:23
+# against 4:38, one after the other on one machine; the killed-peer test of test_distributed.py 88 s
+# against 104 s). Only the tests use these flags: `make train` compiles a few large programs, once.
+TEST_XLA_FLAGS = --xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false
 # The JAX pass of `make test`: tests/layers and tests/models, or only those of the test paths in ARGS
-# that lie there (ARGS naming other paths only: no JAX pass). XLA's optimisation level 0 compiles the
-# many small eager ops of the tests several times faster (their run time is negligible); with parallel
-# workers each runs XLA's CPU ops on one thread (measured 4:35 against 5:14-7:48 with its own pool).
+# that lie there (ARGS naming other paths only: no JAX pass). With parallel workers each runs XLA's CPU
+# ops on one thread (measured 4:35 against 5:14-7:48 with its own pool).
 JAX_TESTS = $(if $(filter tests/%,$(ARGS)),$(filter tests/layers% tests/models%,$(ARGS)),tests/layers tests/models)
 # TensorFlow runs two kernel sets: its own (Eigen on CPUs; the GPU's kernels have the same limits, such as
 # depthwise convolutions at equal strides only) and oneDNN's, which TensorFlow turns on by default only on
@@ -61,14 +68,15 @@ TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4;
 XDIST = $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder,)
 
 test: $(STAMP) $(TORCH_STAMP) ## the suite on TensorFlow (oneDNN off), tests/layers+models with oneDNN on and on JAX, tests/layers on PyTorch
-	KERAS_BACKEND=tensorflow TF_ENABLE_ONEDNN_OPTS=0 $(PY) -m pytest $(XDIST) $(ARGS)
+	KERAS_BACKEND=tensorflow TF_ENABLE_ONEDNN_OPTS=0 XLA_FLAGS="$(TEST_XLA_FLAGS) $$XLA_FLAGS" $(PY) -m pytest $(XDIST) $(ARGS)
 	@if [ -n "$(strip $(ONEDNN_TESTS))" ]; then \
 	  echo "KERAS_BACKEND=tensorflow TF_ENABLE_ONEDNN_OPTS=1 $(PY) -m pytest $(strip $(XDIST) $(ONEDNN_TESTS) $(filter-out tests/%,$(ARGS)))"; \
-	  KERAS_BACKEND=tensorflow TF_ENABLE_ONEDNN_OPTS=1 $(PY) -m pytest $(XDIST) $(ONEDNN_TESTS) $(filter-out tests/%,$(ARGS)); rc=$$?; \
+	  KERAS_BACKEND=tensorflow TF_ENABLE_ONEDNN_OPTS=1 XLA_FLAGS="$(TEST_XLA_FLAGS) $$XLA_FLAGS" \
+	    $(PY) -m pytest $(XDIST) $(ONEDNN_TESTS) $(filter-out tests/%,$(ARGS)); rc=$$?; \
 	  [ $$rc -eq 0 ] || [ $$rc -eq 5 ] || exit $$rc; fi
 	@if [ -n "$(strip $(JAX_TESTS))" ]; then \
 	  echo "KERAS_BACKEND=jax $(PY) -m pytest $(strip $(XDIST) $(JAX_TESTS) $(filter-out tests/%,$(ARGS)))"; \
-	  KERAS_BACKEND=jax XLA_FLAGS="--xla_backend_optimization_level=0 $(if $(XDIST),--xla_cpu_multi_thread_eigen=false) $$XLA_FLAGS" \
+	  KERAS_BACKEND=jax XLA_FLAGS="$(TEST_XLA_FLAGS) $(if $(XDIST),--xla_cpu_multi_thread_eigen=false) $$XLA_FLAGS" \
 	    $(PY) -m pytest $(XDIST) $(JAX_TESTS) $(filter-out tests/%,$(ARGS)); rc=$$?; \
 	  [ $$rc -eq 0 ] || [ $$rc -eq 5 ] || exit $$rc; fi  # 5: ARGS selected no test there
 	@if [ -n "$(strip $(TORCH_TESTS))" ] && $(PY) -c "import torch" 2>/dev/null; then \
