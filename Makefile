@@ -45,8 +45,9 @@ train: $(STAMP) ## train CONFIG (default: pipelines/configs/default.yaml); ARGS=
 # tens of milliseconds each, hundreds per test file, so compile time is what counts. Optimisation level 0
 # compiles them several times faster; XLA CPU's older loop emitters instead of its fusion emitters a
 # quarter to a third faster again (an eager op's compile 38-42 ms against 56-68 ms; the JAX pass 3:23
-# against 4:38, one after the other on one machine; the killed-peer test of test_distributed.py 88 s
-# against 104 s). Only the tests use these flags: `make train` compiles a few large programs, once.
+# against 4:38, one after the other on one machine; test_distributed.py's killed-peer test, whose JAX
+# processes had neither flag before, 88 s against 104 s). Only the tests use these flags: `make train`
+# compiles a few large programs, once.
 TEST_XLA_FLAGS = --xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false
 # The JAX pass of `make test`: tests/layers and tests/models, or only those of the test paths in ARGS
 # that lie there (ARGS naming other paths only: no JAX pass). With parallel workers each runs XLA's CPU
