@@ -22,15 +22,11 @@ export PYTHONPATH := $(CURDIR)
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
-# --no-compile: pip would byte-compile every module of every package (measured 68 s against 25 s for
-# requirements.txt from a local wheel store); Python compiles the modules a job imports, once, on first
-# import (0.4 s for TensorFlow, Keras, JAX, MLflow and gRPC together) and keeps them in .venv.
-PIP_INSTALL := $(PY) -m pip install --quiet --no-compile
 $(STAMP): requirements.txt requirements-nodeps.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PIP_INSTALL) -r requirements.txt
-	$(PIP_INSTALL) --no-deps -r requirements-nodeps.txt
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	@touch $(STAMP)
 
 venv: $(STAMP) ## create .venv from the pinned requirements.txt
@@ -38,7 +34,7 @@ venv: $(STAMP) ## create .venv from the pinned requirements.txt
 # PyTorch (CPU) for the layer tests' third pass: optional (see requirements-torch.txt).
 TORCH_STAMP := $(VENV)/.installed-torch
 $(TORCH_STAMP): requirements-torch.txt $(STAMP)
-	@if $(PIP_INSTALL) -r requirements-torch.txt; then touch $@; else \
+	@if $(PY) -m pip install --quiet -r requirements-torch.txt; then touch $@; else \
 	  echo "note: PyTorch (requirements-torch.txt) did not install here: the layer tests run on TensorFlow and JAX only"; fi
 
 train: $(STAMP) ## train CONFIG (default: pipelines/configs/default.yaml); ARGS="key=value ..." overrides
