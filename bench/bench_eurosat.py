@@ -51,7 +51,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from common import rates_in_turns, table  # noqa: E402
+from common import device_name, rates_in_turns, table  # noqa: E402
 
 FLIPS_ROT90 = {"horizontal": True, "vertical": True, "rotate90": True}
 SHIFT = {"max": 0.1, "units": "fraction", "fill_mode": "reflect", "probability": 0.5}
@@ -87,17 +87,35 @@ TABLES = {
 }
 
 
-def load_split(root: str, split: str, every: int = 1):
-    """uint8 [N, 64, 64, 3] and int labels of one split; `every` keeps every n-th file of each class (by name)."""
+def has_tensorflow() -> bool:
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def decode(path: str, decoder: str) -> np.ndarray:
+    """One tile as uint8 [64, 64, 3], decoded by TensorFlow or by Pillow (both libjpeg-turbo's default IDCT)."""
+    if decoder == "pil":
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
     import tensorflow as tf
 
+    return tf.io.decode_image(tf.io.read_file(path), channels=3).numpy()
+
+
+def load_split(root: str, split: str, every: int = 1, decoder: str = "tf"):
+    """uint8 [N, 64, 64, 3] and int labels of one split; `every` keeps every n-th file of each class (by name)."""
     folder = os.path.join(root, split)
     classes = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
     xs, ys = [], []
     for i, c in enumerate(classes):
         files = sorted(os.listdir(os.path.join(folder, c)))[::every]
         for f in files:
-            xs.append(tf.io.decode_image(tf.io.read_file(os.path.join(folder, c, f)), channels=3).numpy())
+            xs.append(decode(os.path.join(folder, c, f), decoder))
             ys.append(i)
     return np.stack(xs), np.asarray(ys, np.int64), classes
 
@@ -109,6 +127,56 @@ def eurosat_or_skip(path: str | None):
               f"test/ class folders; ../shared/data/README.md says how to write it)")
         raise SystemExit(0)
     return path
+
+
+def augment_arrays(x: np.ndarray, flips: dict | None, rng: np.random.Generator) -> np.ndarray:
+    """The training augmentation of `train_dataset` in NumPy, for backends without TensorFlow (uint8 [N, H, W, C]
+    in, a new array out): the flips and quarter turns named in `flips` (each mirror with probability 1/2, k quarter
+    turns with k uniform in 0..3), then with probability SHIFT's a shift of up to its fraction of the side, in whole
+    pixels (Keras' RandomTranslation in tf.data shifts by fractions of a pixel, bilinear), the border reflected."""
+    x = x.copy()
+    n, h, w = x.shape[:3]
+    flips = flips or {}
+    if flips.get("horizontal"):
+        m = rng.random(n) < 0.5
+        x[m] = x[m, :, ::-1]
+    if flips.get("vertical"):
+        m = rng.random(n) < 0.5
+        x[m] = x[m, ::-1]
+    if flips.get("rotate90"):
+        k = rng.integers(0, 4, n)
+        for turns in (1, 2, 3):
+            x[k == turns] = np.rot90(x[k == turns], turns, axes=(1, 2))
+    r = int(SHIFT["max"] * min(h, w))
+    padded = np.pad(x, ((0, 0), (r, r), (r, r), (0, 0)), mode="reflect")
+    dy, dx = rng.integers(-r, r + 1, (2, n))
+    for i in np.flatnonzero(rng.random(n) < SHIFT["probability"]):
+        x[i] = padded[i, r + dy[i]:r + dy[i] + h, r + dx[i]:r + dx[i] + w]
+    return x
+
+
+def array_batches(x, y, batch, flips, seed):
+    """`train_dataset` for backends without TensorFlow: a Keras PyDataset of shuffled, augmented float batches."""
+    import keras
+
+    class Batches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__(workers=4)
+            self.rng, self.epoch = np.random.default_rng(seed), 0
+            self.order = self.rng.permutation(len(x))
+
+        def __len__(self):
+            return int(np.ceil(len(x) / batch))
+
+        def __getitem__(self, i):
+            idx = self.order[i * batch:(i + 1) * batch]
+            rng = np.random.default_rng([seed, self.epoch, i])  # the workers' threads draw independently
+            return augment_arrays(x[idx], flips, rng).astype("float32") / 255.0, y[idx]
+
+        def on_epoch_end(self):
+            self.order, self.epoch = self.rng.permutation(len(x)), self.epoch + 1
+
+    return Batches()
 
 
 def train_dataset(x, y, batch, flips, seed):
@@ -131,7 +199,9 @@ def run(name, spec, train, valid, test, args):
     keras.utils.set_random_seed(args.seed)
     model = models.build_model(builder, (64, 64, 3), 10, **params)
     steps = args.epochs * int(np.ceil(len(train[0]) / args.batch_size))
-    model.compile(keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(args.lr, steps)),
+    lr = args.lr if args.budget_s else keras.optimizers.schedules.CosineDecay(args.lr, steps)  # per epoch there
+    epochs = args.epochs
+    model.compile(keras.optimizers.Adam(lr),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     weights = os.path.join(args.weights_dir, f"{name}.weights.h5")
     trained_as = os.path.join(args.weights_dir, f"{ORBIT_OF}.weights.h5") if name.endswith("_orbit_d4") else None
@@ -140,9 +210,13 @@ def run(name, spec, train, valid, test, args):
         model.load_weights(trained_as)  # the same resnet, trained earlier in this run's table
         reused = args.trained[ORBIT_OF]
     else:
+        batches = (train_dataset if args.input == "tf.data" else array_batches)(*train, args.batch_size, flips,
+                                                                                 args.seed)
         t0 = time.perf_counter()
-        model.fit(train_dataset(*train, args.batch_size, flips, args.seed), epochs=args.epochs,
-                  verbose=args.verbose)
+        if args.budget_s:
+            epochs = fit_within_budget(model, batches, args)
+        else:
+            model.fit(batches, epochs=args.epochs, verbose=args.verbose)
         fit_s = time.perf_counter() - t0
         os.makedirs(args.weights_dir, exist_ok=True)
         model.save_weights(weights)
@@ -157,12 +231,38 @@ def run(name, spec, train, valid, test, args):
     t1 = time.perf_counter()
     model.predict(xt, batch_size=256, verbose=0)
     row = {"model": name, "params": model.count_params(), "test acc %": 100.0 * acc["test"],
-           "valid acc %": 100.0 * acc["valid"], "epochs": args.epochs,
-           "train img/s": reused["train img/s"] if reused else args.epochs * len(train[0]) / fit_s,
+           "valid acc %": 100.0 * acc["valid"], "epochs": reused["epochs"] if reused else epochs,
+           "train img/s": reused["train img/s"] if reused else epochs * len(train[0]) / fit_s,
            "infer img/s": len(xt) / (time.perf_counter() - t1), "augment": "flips" if flips else "shifts only"}
     if reused:
         row["trained"] = f"the weights of {ORBIT_OF}, wrapped"
+    if args.budget_s or args.input != "tf.data" or keras.backend.backend() != "tensorflow":
+        row.update({"budget s": args.budget_s, "input": args.input, "batch": args.batch_size, "lr": args.lr,
+                    "backend, device": f"{keras.backend.backend()}, {device_name()}"})
     return row
+
+
+def fit_within_budget(model, batches, args) -> int:
+    """Train for as many epochs as fit in `args.budget_s` seconds of fitting (at most `args.epochs`, at least 2),
+    the learning rate decayed per epoch on a cosine over that number, which the first two epochs (the compile,
+    then one timed) decide; returns it. A fixed time for every model of a table, not a fixed number of epochs."""
+    import math
+
+    import keras
+
+    total = [args.epochs]
+    schedule = keras.callbacks.LearningRateScheduler(
+        lambda e, _: args.lr * 0.5 * (1 + math.cos(math.pi * min(e, total[0]) / total[0])))
+    t0 = time.perf_counter()
+    model.fit(batches, epochs=1, callbacks=[schedule], verbose=args.verbose)
+    t1 = time.perf_counter()
+    model.fit(batches, initial_epoch=1, epochs=2, callbacks=[schedule], verbose=args.verbose)
+    t2 = time.perf_counter()
+    total[0] = max(2, min(args.epochs, 2 + int((args.budget_s - (t2 - t0)) / (t2 - t1))))
+    print(f"{total[0]} epochs fit in {args.budget_s:.0f} s (first {t1 - t0:.1f} s, then {t2 - t1:.1f} s each)",
+          flush=True)
+    model.fit(batches, initial_epoch=2, epochs=total[0], callbacks=[schedule], verbose=args.verbose)
+    return total[0]
 
 
 def interleaved_speed(specs, names, args) -> list[dict]:
@@ -190,6 +290,12 @@ def main() -> int:
     p.add_argument("--out", default=None, help="JSON rows (default bench/results/eurosat_<regime>_<seed>.json)")
     p.add_argument("--resume", action="store_true", help="keep the rows already in --out and skip their models")
     p.add_argument("--verbose", type=int, default=2)
+    p.add_argument("--input", choices=["tf.data", "arrays"], default=None,
+                   help="tf.data (TensorFlow's decoder and augmentation), or arrays (Pillow's decoder, NumPy's "
+                        "augmentation in a Keras PyDataset) for backends without TensorFlow; default: tf.data where "
+                        "TensorFlow imports")
+    p.add_argument("--budget-s", type=float, default=0,
+                   help="train each model for as many epochs as fit in this many seconds (at most --epochs)")
     p.add_argument("--speed-rounds", type=int, default=0,
                    help="only time the models' training steps in turns (this many rounds; no data needed)")
     p.add_argument("--speed-steps", type=int, default=10)
@@ -199,6 +305,7 @@ def main() -> int:
     unknown = [n for n in names if n not in specs]
     if unknown:
         p.error(f"unknown models {unknown}; the {a.regime} table has {list(specs)}")
+    a.input = a.input or ("tf.data" if has_tensorflow() else "arrays")
     if a.speed_rounds:
         print(table(interleaved_speed(specs, names, a), f"training images/s in turns, {a.speed_rounds} rounds of "
                                                          f"{a.speed_steps} steps of {a.batch_size}"))
@@ -206,8 +313,9 @@ def main() -> int:
     root = eurosat_or_skip(a.data)
     out = a.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                 f"eurosat_{a.regime}_seed{a.seed}.json")
-    train = load_split(root, "train", every=10 if a.regime == "low" else 1)[:2]
-    valid, test = load_split(root, "valid")[:2], load_split(root, "test")[:2]
+    decoder = "tf" if a.input == "tf.data" else "pil"
+    train = load_split(root, "train", every=10 if a.regime == "low" else 1, decoder=decoder)[:2]
+    valid, test = load_split(root, "valid", decoder=decoder)[:2], load_split(root, "test", decoder=decoder)[:2]
     print(f"EuroSAT {a.regime}: {len(train[0])} training, {len(valid[0])} valid, {len(test[0])} test images", flush=True)
     rows = json.load(open(out)) if a.resume and os.path.exists(out) else []
     a.weights_dir = os.path.splitext(out)[0] + ".weights"
@@ -221,7 +329,8 @@ def main() -> int:
         with open(out, "w") as fh:
             json.dump(rows, fh, indent=1)
         print(table(rows[-1:]), flush=True)
-    print(table(rows, f"EuroSAT {a.regime} data, {a.epochs} epochs, seed {a.seed}"))
+    length = f"{a.budget_s:.0f} s of fitting each (at most {a.epochs} epochs)" if a.budget_s else f"{a.epochs} epochs"
+    print(table(rows, f"EuroSAT {a.regime} data, {length}, seed {a.seed}"))
     return 0
 
 

@@ -57,7 +57,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import time  # noqa: E402
 
 from bench_rotated_mnist import CNN_PARAMS, dataset  # noqa: E402
-from common import mnist_or_skip, rates_in_turns, rotated_mnist, table  # noqa: E402
+from common import device_name, mnist_or_skip, rates_in_turns, rotated_mnist, table  # noqa: E402
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -174,20 +174,6 @@ def interleaved_speed(names, args):
     y = rng.integers(0, 10, len(x))
     return rates_in_turns({n: VARIANTS[n][:2] for n in names}, x, y, args.batch_size, args.lr, args.speed_rounds,
                           args.seed)[0]
-
-
-def device_name() -> str:
-    """The accelerator the backend trains on (its kind, e.g. 'NVIDIA H200'), else 'cpu'."""
-    if keras.backend.backend() == "jax":
-        import jax
-
-        d = jax.devices()[0]
-        return d.device_kind if d.platform != "cpu" else "cpu"
-    if keras.backend.backend() == "torch":
-        import torch
-
-        return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    return "cpu"
 
 
 def result_key(name, args) -> str:

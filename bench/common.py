@@ -97,3 +97,19 @@ def rates_in_turns(specs: dict, x, y, batch_size: int, lr: float, rounds: int, s
             rates[name].append(len(x) / (time.perf_counter() - t0))
     return ({name: float(np.median(r)) for name, r in rates.items()},
             {name: m.count_params() for name, m in fitted.items()})
+
+
+def device_name() -> str:
+    """The accelerator the backend trains on (its kind, e.g. 'NVIDIA H200'), else 'cpu'."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        d = jax.devices()[0]
+        return d.device_kind if d.platform != "cpu" else "cpu"
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return "cpu"
