@@ -1,6 +1,8 @@
 """bench_eurosat.py keeps each trained model's weights before evaluating it, and its orbit row wraps the weights
-of the flips + quarter turns resnet trained earlier in the run instead of training that resnet again."""
+of the flips + quarter turns resnet trained earlier in the run instead of training that resnet again; its path for
+machines without TensorFlow (NumPy augmentation, Pillow) and its time budget do what they say."""
 
+import argparse
 import json
 import os
 import sys
@@ -53,3 +55,102 @@ def test_the_orbit_row_wraps_the_trained_resnet_and_weights_are_kept(tmp_path, m
     assert b.main() == 0
     assert len(fits) == 2
     assert "trained" not in json.load(open(out))[0]
+
+
+def d4_images(x):
+    """The 8 images of x [H, W, C] under the dihedral group D4: quarter turns, each also mirrored."""
+    turns = [np.rot90(x, k) for k in range(4)]
+    return turns + [t[:, ::-1] for t in turns]
+
+
+def which_d4_and_shift(out, x, r):
+    """(element, dy, dx) with out == the element applied to x, then shifted by (dy, dx) with the border reflected;
+    None where nothing matches."""
+    h, w = x.shape[:2]
+    for e, g in enumerate(d4_images(x)):
+        padded = np.pad(g, ((r, r), (r, r), (0, 0)), mode="reflect")
+        for dy in range(-r, r + 1):
+            for dx in range(-r, r + 1):
+                if np.array_equal(out, padded[r + dy:r + dy + h, r + dx:r + dx + w]):
+                    return e, dy, dx
+    return None
+
+
+def test_numpy_augmentation_draws_every_d4_element_and_small_reflected_shifts():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (240, 32, 32, 3), dtype=np.uint8)
+    out = b.augment_arrays(x, b.FLIPS_ROT90, np.random.default_rng(1))
+    assert out.shape == x.shape and out.dtype == np.uint8 and not np.shares_memory(out, x)
+    r = int(b.SHIFT["max"] * 32)
+    found = [which_d4_and_shift(o, i, r) for o, i in zip(out, x)]
+    assert all(f is not None for f in found)  # every image is a D4 element of its input, shifted by <= r pixels
+    elements = np.bincount([f[0] for f in found], minlength=8)
+    assert elements.min() >= 15  # all 8 drawn, about 30 times each
+    shifted = np.mean([(f[1], f[2]) != (0, 0) for f in found])
+    assert 0.35 < shifted < 0.6  # SHIFT's probability 1/2 (a drawn shift of 0 counts as unshifted)
+    assert max(max(abs(f[1]), abs(f[2])) for f in found) == r
+
+    plain = b.augment_arrays(x, None, np.random.default_rng(1))  # shifts only: never turned or mirrored
+    assert all(which_d4_and_shift(o, i, r)[0] == 0 for o, i in zip(plain[:40], x[:40]))
+
+
+def test_array_batches_cover_every_image_once_per_epoch_and_reshuffle():
+    x = np.repeat(np.arange(10, dtype=np.uint8)[:, None, None, None] * 20, 8, axis=1).repeat(8, axis=2)
+    x = np.repeat(x, 3, axis=3)  # constant images: augmentation leaves them as they are
+    y = np.arange(10)
+    batches = b.array_batches(x, y, 4, b.FLIPS_ROT90, seed=0)
+    assert len(batches) == 3
+
+    def epoch():
+        xs, ys = zip(*(batches[i] for i in range(len(batches))))
+        return np.concatenate(xs), np.concatenate(ys)
+
+    xa, ya = epoch()
+    assert sorted(ya) == list(range(10)) and xa.dtype == np.float32
+    np.testing.assert_allclose(xa[:, 0, 0, 0], ya * 20 / 255.0, rtol=1e-6)  # images stay with their labels
+    batches.on_epoch_end()
+    _, yb = epoch()
+    assert sorted(yb) == list(range(10)) and list(yb) != list(ya)
+
+
+class FakeModel:
+    """Records the epochs fitted and the learning rate the schedule gives each; the clock moves as fitting
+    takes `first` seconds for epoch 0 and `each` for every later one."""
+
+    def __init__(self, clock, first, each):
+        self.clock, self.first, self.each, self.epochs, self.lrs = clock, first, each, [], []
+
+    def fit(self, batches, epochs, callbacks, verbose, initial_epoch=0):
+        for e in range(initial_epoch, epochs):
+            self.lrs.append(callbacks[0].schedule(e, None))
+            self.epochs.append(e)
+            self.clock[0] += self.first if e == 0 else self.each
+
+
+def test_the_budget_decides_the_epochs_and_the_cosine_ends_near_zero(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(b.time, "perf_counter", lambda: clock[0])
+    args = argparse.Namespace(budget_s=30.0, epochs=100, lr=0.004, verbose=0)
+    m = FakeModel(clock, first=10.0, each=2.0)
+    assert b.fit_within_budget(m, None, args) == 11  # 12 s for two epochs, then 9 more of 2 s in 30 s
+    assert m.epochs == list(range(11)) and clock[0] == 30.0
+    assert m.lrs[0] == args.lr and all(a > c for a, c in zip(m.lrs[2:], m.lrs[3:]))
+    assert m.lrs[-1] < 0.03 * args.lr  # the last epoch's rate: cosine at 10/11
+
+    m = FakeModel(clock, first=10.0, each=2.0)
+    assert b.fit_within_budget(m, None, argparse.Namespace(**dict(vars(args), epochs=5))) == 5  # capped
+    m = FakeModel(clock, first=50.0, each=2.0)
+    assert b.fit_within_budget(m, None, args) == 2  # over budget after the first: still two epochs
+
+
+def test_arrays_input_with_a_budget_end_to_end(tmp_path, monkeypatch):
+    """The path a machine without TensorFlow takes (Pillow, NumPy augmentation, a budget), here on any backend."""
+    data, out = fake_eurosat(tmp_path / "eurosat"), tmp_path / "rows.json"
+    monkeypatch.setitem(b.TABLES, "low", {"resnet_flips_rot90": ("resnet", SMALL, b.FLIPS_ROT90)})
+    monkeypatch.setattr(sys, "argv", ["bench_eurosat.py", "--data", str(data), "--epochs", "3", "--out", str(out),
+                                      "--verbose", "0", "--input", "arrays", "--budget-s", "0.01", "--batch-size", "8"])
+    assert b.main() == 0
+    (row,) = json.load(open(out))
+    assert row["epochs"] == 2 and row["input"] == "arrays" and row["budget s"] == 0.01
+    assert row["backend, device"].endswith(", cpu") and 0 <= row["test acc %"] <= 100
+    assert (tmp_path / "rows.weights" / "resnet_flips_rot90.weights.h5").exists()
