@@ -5,6 +5,7 @@ machines without TensorFlow (NumPy augmentation, Pillow) and its time budget do 
 import argparse
 import json
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -143,14 +144,23 @@ def test_the_budget_decides_the_epochs_and_the_cosine_ends_near_zero(monkeypatch
     assert b.fit_within_budget(m, None, args) == 2  # over budget after the first: still two epochs
 
 
-def test_arrays_input_with_a_budget_end_to_end(tmp_path, monkeypatch):
-    """The path a machine without TensorFlow takes (Pillow, NumPy augmentation, a budget), here on any backend."""
+def test_without_tensorflow_on_jax_end_to_end(tmp_path):
+    """The path of a GPU machine that has JAX and no TensorFlow (Pillow, the NumPy augmentation, a budget), in a
+    subprocess where `import tensorflow` fails."""
     data, out = fake_eurosat(tmp_path / "eurosat"), tmp_path / "rows.json"
-    monkeypatch.setitem(b.TABLES, "low", {"resnet_flips_rot90": ("resnet", SMALL, b.FLIPS_ROT90)})
-    monkeypatch.setattr(sys, "argv", ["bench_eurosat.py", "--data", str(data), "--epochs", "3", "--out", str(out),
-                                      "--verbose", "0", "--input", "arrays", "--budget-s", "0.01", "--batch-size", "8"])
-    assert b.main() == 0
+    (tmp_path / "no_tf" / "tensorflow").mkdir(parents=True)
+    (tmp_path / "no_tf" / "tensorflow" / "__init__.py").write_text("raise ImportError('no TensorFlow here')\n")
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    argv = ["bench_eurosat.py", "--data", str(data), "--epochs", "3", "--out", str(out), "--verbose", "0",
+            "--budget-s", "0.01", "--batch-size", "8"]
+    code = (f"import sys; sys.argv = {argv!r}; import bench_eurosat as b; assert not b.has_tensorflow(); "
+            f"b.TABLES['low'] = {{'resnet_flips_rot90': ('resnet', {SMALL!r}, b.FLIPS_ROT90)}}; "
+            f"raise SystemExit(b.main())")
+    env = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=os.pathsep.join(
+        [str(tmp_path / "no_tf"), root, os.path.join(root, "bench"), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
     (row,) = json.load(open(out))
     assert row["epochs"] == 2 and row["input"] == "arrays" and row["budget s"] == 0.01
-    assert row["backend, device"].endswith(", cpu") and 0 <= row["test acc %"] <= 100
+    assert row["backend, device"] == "jax, cpu" and 0 <= row["test acc %"] <= 100
     assert (tmp_path / "rows.weights" / "resnet_flips_rot90.weights.h5").exists()
