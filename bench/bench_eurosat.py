@@ -206,8 +206,10 @@ def run(name, spec, train, valid, test, args):
     builder, params, flips = spec
     keras.utils.set_random_seed(args.seed)
     model = models.build_model(builder, (64, 64, 3), 10, **params)
-    steps = args.epochs * int(np.ceil(len(train[0]) / args.batch_size))
-    lr = args.lr if args.budget_s else keras.optimizers.schedules.CosineDecay(args.lr, steps)  # per epoch there
+    lr = args.lr  # with a budget, a cosine per epoch over the epochs that fit (fit_within_budget)
+    if not args.budget_s:
+        steps = args.epochs * int(np.ceil(len(train[0]) / args.batch_size))
+        lr = keras.optimizers.schedules.CosineDecay(args.lr, steps)
     epochs = args.epochs
     model.compile(keras.optimizers.Adam(lr),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
