@@ -16,8 +16,10 @@ Models: the plain `baseline_cnn` (bench_rotated_mnist's ~38k configuration),
 the same wrapped by `invariant: orbit C4`, `orbit C8` and `canonicalize C8`
 (trained straight-through, on the marginal over the turns, and `continuous`,
 with and without the pose-consistency loss, with 3x3 or 5x5 filters in the
-canonicalizer, on the half- or the quarter-size digit), and `gcnn` C8 at
-~36k. Per model: parameters, test error (or mean rotated accuracy and the
+canonicalizer, on the half- or the quarter-size digit), `gcnn` C8 at
+~36k, and on `rotated` the floor of canonicalization with this CNN: the
+digits turned back by the protocol's own angles, exactly (`cnn_true_pose`) or
+off by 10 degrees (standard deviation) per digit (`cnn_true_pose_noise10`). Per model: parameters, test error (or mean rotated accuracy and the
 curve's spread), training images/s, inference images/s on the test set (batches of 256), and for canonicalize
 the pose error (`pose_error`: how far the predicted pose strays from turning
 with the digit) and how much a class's upright digits agree on their
@@ -79,7 +81,13 @@ VARIANTS = {
                                                                   downscale=4, pose_weight=1.0, pose_jitter=float(j))
        for j in (15, 30, 45)},
     "gcnn_c8_35k": ("gcnn", {"group_order": 8, "filters": [4, 8, 16]}),
+    # the floor of canonicalization with this CNN (`rotated` only): each digit turned back by the protocol's own
+    # angle, exactly or off by a Gaussian of 10 degrees per digit (drawn once): what a canonicalizer that knew
+    # the true pose would give, not a model a user can build (the true angle is not known at test time)
+    "cnn_true_pose": ("baseline_cnn", CNN_PARAMS),
+    "cnn_true_pose_noise10": ("baseline_cnn", CNN_PARAMS),
 }
+TRUE_POSE_NOISE = {"cnn_true_pose": 0.0, "cnn_true_pose_noise10": 10.0}  # degrees, standard deviation
 ANGLES = list(range(0, 360, 15))
 
 
@@ -148,6 +156,14 @@ def class_pose_offsets(model, x_upright: np.ndarray, y: np.ndarray, n: int = 500
     return {key: float(np.mean(v)) for key, v in bins.items()}
 
 
+def turned_back(split, noise_deg: float, seed: int):
+    """A rotated split (x, y, angles) with each digit turned back by its angle plus N(0, noise_deg) degrees
+    (scipy, as the protocol turns digits): the digits a canonicalizer that knew the true pose would pass on."""
+    x, y, ang = split
+    off = np.random.default_rng(seed).normal(0.0, noise_deg, len(ang)) if noise_deg else 0.0
+    return rotate_images(x, -ang + off), y
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--epochs", type=int, default=30)
@@ -170,15 +186,21 @@ def main() -> int:
     rows = []
     for protocol in a.protocols.split(","):
         if protocol == "rotated":
-            train, test = rotated_mnist(mnist, a.train_size)
+            train, test = rotated_mnist(mnist, a.train_size, angles=True)
         elif protocol == "upright":
             train = (mnist["x_train"][: a.train_size], mnist["y_train"][: a.train_size])
             test = (mnist["x_test"], mnist["y_test"])
         else:
             sys.exit(f"unknown protocol {protocol!r}: rotated or upright")
-        test = (test[0][: a.test_size], test[1][: a.test_size])
+        test = tuple(t[: a.test_size] for t in test)
         for name in a.models.split(","):
             model_name, params = VARIANTS[name]
+            tr, te = train[:2], test[:2]
+            if name in TRUE_POSE_NOISE:
+                if protocol != "rotated":
+                    sys.exit(f"{name}: the true pose is known on the rotated protocol only")
+                tr = turned_back(train, TRUE_POSE_NOISE[name], a.seed)
+                te = turned_back(test, TRUE_POSE_NOISE[name], a.seed + 1)
             captured = {}
             build = keras.Model.evaluate
 
@@ -188,8 +210,8 @@ def main() -> int:
 
             keras.Model.evaluate = keep
             try:
-                row = run(name, model_name, params, False, (train[0].astype("float32") / 255.0, train[1]),
-                          (test[0].astype("float32") / 255.0, test[1]), a)
+                row = run(name, model_name, params, False, (tr[0].astype("float32") / 255.0, tr[1]),
+                          (te[0].astype("float32") / 255.0, te[1]), a)
             finally:
                 keras.Model.evaluate = build
             model = captured["model"]

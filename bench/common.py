@@ -40,13 +40,16 @@ def rotate_images(x: np.ndarray, angles_deg: np.ndarray) -> np.ndarray:
     return out
 
 
-def rotated_mnist(mnist: dict[str, np.ndarray], n_train: int = 12000):
+def rotated_mnist(mnist: dict[str, np.ndarray], n_train: int = 12000, angles: bool = False):
     """The protocol of ../shared/data/README.md: x_train[:12000] and x_test, each rotated
-    once by an angle uniform in [0, 360) (seed 0 for train, seed 1 for test)."""
+    once by an angle uniform in [0, 360) (seed 0 for train, seed 1 for test). With `angles`, each split
+    also carries its angles in degrees: (x, y, angles)."""
     xtr, ytr = mnist["x_train"][:n_train], mnist["y_train"][:n_train]
     xte, yte = mnist["x_test"], mnist["y_test"]
     a_tr = np.random.default_rng(0).uniform(0, 360, len(xtr))
     a_te = np.random.default_rng(1).uniform(0, 360, len(xte))
+    if angles:
+        return (rotate_images(xtr, a_tr), ytr, a_tr), (rotate_images(xte, a_te), yte, a_te)
     return (rotate_images(xtr, a_tr), ytr), (rotate_images(xte, a_te), yte)
 
 
