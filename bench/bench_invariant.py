@@ -19,7 +19,8 @@ with and without the pose-consistency loss, with 3x3 or 5x5 filters in the
 canonicalizer, on the half- or the quarter-size digit), `gcnn` C8 at
 ~36k, and on `rotated` the floor of canonicalization with this CNN: the
 digits turned back by the protocol's own angles, exactly (`cnn_true_pose`) or
-off by 10 degrees (standard deviation) per digit (`cnn_true_pose_noise10`). Per model: parameters, test error (or mean rotated accuracy and the
+off by 10 degrees (standard deviation) per digit (`cnn_true_pose_noise10`).
+Per model: parameters, test error (or mean rotated accuracy and the
 curve's spread), training images/s, inference images/s on the test set (batches of 256), and for canonicalize
 the pose error (`pose_error`: how far the predicted pose strays from turning
 with the digit) and how much a class's upright digits agree on their
