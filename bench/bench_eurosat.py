@@ -2,11 +2,11 @@
 
     PYTHONPATH=. .venv/bin/python bench/bench_eurosat.py --data /tmp/eurosat [--regime low|full] [--epochs N]
     PYTHONPATH=. .venv/bin/python bench/bench_eurosat.py --speed-rounds 5 --models resnet,gcnn_d4_residual,...
-    KERAS_BACKEND=jax PYTHONPATH=. python bench/bench_eurosat.py --data /tmp/eurosat --regime full \
-        --models gcnn_d4_residual,resnet_flips_rot90,gcnn_c8_residual --budget-s 140 --epochs 300 --batch-size 128
+    KERAS_BACKEND=jax PYTHONPATH=. python bench/bench_eurosat.py --data /tmp/eurosat --regime full --lr 0.003 \
+        --models resnet_flips_rot90,gcnn_c8_residual,gcnn_d4_residual --budget-s 145 --epochs 300 --batch-size 128
 
-The last is the run prepared for a GPU machine without TensorFlow (JAX there): `--input arrays` is then the
-default (Pillow decodes the tiles; the augmentation below in NumPy, in a Keras PyDataset, with whole-pixel
+The last is the GPU run of docs/results.md, on a machine without TensorFlow (JAX there): `--input arrays` is
+then the default (Pillow decodes the tiles; the augmentation below in NumPy, in a Keras PyDataset, with whole-pixel
 shifts), and `--budget-s` trains every model for the same time rather than the same epochs.
 
 The EuroSAT protocol of ../shared/data/README.md (27,000 Sentinel-2 tiles,
@@ -26,7 +26,8 @@ batches' images) for all; the symmetry augmentations per model as named:
   elements of D4 drawn); the anti-aliased `resnet` (BlurPool) with flips +
   quarter turns; `gcnn` D4 residual (invariant to D4 by construction, no
   symmetry augmentation); `gcnn` C8 residual with left-right flips (it is
-  rotation-invariant, not mirror-invariant).
+  rotation-invariant, not mirror-invariant); `gcnn` D8 residual (C8's
+  45-degree turns and the mirrors built in, no symmetry augmentation).
 - issue 30's wrappers around the low-data resnet: `invariant: canonicalize
   D4` trained end to end, and `orbit D4` put around the trained flips +
   quarter turns resnet at test time (its training figures are that model's).
@@ -88,6 +89,9 @@ TABLES = {
         "resnet_canonicalize_d4": ("resnet", dict(RESNET, filters=[16, 32, 64, 128],
                                                   invariant={"group": "D4", "method": "canonicalize"}), None),
         "resnet_flips_rot90_orbit_d4": ("resnet", dict(RESNET, filters=[16, 32, 64, 128]), FLIPS_ROT90),
+        # D8: the 45-degree turns of C8 and the mirrors built in (no symmetry augmentation), 16 elements, so
+        # fewer channels per element at the same parameters (297k)
+        "gcnn_d8_residual": ("gcnn", dict(GCNN, group="D8", filters=[6, 12, 23, 46]), None),
     },
     "full": models_at([32, 64, 128, 256], [12, 24, 48, 96], [16, 32, 64, 128]),
 }
