@@ -10,18 +10,12 @@ import numpy as np
 
 import models
 from pipelines.config import load_config
+from tests.models.test_gcnn import D4_ELEMENTS
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bench"))
 import bench_eurosat  # noqa: E402
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "pipelines", "configs", "gcnn_eurosat.yaml")
-
-D4 = {  # the 7 elements of D4 other than the identity, on [B, H, W, C] tiles
-    "rot90": lambda x: np.rot90(x, 1, axes=(1, 2)), "rot180": lambda x: np.rot90(x, 2, axes=(1, 2)),
-    "rot270": lambda x: np.rot90(x, 3, axes=(1, 2)), "flip_lr": lambda x: x[:, :, ::-1],
-    "flip_ud": lambda x: x[:, ::-1], "transpose": lambda x: x.transpose(0, 2, 1, 3),
-    "anti_transpose": lambda x: x.transpose(0, 2, 1, 3)[:, ::-1, ::-1],
-}
 
 
 def test_the_config_is_the_benchmarked_d8_network_on_its_schedule():
@@ -47,5 +41,5 @@ def test_the_configs_model_is_exactly_invariant_to_every_rot90_mirror_and_transp
 
     y = logits(x)
     assert np.abs(y[0] - y[1]).max() > 1e-4  # the two tiles are told apart
-    for name, t in D4.items():
+    for name, t in D4_ELEMENTS.items():
         assert np.abs(logits(t(x)) - y).max() <= 1e-5 * np.abs(y).max(), name
