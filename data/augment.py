@@ -366,7 +366,9 @@ class Augmentation(keras.layers.Layer):
         self.generator = keras.random.SeedGenerator(seed)
         # Sub-layers are made here, not in build: each holds a SeedGenerator
         # variable, and build may run inside a traced tf.data function, where
-        # no variable may be created.
+        # no variable may be created. They compute in float32 whatever the
+        # global dtype policy (call works in float32; under a mixed policy
+        # they would return bfloat16/float16 into its float32 arithmetic).
         self._rotation_layer = None
         self._elastic_layer = None
         self._translation_layer = None
@@ -374,15 +376,17 @@ class Augmentation(keras.layers.Layer):
             t = self.translation
             f = t["max"] if t["units"] == "fraction" else 0.0  # pixels: set in build, once H and W are known
             self._translation_layer = keras.layers.RandomTranslation(
-                (-f, f), (-f, f), fill_mode=t["fill_mode"], interpolation="bilinear", fill_value=0.0, seed=seed
+                (-f, f), (-f, f), fill_mode=t["fill_mode"], interpolation="bilinear", fill_value=0.0, seed=seed,
+                dtype="float32",
             )
         if _is_on("rotation", self.rotation):
             f = self.rotation["max_degrees"] / 360.0
             self._rotation_layer = keras.layers.RandomRotation(
-                (-f, f), fill_mode=self.rotation["fill_mode"], interpolation="bilinear", fill_value=0.0, seed=seed
+                (-f, f), fill_mode=self.rotation["fill_mode"], interpolation="bilinear", fill_value=0.0, seed=seed,
+                dtype="float32",
             )
         if _is_on("elastic", self.elastic):
-            self._elastic_layer = ElasticWarp(self.elastic["alpha"], self.elastic["sigma"], seed=seed)
+            self._elastic_layer = ElasticWarp(self.elastic["alpha"], self.elastic["sigma"], seed=seed, dtype="float32")
 
     def build(self, input_shape):
         if len(input_shape) != 4:

@@ -193,6 +193,25 @@ def test_probability_applies_each_op_to_that_fraction_of_images():
     assert 0.2 < changed.mean() < 0.4
 
 
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_built_under_a_mixed_policy_it_draws_the_float32_transforms(policy):
+    # Every op at probability 0.5 (tf.where of the transformed and the untouched images): built under a
+    # mixed global policy, the sub-layers once returned half precision into call's float32 arithmetic.
+    ops = {k: dict(v, probability=0.5) for k, v in (("translation", {"max": 0.2}), ("rotation", {"max_degrees": 180}),
+                                                     ("elastic", {"alpha": 8.0, "sigma": 2.0}))}
+    x, seed = digit_like(8), tf.constant([3, 4], tf.int64)
+    ref = build_augmentation(**ops, seed=0)(x, training=True, seed=seed).numpy()
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        aug = build_augmentation(**ops, seed=0)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    out = aug(x, training=True, seed=seed)
+    assert out.dtype == aug.compute_dtype == policy.split("_")[1]
+    np.testing.assert_allclose(tf.cast(out, tf.float32).numpy(), ref, atol=1e-2)
+
+
 # ----------------------------------------------------------------------------- seeds, training flag, range
 
 
