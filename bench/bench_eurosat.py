@@ -209,8 +209,12 @@ def run(name, spec, train, valid, test, args):
 
     builder, params, flips = spec
     keras.utils.set_random_seed(args.seed)
-    keras.mixed_precision.set_global_policy(args.precision)
-    model = models.build_model(builder, (64, 64, 3), 10, **params)
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(args.precision)  # the layers keep the policy they were built under
+    try:
+        model = models.build_model(builder, (64, 64, 3), 10, **params)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
     lr = args.lr  # with a budget, a cosine per epoch over the epochs that fit (fit_within_budget)
     if not args.budget_s:
         steps = args.epochs * int(np.ceil(len(train[0]) / args.batch_size))

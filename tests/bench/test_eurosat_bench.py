@@ -58,6 +58,27 @@ def test_the_orbit_row_wraps_the_trained_resnet_and_weights_are_kept(tmp_path, m
     assert "trained" not in json.load(open(out))[0]
 
 
+def test_weight_decay_and_precision_reach_every_model_of_the_table(tmp_path, monkeypatch):
+    import keras
+
+    import models
+
+    data, out = fake_eurosat(tmp_path / "eurosat"), tmp_path / "rows.json"
+    monkeypatch.setitem(b.TABLES, "low", {"resnet": ("resnet", SMALL, None), "resnet_flips": ("resnet", SMALL, b.FLIPS_ROT90)})
+    built, real_build = [], models.build_model
+    monkeypatch.setattr(models, "build_model", lambda *a, **k: (built.append(real_build(*a, **k)), built[-1])[1])
+    monkeypatch.setattr(sys, "argv", ["bench_eurosat.py", "--data", str(data), "--epochs", "1", "--out", str(out),
+                                      "--verbose", "0", "--weight-decay", "0.01", "--precision", "mixed_bfloat16"])
+    assert b.main() == 0
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored for whatever runs next
+    assert len(built) == 2
+    for model, row in zip(built, json.load(open(out))):
+        assert model.dtype_policy.name == "mixed_bfloat16" and "bfloat16" in {la.compute_dtype for la in model.layers}
+        assert isinstance(model.optimizer, keras.optimizers.AdamW) and model.optimizer.weight_decay == 0.01
+        assert row["weight decay"] == 0.01 and row["precision"] == "mixed_bfloat16"
+        assert 0 <= row["test acc %"] <= 100
+
+
 def d4_images(x):
     """The 8 images of x [H, W, C] under the dihedral group D4: quarter turns, each also mirrored."""
     turns = [np.rot90(x, k) for k in range(4)]
