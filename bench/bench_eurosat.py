@@ -313,7 +313,7 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW's decoupled decay (0: Adam)")
     p.add_argument("--precision", choices=["float32", "mixed_bfloat16", "mixed_float16"], default="float32",
-                   help="Keras dtype policy of every model (mixed_bfloat16: about 2x on CPUs with AMX)")
+                   help="Keras dtype policy of every model of the table")
     p.add_argument("--out", default=None, help="JSON rows (default bench/results/eurosat_<regime>_<seed>.json)")
     p.add_argument("--resume", action="store_true", help="keep the rows already in --out and skip their models")
     p.add_argument("--verbose", type=int, default=2)
