@@ -193,6 +193,20 @@ def steps_per_epoch(cfg: Config, splits, processes: int = 1) -> int:
     return max(1, math.ceil(splits.train.count / cfg.data.batch_size))
 
 
+def fit_batches(train_ds, steps: int) -> dict:
+    """`model.fit`'s training arguments: the training batches repeated without end, `steps` of them an epoch,
+    so that one tf.data iterator serves the whole fit (each repetition is a new pass: a new shuffle and new
+    augmentation draws, as a new iterator per epoch gave).
+
+    Why not a new iterator per epoch (Keras' way for a finite dataset): on TensorFlow 2.21, with tf.data's
+    autotuning on (the default), deleting an epoch's iterator intermittently waits for the autotuning thread
+    to end its current sleep, which doubles from 10 ms up to 60 s. A gcnn D8 epoch of 44 s took 82 s (the
+    threads idle meanwhile), and a trivial model's epochs of 6.4 s took 10.2 s in 2 to 3 epochs of 5; with one
+    iterator, or autotuning off, none did (docs/results.md, "tf.data's stall between epochs").
+    """
+    return {"x": train_ds.repeat(), "steps_per_epoch": steps}
+
+
 def make_optimizer(cfg: Config, steps: int):
     import keras
 

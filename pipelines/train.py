@@ -242,7 +242,7 @@ def _fit(cfg: Config, splits, train_ds, val_ds, steps: int, run_id: str | None, 
             from pipelines.progress import ProgressLog
 
             fit_callbacks.append(ProgressLog(steps, cfg.train.epochs, cfg.data.batch_size))
-        history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.train.epochs,
+        history = model.fit(**experiment.fit_batches(train_ds, steps), validation_data=val_ds, epochs=cfg.train.epochs,
                             callbacks=fit_callbacks, verbose=verbose, shuffle=False)
     losses = history.history.get("loss", [])
     if losses and not all(np.isfinite(losses)):

@@ -172,7 +172,8 @@ class SearchModel(kt.HyperModel):
     def fit(self, hp, model, *args, **kwargs):
         tcfg = self.trial_config(hp)
         train_ds, val_ds, _ = experiment.make_datasets(tcfg, self.splits, experiment.build_augmentation(tcfg))
-        return model.fit(train_ds, validation_data=val_ds, shuffle=False, **kwargs)
+        steps = experiment.steps_per_epoch(tcfg, self.splits)
+        return model.fit(**experiment.fit_batches(train_ds, steps), validation_data=val_ds, shuffle=False, **kwargs)
 
 
 class EpochLogger(MLflowEpochLogger):

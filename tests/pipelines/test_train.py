@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pipelines.cli import run_main
-from pipelines.config import config_from_dict
+from pipelines.config import config_from_dict, load_config
 from pipelines.errors import UserError
 from pipelines.export import predict_savedmodel
 from pipelines.train import main, run
@@ -146,6 +146,29 @@ def test_killed_run_resumes_from_last_finished_epoch(tmp_path):
         assert _steps(client, result.run_id, key) == [0, 1, 2], key
     assert client.get_run(result.run_id).info.status == "FINISHED"
     assert result.export_path.endswith(os.path.join("tiny", "1"))
+
+
+def test_one_training_iterator_serves_every_epoch(tmp_path, monkeypatch):
+    # experiment.fit_batches: the training batches repeated, `steps` an epoch, so that no epoch's iterator is
+    # deleted mid-fit (TF 2.21's autotuning made that wait up to 60 s). Default augmentation on, 3 epochs.
+    import tensorflow as tf
+    from tensorflow.python.data.ops import iterator_ops
+
+    made, real_init = [], iterator_ops.OwnedIterator.__init__
+
+    def counting(self, dataset=None, **kwargs):
+        if dataset is not None:
+            made.append(int(dataset.cardinality()))
+        real_init(self, dataset=dataset, **kwargs)
+
+    monkeypatch.setattr(iterator_ops.OwnedIterator, "__init__", counting)
+    cfg = tiny_config(tmp_path, "train.epochs=3")
+    cfg.augment = load_config(os.path.join(os.path.dirname(__file__), "..", "..", "pipelines", "configs",
+                                           "default.yaml")).augment  # `make train`'s augmentation, not tiny's none
+    assert cfg.augment.translation.max > 0 and cfg.augment.elastic.alpha > 0
+    result = run(cfg)
+    assert made.count(int(tf.data.INFINITE_CARDINALITY)) == 1  # the training batches: one pass per epoch, repeated
+    assert _steps(mlflow.MlflowClient(result.tracking_uri), result.run_id, "loss") == [0, 1, 2]
 
 
 def test_resume_refuses_a_different_config(tmp_path):
