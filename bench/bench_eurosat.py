@@ -234,11 +234,17 @@ def run(name, spec, train, valid, test, args):
     else:
         batches = (train_dataset if args.input == "tf.data" else array_batches)(*train, args.batch_size, flips,
                                                                                  args.seed)
+        if args.input == "tf.data":  # one iterator for the whole fit (pipelines/experiment.py fit_batches)
+            from pipelines.experiment import fit_batches
+
+            batches = fit_batches(batches, int(np.ceil(len(train[0]) / args.batch_size)))
+        else:
+            batches = {"x": batches}
         t0 = time.perf_counter()
         if args.budget_s:
             epochs = fit_within_budget(model, batches, args)
         else:
-            model.fit(batches, epochs=args.epochs, verbose=args.verbose)
+            model.fit(**batches, epochs=args.epochs, verbose=args.verbose)
         fit_s = time.perf_counter() - t0
         os.makedirs(args.weights_dir, exist_ok=True)
         model.save_weights(weights)
@@ -269,7 +275,8 @@ def run(name, spec, train, valid, test, args):
 def fit_within_budget(model, batches, args) -> int:
     """Train for as many epochs as fit in `args.budget_s` seconds of fitting (at most `args.epochs`, at least 2),
     the learning rate decayed per epoch on a cosine over that number, which the first two epochs (the compile,
-    then one timed) decide; returns it. A fixed time for every model of a table, not a fixed number of epochs."""
+    then one timed) decide; returns it. A fixed time for every model of a table, not a fixed number of epochs.
+    `batches`: model.fit's data arguments (run's)."""
     import math
 
     import keras
@@ -278,14 +285,14 @@ def fit_within_budget(model, batches, args) -> int:
     schedule = keras.callbacks.LearningRateScheduler(
         lambda e, _: args.lr * 0.5 * (1 + math.cos(math.pi * min(e, total[0]) / total[0])))
     t0 = time.perf_counter()
-    model.fit(batches, epochs=1, callbacks=[schedule], verbose=args.verbose)
+    model.fit(**batches, epochs=1, callbacks=[schedule], verbose=args.verbose)
     t1 = time.perf_counter()
-    model.fit(batches, initial_epoch=1, epochs=2, callbacks=[schedule], verbose=args.verbose)
+    model.fit(**batches, initial_epoch=1, epochs=2, callbacks=[schedule], verbose=args.verbose)
     t2 = time.perf_counter()
     total[0] = max(2, min(args.epochs, 2 + int((args.budget_s - (t2 - t0)) / (t2 - t1))))
     print(f"{total[0]} epochs fit in {args.budget_s:.0f} s (first {t1 - t0:.1f} s, then {t2 - t1:.1f} s each)",
           flush=True)
-    model.fit(batches, initial_epoch=2, epochs=total[0], callbacks=[schedule], verbose=args.verbose)
+    model.fit(**batches, initial_epoch=2, epochs=total[0], callbacks=[schedule], verbose=args.verbose)
     return total[0]
 
 

@@ -142,7 +142,7 @@ class FakeModel:
     def __init__(self, clock, first, each):
         self.clock, self.first, self.each, self.epochs, self.lrs = clock, first, each, [], []
 
-    def fit(self, batches, epochs, callbacks, verbose, initial_epoch=0):
+    def fit(self, x, epochs, callbacks, verbose, initial_epoch=0):
         for e in range(initial_epoch, epochs):
             self.lrs.append(callbacks[0].schedule(e, None))
             self.epochs.append(e)
@@ -154,15 +154,15 @@ def test_the_budget_decides_the_epochs_and_the_cosine_ends_near_zero(monkeypatch
     monkeypatch.setattr(b.time, "perf_counter", lambda: clock[0])
     args = argparse.Namespace(budget_s=30.0, epochs=100, lr=0.004, verbose=0)
     m = FakeModel(clock, first=10.0, each=2.0)
-    assert b.fit_within_budget(m, None, args) == 11  # 12 s for two epochs, then 9 more of 2 s in 30 s
+    assert b.fit_within_budget(m, {"x": None}, args) == 11  # 12 s for two epochs, then 9 more of 2 s in 30 s
     assert m.epochs == list(range(11)) and clock[0] == 30.0
     assert m.lrs[0] == args.lr and all(a > c for a, c in zip(m.lrs[2:], m.lrs[3:]))
     assert m.lrs[-1] < 0.03 * args.lr  # the last epoch's rate: cosine at 10/11
 
     m = FakeModel(clock, first=10.0, each=2.0)
-    assert b.fit_within_budget(m, None, argparse.Namespace(**dict(vars(args), epochs=5))) == 5  # capped
+    assert b.fit_within_budget(m, {"x": None}, argparse.Namespace(**dict(vars(args), epochs=5))) == 5  # capped
     m = FakeModel(clock, first=50.0, each=2.0)
-    assert b.fit_within_budget(m, None, args) == 2  # over budget after the first: still two epochs
+    assert b.fit_within_budget(m, {"x": None}, args) == 2  # over budget after the first: still two epochs
 
 
 def test_without_tensorflow_on_jax_end_to_end(tmp_path):
