@@ -174,6 +174,8 @@ def _padded(split, batch_size: int, processes: int):
     import numpy as np
     import tensorflow as tf
 
+    from data.pipeline import without_autotuning
+
     per = batch_size // processes
     batches = -(-split.total_count // batch_size)
     real = split.elements().map(lambda x, y: (x, y, tf.constant(1.0, tf.float32)))
@@ -183,7 +185,7 @@ def _padded(split, batch_size: int, processes: int):
     # `data.skip_bad_images` dropped an image that failed to decode (the listed count is then one too many).
     ds = real.concatenate(tf.data.Dataset.from_tensors(zero).repeat())
     ds = ds.batch(per).take(batches).map(lambda x, y, w: (tf.cast(x, tf.float32) / np.float32(255.0), y, w))
-    return ds.prefetch(2)
+    return without_autotuning(ds.prefetch(2))  # a new iterator per pass: data/pipeline.py
 
 
 def steps_per_epoch(cfg: Config, splits, processes: int = 1) -> int:
@@ -201,8 +203,8 @@ def fit_batches(train_ds, steps: int) -> dict:
     Why not a new iterator per epoch (Keras' way for a finite dataset): on TensorFlow 2.21, with tf.data's
     autotuning on (the default), deleting an epoch's iterator intermittently waits for the autotuning thread
     to end its current sleep, which doubles from 10 ms up to 60 s. A gcnn D8 epoch of 44 s took 82 s (the
-    threads idle meanwhile), and a trivial model's epochs of 6.4 s took 10.2 s in 2 to 3 epochs of 5; with one
-    iterator, or autotuning off, none did (docs/results.md, "tf.data's stall between epochs").
+    threads idle meanwhile); in bench/bench_epoch_iterators.py epochs of 6.4 s took 10.2 s, 4 and 6 of 12 in
+    two runs, and none with one iterator (docs/results.md, "tf.data's stall between epochs").
     """
     return {"x": train_ds.repeat(), "steps_per_epoch": steps}
 

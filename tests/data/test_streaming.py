@@ -345,3 +345,13 @@ def test_a_validation_folder_of_any_usual_name_is_read_and_other_top_level_folde
     assert (splits.train.count, splits.validation.count, splits.test.count) == (16, 8, 12)  # nothing carved
     out = capsys.readouterr().out
     assert "ignored top-level folder(s) extras" in out and f"the splits read are train, test, {vname}" in out
+
+
+def test_evaluation_splits_run_without_autotuning_and_training_keeps_it(tmp_path):
+    from data.pipeline import make_stream_datasets
+
+    s = open_source(f"folder:{make_folder(tmp_path / 'd')}", image_size=(8, 8), validation_fraction=0.2)
+    train, val, test = make_stream_datasets(s, 4)
+    assert [ds.options().autotune.enabled for ds in (train, val, test)] == [None, False, False]
+    assert sum(int(b[0].shape[0]) for b in val) == s.validation.count  # every validation image, once
+
