@@ -1,7 +1,13 @@
 """Epoch time with a new tf.data iterator per epoch (Keras' way for a finite dataset) against one iterator for the
-whole fit (`pipelines.experiment.fit_batches`, what `make train` and `make tune` do), in one run.
+whole fit (`pipelines.experiment.fit_batches`, what `make train` and `make tune` do), in one run; and the time of
+`model.evaluate` passes with tf.data's autotuning on against off (`data.pipeline.without_autotuning`, what the
+evaluation splits use).
 
     PYTHONPATH=. .venv/bin/python bench/bench_epoch_iterators.py [--epochs 6] [--step-s 0.1] [--rounds 2]
+    PYTHONPATH=. .venv/bin/python bench/bench_epoch_iterators.py --passes-of <image folder> [--rounds 3]
+
+The second only times passes over the folder's validation split (`make_stream_dataset`, 32 a batch, after one
+pass that fills the cache) with autotuning on and off, in turns: what autotuning off costs an evaluation pass.
 
 The training batches are the project's: 1,890 random 64x64 RGB images (EuroSAT's low-data size), shuffled,
 batched by 32 and augmented by `data.augment` (the reflect-padded shifts of bench_eurosat.py), prefetched with
@@ -11,7 +17,9 @@ epochs on 2 CPU cores last about 44 s) while the CPU stays idle: what is measure
 steps, not compute. On TensorFlow 2.21 deleting an epoch's iterator can wait for tf.data's autotuning thread
 to end its current sleep, which doubles from 10 ms to 60 s; it happens in some epochs and not others, so the
 two ways alternate over `--rounds` rounds and every epoch's time is listed. Reports each way's median and
-longest epoch and the ratio of their total times (per epoch / one iterator).
+longest epoch and the ratio of their total times (per epoch / one iterator). The evaluation passes: 640 random
+8x8 images in batches of 32 (mapped, prefetched), each step padded to `--eval-step-s` seconds (20 steps of 0.15 s:
+about 3 s a call), `--epochs` calls.
 """
 
 from __future__ import annotations
@@ -58,12 +66,73 @@ def epoch_times(way: str, epochs: int, step_s: float, seed: int) -> list[float]:
     return times
 
 
+def evaluate_times(autotune: bool, calls: int, step_s: float, seed: int) -> list[float]:
+    import keras
+    import tensorflow as tf
+
+    from data.pipeline import make_dataset
+
+    rng = np.random.default_rng(seed)
+    x, y = rng.integers(0, 256, (640, 8, 8, 3), dtype=np.uint8), rng.integers(0, 10, 640)
+    if autotune:  # make_dataset's evaluation pipeline as it was, autotuning on
+        ds = tf.data.Dataset.from_tensor_slices((x, y)).map(lambda a, b: (tf.cast(a, tf.float32) / 255.0, b),
+                                                            num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.cache().batch(32).prefetch(tf.data.AUTOTUNE)
+    else:
+        ds = make_dataset(x, y, 32)
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10)])
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+
+    class Pad(keras.callbacks.Callback):
+        def on_test_batch_end(self, batch, logs=None):
+            time.sleep(step_s)
+
+    times = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        model.evaluate(ds, verbose=0, callbacks=[Pad()])
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def pass_rates(folder: str, rounds: int) -> list[dict]:
+    import tensorflow as tf
+
+    from data.pipeline import make_stream_dataset
+    from data.streaming import open_source
+
+    splits = open_source(f"folder:{folder}")
+    print(splits.info.summary(), flush=True)
+    rates = {"autotuning on": [], "off (without_autotuning)": []}
+
+    def rate(on: bool) -> float:
+        ds = make_stream_dataset(splits.validation, 32)  # autotuning off (the evaluation splits' way)
+        if on:
+            options = tf.data.Options()
+            options.autotune.enabled = True
+            ds = ds.with_options(options)
+        t, n = time.perf_counter(), sum(int(b[0].shape[0]) for b in ds)
+        return n / (time.perf_counter() - t)
+
+    rate(False)  # fills the cache
+    for _ in range(rounds):
+        for w in rates:
+            rates[w].append(rate(w == "autotuning on"))
+    return [{"validation passes": w, "passes": len(r), "images/s min": min(r), "images/s max": max(r)}
+            for w, r in rates.items()]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--step-s", type=float, default=0.1, help="seconds each training step is padded to")
+    p.add_argument("--eval-step-s", type=float, default=0.15, help="seconds each evaluation step is padded to")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--passes-of", default=None, help="an image folder: only time passes over its validation split")
     a = p.parse_args()
+    if a.passes_of:
+        print(table(pass_rates(a.passes_of, a.rounds), f"passes over {a.passes_of}'s validation split, in turns"))
+        return 0
     ways = ("per epoch", "one iterator")
     times = {w: [] for w in ways}
     for r in range(a.rounds):
@@ -75,6 +144,17 @@ def main() -> int:
              "longest epoch s": max(times[w]), "total s": sum(times[w])} for w in ways]
     rows[0]["total vs one iterator"] = rows[0]["total s"] / rows[1]["total s"]
     print(table(rows, f"{a.epochs} epochs of 60 steps padded to {a.step_s} s, {a.rounds} rounds in turns"))
+    ways = {"autotuning on": True, "off (without_autotuning)": False}
+    times = {w: [] for w in ways}
+    for r in range(a.rounds):
+        for w, on in ways.items():
+            t = evaluate_times(on, a.epochs, a.eval_step_s, seed=r)
+            print(f"round {r}, evaluate, {w}: " + " ".join(f"{s:.1f}" for s in t) + " s", flush=True)
+            times[w] += t
+    rows = [{"evaluation datasets": w, "calls": len(t), "median call s": float(np.median(t)), "longest call s": max(t),
+             "total s": sum(t)} for w, t in times.items()]
+    rows[0]["total vs off"] = rows[0]["total s"] / rows[1]["total s"]
+    print(table(rows, f"model.evaluate: {a.epochs} calls of 20 steps padded to {a.eval_step_s} s, {a.rounds} rounds"))
     return 0
 
 
