@@ -18,8 +18,9 @@ images), report top-1 accuracy on `test/` (4,050) after the last epoch (no
 model selection on `valid/`, whose accuracy is listed beside it).
 
 Every model of a table is trained in the same run the same way: Adam with
-cosine decay, batch 32, small reflect-padded shifts (10%, half of the
-batches' images) for all; the symmetry augmentations per model as named:
+cosine decay (AdamW with `--weight-decay`), batch 32, small reflect-padded
+shifts (10%, half of the batches' images) for all, in `--precision`'s dtype
+policy (float32 by default); the symmetry augmentations per model as named:
 
 - low data (~300k parameters each): `resnet` (basic blocks, CIFAR stem) with
   no symmetry augmentation; the same with flips + quarter turns (all 8
