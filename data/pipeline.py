@@ -23,10 +23,10 @@ def without_autotuning(ds: tf.data.Dataset) -> tf.data.Dataset:
 
     With autotuning on, deleting an iterator can wait for the autotuning thread to end its current sleep,
     which doubles from 10 ms up to 60 s (TensorFlow 2.21): 3 of 12 `model.evaluate` calls of 3.1 s took 5.1 s
-    (bench/bench_epoch_iterators.py), none with it off. Off, no such thread exists; a map at AUTOTUNE then runs as many calls at once as there are cores,
-    and a pass over EuroSAT's 4,050 validation tiles ran at 8,742-10,410 images/s against 6,293-9,403 on
-    (docs/results.md, "tf.data's stall between epochs"). Training keeps autotuning, and one iterator for
-    the whole fit (`pipelines.experiment.fit_batches`).
+    (bench/bench_epoch_iterators.py), none with it off. Off, no such thread exists; a map at AUTOTUNE then
+    runs as many calls at once as there are cores, and a pass over EuroSAT's 4,050 validation tiles ran at
+    8,742-10,410 images/s against 6,293-9,403 on (docs/results.md, "tf.data's stall between epochs").
+    Training keeps autotuning, and one iterator for the whole fit (`pipelines.experiment.fit_batches`).
     """
     options = tf.data.Options()
     options.autotune.enabled = False

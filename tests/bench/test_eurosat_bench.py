@@ -64,7 +64,8 @@ def test_weight_decay_and_precision_reach_every_model_of_the_table(tmp_path, mon
     import models
 
     data, out = fake_eurosat(tmp_path / "eurosat"), tmp_path / "rows.json"
-    monkeypatch.setitem(b.TABLES, "low", {"resnet": ("resnet", SMALL, None), "resnet_flips": ("resnet", SMALL, b.FLIPS_ROT90)})
+    monkeypatch.setitem(b.TABLES, "low", {"resnet": ("resnet", SMALL, None),
+                                          "resnet_flips": ("resnet", SMALL, b.FLIPS_ROT90)})
     built, real_build = [], models.build_model
     monkeypatch.setattr(models, "build_model", lambda *a, **k: (built.append(real_build(*a, **k)), built[-1])[1])
     monkeypatch.setattr(sys, "argv", ["bench_eurosat.py", "--data", str(data), "--epochs", "1", "--out", str(out),
