@@ -57,4 +57,3 @@ def test_evaluation_datasets_run_without_autotuning_training_keeps_it():
     assert make_dataset(x, y, 4, training=True).options().autotune.enabled is not False
     labels = np.concatenate([b.numpy() for _, b in make_dataset(x, y, 4)])
     np.testing.assert_array_equal(labels, y)  # every element, in order
-

@@ -354,4 +354,3 @@ def test_evaluation_splits_run_without_autotuning_and_training_keeps_it(tmp_path
     train, val, test = make_stream_datasets(s, 4)
     assert [ds.options().autotune.enabled for ds in (train, val, test)] == [None, False, False]
     assert sum(int(b[0].shape[0]) for b in val) == s.validation.count  # every validation image, once
-
