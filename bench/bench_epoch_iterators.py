@@ -38,6 +38,23 @@ import numpy as np  # noqa: E402
 from common import table  # noqa: E402
 
 
+def trivial_model(shape):
+    import keras
+
+    model = keras.Sequential([keras.Input(shape), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10)])
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def with_autotuning(ds):
+    """ds with tf.data's autotuning on again (options set later win): the evaluation splits as they were."""
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = True
+    return ds.with_options(options)
+
+
 def epoch_times(way: str, epochs: int, step_s: float, seed: int) -> list[float]:
     import keras
 
@@ -47,9 +64,7 @@ def epoch_times(way: str, epochs: int, step_s: float, seed: int) -> list[float]:
     rng = np.random.default_rng(seed)
     x, y = rng.integers(0, 256, (1890, 64, 64, 3), dtype=np.uint8), rng.integers(0, 10, 1890)
     ds, steps = train_dataset(x, y, 32, None, seed), -(-len(x) // 32)
-    model = keras.Sequential([keras.Input((64, 64, 3)), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10)])
-    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    times = []
+    model, times = trivial_model((64, 64, 3)), []
 
     class Clock(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -68,20 +83,13 @@ def epoch_times(way: str, epochs: int, step_s: float, seed: int) -> list[float]:
 
 def evaluate_times(autotune: bool, calls: int, step_s: float, seed: int) -> list[float]:
     import keras
-    import tensorflow as tf
 
     from data.pipeline import make_dataset
 
     rng = np.random.default_rng(seed)
     x, y = rng.integers(0, 256, (640, 8, 8, 3), dtype=np.uint8), rng.integers(0, 10, 640)
-    if autotune:  # make_dataset's evaluation pipeline as it was, autotuning on
-        ds = tf.data.Dataset.from_tensor_slices((x, y)).map(lambda a, b: (tf.cast(a, tf.float32) / 255.0, b),
-                                                            num_parallel_calls=tf.data.AUTOTUNE)
-        ds = ds.cache().batch(32).prefetch(tf.data.AUTOTUNE)
-    else:
-        ds = make_dataset(x, y, 32)
-    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10)])
-    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    ds = make_dataset(x, y, 32)  # autotuning off (the evaluation splits' way)
+    ds, model = with_autotuning(ds) if autotune else ds, trivial_model((8, 8, 3))
 
     class Pad(keras.callbacks.Callback):
         def on_test_batch_end(self, batch, logs=None):
@@ -96,8 +104,6 @@ def evaluate_times(autotune: bool, calls: int, step_s: float, seed: int) -> list
 
 
 def pass_rates(folder: str, rounds: int) -> list[dict]:
-    import tensorflow as tf
-
     from data.pipeline import make_stream_dataset
     from data.streaming import open_source
 
@@ -107,10 +113,7 @@ def pass_rates(folder: str, rounds: int) -> list[dict]:
 
     def rate(on: bool) -> float:
         ds = make_stream_dataset(splits.validation, 32)  # autotuning off (the evaluation splits' way)
-        if on:
-            options = tf.data.Options()
-            options.autotune.enabled = True
-            ds = ds.with_options(options)
+        ds = with_autotuning(ds) if on else ds
         t, n = time.perf_counter(), sum(int(b[0].shape[0]) for b in ds)
         return n / (time.perf_counter() - t)
 
