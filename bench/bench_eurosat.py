@@ -216,10 +216,10 @@ def run(name, spec, train, valid, test, args):
         model = models.build_model(builder, (64, 64, 3), 10, **params)
     finally:
         keras.mixed_precision.set_global_policy(previous)
+    per_epoch = int(np.ceil(len(train[0]) / args.batch_size))  # training steps
     lr = args.lr  # with a budget, a cosine per epoch over the epochs that fit (fit_within_budget)
     if not args.budget_s:
-        steps = args.epochs * int(np.ceil(len(train[0]) / args.batch_size))
-        lr = keras.optimizers.schedules.CosineDecay(args.lr, steps)
+        lr = keras.optimizers.schedules.CosineDecay(args.lr, args.epochs * per_epoch)
     epochs = args.epochs
     # AdamW as pipelines/experiment.py builds it for `optimizer: adamw` (decay lr-scaled, on every weight)
     optimizer = keras.optimizers.AdamW(lr, weight_decay=args.weight_decay) if args.weight_decay else \
@@ -238,7 +238,7 @@ def run(name, spec, train, valid, test, args):
         if args.input == "tf.data":  # one iterator for the whole fit (pipelines/experiment.py fit_batches)
             from pipelines.experiment import fit_batches
 
-            batches = fit_batches(batches, int(np.ceil(len(train[0]) / args.batch_size)))
+            batches = fit_batches(batches, per_epoch)
         else:
             batches = {"x": batches}
         t0 = time.perf_counter()
