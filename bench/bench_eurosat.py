@@ -63,6 +63,7 @@ from common import device_name, rates_in_turns, table  # noqa: E402
 
 FLIPS_ROT90 = {"horizontal": True, "vertical": True, "rotate90": True}
 SHIFT = {"max": 0.1, "units": "fraction", "fill_mode": "reflect", "probability": 0.5}
+HALF_STEP_TURNS = {"max_degrees": 22.5, "fill_mode": "reflect", "probability": 0.5}
 RESNET = dict(blocks_per_stage=[1, 1, 1, 1], stem="cifar", antialias="none")
 GCNN = dict(block="residual", kernel_size=3, blocks_per_stage=1, stem_pool=True, pooling="blur")
 
@@ -93,6 +94,10 @@ TABLES = {
         # D8: the 45-degree turns of C8 and the mirrors built in (no symmetry augmentation), 16 elements, so
         # fewer channels per element at the same parameters (297k)
         "gcnn_d8_residual": ("gcnn", dict(GCNN, group="D8", filters=[6, 12, 23, 46]), None),
+        # the same D8 network with turns of up to half its 45-degree step as augmentation (half the batches'
+        # tiles, reflected border): D8 is exact at multiples of 90 degrees and band-limited between them, the
+        # augmentation covers the angles between its elements
+        "gcnn_d8_residual_turns": ("gcnn", dict(GCNN, group="D8", filters=[6, 12, 23, 46]), None, HALF_STEP_TURNS),
     },
     "full": models_at([32, 64, 128, 256], [12, 24, 48, 96], [16, 32, 64, 128]),
 }
@@ -192,14 +197,14 @@ def array_batches(x, y, batch, flips, seed):
     return Batches()
 
 
-def train_dataset(x, y, batch, flips, seed):
+def train_dataset(x, y, batch, flips, seed, rotation=None):
     import tensorflow as tf
 
     from data.augment import augment_dataset, build_augmentation
 
     ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch).map(lambda a, b: (tf.cast(a, tf.float32) / 255.0, b))
-    aug = build_augmentation(translation=SHIFT, flip=flips, seed=seed)
+    aug = build_augmentation(translation=SHIFT, rotation=rotation, flip=flips, seed=seed)
     return augment_dataset(ds, aug).prefetch(tf.data.AUTOTUNE)
 
 
@@ -208,7 +213,10 @@ def run(name, spec, train, valid, test, args):
 
     import models
 
-    builder, params, flips = spec
+    builder, params, flips, *turns = spec  # turns: an optional `rotation` augmentation section
+    rotation = turns[0] if turns else None
+    if rotation and args.input != "tf.data":
+        raise SystemExit(f"{name}: its turns are augmented in tf.data only; run it with --input tf.data")
     keras.utils.set_random_seed(args.seed)
     previous = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy(args.precision)  # the layers keep the policy they were built under
@@ -233,14 +241,12 @@ def run(name, spec, train, valid, test, args):
         model.load_weights(trained_as)  # the same resnet, trained earlier in this run's table
         reused = args.trained[ORBIT_OF]
     else:
-        batches = (train_dataset if args.input == "tf.data" else array_batches)(*train, args.batch_size, flips,
-                                                                                 args.seed)
         if args.input == "tf.data":  # one iterator for the whole fit (pipelines/experiment.py fit_batches)
             from pipelines.experiment import fit_batches
 
-            batches = fit_batches(batches, per_epoch)
+            batches = fit_batches(train_dataset(*train, args.batch_size, flips, args.seed, rotation), per_epoch)
         else:
-            batches = {"x": batches}
+            batches = {"x": array_batches(*train, args.batch_size, flips, args.seed)}
         t0 = time.perf_counter()
         if args.budget_s:
             epochs = fit_within_budget(model, batches, args)
@@ -262,7 +268,8 @@ def run(name, spec, train, valid, test, args):
     row = {"model": name, "params": model.count_params(), "test acc %": 100.0 * acc["test"],
            "valid acc %": 100.0 * acc["valid"], "epochs": reused["epochs"] if reused else epochs,
            "train img/s": reused["train img/s"] if reused else epochs * len(train[0]) / fit_s,
-           "infer img/s": len(xt) / (time.perf_counter() - t1), "augment": "flips" if flips else "shifts only"}
+           "infer img/s": len(xt) / (time.perf_counter() - t1), "augment": ("flips" if flips else "shifts only") + (f", turns up to {rotation['max_degrees']} degrees"
+                                                              if rotation else "")}
     if reused:
         row["trained"] = f"the weights of {ORBIT_OF}, wrapped"
     if args.weight_decay or args.precision != "float32":
