@@ -186,3 +186,50 @@ def test_without_tensorflow_on_jax_end_to_end(tmp_path):
     assert row["epochs"] == 2 and row["input"] == "arrays" and row["budget s"] == 0.01
     assert row["backend, device"] == "jax, cpu" and 0 <= row["test acc %"] <= 100
     assert (tmp_path / "rows.weights" / "resnet_flips_rot90.weights.h5").exists()
+
+
+def bar_angles(batch):
+    """The angle in degrees of the principal axis of each image's intensity (a bar's direction), from its second
+    moments; batch [N, H, W, C]."""
+    w = np.asarray(batch).sum(-1)
+    ys, xs = np.mgrid[:w.shape[1], :w.shape[2]]
+    angles = []
+    for im in w:
+        m = im.sum()
+        cy, cx = (im * ys).sum() / m, (im * xs).sum() / m
+        cov_xx, cov_yy = (im * (xs - cx) ** 2).sum() / m, (im * (ys - cy) ** 2).sum() / m
+        cov_xy = (im * (xs - cx) * (ys - cy)).sum() / m
+        angles.append(np.degrees(0.5 * np.arctan2(2 * cov_xy, cov_xx - cov_yy)))
+    return np.array(angles)
+
+
+def test_the_turns_row_trains_on_tiles_turned_by_up_to_half_of_d8s_step():
+    """The D8 row with turns is the D8 network of the table, and its training tiles are turned by angles up to
+    22.5 degrees (a centred horizontal bar keeps its direction under shifts alone)."""
+    builder, params, flips, turns = b.TABLES["low"]["gcnn_d8_residual_turns"]
+    assert (builder, params, flips) == b.TABLES["low"]["gcnn_d8_residual"]
+    assert turns["max_degrees"] == 22.5 and turns["fill_mode"] == "reflect"
+    x = np.zeros((64, 64, 64, 3), np.uint8)
+    x[:, 31:33, 22:42] = 255
+    y = np.zeros(64, np.int64)
+    plain = np.concatenate([a for a, _ in b.train_dataset(x, y, 16, None, 0)])
+    assert np.abs(bar_angles(plain)).max() < 1.0
+    turned = np.concatenate([a for a, _ in b.train_dataset(x, y, 16, None, 0, dict(turns, probability=1.0))])
+    angles = np.abs(bar_angles(turned))
+    assert angles.max() <= 22.5 + 1.0 and np.mean(angles > 5.0) > 0.5
+
+
+def test_a_row_with_turns_says_so_and_refuses_the_numpy_input(tmp_path, monkeypatch, capsys):
+    import pytest
+
+    data, out = fake_eurosat(tmp_path / "eurosat"), tmp_path / "rows.json"
+    monkeypatch.setitem(b.TABLES, "low", {"turned": ("resnet", SMALL, None, b.HALF_STEP_TURNS)})
+    argv = ["bench_eurosat.py", "--data", str(data), "--epochs", "1", "--out", str(out), "--verbose", "0"]
+    monkeypatch.setattr(sys, "argv", argv + ["--input", "arrays"])
+    with pytest.raises(SystemExit, match="turned: its turns are augmented in tf.data only"):
+        b.main()
+    assert not out.exists()
+    monkeypatch.setattr(sys, "argv", argv)
+    assert b.main() == 0
+    (row,) = json.load(open(out))
+    assert row["augment"] == "shifts only, turns up to 22.5 degrees"
