@@ -88,13 +88,26 @@ with the pose loss) J = 30 made 1.99% / 1.86% / 2.10% test errors against
 the mean, on two seeds of three, so not established; 15 and 45 did not
 help on seed 0 (docs/results.md). Off by default.
 
+`network: polar` (with `continuous`) replaces the group CNN by a scoring
+network on a polar resampling of the (pooled) input about its centre:
+POLAR_ANGLES = 32 angles by the radii 1 pixel apart (bilinear reads, the radii
+as channels), 1D convolutions over the angle (dilated 1, 2, 4, ... until
+they see the whole circle: 4 of them with 5 taps, 5 with 3; `filters`
+channels, `kernel_size` taps, circularly padded, ReLU) and a 1x1 one to a
+logit per angle. Turning the input about its centre rolls the grid
+along the angle, so the convolutions are equivariant to every turn by 11.25
+degrees up to the bilinear reads (exactly at quarter turns), where the group
+CNN is exact only at quarter turns and band-limited at 45 degrees; and they
+see the whole digit at full resolution for less than the group CNN costs
+on the quarter-size digit.
+
 `prior_weight` adds the prior of Mondal et al., `prior_weight * -log
 p(identity)`, which keeps upright training images upright (for a backbone
 trained on upright images). `canonicalize` takes C4, C8, D4 and D8.
 
 Any registered builder takes both through `model.params.invariant: {group:
 C4, method: orbit | canonicalize, filters, kernel_size, prior_weight, downscale,
-relaxation, pose_weight, pose_jitter}` (models/registry.py `build_model`), `keras_app:<Name>` backbones
+relaxation, pose_weight, pose_jitter, network}` (models/registry.py `build_model`), `keras_app:<Name>` backbones
 included.
 """
 
@@ -108,8 +121,11 @@ from keras import ops
 GROUPS = {"C4": (4, False), "C8": (8, False), "D4": (4, True), "D8": (8, True)}
 METHODS = ("orbit", "canonicalize")
 RELAXATIONS = ("straight_through", "marginal", "continuous")  # how `canonicalize` trains (the module docstring)
+NETWORKS = ("group", "polar")  # the canonicalizer's scoring network (the module docstring)
 CANONICALIZER = {"filters": 8, "kernel_size": 5, "prior_weight": 0.0, "downscale": 2,
-                 "relaxation": "straight_through", "pose_weight": 0.0, "pose_jitter": 0.0}  # `canonicalize`'s options
+                 "relaxation": "straight_through", "pose_weight": 0.0, "pose_jitter": 0.0,
+                 "network": "group"}  # `canonicalize`'s options
+POLAR_ANGLES = 32  # the polar canonicalizer's angles: steps of 11.25 degrees, a quarter of C8's 45
 
 
 def check_invariant(spec) -> dict:
@@ -150,6 +166,11 @@ def check_invariant(spec) -> dict:
         if j and out["relaxation"] != "continuous":
             raise ValueError("invariant.pose_jitter: jitters the continuous angle and needs relaxation: continuous "
                              f"(got {out['relaxation']})")
+        if out["network"] not in NETWORKS:
+            raise ValueError(f"invariant.network: must be one of {list(NETWORKS)} (got {out['network']!r})")
+        if out["network"] == "polar" and out["relaxation"] != "continuous":
+            raise ValueError("invariant.network: polar scores angles, not the group's elements, and needs "
+                             f"relaxation: continuous (got {out['relaxation']})")
         if out["relaxation"] == "continuous" and GROUPS[group][1]:
             raise ValueError(f"invariant.relaxation: continuous turns by any angle and takes the rotation groups "
                              f"C4 and C8 (a mirror is not an angle; got {group}: train it straight_through or "
@@ -176,6 +197,37 @@ def _rotation_transform(degrees: float, h: int, w: int) -> list[float]:
     if degrees % 90 == 0:
         c, s = float(round(c)), float(round(s))
     return _rotation_row(c, s, h, w, 0.0)
+
+
+def _circle(n: int):
+    """cos and sin of the n angles 360 r / n (n a multiple of 4), exactly periodic under quarter turns: the
+    first quadrant's values, then (c, s) -> (-s, c) per quarter (and exactly 0 and 1 at the quarters)."""
+    quarter = [_rotation_transform(r * 360.0 / n, 1, 1) for r in range(n // 4)]
+    c, s = [row[0] for row in quarter], [row[3] for row in quarter]
+    for _ in range(3):
+        c, s = c + [-v for v in s[-(n // 4):]], s + c[-(n // 4):]
+    return c, s
+
+
+def _polar_table(side: int, radii: int, angles: int):
+    """The bilinear reads of a polar grid on a side x side image: for each angle 360 j / angles (counter-clockwise,
+    rows growing downwards, as `_rotation_transform`) and radius (i + 1/2) pixels from the centre, the 4 flat
+    pixel indices and their weights, [angles, radii, 4] each (weight 0 outside the image)."""
+    import numpy as np
+
+    cos, sin = _circle(angles)
+    centre = (side - 1) / 2.0
+    index, weight = np.zeros((angles, radii, 4), "int32"), np.zeros((angles, radii, 4), "float32")
+    for j in range(angles):
+        for i in range(radii):
+            col, row = centre + (i + 0.5) * cos[j], centre - (i + 0.5) * sin[j]
+            c0, r0 = math.floor(col), math.floor(row)
+            fc, fr = col - c0, row - r0
+            for t, (dr, dc, w) in enumerate(((0, 0, (1 - fr) * (1 - fc)), (0, 1, (1 - fr) * fc),
+                                             (1, 0, fr * (1 - fc)), (1, 1, fr * fc))):
+                if 0 <= r0 + dr < side and 0 <= c0 + dc < side:
+                    index[j, i, t], weight[j, i, t] = (r0 + dr) * side + c0 + dc, w
+    return index, weight
 
 
 def _rotation_row(c, s, h: int, w: int, zero):
@@ -332,18 +384,19 @@ class Canonicalize(keras.layers.Layer):
 
     def __init__(self, group: str = "C4", filters: int = 8, kernel_size: int = 5, prior_weight: float = 0.0,
                  downscale: int = 2, relaxation: str = "straight_through", pose_weight: float = 0.0, seed=None,
-                 pose_jitter: float = 0.0, **kwargs):
+                 pose_jitter: float = 0.0, network: str = "group", **kwargs):
         super().__init__(**kwargs)
         opts = check_invariant({"group": group, "method": "canonicalize", "filters": filters,
                                 "kernel_size": kernel_size, "prior_weight": prior_weight, "downscale": downscale,
-                                "relaxation": relaxation, "pose_weight": pose_weight, "pose_jitter": pose_jitter})
+                                "relaxation": relaxation, "pose_weight": pose_weight, "pose_jitter": pose_jitter,
+                                "network": network})
         self.pose_weight, self.seed = float(opts["pose_weight"]), seed
         self._angles = keras.random.SeedGenerator(seed) if self.pose_weight else None
         self.pose_jitter = float(opts["pose_jitter"])
         self._jitter = keras.random.SeedGenerator(None if seed is None else seed + 1) if self.pose_jitter else None
         self.group, self.filters, self.kernel_size = group, opts["filters"], opts["kernel_size"]
         self.prior_weight, self.downscale = float(opts["prior_weight"]), opts["downscale"]
-        self.relaxation = opts["relaxation"]
+        self.relaxation, self.network = opts["relaxation"], opts["network"]
         from layers.group._groups import parse_group
         from layers.group.group_conv import GroupConv2D
         from layers.group.lifting_conv import LiftingConv2D
@@ -351,6 +404,14 @@ class Canonicalize(keras.layers.Layer):
         self._group = parse_group(group)
         self.order = self._group.order  # |G|: the elements scored
         k = self.kernel_size
+        if self.network == "polar":  # 1D convolutions over the angle, dilated 1, 2, 4, ... (module docstring)
+            depth = 1
+            while 1 + (k - 1) * (2 ** depth - 1) < POLAR_ANGLES:  # until they see the whole circle
+                depth += 1
+            self.polar = [keras.layers.Conv1D(self.filters, k, dilation_rate=2 ** d, activation="relu",
+                                              name=f"polar{d}") for d in range(depth)]
+            self.score = keras.layers.Conv1D(1, 1, name="polar_score")
+            return
         self.lift = LiftingConv2D(self.filters, k, group=group, name="lift")
         self.conv = GroupConv2D(self.filters, k, group=group, name="conv")
         self.score = GroupConv2D(1, k, group=group, name="score")
@@ -363,6 +424,14 @@ class Canonicalize(keras.layers.Layer):
                              f"downscale={self.downscale} (the pooling must tile the image to stay exact)")
         side = input_shape[1] // self.downscale
         shape = (input_shape[0], side, side, input_shape[3])
+        if self.network == "polar":
+            self._polar_read = _polar_table(side, side // 2, POLAR_ANGLES)
+            width = (side // 2) * input_shape[3]  # the radii's channels
+            for d, conv in enumerate(self.polar):
+                conv.build((None, POLAR_ANGLES + (self.kernel_size - 1) * 2 ** d, width))
+                width = self.filters
+            self.score.build((None, POLAR_ANGLES, width))
+            return
         self.lift.build(shape)
         inner = (*shape[:3], self.order, self.filters)
         self.conv.build(inner)
@@ -374,18 +443,37 @@ class Canonicalize(keras.layers.Layer):
         that tile the image: they commute with quarter turns and mirrors)."""
         if self.downscale > 1:
             x = ops.average_pool(x, self.downscale, self.downscale, padding="valid")
+        if self.network == "polar":
+            return self._polar_scores(x)
         h = ops.relu(self.lift(x))
         h = ops.relu(self.conv(h))
         return ops.mean(ops.cast(self.score(h), "float32"), axis=(1, 2, 4))
+
+    def _polar_scores(self, x):
+        """Angle logits [B, POLAR_ANGLES]: x read on a polar grid about its centre (bilinear; the radii, 1 pixel
+        apart, as channels), then 1D convolutions over the angle, circularly padded. Turning x by a multiple of
+        360 / POLAR_ANGLES degrees rolls the grid, and so the logits, along the angle: exactly at quarter turns
+        (the grid's reads are then the same pixels' turned), as far as the bilinear reads allow between."""
+        index, weight = self._polar_read
+        b, side, c = ops.shape(x)[0], x.shape[1], x.shape[3]
+        radii = side // 2
+        flat = ops.reshape(ops.cast(x, "float32"), (b, side * side, c))
+        read = ops.reshape(ops.take(flat, ops.convert_to_tensor(index), axis=1), (b, POLAR_ANGLES, radii, 4, c))
+        h = ops.sum(read * ops.convert_to_tensor(weight)[None, :, :, :, None], axis=3)
+        h = ops.reshape(h, (b, POLAR_ANGLES, radii * c))
+        for d, conv in enumerate(self.polar):
+            pad = (self.kernel_size - 1) // 2 * 2 ** d
+            h = conv(ops.concatenate([h[:, -pad:], h, h[:, :pad]], axis=1) if pad else h)
+        return ops.cast(self.score(h)[..., 0], "float32")
 
     def pose(self, logits):
         """The continuous pose (`relaxation="continuous"`, C_N): cos, sin [B] of the angle of the scores'
         first Fourier coefficient along the rotations, v = sum_r s_r exp(2 pi i r / N). Turning x by s steps
         rolls the scores by s and multiplies v by exp(2 pi i s / N): the angle turns with the image (exactly at
         quarter turns). v / sqrt(|v|^2 + eps) keeps the gradient bounded where |v| is near 0."""
-        rows = [_rotation_transform(r * 360.0 / self.order, 1, 1) for r in range(self.order)]  # exact quarters
-        re = ops.sum(logits * ops.convert_to_tensor([row[0] for row in rows]), axis=-1)
-        im = ops.sum(logits * ops.convert_to_tensor([row[3] for row in rows]), axis=-1)
+        cos, sin = _circle(self.order if self.network == "group" else POLAR_ANGLES)
+        re = ops.sum(logits * ops.convert_to_tensor(cos), axis=-1)
+        im = ops.sum(logits * ops.convert_to_tensor(sin), axis=-1)
         norm = ops.sqrt(re * re + im * im + 1e-12)
         return re / norm, im / norm
 
@@ -458,7 +546,7 @@ class Canonicalize(keras.layers.Layer):
         return {**super().get_config(), "group": self.group, "filters": self.filters,
                 "kernel_size": self.kernel_size, "prior_weight": self.prior_weight, "downscale": self.downscale,
                 "relaxation": self.relaxation, "pose_weight": self.pose_weight, "seed": self.seed,
-                "pose_jitter": self.pose_jitter}
+                "pose_jitter": self.pose_jitter, "network": self.network}
 
 
 @keras.saving.register_keras_serializable(package="invariant")
@@ -500,7 +588,7 @@ def invariant(model: keras.Model, group: str = "C4", method: str = "orbit", name
     `method`: `orbit` (the backbone called once per batch on the |G| stacked
     copies, logits averaged) or `canonicalize` (one pass on the canonical pose
     that a `Canonicalize` network picks; `options`: filters, kernel_size,
-    prior_weight, downscale, relaxation, pose_weight, pose_jitter). Returns a functional model with the
+    prior_weight, downscale, relaxation, pose_weight, pose_jitter, network). Returns a functional model with the
     backbone's input and output shapes (float32 logits).
     """
     opts = check_invariant({"group": group, "method": method, **options})
@@ -508,7 +596,7 @@ def invariant(model: keras.Model, group: str = "C4", method: str = "orbit", name
     if method == "canonicalize":
         canon = Canonicalize(group, opts["filters"], opts["kernel_size"], opts["prior_weight"], opts["downscale"],
                              opts["relaxation"], opts["pose_weight"], pose_jitter=opts["pose_jitter"],
-                             name=f"canonicalize_{group.lower()}")
+                             network=opts["network"], name=f"canonicalize_{group.lower()}")
         if opts["relaxation"] == "marginal":
             images, scores = canon(inputs)
             y = CanonicalMarginal(canon.order, dtype="float32", name="canonical_marginal")([model(images), scores])
