@@ -43,6 +43,9 @@ CANONICALIZERS = {  # name -> the `invariant` options beside group C8, method ca
     "8 ch, 3x3, /4, continuous": dict(kernel_size=3, downscale=4, relaxation="continuous"),
     "6 ch, 5x5, /4, continuous": dict(filters=6, kernel_size=5, downscale=4, relaxation="continuous"),
     "8 ch, 5x5, /4, continuous": dict(kernel_size=5, downscale=4, relaxation="continuous"),
+    # network: polar, on the full-size digit (14 radii by 32 angles), 4 dilated 1D convolutions of 5 taps
+    **{f"polar, {w} ch, 5 taps, /1, continuous": dict(network="polar", filters=w, kernel_size=5, downscale=1,
+                                                      relaxation="continuous") for w in (32, 64, 128)},
 }
 
 
