@@ -109,13 +109,15 @@ def test_trains_saves_reloads_and_stays_invariant(tmp_path):
 
 
 @pytest.mark.skipif(keras.backend.backend() == "torch", reason="Keras' SavedModel export takes TensorFlow or JAX")
-@pytest.mark.parametrize("method", ["orbit", "canonicalize_marginal", "canonicalize_continuous"])
+@pytest.mark.parametrize("method", ["orbit", "canonicalize_marginal", "canonicalize_continuous", "canonicalize_polar"])
 def test_exported_savedmodel_is_invariant(tmp_path, method):
     """The export is the inference model (for `marginal`: the one canonical pass, not training's marginal)."""
     from pipelines.export import export_model, predict_savedmodel
 
     if method == "canonicalize_continuous":  # C4: a quarter turn instead of the mirror below
         model, element = canonical("C4", relaxation="continuous"), rot90
+    elif method == "canonicalize_polar":
+        model, element = canonical("C8", relaxation="continuous", network="polar", filters=4, kernel_size=3), rot90
     else:
         model, element = cnn("D4") if method == "orbit" else canonical("D4", relaxation="marginal"), mirror
     path = export_model(model, str(tmp_path), "inv", class_names=list("abcde"))
