@@ -266,11 +266,12 @@ def run(name, spec, train, valid, test, args):
     model.predict(xt[:256], batch_size=256, verbose=0)
     t1 = time.perf_counter()
     model.predict(xt, batch_size=256, verbose=0)
+    augment = ("flips" if flips else "shifts only") + (f", turns up to {rotation['max_degrees']} degrees"
+                                                       if rotation else "")
     row = {"model": name, "params": model.count_params(), "test acc %": 100.0 * acc["test"],
            "valid acc %": 100.0 * acc["valid"], "epochs": reused["epochs"] if reused else epochs,
            "train img/s": reused["train img/s"] if reused else epochs * len(train[0]) / fit_s,
-           "infer img/s": len(xt) / (time.perf_counter() - t1), "augment": ("flips" if flips else "shifts only") + (f", turns up to {rotation['max_degrees']} degrees"
-                                                              if rotation else "")}
+           "infer img/s": len(xt) / (time.perf_counter() - t1), "augment": augment}
     if reused:
         row["trained"] = f"the weights of {ORBIT_OF}, wrapped"
     if args.weight_decay or args.precision != "float32":

@@ -444,7 +444,8 @@ class Canonicalize(keras.layers.Layer):
 
     def scores(self, x):
         """Element logits [B, |G|]: transforming x by g permutes them as g permutes a group axis (turning by s
-        steps of C_N rolls them by s). Computed on x average-pooled by `downscale` (non-overlapping blocks
+        steps of C_N rolls them by s); with `network: polar`, angle logits [B, POLAR_ANGLES] (`_polar_scores`).
+        Computed on x average-pooled by `downscale` (non-overlapping blocks
         that tile the image: they commute with quarter turns and mirrors)."""
         if self.downscale > 1:
             x = ops.average_pool(x, self.downscale, self.downscale, padding="valid")
@@ -473,7 +474,8 @@ class Canonicalize(keras.layers.Layer):
 
     def pose(self, logits):
         """The continuous pose (`relaxation="continuous"`, C_N): cos, sin [B] of the angle of the scores'
-        first Fourier coefficient along the rotations, v = sum_r s_r exp(2 pi i r / N). Turning x by s steps
+        first Fourier coefficient along the rotations, v = sum_r s_r exp(2 pi i r / N) (N: the group's rotations,
+        or the polar network's POLAR_ANGLES). Turning x by s steps
         rolls the scores by s and multiplies v by exp(2 pi i s / N): the angle turns with the image (exactly at
         quarter turns). v / sqrt(|v|^2 + eps) keeps the gradient bounded where |v| is near 0."""
         cos, sin = _circle(self.order if self.network == "group" else POLAR_ANGLES)
