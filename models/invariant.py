@@ -101,10 +101,10 @@ CNN is exact only at quarter turns and band-limited at 45 degrees; and they
 see the whole digit at full resolution. On rotated MNIST (32 or 64
 channels, 5 taps, `downscale: 1`, the pose loss and `pose_jitter: 30`) its
 pose followed a turned digit to 0.6-0.75 degrees (median; the group CNN's
-2.7) and agreed more within a class, but the test errors did not move:
-1.92% / 1.89% and 1.88% / 1.81% (seeds 0 / 1) against the group CNN's
-1.99% / 1.86%, at 1.35x and 1.51x the CNN's inference against its 1.41x
-(docs/results.md).
+2.7) and agreed more within a class. Test errors: 1.92% / 1.89% with 32
+channels (seeds 0 / 1, 1.35x the CNN's inference), 1.88% / 1.81% / 1.72%
+with 64 (seeds 0 / 1 / 2, 1.51x), against the group CNN's 1.99% / 1.86% /
+2.10% (1.41x): 0.18 points fewer on the mean (docs/results.md).
 
 `prior_weight` adds the prior of Mondal et al., `prior_weight * -log
 p(identity)`, which keeps upright training images upright (for a backbone
