@@ -100,7 +100,7 @@ degrees up to the bilinear reads (exactly at quarter turns), where the group
 CNN is exact only at quarter turns and band-limited at 45 degrees; and they
 see the whole digit at full resolution. On rotated MNIST (32 or 64
 channels, 5 taps, `downscale: 1`, the pose loss and `pose_jitter: 30`) its
-pose followed a turned digit to 0.6-0.75 degrees (median; the group CNN's
+pose followed a turned digit to 0.6-0.76 degrees (median; the group CNN's
 2.7) and agreed more within a class. Test errors: 1.92% / 1.89% with 32
 channels (seeds 0 / 1, 1.35x the CNN's inference), 1.88% / 1.81% / 1.72%
 with 64 (seeds 0 / 1 / 2, 1.51x), against the group CNN's 1.99% / 1.86% /
