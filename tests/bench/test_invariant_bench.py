@@ -58,3 +58,73 @@ def test_turned_back_noise_turns_by_the_stated_spread():
     np.testing.assert_array_equal(noisy, rotate_images(x, off))
     np.testing.assert_array_equal(b.turned_back(zero, 10.0, seed=3)[0], noisy)  # the same draw for the same seed
     assert not np.array_equal(b.turned_back(zero, 10.0, seed=4)[0], noisy)
+
+
+def test_class_modes_are_circular_means_per_class():
+    rel = np.array([350.0, 10.0, 5.0, 90.0, 100.0, 80.0, 300.0])
+    y = np.array([0, 0, 0, 1, 1, 1, 1])
+    mode, off = b.class_modes(rel, y)
+    t = np.radians(rel[:3])
+    np.testing.assert_allclose(mode[:3], np.degrees(np.arctan2(np.sin(t).mean(), np.cos(t).mean())))
+    assert abs(mode[0] - 5.0 / 3.0) < 0.1  # 350 and 10 average to 0 on the circle, not to 180
+    assert mode[3] == mode[6] and 0.0 < mode[3] < 90.0  # 300 pulls class 1's mean below 90
+    assert np.all(off <= 180.0) and off[6] > 90.0 and off[1] < 10.0
+
+
+def _linear_canonicalized():
+    """A linear backbone (its argmax varies from digit to digit) behind a small polar canonicalizer, untrained."""
+    import keras
+
+    from models.invariant import invariant
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((28, 28, 1))
+    backbone = keras.Model(inp, keras.layers.Dense(10)(keras.layers.Flatten()(inp)))
+    return invariant(backbone, "C8", "canonicalize", relaxation="continuous", network="polar", filters=8,
+                     kernel_size=3, downscale=1), backbone
+
+
+def _turned_strokes():
+    digits = {k: v[..., None] if k.startswith("x") else v for k, v in _strokes(10).items()}  # [N, 28, 28, 1]
+    return rotated_mnist(digits, 10, angles=True)[0]
+
+
+def test_error_by_class_pose_turns_back_as_the_model_does():
+    """The backbone on each digit turned back by its own pose errs exactly where the wrapped model does: the
+    split's turning convention is the model's (the opposite turn gives other answers on these digits)."""
+    model, _ = _linear_canonicalized()
+    x, _, ang = _turned_strokes()
+    pred = b.predicted(model, x)
+    assert len(set(pred.tolist())) > 3
+    y = pred.copy()
+    y[::2] = (y[::2] + 1) % 10  # half of them wrong
+    split = b.error_by_class_pose(model, x, y, ang, pred)
+    assert split["own pose error %"] == 50.0
+
+
+def test_error_by_class_pose_splits_by_the_class_mode(monkeypatch):
+    """With poses given (the protocol's angle plus 30 degrees, one digit plus 120), the class mode is their
+    circular mean, the digit 90 degrees off is the off-mode one, and the errors split accordingly; at one pose
+    per class the class-mode error is the own-pose error."""
+    import keras
+
+    from bench_rotated_mnist import CNN_PARAMS
+
+    import models
+
+    model, _ = _linear_canonicalized()
+    x, _, ang = _turned_strokes()
+    pred = b.predicted(model, x)
+    y = np.zeros(10, int)  # one class
+    monkeypatch.setattr(b, "_pose", lambda canon, u: ang + 30.0)
+    split = b.error_by_class_pose(model, x, y, ang, pred)
+    assert split["off-mode fraction"] == 0.0 and split["class mode error %"] == split["own pose error %"]
+    assert split["in-mode error %"] == 100.0 * np.mean(pred != 0)
+    monkeypatch.setattr(b, "_pose", lambda canon, u: ang + 30.0 + 90.0 * (np.arange(10) == 0))
+    split = b.error_by_class_pose(model, x, y, ang, pred)
+    assert split["off-mode fraction"] == 0.1
+    assert split["off-mode error %"] == 100.0 * (pred[0] != 0)
+    assert split["in-mode error %"] == 100.0 * np.mean(pred[1:] != 0)
+    keras.utils.set_random_seed(0)
+    plain = models.build_model("baseline_cnn", (28, 28, 1), 10, **CNN_PARAMS)
+    assert b.error_by_class_pose(plain, x, y, ang, pred) is None  # no canonicalizer, no split
