@@ -28,7 +28,8 @@ policy (float32 by default); the symmetry augmentations per model as named:
   quarter turns; `gcnn` D4 residual (invariant to D4 by construction, no
   symmetry augmentation); `gcnn` C8 residual with left-right flips (it is
   rotation-invariant, not mirror-invariant); `gcnn` D8 residual (C8's
-  45-degree turns and the mirrors built in, no symmetry augmentation).
+  45-degree turns and the mirrors built in, no symmetry augmentation);
+  `gcnn` C16 residual at D8's widths and parameters, with left-right flips.
 - issue 30's wrappers around the low-data resnet: `invariant: canonicalize
   D4` trained end to end, and `orbit D4` put around the trained flips +
   quarter turns resnet at test time (its training figures are that model's).
@@ -99,6 +100,9 @@ TABLES = {
         # augmentation covers the angles between its elements. Measured with seed 1: 93.06% test, below D8
         # without it (93.75%): the turns do not help (docs/results.md)
         "gcnn_d8_residual_turns": ("gcnn", dict(GCNN, group="D8", filters=[6, 12, 23, 46]), None, HALF_STEP_TURNS),
+        # C16: turns by 22.5 degrees built in (band-limited between its quarter turns as C8 is at 45), mirrors as
+        # augmentation as for C8; 16 elements as D8, at D8's widths and parameters (297k) and about its compute
+        "gcnn_c16_residual": ("gcnn", dict(GCNN, group="C16", filters=[6, 12, 23, 46]), {"horizontal": True}),
     },
     "full": models_at([32, 64, 128, 256], [12, 24, 48, 96], [16, 32, 64, 128]),
 }

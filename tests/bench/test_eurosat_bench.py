@@ -233,3 +233,17 @@ def test_a_row_with_turns_says_so_and_refuses_the_numpy_input(tmp_path, monkeypa
     assert b.main() == 0
     (row,) = json.load(open(out))
     assert row["augment"] == "shifts only, turns up to 22.5 degrees"
+
+
+def test_the_c16_row_matches_d8s_parameters_with_mirrors_as_augmentation():
+    """C16 at D8's widths: the same 16 elements per field, so the same parameter count; no mirror built in, so
+    left-right flips augment its tiles as they do C8's."""
+    import models
+
+    low = b.TABLES["low"]
+    builder, params, flips = low["gcnn_c16_residual"]
+    assert (builder, params["group"], flips) == ("gcnn", "C16", {"horizontal": True})
+    assert params["filters"] == low["gcnn_d8_residual"][1]["filters"]
+    count = {name: models.build_model("gcnn", (64, 64, 3), 10, **low[name][1]).count_params()
+             for name in ("gcnn_c16_residual", "gcnn_d8_residual")}
+    assert count["gcnn_c16_residual"] == count["gcnn_d8_residual"]
