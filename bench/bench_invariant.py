@@ -160,13 +160,11 @@ def class_pose_offsets(model, x_upright: np.ndarray, y: np.ndarray, n: int = 500
     canon = canonicalizer(model)
     if canon is None or canon._group.mirrors:
         return None
-    t = np.radians(_pose(canon, x_upright[:n]))
     y = y[:n]
+    _, offsets = class_modes(_pose(canon, x_upright[:n]), y)  # 0..180 degrees
     bins = {"same": [], "half turn": [], "quarter turn": [], "elsewhere": []}
     for k in np.unique(y):
-        tk = t[y == k]
-        mean = np.arctan2(np.sin(tk).mean(), np.cos(tk).mean())
-        off = np.abs((np.degrees(tk - mean) + 180.0) % 360.0 - 180.0)  # 0..180
+        off = offsets[y == k]
         same, half, quarter = off <= 22.5, off >= 157.5, np.abs(off - 90.0) <= 22.5
         for key, hit in (("same", same), ("half turn", half), ("quarter turn", quarter),
                          ("elsewhere", ~(same | half | quarter))):
