@@ -104,6 +104,9 @@ TABLES = {
         # 45), mirrors as augmentation as for C8; 16 elements as D8, at D8's widths and parameters (297k) and about
         # its compute. Measured with seed 1: 92.77% test, below D8 (93.75%) (docs/results.md)
         "gcnn_c16_residual": ("gcnn", dict(GCNN, group="C16", filters=[6, 12, 23, 46]), {"horizontal": True}),
+        # D8 twice as deep at about the same parameters (304k): two basic blocks per stage, narrower (the e2-WRN
+        # layout is deeper than one block per stage), no symmetry augmentation as D8
+        "gcnn_d8_residual_deep": ("gcnn", dict(GCNN, group="D8", filters=[4, 8, 16, 31], blocks_per_stage=2), None),
     },
     "full": models_at([32, 64, 128, 256], [12, 24, 48, 96], [16, 32, 64, 128]),
 }
