@@ -247,3 +247,23 @@ def test_the_c16_row_matches_d8s_parameters_with_mirrors_as_augmentation():
     count = {name: models.build_model("gcnn", (64, 64, 3), 10, **low[name][1]).count_params()
              for name in ("gcnn_c16_residual", "gcnn_d8_residual")}
     assert count["gcnn_c16_residual"] == count["gcnn_d8_residual"]
+
+
+def test_the_deep_d8_row_has_twice_the_blocks_at_about_d8s_parameters():
+    """The deep D8 row stacks two basic blocks per stage where D8 has one, narrower so that the table stays at
+    about the same size: within 5% of the D8 row's and of the same-size resnet's parameters."""
+    import models
+
+    low = b.TABLES["low"]
+    builder, params, flips = low["gcnn_d8_residual_deep"]
+    assert (builder, params["group"], params["blocks_per_stage"], flips) == ("gcnn", "D8", 2, None)
+    assert low["gcnn_d8_residual"][1]["blocks_per_stage"] == 1
+    count = {name: models.build_model(low[name][0], (64, 64, 3), 10, **low[name][1]).count_params()
+             for name in ("gcnn_d8_residual_deep", "gcnn_d8_residual", "resnet_flips_rot90")}
+    import keras
+
+    adds = [layer for layer in models.build_model("gcnn", (64, 64, 3), 10, **params).layers
+            if isinstance(layer, keras.layers.Add)]
+    assert len(adds) == 8  # 4 stages x 2 basic blocks, one residual addition each
+    for other in ("gcnn_d8_residual", "resnet_flips_rot90"):
+        assert abs(count["gcnn_d8_residual_deep"] / count[other] - 1) < 0.05
