@@ -107,6 +107,11 @@ TABLES = {
         # D8 twice as deep at about the same parameters (304k): two basic blocks per stage, narrower (the e2-WRN
         # layout is deeper than one block per stage), no symmetry augmentation as D8
         "gcnn_d8_residual_deep": ("gcnn", dict(GCNN, group="D8", filters=[4, 8, 16, 31], blocks_per_stage=2), None),
+        # D8 restricted to its rotations C8 at the last stage (e2cnn's restriction): each D8 field splits into two C8
+        # fields there, so the last stage is wider at about the same parameters (303k); mirrors are exact up to it
+        # and left-right flips augment the tiles, as for C8
+        "gcnn_d8_c8_residual": ("gcnn", dict(GCNN, group="D8", filters=[6, 12, 23, 60], restrict_to="C8",
+                                             restrict_stage=3), {"horizontal": True}),
     },
     "full": models_at([32, 64, 128, 256], [12, 24, 48, 96], [16, 32, 64, 128]),
 }
