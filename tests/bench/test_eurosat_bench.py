@@ -235,35 +235,54 @@ def test_a_row_with_turns_says_so_and_refuses_the_numpy_input(tmp_path, monkeypa
     assert row["augment"] == "shifts only, turns up to 22.5 degrees"
 
 
+def _params(low, *names):
+    import models
+
+    return {name: models.build_model(low[name][0], (64, 64, 3), 10, **low[name][1]).count_params() for name in names}
+
+
 def test_the_c16_row_matches_d8s_parameters_with_mirrors_as_augmentation():
     """C16 at D8's widths: the same 16 elements per field, so the same parameter count; no mirror built in, so
     left-right flips augment its tiles as they do C8's."""
-    import models
-
     low = b.TABLES["low"]
     builder, params, flips = low["gcnn_c16_residual"]
     assert (builder, params["group"], flips) == ("gcnn", "C16", {"horizontal": True})
     assert params["filters"] == low["gcnn_d8_residual"][1]["filters"]
-    count = {name: models.build_model("gcnn", (64, 64, 3), 10, **low[name][1]).count_params()
-             for name in ("gcnn_c16_residual", "gcnn_d8_residual")}
+    count = _params(low, "gcnn_c16_residual", "gcnn_d8_residual")
     assert count["gcnn_c16_residual"] == count["gcnn_d8_residual"]
 
 
 def test_the_deep_d8_row_has_twice_the_blocks_at_about_d8s_parameters():
     """The deep D8 row stacks two basic blocks per stage where D8 has one, narrower so that the table stays at
     about the same size: within 5% of the D8 row's and of the same-size resnet's parameters."""
+    import keras
+
     import models
 
     low = b.TABLES["low"]
     builder, params, flips = low["gcnn_d8_residual_deep"]
     assert (builder, params["group"], params["blocks_per_stage"], flips) == ("gcnn", "D8", 2, None)
     assert low["gcnn_d8_residual"][1]["blocks_per_stage"] == 1
-    count = {name: models.build_model(low[name][0], (64, 64, 3), 10, **low[name][1]).count_params()
-             for name in ("gcnn_d8_residual_deep", "gcnn_d8_residual", "resnet_flips_rot90")}
-    import keras
-
     adds = [layer for layer in models.build_model("gcnn", (64, 64, 3), 10, **params).layers
             if isinstance(layer, keras.layers.Add)]
     assert len(adds) == 8  # 4 stages x 2 basic blocks, one residual addition each
+    count = _params(low, "gcnn_d8_residual_deep", "gcnn_d8_residual", "resnet_flips_rot90")
     for other in ("gcnn_d8_residual", "resnet_flips_rot90"):
         assert abs(count["gcnn_d8_residual_deep"] / count[other] - 1) < 0.05
+
+
+def test_the_restricted_d8_row_keeps_c8_in_its_last_stage_with_mirrors_as_augmentation():
+    """D8 restricted to C8 before its last stage: the GroupRestriction layer sits there, the mirrors it gives up are
+    augmented as for C8, and the wider last stage keeps it within 5% of D8's and the resnet's parameters."""
+    from layers.group.group_restriction import GroupRestriction
+    import models
+
+    low = b.TABLES["low"]
+    builder, params, flips = low["gcnn_d8_c8_residual"]
+    assert (builder, params["group"], params["restrict_to"], flips) == ("gcnn", "D8", "C8", {"horizontal": True})
+    model = models.build_model("gcnn", (64, 64, 3), 10, **params)
+    (restrict,) = [layer for layer in model.layers if isinstance(layer, GroupRestriction)]
+    assert restrict.name == f"stage{len(params['filters']) - 1}_restrict"
+    count = _params(low, "gcnn_d8_c8_residual", "gcnn_d8_residual", "resnet_flips_rot90")
+    for other in ("gcnn_d8_residual", "resnet_flips_rot90"):
+        assert abs(count["gcnn_d8_c8_residual"] / count[other] - 1) < 0.05
