@@ -29,7 +29,9 @@ policy (float32 by default); the symmetry augmentations per model as named:
   symmetry augmentation); `gcnn` C8 residual with left-right flips (it is
   rotation-invariant, not mirror-invariant); `gcnn` D8 residual (C8's
   45-degree turns and the mirrors built in, no symmetry augmentation);
-  `gcnn` C16 residual at D8's widths and parameters, with left-right flips.
+  `gcnn` C16 residual at D8's widths and parameters, with left-right flips;
+  D8 with two basic blocks per stage; D8 restricted to C8 in its last stage,
+  with left-right flips.
 - issue 30's wrappers around the low-data resnet: `invariant: canonicalize
   D4` trained end to end, and `orbit D4` put around the trained flips +
   quarter turns resnet at test time (its training figures are that model's).
