@@ -288,3 +288,19 @@ def test_the_restricted_d8_row_keeps_c8_in_its_last_stage_with_mirrors_as_augmen
     (restrict,) = [layer for layer in model.layers if isinstance(layer, GroupRestriction)]
     assert restrict.name == f"stage{len(params['filters']) - 1}_restrict"
     _assert_about_the_table_size(low, model)
+
+
+def test_the_5x5_d8_row_has_more_weights_per_filter_at_about_d8s_parameters():
+    """The 5x5 D8 row: every convolution (the lifting one included) 5x5 where D8's are 3x3, so each filter pair has
+    9 free weights where D8's has 4, narrower so that it stays within 5% of D8's and the resnet's parameters."""
+    from layers.group import GroupConv2D, LiftingConv2D
+    import models
+
+    low = b.TABLES["low"]
+    builder, params, flips = low["gcnn_d8_residual_k5"]
+    assert (builder, params["group"], params["kernel_size"], flips) == ("gcnn", "D8", 5, None)
+    assert low["gcnn_d8_residual"][1]["kernel_size"] == 3
+    model = models.build_model("gcnn", (64, 64, 3), 10, **params)
+    convs = [layer for layer in model.layers if isinstance(layer, (GroupConv2D, LiftingConv2D))]
+    assert {layer.kernel_size for layer in convs if not layer.name.endswith("_proj")} == {5}
+    _assert_about_the_table_size(low, model)
