@@ -304,3 +304,17 @@ def test_the_5x5_d8_row_has_more_weights_per_filter_at_about_d8s_parameters():
     convs = [layer for layer in model.layers if isinstance(layer, (GroupConv2D, LiftingConv2D))]
     assert {layer.kernel_size for layer in convs if not layer.name.endswith("_proj")} == {5}
     _assert_about_the_table_size(low, model)
+
+
+def test_d8s_variants_run_only_when_named(tmp_path, monkeypatch):
+    """A run without --models trains every row of the table but D8's variants; naming one trains it."""
+    assert set(b.VARIANTS) < set(b.TABLES["low"]) and "gcnn_d8_residual" not in b.VARIANTS
+    data, out = fake_eurosat(tmp_path / "eurosat"), tmp_path / "rows.json"
+    monkeypatch.setitem(b.TABLES, "low", {"small": ("resnet", SMALL, None), b.VARIANTS[0]: ("resnet", SMALL, None)})
+    argv = ["bench_eurosat.py", "--data", str(data), "--epochs", "1", "--out", str(out), "--verbose", "0"]
+    monkeypatch.setattr(sys, "argv", argv)
+    assert b.main() == 0
+    assert [r["model"] for r in json.load(open(out))] == ["small"]
+    monkeypatch.setattr(sys, "argv", argv + ["--resume", "--models", b.VARIANTS[0]])
+    assert b.main() == 0
+    assert [r["model"] for r in json.load(open(out))] == ["small", b.VARIANTS[0]]
