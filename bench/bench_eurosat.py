@@ -31,8 +31,8 @@ policy (float32 by default); the symmetry augmentations per model as named:
   45-degree turns and the mirrors built in, no symmetry augmentation);
   `gcnn` C16 residual at D8's widths and parameters, with left-right flips;
   D8 with two basic blocks per stage; D8 restricted to C8 in its last stage,
-  with left-right flips; D8 with 5x5 filters. The last five, D8's variants,
-  run only when `--models` names them.
+  with left-right flips; D8 with 5x5 filters. D8's variants (the last four,
+  and D8 with turns as augmentation) run only when `--models` names them.
 - issue 30's wrappers around the low-data resnet: `invariant: canonicalize
   D4` trained end to end, and `orbit D4` put around the trained flips +
   quarter turns resnet at test time (its training figures are that model's).
@@ -351,7 +351,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=None, help="EuroSAT folder (train/ valid/ test/); default $EUROSAT_DIR")
     p.add_argument("--regime", choices=sorted(TABLES), default="low")
-    p.add_argument("--models", default=None, help="comma-separated names of the table (default: all but VARIANTS)")
+    p.add_argument("--models", default=None,
+                   help=f"comma-separated names of the table (default: all but D8's variants {', '.join(VARIANTS)})")
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=0.002)
