@@ -303,6 +303,10 @@ def test_the_5x5_d8_row_has_more_weights_per_filter_at_about_d8s_parameters():
     model = models.build_model("gcnn", (64, 64, 3), 10, **params)
     convs = [layer for layer in model.layers if isinstance(layer, (GroupConv2D, LiftingConv2D))]
     assert {layer.kernel_size for layer in convs if not layer.name.endswith("_proj")} == {5}
+    for size, weights in ((3, 4), (5, 9)):  # free weights per input field, output field and element of D8
+        conv = GroupConv2D(10, size, group="D8", use_bias=False)
+        conv.build((None, 8, 8, 16, 10))
+        assert conv.count_params() == 10 * 10 * 16 * weights
     _assert_about_the_table_size(low, model)
 
 
