@@ -223,13 +223,12 @@ def machine_lines() -> list[str]:
     lines.append(f"backend: {backend}")
     if backend == "tensorflow":
         import tensorflow as tf
-        from tensorflow.python.util import _pywrap_util_port
 
         from layers.common import _tf_fast
+        from pipelines import experiment
 
         lines.append("devices: " + ", ".join(d.name for d in tf.config.list_logical_devices()))
-        lines.append(f"oneDNN: {'on' if _pywrap_util_port.IsMklEnabled() else 'off'} "
-                     f"(TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'unset')}); "
+        lines.append(f"oneDNN: {experiment.onednn_state()}; "
                      f"grouped-convolution gradients: {'yes' if _tf_fast.grouped_conv_gradients() else 'no'}")
         lines.append(f"TF32: {'on' if tf.config.experimental.tensor_float_32_execution_enabled() else 'off'} "
                      "(used by GPUs since Ampere)")

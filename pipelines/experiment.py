@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import re
 
 from pipelines.config import Config
@@ -24,7 +25,20 @@ def describe_devices() -> str:
     gpus = tf.config.list_physical_devices("GPU")
     cpus = tf.config.list_physical_devices("CPU")
     names = [d.name for d in gpus] or [d.name for d in cpus]
-    return f"{len(gpus)} GPU(s)" + (f": {', '.join(names)}" if gpus else f"; CPU only: {', '.join(names)}")
+    if gpus:
+        return f"{len(gpus)} GPU(s): {', '.join(names)}"
+    return f"0 GPU(s); CPU only: {', '.join(names)}; oneDNN {onednn_state()}"
+
+
+def onednn_state() -> str:
+    """Whether TensorFlow's CPU kernels are oneDNN's here, with the setting that decided it: 'on (TF_ENABLE_
+    ONEDNN_OPTS=1)', 'off (TF_ENABLE_ONEDNN_OPTS=unset)', ... TensorFlow turns oneDNN on by default only on CPUs
+    with AVX-512 VNNI or AMX. The two kernel sets differ in speed and round-off, so every run records which one
+    it had (the MLflow tag `devices`), and `make doctor` prints it."""
+    from tensorflow.python.util import _pywrap_util_port
+
+    state = "on" if _pywrap_util_port.IsMklEnabled() else "off"
+    return f"{state} (TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'unset')})"
 
 
 def distribution_strategy(default=None):
