@@ -31,10 +31,10 @@ def describe_devices() -> str:
 
 
 def onednn_state() -> str:
-    """Whether TensorFlow's CPU kernels are oneDNN's here, with the setting that decided it: 'on (TF_ENABLE_
-    ONEDNN_OPTS=1)', 'off (TF_ENABLE_ONEDNN_OPTS=unset)', ... TensorFlow turns oneDNN on by default only on CPUs
-    with AVX-512 VNNI or AMX. The two kernel sets differ in speed and round-off, so every run records which one
-    it had (the MLflow tag `devices`), and `make doctor` prints it."""
+    """Whether TensorFlow's CPU kernels are oneDNN's here, and the variable that decided it, as in
+    "off (TF_ENABLE_ONEDNN_OPTS=unset)" (unset: TensorFlow's choice, oneDNN only on CPUs with AVX-512 VNNI or
+    AMX). The two kernel sets differ in speed and round-off, so every run records which one it had (the MLflow
+    tag `devices`), and `make doctor` prints it."""
     from tensorflow.python.util import _pywrap_util_port
 
     state = "on" if _pywrap_util_port.IsMklEnabled() else "off"
