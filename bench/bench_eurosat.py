@@ -372,7 +372,12 @@ def main() -> int:
     p.add_argument("--speed-rounds", type=int, default=0,
                    help="only time the models' training steps in turns (this many rounds; no data needed)")
     p.add_argument("--speed-steps", type=int, default=10)
+    p.add_argument("--train-every", type=int, default=None,
+                   help="keep every n-th training file of each class, by name (default: 10 in the low regime, 1 in "
+                        "full); 1 for a folder already cut to the low regime's files, e.g. to send it to a GPU")
     a = p.parse_args()
+    if a.train_every is not None and a.train_every < 1:
+        p.error(f"--train-every must be at least 1 (got {a.train_every})")
     specs = TABLES[a.regime]
     names = a.models.split(",") if a.models else [n for n in specs if n not in VARIANTS]
     unknown = [n for n in names if n not in specs]
@@ -387,7 +392,8 @@ def main() -> int:
     out = a.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                 f"eurosat_{a.regime}_seed{a.seed}.json")
     decoder = "tf" if a.input == "tf.data" else "pil"
-    train = load_split(root, "train", every=10 if a.regime == "low" else 1, decoder=decoder)[:2]
+    every = a.train_every or (10 if a.regime == "low" else 1)
+    train = load_split(root, "train", every=every, decoder=decoder)[:2]
     valid, test = load_split(root, "valid", decoder=decoder)[:2], load_split(root, "test", decoder=decoder)[:2]
     print(f"EuroSAT {a.regime}: {len(train[0])} training, {len(valid[0])} valid, {len(test[0])} test images", flush=True)
     rows = json.load(open(out)) if a.resume and os.path.exists(out) else []

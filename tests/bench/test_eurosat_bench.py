@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bench"))
@@ -322,3 +323,37 @@ def test_d8s_variants_run_only_when_named(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", argv + ["--resume", "--models", b.VARIANTS[0]])
     assert b.main() == 0
     assert [r["model"] for r in json.load(open(out))] == ["small", b.VARIANTS[0]]
+
+
+def test_a_folder_cut_to_the_low_regimes_files_gives_the_same_training_images_with_train_every_1(tmp_path,
+                                                                                                  monkeypatch):
+    """`--train-every 1` on a copy of `train/` that keeps only every 10th file of each class (small enough to send
+    to a GPU machine) trains on exactly the images, in the order, of the low regime on the whole folder."""
+    import shutil
+
+    full = fake_eurosat(tmp_path / "full", per_split=20)
+    cut = tmp_path / "cut"
+    for split in ("valid", "test"):
+        shutil.copytree(full / split, cut / split)
+    for c in sorted(os.listdir(full / "train")):
+        (cut / "train" / c).mkdir(parents=True)
+        for f in sorted(os.listdir(full / "train" / c))[::10]:
+            shutil.copy(full / "train" / c / f, cut / "train" / c / f)
+    seen = []
+    def run(name, spec, train, *rest):  # records the training split main() read, trains nothing
+        seen.append(train)
+        return {"model": name, "epochs": 1}
+
+    monkeypatch.setattr(b, "run", run)
+    for root, extra in ((full, []), (cut, ["--train-every", "1"])):
+        monkeypatch.setattr(sys, "argv", ["bench_eurosat.py", "--data", str(root), "--models", "resnet",
+                                          "--out", str(tmp_path / f"{root.name}.json"), *extra])
+        assert b.main() == 0
+    (xf, yf), (xc, yc) = seen
+    assert len(xf) == 3 * 2  # 3 classes, files 000 and 010 of each
+    np.testing.assert_array_equal(xf, xc)
+    np.testing.assert_array_equal(yf, yc)
+    monkeypatch.setattr(sys, "argv", ["bench_eurosat.py", "--data", str(cut), "--train-every", "0"])
+    with pytest.raises(SystemExit) as err:
+        b.main()
+    assert err.value.code == 2  # argparse's error, before any data is read
