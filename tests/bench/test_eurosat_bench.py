@@ -5,6 +5,7 @@ machines without TensorFlow (NumPy augmentation, Pillow) and its time budget do 
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -329,8 +330,6 @@ def test_a_folder_cut_to_the_low_regimes_files_gives_the_same_training_images_wi
                                                                                                   monkeypatch):
     """`--train-every 1` on a copy of `train/` that keeps only every 10th file of each class (small enough to send
     to a GPU machine) trains on exactly the images, in the order, of the low regime on the whole folder."""
-    import shutil
-
     full = fake_eurosat(tmp_path / "full", per_split=20)
     cut = tmp_path / "cut"
     for split in ("valid", "test"):
@@ -340,6 +339,7 @@ def test_a_folder_cut_to_the_low_regimes_files_gives_the_same_training_images_wi
         for f in sorted(os.listdir(full / "train" / c))[::10]:
             shutil.copy(full / "train" / c / f, cut / "train" / c / f)
     seen = []
+
     def run(name, spec, train, *rest):  # records the training split main() read, trains nothing
         seen.append(train)
         return {"model": name, "epochs": 1}
