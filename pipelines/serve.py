@@ -59,7 +59,7 @@ import logging
 import os
 import signal
 import sys
-import threading
+import time
 
 from pipelines.errors import UserError
 
@@ -216,10 +216,14 @@ def main(argv=None) -> int:
         f"{f' and gRPC {a.host}:{server.grpc_port}' if server.grpc_port is not None else ''}; Ctrl-C stops",
         flush=True,
     )
-    done = threading.Event()
+    # The handler only appends (no lock): a signal arriving while the previous one's handler runs (`make serve`
+    # stopped by SIGTERM to its process group gets two, the group's and the one make forwards) re-enters it, and
+    # a handler calling threading.Event.set deadlocked there on the Event's own lock.
+    stop: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: done.set())
-    done.wait()
+        signal.signal(sig, lambda signum, frame: stop.append(signum))
+    while not stop:
+        time.sleep(0.2)  # a signal interrupts the sleep, runs the handler, and the sleep resumes (PEP 475)
     server.stop()
     return 0
 

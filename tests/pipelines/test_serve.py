@@ -332,3 +332,31 @@ def test_cli_serves_and_stops_on_sigterm(exports):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.slow
+def test_stop_signals_in_a_burst_still_stop_the_server(exports):
+    """A signal that arrives while the handler of the one before it runs: `make serve` stopped by SIGTERM to its
+    process group gets it twice (the group's, then the one make forwards), and Ctrl-C pressed twice does the same.
+    A handler that set a threading.Event deadlocked there on the Event's lock (seen with `make serve`)."""
+    import signal
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.serve", "--exports", exports["root"], "--port", "0", "--grpc-port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+    )
+    try:
+        assert "serving" in proc.stdout.readline()
+        sent, deadline = 0, time.monotonic() + 1.0
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                proc.send_signal(signal.SIGTERM if sent % 2 else signal.SIGINT)
+            except ProcessLookupError:
+                break
+            sent += 1
+        assert sent > 1
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
