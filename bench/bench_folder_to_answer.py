@@ -169,7 +169,12 @@ def main() -> int:
     finally:
         if serve is not None and serve.poll() is None:
             os.killpg(serve.pid, signal.SIGTERM)
-            serve.wait(timeout=30)
+            try:
+                serve.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # a server that does not stop is killed, and the clone still removed
+                print("make serve did not stop within 30 s of SIGTERM: killed", file=sys.stderr)
+                os.killpg(serve.pid, signal.SIGKILL)
+                serve.wait()
         if not a.keep:
             shutil.rmtree(tmp, ignore_errors=True)
 
