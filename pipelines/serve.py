@@ -209,6 +209,13 @@ def main(argv=None) -> int:
     except OSError as e:
         where = f"{a.host}:{a.port}" if server.port is None else f"{a.host}:{a.grpc_port} (gRPC)"
         raise UserError(f"cannot listen on {where}: {e.strerror or e}")
+    # The handler only appends (no lock): a signal arriving while the previous one's handler runs (`make serve`
+    # stopped by SIGTERM to its process group gets two, the group's and the one make forwards) re-enters it, and
+    # a handler calling threading.Event.set deadlocked there on the Event's own lock. Installed before the line that
+    # says the server is up, so that a signal sent once it is read stops the server cleanly.
+    stop: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stop.append(signum))
     names = server.manager.names()
     print(
         f"serving {', '.join(names) if names else 'no models yet (waiting for exports)'} "
@@ -216,12 +223,6 @@ def main(argv=None) -> int:
         f"{f' and gRPC {a.host}:{server.grpc_port}' if server.grpc_port is not None else ''}; Ctrl-C stops",
         flush=True,
     )
-    # The handler only appends (no lock): a signal arriving while the previous one's handler runs (`make serve`
-    # stopped by SIGTERM to its process group gets two, the group's and the one make forwards) re-enters it, and
-    # a handler calling threading.Event.set deadlocked there on the Event's own lock.
-    stop: list[int] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, frame: stop.append(signum))
     while not stop:
         time.sleep(0.2)  # a signal interrupts the sleep, runs the handler, and the sleep resumes (PEP 475)
     server.stop()
