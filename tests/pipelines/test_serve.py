@@ -8,6 +8,7 @@ directory holding tiny baseline CNNs; every answer is checked against
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import os
 import subprocess
@@ -312,15 +313,26 @@ def test_cli_rejects_a_missing_export_directory(tmp_path):
     assert "is not a directory" in r.stderr and "Traceback" not in r.stderr
 
 
+@contextlib.contextmanager
+def _serve_cli(exports, *args):
+    """`python -m pipelines.serve` on the exports, in its own session; killed at the end if still running."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.serve", "--exports", exports["root"], "--port", "0", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.mark.slow
 def test_cli_serves_and_stops_on_sigterm(exports):
     import signal
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.serve", "--exports", exports["root"], "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
-    )
-    try:
+    with _serve_cli(exports) as proc:
         line = proc.stdout.readline()  # "serving switch, tiny from ... on http://127.0.0.1:<port> ..."
         assert "serving" in line and "tiny" in line, line
         url = line.split(" on ", 1)[1].split()[0]
@@ -328,10 +340,6 @@ def test_cli_serves_and_stops_on_sigterm(exports):
         assert_matches(r.json()["predictions"], exports["ref"])
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.mark.slow
@@ -341,17 +349,9 @@ def test_stop_signals_in_a_burst_still_stop_the_server(exports):
     A handler that set a threading.Event deadlocked there on the Event's lock (seen with `make serve`)."""
     import signal
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.serve", "--exports", exports["root"], "--port", "0", "--grpc-port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
-    )
-    try:
+    with _serve_cli(exports, "--grpc-port", "0") as proc:
         assert "serving" in proc.stdout.readline()  # sent once the handlers are in place
         for i in range(200):  # back to back, a few milliseconds in all: over before the server has stopped
             proc.send_signal(signal.SIGTERM if i % 2 else signal.SIGINT)
         # Before the fix: a hang (3 tries: 2 hung, 1 was killed by a signal sent before the handlers were in place).
         assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
