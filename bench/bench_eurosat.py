@@ -42,7 +42,9 @@ policy (float32 by default); the symmetry augmentations per model as named:
 Per model: parameters, test and valid accuracy, training images/s (of the
 whole fit, data pipeline included) and inference images/s (batches of 256).
 Rows are written to `--out` (JSON) after each model, so a killed run keeps
-the finished ones and `--resume` skips them. Each trained model's weights are
+the finished ones and `--resume` skips them; an unfinished model keeps a checkpoint after every epoch
+(`<out>.partial/`, Keras' BackupAndRestore: weights, optimiser step, epoch times), from which `--resume` goes on,
+so a model longer than one sitting trains over several. Each trained model's weights are
 kept beside it (`<out>.weights/<model>.weights.h5`) before it is evaluated:
 a failed evaluation does not cost the training, and the orbit row wraps the
 weights of `resnet_flips_rot90` trained in the same run (same epochs and
@@ -54,6 +56,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -265,7 +268,7 @@ def run(name, spec, train, valid, test, args):
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     weights = os.path.join(args.weights_dir, f"{name}.weights.h5")
     trained_as = os.path.join(args.weights_dir, f"{ORBIT_OF}.weights.h5") if name.endswith("_orbit_d4") else None
-    reused = None
+    reused, resumed = None, []
     if trained_as and os.path.exists(trained_as) and args.trained.get(ORBIT_OF) is not None:
         model.load_weights(trained_as)  # the same resnet, trained earlier in this run's table
         reused = args.trained[ORBIT_OF]
@@ -279,9 +282,18 @@ def run(name, spec, train, valid, test, args):
         t0 = time.perf_counter()
         if args.budget_s:
             epochs = fit_within_budget(model, batches, args)
+            fit_s = time.perf_counter() - t0
         else:
-            model.fit(**batches, epochs=args.epochs, verbose=args.verbose)
-        fit_s = time.perf_counter() - t0
+            from bench_rotated_gcnn import EpochTimes  # each epoch's seconds, kept across sittings
+
+            backup = getattr(args, "backup", None)
+            clock = EpochTimes(os.path.join(backup, "times.json") if backup else None)
+            callbacks = [clock]
+            if backup:  # kept after fit: a run killed while evaluating keeps its training
+                callbacks.insert(0, keras.callbacks.BackupAndRestore(backup, delete_checkpoint=False))
+            model.fit(**batches, epochs=args.epochs, verbose=args.verbose, callbacks=callbacks)
+            fit_s = clock.state["fit s"]
+            resumed = [i for i in clock.state["sitting starts"] if i > 0]
         os.makedirs(args.weights_dir, exist_ok=True)
         model.save_weights(weights)
     if name.endswith("_orbit_d4"):  # wrapped after training, weights kept (models/invariant.py)
@@ -302,6 +314,8 @@ def run(name, spec, train, valid, test, args):
            "infer img/s": len(xt) / (time.perf_counter() - t1), "augment": augment}
     if reused:
         row["trained"] = f"the weights of {ORBIT_OF}, wrapped"
+    elif resumed:
+        row["resumed after epochs"] = resumed  # its later sittings drew their shuffles afresh
     if args.weight_decay or args.precision != "float32":
         row.update({"weight decay": args.weight_decay, "precision": args.precision})
     if args.budget_s or args.input != "tf.data" or keras.backend.backend() != "tensorflow":
@@ -396,6 +410,8 @@ def main() -> int:
     train = load_split(root, "train", every=every, decoder=decoder)[:2]
     valid, test = load_split(root, "valid", decoder=decoder)[:2], load_split(root, "test", decoder=decoder)[:2]
     print(f"EuroSAT {a.regime}: {len(train[0])} training, {len(valid[0])} valid, {len(test[0])} test images", flush=True)
+    from bench_rotated_gcnn import backup_dir
+
     rows = json.load(open(out)) if a.resume and os.path.exists(out) else []
     a.weights_dir = os.path.splitext(out)[0] + ".weights"
     for name in names:
@@ -403,10 +419,18 @@ def main() -> int:
             continue
         # the orbit row may reuse the resnet's weights only if they were trained with these settings
         a.trained = {r["model"]: r for r in rows if r["epochs"] == a.epochs and "trained" not in r}
+        # An unfinished model's checkpoint, one per setting that changes its figures: --resume goes on from its
+        # last finished epoch (a model longer than one sitting), a run without --resume starts it afresh.
+        a.backup = None if a.budget_s else backup_dir(out, json.dumps(
+            [name, a.regime, a.epochs, a.batch_size, a.lr, a.seed, a.weight_decay, a.precision, every, a.input]))
+        if a.backup and not a.resume:
+            shutil.rmtree(a.backup, ignore_errors=True)
         rows.append(run(name, specs[name], train, valid, test, a))
         os.makedirs(os.path.dirname(out), exist_ok=True)
         with open(out, "w") as fh:
             json.dump(rows, fh, indent=1)
+        if a.backup:
+            shutil.rmtree(a.backup, ignore_errors=True)  # the row is kept: its checkpoint is no longer needed
         print(table(rows[-1:]), flush=True)
     length = f"{a.budget_s:.0f} s of fitting each (at most {a.epochs} epochs)" if a.budget_s else f"{a.epochs} epochs"
     print(table(rows, f"EuroSAT {a.regime} data, {length}, seed {a.seed}"))

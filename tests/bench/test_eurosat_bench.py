@@ -357,3 +357,58 @@ def test_a_folder_cut_to_the_low_regimes_files_gives_the_same_training_images_wi
     with pytest.raises(SystemExit) as err:
         b.main()
     assert err.value.code == 2  # argparse's error, before any data is read
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_model_killed_after_an_epoch_resumes_there_with_resume_and_starts_afresh_without(tmp_path, monkeypatch):
+    """A model longer than one sitting: killed after its first of 3 epochs, `--resume` goes on from epoch 1 with the
+    optimiser's step (so the cosine schedule) carried over and says so in its row, and the checkpoint is removed
+    once the row is written; a rerun without --resume trains all 3 epochs again."""
+    import bench_rotated_gcnn
+
+    data, out = fake_eurosat(tmp_path / "eurosat"), tmp_path / "rows.json"
+    monkeypatch.setitem(b.TABLES, "low", {"small": ("resnet", SMALL, None)})
+    argv = ["bench_eurosat.py", "--data", str(data), "--epochs", "3", "--batch-size", "8", "--train-every", "1",
+            "--out", str(out), "--verbose", "0"]
+    clock = bench_rotated_gcnn.EpochTimes
+    original = clock.on_epoch_end
+
+    def kill_after_first(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if epoch == 0:
+            raise Killed
+
+    monkeypatch.setattr(clock, "on_epoch_end", kill_after_first)
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(Killed):
+        b.main()
+    partial = tmp_path / "rows.json.partial"
+    (backup,) = partial.iterdir()
+    assert json.load(open(backup / "times.json"))["sitting starts"] == [0]
+    monkeypatch.setattr(clock, "on_epoch_end", original)
+
+    import keras
+
+    seen, fit = [], keras.Model.fit
+
+    def spy(model, *a, **kw):
+        history = fit(model, *a, **kw)
+        seen.append((len(history.epoch), int(model.optimizer.iterations.numpy())))
+        return history
+
+    monkeypatch.setattr(keras.Model, "fit", spy)
+    monkeypatch.setattr(sys, "argv", argv + ["--resume"])
+    assert b.main() == 0
+    (row,) = json.load(open(out))
+    steps = 4  # 30 training tiles in batches of 8
+    assert seen == [(2, 3 * steps)]  # two epochs in the second sitting, the step went on from the first's 4
+    assert row["resumed after epochs"] == [1] and row["epochs"] == 3
+    assert not any(partial.iterdir())
+
+    monkeypatch.setattr(sys, "argv", argv)
+    assert b.main() == 0
+    (row,) = json.load(open(out))
+    assert seen[-1] == (3, 3 * steps) and "resumed after epochs" not in row
