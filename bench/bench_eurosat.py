@@ -284,16 +284,11 @@ def run(name, spec, train, valid, test, args):
             epochs = fit_within_budget(model, batches, args)
             fit_s = time.perf_counter() - t0
         else:
-            from bench_rotated_gcnn import EpochTimes  # each epoch's seconds, kept across sittings
+            from bench_rotated_gcnn import resumable_fit_callbacks  # each epoch's seconds, kept across sittings
 
-            backup = getattr(args, "backup", None)
-            clock = EpochTimes(os.path.join(backup, "times.json") if backup else None)
-            callbacks = [clock]
-            if backup:  # kept after fit: a run killed while evaluating keeps its training
-                callbacks.insert(0, keras.callbacks.BackupAndRestore(backup, delete_checkpoint=False))
+            clock, callbacks = resumable_fit_callbacks(getattr(args, "backup", None))
             model.fit(**batches, epochs=args.epochs, verbose=args.verbose, callbacks=callbacks)
-            fit_s = clock.state["fit s"]
-            resumed = [i for i in clock.state["sitting starts"] if i > 0]
+            fit_s, resumed = clock.state["fit s"], clock.resumed_after
         os.makedirs(args.weights_dir, exist_ok=True)
         model.save_weights(weights)
     if name.endswith("_orbit_d4"):  # wrapped after training, weights kept (models/invariant.py)

@@ -119,6 +119,20 @@ class EpochTimes(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         self.state["fit s"] = self.fit_s0 + time.perf_counter() - self.fit_t0
 
+    @property
+    def resumed_after(self) -> list:
+        """The epochs later sittings resumed at (empty for a fit of one sitting)."""
+        return [i for i in self.state["sitting starts"] if i > 0]
+
+
+def resumable_fit_callbacks(backup_dir=None):
+    """(the epoch clock, fit's callbacks): with `backup_dir`, Keras' BackupAndRestore before the clock, kept after
+    fit (delete_checkpoint=False) so that a run killed during the evaluation loses no training."""
+    clock = EpochTimes(os.path.join(backup_dir, "times.json") if backup_dir else None)
+    if not backup_dir:
+        return clock, [clock]
+    return clock, [keras.callbacks.BackupAndRestore(backup_dir, delete_checkpoint=False), clock]
+
 
 def run(name, model_name, params, augment, train, test, args, backup_dir=None):
     """bench_rotated_mnist's training (same optimiser, schedule and data), with per-epoch times.
@@ -136,11 +150,7 @@ def run(name, model_name, params, augment, train, test, args, backup_dir=None):
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
-    epochs = EpochTimes(os.path.join(backup_dir, "times.json") if backup_dir else None)
-    callbacks = [epochs]
-    if backup_dir:
-        # Kept after fit (delete_checkpoint=False) so that a run killed during the evaluation loses no training.
-        callbacks.insert(0, keras.callbacks.BackupAndRestore(backup_dir, delete_checkpoint=False))
+    epochs, callbacks = resumable_fit_callbacks(backup_dir)
     if keras.backend.backend() == "tensorflow":
         data = dict(x=dataset(*train, args.batch_size, augment, args.seed))
     else:  # no tf.data: Keras shuffles the arrays each epoch (main() refuses augmented models here)
@@ -160,9 +170,8 @@ def run(name, model_name, params, augment, train, test, args, backup_dir=None):
     }
     if keras.backend.backend() != "tensorflow":
         row["backend, device"] = f"{keras.backend.backend()}, {device_name()}"
-    resumed = [i for i in st["sitting starts"] if i > 0]
-    if resumed:
-        row["resumed after epochs"] = resumed
+    if epochs.resumed_after:
+        row["resumed after epochs"] = epochs.resumed_after
     return row
 
 
