@@ -1,12 +1,16 @@
 """`folder:<path>`: one subfolder per class of image files, streamed from disk and decoded in the graph.
 
 The class folders are directly under <path> (test and then validation carved
-off, stratified and seeded, by file list) or under <path>/train and
-<path>/test (and optionally validation/, valid/ or val/; any other top-level
-folder is named in a warning). PNG, JPEG, BMP and GIF (first frame): what
-`tf.io.decode_image` reads. A header pass (data/images.py `scan_images`)
-finds every file's size and channels and the unreadable files before
-anything is decoded: `BadImagesError` names them, unless `skip_bad_images`.
+off, stratified and seeded, by file list) or under <path>/train, with
+<path>/test and/or a validation folder (validation/, valid/ or val/; test
+carved from train/ where test/ is missing; any other top-level folder is
+named in a warning). The classes are train/'s subfolders: a class folder
+only in test/ or val/, or one with no readable image, is refused; a split
+with no image of a class is named in a warning. PNG, JPEG, BMP and GIF
+(first frame): what `tf.io.decode_image` reads. A header pass (data/images.py
+`scan_images`) finds every file's size and channels and the unreadable files
+before anything is decoded: `BadImagesError` names them, unless
+`skip_bad_images` (which decodes every file, so that each skipped one is named).
 """
 
 from __future__ import annotations
@@ -41,31 +45,56 @@ def _list_split(root: str, class_names: list[str]):
 
 
 def list_folder(root: str):
-    """The file lists of `folder:<root>` (before the header pass):
-    ({split: (paths, labels)}, class names, whether it has train/ and test/)."""
+    """The file lists of `folder:<root>` (before the header pass): ({split: (paths, labels)}, class names,
+    whether it has test/). With split folders the classes are train/'s subfolders; without test/ the training
+    list is returned as `all`, for the test split to be carved from it."""
     if not os.path.isdir(root):
         raise DataSourceError(f"folder:{root}: no such directory")
     top = _class_dirs(root)
-    if "train" in top and "test" in top:
+    vnames = [v for v in VALIDATION_FOLDERS if v in top]
+    if "train" in top and ("test" in top or vnames):
         class_names = _class_dirs(os.path.join(root, "train"))
         if not class_names:
             raise DataSourceError(f"folder:{root}/train: no class subfolders")
-        out = {"train": _list_split(os.path.join(root, "train"), class_names),
-               "test": _list_split(os.path.join(root, "test"), class_names)}
-        used = ["train", "test"]
-        for vname in VALIDATION_FOLDERS:
-            if vname in top:
-                out["validation"] = _list_split(os.path.join(root, vname), class_names)
-                used.append(vname)
-                break
+        used = ["train", *(["test"] if "test" in top else []), *vnames[:1]]
+        for name in used[1:]:  # a class only in test/ or val/ would be dropped without a word: refused
+            extra = sorted(set(_class_dirs(os.path.join(root, name))) - set(class_names))
+            if extra:
+                raise DataSourceError(
+                    f"folder:{root}/{name}: class folder(s) {', '.join(extra)} are not in train/ (the classes are "
+                    f"train/'s subfolders: {', '.join(class_names)}); rename or remove them")
+        out = {"train" if "test" in top else "all": _list_split(os.path.join(root, "train"), class_names)}
+        if "test" in top:
+            out["test"] = _list_split(os.path.join(root, "test"), class_names)
+        if vnames:
+            out["validation"] = _list_split(os.path.join(root, vnames[0]), class_names)
         ignored = [d for d in top if d not in used]
         if ignored:  # every folder the source sees is used or named
             print(f"Warning: folder:{root}: ignored top-level folder(s) {', '.join(ignored)}: the splits read are "
                   f"{', '.join(used)} (a validation split is one of {', '.join(VALIDATION_FOLDERS)}/)")
-        return out, class_names, True
+        return out, class_names, "test" in top
     if not top:
         raise DataSourceError(f"folder:{root}: expected one subfolder per class (or train/ and test/)")
     return {"all": _list_split(root, top)}, top, False
+
+
+def _check_classes(root: str, train_dir: str, lists: dict, class_names: list[str]) -> None:
+    """Refuse a class with no readable training image (a model would be published with a class it never saw);
+    name the classes that a test or validation split has no image of (their accuracy is not measured)."""
+    counts = np.bincount(lists["train"][1], minlength=len(class_names))
+    empty = [c for c, n in zip(class_names, counts) if n == 0]
+    if empty:
+        nested = any(os.path.isdir(os.path.join(train_dir, c, d)) for c in empty
+                     for d in os.listdir(os.path.join(train_dir, c)))
+        raise DataSourceError(
+            f"folder:{train_dir}: class folder(s) {', '.join(empty)} hold no readable image file"
+            + (" (files in nested subfolders are not read: put them directly in the class folder)" if nested else "")
+            + "; add images or remove the folder(s)")
+    for k in ("validation", "test"):
+        missing = [c for c, n in zip(class_names, np.bincount(lists[k][1], minlength=len(class_names))) if n == 0]
+        if missing:
+            print(f"Warning: folder:{root}: the {k} split has no image of class(es) {', '.join(missing)}: their "
+                  f"{k} accuracy is not measured (classes with few images get none when a split is carved)")
 
 
 @register_source("folder", argument="<path>", files="path",
@@ -76,10 +105,13 @@ def open_folder(path: str, o: DataOptions, stream):
 
     root = os.path.expanduser(path)
     lists, class_names, has_test = list_folder(root)
+    train_dir = root if list(lists) == ["all"] else os.path.join(root, "train")
     every = np.concatenate([p for p, _ in lists.values()])
     if len(every) == 0:
         raise DataSourceError(f"folder:{root}: no image files in its class subfolders")
-    found = scan_images(every, o.scan_workers, full=o.check_images == "full")
+    # skip_bad_images decodes every file: a file whose header is intact but whose pixels are not is then named
+    # and skipped here, instead of being dropped in training without a name (tf.data's ignore_errors)
+    found = scan_images(every, o.scan_workers, full=o.check_images == "full" or o.skip_bad_images)
     bad = [(p, r) for p, r in zip(every, found) if isinstance(r, str)]
     if bad and not o.skip_bad_images:
         raise BadImagesError(f"folder:{root}", bad)
@@ -90,11 +122,12 @@ def open_folder(path: str, o: DataOptions, stream):
     lists = {k: (p[[x not in badset for x in p]], y[[x not in badset for x in p]]) for k, (p, y) in lists.items()}
     if not has_test:  # test carved with seed + 1, then validation with seed
         (p, y), test = stratified_split(*lists.pop("all"), o.validation_fraction, o.seed + 1)
-        lists = {"train": (p, y), "test": test}
+        lists = {**lists, "train": (p, y), "test": test}
     if "validation" not in lists:
         if len(lists["train"][0]) < 2:
             raise DataSourceError(f"folder:{root}: the training split needs at least 2 images")
         lists["train"], lists["validation"] = stratified_split(*lists["train"], o.validation_fraction, o.seed)
+    _check_classes(root, train_dir, lists, class_names)
     channels = o.channels if o.channels != "auto" else (1 if all(g for _, _, g in good) else 3)
     sizes = sorted({(h, w) for h, w, _ in good})
     stream.native_size = sizes[0] if len(sizes) == 1 else None

@@ -1,5 +1,7 @@
 """Streaming sources (data/streaming.py): folder decode, channels, resize modes, splits, bad files, sharding."""
 
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -335,6 +337,57 @@ def test_data_after_the_end_marker_is_fine_and_full_check_finds_corruption_insid
     assert sum(s.info.counts.values()) == 10
     with pytest.raises(BadImagesError, match=r"1 unreadable .*flipped\.png \(corrupt PNG"):
         open_source(f"folder:{root}", check_images="full")
+
+
+def test_skip_bad_images_names_a_file_whose_pixels_are_corrupt_and_trains_without_it(tmp_path):
+    """A flipped byte in a PNG's pixel data passes the header pass; `skip_bad_images` decodes every file, so the
+    file is named among the skipped ones and left out of the splits (not dropped silently in training)."""
+    root = make_uniform_folder(tmp_path / "u", n=6, mode="RGB")
+    png = bytearray((root / "b" / "0.png").read_bytes())
+    png[len(png) // 2] ^= 0xFF
+    (root / "b" / "flipped.png").write_bytes(bytes(png))
+    s = open_source(f"folder:{root}", skip_bad_images=True)
+    assert [os.path.basename(p) for p, _ in s.info.bad_files] == ["flipped.png"]
+    assert "skipped 1 unreadable file(s)" in s.info.summary() and sum(s.info.counts.values()) == 12
+    paths = [p for split in (s.train, s.validation, s.test) for p in split.paths]
+    assert len(paths) == 12 and not any(p.endswith("flipped.png") for p in paths)
+
+
+def test_train_and_val_folders_without_test_carve_the_test_split_from_train(tmp_path):
+    make_uniform_folder(tmp_path / "train", n=10)
+    make_uniform_folder(tmp_path / "val", n=3)
+    s = open_source(f"folder:{tmp_path}")
+    assert s.class_names == ["a", "b"]  # not the classes "train" and "val"
+    assert (s.train.count, s.validation.count, s.test.count) == (18, 6, 2)
+    assert all("/val/" in p for p in s.validation.paths) and all("/train/" in p for p in s.test.paths)
+
+
+def test_a_class_only_in_test_is_refused_and_a_class_missing_from_test_is_named(tmp_path, capsys):
+    make_uniform_folder(tmp_path / "d" / "train", classes=("a", "b", "c"), n=6)
+    make_uniform_folder(tmp_path / "d" / "test", classes=("a", "b", "river"), n=2)
+    with pytest.raises(DataSourceError, match=r"d/test: class folder\(s\) river are not in train/"):
+        open_source(f"folder:{tmp_path / 'd'}")
+    make_uniform_folder(tmp_path / "e" / "train", classes=("a", "b", "c"), n=6)
+    make_uniform_folder(tmp_path / "e" / "test", classes=("a", "b"), n=2)
+    s = open_source(f"folder:{tmp_path / 'e'}")
+    assert s.class_names == ["a", "b", "c"] and s.test.count == 4
+    assert "the test split has no image of class(es) c" in capsys.readouterr().out
+
+
+def test_a_class_folder_without_images_is_refused_and_a_tiny_class_is_named(tmp_path, capsys):
+    root = make_uniform_folder(tmp_path / "u", classes=("a", "b", "c"), n=6)
+    (root / "empty").mkdir()
+    with pytest.raises(DataSourceError, match=r"class folder\(s\) empty hold no readable image file; add images"):
+        open_source(f"folder:{root}")
+    (root / "empty" / "2024").mkdir()
+    make_uniform_folder(root / "empty" / "2024", classes=("x",), n=2)
+    with pytest.raises(DataSourceError, match="files in nested subfolders are not read"):
+        open_source(f"folder:{root}")
+    for p in (root / "empty" / "2024" / "x").iterdir():
+        p.rename(root / "empty" / p.name)  # two images: one carved into test, none left for validation
+    s = open_source(f"folder:{root}")
+    assert s.class_names == ["a", "b", "c", "empty"]
+    assert "the validation split has no image of class(es) empty" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("vname", ["validation", "valid", "val"])
