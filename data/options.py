@@ -99,8 +99,7 @@ class DataSettings:
     random_crop: bool = False  # with resize: crop, crop training images at random places
     cache: str = "auto"  # auto (memory under cache_budget_mb, else none) | memory | disk (under cache_dir) | none
     cache_budget_mb: float = 512  # the largest decoded size `cache: auto` keeps in memory
-    skip_bad_images: bool = False  # skip unreadable image files (named in the log) instead of refusing the source
-    # (a folder's files are then all decoded once first, so that a file with corrupt pixels is named too)
+    skip_bad_images: bool = False  # skip unreadable images, each named in the log (a folder's: all decoded first)
     check_images: str = "header"  # header (fast pass over headers and file ends) | full (decode every file once)
     shuffle_buffer: int = 10_000  # records shuffled at once (tfrecord, tfds, disk cache); file lists shuffle whole
     batch_size: int = 128
