@@ -21,6 +21,7 @@ center). Images already at `image_size` pass unchanged.
 from __future__ import annotations
 
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import tensorflow as tf
@@ -80,6 +81,16 @@ def _header_shape(f, kind: str, head: bytes):
     return None
 
 
+def _tf_decode_error(path: str) -> str | None:
+    """Why `tf.io.decode_image` (the pipeline's decoder) refuses the file, or None when it decodes it."""
+    try:
+        tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
+    except tf.errors.OpError as e:
+        text = re.sub(r"\{\{[^}]*\}\}|\[Op:.*", "", e.message).strip()
+        return text.splitlines()[0] if text else type(e).__name__
+    return None
+
+
 def _inspect(path: str, full: bool = False):
     """(height, width, is_gray) of an image file, or the reason it is unreadable.
 
@@ -90,7 +101,7 @@ def _inspect(path: str, full: bool = False):
     `tf.io.decode_bmp` reads. That finds truncated files without decoding them.
     A file whose end looks wrong (data appended after the end marker is legal)
     is decoded in full before it is called truncated; `full` decodes every file
-    (finds corruption in the middle too, at the cost of a decode per file).
+    (finds corruption in the middle too, by PIL and by TensorFlow's decoder, at the cost of two decodes per file).
     """
     from PIL import Image
 
@@ -133,6 +144,10 @@ def _inspect(path: str, full: bool = False):
                     except Exception as e:
                         why = str(e).splitlines()[0] if str(e) else type(e).__name__
                         return suspect or f"corrupt {kind.upper()} ({why})"
+            if full:  # and by the decoder training uses: PIL reads some JPEGs that TensorFlow refuses
+                why = _tf_decode_error(path)
+                if why:
+                    return f"corrupt {kind.upper()} (TensorFlow: {why})"
         if w < 1 or h < 1:
             return f"empty image ({w}x{h})"
         return int(h), int(w), bool(gray)

@@ -135,6 +135,35 @@ def test_a_corrupt_file_is_one_error_naming_it_and_nothing_is_written(shapes, tm
         assert not (tmp_path / written).exists(), written
 
 
+def _jpeg_only_pil_reads() -> bytes:
+    """A 64x64 JPEG with garbage inside its data: the header pass and PIL read it, TensorFlow's decoder does not."""
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()[:700] + np.random.default_rng(1).integers(0, 256, 500, dtype=np.uint8).tobytes() + b"\xff\xd9"
+
+
+def test_a_file_that_fails_to_decode_in_training_is_one_error_naming_it_and_the_run_resumes_without_it(
+        shapes, tmp_path, capsys):
+    from data.images import scan_images
+
+    root = tmp_path / "data"
+    shutil.copytree(shapes, root)
+    bad = root / "train" / "circle" / "noise.jpg"
+    bad.write_bytes(_jpeg_only_pil_reads())
+    assert not isinstance(scan_images([str(bad)])[0], str)  # the default header pass lets it through
+    args = ["--config", os.path.join(ROOT, "pipelines", "configs", "default.yaml"),
+            *_overrides(tmp_path, f"folder:{root}", "shapes_decode", *CNN)]
+    assert run_main(main, args) == 2
+    line = _one_error_line(capsys)
+    assert str(bad) in line and "TensorFlow: jpeg::Uncompress failed" in line and "found in training" in line
+    assert not (tmp_path / "exports").exists()
+    bad.unlink()
+    assert run_main(main, args) == 0  # the same command, the file removed
+    assert os.path.isfile(tmp_path / "exports" / "shapes_decode" / "1" / "saved_model.pb")
+
+
 def test_skip_bad_images_trains_and_logs_the_skipped_file(shapes, tmp_path):
     source, bad = _with_a_corrupt_file(shapes, tmp_path)
     result = run(config_from_dict({}, _overrides(tmp_path, source, "shapes_skip", *CNN, "data.skip_bad_images=true",
