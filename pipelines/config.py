@@ -139,6 +139,15 @@ class TrackingConfig:
     registered_model_name: str | None = None  # default: the config's name
 
 
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def _check_name(where: str, value) -> None:
+    """A run, export or model name: a folder under exports/ and runs/, an MLflow model, a serving URL's part."""
+    _check(isinstance(value, str) and NAME.fullmatch(value) is not None, where, value,
+           "must be letters, digits, '_', '.' and '-', starting with a letter, digit or '_'")
+
+
 @dataclass
 class ExportConfig:
     enabled: bool = True
@@ -158,6 +167,8 @@ class ExportConfig:
     plain: bool = False
 
     def validate(self, p):
+        if self.name is not None:
+            _check_name(f"{p}.name", self.name)
         _check(self.tolerance > 0, f"{p}.tolerance", self.tolerance, "must be > 0")
         _check(self.rtol >= 0, f"{p}.rtol", self.rtol, "must be >= 0")
         if self.min_test_accuracy is not None:
@@ -283,7 +294,7 @@ class Config:
     tune: TuneConfig = field(default_factory=TuneConfig)
 
     def validate(self, p):
-        _check(bool(self.name) and "/" not in self.name, "name", self.name, "must be a non-empty name without '/'")
+        _check_name("name", self.name)
 
     # -- conveniences
     def to_dict(self) -> dict:
@@ -312,11 +323,21 @@ class Config:
 def name_from_source(source: str) -> str:
     """A run name from a data source: `folder:/data/pets/` -> `pets`, `npz:x/digits.npz` -> `digits`,
     `tfds:mnist` -> `mnist`, `tfrecord:/data/eurosat/*.tfrecord` -> `eurosat` (a source that reads local
-    files is named after them: `data.sources.local_path`)."""
+    files is named after them: `data.sources.local_path`; `folder:.` after the current folder). Accents are
+    dropped (`Forêt` -> `Foret`); a name with no Latin letter or digit left (`folder:/data/森林`) is the
+    source's kind and a digest of its path, so that two such folders never share a name."""
+    import hashlib
+    import unicodedata
+
     kind, _, rest = source.partition(":")
     path = local_path(source)
-    stem = os.path.splitext(os.path.basename(path.rstrip("/")))[0] if path is not None else rest.rstrip("/")
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-.") or kind or "data"
+    stem = os.path.splitext(os.path.basename(os.path.abspath(path)))[0] if path is not None else rest.rstrip("/")
+    stem = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode()
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-.")
+    if not re.search(r"[A-Za-z0-9]", name):
+        where = os.path.abspath(path) if path is not None else rest
+        name = f"{kind or 'data'}-{hashlib.sha256(where.encode()).hexdigest()[:8]}"
+    return name
 
 
 def config_from_dict(data: dict, overrides: list[str] | None = None, default_name: str = "default",
@@ -342,8 +363,10 @@ def config_from_dict(data: dict, overrides: list[str] | None = None, default_nam
     keys = {key for key, _ in parsed}
     if "data.source" in keys and isinstance(new_source, str) and new_source != own_source:
         config_name, model = data["name"], section("model").get("name", ModelConfig.name)
-        if "name" not in keys:
+        if "name" not in keys:  # never the config's own name (its model is not this data's)
             data["name"] = name_from_source(new_source)
+            if data["name"] == config_name:
+                data["name"] += f"-{new_source.partition(':')[0]}"
         if "description" not in keys:
             data["description"] = f"{model} on {new_source} (from config {config_name!r})"
     token = _CHECK_MODEL.set(check_model)

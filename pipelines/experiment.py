@@ -304,8 +304,9 @@ def check_model_builds(cfg: Config, splits) -> str:
     """Build the model once for the data's image shape and classes, before any run is written; return
     the digest of its initial weights (drawn from `train.seed`, as `make train` will draw them).
 
-    A bad builder value (`model.params.downsample=bogus`) or images too small
-    for the model (2x2 through three poolings) is a `ConfigError` naming the
+    A bad builder value (`model.params.downsample=bogus`), images too small
+    for the model (2x2 through three poolings) or quarter-turn augmentation of
+    images that are not square is a `ConfigError` naming the
     model and the shape, not a traceback after the run has started. Built on
     this process's devices alone (`distribute.local`): a build that fails in
     one process must not leave the others inside a collective.
@@ -315,6 +316,10 @@ def check_model_builds(cfg: Config, splits) -> str:
     from pipelines import distribute
     from pipelines.config import ConfigError
 
+    h, w = splits.image_shape[:2]
+    if cfg.augment.flip.rotate90 and h != w:  # checked here, not when the augmentation is first called in fit
+        raise ConfigError(f"augment.flip.rotate90: quarter turns need square images, and these are {h}x{w}; set "
+                          f"data.image_size=[{max(h, w)}, {max(h, w)}] (or another square), or rotate90=false")
     try:
         keras.utils.set_random_seed(cfg.train.seed)
         with precision(cfg), distribute.local():

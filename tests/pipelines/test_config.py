@@ -103,3 +103,31 @@ def test_a_run_on_other_data_is_named_after_it_and_described_unless_told():
     assert load_config(default).name == "default"
     assert [name_from_source(s) for s in ("npz:x/digits.npz", "tfds:mnist", "tfrecord:/d/eurosat/*.tfrecord",
                                           "folder:/data/my pets")] == ["digits", "mnist", "eurosat", "my-pets"]
+
+
+def test_names_that_are_not_a_plain_folder_name_are_refused_and_every_folder_gets_a_name_of_its_own(tmp_path):
+    import os
+
+    import pytest
+
+    from pipelines.config import ConfigError, config_from_dict, name_from_source
+
+    for override in ("name=..", "name=.hidden", "name=a b", "export.name=../evil", "export.name=x/y"):
+        key = override.split("=")[0]
+        with pytest.raises(ConfigError, match=rf"{key}: must be letters, digits, '_', '.' and '-'"):
+            config_from_dict({}, [override])
+    assert config_from_dict({}, ["name=pets_v2.1-a"]).export_name == "pets_v2.1-a"
+    assert name_from_source("folder:/data/Forêt") == "Foret"
+    cjk = [name_from_source(f"folder:/data/{d}") for d in ("森林", "河流")]
+    assert all(n.startswith("folder-") and len(n) == 15 for n in cjk) and cjk[0] != cjk[1]
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        assert name_from_source("folder:.") == name_from_source(f"folder:{tmp_path}") != "folder"
+    finally:
+        os.chdir(cwd)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from pipelines.config import load_config
+
+    same = load_config(os.path.join(root, "pipelines", "configs", "default.yaml"), ["data.source=folder:/x/default"])
+    assert same.name == same.export_name == "default-folder"  # never the config's own model's name

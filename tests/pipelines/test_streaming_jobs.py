@@ -164,6 +164,17 @@ def test_a_file_that_fails_to_decode_in_training_is_one_error_naming_it_and_the_
     assert os.path.isfile(tmp_path / "exports" / "shapes_decode" / "1" / "saved_model.pb")
 
 
+def test_quarter_turns_of_images_that_are_not_square_are_one_error_and_nothing_is_written(shapes, tmp_path, capsys):
+    args = ["--config", os.path.join(ROOT, "pipelines", "configs", "images.yaml"),
+            *_overrides(tmp_path, f"folder:{shapes}", "shapes_turns", "data.image_size=[32,48]",
+                        "augment.flip.rotate90=true")]
+    assert run_main(main, args) == 2
+    line = _one_error_line(capsys)
+    assert "augment.flip.rotate90: quarter turns need square images, and these are 32x48" in line
+    for written in ("runs", "mlflow.db", "exports"):
+        assert not (tmp_path / written).exists(), written
+
+
 def test_skip_bad_images_trains_and_logs_the_skipped_file(shapes, tmp_path):
     source, bad = _with_a_corrupt_file(shapes, tmp_path)
     result = run(config_from_dict({}, _overrides(tmp_path, source, "shapes_skip", *CNN, "data.skip_bad_images=true",
