@@ -282,7 +282,7 @@ class TuneConfig:
 
 @dataclass
 class Config:
-    name: str = "default"
+    name: str = "default"  # of the run, its export and MLflow model: letters, digits, _ . - (data.source= sets it)
     description: str = ""
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
