@@ -99,7 +99,9 @@ def _decode_image(obj: dict, spec: TensorInfo, where: str) -> np.ndarray:
         arr = np.asarray(img)
     except BadRequest:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except UnidentifiedImageError:  # its message is PIL's repr of our buffer (<_io.BytesIO object at 0x...>)
+        raise BadRequest(f"{where}: undecodable image (PNG or JPEG expected): not a PNG or JPEG file") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise BadRequest(f"{where}: undecodable image (PNG or JPEG expected): {_first_line(e)}")
     if arr.ndim == 2:
         arr = arr[..., None]
@@ -179,11 +181,40 @@ def _rows_check(n: int, max_rows: int | None, what: str) -> None:
         )
 
 
+IMAGE_BYTES = "image_bytes"  # the export's signature of encoded files (pipelines/signatures.py)
+
+
+class EncodedImages(list):
+    """The files of a predict request on the `image_bytes` signature (bytes, one per row), as TensorFlow Serving
+    reads its string input: `{"b64": ...}` per row, named `image_bytes` or not."""
+
+
+def _encoded_images(req: dict, max_rows: int | None) -> EncodedImages:
+    rows = req.get("instances", req.get("inputs"))
+    if isinstance(rows, dict) and set(rows) == {IMAGE_BYTES}:  # columnar, named
+        rows = rows[IMAGE_BYTES]
+    if not isinstance(rows, list) or not rows:
+        raise BadRequest(f"the {IMAGE_BYTES!r} signature takes a non-empty list of {{\"b64\": <file>}}, one per image")
+    _rows_check(len(rows), max_rows, "'instances'" if "instances" in req else "'inputs'")
+    out = EncodedImages()
+    for i, row in enumerate(rows):
+        if isinstance(row, dict) and set(row) == {IMAGE_BYTES}:
+            row = row[IMAGE_BYTES]
+        if not _is_b64(row) or not isinstance(row["b64"], str):
+            raise BadRequest(f"row {i}: the {IMAGE_BYTES!r} signature takes {{\"b64\": <an encoded image file>}}")
+        try:
+            out.append(base64.b64decode(row["b64"], validate=True))
+        except (binascii.Error, ValueError) as e:
+            raise BadRequest(f"row {i}: invalid base64 ({_first_line(e)})") from None
+    return out
+
+
 def parse_predict(body: bytes, servable: Servable, max_rows: int | None = None) -> tuple[dict, bool]:
     """A predict request body -> (inputs by name, row format?).
 
     An input is an array, or `LazyInstances` where b64 images are decoded by
-    the batcher a chunk at a time. More than `max_rows` rows is a 413.
+    the batcher a chunk at a time. More than `max_rows` rows is a 413. On the
+    `image_bytes` signature: `EncodedImages` (the files) instead of the inputs.
     """
     try:
         req = _loads(body)
@@ -197,13 +228,15 @@ def parse_predict(body: bytes, servable: Servable, max_rows: int | None = None) 
     if not isinstance(req, dict):
         raise BadRequest(f"the request body must be a JSON object with 'instances' or 'inputs', got {type(req).__name__}")
     sig = req.get("signature_name", "serving_default")
-    if sig not in ("serving_default", "", None):
-        raise BadRequest(f"unknown signature_name {sig!r}; this model serves 'serving_default'")
+    if sig not in ("serving_default", "", None, IMAGE_BYTES):
+        raise BadRequest(f"unknown signature_name {sig!r}; this model serves 'serving_default' and {IMAGE_BYTES!r}")
     unknown = sorted(set(req) - {"instances", "inputs", "signature_name"})
     if unknown:
         raise BadRequest(f"unknown key(s) {unknown} in the request; expected 'instances' or 'inputs'")
     if ("instances" in req) == ("inputs" in req):
         raise BadRequest("the request must have exactly one of 'instances' (row format) or 'inputs' (columnar format)")
+    if sig == IMAGE_BYTES:
+        return _encoded_images(req, max_rows), "instances" in req
     specs = servable.inputs
     names = list(specs)
     if "instances" in req:

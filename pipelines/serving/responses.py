@@ -80,8 +80,14 @@ def _model_error(e: BaseException) -> Response:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(getattr(e, "message", None) or e)
-    return text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    """The reason an error gives, on one line. TensorFlow's graph errors start "Graph execution error:" and give
+    the reason on the line before their node marker ("[[{{node ...}}]]"), after a stack of the op's origin."""
+    lines = [line.strip() for line in str(getattr(e, "message", None) or e).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Graph execution error"):
+        marker = next((i for i, line in enumerate(lines) if line.startswith("[[")), len(lines))
+        if marker > 1:
+            return lines[marker - 1]
+    return lines[0] if lines else type(e).__name__
 
 
 def error(status: int, message: str, headers: dict | None = None) -> Response:

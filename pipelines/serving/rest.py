@@ -33,7 +33,7 @@ import re
 
 from pipelines.serving.codec import _loads, encode_predict, format_predict
 from pipelines.serving.metrics import PATH as METRICS_PATH
-from pipelines.serving.request import LazyInstances, parse_predict
+from pipelines.serving.request import IMAGE_BYTES, EncodedImages, LazyInstances, parse_predict
 from pipelines.serving.responses import BadRequest, Pending, Response, _first_line, clip, error, prefix
 from pipelines.serving.servables import ModelManager, NotFound
 
@@ -76,7 +76,7 @@ class RestApi:
         self._pool = None
 
     def _classify_pool(self):
-        """Classify calls run here, off the HTTP stack's loop (they are not batched)."""
+        """Classify and `image_bytes` predict calls run here, off the HTTP stack's loop (they are not batched)."""
         if self._pool is None:
             from concurrent.futures import ThreadPoolExecutor
 
@@ -134,6 +134,15 @@ class RestApi:
                                  "use :predict or :classify")
             servable, batcher = self.manager.resolve(name, version, label)
             inputs, row = parse_predict(body, servable, self.max_rows)
+            if isinstance(inputs, EncodedImages):  # files of any size: the export decodes and resizes them
+                import numpy as np
+
+                if IMAGE_BYTES not in servable.signature_defs:
+                    raise BadRequest(f"{name} version {servable.version} has no {IMAGE_BYTES!r} signature (exported "
+                                     "before it existed); send pixels to 'serving_default'")
+                files = {IMAGE_BYTES: np.array(inputs, dtype=object)}
+                fut = self._classify_pool().submit(servable.run_signature, IMAGE_BYTES, files)
+                return Pending(fut, lambda out: encode_predict(out, row))
             fut = batcher.submit(servable, inputs)
             return Pending(fut, lambda out: encode_predict(out, row))
         if method != "GET":

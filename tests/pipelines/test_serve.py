@@ -131,6 +131,10 @@ def test_class_names_in_metadata_and_answers(server, exports, name):
     preds = r.json()["predictions"]
     assert [p["class_name"] for p in preds] == [NAMES[p["class_id"]] for p in preds]
     assert "class_names" not in requests.get(f"{server.url}/v1/models/tiny/metadata", timeout=10).json()["metadata"]
+    if name == "ids_only":  # an export from before the encoded-files signature: a 400 that says so
+        r = predict(f"{server.url}/v1/models/{name}:predict",
+                    json={"signature_name": "image_bytes", "instances": [{"b64": png(exports["x"][0])}]})
+        assert r.status_code == 400 and "has no 'image_bytes' signature" in r.json()["error"], r.text
 
 
 # ----------------------------------------------------------------------------- predict
@@ -201,7 +205,8 @@ BAD = [
     ("out-of-range", ":predict", "POST", {"instances": [_img((28, 28, 1), 255)[:27] + [[[300]] * 28]]}, 400, "value 300 out of range"),
     ("non-integer", ":predict", "POST", {"instances": np.full((1, 28, 28, 1), 1.5).tolist()}, 400, "expected uint8 integers"),
     ("bad-base64", ":predict", "POST", {"instances": [{"b64": "!!not base64!!"}]}, 400, "invalid base64"),
-    ("not-an-image", ":predict", "POST", {"instances": [{"b64": base64.b64encode(b"GIF89a nope").decode()}]}, 400, "undecodable image"),
+    ("not-an-image", ":predict", "POST", {"instances": [{"b64": base64.b64encode(b"GIF89a nope").decode()}]}, 400,
+     "undecodable image (PNG or JPEG expected): not a PNG or JPEG file"),
     ("image-size", ":predict", "POST", {"instances": [{"b64": png(np.zeros((32, 30, 1), np.uint8))}]}, 400, "image is 30x32"),
     ("image-channels", ":predict", "POST", {"instances": [{"b64": png(np.zeros((28, 28, 3), np.uint8))}]}, 400, "3 channel"),
     ("b64-without-batch", ":predict", "POST", {"inputs": {"image": {"b64": png(np.zeros((28, 28, 1), np.uint8))}}}, 400, "needs a batch"),
