@@ -8,6 +8,7 @@ under the config's name). Every function logs to the active MLflow run.
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 
@@ -95,7 +96,11 @@ def log_dataset(cfg: Config, splits) -> None:
     kind, _, where = cfg.data.source.partition(":")
     path = local_path(cfg.data.source)
     if path is not None:  # files (the registry says which sources read them): MLflow's local source
-        source = resolve_dataset_source(os.path.abspath(path))
+        # MLflow warns at every run that a path "can be interpreted in multiple ways", then takes its local
+        # artifact source (LocalArtifactDatasetSource), the one meant here: the warning says nothing to a user
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+            source = resolve_dataset_source(os.path.abspath(path))
     else:  # synthetic, tfds:<name>: made by code
         source = CodeDatasetSource({"data.source": cfg.data.source})
     dataset = MetaDataset(
