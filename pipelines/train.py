@@ -7,7 +7,7 @@ runs/<name>-<time>) holding the resolved config, the MLflow run id, Keras'
 backup of the last finished epoch and, once training ends, the trained model.
 Running the same command again resumes an unfinished run whose process is
 gone: training continues from the last finished epoch (each epoch is logged
-once), and a run that had finished training but died later (evaluation,
+once; data changed since the run started is named in a warning), and a run that had finished training but died later (evaluation,
 export) redoes only the steps that had not finished. Everything a user can get
 wrong (config, data, a model that does not build for the data) is checked
 before anything is written.
@@ -15,6 +15,7 @@ before anything is written.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -140,7 +141,13 @@ def _run_locked(cfg: Config, splits, uri: str, run_dir: str, state: dict, callba
             "hold (or it was deleted); resume with the store it started in, or choose a new run_dir"
         ) from None
     run_id = active.info.run_id
-    state = rundir.write_state(run_dir, mlflow_run_id=run_id, status="running")
+    data = {"data_key": hashlib.sha256(splits.content_key.encode()).hexdigest(),
+            "data_counts": splits.info.total_counts}
+    if resumed and state.get("data_key", data["data_key"]) != data["data_key"]:  # e.g. an unreadable file removed
+        print(f"Warning: the data changed since this run started (images per split then {state.get('data_counts')}, "
+              f"now {data['data_counts']}): training goes on from the last finished epoch on the data as it is now; "
+              "the run's logged data parameters are those of its start")
+    state = rundir.write_state(run_dir, mlflow_run_id=run_id, status="running", **({} if resumed else data))
     print(f"MLflow run {run_id} ({'resumed' if resumed else 'new'}) in {uri}; run dir {run_dir}")
 
     try:

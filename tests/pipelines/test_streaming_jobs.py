@@ -160,7 +160,8 @@ def test_a_file_that_fails_to_decode_in_training_is_one_error_naming_it_and_the_
     assert str(bad) in line and "TensorFlow: jpeg::Uncompress failed" in line and "found in training" in line
     assert not (tmp_path / "exports").exists()
     bad.unlink()
-    assert run_main(main, args) == 0  # the same command, the file removed
+    assert run_main(main, args) == 0  # the same command, the file removed: it resumes, and says the data changed
+    assert "Warning: the data changed since this run started" in capsys.readouterr().out
     assert os.path.isfile(tmp_path / "exports" / "shapes_decode" / "1" / "saved_model.pb")
 
 
