@@ -60,6 +60,10 @@ def test_load_config_files(tmp_path):
     bad.write_text("train: [epochs: 2\n")
     with pytest.raises(ConfigError, match="malformed YAML"):
         load_config(bad)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("train:\n  epochs: 2\n  epochs: 30\n")  # YAML would keep 30 without a word
+    with pytest.raises(ConfigError, match=r"malformed YAML: the key 'epochs' is given twice\s+in .*line 3"):
+        load_config(twice)
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
     listy = tmp_path / "list.yaml"
