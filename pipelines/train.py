@@ -239,6 +239,7 @@ def _undecodable_files(exc: BaseException, splits):
     from data.options import BadImagesError
 
     paths = [str(p) for s in parts for p in s.paths]
+    print(f"A file failed to decode; decoding each of the {len(paths)} files once to name it ...", flush=True)
     bad = [(p, r) for p, r in zip(paths, scan_images(paths, full=True)) if isinstance(r, str)]
     return BadImagesError(splits.info.source, bad) if bad else None
 
