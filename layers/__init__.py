@@ -11,7 +11,8 @@ Every public class is exported here (`from layers import GroupConv2D`) and
 by its family package (`from layers.group import GroupConv2D`); importing
 the package registers them all with Keras' serialization
 (`package="invariant"`), so a saved `.keras` model loads after
-`import layers`. This package imports nothing of the project outside
+`import layers` (one wrapped by `models.invariant`, after `import models`:
+its wrapper layers live there). This package imports nothing of the project outside
 `layers/`, and no TensorFlow (docs/design.md).
 """
 
