@@ -117,6 +117,7 @@ class TuneResult:
     best_score: float | None = None
     best_values: dict | None = None
     trials_completed: int = 0
+    best_trial_number: int | None = None  # KerasTuner's console number of the best trial ("Trial 1 Complete")
 
 
 def run(cfg: Config, callbacks=(), config_path: str | None = None) -> TuneResult:
@@ -189,10 +190,14 @@ def _finish(cfg: Config, oracle, runs: SearchRuns, directory: str, uri: str, rol
         why = failed[-1].message.strip().splitlines()[-1] if failed else "none ran"
         raise RuntimeError(f"no trial of the search completed (last error: {why})")
     best = oracle.get_best_trials(1)[0]
+    # KerasTuner's console says "Trial <n> Complete" with n counted from 1, where the id (the MLflow run's name)
+    # is the count of trials before it, zero-padded (keras_tuner Oracle.create_trial, Display.on_trial_begin)
+    number = int(best.trial_id) + 1 if str(best.trial_id).isdigit() else None
+    shown = f"trial_{best.trial_id}" + (f" (KerasTuner's Trial {number})" if number is not None else "")
     best_path = os.path.join(directory, "best.yaml")
     header = (
         f"# Best of {len(completed)} trials of `make tune CONFIG={config_path or cfg.name}` "
-        f"({cfg.tune.algorithm}; {cfg.tune.objective} = {best.score:.4f} in trial {best.trial_id}),\n"
+        f"({cfg.tune.algorithm}; {cfg.tune.objective} = {best.score:.4f} in {shown}),\n"
         f"# MLflow parent run {runs.parent_run_id}. Train and export it with its full budget:\n"
         f"#   make train CONFIG={best_path}\n"
     )
@@ -202,7 +207,7 @@ def _finish(cfg: Config, oracle, runs: SearchRuns, directory: str, uri: str, rol
     runs.record_best(best, cfg.tune.objective, len(completed), best_path)
     runs.end("FINISHED")
     return TuneResult(role, directory, runs.parent_run_id, uri, best_path, best.trial_id, float(best.score),
-                      dict(best.hyperparameters.values), len(completed))
+                      dict(best.hyperparameters.values), len(completed), number)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -222,8 +227,9 @@ def main(argv=None) -> int:
     print(f"Tracking store:    {result.tracking_uri}   (browse it with `make ui`)")
     print(f"Search directory:  {result.directory}")
     if result.best_config_path:
-        print(f"Best trial:        {result.best_trial_id}: {cfg.tune.objective} {result.best_score:.4f} "
-              f"of {result.trials_completed} completed trials")
+        number = f" (KerasTuner's Trial {result.best_trial_number})" if result.best_trial_number is not None else ""
+        print(f"Best trial:        trial_{result.best_trial_id}{number}: {cfg.tune.objective} "
+              f"{result.best_score:.4f} of {result.trials_completed} completed trials")
         print(f"Best values:       {result.best_values}")
         print(f"Best config:       {result.best_config_path}")
         print(f"Train it:          make train CONFIG={result.best_config_path}")

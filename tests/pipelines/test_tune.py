@@ -142,6 +142,10 @@ def test_killed_search_resumes_without_repeating_trials_and_its_best_config_trai
     # The best config is complete and ready: it loads, carries the best values, and trains and exports.
     best = load_config(result.best_config_path)
     assert result.best_config_path == os.path.join(tune.search_directory(cfg), "best.yaml")
+    # one numbering: the MLflow run's name, and the number KerasTuner's console gave it ("Trial 1 Complete")
+    assert result.best_trial_id == best_id and result.best_trial_number == int(best_id) + 1
+    with open(result.best_config_path) as fh:
+        assert f"in trial_{best_id} (KerasTuner's Trial {int(best_id) + 1})" in fh.readline()
     assert best.name == "resume_tuned" and best.tune == type(best.tune)()
     assert best.data.batch_size == int(best_run.data.params["batch_size"])
     assert best.model.params["downsample"] == best_run.data.params["downsample"]
