@@ -66,8 +66,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (ConfigError, DataSourceError, UserError)
 
 
-def run_main(main, argv=None) -> int:
-    """Call `main(argv)`; print a user error as `error: ...` on stderr and return 2."""
+def run_main(main, argv=None, resumes: str | None = None) -> int:
+    """Call `main(argv)`; print a user error as `error: ...` on stderr and return 2. Interrupted (Ctrl-C, or
+    SIGTERM with `interrupt_on_sigterm`): "interrupted", with `resumes` (what the same command goes on from)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # TensorFlow's Python-side warnings (retracing notices when several models
     # predict in one job) are noise for a user; errors still show.
@@ -78,6 +79,6 @@ def run_main(main, argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"interrupted; the same command resumes {resumes}" if resumes else "interrupted", file=sys.stderr)
         return 130
     return int(code or 0)

@@ -15,4 +15,4 @@ def main(argv=None) -> int:
     return job_main(argv)
 
 
-sys.exit(run_main(main))
+sys.exit(run_main(main, resumes="the search: finished trials are kept"))

@@ -31,3 +31,15 @@ def test_help_answers_without_loading_the_frameworks(job):
     assert "usage:" in out.stdout, out.stderr[-2000:]
     last = out.stdout.strip().splitlines()[-1]
     assert last == "HEAVY  CODE 0", last
+
+
+def test_an_interrupted_job_says_whether_the_same_command_resumes(capsys):
+    from pipelines.cli import run_main
+
+    def killed(argv):
+        raise KeyboardInterrupt
+
+    assert run_main(killed, [], resumes="from the last finished epoch") == 130
+    assert capsys.readouterr().err.strip() == "interrupted; the same command resumes from the last finished epoch"
+    assert run_main(killed, []) == 130  # a server or the UI: nothing to resume
+    assert capsys.readouterr().err.strip() == "interrupted"
