@@ -75,12 +75,22 @@ def load_runs(run_ids: list[str], tracking_uri: str | None = None) -> list[RunFi
             raise UserError(f"no MLflow run {rid!r} in the tracking store {uri}") from None
         params = run.data.params
         data = f"{params.get('data.source', '?')} ({params.get('data.num_classes', '?')} classes)"
-        figures = RunFigures(rid, run.info.run_name or "", params.get("model.name", "?"),
+        figures = RunFigures(rid, run.info.run_name or "", _model_label(params),
                              _current_names(run.data.metrics), data)
         if not figures.rotation:
             raise UserError(f"MLflow run {rid} has no invariance metrics; run `make evaluate RUN={rid}` first")
         out.append(figures)
     return out
+
+
+def _model_label(params: dict) -> str:
+    """The builder's name, and the invariance wrapper around it (`model.params.invariant`): `resnet + canonicalize
+    D4`; a bare resnet and a wrapped one must not read the same in the table."""
+    label = params.get("model.name", "?")
+    group = params.get("model.params.invariant.group", params.get("model.params.invariant"))
+    if group and group not in ("None", "null", "{}"):
+        label += f" + {params.get('model.params.invariant.method', 'orbit')} {group}"
+    return label
 
 
 def _current_names(metrics: dict) -> dict:
@@ -113,6 +123,8 @@ def figure_rows(runs: list[RunFigures]) -> list[tuple[str, str, list]]:
     rows += [(f"rot_acc_{a:03d}", f"rotation {a} deg") for a in (0, 90, 180, 270) if f"rot_acc_{a:03d}" in keys]
     rows += [(f"mirror_acc_{k}", f"mirror {k.replace('lr', 'left-right').replace('ud', 'up-down')}")
              for k in ("lr", "ud", "transpose") if f"mirror_acc_{k}" in keys]
+    if "canonical_orientation_acc" in keys:
+        rows.append(("canonical_orientation_acc", "canonicalizer: turns of test images it names"))
     rows += [("shift_consistency", "shift consistency (pad-and-crop)"),
              ("circular_consistency", "circular shift consistency")]
     for a in sorted({m.group(1) for k in keys if (m := _ELASTIC.match(k))}, key=_num_key):

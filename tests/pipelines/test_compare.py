@@ -148,3 +148,18 @@ def test_runs_on_different_data_are_compared_with_a_warning_naming_each_runs_dat
     assert f"{pets[:8]} pets-run: folder:/data/pets (3 classes)" in warning
     md = next((tmp_path / "r").iterdir()) / "compare.md"
     assert md.read_text().startswith("> Warning: these runs used different data")
+
+
+def test_a_wrapped_model_is_named_with_its_wrapper_and_its_canonicalizer_figure(runs):
+    uri, ids, _ = runs
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    wrapped = client.create_run(client.get_experiment_by_name("e").experiment_id, run_name="canon-run").info.run_id
+    for k, v in (("model.name", "baseline_cnn"), ("data.source", "synthetic"), ("data.num_classes", "10"),
+                 ("model.params.invariant.group", "D4"), ("model.params.invariant.method", "canonicalize")):
+        client.log_param(wrapped, k, v)
+    for k, v in (("rot_acc_000", 0.9), ("rot_acc_090", 0.9), ("rot_acc_mean", 0.9), ("test_accuracy", 0.9),
+                 ("canonical_orientation_acc", 0.97)):
+        client.log_metric(wrapped, k, v)
+    table = compare.markdown_table(compare.load_runs([ids[0], wrapped], uri))
+    assert table.splitlines()[0].endswith(" canon-run (baseline_cnn + canonicalize D4) |")
+    assert "| canonicalizer: turns of test images it names | - | 97.0% |" in table
