@@ -28,7 +28,8 @@ its Keras model (in its MLflow model) are downloaded; results are logged to that
 status is left as it was; report in reports/run-<id>/), or an export path
 (`exports/<name>` for its highest version, or `exports/<name>/<version>`): the
 SavedModel's serving signature is evaluated on the test split named by its
-`assets.extra/experiment.yaml`, report in reports/<name>-v<version>/. A
+`assets.extra/experiment.yaml`, report in reports/<name>-v<version>/ (a later
+evaluation of the same run or version writes <dir>-1/, -2/, ...). A
 SavedModel has no layers to look into, so the equivariance errors and
 the filter pictures need the run id. The exported model takes uint8 pixels, so
 transformed images are rounded to uint8 before they reach it.
@@ -81,13 +82,22 @@ def evaluate_run(run_id: str, tracking_uri: str | None = None, overrides=(), rep
                   model=model, class_names=splits.class_names)
     title = f"{cfg.name} (run {run_id[:8]}): invariance on the test split ({cfg.data.source})"
     print(ev.table(title))
-    out_dir = os.path.join(reports_dir, f"run-{run_id[:8]}")
+    out_dir = _new_report_dir(reports_dir, f"run-{run_id[:8]}")
     files = write_report(ev, out_dir, title, model=model)
     k = log_to_run(run_id, ev, files, description=f"make evaluate, {cfg.data.source}, {' '.join(overrides)}".strip(", "))
     folder = ARTIFACT_DIR if k == 0 else f"{ARTIFACT_DIR}-{k}"
     print(f"\nLogged evaluation {k} of the run: {len(ev.metrics())} metrics at step {k} and {len(files)} files "
           f"(artifacts/{folder}/) to MLflow run {run_id}")
     return ev, out_dir, files
+
+
+def _new_report_dir(reports_dir: str, name: str) -> str:
+    """reports_dir/name, or name-1, name-2, ... where an earlier evaluation's report is: never overwritten."""
+    out, n = os.path.join(reports_dir, name), 0
+    while os.path.exists(out):
+        n += 1
+        out = os.path.join(reports_dir, f"{name}-{n}")
+    return out
 
 
 def _run_keras_model(run_id: str, tmp: str) -> str:
@@ -148,7 +158,7 @@ def evaluate_export(path: str, overrides=(), reports_dir: str = "reports"):
     version = os.path.basename(version_dir)
     title = f"{name} v{version} (SavedModel): invariance on the test split ({cfg.data.source})"
     print(ev.table(title))
-    out_dir = os.path.join(reports_dir, f"{name}-v{version}")
+    out_dir = _new_report_dir(reports_dir, f"{name}-v{version}")
     files = write_report(ev, out_dir, title)
     return ev, out_dir, files
 

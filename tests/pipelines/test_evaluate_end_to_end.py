@@ -61,6 +61,10 @@ def test_train_then_evaluate_by_run_id_and_by_export_then_compare(tmp_path, caps
     for k in ("rot_acc_000", "rot_acc_090", "rot_acc_180", "rot_acc_270"):
         assert by_export[k] == pytest.approx(by_run[k])
     assert not any(k.startswith("equiv_err") for k in by_export)
+    # a second evaluation of the same version keeps the first report and writes its own beside it
+    assert run_main(evaluate.main, ["--run", os.path.dirname(result.export_path), *args]) == 0
+    assert json.loads((reports / "default-v1" / "invariance.json").read_text()) == by_export
+    assert json.loads((reports / "default-v1-1" / "invariance.json").read_text()) == pytest.approx(by_export)
 
     _, table, files = compare.compare([result.run_id], uri, str(reports))
     assert result.run_id[:8] in table and all(os.path.isfile(f) for f in files)
