@@ -300,6 +300,21 @@ def weights_digest(model) -> str:
     return h.hexdigest()
 
 
+def check_augmentation(cfg: Config, image_shape) -> None:
+    """The augmentation settings that depend on the images' size, as a `ConfigError` before anything runs (the
+    layers check them only when first called, in fit or the preview): quarter turns need square images, and a
+    shift in pixels must be smaller than the image."""
+    from pipelines.config import ConfigError
+
+    h, w = image_shape[:2]
+    if cfg.augment.flip.rotate90 and h != w:
+        raise ConfigError(f"augment.flip.rotate90: quarter turns need square images, and these are {h}x{w}; set "
+                          f"data.image_size=[{max(h, w)}, {max(h, w)}] (or another square), or rotate90=false")
+    t = cfg.augment.translation
+    if t.on and t.units == "pixels" and t.max >= min(h, w):
+        raise ConfigError(f"augment.translation.max: {t.max:g} pixels is not smaller than the images ({h}x{w})")
+
+
 def check_model_builds(cfg: Config, splits) -> str:
     """Build the model once for the data's image shape and classes, before any run is written; return
     the digest of its initial weights (drawn from `train.seed`, as `make train` will draw them).
@@ -316,10 +331,7 @@ def check_model_builds(cfg: Config, splits) -> str:
     from pipelines import distribute
     from pipelines.config import ConfigError
 
-    h, w = splits.image_shape[:2]
-    if cfg.augment.flip.rotate90 and h != w:  # checked here, not when the augmentation is first called in fit
-        raise ConfigError(f"augment.flip.rotate90: quarter turns need square images, and these are {h}x{w}; set "
-                          f"data.image_size=[{max(h, w)}, {max(h, w)}] (or another square), or rotate90=false")
+    check_augmentation(cfg, splits.image_shape)
     try:
         keras.utils.set_random_seed(cfg.train.seed)
         with precision(cfg), distribute.local():

@@ -33,10 +33,11 @@ def main(argv=None) -> int:
     if args.n < 1:
         raise UserError(f"--n must be at least 1 (got {args.n})")
 
-    from pipelines.experiment import load_data
+    from pipelines.experiment import check_augmentation, load_data
     from pipelines.plots import preview_grid, save_png
 
     splits = load_data(cfg)
+    check_augmentation(cfg, splits.image_shape)
     images = splits.train.arrays(args.n)[0]  # a seeded subset of n training images; only those are read
     seed = cfg.train.seed if args.seed is None else args.seed
     rgb = preview_grid(images, **cfg.augment.sections(), seed=seed, n=args.n, title=f"{cfg.name}: augmentation preview")

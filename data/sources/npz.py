@@ -55,11 +55,20 @@ def load_npz(path: str):
         f = np.load(path, allow_pickle=False)
     except Exception as e:  # zip/format errors come in many types
         raise DataSourceError(f"npz:{path}: not a readable .npz file ({e})") from None
+    if not isinstance(f, np.lib.npyio.NpzFile):  # np.load reads a .npy too: one array, not the named ones
+        raise DataSourceError(f"npz:{path}: a single .npy array, not an .npz archive of x_train, y_train, x_test, "
+                              "y_test (np.savez)")
     with f:
         missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f.files]
         if missing:
             raise DataSourceError(f"npz:{path}: missing array(s) {missing}; it has {sorted(f.files)}")
-        arrays = {k: f[k] for k in f.files}
+        arrays = {}
+        for k in f.files:
+            try:
+                arrays[k] = f[k]
+            except ValueError as e:  # object arrays (pickles) are refused; a damaged member
+                raise DataSourceError(f"npz:{path}: array {k} is not readable ({e}); images and labels must be "
+                                      "numeric arrays") from None
     out = {}
     for split, (xk, yk) in {"train": ("x_train", "y_train"), "test": ("x_test", "y_test"),
                             "validation": ("x_val", "y_val")}.items():

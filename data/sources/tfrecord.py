@@ -32,8 +32,16 @@ def read_metadata(pattern: str):
     if not os.path.isfile(meta_path):
         raise DataSourceError(f"tfrecord:{pattern}: no {METADATA_FILE} beside the shards; write them with "
                               f"`make convert SRC=<source> DEST=<dir>`")
-    with open(meta_path) as f:
-        meta = json.load(f)
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+    except ValueError as e:
+        raise DataSourceError(f"tfrecord:{pattern}: {meta_path} is not valid JSON ({e}); write the shards again "
+                              "with `make convert`") from None
+    missing = [k for k in ("splits", "class_names") if k not in meta] if isinstance(meta, dict) else ["splits"]
+    if missing:
+        raise DataSourceError(f"tfrecord:{pattern}: {meta_path} lacks {', '.join(missing)}; write the shards again "
+                              "with `make convert`")
     return files, meta, os.path.dirname(files[0])
 
 

@@ -52,14 +52,19 @@ def test_make_preview_writes_the_png(tmp_path):
     assert img.shape[2] in (3, 4) and img.std() > 10
 
 
-@pytest.mark.parametrize("override", ["augment.rotation.max_degrees=400", "augment.elastic.beta=1"])
+@pytest.mark.parametrize("override", [
+    "augment.rotation.max_degrees=400", "augment.elastic.beta=1",
+    # settings that only the images' size makes wrong (28x28 digits): checked before the layers are first called
+    "augment.translation.units=pixels augment.translation.max=28",
+    "data.image_size=[28,32] augment.flip.rotate90=true",
+])
 def test_bad_config_ends_in_one_message_and_exit_code_2(tmp_path, capsys, override):
     from pipelines import preview
     from pipelines.cli import run_main
 
     cfg = tmp_path / "exp.yaml"
     cfg.write_text("data: {source: synthetic}\n")
-    assert run_main(preview.main, ["--config", str(cfg), override]) == 2
+    assert run_main(preview.main, ["--config", str(cfg), *override.split()]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: augment.")
     assert not (tmp_path / "reports").exists()

@@ -116,6 +116,14 @@ def test_npz_errors(tmp_path):
     _npz(tmp_path / "odd.npz", x_val=np.zeros((3, 5, 5), np.uint8), y_val=np.zeros(3, int))
     with pytest.raises(DataSourceError, match="splits have different image shapes"):
         open_source(f"npz:{tmp_path / 'odd.npz'}")
+    np.save(tmp_path / "plain.npy", np.zeros((4, 5, 5), np.uint8))
+    with pytest.raises(DataSourceError, match="a single .npy array, not an .npz archive"):
+        open_source(f"npz:{tmp_path / 'plain.npy'}")
+    images = np.empty(30, object)
+    images[:] = [np.zeros((5, 5), np.uint8)] * 30
+    _npz(tmp_path / "objects.npz", x_train=images)
+    with pytest.raises(DataSourceError, match="array x_train is not readable .*must be numeric arrays"):
+        open_source(f"npz:{tmp_path / 'objects.npz'}")
 
 
 # ----------------------------------------------------------------------------- the registry is the one list

@@ -85,6 +85,18 @@ def test_convert_bad_files_exit_2_naming_them_or_skip(tmp_path, capsys):
     assert meta["skipped_bad_images"][0][0].endswith("broken.png")
 
 
+def test_a_damaged_dataset_json_is_one_error_naming_it(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x_train=rng.integers(0, 256, (20, 6, 6), dtype=np.uint8), y_train=np.arange(20) % 2,
+             x_test=rng.integers(0, 256, (6, 6, 6), dtype=np.uint8), y_test=np.arange(6) % 2)
+    assert _convert(f"npz:{tmp_path / 'd.npz'}", tmp_path / "s") == 0
+    meta = tmp_path / "s" / "dataset.json"
+    for text, needle in (("{", "dataset.json is not valid JSON"), ("{}", "dataset.json lacks splits, class_names")):
+        meta.write_text(text)
+        with pytest.raises(DataSourceError, match=needle):
+            open_source(f"tfrecord:{tmp_path / 's'}")
+
+
 def test_npz_to_shards_is_lossless(tmp_path):
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "d.npz", x_train=rng.integers(0, 256, (20, 6, 6), dtype=np.uint8), y_train=np.arange(20) % 2,
