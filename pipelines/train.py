@@ -282,9 +282,15 @@ def _fit(cfg: Config, splits, train_ds, val_ds, steps: int, run_id: str | None, 
 
 
 def _check_publishable(cfg: Config, splits) -> None:
-    """Before training: a model that could not be a compatible new version of its name is one error line."""
+    """Before training: a model that could not be a compatible new version of its name, or one that this
+    backend cannot export (PyTorch: Keras' SavedModel export has no torch support), is one error line."""
+    import keras
+
     from pipelines.export import signature_conflict
 
+    if cfg.export.enabled and keras.backend.backend() == "torch":
+        raise UserError("export: the PyTorch backend cannot write a SavedModel (Keras exports from TensorFlow or "
+                        "JAX); train with KERAS_BACKEND=tensorflow or jax, or set export.enabled=false")
     if cfg.export.enabled and not cfg.export.allow_new_signature:
         why = signature_conflict(cfg.export.dir, cfg.export_name, splits.image_shape, splits.class_names)
         if why:

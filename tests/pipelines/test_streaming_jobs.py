@@ -176,6 +176,18 @@ def test_quarter_turns_of_images_that_are_not_square_are_one_error_and_nothing_i
         assert not (tmp_path / written).exists(), written
 
 
+def test_an_export_the_backend_cannot_write_is_refused_before_training(shapes, tmp_path, capsys, monkeypatch):
+    import keras
+
+    monkeypatch.setattr(keras.backend, "backend", lambda: "torch")  # what KERAS_BACKEND=torch reports
+    args = ["--config", os.path.join(ROOT, "pipelines", "configs", "default.yaml"),
+            *_overrides(tmp_path, f"folder:{shapes}", "shapes_torch", *CNN)]
+    assert run_main(main, args) == 2
+    assert "the PyTorch backend cannot write a SavedModel" in _one_error_line(capsys)
+    for written in ("runs", "mlflow.db", "exports"):
+        assert not (tmp_path / written).exists(), written
+
+
 def test_skip_bad_images_trains_and_logs_the_skipped_file(shapes, tmp_path):
     import warnings
 
