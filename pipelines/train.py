@@ -7,8 +7,9 @@ runs/<name>-<time>) holding the resolved config, the MLflow run id, Keras'
 backup of the last finished epoch and, once training ends, the trained model.
 Running the same command again resumes an unfinished run whose process is
 gone: training continues from the last finished epoch (each epoch is logged
-once; data changed since the run started is named in a warning), and a run that had finished training but died later (evaluation,
-export) redoes only the steps that had not finished. Everything a user can get
+once; data changed since the run started is named in a warning), and a run
+that had finished training but died later (evaluation, export) redoes only
+the steps that had not finished. Everything a user can get
 wrong (config, data, a model that does not build for the data) is checked
 before anything is written.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 from dataclasses import dataclass
@@ -234,6 +236,8 @@ def _undecodable_files(exc: BaseException, splits):
 
     parts = [s for s in (splits.train, splits.validation, splits.test) if s.kind == "files"]
     if not isinstance(exc, tf.errors.InvalidArgumentError) or not parts:
+        return None
+    if not re.search(r"decode|jpeg|png|gif|bmp|image file", str(exc), re.IGNORECASE):  # another op's error
         return None
     from data.images import scan_images
     from data.options import BadImagesError
