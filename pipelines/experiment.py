@@ -301,18 +301,17 @@ def weights_digest(model) -> str:
 
 
 def check_augmentation(cfg: Config, image_shape) -> None:
-    """The augmentation settings that depend on the images' size, as a `ConfigError` before anything runs (the
-    layers check them only when first called, in fit or the preview): quarter turns need square images, and a
-    shift in pixels must be smaller than the image."""
+    """The augmentation built for the images' shape now, its refusal as a `ConfigError` before anything runs:
+    its settings that depend on the size (quarter turns need square images, a shift in pixels must be smaller
+    than the image) are otherwise checked only when fit or the preview first calls it."""
     from pipelines.config import ConfigError
 
-    h, w = image_shape[:2]
-    if cfg.augment.flip.rotate90 and h != w:
-        raise ConfigError(f"augment.flip.rotate90: quarter turns need square images, and these are {h}x{w}; set "
-                          f"data.image_size=[{max(h, w)}, {max(h, w)}] (or another square), or rotate90=false")
-    t = cfg.augment.translation
-    if t.on and t.units == "pixels" and t.max >= min(h, w):
-        raise ConfigError(f"augment.translation.max: {t.max:g} pixels is not smaller than the images ({h}x{w})")
+    augment = build_augmentation(cfg)
+    if augment is not None:
+        try:
+            augment.build((None, *image_shape))
+        except ValueError as e:
+            raise ConfigError(f"augment.{e} (data.image_size sets the size)") from None
 
 
 def check_model_builds(cfg: Config, splits) -> str:

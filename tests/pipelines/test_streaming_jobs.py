@@ -171,7 +171,7 @@ def test_quarter_turns_of_images_that_are_not_square_are_one_error_and_nothing_i
                         "augment.flip.rotate90=true")]
     assert run_main(main, args) == 2
     line = _one_error_line(capsys)
-    assert "augment.flip.rotate90: quarter turns need square images, and these are 32x48" in line
+    assert "augment.flip.rotate90 needs square images, got height x width 32x48" in line
     for written in ("runs", "mlflow.db", "exports"):
         assert not (tmp_path / written).exists(), written
 
