@@ -330,7 +330,8 @@ def check_model_builds(cfg: Config, splits) -> str:
     from pipelines import distribute
     from pipelines.config import ConfigError
 
-    check_augmentation(cfg, splits.image_shape)
+    with distribute.local():  # its random state's variable on this process alone, as the model's below
+        check_augmentation(cfg, splits.image_shape)
     try:
         keras.utils.set_random_seed(cfg.train.seed)
         with precision(cfg), distribute.local():
