@@ -64,7 +64,8 @@ def test_bad_config_ends_in_one_message_and_exit_code_2(tmp_path, capsys, overri
 
     cfg = tmp_path / "exp.yaml"
     cfg.write_text("data: {source: synthetic}\n")
-    assert run_main(preview.main, ["--config", str(cfg), f"data.cache_dir={tmp_path / 'cache'}", *override.split()]) == 2
+    args = ["--config", str(cfg), f"data.cache_dir={tmp_path / 'cache'}", *override.split()]
+    assert run_main(preview.main, args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: augment.")
     assert not (tmp_path / "reports").exists()
