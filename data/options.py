@@ -100,7 +100,8 @@ class DataSettings:
     cache: str = "auto"  # auto (memory under cache_budget_mb, else none) | memory | disk (under cache_dir) | none
     cache_budget_mb: float = 512  # the largest decoded size `cache: auto` keeps in memory
     skip_bad_images: bool = False  # skip unreadable images, each named in the log (a folder's: all decoded first)
-    check_images: str = "header"  # header (fast pass over headers and file ends) | full (decode every file once)
+    # header (fast pass over headers and file ends) | full (decode every file once; tfrecord: read every record)
+    check_images: str = "header"
     shuffle_buffer: int = 10_000  # records shuffled at once (tfrecord, tfds, disk cache); file lists shuffle whole
     batch_size: int = 128
     seed: int = 0  # decides the data: the synthetic digits and the carved splits

@@ -41,6 +41,7 @@ split as processes, whole files go round-robin instead). Counts in
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 
@@ -64,6 +65,7 @@ __all__ = [
     "scan_images",
     "preprocess_image",
     "decode_image",
+    "name_read_error",
 ]
 
 
@@ -111,3 +113,29 @@ def open_source(source: str, options: DataOptions | None = None, *, allow_mixed_
         if lab is not None and lab.size and lab.max() >= n_classes:
             raise DataSourceError(f"{source}: {k} label {int(lab.max())} is outside the {n_classes} classes")
     return StreamSplits(splits["train"], splits["validation"], splits["test"], info)
+
+
+def name_read_error(exc: BaseException, splits: StreamSplits) -> DataSourceError | None:
+    """When `exc` is tf.data failing on the data itself, a `DataSourceError` naming every file at fault, found by
+    reading the splits' files once; else None (and `exc` is raised as it is). Two cases: an image file that does not
+    decode though its header passed (e.g. a JPEG corrupt inside: `BadImagesError`), and a TFRecord shard that is
+    damaged or cut short (data/sources/tfrecord.py `scan_shards`)."""
+    import tensorflow as tf  # tf.data feeds every backend, so its error types are the ones raised
+
+    from data.sources.tfrecord import damaged_shards_error, scan_shards
+
+    parts = (splits.train, splits.validation, splits.test)
+    source = splits.info.source
+    shards = {f: c for s in parts if s.kind == "records" for f, c in zip(s.files, s.file_counts)}
+    if isinstance(exc, tf.errors.DataLossError) and shards:
+        print(f"A TFRecord shard is damaged; reading each of the {len(shards)} shards once to name it ...", flush=True)
+        bad = scan_shards(shards)
+        return damaged_shards_error(source.split(":", 1)[1], bad) if bad else None
+    paths = [str(p) for s in parts if s.kind == "files" for p in s.paths]
+    if not isinstance(exc, tf.errors.InvalidArgumentError) or not paths:
+        return None
+    if not re.search(r"decode|jpeg|png|gif|bmp|image file", str(exc), re.IGNORECASE):  # another op's error
+        return None
+    print(f"A file failed to decode; decoding each of the {len(paths)} files once to name it ...", flush=True)
+    bad = [(p, r) for p, r in zip(paths, scan_images(paths, full=True)) if isinstance(r, str)]
+    return BadImagesError(source, bad) if bad else None

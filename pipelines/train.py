@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import sys
 from dataclasses import dataclass
@@ -210,15 +209,17 @@ def _run_locked(cfg: Config, splits, uri: str, run_dir: str, state: dict, callba
         mlflow.end_run(status="FINISHED")
         rundir.write_state(run_dir, status="finished")
     except BaseException as exc:
+        from data.streaming import name_read_error
+
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-        named = _undecodable_files(exc, splits)
+        named = name_read_error(exc, splits)
         try:
             mlflow.set_tag("failure", f"{type(exc).__name__}: {named or exc}"[:4000])
         finally:
             mlflow.end_run(status=status)
         if named is not None:
-            named.args = (f"{named} (found in training; data.check_images=full finds such files before it, and "
-                          "the same command resumes from the last finished epoch)",)
+            named.args = (f"{named} (found while this run read its data; data.check_images=full finds them before "
+                          "a run starts, and the same command resumes from the last finished epoch)",)
             raise named from None
         if isinstance(exc, UserError) and rundir.read_state(run_dir).get("trained"):
             exc.args = (f"{exc} (the trained model is kept in {run_dir}; the same command retries "
@@ -226,26 +227,6 @@ def _run_locked(cfg: Config, splits, uri: str, run_dir: str, state: dict, callba
         raise
 
     return TrainResult(run_id, uri, run_dir, export_path, float(test_acc), float(test_loss), refused)
-
-
-def _undecodable_files(exc: BaseException, splits):
-    """When `exc` is TensorFlow failing to decode a file of a `folder:` source (a file whose header passed the
-    header pass, e.g. a JPEG corrupt inside: data/images.py `scan_images`), a `BadImagesError` naming every
-    such file, found by decoding the splits' files once; else None (and `exc` is raised as it is)."""
-    import tensorflow as tf  # tf.data feeds every backend, so its error type is the one raised
-
-    parts = [s for s in (splits.train, splits.validation, splits.test) if s.kind == "files"]
-    if not isinstance(exc, tf.errors.InvalidArgumentError) or not parts:
-        return None
-    if not re.search(r"decode|jpeg|png|gif|bmp|image file", str(exc), re.IGNORECASE):  # another op's error
-        return None
-    from data.images import scan_images
-    from data.options import BadImagesError
-
-    paths = [str(p) for s in parts for p in s.paths]
-    print(f"A file failed to decode; decoding each of the {len(paths)} files once to name it ...", flush=True)
-    bad = [(p, r) for p, r in zip(paths, scan_images(paths, full=True)) if isinstance(r, str)]
-    return BadImagesError(splits.info.source, bad) if bad else None
 
 
 def _fit(cfg: Config, splits, train_ds, val_ds, steps: int, run_id: str | None, out_dir: str, callbacks, placement):

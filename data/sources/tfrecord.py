@@ -6,6 +6,9 @@ labels, so nothing is read to know them. A split given by some of its shards
 reads those; validation is carved (by record, stratified, seeded) from train
 when there are no validation shards. With at least as many files of a split
 as processes, whole files go round-robin to the processes; otherwise records.
+`data.check_images: full` reads every record once before anything trains
+(`scan_shards`); a damaged shard found in training is named the same way
+(data/streaming.py `name_read_error`).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import glob as globlib
 import json
 import os
+import re
 
 import numpy as np
 
@@ -45,6 +49,33 @@ def read_metadata(pattern: str):
     return files, meta, os.path.dirname(files[0])
 
 
+def scan_shards(expected: dict[str, int]) -> list[tuple[str, str]]:
+    """Read every record of each shard once (each record's checksum is checked), `expected` its record count in
+    `dataset.json`: `(path, reason)` for each shard that is damaged or cut short."""
+    import tensorflow as tf
+
+    bad = []
+    for path, want in expected.items():
+        try:
+            n = int(tf.data.TFRecordDataset(path).reduce(np.int64(0), lambda c, _: c + 1))
+        except tf.errors.DataLossError as e:  # "corrupted record at <byte>", "truncated record at <byte>"
+            m = re.search(r"(corrupted|truncated) record at (\d+)", str(e))
+            bad.append((path, f"{m[1]} record at byte {m[2]}" if m else str(e).split("[Op:")[0].strip()))
+            continue
+        if n != want:
+            bad.append((path, f"{n} records where {METADATA_FILE} lists {want}"))
+    return bad
+
+
+def damaged_shards_error(pattern: str, bad: list[tuple[str, str]]) -> DataSourceError:
+    """The error naming the damaged shards of `tfrecord:<pattern>` and the `make convert` that writes them again."""
+    _, meta, root = read_metadata(pattern)
+    shown = "; ".join(f"{p} ({r})" for p, r in bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
+    again = f"make convert SRC={meta['source']} DEST={root}" if meta.get("source") else "make convert"
+    return DataSourceError(f"tfrecord:{pattern}: {len(bad)} damaged shard(s): {shown}. Delete them and run "
+                           f"`{again}` again: it writes only the missing shards")
+
+
 @register_source("tfrecord", argument="<glob>", files="glob",
                  help="shards written by make convert (a glob, or their folder); streamed")
 def open_tfrecord(pattern: str, o: DataOptions, stream):
@@ -74,6 +105,10 @@ def open_tfrecord(pattern: str, o: DataOptions, stream):
         splits[k] = (names, counts, labels)
     if "train" not in splits or "test" not in splits:
         raise DataSourceError(f"tfrecord:{pattern}: needs train and test shards, has {sorted(splits)}")
+    if o.check_images == "full":  # every record read once, before anything trains
+        bad = scan_shards({f: c for names, counts, _ in splits.values() for f, c in zip(names, counts)})
+        if bad:
+            raise damaged_shards_error(pattern, bad)
     if "validation" not in splits:
         names, counts, labels = splits["train"]
         if labels is None:

@@ -9,11 +9,18 @@ import time
 
 import keras_tuner as kt
 
+from data.options import DataSourceError
 from pipelines import experiment
 from pipelines.config import Config
 from pipelines.errors import UserError
 from pipelines.tracking import MLflowEpochLogger, logged_steps
 from pipelines.tune.space import trial_config
+
+
+class BadDataError(DataSourceError, kt.errors.FatalError):
+    """Data that fails while a trial reads it (a damaged shard, a file that does not decode), named: a FatalError
+    ends the search at once (KerasTuner would retry every trial on the same data), and `make tune` prints it as a
+    data error, exit code 2."""
 
 # ----------------------------------------------------------------------------- MLflow
 
@@ -173,7 +180,17 @@ class SearchModel(kt.HyperModel):
         tcfg = self.trial_config(hp)
         train_ds, val_ds, _ = experiment.make_datasets(tcfg, self.splits, experiment.build_augmentation(tcfg))
         steps = experiment.steps_per_epoch(tcfg, self.splits)
-        return model.fit(**experiment.fit_batches(train_ds, steps), validation_data=val_ds, shuffle=False, **kwargs)
+        try:
+            return model.fit(**experiment.fit_batches(train_ds, steps), validation_data=val_ds, shuffle=False,
+                             **kwargs)
+        except Exception as exc:
+            from data.streaming import name_read_error
+
+            named = name_read_error(exc, self.splits)
+            if named is None:
+                raise
+            raise BadDataError(f"{named} (found in a trial; finished trials are kept, and the same command resumes "
+                               "the search)") from None
 
 
 class EpochLogger(MLflowEpochLogger):

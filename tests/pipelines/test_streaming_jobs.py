@@ -157,12 +157,46 @@ def test_a_file_that_fails_to_decode_in_training_is_one_error_naming_it_and_the_
             *_overrides(tmp_path, f"folder:{root}", "shapes_decode", *CNN)]
     assert run_main(main, args) == 2
     line = _one_error_line(capsys)
-    assert str(bad) in line and "TensorFlow: jpeg::Uncompress failed" in line and "found in training" in line
+    assert str(bad) in line and "TensorFlow: jpeg::Uncompress failed" in line and "found while this run read" in line
     assert not (tmp_path / "exports").exists()
     bad.unlink()
     assert run_main(main, args) == 0  # the same command, the file removed: it resumes, and says the data changed
     assert "Warning: the data changed since this run started" in capsys.readouterr().out
     assert os.path.isfile(tmp_path / "exports" / "shapes_decode" / "1" / "saved_model.pb")
+
+
+def test_damaged_tfrecord_shards_are_one_error_naming_them_and_the_run_resumes_once_convert_rewrites_them(
+        shapes, tmp_path, capsys):
+    from pipelines import convert
+
+    dest = tmp_path / "shards"
+    convert_args = ["--src", f"folder:{shapes}", "--dest", str(dest), "--shard-size", "12", "--no-progress"]
+    assert run_main(convert.main, convert_args) == 0
+    corrupt, cut = dest / "train-00001-of-00005.tfrecord", dest / "train-00003-of-00005.tfrecord"
+    data = bytearray(corrupt.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 40] = bytes(40)  # a record's bytes overwritten: its checksum fails
+    corrupt.write_bytes(bytes(data))
+    cut.write_bytes(cut.read_bytes()[:-100])  # the last record cut short
+    args = ["--config", os.path.join(ROOT, "pipelines", "configs", "default.yaml"),
+            *_overrides(tmp_path, f"tfrecord:{dest}", "shapes_shards", *CNN)]
+
+    assert run_main(main, [*args, "data.check_images=full"]) == 2  # found before anything is written
+    line = _one_error_line(capsys)
+    assert f"{corrupt} (corrupted record at byte" in line and f"{cut} (truncated record at byte" in line
+    assert f"`make convert SRC=folder:{shapes} DEST={dest}` again" in line
+    for written in ("runs", "mlflow.db", "exports"):
+        assert not (tmp_path / written).exists(), written
+
+    assert run_main(main, args) == 2  # the default check reads no record: found while the run reads them
+    line = _one_error_line(capsys)
+    assert str(corrupt) in line and str(cut) in line and "found while this run read its data" in line
+    assert not (tmp_path / "exports").exists()
+    corrupt.unlink()
+    cut.unlink()
+    assert run_main(convert.main, convert_args) == 0  # writes the two missing shards alone
+    assert run_main(main, args) == 0  # the same command resumes
+    assert "(resumed)" in capsys.readouterr().out
+    assert os.path.isfile(tmp_path / "exports" / "shapes_shards" / "1" / "saved_model.pb")
 
 
 def test_quarter_turns_of_images_that_are_not_square_are_one_error_and_nothing_is_written(shapes, tmp_path, capsys):

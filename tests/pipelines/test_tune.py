@@ -263,3 +263,29 @@ def test_a_missing_dataset_leaves_no_search_and_no_parent_run(lone, capsys):
     client = mlflow.MlflowClient(uri)
     experiment = client.get_experiment_by_name("nodata")
     assert experiment is None or not client.search_runs([experiment.experiment_id])
+
+
+def test_a_damaged_shard_ends_the_search_at_once_with_one_line_naming_it(lone, capsys):
+    import numpy as np
+
+    from data.tfrecord import convert
+
+    root, _ = lone
+    rng = np.random.default_rng(0)
+    npz, dest = root / "noise.npz", root / "noise_shards"
+    np.savez(npz, x_train=rng.integers(0, 256, (200, 28, 28), dtype=np.uint8), y_train=np.arange(200) % 10,
+             x_test=rng.integers(0, 256, (50, 28, 28), dtype=np.uint8), y_test=np.arange(50) % 10)
+    convert(f"npz:{npz}", str(dest), shard_size=60, progress=False)
+    shard = dest / "train-00001-of-00003.tfrecord"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 40] = bytes(40)
+    shard.write_bytes(bytes(data))
+    path = write_config(lone, "damaged", max_trials=3)
+    assert run_main(tune.main, ["--config", path, f"data.source=tfrecord:{dest}"]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert f"{shard} (corrupted record at byte" in lines[0] and "found in a trial" in lines[0]
+    cfg = load_config(path)
+    _, parent, by_trial = parent_and_trials(cfg)
+    assert parent.info.status == "FAILED" and len(by_trial) == 1  # no other trial ran on the same data
