@@ -39,7 +39,13 @@ def _as_images(x: np.ndarray, what: str) -> np.ndarray:
 
 
 def _as_labels(y: np.ndarray, n: int, what: str) -> np.ndarray:
-    y = np.asarray(y).reshape(-1)
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] > 1 and len(y) == n:  # one-hot rows [N, classes] (keras.utils.to_categorical)
+        if not (np.isin(y, (0, 1)).all() and (y.sum(axis=1) == 1).all()):
+            raise DataSourceError(f"{what}: labels of shape {y.shape} are neither class indices [N] nor one-hot rows "
+                                  "(a single 1 per row)")
+        return y.argmax(axis=1).astype(np.int64)
+    y = y.reshape(-1)
     if len(y) != n:
         raise DataSourceError(f"{what}: {len(y)} labels for {n} images")
     if not np.issubdtype(y.dtype, np.integer) or (y.size and y.min() < 0):

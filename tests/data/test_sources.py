@@ -98,6 +98,21 @@ def test_npz_float_images_in_unit_range_are_scaled(tmp_path):
     assert s.test.images.dtype == np.uint8 and int(s.test.images.max()) == 128
 
 
+def test_npz_one_hot_labels_are_read_as_class_indices_and_other_2d_labels_are_refused(tmp_path):
+    arrays = _npz(tmp_path / "d.npz")
+    eye = np.eye(3, dtype=np.float32)
+    _npz(tmp_path / "onehot.npz", y_train=eye[arrays["y_train"]], y_test=eye[arrays["y_test"]])
+    s = open_source(f"npz:{tmp_path / 'onehot.npz'}", validation_fraction=0.2)
+    plain = open_source(f"npz:{tmp_path / 'd.npz'}", validation_fraction=0.2)
+    np.testing.assert_array_equal(s.test.labels(), arrays["y_test"])
+    np.testing.assert_array_equal(s.train.labels(), plain.train.labels())
+    assert s.class_names == ["0", "1", "2"]
+    soft = eye[arrays["y_train"]] * 0.9 + 0.1 / 3  # label smoothing: not one class per image
+    _npz(tmp_path / "soft.npz", y_train=soft)
+    with pytest.raises(DataSourceError, match=r"y_train: labels of shape \(30, 3\) are neither class indices"):
+        open_source(f"npz:{tmp_path / 'soft.npz'}")
+
+
 def test_npz_errors(tmp_path):
     with pytest.raises(DataSourceError, match="no such file"):
         open_source(f"npz:{tmp_path / 'missing.npz'}")
