@@ -227,6 +227,9 @@ class ElasticWarp(keras.layers.Layer):
         h, w = input_shape[1], input_shape[2]
         if h is None or w is None:
             raise ValueError(f"ElasticWarp needs a static height and width, got shape {input_shape}")
+        if self.sigma > max(h, w):  # the smoothed field is then one shift of the whole image; its kernel is huge
+            raise ValueError(f"sigma={self.sigma:g} pixels is larger than the image ({h}x{w}): the warp would shift "
+                             "the whole image; sigma smooths the field over a few pixels (Simard et al.: 4 on MNIST)")
         # The separable Gaussian filter with reflecting boundary as two small
         # matrices: smoothing a [H, W] field is A_h @ field @ A_w^T, one batched
         # matmul pair (faster here than a depthwise conv with padding, and exact
@@ -408,7 +411,10 @@ class Augmentation(keras.layers.Layer):
         if self.flip["rotate90"] and input_shape[1] != input_shape[2]:
             raise ValueError(f"flip.rotate90 needs square images, got height x width {input_shape[1]}x{input_shape[2]}")
         if self._elastic_layer is not None:
-            self._elastic_layer.build(input_shape)
+            try:
+                self._elastic_layer.build(input_shape)
+            except ValueError as e:
+                raise ValueError(f"elastic.{e}") from None
 
     @property
     def operations(self) -> list[str]:

@@ -322,6 +322,12 @@ def test_translation_in_pixels_larger_than_image_is_an_error():
         aug(digit_like(2), training=True)
 
 
+def test_an_elastic_sigma_larger_than_the_image_is_an_error_naming_it_before_any_kernel_is_built():
+    with pytest.raises(ValueError, match=r"^elastic\.sigma=1e\+09 pixels is larger than the image \(28x28\)"):
+        build_augmentation(elastic={"alpha": 8, "sigma": 1e9}, seed=0).build((None, 28, 28, 1))
+    build_augmentation(elastic={"alpha": 8, "sigma": 28}, seed=0).build((None, 28, 28, 1))  # at most the side
+
+
 def test_scale_in_the_chain_is_per_image_with_an_unknown_batch_size():
     """`augment.scale` rescales each image by its own factor inside tf.data (unknown batch size)."""
     import tensorflow as tf

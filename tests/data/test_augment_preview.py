@@ -57,6 +57,7 @@ def test_make_preview_writes_the_png(tmp_path):
     # settings that only the images' size makes wrong (28x28 digits): checked before the layers are first called
     "augment.translation.units=pixels augment.translation.max=28",
     "data.image_size=[28,32] augment.flip.rotate90=true",
+    "augment.elastic.alpha=8 augment.elastic.sigma=1e9",
 ])
 def test_bad_config_ends_in_one_message_and_exit_code_2(tmp_path, capsys, override):
     from pipelines import preview
