@@ -7,7 +7,9 @@ carved from train/ where test/ is missing; any other top-level folder is
 named in a warning). The classes are train/'s subfolders: a class folder
 only in test/ or val/, or one with no readable image, is refused; a split
 with no image of a class is named in a warning. PNG, JPEG, BMP and GIF
-(first frame): what `tf.io.decode_image` reads. A header pass (data/images.py
+(first frame): what `tf.io.decode_image` reads; hidden files and folders and
+what operating systems leave (`Thumbs.db`, `desktop.ini`, `__MACOSX/`) are
+skipped, any other file that is not an image is an error. A header pass (data/images.py
 `scan_images`) finds every file's size and channels and the unreadable files
 before anything is decoded: `BadImagesError` names them, unless
 `skip_bad_images` (which decodes every file, so that each skipped one is named).
@@ -25,8 +27,15 @@ from data.sources.common import VALIDATION_FOLDERS, shard_indices, stratified_sp
 from data.sources.registry import register_source
 
 
+# What operating systems write beside a user's files, skipped as hidden files are: Windows' thumbnail caches and
+# folder settings, and the folder of resource forks that macOS puts in a zip archive.
+_OS_FILES = {"thumbs.db", "ehthumbs.db", "desktop.ini"}
+_OS_FOLDERS = {"__MACOSX"}
+
+
 def _class_dirs(root: str) -> list[str]:
-    return sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
+    return sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith(".")
+                  and d not in _OS_FOLDERS)
 
 
 def _list_split(root: str, class_names: list[str]):
@@ -37,7 +46,7 @@ def _list_split(root: str, class_names: list[str]):
             continue
         for fn in sorted(os.listdir(d)):
             p = os.path.join(d, fn)
-            if fn.startswith(".") or not os.path.isfile(p):
+            if fn.startswith(".") or fn.lower() in _OS_FILES or not os.path.isfile(p):
                 continue
             paths.append(p)
             labels.append(c)

@@ -407,3 +407,17 @@ def test_evaluation_splits_run_without_autotuning_and_training_keeps_it(tmp_path
     train, val, test = make_stream_datasets(s, 4)
     assert [ds.options().autotune.enabled for ds in (train, val, test)] == [None, False, False]
     assert sum(int(b[0].shape[0]) for b in val) == s.validation.count  # every validation image, once
+
+
+def test_what_operating_systems_leave_beside_the_images_is_skipped_and_any_other_file_is_an_error(tmp_path):
+    root = make_uniform_folder(tmp_path / "u", n=6)
+    (root / "a" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0 a Windows thumbnail cache")
+    (root / "b" / "desktop.ini").write_text("[.ShellClassInfo]\n")
+    (root / "b" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (root / "__MACOSX" / "a").mkdir(parents=True)  # as unzipping an archive made on a Mac leaves it
+    (root / "__MACOSX" / "a" / "._0.png").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    s = open_source(f"folder:{root}")
+    assert s.class_names == ["a", "b"] and sum(s.info.counts.values()) == 12 and not s.info.bad_files
+    (root / "a" / "notes.txt").write_text("taken on 2024-05-01")
+    with pytest.raises(BadImagesError, match="notes.txt"):
+        open_source(f"folder:{root}")
