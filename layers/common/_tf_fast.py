@@ -22,6 +22,9 @@ why this module exists.
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import numpy as np
 import tensorflow as tf
 
@@ -185,6 +188,26 @@ def blur2d(x, f: np.ndarray, strides: int, padding: str):
 _PROBED: dict = {}
 
 
+@contextlib.contextmanager
+def _probe_quietly():
+    """The capability probes below run an op that may refuse: TensorFlow's C++ runtime then writes a warning
+    (`Local rendezvous is aborting with status: INVALID_ARGUMENT ...`) to the process's stderr, which reads as a
+    failure in a user's script though the refusal is the answer. Its log level is fixed at start-up, so the
+    probe's few milliseconds run with file descriptor 2 on /dev/null; Python's own `sys.stderr` is left alone."""
+    try:
+        saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    except OSError:  # no descriptor 2 (some embedded interpreters): nothing to hide
+        yield
+        return
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
 def unequal_depthwise_strides() -> bool:
     """Whether depthwise convolutions (and their input gradient) take unequal strides here: probed once,
     eagerly, on the CPU, and only where no GPU is visible (the GPU's kernels refuse them). oneDNN's CPU
@@ -192,7 +215,7 @@ def unequal_depthwise_strides() -> bool:
     if "unequal" not in _PROBED:
         _PROBED["unequal"] = False
         if not tf.config.list_logical_devices("GPU"):
-            with tf.init_scope(), tf.device("/CPU:0"):
+            with tf.init_scope(), tf.device("/CPU:0"), _probe_quietly():
                 common = dict(filter=tf.ones((3, 1, 2, 1)), strides=[1, 2, 1, 1], padding="SAME")
                 try:
                     tf.raw_ops.DepthwiseConv2dNative(input=tf.ones((1, 4, 4, 2)), **common)
@@ -215,7 +238,7 @@ def grouped_conv_gradients() -> bool:
     GPU of a machine whose CPU refuses, that slower path is taken too: correct).
     """
     if "grouped" not in _PROBED:
-        with tf.init_scope(), tf.device("/CPU:0"):
+        with tf.init_scope(), tf.device("/CPU:0"), _probe_quietly():
             # The two gradient ops themselves (a GradientTape records nothing under init_scope).
             g, common = tf.ones((1, 1, 2, 2)), dict(strides=[1, 1, 1, 1], padding="VALID")
             try:

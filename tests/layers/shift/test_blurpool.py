@@ -224,6 +224,26 @@ def test_configs_saved_with_the_old_filter_size_name_still_load():
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's kernel sets")
+def test_the_kernel_probes_write_nothing_to_stderr_where_the_kernels_refuse_and_stderr_works_after():
+    """With oneDNN off the probed ops refuse; TensorFlow's C++ warning about it must not reach a user's script."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os; from layers.common import _tf_fast; "
+            "print(_tf_fast.unequal_depthwise_strides(), _tf_fast.grouped_conv_gradients()); "
+            "os.write(2, b'fd 2 still writes')")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0", "TF_CPP_MIN_LOG_LEVEL": "0", "CUDA_VISIBLE_DEVICES": "",
+           "KERAS_BACKEND": "tensorflow", "PYTHONPATH": root}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False"]  # the kernels refused: the probes ran
+    assert "rendezvous" not in done.stderr and "equal length strides" not in done.stderr, done.stderr
+    assert done.stderr.endswith("fd 2 still writes")
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's kernel sets")
 @pytest.mark.parametrize("padding", ["reflect", "zero", "circular"])
 def test_unequal_stride_probe_matches_the_kernel_set_and_the_folded_path_agrees(padding, monkeypatch):
     """The direct (s, 1)-stride blur pass runs only where a probe finds unequal depthwise strides (oneDNN on a
