@@ -584,5 +584,5 @@ def _describe(name: str, s: dict) -> str:
     if name == "scale":
         return f"scale\n×{s['min']:g}–{s['max']:g}"
     if name == "flip":
-        return "flip\n" + ", ".join(k for k in ("horizontal", "vertical", "rotate90") if s[k])
+        return "flip\n" + ",\n".join(k for k in ("horizontal", "vertical", "rotate90") if s[k])  # one per line
     return f"elastic\nα={s['alpha']:g}, σ={s['sigma']:g}"

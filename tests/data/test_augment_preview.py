@@ -106,3 +106,11 @@ def test_train_seed_decides_the_training_augmentation(tmp_path):
     a = first_batch("train.seed=1", "data.seed=5")
     np.testing.assert_allclose(a, first_batch("train.seed=1", "data.seed=6"))  # data.seed: not the augmentation
     assert np.abs(a - first_batch("train.seed=2", "data.seed=5")).max() > 0.1
+
+
+def test_every_row_label_of_the_preview_fits_in_the_image():
+    """The longest labels (three flips, a scale range) are drawn whole: no text pixel at the image's left edge."""
+    rgb = preview_grid(_images(3), rotation={"max_degrees": 30}, elastic={"alpha": 34.0, "sigma": 4.0},
+                       scale={"min": 0.75, "max": 1.25}, flip={"horizontal": True, "vertical": True, "rotate90": True},
+                       n=3, title="t")
+    assert rgb.shape[0] > 0 and (rgb[:, :4] > 250).all()  # the left margin is white: nothing cut there
