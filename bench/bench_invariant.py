@@ -193,7 +193,8 @@ def error_by_class_pose(model, x: np.ndarray, y: np.ndarray, angles: np.ndarray,
     mode`: a diagnostic, not a model: the pose of a canonicalizer that brought every digit of a class to one
     pose, knowing the class and the true angle, seen by the backbone trained behind this canonicalizer).
     """
-    from models.invariant import _turn_by_op, canonicalizer
+    from layers.invariance._transforms import _turn_by_op
+    from models.invariant import canonicalizer
 
     canon = canonicalizer(model)
     if canon is None or canon._group.mirrors:

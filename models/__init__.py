@@ -10,8 +10,8 @@ from models import sesn  # noqa: E402,F401
 from models import resnet  # noqa: E402,F401
 from models.antialias import antialias  # noqa: E402
 from models import gcnn  # noqa: E402,F401
-from models import pyramid as _pyramid  # noqa: E402,F401  (its layers must be registered before a load)
-from models.invariant import invariant  # noqa: E402  (the function; its layers registered by the import)
+from models import pyramid as _pyramid  # noqa: E402,F401
+from models.invariant import invariant  # noqa: E402
 from models.plain import to_plain  # noqa: E402  (any model -> stock Keras layers, for inference)
 
 __all__ = ["antialias", "available_models", "build_model", "check_params", "get_spec", "invariant", "register", "to_plain"]

@@ -38,7 +38,7 @@ _NO_STOCK_FORM = {  # module prefix -> why it has no stock form
     "layers.scale.scale_harmonic": "the harmonic family's complex feature maps need magnitude nonlinearities "
                                    "that no stock Keras layer computes",
     "layers.shift.polyphase": "it picks the sampling phase per image from the data (an argmax of norms): no stock layer",
-    "models.invariant": "its orbit over transformed copies (or its canonicalising transform) has no stock form",
+    "layers.invariance": "its orbit over transformed copies (or its canonicalising transform) has no stock form",
 }
 
 
@@ -76,7 +76,7 @@ def to_plain(model: keras.Model, fold_batch_norm: bool = True) -> keras.Model:
     harmonic family (`HarmonicConv2D` and the rest: its magnitude
     nonlinearities need a square root and a division per pixel, which no
     stock layer computes), `AdaptivePolyphaseSampling2D` (a data-dependent
-    choice of phase), the invariance wrapper's layers (`models.invariant`)
+    choice of phase), the invariance wrapper's layers (`layers.invariance`)
     and any other custom layer. Subclassed models are refused too.
 
     Limits: the result is for inference: folded batch norms have no moving

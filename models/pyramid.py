@@ -51,9 +51,10 @@ from __future__ import annotations
 import math
 
 import keras
-from keras import layers, ops
+from keras import layers
 
 from layers.scale.canvas_rescale import CanvasRescale2D
+from layers.scale.confident_pooling import ConfidentPooling
 
 POOLS = ("mean", "max", "confident")
 DEFAULT_POOL = "mean"
@@ -76,34 +77,6 @@ def check_pyramid(scales, pool=None, bandlimit=None) -> list[float]:
         raise ValueError(f"pyramid_bandlimit limits the branches to the resolution of the most enlarging one, "
                          f"so it needs a factor > 1 in pyramid_scales, got {scales!r}")
     return [float(v) for v in values]
-
-
-@keras.saving.register_keras_serializable(package="invariant")
-class ConfidentPooling(keras.layers.Layer):
-    """Pool per-branch logits: their mean in training, the most confident branch's at inference.
-
-    Inputs: a list of S logit tensors [batch, K]. In training the output is
-    their mean (every branch gets gradient, as with `mean` pooling); at
-    inference each row takes the logits of the branch whose softmax has the
-    lowest entropy. Computed in float32 (its dtype policy is float32 whatever
-    the global policy, so mixed-precision branches are cast up first). No weights.
-    """
-
-    def __init__(self, **kwargs):
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(**kwargs)
-
-    def call(self, inputs, training=None):
-        z = ops.stack([ops.cast(t, "float32") for t in inputs], axis=1)  # [B, S, K]
-        if training:
-            return ops.mean(z, axis=1)
-        logp = ops.log_softmax(z, axis=-1)
-        entropy = -ops.sum(ops.exp(logp) * logp, axis=-1)  # [B, S]
-        pick = ops.one_hot(ops.argmin(entropy, axis=1), len(inputs), dtype="float32")  # [B, S]
-        return ops.sum(z * pick[:, :, None], axis=1)
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape[0])
 
 
 def pyramid(backbone: keras.Model, scales, pool: str | None = None, bandlimit: bool | None = None,

@@ -81,7 +81,7 @@ def check_params(name: str, params: dict) -> None:
             f"it takes {sorted(known)}"
         )
     if params.get("invariant") is not None:
-        from models.invariant import check_invariant
+        from layers.invariance._options import check_invariant
 
         try:
             check_invariant(params["invariant"])
@@ -112,7 +112,8 @@ def build_model(name: str, input_shape, num_classes: int, **params) -> keras.Mod
 
         model = pyramid(model, scales, pool=pool, bandlimit=bandlimit)
     if invariant_to is not None:  # outermost: the rescalings commute with rot90 and mirrors of square images
-        from models.invariant import check_invariant, invariant
+        from layers.invariance._options import check_invariant
+        from models.invariant import invariant
 
         model = invariant(model, **check_invariant(invariant_to))
     return model

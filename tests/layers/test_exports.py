@@ -8,7 +8,7 @@ import keras
 
 import layers
 
-FAMILIES = ("shift", "harmonic", "group", "scale")
+FAMILIES = ("shift", "harmonic", "group", "scale", "invariance")
 
 
 def _public_layer_classes():
@@ -27,7 +27,7 @@ def _public_layer_classes():
 
 def test_every_registered_layer_is_exported_by_layers_and_its_family():
     public = _public_layer_classes()
-    assert len(public) == 20, sorted(public)
+    assert len(public) == 25, sorted(public)
     assert sorted(layers.__all__) == sorted(public)
     for name, cls in public.items():
         assert getattr(layers, name) is cls

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 import models
-from models.invariant import Canonicalize, GroupOrbit, _rotate, invariant
+from layers.invariance import Canonicalize, GroupOrbit
+from layers.invariance._transforms import _rotate
+from models.invariant import invariant
 from tests.autodiff import gradients
 
 X = np.random.default_rng(0).random((3, 16, 16, 3)).astype("float32")
@@ -280,19 +282,35 @@ def test_the_evaluation_reports_how_often_the_canonicalizer_names_the_turn():
     assert "canonicalizer: turns of test images it names" in ev.table("t")
 
 
-def test_a_wrapped_model_loads_in_a_fresh_process(tmp_path):
-    """Its layers are registered by `import models` (as `make evaluate` and resume load a run's model)."""
+def test_a_wrapped_model_loads_in_a_fresh_process_after_import_layers_alone(tmp_path):
+    """Orbit, canonicalize and the input pyramid's confident pooling are layers of `layers/`: `import layers`
+    registers them (as for every other layer), and the reloaded models answer as the saved ones did."""
+    import os
     import subprocess
     import sys
 
-    path = str(tmp_path / "w.keras")
-    canonical("C4").save(path)
-    code = ("import keras, numpy as np; from pipelines.experiment import load_keras_model; "
-            f"m = load_keras_model({path!r}); print(m.output_shape)")
+    keras.utils.set_random_seed(3)
+    pyramid = models.build_model("baseline_cnn", (16, 16, 3), 5, filters=[4, 8], dense_units=8,
+                                 pyramid_scales=[1.0, 0.5], pyramid_pool="confident")
+    saved = {"canonical": canonical("C4"), "orbit": cnn("D4"), "pyramid": pyramid}
+    for name, model in saved.items():
+        model.save(tmp_path / f"{name}.keras")
+    np.save(tmp_path / "x.npy", X)
+    code = ("import os, sys, keras, numpy as np, layers\n"
+            f"os.chdir({str(tmp_path)!r})\n"
+            "x = np.load('x.npy')\n"
+            f"for name in {sorted(saved)!r}:\n"
+            "    m = keras.saving.load_model(name + '.keras')\n"
+            "    np.save(name + '_out.npy', keras.ops.convert_to_numpy(m(x, training=False)))\n"
+            "print(sorted(n for n in sys.modules if n == 'models' or n.startswith(('models.', 'pipelines'))))\n")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": keras.backend.backend(),
+                               "PYTHONPATH": root})
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "(None, 5)" in done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "[]"  # neither models nor the jobs were imported
+    for name, model in saved.items():
+        np.testing.assert_allclose(np.load(tmp_path / f"{name}_out.npy"), out(model, X), rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- canonicalization, marginal training
@@ -375,7 +393,7 @@ def test_marginal_training_gives_the_canonicalizer_its_exact_gradient_trains_and
 def test_the_differentiable_turn_resamples_as_the_affine_transform_does(degrees):
     """`_turn_by` (per-image angles, differentiable in them) against `ops.image.affine_transform`'s rotation;
     a quarter turn is np.rot90 exactly. `_turn_by_op` (inference's, per-image transform rows) agrees."""
-    from models.invariant import _turn_by, _turn_by_op
+    from layers.invariance._transforms import _turn_by, _turn_by_op
 
     t = np.radians(degrees)
     n = len(X)
@@ -389,7 +407,7 @@ def test_the_differentiable_turn_resamples_as_the_affine_transform_does(degrees)
 
 
 def test_the_differentiable_turn_has_the_angle_s_finite_difference_gradient():
-    from models.invariant import _turn_by
+    from layers.invariance._transforms import _turn_by
 
     i, j = np.meshgrid(np.arange(16), np.arange(16), indexing="ij")  # smooth images: small kinks at pixel edges
     x = np.stack([np.sin(0.4 * i + 0.1 * c) * np.cos(0.3 * j - c) for c in range(6)]).reshape(2, 3, 16, 16)
@@ -484,7 +502,8 @@ def test_pose_jitter_turns_training_images_back_to_within_the_jitter_of_their_po
         tmp_path):
     """`pose_jitter: J`: in training each image is turned back by its angle minus d, d uniform in [-J, J] and
     drawn per image; at inference the same canonical image as without it (the model stays invariant)."""
-    from models.invariant import _turn_by, canonicalizer
+    from layers.invariance._transforms import _turn_by
+    from models.invariant import canonicalizer
 
     jitter = 30.0
     model = canonical("C8", relaxation="continuous", pose_jitter=jitter)
@@ -516,7 +535,8 @@ def test_the_polar_grid_reads_a_linear_image_exactly():
     """`_polar_table`: its bilinear reads of an image linear in row and column give the linear function at the
     grid's points (angle 360 j / 32 counter-clockwise, radius i + 1/2 from the centre), so indices and weights
     are right."""
-    from models.invariant import POLAR_ANGLES, _polar_table
+    from layers.invariance._options import POLAR_ANGLES
+    from layers.invariance._transforms import _polar_table
 
     side = 16
     index, weight = _polar_table(side, side // 2, POLAR_ANGLES)

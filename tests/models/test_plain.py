@@ -201,14 +201,15 @@ def test_sesn_converts():
     assert_same(plain, model, _images(seed=7))
 
 
-@pytest.mark.parametrize("name, params, layer", [
-    ("hnet", {"filters": [2, 2], "convs_per_stage": 1}, "Harmonic"),
+@pytest.mark.parametrize("name, params, layer, why", [
+    ("hnet", {"filters": [2, 2], "convs_per_stage": 1}, "Harmonic", "magnitude nonlinearities"),
     ("baseline_cnn", {"filters": [4], "downsample": "aps", "padding": "circular", "head": "gap"},
-     "AdaptivePolyphaseSampling2D"),
+     "AdaptivePolyphaseSampling2D", "picks the sampling phase"),
+    ("baseline_cnn", {"filters": [4], "invariant": {"group": "C4"}}, "GroupOrbit", "orbit over transformed copies"),
 ])
-def test_layers_without_a_stock_form_are_named(name, params, layer):
+def test_layers_without_a_stock_form_are_named(name, params, layer, why):
     model = models.build_model(name, (16, 16, 1), 3, **params)
-    with pytest.raises(ValueError, match=rf"to_plain: layer '[^']+' \({layer}\w*, [\w.]+\) cannot be converted"):
+    with pytest.raises(ValueError, match=rf"to_plain: layer '[^']+' \({layer}\w*, [\w.]+\) cannot be converted.*{why}"):
         to_plain(model)
 
 
