@@ -40,6 +40,7 @@ split as processes, whole files go round-robin instead). Counts in
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 
@@ -66,6 +67,7 @@ __all__ = [
     "preprocess_image",
     "decode_image",
     "name_read_error",
+    "naming_bad_data",
 ]
 
 
@@ -139,3 +141,16 @@ def name_read_error(exc: BaseException, splits: StreamSplits) -> DataSourceError
     print(f"A file failed to decode; decoding each of the {len(paths)} files once to name it ...", flush=True)
     bad = [(p, r) for p, r in zip(paths, scan_images(paths, full=True)) if isinstance(r, str)]
     return BadImagesError(source, bad) if bad else None
+
+
+@contextlib.contextmanager
+def naming_bad_data(splits: StreamSplits):
+    """Reads of `splits` inside it that fail on the data itself end in the `DataSourceError` of `name_read_error`
+    (one line naming the files) instead of TensorFlow's traceback."""
+    try:
+        yield
+    except Exception as exc:
+        named = name_read_error(exc, splits)
+        if named is None:
+            raise
+        raise named from None

@@ -53,6 +53,7 @@ def evaluate_run(run_id: str, tracking_uri: str | None = None, overrides=(), rep
     """Evaluate the Keras model of training run `run_id`; log to it. Returns (Evaluation, report dir, files)."""
     # Here, not at the top: `--help` answers without loading TensorFlow (seconds).
     from pipelines.evaluation import ARTIFACT_DIR, evaluate, keras_predictor, log_to_run, test_subset, write_report
+    from data.streaming import naming_bad_data
     from pipelines.experiment import load_data, load_keras_model
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -78,8 +79,10 @@ def evaluate_run(run_id: str, tracking_uri: str | None = None, overrides=(), rep
         cfg = load_config(cfg_path, list(overrides))
         model = load_keras_model(_run_keras_model(run_id, tmp))
     splits = load_data(cfg)
-    ev = evaluate(keras_predictor(model, cfg.evaluate.batch_size), *test_subset(splits, cfg.evaluate), cfg.evaluate,
-                  model=model, class_names=splits.class_names)
+    with naming_bad_data(splits):
+        test = test_subset(splits, cfg.evaluate)
+    ev = evaluate(keras_predictor(model, cfg.evaluate.batch_size), *test, cfg.evaluate, model=model,
+                  class_names=splits.class_names)
     title = f"{cfg.name} (run {run_id[:8]}): invariance on the test split ({cfg.data.source})"
     print(ev.table(title))
     out_dir = _new_report_dir(reports_dir, f"run-{run_id[:8]}")
@@ -138,6 +141,7 @@ def resolve_export(path: str) -> str:
 
 def evaluate_export(path: str, overrides=(), reports_dir: str = "reports"):
     """Evaluate an exported SavedModel on its experiment's test split. Returns (Evaluation, report dir, files)."""
+    from data.streaming import naming_bad_data
     from pipelines.evaluation import evaluate, savedmodel_class_predictor, test_subset, write_report
     from pipelines.experiment import load_data
 
@@ -153,7 +157,9 @@ def evaluate_export(path: str, overrides=(), reports_dir: str = "reports"):
     cfg = load_config(cfg_path, list(overrides))
     predict = savedmodel_class_predictor(version_dir, cfg.evaluate.batch_size)
     splits = load_data(cfg)
-    ev = evaluate(predict, *test_subset(splits, cfg.evaluate), cfg.evaluate, class_names=splits.class_names)
+    with naming_bad_data(splits):
+        test = test_subset(splits, cfg.evaluate)
+    ev = evaluate(predict, *test, cfg.evaluate, class_names=splits.class_names)
     name = os.path.basename(os.path.dirname(os.path.abspath(version_dir)))
     version = os.path.basename(version_dir)
     title = f"{name} v{version} (SavedModel): invariance on the test split ({cfg.data.source})"

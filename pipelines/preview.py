@@ -33,12 +33,14 @@ def main(argv=None) -> int:
     if args.n < 1:
         raise UserError(f"--n must be at least 1 (got {args.n})")
 
+    from data.streaming import naming_bad_data
     from pipelines.experiment import check_augmentation, load_data
     from pipelines.plots import preview_grid, save_png
 
     splits = load_data(cfg)
     check_augmentation(cfg, splits.image_shape)
-    images = splits.train.arrays(args.n)[0]  # a seeded subset of n training images; only those are read
+    with naming_bad_data(splits):
+        images = splits.train.arrays(args.n)[0]  # a seeded subset of n training images; only those are read
     seed = cfg.train.seed if args.seed is None else args.seed
     rgb = preview_grid(images, **cfg.augment.sections(), seed=seed, n=args.n, title=f"{cfg.name}: augmentation preview")
     out = args.out or os.path.join("reports", cfg.name, "augmentation_preview.png")

@@ -114,3 +114,22 @@ def test_every_row_label_of_the_preview_fits_in_the_image():
                        scale={"min": 0.75, "max": 1.25}, flip={"horizontal": True, "vertical": True, "rotate90": True},
                        n=3, title="t")
     assert rgb.shape[0] > 0 and (rgb[:, :4] > 250).all()  # the left margin is white: nothing cut there
+
+
+def test_a_damaged_shard_is_one_error_naming_it(tmp_path, capsys):
+    from data.tfrecord import convert
+    from pipelines import preview
+    from pipelines.cli import run_main
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x_train=rng.integers(0, 256, (40, 12, 12), dtype=np.uint8), y_train=np.arange(40) % 2,
+             x_test=rng.integers(0, 256, (10, 12, 12), dtype=np.uint8), y_test=np.arange(10) % 2)
+    convert(f"npz:{tmp_path / 'd.npz'}", str(tmp_path / "shards"), progress=False)
+    shard = tmp_path / "shards" / "train-00000-of-00001.tfrecord"
+    shard.write_bytes(shard.read_bytes()[:-50])  # cut short
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(f"data: {{source: 'tfrecord:{tmp_path / 'shards'}'}}\n")
+    assert run_main(preview.main, ["--config", str(cfg), "--n", "4", "--out", str(tmp_path / "p.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{shard} (truncated record at byte" in err[0], err
+    assert not (tmp_path / "p.png").exists()
