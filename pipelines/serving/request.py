@@ -64,6 +64,17 @@ def _is_b64(v) -> bool:
     return isinstance(v, dict) and set(v) == {"b64"}
 
 
+def _b64_bytes(obj: dict, where: str) -> bytes:
+    """The bytes of a `{"b64": <string>}` value; `BadRequest` naming `where` for a value that is not base64."""
+    s = obj["b64"]
+    if not isinstance(s, str):
+        raise BadRequest(f"{where}: the b64 value must be a string, got {type(s).__name__}")
+    try:
+        return base64.b64decode(s, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise BadRequest(f"{where}: invalid base64 ({_first_line(e)})") from None
+
+
 def _decode_image(obj: dict, spec: TensorInfo, where: str) -> np.ndarray:
     """{"b64": PNG/JPEG} -> [H, W, C] array of the spec's dtype, checked against the spec."""
     from PIL import Image, UnidentifiedImageError
@@ -71,13 +82,7 @@ def _decode_image(obj: dict, spec: TensorInfo, where: str) -> np.ndarray:
     if len(spec.shape) != 4 or spec.dtype.kind not in "uif":
         raise BadRequest(f"{where}: b64 values are only accepted for image inputs [batch, H, W, C]; "
                          f"input {spec.name!r} is {spec.dtype.name} {_shape_str(spec.shape)}")
-    s = obj["b64"]
-    if not isinstance(s, str):
-        raise BadRequest(f"{where}: the b64 value must be a string, got {type(s).__name__}")
-    try:
-        raw = base64.b64decode(s, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise BadRequest(f"{where}: invalid base64 ({_first_line(e)})")
+    raw = _b64_bytes(obj, where)
     _, h, w, c = spec.shape
     try:
         img = Image.open(io.BytesIO(raw), formats=["PNG", "JPEG"])
@@ -202,10 +207,7 @@ def _encoded_images(req: dict, max_rows: int | None) -> EncodedImages:
             row = row[IMAGE_BYTES]
         if not _is_b64(row) or not isinstance(row["b64"], str):
             raise BadRequest(f"row {i}: the {IMAGE_BYTES!r} signature takes {{\"b64\": <an encoded image file>}}")
-        try:
-            out.append(base64.b64decode(row["b64"], validate=True))
-        except (binascii.Error, ValueError) as e:
-            raise BadRequest(f"row {i}: invalid base64 ({_first_line(e)})") from None
+        out.append(_b64_bytes(row, f"row {i}"))
     return out
 
 
