@@ -81,10 +81,11 @@ def _header_shape(f, kind: str, head: bytes):
     return None
 
 
-def _tf_decode_error(path: str) -> str | None:
-    """Why `tf.io.decode_image` (the pipeline's decoder) refuses the file, or None when it decodes it."""
+def tf_decode_error(encoded) -> str | None:
+    """Why `tf.io.decode_image` (the pipeline's decoder) refuses the encoded image (bytes, or a string tensor), or
+    None when it decodes it."""
     try:
-        tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
+        tf.io.decode_image(encoded, expand_animations=False)
     except tf.errors.OpError as e:
         text = re.sub(r"\{\{[^}]*\}\}|\[Op:.*", "", e.message).strip()
         return text.splitlines()[0] if text else type(e).__name__
@@ -145,7 +146,7 @@ def _inspect(path: str, full: bool = False):
                         why = str(e).splitlines()[0] if str(e) else type(e).__name__
                         return suspect or f"corrupt {kind.upper()} ({why})"
             if full:  # and by the decoder training uses: PIL reads some JPEGs that TensorFlow refuses
-                why = _tf_decode_error(path)
+                why = tf_decode_error(tf.io.read_file(path))
                 if why:
                     return f"corrupt {kind.upper()} (TensorFlow: {why})"
         if w < 1 or h < 1:

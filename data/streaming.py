@@ -119,9 +119,9 @@ def open_source(source: str, options: DataOptions | None = None, *, allow_mixed_
 
 def name_read_error(exc: BaseException, splits: StreamSplits) -> DataSourceError | None:
     """When `exc` is tf.data failing on the data itself, a `DataSourceError` naming every file at fault, found by
-    reading the splits' files once; else None (and `exc` is raised as it is). Two cases: an image file that does not
-    decode though its header passed (e.g. a JPEG corrupt inside: `BadImagesError`), and a TFRecord shard that is
-    damaged or cut short (data/sources/tfrecord.py `scan_shards`)."""
+    reading the splits' files once; else None (and `exc` is raised as it is). Three cases: an image file that does
+    not decode though its header passed (e.g. a JPEG corrupt inside: `BadImagesError`), a TFRecord shard that is
+    damaged or cut short, and a record whose image does not decode (data/sources/tfrecord.py `scan_shards`)."""
     import tensorflow as tf  # tf.data feeds every backend, so its error types are the ones raised
 
     from data.sources.tfrecord import damaged_shards_error, scan_shards
@@ -129,14 +129,14 @@ def name_read_error(exc: BaseException, splits: StreamSplits) -> DataSourceError
     parts = (splits.train, splits.validation, splits.test)
     source = splits.info.source
     shards = {f: c for s in parts if s.kind == "records" for f, c in zip(s.files, s.file_counts)}
-    if isinstance(exc, tf.errors.DataLossError) and shards:
-        print(f"A TFRecord shard is damaged; reading each of the {len(shards)} shards once to name it ...", flush=True)
-        bad = scan_shards(shards)
-        return damaged_shards_error(source.split(":", 1)[1], bad) if bad else None
     paths = [str(p) for s in parts if s.kind == "files" for p in s.paths]
-    if not isinstance(exc, tf.errors.InvalidArgumentError) or not paths:
-        return None
-    if not re.search(r"decode|jpeg|png|gif|bmp|image file", str(exc), re.IGNORECASE):  # another op's error
+    decode = isinstance(exc, tf.errors.InvalidArgumentError) and re.search(
+        r"decode|jpeg|png|gif|bmp|image file", str(exc), re.IGNORECASE)  # else another op's error
+    if shards and (decode or isinstance(exc, tf.errors.DataLossError)):
+        print(f"Reading each of the {len(shards)} TFRecord shards once to name what failed ...", flush=True)
+        bad = scan_shards(shards, decode=bool(decode))
+        return damaged_shards_error(source.split(":", 1)[1], bad) if bad else None
+    if not paths or not decode:
         return None
     print(f"A file failed to decode; decoding each of the {len(paths)} files once to name it ...", flush=True)
     bad = [(p, r) for p, r in zip(paths, scan_images(paths, full=True)) if isinstance(r, str)]

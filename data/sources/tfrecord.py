@@ -6,9 +6,10 @@ labels, so nothing is read to know them. A split given by some of its shards
 reads those; validation is carved (by record, stratified, seeded) from train
 when there are no validation shards. With at least as many files of a split
 as processes, whole files go round-robin to the processes; otherwise records.
-`data.check_images: full` reads every record once before anything trains
-(`scan_shards`); a damaged shard found in training is named the same way
-(data/streaming.py `name_read_error`).
+`data.check_images: full` reads and decodes every record once before
+anything trains (`scan_shards`); a damaged shard, or a record whose image
+does not decode, found in training is named the same way (data/streaming.py
+`name_read_error`).
 """
 
 from __future__ import annotations
@@ -49,15 +50,28 @@ def read_metadata(pattern: str):
     return files, meta, os.path.dirname(files[0])
 
 
-def scan_shards(expected: dict[str, int]) -> list[tuple[str, str]]:
+def scan_shards(expected: dict[str, int], decode: bool = False) -> list[tuple[str, str]]:
     """Read every record of each shard once (each record's checksum is checked), `expected` its record count in
-    `dataset.json`: `(path, reason)` for each shard that is damaged or cut short."""
+    `dataset.json`: `(path, reason)` for each shard that is damaged or cut short. With `decode`, each record's image
+    is decoded too (`tf.io.decode_image`, as training decodes it): `("<path> record <i>", reason)` for each that
+    does not decode."""
     import tensorflow as tf
+
+    from data.images import tf_decode_error
+    from data.splits import _parse_record
 
     bad = []
     for path, want in expected.items():
+        n = 0
         try:
-            n = int(tf.data.TFRecordDataset(path).reduce(np.int64(0), lambda c, _: c + 1))
+            if decode:
+                for raw in tf.data.TFRecordDataset(path):
+                    why = tf_decode_error(_parse_record(raw)[0])
+                    if why:
+                        bad.append((f"{path} record {n}", why))
+                    n += 1
+            else:
+                n = int(tf.data.TFRecordDataset(path).reduce(np.int64(0), lambda c, _: c + 1))
         except tf.errors.DataLossError as e:  # "corrupted record at <byte>", "truncated record at <byte>"
             m = re.search(r"(corrupted|truncated) record at (\d+)", str(e))
             bad.append((path, f"{m[1]} record at byte {m[2]}" if m else str(e).split("[Op:")[0].strip()))
@@ -68,12 +82,17 @@ def scan_shards(expected: dict[str, int]) -> list[tuple[str, str]]:
 
 
 def damaged_shards_error(pattern: str, bad: list[tuple[str, str]]) -> DataSourceError:
-    """The error naming the damaged shards of `tfrecord:<pattern>` and the `make convert` that writes them again."""
+    """The error naming the damaged shards (or records whose image does not decode) of `tfrecord:<pattern>`, and
+    how to write them again."""
     _, meta, root = read_metadata(pattern)
     shown = "; ".join(f"{p} ({r})" for p, r in bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
     again = f"make convert SRC={meta['source']} DEST={root}" if meta.get("source") else "make convert"
-    return DataSourceError(f"tfrecord:{pattern}: {len(bad)} damaged shard(s): {shown}. Delete them and run "
-                           f"`{again}` again: it writes only the missing shards")
+    if all(p.endswith(".tfrecord") for p, _ in bad):  # whole shards: convert writes the missing ones again
+        return DataSourceError(f"tfrecord:{pattern}: {len(bad)} damaged shard(s): {shown}. Delete them and run "
+                               f"`{again}` again: it writes only the missing shards")
+    return DataSourceError(f"tfrecord:{pattern}: {len(bad)} unreadable record(s): {shown}. Set data.skip_bad_images: "
+                           f"true to skip them, or convert again without them: `{again} ARGS=\"--skip-bad-images "
+                           "--overwrite\"` (it decodes every file and leaves the unreadable ones out)")
 
 
 @register_source("tfrecord", argument="<glob>", files="glob",
@@ -105,8 +124,8 @@ def open_tfrecord(pattern: str, o: DataOptions, stream):
         splits[k] = (names, counts, labels)
     if "train" not in splits or "test" not in splits:
         raise DataSourceError(f"tfrecord:{pattern}: needs train and test shards, has {sorted(splits)}")
-    if o.check_images == "full":  # every record read once, before anything trains
-        bad = scan_shards({f: c for names, counts, _ in splits.values() for f, c in zip(names, counts)})
+    if o.check_images == "full":  # every record read and decoded once, before anything trains
+        bad = scan_shards({f: c for names, counts, _ in splits.values() for f, c in zip(names, counts)}, decode=True)
         if bad:
             raise damaged_shards_error(pattern, bad)
     if "validation" not in splits:

@@ -199,6 +199,25 @@ def test_damaged_tfrecord_shards_are_one_error_naming_them_and_the_run_resumes_o
     assert os.path.isfile(tmp_path / "exports" / "shapes_shards" / "1" / "saved_model.pb")
 
 
+def test_a_record_whose_image_does_not_decode_is_one_error_naming_its_shard_and_record(shapes, tmp_path, capsys):
+    from pipelines import convert
+
+    root = tmp_path / "data"
+    shutil.copytree(shapes, root)
+    (root / "train" / "circle" / "noise.jpg").write_bytes(_jpeg_only_pil_reads())  # convert's header pass takes it
+    dest = tmp_path / "shards"
+    assert run_main(convert.main, ["--src", f"folder:{root}", "--dest", str(dest), "--no-progress"]) == 0
+    args = ["--config", os.path.join(ROOT, "pipelines", "configs", "default.yaml"),
+            *_overrides(tmp_path, f"tfrecord:{dest}", "shapes_records", *CNN)]
+    for extra, nothing_written in ((["data.check_images=full"], True), ([], False)):
+        assert run_main(main, [*args, *extra]) == 2
+        line = _one_error_line(capsys)
+        assert f"{dest / 'train-00000-of-00001.tfrecord'} record " in line, line
+        assert "1 unreadable record(s)" in line and "jpeg::Uncompress failed" in line and "--skip-bad-images" in line
+        assert (tmp_path / "runs").exists() != nothing_written
+    assert run_main(main, [*args, "data.skip_bad_images=true"]) == 0  # as the message says: skipped in training
+
+
 def test_quarter_turns_of_images_that_are_not_square_are_one_error_and_nothing_is_written(shapes, tmp_path, capsys):
     args = ["--config", os.path.join(ROOT, "pipelines", "configs", "images.yaml"),
             *_overrides(tmp_path, f"folder:{shapes}", "shapes_turns", "data.image_size=[32,48]",
