@@ -52,8 +52,8 @@ from pipelines.errors import UserError
 def evaluate_run(run_id: str, tracking_uri: str | None = None, overrides=(), reports_dir: str = "reports"):
     """Evaluate the Keras model of training run `run_id`; log to it. Returns (Evaluation, report dir, files)."""
     # Here, not at the top: `--help` answers without loading TensorFlow (seconds).
-    from pipelines.evaluation import ARTIFACT_DIR, evaluate, keras_predictor, log_to_run, test_subset, write_report
     from data.streaming import naming_bad_data
+    from pipelines.evaluation import ARTIFACT_DIR, evaluate, keras_predictor, log_to_run, test_subset, write_report
     from pipelines.experiment import load_data, load_keras_model
     import mlflow
     from mlflow.exceptions import MlflowException

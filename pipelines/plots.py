@@ -248,7 +248,8 @@ def preview_grid(images, translation=None, rotation=None, elastic=None, seed: in
                 ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.subplots_adjust(left=label_in / (cols + label_in + 0.1), right=0.99, top=0.92 if title else 0.98, bottom=0.02, wspace=0.05, hspace=0.05)
+    fig.subplots_adjust(left=label_in / (cols + label_in + 0.1), right=0.99, top=0.92 if title else 0.98, bottom=0.02,
+                        wspace=0.05, hspace=0.05)
     fig.canvas.draw()
     return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 
