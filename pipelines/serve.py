@@ -122,11 +122,19 @@ class Server:
             raise
         return self
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Both APIs stop taking requests at once and drain side by side: the requests and RPCs being answered get
+        `grace_s` seconds to finish. Then the models stop; a REST request still queued is answered 503 (try again)
+        before its connection closes."""
+        import threading
+
+        drain = threading.Thread(target=self.http.drain, args=(grace_s,), name="http-drain")
+        drain.start()
         if self.grpc is not None:
-            self.grpc.stop()  # new RPCs refused at once; those in flight get a grace period
-        self.http.stop()
+            self.grpc.stop(grace_s)
+        drain.join()
         self.manager.stop()
+        self.http.close()
 
     def __enter__(self) -> "Server":
         return self.start()

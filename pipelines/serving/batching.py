@@ -29,6 +29,13 @@ import numpy as np
 from pipelines.serving.savedmodel import Servable
 
 
+class ServerStopping(RuntimeError):
+    """A request the batcher will not run: the server is stopping (REST 503, gRPC UNAVAILABLE: try again)."""
+
+    def __init__(self):
+        super().__init__("the server is stopping; try again")
+
+
 @dataclass(eq=False)
 class _Item:
     """One queued request; its rows go out in chunks (`sent` so far) and come back in `parts`."""
@@ -83,7 +90,7 @@ class Batcher:
             return fut
         with self._cv:
             if self._stopped:
-                fut.set_exception(RuntimeError("the server is stopping"))
+                fut.set_exception(ServerStopping())
                 return fut
             self._active.append(_Item(servable, inputs, rows, fut))
             self._waiting_rows += rows
@@ -108,7 +115,7 @@ class Batcher:
             self._waiting_rows = 0
             self._cv.notify_all()
         for it in left:
-            _fail(it.future, RuntimeError("the server is stopping"))
+            _fail(it.future, ServerStopping())
 
     def _drop_finished(self) -> None:
         """Forget requests whose future is already done (failed or abandoned by the client)."""

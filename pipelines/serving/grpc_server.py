@@ -68,6 +68,7 @@ from tensorflow_serving.apis import (
     status_pb2,
 )
 
+from pipelines.serving.batching import ServerStopping
 from pipelines.serving.request import _shape_str
 from pipelines.serving.responses import BadRequest, _first_line, clip
 from pipelines.serving.savedmodel import CLASSIFY, SIGNATURE, Servable, TensorInfo
@@ -125,8 +126,8 @@ def _status(e: BaseException, where: str = "gRPC signature call") -> RpcError:
         return RpcError(Code.INVALID_ARGUMENT, f"the model rejected the input: {_first_line(e)}")
     if isinstance(e, TimeoutError):
         return RpcError(Code.DEADLINE_EXCEEDED, str(e) or "the model did not answer in time; try again")
-    if isinstance(e, RuntimeError) and "stopping" in str(e):
-        return RpcError(Code.UNAVAILABLE, "the server is stopping; try again")
+    if isinstance(e, ServerStopping):
+        return RpcError(Code.UNAVAILABLE, str(e))
     log.error("%s failed", where, exc_info=e)
     return RpcError(Code.INTERNAL, f"internal error: {type(e).__name__}: {_first_line(e)}")
 

@@ -161,7 +161,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def handle_one_request(self):
         self.deadline = time.monotonic() + self.http.header_timeout_s  # from the connection or the last answer
-        super().handle_one_request()
+        try:
+            super().handle_one_request()
+        finally:
+            self.http.ended(self.connection)
+        if self.http.stopping:  # the request answered while the server drains: no next one on this connection
+            self.close_connection = True
+
+    def parse_request(self):
+        self.http.began(self.connection)  # the request line has arrived: the connection is busy until it is answered
+        return super().parse_request()
 
     def do_GET(self):
         self._do("GET")
@@ -232,6 +241,8 @@ class _Handler(BaseHTTPRequestHandler):
             return True
 
     def _send(self, r: Response, data: bytes) -> None:
+        if self.http.stopping:
+            self.close_connection = True  # says `Connection: close`: the client opens its next one elsewhere
         self.connection.settimeout(self.http.body_timeout_s)  # a client that does not read the answer
         self.send_response(r.status)
         self.send_header("Content-Type", r.headers.get("Content-Type", _JSON))
@@ -324,6 +335,8 @@ class HttpServer:
         self.slots = threading.BoundedSemaphore(max_connections)
         self.stopping = False
         self._open: set[socket.socket] = set()  # the accepted connections not yet closed
+        self._busy: set[socket.socket] = set()  # those whose request is being read or answered
+        self._closed: set[socket.socket] = set()  # those closed by a stop while idle
         self._lock = threading.Lock()
         self._full_logged = 0.0
         self._thread: threading.Thread | None = None
@@ -341,7 +354,15 @@ class HttpServer:
         self._thread.start()
         return self.port
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float = 5.0) -> None:
+        """`drain(grace_s)`, then `close()`."""
+        self.drain(grace_s)
+        self.close()
+
+    def drain(self, grace_s: float = 5.0) -> None:
+        """Stop accepting now; close the idle connections; let the requests being answered finish for up to
+        `grace_s` seconds, each answered with `Connection: close`. Go's `http.Server.Shutdown` drains the same
+        way, as gRPC's server.stop(grace) does (pipelines/serving/grpc_server.py)."""
         if self._thread is None:
             return
         self.stopping = True
@@ -349,9 +370,32 @@ class HttpServer:
         self._httpd.server_close()
         self._thread.join(timeout=30)
         self._thread = None
+        self._wait_busy(grace_s)
+
+    def close(self, wait_s: float = 1.0) -> None:
+        """Close every connection left, after up to `wait_s` seconds for answers being written (the 503s of
+        requests the stopped batcher failed: pipelines/serve.py `Server.stop`)."""
+        self._wait_busy(wait_s)
         with self._lock:
             left = list(self._open)
-        for conn in left:  # wakes their handlers (keep-alive reads, predicts waiting on a gone client)
+        self._close(left)  # a predict still running is abandoned by its handler, which sees its client gone
+
+    def _wait_busy(self, seconds: float) -> None:
+        """Until no request is being answered, for at most `seconds`; closing each connection once it is idle."""
+        deadline = time.monotonic() + seconds
+        while True:
+            with self._lock:
+                idle = [c for c in self._open if c not in self._busy and c not in self._closed]
+                self._closed.update(idle)
+                busy = len(self._busy)
+            self._close(idle)  # wakes their handlers, waiting for a next request that is not coming
+            if not busy or time.monotonic() >= deadline:
+                return
+            time.sleep(0.02)
+
+    @staticmethod
+    def _close(conns) -> None:
+        for conn in conns:
             try:
                 conn.shutdown(socket.SHUT_RDWR)
             except OSError:
@@ -365,8 +409,18 @@ class HttpServer:
         if self.metrics is not None:
             self.metrics.connection_opened("rest")
 
+    def began(self, conn: socket.socket) -> None:
+        with self._lock:
+            self._busy.add(conn)
+
+    def ended(self, conn: socket.socket) -> None:
+        with self._lock:
+            self._busy.discard(conn)
+
     def closed(self, conn: socket.socket) -> None:
         with self._lock:
+            self._busy.discard(conn)
+            self._closed.discard(conn)
             if conn not in self._open:
                 return
             self._open.discard(conn)

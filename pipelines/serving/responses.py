@@ -75,6 +75,10 @@ def _model_error(e: BaseException) -> Response:
         return Response(400, {"error": f"the model rejected the input: {_first_line(e)}"})
     if isinstance(e, TimeoutError):
         return Response(503, {"error": "the model did not answer in time; try again"})
+    from pipelines.serving.batching import ServerStopping
+
+    if isinstance(e, ServerStopping):  # past the stop's grace period
+        return Response(503, {"error": str(e)})
     log.error("predict failed: %r", e)
     return Response(500, {"error": f"internal error: {type(e).__name__}: {_first_line(e)}"})
 

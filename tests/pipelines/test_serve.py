@@ -318,6 +318,57 @@ def test_cli_rejects_a_missing_export_directory(tmp_path):
     assert "is not a directory" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_stop_lets_requests_in_flight_finish_and_closes_idle_connections_at_once(exports):
+    """Stopping (Ctrl-C, SIGTERM) drains: no new connection is accepted, the requests being answered finish (each
+    with `Connection: close`), an idle keep-alive connection does not hold the stop up to its grace period."""
+    # Each request waits up to 1.5 s in the batcher for others to join it: in flight when the stop begins.
+    s = Server(exports["root"], port=0, poll_s=0.2, max_body_bytes=LIMIT, batch_wait_ms=1500).start()
+    url, ref = f"{s.url}/v1/models/tiny:predict", exports["ref"]
+    idle = requests.Session()
+    assert idle.get(f"{s.url}/v1/models/tiny", timeout=30).ok  # its connection stays open, idle
+    answers = {}
+
+    def one(i):
+        try:
+            r = requests.post(url, json={"instances": exports["x"][i:i + 1].tolist()}, timeout=30)
+            answers[i] = (r.status_code, r.json(), r.headers.get("Connection"))
+        except requests.RequestException as e:  # before the drain: connections reset mid-request
+            answers[i] = (None, repr(e), None)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    s.stop(grace_s=20)
+    took = time.monotonic() - t0
+    for t in threads:
+        t.join()
+    for i in range(3):
+        status, body, connection = answers[i]
+        assert status == 200, body
+        assert body["predictions"][0]["class_id"] == int(ref["class_id"][i]) and connection == "close"
+    assert took < 10, took  # the answers' 1.5 s, not the 20 s of grace: the idle connection was closed at once
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{s.url}/v1/models/tiny", timeout=5)
+
+
+def test_a_request_still_queued_when_the_grace_period_ends_is_answered_503(exports):
+    s = Server(exports["root"], port=0, poll_s=0.2, max_body_bytes=LIMIT, batch_wait_ms=5000).start()
+    answer = {}
+
+    def one():
+        r = requests.post(f"{s.url}/v1/models/tiny:predict", json={"instances": exports["x"][:1].tolist()}, timeout=30)
+        answer.update(status=r.status_code, body=r.json(), connection=r.headers.get("Connection"))
+
+    t = threading.Thread(target=one)
+    t.start()
+    time.sleep(0.5)  # it waits 5 s in the batcher for others to join it
+    s.stop(grace_s=0.5)
+    t.join()
+    assert answer == {"status": 503, "body": {"error": "the server is stopping; try again"}, "connection": "close"}
+
+
 @contextlib.contextmanager
 def _serve_cli(exports, *args):
     """`python -m pipelines.serve` on the exports, in its own session; killed at the end if still running."""
