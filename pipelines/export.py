@@ -1,6 +1,7 @@
 """Export of versioned SavedModels in TensorFlow Serving's layout.
 
-`<exports>/<name>/<version>/saved_model.pb`, versions 1, 2, ... The signature
+`<exports>/<name>/<version>/saved_model.pb`, versions 1, 2, ..., a number never
+given twice (`next_version`: one deleted to roll back is not reused). The signature
 `serving_default` takes raw images `image: uint8 [batch, H, W, C]` and returns
 `probabilities: float32 [batch, classes]`, `class_id: int64 [batch]` and
 `class_name: string [batch]`; `image_bytes` takes encoded image files and
@@ -18,6 +19,7 @@ numeric version directories never sees a half-written one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -72,6 +74,44 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+HIGHEST_FILE = ".highest_version"  # in <exports>/<name>/: the highest version number ever published there
+
+
+@contextlib.contextmanager
+def _publishing(base: str):
+    """One publisher of `base` at a time on this host: an exclusive lock on `base/HIGHEST_FILE`, which records the
+    highest number published there, so that the number chosen, the rename and the record go together. Yields
+    `record(version)`."""
+    import fcntl
+
+    with open(os.path.join(base, HIGHEST_FILE), "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+
+        def record(version: int) -> None:  # in place: another publisher waits on this file's lock
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"{version}\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+        try:
+            yield record
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def next_version(base: str) -> int:
+    """The number the next version of `base` gets: above every version folder there and above every number ever
+    published there (`HIGHEST_FILE`): a version deleted to roll back does not give its number to the next model,
+    which a client pinned to that number would then get without a word (TF Serving knows versions only by number)."""
+    try:
+        with open(os.path.join(base, HIGHEST_FILE)) as fh:
+            recorded = int(fh.read().strip() or 0)
+    except (OSError, ValueError):
+        recorded = 0
+    return max((version_dirs(base) or [0])[-1], recorded) + 1
+
+
 def clean_stale_temporaries(base: str) -> list[str]:
     """Remove `.tmp-*` folders left by an export that died (its pid is gone, or, without a pid, an hour old)."""
     removed = []
@@ -95,17 +135,27 @@ def clean_stale_temporaries(base: str) -> list[str]:
     return removed
 
 
+def _published(base: str) -> list[tuple[int, str]]:
+    """The versions under `base` that hold a SavedModel (`saved_model.pb`), newest first, with their folders. A
+    folder without one (an empty `3/` from a failed copy) is no version a server serves, so the guards below read
+    the newest version that has one, not that folder."""
+    out = []
+    for v in reversed(version_dirs(base)):
+        path = os.path.join(base, str(v))
+        if any(os.path.isfile(os.path.join(path, f)) for f in ("saved_model.pb", "saved_model.pbtxt")):
+            out.append((v, path))
+    return out
+
+
 def published_metrics(exports_dir: str, name: str) -> tuple[int, dict] | None:
     """(version, its assets.extra/metrics.json) of the newest published version, or None."""
-    versions = version_dirs(os.path.join(exports_dir, name))
-    if not versions:
-        return None
-    path = os.path.join(exports_dir, name, str(versions[-1]), "assets.extra", "metrics.json")
-    try:
-        with open(path) as fh:
-            return versions[-1], json.load(fh)
-    except (OSError, ValueError):
-        return versions[-1], {}
+    for version, path in _published(os.path.join(exports_dir, name))[:1]:
+        try:
+            with open(os.path.join(path, "assets.extra", "metrics.json")) as fh:
+                return version, json.load(fh)
+        except (OSError, ValueError):
+            return version, {}
+    return None
 
 
 SIGNATURE_FILE = "signature.json"  # in a version's assets.extra/: its input shape and class names
@@ -117,22 +167,21 @@ def signature_of(image_shape, class_names) -> dict:
 
 
 def published_signature(exports_dir: str, name: str) -> tuple[int, dict] | None:
-    """(version, `signature_of` it) of the newest published version of `name`, or None. A version written
-    before signature.json existed is read from its SavedModel (input shape only; its classes unknown)."""
-    versions = version_dirs(os.path.join(exports_dir, name))
-    if not versions:
-        return None
-    path = os.path.join(exports_dir, name, str(versions[-1]))
-    try:
-        with open(os.path.join(path, "assets.extra", SIGNATURE_FILE)) as fh:
-            return versions[-1], json.load(fh)
-    except (OSError, ValueError):
-        pass
-    try:
-        spec = tf.saved_model.load(path).signatures["serving_default"].structured_input_signature[1]["image"]
-        return versions[-1], {"input_shape": [int(d) for d in spec.shape[1:]]}
-    except (OSError, KeyError, ValueError, TypeError):
-        return None  # not a readable SavedModel: nothing to keep compatible with
+    """(version, `signature_of` it) of the newest published version of `name` that can be read, or None. A
+    version written before signature.json existed is read from its SavedModel (input shape only; its classes
+    unknown); one that does not load (a damaged `saved_model.pb`) is passed over for the one before it."""
+    for version, path in _published(os.path.join(exports_dir, name)):
+        try:
+            with open(os.path.join(path, "assets.extra", SIGNATURE_FILE)) as fh:
+                return version, json.load(fh)
+        except (OSError, ValueError):
+            pass
+        try:
+            spec = tf.saved_model.load(path).signatures["serving_default"].structured_input_signature[1]["image"]
+            return version, {"input_shape": [int(d) for d in spec.shape[1:]]}
+        except (OSError, KeyError, ValueError, TypeError, tf.errors.OpError):
+            continue  # not a readable SavedModel: no server serves it, nothing to keep compatible with
+    return None
 
 
 def signature_conflict(exports_dir: str, name: str, image_shape, class_names) -> str | None:
@@ -298,15 +347,18 @@ def export_model(
                     f"(allowed {tolerance:g} + {rtol:g} x p, export.tolerance/export.rtol), classes agree on "
                     f"{100 * figures['class_agreement']:.2f}%; not published"
                 )
-        while True:  # another writer may take a version number at the same time
-            version = (version_dirs(base) or [0])[-1] + 1
-            final = os.path.join(base, str(version))
-            try:
-                os.rename(tmp, final)
+        with _publishing(base) as record:
+            while True:  # a writer on another host may take a version number at the same time
+                version = next_version(base)
+                final = os.path.join(base, str(version))
+                try:
+                    os.rename(tmp, final)
+                except OSError:
+                    if not os.path.exists(final):
+                        raise
+                    continue
+                record(version)
                 return final
-            except OSError:
-                if not os.path.exists(final):
-                    raise
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)

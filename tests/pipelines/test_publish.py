@@ -1,0 +1,59 @@
+"""Publishing versions (pipelines/export.py): a number is never given twice, and the guards compare a new model
+with the newest version a server can serve, not with a broken folder beside it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import keras
+import numpy as np
+
+from models.registry import build_model
+from pipelines.export import (
+    SIGNATURE_FILE,
+    export_model,
+    predict_savedmodel,
+    published_metrics,
+    signature_conflict,
+    signature_of,
+)
+
+
+def tiny(seed: int):
+    keras.utils.set_random_seed(seed)
+    return build_model("baseline_cnn", (12, 12, 1), 3, filters=[2], dense_units=4)
+
+
+def publish(root, seed, accuracy=0.9):
+    assets = {SIGNATURE_FILE: __import__("json").dumps(signature_of((12, 12, 1), ["a", "b", "c"])),
+              "metrics.json": f'{{"test_accuracy": {accuracy}, "data.source": "synthetic"}}'}
+    return export_model(tiny(seed), str(root), "m", extra_assets=assets, class_names=["a", "b", "c"])
+
+
+def test_a_version_deleted_to_roll_back_does_not_give_its_number_to_the_next_model(tmp_path):
+    x = np.random.default_rng(0).integers(0, 256, (2, 12, 12, 1), dtype=np.uint8)
+    assert publish(tmp_path, 0).endswith(os.path.join("m", "1"))
+    second = publish(tmp_path, 1)
+    answers = predict_savedmodel(second, x)["probabilities"]
+    shutil.rmtree(second)  # rolled back: clients pinned to version 2 get 404 ...
+    third = publish(tmp_path, 2)
+    assert third.endswith(os.path.join("m", "3"))  # ... not another model under the same number
+    assert not os.path.exists(second)
+    assert not np.allclose(predict_savedmodel(third, x)["probabilities"], answers)
+    assert sorted(d for d in os.listdir(tmp_path / "m") if not d.startswith(".")) == ["1", "3"]
+
+
+def test_the_guards_read_the_newest_version_a_server_can_load_past_a_broken_folder(tmp_path):
+    publish(tmp_path, 0, accuracy=0.95)
+    (tmp_path / "m" / "2").mkdir()  # a failed copy: no saved_model.pb
+    damaged = tmp_path / "m" / "3"
+    shutil.copytree(tmp_path / "m" / "1", damaged)
+    (damaged / "assets.extra" / SIGNATURE_FILE).unlink()  # as versions written before signature.json
+    (damaged / "saved_model.pb").write_bytes(b"\x00" * 10)  # and damaged: it does not load
+    assert published_metrics(str(tmp_path), "m")[0] == 3  # version 3's files still say what it scored
+    why = signature_conflict(str(tmp_path), "m", (16, 16, 3), ["a", "b", "c"])
+    assert why is not None and "version 1's (12, 12, 1)" in why, why  # compared with version 1, the one served
+    shutil.rmtree(damaged)
+    assert published_metrics(str(tmp_path), "m") == (1, {"test_accuracy": 0.95, "data.source": "synthetic"})
+    assert signature_conflict(str(tmp_path), "m", (12, 12, 1), ["a", "b", "c"]) is None
