@@ -143,6 +143,8 @@ class ModelManager:
         self._thread: threading.Thread | None = None
         self._retired: list[tuple[float, Batcher]] = []
         self._noted: dict[str, tuple] = {}  # model -> what is missing on disk, last warned about
+        # (model, version) -> its folder's name: "8", or "08" (TF Serving reads a version folder's name as a number)
+        self._folders: dict[tuple[str, int], str] = {}
         self._reclaimer = Reclaimer()
         self._config = ConfigWatcher(config_file) if config_file is not None else None  # ModelConfigError
 
@@ -250,10 +252,13 @@ class ModelManager:
         except OSError as e:
             log.warning("model %s: cannot list %s: %s; left as it is", spec.name, spec.base_path, e)
             return None
-        found = sorted(
-            int(d) for d in entries
-            if d.isascii() and d.isdigit() and os.path.isdir(os.path.join(spec.base_path, d))
-        )
+        folders: dict[int, str] = {}
+        for d in sorted(entries, key=lambda d: (len(d), d), reverse=True):  # "8" after "08": the plain name wins
+            if d.isascii() and d.isdigit() and os.path.isdir(os.path.join(spec.base_path, d)):
+                folders[int(d)] = d
+        for v, d in folders.items():
+            self._folders[spec.name, v] = d
+        found = sorted(folders)
         missing = tuple(v for v in spec.versions if v not in found) if found else ("all",)
         if self.config_file is not None and missing and self._noted.get(spec.name) != missing:
             log.warning("model %s: %s under %s (expected %s/<version>/saved_model.pb)", spec.name,
@@ -309,14 +314,17 @@ class ModelManager:
     def _retry_due(self, st: ModelState, version: int, failure: Failure) -> bool:
         if time.monotonic() < failure.next_try:
             return False
-        if dir_signature(os.path.join(st.spec.base_path, str(version))) == failure.signature:
+        if dir_signature(self._path(st, version)) == failure.signature:
             return False  # unchanged since it failed: it would fail again
         log.info("model %s version %s: its files changed since load attempt %d failed; retrying",
                  st.name, version, failure.attempts)
         return True
 
+    def _path(self, st: ModelState, version: int) -> str:
+        return os.path.join(st.spec.base_path, self._folders.get((st.name, version), str(version)))
+
     def _load(self, st: ModelState, version: int, attempt: int = 1) -> bool:
-        name, path = st.name, os.path.join(st.spec.base_path, str(version))
+        name, path = st.name, self._path(st, version)
         with self._lock:
             st.loading = version
         signature = dir_signature(path)  # before loading: a copy finishing meanwhile counts as a change

@@ -159,6 +159,24 @@ def test_a_version_copied_in_slowly_is_retried_once_its_files_change(tmp_path, e
     assert any("version 2: its files changed" in m and "retrying" in m for m in caplog.messages)
 
 
+def test_a_version_folder_written_with_a_leading_zero_is_served_as_its_number(tmp_path, exports):
+    """TF Serving reads a version folder's name as a number: `08` is version 8. It was listed, then its load
+    looked for `8/` and failed for ever."""
+    root = tmp_path / "exports"
+    os.makedirs(root / "m")
+    shutil.copytree(exports["path"], root / "m" / "1")
+    shutil.copytree(exports["path"], root / "m" / "08")
+    with Server(str(root), port=0, poll_s=0.05) as s:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and s.manager.get("m")[0].version != 8:
+            time.sleep(0.05)
+        status = requests.get(f"{s.url}/v1/models/m", timeout=10).json()["model_version_status"]
+        assert [(v["version"], v["state"]) for v in status] == [("8", "AVAILABLE")], status
+        r = requests.post(f"{s.url}/v1/models/m/versions/8:predict", json={"instances": exports["x"].tolist()},
+                          timeout=30)
+        assert r.status_code == 200 and len(r.json()["predictions"]) == len(exports["x"])
+
+
 def test_retries_of_a_changing_broken_version_back_off(tmp_path, exports, caplog):
     from pipelines.serving.servables import ModelManager
 
