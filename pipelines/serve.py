@@ -130,11 +130,15 @@ class Server:
 
         drain = threading.Thread(target=self.http.drain, args=(grace_s,), name="http-drain")
         drain.start()
-        if self.grpc is not None:
-            self.grpc.stop(grace_s)
-        drain.join()
-        self.manager.stop()
-        self.http.close()
+        try:
+            if self.grpc is not None:
+                self.grpc.stop(grace_s)
+        finally:
+            drain.join()
+            try:
+                self.manager.stop()
+            finally:
+                self.http.close()
 
     def __enter__(self) -> "Server":
         return self.start()

@@ -145,7 +145,10 @@ class _DeadlineReader(io.RawIOBase):
             self.sock.settimeout(left)
         else:
             self.sock.settimeout(None)
-        return self.sock.recv_into(b)
+        n = self.sock.recv_into(b)
+        if n:  # a request has begun to arrive: a stop's drain waits for its answer (Go's StateActive)
+            self.handler.http.began(self.sock)
+        return n
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -168,9 +171,6 @@ class _Handler(BaseHTTPRequestHandler):
         if self.http.stopping:  # the request answered while the server drains: no next one on this connection
             self.close_connection = True
 
-    def parse_request(self):
-        self.http.began(self.connection)  # the request line has arrived: the connection is busy until it is answered
-        return super().parse_request()
 
     def do_GET(self):
         self._do("GET")
@@ -289,6 +289,9 @@ class _Server(ThreadingHTTPServer):
         while not owner.slots.acquire(timeout=0.2):
             if owner.stopping:
                 raise OSError("the server is stopping")
+        if owner.stopping:  # a drain has begun: no new connection (serve_forever notices its shutdown late)
+            owner.slots.release()
+            raise OSError("the server is stopping")
             owner.log_full()
         try:
             conn, addr = super().get_request()

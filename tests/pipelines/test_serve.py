@@ -353,6 +353,33 @@ def test_stop_lets_requests_in_flight_finish_and_closes_idle_connections_at_once
         requests.get(f"{s.url}/v1/models/tiny", timeout=5)
 
 
+def test_a_request_whose_bytes_arrived_as_the_stop_began_is_answered(exports, monkeypatch):
+    """A keep-alive connection whose next request has arrived but is not parsed yet is busy, not idle: the drain
+    waits for its answer instead of closing it (the client got no answer at all)."""
+    from pipelines.serving import http
+
+    s = Server(exports["root"], port=0, poll_s=0.2, max_body_bytes=LIMIT).start()
+    session, calls = requests.Session(), []
+    assert session.get(f"{s.url}/v1/models/tiny", timeout=30).ok
+    parse = http._Handler.parse_request
+
+    def slow_parse(self):
+        calls.append(1)
+        if len(calls) == 1:
+            time.sleep(1.0)  # the stop begins while the connection's second request waits to be parsed
+        return parse(self)
+
+    monkeypatch.setattr(http._Handler, "parse_request", slow_parse)
+    got = {}
+    t = threading.Thread(target=lambda: got.update(r=session.post(
+        f"{s.url}/v1/models/tiny:predict", json={"instances": exports["x"][:1].tolist()}, timeout=30)))
+    t.start()
+    time.sleep(0.3)
+    s.stop(grace_s=5)
+    t.join()
+    assert got["r"].status_code == 200 and got["r"].headers.get("Connection") == "close"
+
+
 def test_a_request_still_queued_when_the_grace_period_ends_is_answered_503(exports):
     s = Server(exports["root"], port=0, poll_s=0.2, max_body_bytes=LIMIT, batch_wait_ms=5000).start()
     answer = {}
