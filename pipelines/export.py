@@ -81,23 +81,25 @@ HIGHEST_FILE = ".highest_version"  # in <exports>/<name>/: the highest version n
 def _publishing(base: str):
     """One publisher of `base` at a time on this host: an exclusive lock on `base/HIGHEST_FILE`, which records the
     highest number published there, so that the number chosen, the rename and the record go together. Yields
-    `record(version)`."""
-    import fcntl
+    `record(version)`. Where the file system has no locks (NFS mounted nolock, some FUSE mounts), it goes on
+    unlocked: the rename still never takes a number twice, only the record may then lag another publisher's."""
+    fd = os.open(os.path.join(base, HIGHEST_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+    with os.fdopen(fd, "r+") as fh:  # not "a+": its writes would all go to the end
+        try:
+            import fcntl
 
-    with open(os.path.join(base, HIGHEST_FILE), "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        except (ImportError, OSError) as e:
+            print(f"Warning: {base}: no file lock here ({e}); publishing unlocked")
 
-        def record(version: int) -> None:  # in place: another publisher waits on this file's lock
+        def record(version: int) -> None:  # in place (others wait on this file's lock); a number only grows
             fh.seek(0)
-            fh.truncate()
             fh.write(f"{version}\n")
+            fh.truncate()
             fh.flush()
             os.fsync(fh.fileno())
 
-        try:
-            yield record
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+        yield record  # the lock goes with the file's closing
 
 
 def next_version(base: str) -> int:

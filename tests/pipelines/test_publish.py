@@ -57,3 +57,15 @@ def test_the_guards_read_the_newest_version_a_server_can_load_past_a_broken_fold
     shutil.rmtree(damaged)
     assert published_metrics(str(tmp_path), "m") == (1, {"test_accuracy": 0.95, "data.source": "synthetic"})
     assert signature_conflict(str(tmp_path), "m", (12, 12, 1), ["a", "b", "c"]) is None
+
+
+def test_where_the_file_system_has_no_locks_a_version_is_still_published(tmp_path, monkeypatch, capsys):
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(37, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    assert publish(tmp_path, 0).endswith(os.path.join("m", "1"))
+    assert publish(tmp_path, 1).endswith(os.path.join("m", "2"))
+    assert "no file lock here" in capsys.readouterr().out
