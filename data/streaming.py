@@ -132,7 +132,8 @@ def name_read_error(exc: BaseException, splits: StreamSplits) -> DataSourceError
     paths = [str(p) for s in parts if s.kind == "files" for p in s.paths]
     decode = isinstance(exc, tf.errors.InvalidArgumentError) and re.search(
         r"decode|jpeg|png|gif|bmp|image file", str(exc), re.IGNORECASE)  # else another op's error
-    if shards and (decode or isinstance(exc, tf.errors.DataLossError)):
+    damaged = isinstance(exc, tf.errors.DataLossError) and " record at " in str(exc)  # not a checkpoint's
+    if shards and (decode or damaged):
         print(f"Reading each of the {len(shards)} TFRecord shards once to name what failed ...", flush=True)
         bad = scan_shards(shards, decode=bool(decode))
         return damaged_shards_error(source.split(":", 1)[1], bad) if bad else None
@@ -150,7 +151,10 @@ def naming_bad_data(splits: StreamSplits):
     try:
         yield
     except Exception as exc:
-        named = name_read_error(exc, splits)
+        try:
+            named = name_read_error(exc, splits)
+        except Exception:  # noqa: BLE001 - the scan's own failure: the reading's error is the one raised
+            named = None
         if named is None:
             raise
         raise named from None

@@ -212,14 +212,23 @@ def _run_locked(cfg: Config, splits, uri: str, run_dir: str, state: dict, callba
         from data.streaming import name_read_error
 
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-        named = name_read_error(exc, splits)
+        named = interrupted = None
+        try:  # it may read every file: minutes, during which Ctrl-C (or a file removed) must still end the run
+            named = name_read_error(exc, splits)
+        except KeyboardInterrupt as e:
+            interrupted, status = e, "KILLED"
+        except Exception:  # noqa: BLE001 - the error raised is the run's own
+            pass
         try:
             mlflow.set_tag("failure", f"{type(exc).__name__}: {named or exc}"[:4000])
         finally:
             mlflow.end_run(status=status)
+        if interrupted is not None:
+            raise interrupted
         if named is not None:
             named.args = (f"{named} (found while this run read its data; data.check_images=full finds them before "
-                          "a run starts, and the same command resumes from the last finished epoch)",)
+                          "a run starts; once they are fixed, the same command resumes from the last finished "
+                          "epoch)",)
             raise named from None
         if isinstance(exc, UserError) and rundir.read_state(run_dir).get("trained"):
             exc.args = (f"{exc} (the trained model is kept in {run_dir}; the same command retries "

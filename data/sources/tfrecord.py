@@ -72,9 +72,10 @@ def scan_shards(expected: dict[str, int], decode: bool = False) -> list[tuple[st
                     n += 1
             else:
                 n = int(tf.data.TFRecordDataset(path).reduce(np.int64(0), lambda c, _: c + 1))
-        except tf.errors.DataLossError as e:  # "corrupted record at <byte>", "truncated record at <byte>"
+        except tf.errors.OpError as e:  # "corrupted record at <byte>", "truncated record at <byte>"; a shard gone
             m = re.search(r"(corrupted|truncated) record at (\d+)", str(e))
-            bad.append((path, f"{m[1]} record at byte {m[2]}" if m else str(e).split("[Op:")[0].strip()))
+            why = re.sub(r"\{\{[^}]*\}\}|\[Op:.*", "", e.message).strip().splitlines()
+            bad.append((path, f"{m[1]} record at byte {m[2]}" if m else (why[0] if why else type(e).__name__)))
             continue
         if n != want:
             bad.append((path, f"{n} records where {METADATA_FILE} lists {want}"))
@@ -84,15 +85,19 @@ def scan_shards(expected: dict[str, int], decode: bool = False) -> list[tuple[st
 def damaged_shards_error(pattern: str, bad: list[tuple[str, str]]) -> DataSourceError:
     """The error naming the damaged shards (or records whose image does not decode) of `tfrecord:<pattern>`, and
     how to write them again."""
+    import shlex
+
     _, meta, root = read_metadata(pattern)
     shown = "; ".join(f"{p} ({r})" for p, r in bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
-    again = f"make convert SRC={meta['source']} DEST={root}" if meta.get("source") else "make convert"
+    source = meta.get("source") or "<the source they were written from>"
+    again = f"make convert SRC={shlex.quote(source)} DEST={shlex.quote(root)}"
     if all(p.endswith(".tfrecord") for p, _ in bad):  # whole shards: convert writes the missing ones again
         return DataSourceError(f"tfrecord:{pattern}: {len(bad)} damaged shard(s): {shown}. Delete them and run "
                                f"`{again}` again: it writes only the missing shards")
+    other = (f", or convert again without them: `{again} ARGS=\"--skip-bad-images --overwrite\"` (it decodes "
+             "every file and leaves the unreadable ones out)") if source.startswith("folder:") else ""
     return DataSourceError(f"tfrecord:{pattern}: {len(bad)} unreadable record(s): {shown}. Set data.skip_bad_images: "
-                           f"true to skip them, or convert again without them: `{again} ARGS=\"--skip-bad-images "
-                           "--overwrite\"` (it decodes every file and leaves the unreadable ones out)")
+                           f"true to skip them{other}")
 
 
 @register_source("tfrecord", argument="<glob>", files="glob",
@@ -126,6 +131,12 @@ def open_tfrecord(pattern: str, o: DataOptions, stream):
         raise DataSourceError(f"tfrecord:{pattern}: needs train and test shards, has {sorted(splits)}")
     if o.check_images == "full":  # every record read and decoded once, before anything trains
         bad = scan_shards({f: c for names, counts, _ in splits.values() for f, c in zip(names, counts)}, decode=True)
+        if o.skip_bad_images and bad:  # records that do not decode are skipped in training; damaged shards are not
+            records = [(p, r) for p, r in bad if not p.endswith(".tfrecord")]
+            if records:
+                print(f"Warning: tfrecord:{pattern}: {len(records)} unreadable record(s), skipped in training "
+                      f"(data.skip_bad_images): " + "; ".join(f"{p} ({r})" for p, r in records[:10]))
+            bad = [(p, r) for p, r in bad if p.endswith(".tfrecord")]
         if bad:
             raise damaged_shards_error(pattern, bad)
     if "validation" not in splits:

@@ -186,7 +186,10 @@ class SearchModel(kt.HyperModel):
         except Exception as exc:
             from data.streaming import name_read_error
 
-            named = name_read_error(exc, self.splits)
+            try:
+                named = name_read_error(exc, self.splits)
+            except Exception:  # noqa: BLE001 - the scan's own failure: the trial's error is the one raised
+                named = None
             if named is None:
                 raise
             raise BadDataError(f"{named} (found in a trial; finished trials are kept, and the same command resumes "

@@ -216,6 +216,8 @@ def test_a_record_whose_image_does_not_decode_is_one_error_naming_its_shard_and_
         assert "1 unreadable record(s)" in line and "jpeg::Uncompress failed" in line and "--skip-bad-images" in line
         assert (tmp_path / "runs").exists() != nothing_written
     assert run_main(main, [*args, "data.skip_bad_images=true"]) == 0  # as the message says: skipped in training
+    assert run_main(main, [*args, "data.skip_bad_images=true", "data.check_images=full"]) == 0  # and with the check
+    assert "1 unreadable record(s), skipped in training (data.skip_bad_images)" in capsys.readouterr().out
 
 
 def test_quarter_turns_of_images_that_are_not_square_are_one_error_and_nothing_is_written(shapes, tmp_path, capsys):
