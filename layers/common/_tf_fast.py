@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 
 import numpy as np
 import tensorflow as tf
@@ -188,15 +189,25 @@ def blur2d(x, f: np.ndarray, strides: int, padding: str):
 _PROBED: dict = {}
 
 
+_PROBE_LOCK = threading.Lock()  # one probe at a time: each swaps file descriptor 2
+
+
 @contextlib.contextmanager
 def _probe_quietly():
     """The capability probes below run an op that may refuse: TensorFlow's C++ runtime then writes a warning
     (`Local rendezvous is aborting with status: INVALID_ARGUMENT ...`) to the process's stderr, which reads as a
     failure in a user's script though the refusal is the answer. Its log level is fixed at start-up, so the
-    probe's few milliseconds run with file descriptor 2 on /dev/null; Python's own `sys.stderr` is left alone."""
+    probe runs with file descriptor 2 on /dev/null (what other threads write to it meanwhile is lost: the probes
+    run once, when the first layer is built); Python's own `sys.stderr` object is left alone."""
     try:
-        saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+        saved = os.dup(2)
     except OSError:  # no descriptor 2 (some embedded interpreters): nothing to hide
+        yield
+        return
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        os.close(saved)
         yield
         return
     try:
@@ -212,18 +223,9 @@ def unequal_depthwise_strides() -> bool:
     """Whether depthwise convolutions (and their input gradient) take unequal strides here: probed once,
     eagerly, on the CPU, and only where no GPU is visible (the GPU's kernels refuse them). oneDNN's CPU
     kernels take them; TensorFlow's own refuse ("only supports equal length strides")."""
-    if "unequal" not in _PROBED:
-        _PROBED["unequal"] = False
-        if not tf.config.list_logical_devices("GPU"):
-            with tf.init_scope(), tf.device("/CPU:0"), _probe_quietly():
-                common = dict(filter=tf.ones((3, 1, 2, 1)), strides=[1, 2, 1, 1], padding="SAME")
-                try:
-                    tf.raw_ops.DepthwiseConv2dNative(input=tf.ones((1, 4, 4, 2)), **common)
-                    tf.raw_ops.DepthwiseConv2dNativeBackpropInput(input_sizes=[1, 4, 4, 2],
-                                                                  out_backprop=tf.ones((1, 2, 4, 2)), **common)
-                    _PROBED["unequal"] = True
-                except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
-                    pass
+    with _PROBE_LOCK:
+        if "unequal" not in _PROBED:
+            _PROBED["unequal"] = not tf.config.list_logical_devices("GPU") and _runs(_unequal_strides)
     return _PROBED["unequal"]
 
 
@@ -237,19 +239,35 @@ def grouped_conv_gradients() -> bool:
     answer sends callers to a depthwise pass that every kernel set has (on a
     GPU of a machine whose CPU refuses, that slower path is taken too: correct).
     """
-    if "grouped" not in _PROBED:
-        with tf.init_scope(), tf.device("/CPU:0"), _probe_quietly():
-            # The two gradient ops themselves (a GradientTape records nothing under init_scope).
-            g, common = tf.ones((1, 1, 2, 2)), dict(strides=[1, 1, 1, 1], padding="VALID")
-            try:
-                tf.raw_ops.Conv2DBackpropInput(input_sizes=[1, 1, 3, 4], filter=tf.ones((1, 2, 2, 2)),
-                                               out_backprop=g, **common)
-                tf.raw_ops.Conv2DBackpropFilter(input=tf.ones((1, 1, 3, 4)), filter_sizes=[1, 2, 2, 2],
-                                                out_backprop=g, **common)
-                _PROBED["grouped"] = True
-            except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
-                _PROBED["grouped"] = False
+    with _PROBE_LOCK:
+        if "grouped" not in _PROBED:
+            _PROBED["grouped"] = _runs(_grouped_gradients)
     return _PROBED["grouped"]
+
+
+def _runs(ops) -> bool:
+    """Whether `ops()` runs here, eagerly on the CPU; a kernel's refusal is False, and quiet (`_probe_quietly`)."""
+    with tf.init_scope(), tf.device("/CPU:0"), _probe_quietly():
+        try:
+            ops()
+            return True
+        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
+            return False
+
+
+def _unequal_strides() -> None:
+    common = dict(filter=tf.ones((3, 1, 2, 1)), strides=[1, 2, 1, 1], padding="SAME")
+    tf.raw_ops.DepthwiseConv2dNative(input=tf.ones((1, 4, 4, 2)), **common)
+    tf.raw_ops.DepthwiseConv2dNativeBackpropInput(input_sizes=[1, 4, 4, 2], out_backprop=tf.ones((1, 2, 4, 2)),
+                                                  **common)
+
+
+def _grouped_gradients() -> None:
+    # The two gradient ops themselves (a GradientTape records nothing under init_scope).
+    g, common = tf.ones((1, 1, 2, 2)), dict(strides=[1, 1, 1, 1], padding="VALID")
+    tf.raw_ops.Conv2DBackpropInput(input_sizes=[1, 1, 3, 4], filter=tf.ones((1, 2, 2, 2)), out_backprop=g, **common)
+    tf.raw_ops.Conv2DBackpropFilter(input=tf.ones((1, 1, 3, 4)), filter_sizes=[1, 2, 2, 2], out_backprop=g,
+                                    **common)
 
 
 def grouped_conv2d(x, kernel, strides):
