@@ -1,49 +1,27 @@
 """The HTTP server `RestApi` runs on: the standard library's ThreadingHTTPServer, a thread per connection.
 
-One stack, chosen by measurement: in bench/bench_serve.py (one 28x28 image per
-request, 4 s runs on this 2-core machine shared with other work) it served the
-most requests per second of the three stacks the server had. With 8 clients:
-a median of 910 req/s against 880 for uvicorn and 730 for aiohttp (8 to 11
-runs each, noisy: 410-960), ahead of aiohttp in 9 of 10 runs side by side;
-with 64 clients 870-1300 req/s against 590-790 for aiohttp. (Probably because
-its handlers parse in their own threads and block on the predict, where one
-event loop did all the parsing and competed for the GIL with the batcher.)
-aiohttp, uvicorn and the `--stack` option are gone. Python's documentation
-does not recommend http.server for production for its basic security checks;
-this server takes only the request line and header parsing from it (at most
-100 headers, lines of at most 64 KiB), and the limits, deadlines and errors
-below are its own.
+Chosen by measurement (bench/bench_serve.py, one 28x28 image per request, 2 shared cores): with 8 clients a median
+of 910 req/s against 880 for uvicorn and 730 for aiohttp, with 64 clients 870-1300 against 590-790 for aiohttp
+(its handlers parse in their own threads, where one event loop competed for the GIL with the batcher). Only the
+request line and header parsing are http.server's (at most 100 headers, lines of at most 64 KiB); the limits,
+deadlines and errors below are this module's (Python's documentation warns that http.server checks little).
 
-Limits: a body over `api.max_body_bytes` is a 413 from its Content-Length,
-before it is read; a chunked request body is a 411 (send Content-Length).
-Slow clients: every read of a connection is bounded by a deadline
-(`_DeadlineReader`): a connection whose request headers are not complete
-within `header_timeout_s` of its opening or of its previous answer is closed
-(idle keep-alive connections too), and a body not complete within
-`body_timeout_s` gets a 408. Every answer, the stack's own rejections
-included (a malformed request line, a bad Content-Length), is JSON
-`{"error": ...}` echoing at most a short prefix of what the client sent; a 405
-carries `Allow`.
+Limits: a body over `api.max_body_bytes` is a 413 from its Content-Length, before it is read; a chunked body is a
+411. Every read is bounded by a deadline (`_DeadlineReader`): a connection whose request headers are not complete
+within `header_timeout_s` of its opening or of its previous answer is closed (idle keep-alive ones too), and a
+body not complete within `body_timeout_s` gets a 408. Every answer, the stack's own rejections included, is JSON
+`{"error": ...}` echoing at most a short prefix of what was sent; a 405 carries `Allow`. A client that goes away
+mid-predict stops its request: its handler looks at the connection every `_POLL_S` seconds and abandons the
+predict, so that the batcher drops the rows it has not run yet.
 
-A client that goes away mid-predict stops its request: while the predict
-runs, its handler looks at the connection every `_POLL_S` seconds, and once
-the client has closed it, abandons the predict, so that the batcher drops the
-rows it has not run yet.
+Connections: at most `max_connections` are open at once; beyond that new ones wait in the kernel's listen backlog
+(`_BACKLOG`) until one closes, so a burst is answered late rather than failed and threads, descriptors and memory
+stay bounded (Go's `netutil.LimitListener` makes the same choice); reaching the cap is logged at most once a
+minute. `drain` (a stop) takes no new connection, closes the idle ones and waits for the requests being answered.
 
-Connections: at most `max_connections` are open at once. Beyond that, new
-connections are not refused but wait: the server stops accepting until one
-closes, and they queue in the kernel's listen backlog (`_BACKLOG`; beyond it
-the kernel drops their SYNs and clients retry). A burst of clients is then
-answered late rather than failed, threads, file descriptors and memory stay
-bounded, and no slot is held long by a client that sends nothing: idle and
-slow connections are closed after `header_timeout_s`. (Go's
-`netutil.LimitListener` makes the same choice; TF Serving leaves it to its
-HTTP and gRPC libraries.) Reaching the cap is logged, at most once a minute.
-
-Metrics (`pipelines.serving.metrics.ServerMetrics`, optional): every answered
-request is counted by model, API and status code, with its latency from its
-headers to its answer being ready (a client gone before its answer counts as
-499); open connections are a gauge. Scrapes of the metrics are not counted.
+Metrics (`pipelines.serving.metrics.ServerMetrics`, optional): every answered request is counted by model, API and
+status code, with its latency from its headers to its answer (a client gone first counts as 499); open
+connections are a gauge. Scrapes of the metrics are not counted.
 """
 
 from __future__ import annotations
@@ -363,9 +341,8 @@ class HttpServer:
         self.close()
 
     def drain(self, grace_s: float = 5.0) -> None:
-        """Stop accepting now; close the idle connections; let the requests being answered finish for up to
-        `grace_s` seconds, each answered with `Connection: close`. Go's `http.Server.Shutdown` drains the same
-        way, as gRPC's server.stop(grace) does (pipelines/serving/grpc_server.py)."""
+        """Stop accepting; close the idle connections; give the requests being answered `grace_s` seconds, each
+        answered with `Connection: close` (as Go's `http.Server.Shutdown` and gRPC's server.stop(grace) drain)."""
         if self._thread is None:
             return
         self.stopping = True
