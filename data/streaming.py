@@ -121,7 +121,15 @@ def name_read_error(exc: BaseException, splits: StreamSplits) -> DataSourceError
     """When `exc` is tf.data failing on the data itself, a `DataSourceError` naming every file at fault, found by
     reading the splits' files once; else None (and `exc` is raised as it is). Three cases: an image file that does
     not decode though its header passed (e.g. a JPEG corrupt inside: `BadImagesError`), a TFRecord shard that is
-    damaged or cut short, and a record whose image does not decode (data/sources/tfrecord.py `scan_shards`)."""
+    damaged or cut short, and a record whose image does not decode (data/sources/tfrecord.py `scan_shards`). A
+    failure of that reading (a file removed meanwhile) is None too; Ctrl-C during it is raised."""
+    try:
+        return _name_read_error(exc, splits)
+    except Exception:  # noqa: BLE001 - the scan's own failure (a file removed meanwhile): `exc` is raised as it is
+        return None
+
+
+def _name_read_error(exc: BaseException, splits: StreamSplits) -> DataSourceError | None:
     import tensorflow as tf  # tf.data feeds every backend, so its error types are the ones raised
 
     from data.sources.tfrecord import damaged_shards_error, scan_shards
@@ -151,10 +159,7 @@ def naming_bad_data(splits: StreamSplits):
     try:
         yield
     except Exception as exc:
-        try:
-            named = name_read_error(exc, splits)
-        except Exception:  # noqa: BLE001 - the scan's own failure: the reading's error is the one raised
-            named = None
+        named = name_read_error(exc, splits)
         if named is None:
             raise
         raise named from None

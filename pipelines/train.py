@@ -213,12 +213,10 @@ def _run_locked(cfg: Config, splits, uri: str, run_dir: str, state: dict, callba
 
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
         named = interrupted = None
-        try:  # it may read every file: minutes, during which Ctrl-C (or a file removed) must still end the run
+        try:  # it may read every file: minutes, during which Ctrl-C must still end the run
             named = name_read_error(exc, splits)
         except KeyboardInterrupt as e:
             interrupted, status = e, "KILLED"
-        except Exception:  # noqa: BLE001 - the error raised is the run's own
-            pass
         try:
             mlflow.set_tag("failure", f"{type(exc).__name__}: {named or exc}"[:4000])
         finally:

@@ -186,10 +186,7 @@ class SearchModel(kt.HyperModel):
         except Exception as exc:
             from data.streaming import name_read_error
 
-            try:
-                named = name_read_error(exc, self.splits)
-            except Exception:  # noqa: BLE001 - the scan's own failure: the trial's error is the one raised
-                named = None
+            named = name_read_error(exc, self.splits)
             if named is None:
                 raise
             raise BadDataError(f"{named} (found in a trial; finished trials are kept, and the same command resumes "
