@@ -81,14 +81,19 @@ def _header_shape(f, kind: str, head: bytes):
     return None
 
 
+def op_error_reason(e) -> str:
+    """A TensorFlow op error's reason on one line, without its function-node and `[Op:...]` markers."""
+    text = re.sub(r"\{\{[^}]*\}\}|\[Op:.*", "", e.message).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def tf_decode_error(encoded) -> str | None:
     """Why `tf.io.decode_image` (the pipeline's decoder) refuses the encoded image (bytes, or a string tensor), or
     None when it decodes it."""
     try:
         tf.io.decode_image(encoded, expand_animations=False)
     except tf.errors.OpError as e:
-        text = re.sub(r"\{\{[^}]*\}\}|\[Op:.*", "", e.message).strip()
-        return text.splitlines()[0] if text else type(e).__name__
+        return op_error_reason(e)
     return None
 
 

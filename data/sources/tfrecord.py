@@ -57,7 +57,7 @@ def scan_shards(expected: dict[str, int], decode: bool = False) -> list[tuple[st
     does not decode."""
     import tensorflow as tf
 
-    from data.images import tf_decode_error
+    from data.images import op_error_reason, tf_decode_error
     from data.splits import _parse_record
 
     bad = []
@@ -74,8 +74,7 @@ def scan_shards(expected: dict[str, int], decode: bool = False) -> list[tuple[st
                 n = int(tf.data.TFRecordDataset(path).reduce(np.int64(0), lambda c, _: c + 1))
         except tf.errors.OpError as e:  # "corrupted record at <byte>", "truncated record at <byte>"; a shard gone
             m = re.search(r"(corrupted|truncated) record at (\d+)", str(e))
-            why = re.sub(r"\{\{[^}]*\}\}|\[Op:.*", "", e.message).strip().splitlines()
-            bad.append((path, f"{m[1]} record at byte {m[2]}" if m else (why[0] if why else type(e).__name__)))
+            bad.append((path, f"{m[1]} record at byte {m[2]}" if m else op_error_reason(e)))
             continue
         if n != want:
             bad.append((path, f"{n} records where {METADATA_FILE} lists {want}"))
