@@ -1,8 +1,9 @@
 """`npz:<path>`: arrays x_train, y_train, x_test, y_test (optionally x_val, y_val) in a .npz file, held in memory.
 
 Images as [N, H, W] or [N, H, W, C] with C in 1, 3, 4: uint8, integers in
-[0, 255], or floats (in [0, 1]: scaled by 255); labels non-negative integers.
-The class names are `0` .. the largest label of train and test. Validation is
+[0, 255], or floats (in [0, 1]: scaled by 255); labels non-negative integers,
+or one-hot rows [N, classes]. The class names are `0` .. the largest label of
+any split (or the one-hot rows' width less one, where that is larger). Validation is
 carved from train when the file has no x_val.
 """
 
@@ -38,19 +39,20 @@ def _as_images(x: np.ndarray, what: str) -> np.ndarray:
     raise DataSourceError(f"{what}: unsupported image dtype {x.dtype}")
 
 
-def _as_labels(y: np.ndarray, n: int, what: str) -> np.ndarray:
+def _as_labels(y: np.ndarray, n: int, what: str) -> tuple[np.ndarray, int | None]:
+    """(class indices, the one-hot rows' width or None for indices)."""
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] > 1 and len(y) == n:  # one-hot rows [N, classes] (keras.utils.to_categorical)
         if not (np.isin(y, (0, 1)).all() and (y.sum(axis=1) == 1).all()):
             raise DataSourceError(f"{what}: labels of shape {y.shape} are neither class indices [N] nor one-hot rows "
                                   "(a single 1 per row)")
-        return y.argmax(axis=1).astype(np.int64)
+        return y.argmax(axis=1).astype(np.int64), y.shape[1]
     y = y.reshape(-1)
     if len(y) != n:
         raise DataSourceError(f"{what}: {len(y)} labels for {n} images")
     if not np.issubdtype(y.dtype, np.integer) or (y.size and y.min() < 0):
         raise DataSourceError(f"{what}: labels must be non-negative integers, got dtype {y.dtype}")
-    return y.astype(np.int64)
+    return y.astype(np.int64), None
 
 
 def load_npz(path: str):
@@ -75,15 +77,21 @@ def load_npz(path: str):
             except ValueError as e:  # object arrays (pickles) are refused; a damaged member
                 raise DataSourceError(f"npz:{path}: array {k} is not readable ({e}); images and labels must be "
                                       "numeric arrays") from None
-    out = {}
+    out, widths = {}, {}
     for split, (xk, yk) in {"train": ("x_train", "y_train"), "test": ("x_test", "y_test"),
                             "validation": ("x_val", "y_val")}.items():
         if xk in arrays:
             if yk not in arrays:
                 raise DataSourceError(f"npz:{path}: {xk} has no {yk}")
             x = _as_images(arrays[xk], f"npz:{path} {xk}")
-            out[split] = (x, _as_labels(arrays[yk], len(x), f"npz:{path} {yk}"))
-    classes = int(max(out["train"][1].max(initial=0), out["test"][1].max(initial=0))) + 1
+            y, width = _as_labels(arrays[yk], len(x), f"npz:{path} {yk}")
+            out[split] = (x, y)
+            if width is not None:
+                widths[yk] = width
+    if len(set(widths.values())) > 1:
+        raise DataSourceError(f"npz:{path}: the one-hot labels have different numbers of classes: {widths}")
+    # One-hot rows give the class count even where the last classes have no image; indices give the largest + 1.
+    classes = max([int(y.max(initial=0)) + 1 for _, y in out.values()] + list(widths.values()))
     return out, [str(i) for i in range(classes)]
 
 

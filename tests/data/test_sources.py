@@ -113,6 +113,22 @@ def test_npz_one_hot_labels_are_read_as_class_indices_and_other_2d_labels_are_re
         open_source(f"npz:{tmp_path / 'soft.npz'}")
 
 
+def test_npz_one_hot_width_is_the_class_count_even_where_the_last_class_has_no_image(tmp_path):
+    arrays = _npz(tmp_path / "d.npz")  # labels 0..2, written as one-hot rows of 5 classes
+    eye = np.eye(5, dtype=np.uint8)
+    _npz(tmp_path / "wide.npz", y_train=eye[arrays["y_train"]], y_test=eye[arrays["y_test"]])
+    assert open_source(f"npz:{tmp_path / 'wide.npz'}").class_names == ["0", "1", "2", "3", "4"]
+    _npz(tmp_path / "mixed.npz", y_train=eye[arrays["y_train"]], y_test=np.eye(4)[arrays["y_test"]])
+    with pytest.raises(DataSourceError, match=r"different numbers of classes: \{'y_train': 5, 'y_test': 4\}"):
+        open_source(f"npz:{tmp_path / 'mixed.npz'}")
+
+
+def test_npz_class_count_covers_a_validation_label_beyond_train_and_test(tmp_path):
+    arrays = _npz(tmp_path / "d.npz")
+    _npz(tmp_path / "v.npz", x_val=arrays["x_test"][:4], y_val=np.array([0, 1, 2, 3]))
+    assert open_source(f"npz:{tmp_path / 'v.npz'}").class_names == ["0", "1", "2", "3"]
+
+
 def test_npz_errors(tmp_path):
     with pytest.raises(DataSourceError, match="no such file"):
         open_source(f"npz:{tmp_path / 'missing.npz'}")
