@@ -142,8 +142,8 @@ def _published(base: str) -> list[tuple[int, str]]:
     folder without one (an empty `3/` from a failed copy) is no version a server serves, so the guards below read
     the newest version that has one, not that folder."""
     out = []
-    for v in reversed(version_dirs(base)):
-        path = os.path.join(base, str(v))
+    for v, folder in reversed(_version_folders(base)):
+        path = os.path.join(base, folder)
         if any(os.path.isfile(os.path.join(path, f)) for f in ("saved_model.pb", "saved_model.pbtxt")):
             out.append((v, path))
     return out
@@ -252,11 +252,18 @@ def inference_model(model: keras.Model) -> keras.Model:
     return keras.Model(inputs, outputs, name=f"{model.name}_inference")
 
 
-def version_dirs(base: str) -> list[int]:
-    """The numeric version directories under `base`, ascending."""
+def _version_folders(base: str) -> list[tuple[int, str]]:
+    """(number, folder name) of the numeric version folders under `base`, ascending; `08` is version 8, as the
+    server reads it (pipelines/serving/servables.py)."""
     if not os.path.isdir(base):
         return []
-    return sorted(int(d) for d in os.listdir(base) if d.isdigit() and os.path.isdir(os.path.join(base, d)))
+    return sorted((int(d), d) for d in os.listdir(base)
+                  if d.isascii() and d.isdigit() and os.path.isdir(os.path.join(base, d)))
+
+
+def version_dirs(base: str) -> list[int]:
+    """The numeric version directories under `base`, ascending."""
+    return [v for v, _ in _version_folders(base)]
 
 
 def savedmodel_predictor(path: str, batch_size: int = 256):

@@ -69,3 +69,12 @@ def test_where_the_file_system_has_no_locks_a_version_is_still_published(tmp_pat
     assert publish(tmp_path, 0).endswith(os.path.join("m", "1"))
     assert publish(tmp_path, 1).endswith(os.path.join("m", "2"))
     assert "no file lock here" in capsys.readouterr().out
+
+
+def test_a_version_folder_with_a_leading_zero_is_guarded_as_the_server_serves_it(tmp_path):
+    publish(tmp_path, 0, accuracy=0.95)
+    os.rename(tmp_path / "m" / "1", tmp_path / "m" / "07")  # copied in by hand; TF Serving serves it as 7
+    assert published_metrics(str(tmp_path), "m") == (7, {"test_accuracy": 0.95, "data.source": "synthetic"})
+    why = signature_conflict(str(tmp_path), "m", (16, 16, 3), ["a", "b", "c"])
+    assert why is not None and "version 7's (12, 12, 1)" in why, why
+    assert publish(tmp_path, 1).endswith(os.path.join("m", "8"))
