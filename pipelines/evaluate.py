@@ -125,18 +125,19 @@ def _run_keras_model(run_id: str, tmp: str) -> str:
 
 
 def resolve_export(path: str) -> str:
-    """The version directory of an export path (a version, or a model directory: its highest version)."""
-    from pipelines.export import version_dirs
+    """The version directory of an export path (a version, or a model directory: its highest version that holds a
+    SavedModel, the one a server serves)."""
+    from pipelines.export import published_versions
 
     path = os.path.normpath(path)
     if not os.path.exists(path):
         raise UserError(f"export path {path} does not exist")
     if os.path.isfile(os.path.join(path, "saved_model.pb")):
         return path
-    versions = version_dirs(path)
+    versions = published_versions(path)
     if not versions:
-        raise UserError(f"{path} holds no SavedModel (no saved_model.pb and no numeric version directories)")
-    return os.path.join(path, str(versions[-1]))
+        raise UserError(f"{path} holds no SavedModel (no saved_model.pb, and no numeric version directory with one)")
+    return versions[0][1]
 
 
 def evaluate_export(path: str, overrides=(), reports_dir: str = "reports"):

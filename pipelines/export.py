@@ -137,7 +137,7 @@ def clean_stale_temporaries(base: str) -> list[str]:
     return removed
 
 
-def _published(base: str) -> list[tuple[int, str]]:
+def published_versions(base: str) -> list[tuple[int, str]]:
     """The versions under `base` that hold a SavedModel (`saved_model.pb`), newest first, with their folders. A
     folder without one (an empty `3/` from a failed copy) is no version a server serves, so the guards below read
     the newest version that has one, not that folder."""
@@ -151,7 +151,7 @@ def _published(base: str) -> list[tuple[int, str]]:
 
 def published_metrics(exports_dir: str, name: str) -> tuple[int, dict] | None:
     """(version, its assets.extra/metrics.json) of the newest published version, or None."""
-    for version, path in _published(os.path.join(exports_dir, name))[:1]:
+    for version, path in published_versions(os.path.join(exports_dir, name))[:1]:
         try:
             with open(os.path.join(path, "assets.extra", "metrics.json")) as fh:
                 return version, json.load(fh)
@@ -172,7 +172,7 @@ def published_signature(exports_dir: str, name: str) -> tuple[int, dict] | None:
     """(version, `signature_of` it) of the newest published version of `name` that can be read, or None. A
     version written before signature.json existed is read from its SavedModel (input shape only; its classes
     unknown); one that does not load (a damaged `saved_model.pb`) is passed over for the one before it."""
-    for version, path in _published(os.path.join(exports_dir, name)):
+    for version, path in published_versions(os.path.join(exports_dir, name)):
         try:
             with open(os.path.join(path, "assets.extra", SIGNATURE_FILE)) as fh:
                 return version, json.load(fh)

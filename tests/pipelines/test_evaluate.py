@@ -162,6 +162,12 @@ def test_bad_run_ids_and_paths_give_one_clear_error(store, tmp_path, capsys):
     (version / "saved_model.pb").write_bytes(b"")
     code, err = _cli(["--run", str(tmp_path / "exports" / "m"), *base], capsys)
     assert code == 2 and "m/3 has no assets.extra/experiment.yaml" in err
+    (tmp_path / "exports" / "m" / "4").mkdir()  # a failed copy, no SavedModel: 3 is the version served
+    code, err = _cli(["--run", str(tmp_path / "exports" / "m"), *base], capsys)
+    assert code == 2 and "m/3 has no assets.extra/experiment.yaml" in err
+    os.rename(version, tmp_path / "exports" / "m" / "05")  # served as version 5
+    code, err = _cli(["--run", str(tmp_path / "exports" / "m"), *base], capsys)
+    assert code == 2 and "m/05 has no assets.extra/experiment.yaml" in err
     assert not (tmp_path / "reports").exists()
 
 
