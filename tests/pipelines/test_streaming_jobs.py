@@ -163,6 +163,16 @@ def test_a_file_that_fails_to_decode_in_training_is_one_error_naming_it_and_the_
     assert run_main(main, args) == 0  # the same command, the file removed: it resumes, and says the data changed
     assert "Warning: the data changed since this run started" in capsys.readouterr().out
     assert os.path.isfile(tmp_path / "exports" / "shapes_decode" / "1" / "saved_model.pb")
+    from pipelines import evaluate
+
+    bad_test = root / "test" / "circle" / "noise.jpg"  # now in the split `make evaluate` reads
+    bad_test.write_bytes(_jpeg_only_pil_reads())
+    reports = tmp_path / "reports"
+    args = ["--run", str(tmp_path / "exports" / "shapes_decode"), "--reports-dir", str(reports)]
+    assert run_main(evaluate.main, args) == 2
+    line = _one_error_line(capsys)
+    assert str(bad_test) in line and "TensorFlow: jpeg::Uncompress failed" in line
+    assert not reports.exists()
 
 
 def test_damaged_tfrecord_shards_are_one_error_naming_them_and_the_run_resumes_once_convert_rewrites_them(
