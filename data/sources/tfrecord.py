@@ -57,28 +57,41 @@ def scan_shards(expected: dict[str, int], decode: bool = False) -> list[tuple[st
     does not decode."""
     import tensorflow as tf
 
-    from data.images import op_error_reason, tf_decode_error
-    from data.splits import _parse_record
+    from data.images import op_error_reason
 
     bad = []
     for path, want in expected.items():
-        n = 0
         try:
-            if decode:
-                for raw in tf.data.TFRecordDataset(path):
-                    why = tf_decode_error(_parse_record(raw)[0])
-                    if why:
-                        bad.append((f"{path} record {n}", why))
-                    n += 1
-            else:
-                n = int(tf.data.TFRecordDataset(path).reduce(np.int64(0), lambda c, _: c + 1))
+            n = int(tf.data.TFRecordDataset(path).reduce(np.int64(0), lambda c, _: c + 1))
         except tf.errors.OpError as e:  # "corrupted record at <byte>", "truncated record at <byte>"; a shard gone
             m = re.search(r"(corrupted|truncated) record at (\d+)", str(e))
             bad.append((path, f"{m[1]} record at byte {m[2]}" if m else op_error_reason(e)))
             continue
         if n != want:
             bad.append((path, f"{n} records where {METADATA_FILE} lists {want}"))
+        elif decode:
+            bad += [(f"{path} record {i}", why) for i, why in _undecodable(path, n)]
     return bad
+
+
+def _undecodable(path: str, n: int, reasons: int = 10) -> list[tuple[int, str]]:
+    """(index, reason) of each record of the (checksum-clean) shard whose image `tf.io.decode_image` refuses. The
+    records are decoded in a parallel tf.data map that drops the failures (20,000 64x64 JPEGs: 2.8 s on one core,
+    where an eager loop of a Python step per record took 18 s); only the first `reasons` failures are read again for TensorFlow's message."""
+    import tensorflow as tf
+
+    from data.images import tf_decode_error
+    from data.splits import _parse_record
+
+    def decodes(i, raw):  # the index, once the image has decoded (its shape keeps the decode from being pruned)
+        image = tf.io.decode_image(_parse_record(raw)[0], expand_animations=False)
+        return tf.identity(i) + 0 * tf.cast(tf.shape(image)[0], tf.int64)
+
+    records = tf.data.TFRecordDataset(path)
+    kept = records.enumerate().map(decodes, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors().batch(8192)
+    failed = np.setdiff1d(np.arange(n), np.concatenate([np.zeros(0, np.int64), *kept.as_numpy_iterator()]))
+    return [(int(i), (tf_decode_error(_parse_record(next(iter(records.skip(int(i)).take(1))))[0])
+                      if k < reasons else None) or "the image does not decode") for k, i in enumerate(failed)]
 
 
 def damaged_shards_error(pattern: str, bad: list[tuple[str, str]]) -> DataSourceError:

@@ -195,3 +195,31 @@ def test_tfds_not_prepared_says_how_to_prepare(tmp_path):
         open_source("tfds:mnist", data_dir=str(tmp_path))
     with pytest.raises(DataSourceError, match="unknown dataset"):
         open_source("tfds:surely_not_a_dataset_name", data_dir=str(tmp_path))
+
+
+def test_the_decode_scan_names_each_undecodable_record_by_its_index(tmp_path):
+    import io
+
+    import tensorflow as tf
+    from PIL import Image
+
+    from data.sources.tfrecord import scan_shards
+
+    def record(encoded: bytes) -> bytes:
+        feature = {"image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded])),
+                   "image/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[0]))}
+        return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buf, "PNG")
+    good, bad = buf.getvalue(), b"\x89PNG\r\n\x1a\n" + b"\x00" * 40  # a PNG signature and nothing readable
+    broken = {3, 17, 18, 29} | set(range(40, 55))  # more than the 10 whose message is read again
+    path = str(tmp_path / "train-00000-of-00001.tfrecord")
+    with tf.io.TFRecordWriter(path) as w:
+        for i in range(60):
+            w.write(record(bad if i in broken else good))
+    found = scan_shards({path: 60}, decode=True)
+    assert [p for p, _ in found] == [f"{path} record {i}" for i in sorted(broken)]
+    assert all(why for _, why in found) and "PNG" in found[0][1], found[0]
+    assert scan_shards({path: 60}) == []  # without decode: the checksums are whole
+    assert scan_shards({path: 61}, decode=True) == [(path, "60 records where dataset.json lists 61")]
