@@ -77,7 +77,8 @@ def scan_shards(expected: dict[str, int], decode: bool = False) -> list[tuple[st
 def _undecodable(path: str, n: int, reasons: int = 10) -> list[tuple[int, str]]:
     """(index, reason) of each record of the (checksum-clean) shard whose image `tf.io.decode_image` refuses. The
     records are decoded in a parallel tf.data map that drops the failures (20,000 64x64 JPEGs: 2.8 s on one core,
-    where an eager loop of a Python step per record took 18 s); only the first `reasons` failures are read again for TensorFlow's message."""
+    where an eager loop of a Python step per record took 18 s); only the first `reasons` failures are read again,
+    for TensorFlow's message."""
     import tensorflow as tf
 
     from data.images import tf_decode_error
