@@ -10,9 +10,10 @@ Limits: a body over `api.max_body_bytes` is a 413 from its Content-Length, befor
 411. Every read is bounded by a deadline (`_DeadlineReader`): a connection whose request headers are not complete
 within `header_timeout_s` of its opening or of its previous answer is closed (idle keep-alive ones too), and a
 body not complete within `body_timeout_s` gets a 408. Every answer, the stack's own rejections included, is JSON
-`{"error": ...}` echoing at most a short prefix of what was sent; a 405 carries `Allow`. A client that goes away
-mid-predict stops its request: its handler looks at the connection every `_POLL_S` seconds and abandons the
-predict, so that the batcher drops the rows it has not run yet.
+`{"error": ...}` echoing at most a short prefix of what was sent; a 405 carries `Allow`, as an answer to OPTIONS
+does (HEAD is answered as GET, without the body). A client that goes away mid-predict stops its request: its
+handler looks at the connection every `_POLL_S` seconds and abandons the predict, so that the batcher drops the
+rows it has not run yet.
 
 Connections: at most `max_connections` are open at once; beyond that new ones wait in the kernel's listen backlog
 (`_BACKLOG`) until one closes, so a burst is answered late rather than failed and threads, descriptors and memory
@@ -149,21 +150,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.http.stopping:  # the request answered while the server drains: no next one on this connection
             self.close_connection = True
 
-
-    def do_GET(self):
-        self._do("GET")
-
-    def do_POST(self):
-        self._do("POST")
-
-    def do_PUT(self):
-        self._do("PUT")
-
-    def do_DELETE(self):
-        self._do("DELETE")
-
-    def _do(self, method: str) -> None:
-        t0, api, body_timeout_s = time.perf_counter(), self.http.api, self.http.body_timeout_s
+    def _do(self) -> None:
+        t0, api, body_timeout_s, method = time.perf_counter(), self.http.api, self.http.body_timeout_s, self.command
         n = _content_length(self.headers.get("Content-Length"))
         r = n if isinstance(n, Response) else api.too_large(n)
         if r is None and n is None and "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -193,6 +181,9 @@ class _Handler(BaseHTTPRequestHandler):
         data = r.encode()
         self.http.observe(self.path, r.status, time.perf_counter() - t0)
         self._send(r, data)
+
+    # every method the API knows goes to _do; HEAD is answered as GET without the body (`_send`)
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _do
 
     def _wait(self, r: Pending) -> Response | None:
         """The predict's answer, a 503 after `predict_timeout_s`, or None if the client went away first."""
@@ -231,7 +222,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(data)
+        if self.command != "HEAD":
+            self.wfile.write(data)
 
     def send_error(self, code, message=None, explain=None):
         """The server's own errors (malformed request line, headers too long): JSON, short."""

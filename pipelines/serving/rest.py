@@ -50,6 +50,14 @@ _ROUTE = re.compile(
     r"(?:(?P<metadata>/metadata)|:(?P<verb>[A-Za-z]+))?/?$"
 )
 
+READ, WRITE = "GET, HEAD, OPTIONS", "POST, OPTIONS"  # the methods of the status and metadata routes; of the verbs
+
+
+def _options(allow: str) -> Response:
+    """The answer to OPTIONS (a load balancer's health check may send it): the methods the route answers."""
+    return Response(200, {}, {"Allow": allow})
+
+
 _TF_DTYPES = {
     "uint8": "DT_UINT8", "int8": "DT_INT8", "uint16": "DT_UINT16", "int16": "DT_INT16",
     "int32": "DT_INT32", "int64": "DT_INT64", "float16": "DT_HALF", "float32": "DT_FLOAT",
@@ -101,9 +109,13 @@ class RestApi:
 
     def _handle(self, method: str, path: str, body: bytes) -> Response | Pending:
         path = path.split("?", 1)[0]
+        if method == "OPTIONS" and path == "*":  # the server as a whole
+            return _options("GET, HEAD, POST, OPTIONS")
         if path == METRICS_PATH and self.metrics is not None:
-            if method != "GET":
-                raise BadRequest(f"{path} answers GET, got {prefix(method, 16)}", 405, {"Allow": "GET"})
+            if method == "OPTIONS":
+                return _options(READ)
+            if method not in ("GET", "HEAD"):  # HEAD: GET's headers, its body left out by the HTTP layer
+                raise BadRequest(f"{path} answers GET, got {prefix(method, 16)}", 405, {"Allow": READ})
             body, content_type = self.metrics.exposition()
             return Response(200, body, {"Content-Type": content_type})
         m = _ROUTE.match(path)
@@ -121,8 +133,10 @@ class RestApi:
         if verb is not None:
             if verb not in ("predict", "classify", "regress"):
                 raise NotFound(f"Malformed request: unknown verb {verb!r} (use :predict)")
+            if method == "OPTIONS":
+                return _options(WRITE)
             if method != "POST":
-                raise BadRequest(f"{verb} needs POST, got {prefix(method, 16)}", 405, {"Allow": "POST"})
+                raise BadRequest(f"{verb} needs POST, got {prefix(method, 16)}", 405, {"Allow": WRITE})
             if verb == "classify":  # TF Serving's Classify on the export's `classify` signature
                 from pipelines.serving.classify import format_classify, parse_classify
 
@@ -145,8 +159,10 @@ class RestApi:
                 return Pending(fut, lambda out: encode_predict(out, row))
             fut = batcher.submit(servable, inputs)
             return Pending(fut, lambda out: encode_predict(out, row))
-        if method != "GET":
-            raise BadRequest(f"{path} answers GET, got {prefix(method, 16)}", 405, {"Allow": "GET"})
+        if method == "OPTIONS":
+            return _options(READ)
+        if method not in ("GET", "HEAD"):
+            raise BadRequest(f"{path} answers GET, got {prefix(method, 16)}", 405, {"Allow": READ})
         if m["metadata"]:
             servable, _ = self.manager.resolve(name, version, label)
             return Response(200, {

@@ -267,10 +267,28 @@ def test_405_carries_an_allow_header(exports):
     """Before: 405 answers had no Allow header."""
     with serve(exports) as s:
         r = requests.get(predict_url(s), timeout=10)
-        assert r.status_code == 405 and r.headers.get("Allow") == "POST", (r.status_code, r.headers)
+        assert r.status_code == 405 and r.headers.get("Allow") == "POST, OPTIONS", (r.status_code, r.headers)
         assert "needs POST" in r.json()["error"]
         r = requests.post(f"{s.url}/v1/models/tiny/metadata", data=b"{}", timeout=10)
-        assert r.status_code == 405 and r.headers.get("Allow") == "GET", (r.status_code, r.headers)
+        assert r.status_code == 405 and r.headers.get("Allow") == "GET, HEAD, OPTIONS", (r.status_code, r.headers)
+
+
+def test_head_is_get_without_the_body_and_options_names_the_methods(exports):
+    """Before: HEAD and OPTIONS got 501 without Allow (a load balancer's OPTIONS or HEAD health check failed)."""
+    with serve(exports) as s, requests.Session() as sess:
+        status = f"{s.url}/v1/models/tiny"
+        got, head = sess.get(status, timeout=10), sess.head(status, timeout=10)
+        assert head.status_code == got.status_code == 200 and head.content == b""
+        assert head.headers["Content-Length"] == str(len(got.content)) and got.json()["model_version_status"]
+        assert sess.head(f"{s.url}/v1/models/nope", timeout=10).status_code == 404
+        for url, allow in ((status, "GET, HEAD, OPTIONS"), (f"{status}/metadata", "GET, HEAD, OPTIONS"),
+                           (predict_url(s), "POST, OPTIONS")):
+            r = sess.options(url, timeout=10)
+            assert r.status_code == 200 and r.headers.get("Allow") == allow, (url, r.status_code, r.headers)
+        r = sess.head(predict_url(s), timeout=10)
+        assert r.status_code == 405 and r.headers.get("Allow") == "POST, OPTIONS" and r.content == b""
+        r = sess.post(predict_url(s), json={"instances": exports["x"][:1].tolist()}, timeout=10)
+        assert r.status_code == 200  # the same keep-alive connection still answers: no body was left behind
 
 
 def test_a_bad_content_length_is_a_short_json_400(exports, caplog):

@@ -133,7 +133,7 @@ def test_loaded_versions_are_a_gauge(server, exports):
 
 def test_the_metrics_route_answers_get_only(server):
     r = requests.post(server.url + PATH, data=b"{}", timeout=10)
-    assert r.status_code == 405 and r.headers.get("Allow") == "GET", (r.status_code, r.headers)
+    assert r.status_code == 405 and r.headers.get("Allow") == "GET, HEAD, OPTIONS", (r.status_code, r.headers)
     assert "GET" in r.json()["error"]
 
 
