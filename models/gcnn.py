@@ -32,7 +32,8 @@ multiply-adds per pixel: at equal parameters, widths scale as 1 / sqrt(|G|)
 group network costs about |G| times the plain one.
 
 The logits are exactly invariant to 90-degree rotations of the input when N
-is a multiple of 4 and every pooled size is even (28 -> 14 -> 7 is), and for
+is a multiple of 4, at any square size (an odd side pools in centred 3-wide
+windows, 40 -> 20 -> 10 -> 5 -> 3), and for
 D_N also to left-right and up-down flips and transposes; approximately
 invariant to other rotations (N = 8, 16 add the 45 and 22.5 degree
 rotations to the filters, exact on the filters, approximate on the pixel
@@ -73,13 +74,16 @@ def search_space(hp) -> dict:
 
 
 def _pool(x, kind: str, blur_size: int, name: str):
-    """2x2 pooling of [B, H, W, |G|, C] maps at stride 2, per group element and channel.
+    """Pooling of [B, H, W, |G|, C] maps at stride 2, per group element and channel: 2x2 windows along an even
+    side, 3 wide along an odd one (centred on pixels 0, 2, ..., the last, the border one short).
 
-    Exactly equivariant to rot90 and flips on even sizes: the 2x2 windows of
-    an even map are mapped onto each other by them. `blur` is a binomial
-    blur at stride 1 (BlurPool2D, symmetric reflect padding) before the
-    average: anti-aliased like Zhang's BlurPool, without a stride-2
-    subsampling grid that a rotation would move.
+    Exactly equivariant to rot90 and flips at any size: the 2x2 windows of an
+    even side, and the centred 3-wide ones of an odd side, are mapped onto
+    each other by them (2x2 windows on an odd side leave its last pixel out:
+    a flip then pools other pixels). `blur` is a binomial blur at stride 1
+    (BlurPool2D, symmetric reflect padding) before the average: anti-aliased
+    like Zhang's BlurPool, without a stride-2 subsampling grid that a
+    rotation would move.
     """
     h, w, n, c = x.shape[1:]
     if h is None or w is None:  # unknown sizes: 3-D pooling (in float32: TF's CPU has no float16 Pool3D)
@@ -91,8 +95,8 @@ def _pool(x, kind: str, blur_size: int, name: str):
     if kind == "blur":
         x = BlurPool2D(blur_size, strides=1, padding="reflect", name=f"{name}_blur")(x)
     pool = layers.MaxPooling2D if kind == "max" else layers.AveragePooling2D
-    x = pool(2, name=name)(x)
-    return layers.Reshape((h // 2, w // 2, n, c), name=f"{name}_groups")(x)
+    x = pool((2 + h % 2, 2 + w % 2), strides=2, padding="same", name=name)(x)  # "same": averages the pixels only
+    return layers.Reshape(((h + 1) // 2, (w + 1) // 2, n, c), name=f"{name}_groups")(x)
 
 
 def _group(group, group_order):
