@@ -174,6 +174,8 @@ def test_inference_turns_each_image_once_as_training_s_forward_pass_does(group):
 def test_the_canonicalizer_pools_by_blocks_that_tile_the_image():
     with pytest.raises(ValueError, match="multiple"):
         Canonicalize("C4", downscale=3)(X)
+    with pytest.raises(ValueError, match="a 1x1 image of the 16x16 input; it needs at least 2x2"):
+        Canonicalize("C4", downscale=16)(X)  # one pixel has no orientation: it named the identity for every image
     keras.utils.set_random_seed(6)
     c = Canonicalize("C4", downscale=4)  # 16 -> 4x4 blocks: still exactly equivariant
     s = keras.ops.convert_to_numpy(c.scores(X))

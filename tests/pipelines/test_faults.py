@@ -233,8 +233,14 @@ def test_the_confusion_matrix_figure_stays_small_for_many_classes(tmp_path):
         (lambda tmp: ["data.source=" + _npz(tmp / "tiny.npz", np.zeros((40, 2, 2), np.uint8), np.arange(40) % 4,
                                             np.zeros((8, 2, 2), np.uint8), np.arange(8) % 4),
                        "model.params.filters=[4,4]"], "(2, 2, 1)"),
+        (lambda tmp: ["model.params.invariant.group=C4", "model.params.invariant.method=canonicalize",
+                      "model.params.invariant.downscale=28"], "1x1 image"),
+        (lambda tmp: ["model.params.invariant.group=C8", "model.params.invariant.method=canonicalize",
+                      "model.params.invariant.relaxation=continuous", "model.params.invariant.network=polar",
+                      "model.params.invariant.downscale=28"], "1x1 image"),
     ],
-    ids=["bad-builder-value", "no-test-images", "images-too-small"],
+    ids=["bad-builder-value", "no-test-images", "images-too-small", "canonicalizer-of-one-pixel",
+         "polar-canonicalizer-of-one-pixel"],
 )
 def test_bad_values_end_in_one_line_before_anything_is_written(tmp_path, capsys, make, needle):
     assert run_main(main, _args(tmp_path, *make(tmp_path))) == 2
