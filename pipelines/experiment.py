@@ -319,8 +319,9 @@ def check_model_builds(cfg: Config, splits) -> str:
     the digest of its initial weights (drawn from `train.seed`, as `make train` will draw them).
 
     A bad builder value (`model.params.downsample=bogus`), images too small
-    for the model (2x2 through three poolings) or quarter-turn augmentation of
-    images that are not square is a `ConfigError` naming the
+    for the model (2x2 through three poolings), quarter-turn augmentation of
+    images that are not square, or `export.plain` of a model with a layer that
+    has no stock form is a `ConfigError` naming the
     model and the shape, not a traceback after the run has started. Built on
     this process's devices alone (`distribute.local`): a build that fails in
     one process must not leave the others inside a collective.
@@ -335,7 +336,8 @@ def check_model_builds(cfg: Config, splits) -> str:
     try:
         keras.utils.set_random_seed(cfg.train.seed)
         with precision(cfg), distribute.local():
-            return weights_digest(build_model(cfg, splits.image_shape, splits.num_classes))
+            model = build_model(cfg, splits.image_shape, splits.num_classes)
+            digest, no_plain = weights_digest(model), _no_plain_form(cfg, model)
     except (ValueError, TypeError) as e:
         text = re.sub(r"\x1b\[[0-9;]*m|\[[0-9;]*m", "", str(e))  # Keras colours its messages
         first = " ".join(text.split())[:400] or type(e).__name__
@@ -348,3 +350,20 @@ def check_model_builds(cfg: Config, splits) -> str:
         keras.backend.clear_session()
         if placed is not None:
             keras.distribution.set_distribution(placed)
+    if no_plain:
+        raise ConfigError(f"export.plain: {no_plain}; set export.plain=false to publish it as it is")
+    return digest
+
+
+def _no_plain_form(cfg: Config, model) -> str | None:
+    """Why `export.plain` cannot rewrite `model` in stock layers (a layer with no stock form), or None: known
+    from the built model, where the export found it after the whole training."""
+    if not (cfg.export.enabled and cfg.export.plain):
+        return None
+    from models.plain import to_plain
+
+    try:
+        to_plain(model)
+    except ValueError as e:
+        return str(e)
+    return None

@@ -238,9 +238,10 @@ def test_the_confusion_matrix_figure_stays_small_for_many_classes(tmp_path):
         (lambda tmp: ["model.params.invariant.group=C8", "model.params.invariant.method=canonicalize",
                       "model.params.invariant.relaxation=continuous", "model.params.invariant.network=polar",
                       "model.params.invariant.downscale=28"], "1x1 image"),
+        (lambda tmp: ["model.params.invariant.group=D4", "export.plain=true"], "export.plain: to_plain: layer"),
     ],
     ids=["bad-builder-value", "no-test-images", "images-too-small", "canonicalizer-of-one-pixel",
-         "polar-canonicalizer-of-one-pixel"],
+         "polar-canonicalizer-of-one-pixel", "plain-export-of-a-layer-with-no-stock-form"],
 )
 def test_bad_values_end_in_one_line_before_anything_is_written(tmp_path, capsys, make, needle):
     assert run_main(main, _args(tmp_path, *make(tmp_path))) == 2
