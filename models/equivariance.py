@@ -253,7 +253,9 @@ def _numpy(t) -> np.ndarray:
 
 def equivariance_errors(layer, inputs: np.ndarray, elements: Sequence[Element]) -> dict[str, float]:
     """{element label: relative L2 error} of `layer` at each of `elements`, the layer's output on `inputs`
-    computed once. `inputs` is what the layer receives (images, or maps in its family's layout)."""
+    computed once. `inputs` is what the layer receives (images, or maps in its family's layout). An element
+    whose disk holds no pixel of the output (maps of 4x4 or less) is left out: not measured, where an error of
+    0 would read as exact (and pull the model's mean down)."""
     fam = family_of(layer)
     if fam is None:
         raise ValueError(f"{layer.name} ({type(layer).__name__}) belongs to no equivariant family "
@@ -265,14 +267,17 @@ def equivariance_errors(layer, inputs: np.ndarray, elements: Sequence[Element]) 
         got = _numpy(layer(np.ascontiguousarray(fam.act_input(layer, x, e), np.float32)))
         want, got = fam.compare(layer, y, got, e)
         m = fam.mask(layer, want.shape)
+        if not m.any():
+            continue
         diff, ref = (got - want)[:, m], want[:, m]
         errors[e.label] = float(np.sqrt(np.sum(diff**2) / max(np.sum(ref**2), 1e-30)))
     return errors
 
 
 def equivariance_error(layer, inputs: np.ndarray, element: Element) -> float:
-    """The relative L2 error of `layer`'s equivariance at one `element` (module docstring)."""
-    return equivariance_errors(layer, inputs, [element])[element.label]
+    """The relative L2 error of `layer`'s equivariance at one `element` (module docstring); NaN where the output
+    is too small to measure."""
+    return equivariance_errors(layer, inputs, [element]).get(element.label, float("nan"))
 
 
 def elements(layer, angles: Sequence[float] = (), **options) -> list[Element]:

@@ -102,7 +102,7 @@ class Evaluation:
             for layer, errs in per_layer.items():
                 rows.append((f"{family} equivariance error {layer}",
                              ", ".join(f"{e:.2e} @ {k.replace('_', '+') if family == 'group' else k}"
-                                       for k, e in errs.items())))
+                                       for k, e in errs.items()) or "not measured (its maps are too small)"))
         if self.scale:
             rows.append(("scale curve (factor: accuracy)", "  ".join(f"{f:g}x: {pct(v)}" for f, v in self.scale.items())))
         if self.orientation_acc is not None:

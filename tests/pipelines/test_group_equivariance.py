@@ -103,6 +103,24 @@ def test_c8_is_measured_at_45_and_90_degrees_only():
         ("rot45", False), ("rot90", True)]
 
 
+def test_a_layer_whose_maps_are_too_small_to_measure_is_left_out_not_reported_exact():
+    """12 -> 6 -> 3, then 4x4 maps at 16 px: the central disk (1 px in from the border) holds no pixel of a 4x4
+    map. Before: its errors read 0.00e+00, exact even at 45 degrees, and pulled the logged mean down."""
+    keras.utils.set_random_seed(0)
+    model = models.build_model("gcnn", (16, 16, 1), 3, filters=[2, 2, 3], kernel_size=3, group_order=8)
+    x = np.random.default_rng(1).uniform(0, 1, (2, 16, 16, 1)).astype("float32")
+    errs = equivariance(model, x, [45.0, 90.0])["group"]
+    assert errs["stage2_gconv0"] == {} and errs["stage2_gconv1"] == {}  # 4x4 maps
+    assert all(1e-4 < errs[n]["rot45"] < 1.0 for n in ("stage0_gconv0", "stage1_gconv1"))  # 16x16, 8x8
+    ev = evaluation.Evaluation(n_images=2, rotation={0.0: 1.0}, shift_consistency=1.0, circular_consistency=1.0,
+                               shift_range=1, elastic={}, elastic_sigma=4.0, equivariance={"group": errs})
+    m = ev.metrics()
+    assert not any(k.startswith("equiv_err_group_stage2") for k in m)
+    measured = [e["rot45"] for e in errs.values() if e]
+    assert m["equiv_err_group_mean_rot45"] == pytest.approx(np.mean(measured))
+    assert ("group equivariance error stage2_gconv0", "not measured (its maps are too small)") in ev.rows()
+
+
 def test_a_model_without_group_convolutions_has_no_section():
     model = models.build_model("baseline_cnn", (12, 12, 1), 3)
     assert equivariant_layers(model) == []
