@@ -59,12 +59,14 @@ class Canonicalize(keras.layers.Layer):
             while 1 + (k - 1) * (2 ** depth - 1) < POLAR_ANGLES:  # until they see the whole circle
                 depth += 1
             self.polar = [keras.layers.Conv1D(self.filters, k, dilation_rate=2 ** d, activation="relu",
-                                              name=f"polar{d}") for d in range(depth)]
-            self.score = keras.layers.Conv1D(1, 1, name="polar_score")
+                                              dtype="float32", name=f"polar{d}") for d in range(depth)]
+            self.score = keras.layers.Conv1D(1, 1, dtype="float32", name="polar_score")
             return
-        self.lift = LiftingConv2D(self.filters, k, group=group, name="lift")
-        self.conv = GroupConv2D(self.filters, k, group=group, name="conv")
-        self.score = GroupConv2D(1, k, group=group, name="score")
+        # float32 whatever the policy: the pose is the small scores' argmax or angle, which float16's rounding
+        # moves between an image and its turned copy (a 3% logit change under quarter turns, continuous)
+        self.lift = LiftingConv2D(self.filters, k, group=group, dtype="float32", name="lift")
+        self.conv = GroupConv2D(self.filters, k, group=group, dtype="float32", name="conv")
+        self.score = GroupConv2D(1, k, group=group, dtype="float32", name="score")
 
     def build(self, input_shape):
         if input_shape[1] is None or input_shape[1] != input_shape[2]:
@@ -96,6 +98,7 @@ class Canonicalize(keras.layers.Layer):
         steps of C_N rolls them by s); with `network: polar`, angle logits [B, POLAR_ANGLES] (`_polar_scores`).
         Computed on x average-pooled by `downscale` (non-overlapping blocks
         that tile the image: they commute with quarter turns and mirrors)."""
+        x = ops.cast(x, "float32")
         if self.downscale > 1:
             x = ops.average_pool(x, self.downscale, self.downscale, padding="valid")
         if self.network == "polar":
