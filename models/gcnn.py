@@ -32,8 +32,9 @@ multiply-adds per pixel: at equal parameters, widths scale as 1 / sqrt(|G|)
 group network costs about |G| times the plain one.
 
 The logits are exactly invariant to 90-degree rotations of the input when N
-is a multiple of 4, at any square size (an odd side pools in centred 3-wide
-windows, 40 -> 20 -> 10 -> 5 -> 3), and for
+is a multiple of 4, at any square size of the input shape (an odd side pools
+in centred 3-wide windows, 40 -> 20 -> 10 -> 5 -> 3; built for unknown
+sizes, the pooling is 2x2 and exact only where every pooled side is even), and for
 D_N also to left-right and up-down flips and transposes; approximately
 invariant to other rotations (N = 8, 16 add the 45 and 22.5 degree
 rotations to the filters, exact on the filters, approximate on the pixel

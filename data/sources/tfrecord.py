@@ -75,24 +75,32 @@ def scan_shards(expected: dict[str, int], decode: bool = False) -> list[tuple[st
 
 
 def _undecodable(path: str, n: int, reasons: int = 10) -> list[tuple[int, str]]:
-    """(index, reason) of each record of the (checksum-clean) shard whose image `tf.io.decode_image` refuses. The
-    records are decoded in a parallel tf.data map that drops the failures (20,000 64x64 JPEGs: 2.8 s on one core,
-    where an eager loop of a Python step per record took 18 s); only the first `reasons` failures are read again,
-    for TensorFlow's message."""
+    """(index, reason) of each record of the (checksum-clean) shard that does not parse as an image record or whose
+    image `tf.io.decode_image` refuses. The records are decoded in a parallel tf.data map that drops the failures
+    (20,000 64x64 JPEGs: 2.8 s on one core, where an eager loop of a Python step per record took 18 s); only the
+    first `reasons` failures are read again, for TensorFlow's message."""
     import tensorflow as tf
 
-    from data.images import tf_decode_error
+    from data.images import op_error_reason, tf_decode_error
     from data.splits import _parse_record
 
     def decodes(i, raw):  # the index, once the image has decoded (its shape keeps the decode from being pruned)
-        image = tf.io.decode_image(_parse_record(raw)[0], expand_animations=False)
-        return tf.identity(i) + 0 * tf.cast(tf.shape(image)[0], tf.int64)
+        encoded, label = _parse_record(raw)
+        image = tf.io.decode_image(encoded, expand_animations=False)
+        return tf.identity(i) + 0 * (tf.cast(tf.shape(image)[0], tf.int64) + label)
+
+    def why(i: int) -> str:
+        try:
+            encoded, _ = _parse_record(next(iter(records.skip(i).take(1))))
+        except tf.errors.OpError as e:  # not a record `make convert` writes (a feature missing, not an Example)
+            return f"not an image record ({op_error_reason(e)})"
+        return tf_decode_error(encoded) or "the record was not read"
 
     records = tf.data.TFRecordDataset(path)
     kept = records.enumerate().map(decodes, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors().batch(8192)
     failed = np.setdiff1d(np.arange(n), np.concatenate([np.zeros(0, np.int64), *kept.as_numpy_iterator()]))
-    return [(int(i), (tf_decode_error(_parse_record(next(iter(records.skip(int(i)).take(1))))[0])
-                      if k < reasons else None) or "the image does not decode") for k, i in enumerate(failed)]
+    return [(int(i), why(int(i)) if k < reasons else "it does not parse, or its image does not decode")
+            for k, i in enumerate(failed)]
 
 
 def damaged_shards_error(pattern: str, bad: list[tuple[str, str]]) -> DataSourceError:

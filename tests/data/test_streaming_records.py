@@ -205,9 +205,11 @@ def test_the_decode_scan_names_each_undecodable_record_by_its_index(tmp_path):
 
     from data.sources.tfrecord import scan_shards
 
-    def record(encoded: bytes) -> bytes:
+    def record(encoded: bytes, label: bool = True) -> bytes:
         feature = {"image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded])),
                    "image/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[0]))}
+        if not label:
+            del feature["image/label"]
         return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
     buf = io.BytesIO()
@@ -223,3 +225,8 @@ def test_the_decode_scan_names_each_undecodable_record_by_its_index(tmp_path):
     assert all(why for _, why in found) and "PNG" in found[0][1], found[0]
     assert scan_shards({path: 60}) == []  # without decode: the checksums are whole
     assert scan_shards({path: 61}, decode=True) == [(path, "60 records where dataset.json lists 61")]
+    with tf.io.TFRecordWriter(path) as w:  # a record with no label: before, the scan itself ended in a traceback
+        for i in range(5):
+            w.write(record(good, label=i != 2))
+    (where, why), = scan_shards({path: 5}, decode=True)
+    assert where == f"{path} record 2" and why.startswith("not an image record (") and "image/label" in why, why
