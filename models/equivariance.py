@@ -254,8 +254,9 @@ def _numpy(t) -> np.ndarray:
 def equivariance_errors(layer, inputs: np.ndarray, elements: Sequence[Element]) -> dict[str, float]:
     """{element label: relative L2 error} of `layer` at each of `elements`, the layer's output on `inputs`
     computed once. `inputs` is what the layer receives (images, or maps in its family's layout). An element
-    whose disk holds no pixel of the output (maps of 4x4 or less) is left out: not measured, where an error of
-    0 would read as exact (and pull the model's mean down)."""
+    whose disk holds no pixel of the output (group and harmonic maps of 4x4 or less; the scale family's disk is
+    inset further) is left out: not measured, where an error of 0 would read as exact (and pull the model's
+    mean down)."""
     fam = family_of(layer)
     if fam is None:
         raise ValueError(f"{layer.name} ({type(layer).__name__}) belongs to no equivariant family "
@@ -297,7 +298,10 @@ def equivariance(model, images: np.ndarray, angles: Sequence[float]) -> dict[str
     out: dict = {}
     inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
     for layer in equivariant_layers(model):
+        promised = elements(layer, angles)
+        if not promised:  # e.g. a layer restricted to the trivial group: nothing to measure
+            continue
         feed = keras.Model(inputs, layer.input)
         x = _numpy(feed(np.asarray(images, np.float32), training=False)).astype(np.float32)
-        out.setdefault(family_of(layer).name, {})[layer.name] = equivariance_errors(layer, x, elements(layer, angles))
+        out.setdefault(family_of(layer).name, {})[layer.name] = equivariance_errors(layer, x, promised)
     return out

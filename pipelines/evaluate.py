@@ -162,7 +162,8 @@ def evaluate_export(path: str, overrides=(), reports_dir: str = "reports"):
         test = test_subset(splits, cfg.evaluate)
     ev = evaluate(predict, *test, cfg.evaluate, class_names=splits.class_names)
     name = os.path.basename(os.path.dirname(os.path.abspath(version_dir)))
-    version = os.path.basename(version_dir)
+    folder = os.path.basename(version_dir)
+    version = int(folder) if folder.isascii() and folder.isdigit() else folder  # `07` is served as version 7
     title = f"{name} v{version} (SavedModel): invariance on the test split ({cfg.data.source})"
     print(ev.table(title))
     out_dir = _new_report_dir(reports_dir, f"{name}-v{version}")

@@ -90,6 +90,11 @@ def load_npz(path: str):
                 widths[yk] = width
     if len(set(widths.values())) > 1:
         raise DataSourceError(f"npz:{path}: the one-hot labels have different numbers of classes: {widths}")
+    width = next(iter(widths.values()), None)
+    for split, (_, y) in out.items():
+        if width is not None and y.size and int(y.max()) >= width:  # indices beside one-hot rows of fewer classes
+            raise DataSourceError(f"npz:{path}: {split} has label {int(y.max())}, but the one-hot labels have "
+                                  f"{width} classes")
     # One-hot rows give the class count even where the last classes have no image; indices give the largest + 1.
     classes = max([int(y.max(initial=0)) + 1 for _, y in out.values()] + list(widths.values()))
     return out, [str(i) for i in range(classes)]

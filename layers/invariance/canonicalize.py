@@ -76,9 +76,10 @@ class Canonicalize(keras.layers.Layer):
                              f"downscale={self.downscale} (the pooling must tile the image to stay exact)")
         side = input_shape[1] // self.downscale
         if side < 2:  # one pixel has no orientation: every element would score the same, the identity always win
+            fits = max((d for d in range(1, input_shape[1] // 2 + 1) if input_shape[1] % d == 0), default=None)
             raise ValueError(f"canonicalization: downscale={self.downscale} leaves the canonicalizer a {side}x{side} "
-                             f"image of the {input_shape[1]}x{input_shape[1]} input; it needs at least 2x2 (a "
-                             f"downscale of at most {input_shape[1] // 2})")
+                             f"image of the {input_shape[1]}x{input_shape[1]} input; it needs at least 2x2 ("
+                             + (f"the largest downscale that fits: {fits})" if fits else "a larger image)"))
         shape = (input_shape[0], side, side, input_shape[3])
         if self.network == "polar":
             self._polar_read = _polar_table(side, side // 2, POLAR_ANGLES)

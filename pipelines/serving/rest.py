@@ -134,6 +134,7 @@ class RestApi:
             if verb not in ("predict", "classify", "regress"):
                 raise NotFound(f"Malformed request: unknown verb {verb!r} (use :predict)")
             if method == "OPTIONS":
+                self.manager.status(name, version, label)  # a model (version) it does not know: 404, as for POST
                 return _options(WRITE)
             if method != "POST":
                 raise BadRequest(f"{verb} needs POST, got {prefix(method, 16)}", 405, {"Allow": WRITE})
@@ -160,6 +161,7 @@ class RestApi:
             fut = batcher.submit(servable, inputs)
             return Pending(fut, lambda out: encode_predict(out, row))
         if method == "OPTIONS":
+            self.manager.status(name, version, label)  # a model (version) it does not know: 404, as for GET
             return _options(READ)
         if method not in ("GET", "HEAD"):
             raise BadRequest(f"{path} answers GET, got {prefix(method, 16)}", 405, {"Allow": READ})

@@ -121,6 +121,9 @@ def test_npz_one_hot_width_is_the_class_count_even_where_the_last_class_has_no_i
     _npz(tmp_path / "mixed.npz", y_train=eye[arrays["y_train"]], y_test=np.eye(4)[arrays["y_test"]])
     with pytest.raises(DataSourceError, match=r"different numbers of classes: \{'y_train': 5, 'y_test': 4\}"):
         open_source(f"npz:{tmp_path / 'mixed.npz'}")
+    _npz(tmp_path / "indices.npz", y_train=eye[arrays["y_train"]], y_test=np.arange(10) % 7)  # test: 0..6
+    with pytest.raises(DataSourceError, match="test has label 6, but the one-hot labels have 5 classes"):
+        open_source(f"npz:{tmp_path / 'indices.npz'}")
 
 
 def test_npz_class_count_covers_a_validation_label_beyond_train_and_test(tmp_path):

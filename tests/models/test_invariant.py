@@ -174,7 +174,8 @@ def test_inference_turns_each_image_once_as_training_s_forward_pass_does(group):
 def test_the_canonicalizer_pools_by_blocks_that_tile_the_image():
     with pytest.raises(ValueError, match="multiple"):
         Canonicalize("C4", downscale=3)(X)
-    with pytest.raises(ValueError, match="a 1x1 image of the 16x16 input; it needs at least 2x2"):
+    with pytest.raises(ValueError, match=r"a 1x1 image of the 16x16 input; it needs at least 2x2 \(the largest "
+                                         r"downscale that fits: 8\)"):
         Canonicalize("C4", downscale=16)(X)  # one pixel has no orientation: it named the identity for every image
     keras.utils.set_random_seed(6)
     c = Canonicalize("C4", downscale=4)  # 16 -> 4x4 blocks: still exactly equivariant
@@ -220,7 +221,7 @@ def test_under_mixed_float16_the_canonicalizer_scores_in_float32_and_the_model_s
     x = np.random.default_rng(8).uniform(0, 1, (4, 16, 16, 3)).astype("float32")
     y = out(model, x)
     for k in (1, 2, 3):
-        assert np.abs(out(model, rot90(x, k)) - y).max() <= 3e-3 * np.abs(y).max(), k
+        assert np.abs(out(model, rot90(x, k)) - y).max() <= 1e-2 * np.abs(y).max(), k  # float16 scores: 3.5e-2
 
 
 @pytest.mark.parametrize("group", ["C4", "C8"])

@@ -119,6 +119,11 @@ def test_a_layer_whose_maps_are_too_small_to_measure_is_left_out_not_reported_ex
     measured = [e["rot45"] for e in errs.values() if e]
     assert m["equiv_err_group_mean_rot45"] == pytest.approx(np.mean(measured))
     assert ("group equivariance error stage2_gconv0", "not measured (its maps are too small)") in ev.rows()
+    keras.utils.set_random_seed(0)
+    restricted = models.build_model("gcnn", (16, 16, 1), 3, filters=[2, 2, 3], kernel_size=3, group="D4",
+                                    restrict_to="trivial", restrict_stage=1)
+    errs = equivariance(restricted, x, [90.0])["group"]
+    assert "stage0_gconv0" in errs and not any(n.startswith(("stage1", "stage2")) for n in errs)  # nothing promised
 
 
 def test_a_model_without_group_convolutions_has_no_section():

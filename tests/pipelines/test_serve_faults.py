@@ -285,6 +285,8 @@ def test_head_is_get_without_the_body_and_options_names_the_methods(exports):
                            (predict_url(s), "POST, OPTIONS")):
             r = sess.options(url, timeout=10)
             assert r.status_code == 200 and r.headers.get("Allow") == allow, (url, r.status_code, r.headers)
+        assert sess.options(f"{s.url}/v1/models/nope", timeout=10).status_code == 404
+        assert sess.options(f"{s.url}/v1/models/nope:predict", timeout=10).status_code == 404
         r = sess.head(predict_url(s), timeout=10)
         assert r.status_code == 405 and r.headers.get("Allow") == "POST, OPTIONS" and r.content == b""
         r = sess.post(predict_url(s), json={"instances": exports["x"][:1].tolist()}, timeout=10)
