@@ -75,7 +75,7 @@ class Canonicalize(keras.layers.Layer):
             raise ValueError(f"canonicalization: the image side {input_shape[1]} is not a multiple of "
                              f"downscale={self.downscale} (the pooling must tile the image to stay exact)")
         side = input_shape[1] // self.downscale
-        if side < 2:  # one pixel has no orientation: every element would score the same, the identity always win
+        if side < 2:  # one pixel has no orientation: every element would score the same, the identity always wins
             fits = max((d for d in range(1, input_shape[1] // 2 + 1) if input_shape[1] % d == 0), default=None)
             raise ValueError(f"canonicalization: downscale={self.downscale} leaves the canonicalizer a {side}x{side} "
                              f"image of the {input_shape[1]}x{input_shape[1]} input; it needs at least 2x2 ("
