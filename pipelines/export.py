@@ -179,7 +179,7 @@ def published_signature(exports_dir: str, name: str) -> tuple[int, dict] | None:
         except (OSError, ValueError):
             pass
         try:
-            spec = tf.saved_model.load(path).signatures["serving_default"].structured_input_signature[1]["image"]
+            spec = load_savedmodel(path).signatures["serving_default"].structured_input_signature[1]["image"]
             return version, {"input_shape": [int(d) for d in spec.shape[1:]]}
         except (OSError, KeyError, ValueError, TypeError, tf.errors.OpError):
             continue  # not a readable SavedModel: no server serves it, nothing to keep compatible with
@@ -266,6 +266,20 @@ def version_dirs(base: str) -> list[int]:
     return [v for v, _ in _version_folders(base)]
 
 
+def load_savedmodel(path: str):
+    """`tf.saved_model.load`, without its warning that functions with custom gradients (the fast padding and blur
+    of layers/common/_tf_fast.py) "will likely fail if a gradient is requested": these SavedModels are for
+    inference, and the warning, printed into every `make train` that publishes such a model, read as a fault."""
+    from absl import logging as absl_logging
+
+    level = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+        return tf.saved_model.load(path)
+    finally:
+        absl_logging.set_verbosity(level)
+
+
 def savedmodel_predictor(path: str, batch_size: int = 256):
     """`predict(uint8 images [N, H, W, C]) -> {output name: array}` of the SavedModel's `serving_default`.
 
@@ -276,7 +290,7 @@ def savedmodel_predictor(path: str, batch_size: int = 256):
     from pipelines.errors import UserError
 
     try:
-        fn = tf.saved_model.load(path).signatures["serving_default"]
+        fn = load_savedmodel(path).signatures["serving_default"]
     except (OSError, KeyError, ValueError) as e:
         raise UserError(f"{path}: not a loadable SavedModel with a serving_default signature ({e})") from None
 

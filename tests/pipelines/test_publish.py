@@ -78,3 +78,23 @@ def test_a_version_folder_with_a_leading_zero_is_guarded_as_the_server_serves_it
     why = signature_conflict(str(tmp_path), "m", (16, 16, 3), ["a", "b", "c"])
     assert why is not None and "version 7's (12, 12, 1)" in why, why
     assert publish(tmp_path, 1).endswith(os.path.join("m", "8"))
+
+
+def test_loading_an_export_with_custom_gradients_warns_of_no_gradient_fault(tmp_path, caplog):
+    """The fast blur's custom gradient made every load print that gradients "will likely fail": in each `make train`
+    of an anti-aliased model, where nothing asks for a gradient."""
+    import logging
+
+    import models
+    import tensorflow as tf
+
+    model = models.antialias(tiny(0))
+    path = export_model(model, str(tmp_path), "aa", class_names=["a", "b", "c"])
+    x = np.random.default_rng(0).integers(0, 256, (2, 12, 12, 1), dtype=np.uint8)
+    warned = lambda: [r for r in caplog.records if "custom gradients" in r.getMessage()]  # noqa: E731
+    with caplog.at_level(logging.WARNING):
+        tf.saved_model.load(path)
+        assert warned()  # TensorFlow's own load warns about these functions
+        caplog.clear()
+        assert predict_savedmodel(path, x)["probabilities"].shape == (2, 3)
+    assert not warned()
