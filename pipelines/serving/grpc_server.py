@@ -15,6 +15,10 @@ Serving client (`PredictionServiceStub`, `ModelServiceStub`) works:
   merges the context into each example as TF Serving does. An empty
   `signature_name` means `classify` here (TF Serving would look under
   `serving_default`, a predict signature, and refuse).
+- `MultiInference`: its tasks on one input, as TF Serving checks them (one
+  model, the first task's `model_spec` picks the version, each signature
+  once, methods classify or regress); an export's one classification
+  signature makes one `classify` task, answered as `Classify` answers it.
 - `GetModelMetadata` ("signature_def"): a `SignatureDefMap` packed in an `Any`.
 - `Regress`: INVALID_ARGUMENT, as TF Serving for a model without a regression
   signature (UNIMPLEMENTED should an export ever have one).
@@ -56,11 +60,11 @@ import time
 from concurrent import futures
 
 import grpc
-import numpy as np
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
+    inference_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
@@ -69,28 +73,19 @@ from tensorflow_serving.apis import (
 )
 
 from pipelines.serving.batching import ServerStopping
-from pipelines.serving.request import _shape_str
+from pipelines.serving.grpc_codec import Code, RpcError, example_list, input_array, tensor_info
 from pipelines.serving.responses import BadRequest, _first_line, clip
-from pipelines.serving.savedmodel import CLASSIFY, SIGNATURE, Servable, TensorInfo
+from pipelines.serving.savedmodel import CLASSIFY, SIGNATURE, Servable
 from pipelines.serving.servables import ModelManager, NotFound
 
 log = logging.getLogger("pipelines.serve")
 
-Code = grpc.StatusCode
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
-_API = {"Predict": "predict", "Classify": "classify", "Regress": "regress", "GetModelMetadata": "metadata",
-        "GetModelStatus": "status"}  # metric labels (pipelines.serving.metrics.APIS)
+_API = {"Predict": "predict", "Classify": "classify", "Regress": "regress", "MultiInference": "multi_inference",
+        "GetModelMetadata": "metadata", "GetModelStatus": "status"}  # metric labels (pipelines.serving.metrics.APIS)
 _STATE = get_model_status_pb2.ModelVersionStatus.State
 _ERROR_CODE = status_pb2.StatusProto.DESCRIPTOR.fields_by_name["error_code"].enum_type.values_by_name
-
-
-class RpcError(Exception):
-    """A request answered with gRPC status `code` and `message`."""
-
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.code = code
 
 
 def _rpc(fn):
@@ -106,10 +101,17 @@ def _rpc(fn):
             err = _status(e, f"gRPC {fn.__name__}")
             code, message = err.code, str(err)
         finally:
-            self.record(request.model_spec.name, api, code, time.perf_counter() - t0)
+            self.record(_model_name(request), api, code, time.perf_counter() - t0)
         context.abort(code, clip(message, 2000))
 
     return wrapper
+
+
+def _model_name(request) -> str:
+    """The model a request names (a MultiInference's first task's), for the metrics."""
+    if isinstance(request, inference_pb2.MultiInferenceRequest):
+        return request.tasks[0].model_spec.name if request.tasks else ""
+    return request.model_spec.name
 
 
 def _status(e: BaseException, where: str = "gRPC signature call") -> RpcError:
@@ -139,72 +141,6 @@ def _abandon(fut: futures.Future, why: str) -> None:
             fut.set_exception(TimeoutError(why))
     except Exception:  # noqa: BLE001 - InvalidStateError: answered meanwhile
         pass
-
-
-def _spec(name: str, info) -> TensorInfo:
-    """A SignatureDef's TensorInfo proto as this server's `TensorInfo` (shape None: any)."""
-    import tensorflow as tf
-
-    shape = None if info.tensor_shape.unknown_rank else tuple(d.size if d.size >= 0 else None
-                                                              for d in info.tensor_shape.dim)
-    return TensorInfo(name, np.dtype(tf.dtypes.as_dtype(info.dtype).as_numpy_dtype), shape)
-
-
-def _input_array(key: str, proto, spec: TensorInfo, max_rows: int | None, max_elements: int) -> np.ndarray:
-    """One Predict input TensorProto -> an array of the spec's dtype; every mistake an `RpcError`."""
-    import tensorflow as tf
-
-    where, want = f"input {key!r}", spec.dtype
-    expected = _shape_str(spec.shape) if spec.shape is not None else "any shape"
-    if proto.tensor_shape.unknown_rank:
-        raise RpcError(Code.INVALID_ARGUMENT, f"{where}: the tensor has no shape; expected {expected}")
-    shape = [d.size for d in proto.tensor_shape.dim]
-    if spec.shape is not None and (len(shape) != len(spec.shape) or any(
-            d < 0 or (s is not None and d != s) for d, s in zip(shape, spec.shape))):
-        raise RpcError(Code.INVALID_ARGUMENT, f"{where}: wrong shape {shape}, expected {expected}")
-    if not shape or shape[0] <= 0:
-        raise RpcError(Code.INVALID_ARGUMENT, f"{where}: no batch (shape {shape}), expected {expected}")
-    if max_rows is not None and shape[0] > max_rows:
-        raise RpcError(Code.RESOURCE_EXHAUSTED, f"{where} holds {shape[0]} rows, over the limit of {max_rows} per "
-                                                f"request (--max-rows); split it into several requests")
-    if np.prod(shape, dtype=np.float64) > max_elements:  # a declared shape no message of the limit can fill
-        raise RpcError(Code.RESOURCE_EXHAUSTED, f"{where}: {shape} is over the limit of {max_elements} values")
-    try:
-        dt = tf.dtypes.as_dtype(proto.dtype)
-        got = np.dtype(dt.as_numpy_dtype) if dt.base_dtype == dt else None
-        name = dt.name
-    except (TypeError, ValueError):
-        got, name = None, f"type {proto.dtype}"
-    if got is not None and got.kind == "O" and dt != tf.string:  # resources, variants
-        got = None
-    if got is None or (got != want and not (got.kind in "iu" and want.kind in "iuf")):
-        extra = " (or another integer type with values in range)" if want.kind in "iu" else ""
-        raise RpcError(Code.INVALID_ARGUMENT, f"{where}: expected {tf.as_dtype(want).name}{extra}, got {name}")
-    try:
-        arr = tf.make_ndarray(proto)
-    except (ValueError, TypeError) as e:
-        raise RpcError(Code.INVALID_ARGUMENT, f"{where}: the tensor's values do not fit its shape {shape} "
-                                              f"({_first_line(e)})") from None
-    if list(arr.shape) != shape:
-        raise RpcError(Code.INVALID_ARGUMENT, f"{where}: the tensor's values do not fit its shape {shape}")
-    if got != want and want.kind in "iu":
-        info, lo, hi = np.iinfo(want), arr.min(), arr.max()
-        if lo < info.min or hi > info.max:
-            raise RpcError(Code.INVALID_ARGUMENT, f"{where}: value {(lo if lo < info.min else hi).item()!r} out of "
-                                                  f"range for dtype {want.name} ({info.min}..{info.max})")
-    return arr.astype(want, copy=False)
-
-
-def _examples(inp) -> list[bytes]:
-    """The serialized `tf.train.Example`s of a Classify `Input`; a context is merged into each example (the
-    example's own features win) as TF Serving does it: the context's bytes, then the example's."""
-    kind = inp.WhichOneof("kind")
-    if kind == "example_list":
-        return [e.SerializeToString() for e in inp.example_list.examples]
-    if kind == "example_list_with_context":
-        ctx = inp.example_list_with_context.context.SerializeToString()
-        return [ctx + e.SerializeToString() for e in inp.example_list_with_context.examples]
-    return []
 
 
 def _set_spec(spec, name: str, version: int, signature: str) -> None:
@@ -258,7 +194,7 @@ class _Services(prediction_service_pb2_grpc.PredictionServiceServicer, model_ser
             specs, outputs = servable.inputs, list(servable.outputs)
         elif sig in servable.signature_def_protos:
             d = servable.signature_def_protos[sig]
-            specs, outputs = {k: _spec(k, v) for k, v in sorted(d.inputs.items())}, sorted(d.outputs)
+            specs, outputs = {k: tensor_info(k, v) for k, v in sorted(d.inputs.items())}, sorted(d.outputs)
         else:  # TF Serving's code and words
             raise RpcError(Code.FAILED_PRECONDITION, f'Serving signature key "{sig}" not found.')
         names = list(request.output_filter) or outputs
@@ -271,7 +207,7 @@ class _Services(prediction_service_pb2_grpc.PredictionServiceServicer, model_ser
         if set(request.inputs) != set(specs):
             raise RpcError(Code.INVALID_ARGUMENT, f"the request's inputs are {sorted(request.inputs)}, "
                                                   f"signature {sig!r} takes {sorted(specs)}")
-        inputs = {k: _input_array(k, request.inputs[k], spec, self.max_rows, self.max_message_bytes)
+        inputs = {k: input_array(k, request.inputs[k], spec, self.max_rows, self.max_message_bytes)
                   for k, spec in specs.items()}
         if len({len(a) for a in inputs.values()}) > 1:
             raise RpcError(Code.INVALID_ARGUMENT, f"inputs have different batch sizes "
@@ -310,11 +246,22 @@ class _Services(prediction_service_pb2_grpc.PredictionServiceServicer, model_ser
     @_rpc
     def Classify(self, request: classification_pb2.ClassificationRequest, context):
         servable, _ = self._resolve(request.model_spec)
-        sig = request.model_spec.signature_name or CLASSIFY
+        sig = self._classify_signature(servable, request.model_spec.signature_name)
+        response = classification_pb2.ClassificationResponse()
+        self._classify(servable, request.input, response.result)
+        _set_spec(response.model_spec, request.model_spec.name, servable.version, sig)
+        return response
+
+    def _classify_signature(self, servable: Servable, name: str) -> str:
+        sig = name or CLASSIFY
         self._signature(servable, sig, CLASSIFY_METHOD, "classification")
         if sig != CLASSIFY:
             raise RpcError(Code.INVALID_ARGUMENT, f"Classify runs the {CLASSIFY!r} signature only, not {sig!r}")
-        examples = _examples(request.input)
+        return sig
+
+    def _classify(self, servable: Servable, inp, result) -> None:
+        """Run the `classify` signature on the examples of `inp` into the ClassificationResult `result`."""
+        examples = example_list(inp)
         if not examples:
             raise RpcError(Code.INVALID_ARGUMENT, "ClassificationRequest::input is empty.")
         if self.max_rows is not None and len(examples) > self.max_rows:
@@ -325,21 +272,51 @@ class _Services(prediction_service_pb2_grpc.PredictionServiceServicer, model_ser
         except Exception as e:  # noqa: BLE001 - worded by _status
             raise _status(e) from None
         classes, scores = out.get("classes"), out.get("scores")
-        response = classification_pb2.ClassificationResponse()
-        _set_spec(response.model_spec, request.model_spec.name, servable.version, sig)
         for i in range(len(examples)):
-            c = response.result.classifications.add()
+            c = result.classifications.add()
             for j in range((classes if classes is not None else scores).shape[1]):
                 label = classes[i, j] if classes is not None else ""
                 c.classes.add(label=label.decode() if isinstance(label, bytes) else str(label),
                               score=float(scores[i, j]) if scores is not None else 0.0)
-        return response
 
     @_rpc
     def Regress(self, request: regression_pb2.RegressionRequest, context):
         servable, _ = self._resolve(request.model_spec)
         self._signature(servable, request.model_spec.signature_name or SIGNATURE, REGRESS_METHOD, "regression")
         raise RpcError(Code.UNIMPLEMENTED, "this server does not run regression signatures")
+
+    @_rpc
+    def MultiInference(self, request: inference_pb2.MultiInferenceRequest, context):
+        """Classify and regress tasks on one input, with TF Serving's checks and words: one model for all, the
+        first task's `model_spec` picks the version (as TF Serving), each signature once. The input is
+        classified once for the `classify` task (an export has one classification signature, no regression)."""
+        if not request.tasks:
+            raise RpcError(Code.INVALID_ARGUMENT, "MultiInferenceRequest has no tasks; give one per signature")
+        name, done = request.tasks[0].model_spec.name, set()
+        for task in request.tasks:
+            if not task.model_spec.name:
+                raise RpcError(Code.INVALID_ARGUMENT, "Found ModelSpec with an empty model name.")
+            if task.model_spec.name != name:
+                raise RpcError(Code.INVALID_ARGUMENT,
+                               "All ModelSpecs in a MultiInferenceRequest must access the same model name.")
+        servable, _ = self._resolve(request.tasks[0].model_spec)
+        for task in request.tasks:
+            if task.method_name == CLASSIFY_METHOD:
+                sig = self._classify_signature(servable, task.model_spec.signature_name)
+            elif task.method_name == REGRESS_METHOD:
+                sig = task.model_spec.signature_name or SIGNATURE
+                self._signature(servable, sig, REGRESS_METHOD, "regression")
+                raise RpcError(Code.UNIMPLEMENTED, "this server does not run regression signatures")
+            else:
+                raise RpcError(Code.UNIMPLEMENTED, f"Unsupported signature method_name: {clip(task.method_name, 80)}")
+            if sig in done:
+                raise RpcError(Code.INVALID_ARGUMENT, f"Duplicate evaluation of signature: {sig}")
+            done.add(sig)
+        response = inference_pb2.MultiInferenceResponse()
+        result = response.results.add()  # the classify task: the only one the checks above let through
+        self._classify(servable, request.input, result.classification_result)
+        _set_spec(result.model_spec, name, servable.version, CLASSIFY)
+        return response
 
     @_rpc
     def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest, context):

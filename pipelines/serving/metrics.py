@@ -43,7 +43,7 @@ __all__ = ["APIS", "PATH", "ServerMetrics"]
 log = logging.getLogger("pipelines.serve")
 
 PATH = "/monitoring/prometheus/metrics"  # TF Serving's default (its --monitoring_config_file)
-APIS = ("predict", "classify", "regress", "metadata", "status")
+APIS = ("predict", "classify", "regress", "multi_inference", "metadata", "status")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 

@@ -23,6 +23,7 @@ from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
+    inference_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
@@ -292,6 +293,51 @@ def test_classify_names_every_class(server, stub, exports):
     request.model_spec.signature_name = "serving_default"
     e = rpc_error(stub.Classify, request)
     assert e.code() == Code.INVALID_ARGUMENT and "classification signature" in e.details(), e.details()
+
+
+def multi_request(x, *tasks) -> inference_pb2.MultiInferenceRequest:
+    request = inference_pb2.MultiInferenceRequest()
+    for name, method, sig in tasks:
+        task = request.tasks.add(method_name=f"tensorflow/serving/{method}")
+        task.model_spec.name, task.model_spec.signature_name = name, sig
+    for img in x:
+        feature = {"image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png_bytes(img)]))}
+        example = tf.train.Example(features=tf.train.Features(feature=feature))
+        request.input.example_list.examples.add().CopyFrom(example)
+    return request
+
+
+def test_multi_inference_runs_the_classify_task_as_classify_does(server, stub, exports):
+    x = exports["x"]
+    response = stub.MultiInference(multi_request(x, ("named", "classify", "")), timeout=30)
+    classify = classification_pb2.ClassificationRequest(input=multi_request(x).input)
+    classify.model_spec.name = "named"
+    assert len(response.results) == 1
+    result = response.results[0]
+    assert (result.model_spec.name, result.model_spec.signature_name) == ("named", "classify")
+    assert result.model_spec.version.value == server.manager.get("named")[0].version
+    assert result.classification_result == stub.Classify(classify, timeout=30).result
+    assert [k.label for k in result.classification_result.classifications[0].classes] == NAMES
+    cases = [  # (tasks, code, words of the message)
+        ((), Code.INVALID_ARGUMENT, "no tasks"),
+        ((("named", "classify", ""), ("two", "classify", "")), Code.INVALID_ARGUMENT, "same model name"),
+        ((("", "classify", ""),), Code.INVALID_ARGUMENT, "empty model name"),
+        ((("named", "classify", "classify"), ("named", "classify", "")), Code.INVALID_ARGUMENT, "Duplicate"),
+        ((("named", "classify", ""), ("named", "regress", "")), Code.INVALID_ARGUMENT, "regression signature"),
+        ((("named", "predict", ""),), Code.UNIMPLEMENTED, "Unsupported signature method_name"),
+        ((("named", "classify", "serving_default"),), Code.INVALID_ARGUMENT, "classification signature"),
+        ((("nope", "classify", ""),), Code.NOT_FOUND, "nope"),
+    ]
+    for tasks, code, words in cases:
+        e = rpc_error(stub.MultiInference, multi_request(x, *tasks))
+        assert e.code() == code and words in e.details(), (tasks, e.code(), e.details())
+    e = rpc_error(stub.MultiInference, multi_request(x[:0], ("named", "classify", "")))
+    assert e.code() == Code.INVALID_ARGUMENT and "empty" in e.details(), e.details()
+    e = rpc_error(stub.MultiInference, multi_request(np.repeat(x, 6, axis=0), ("named", "classify", "")))
+    assert e.code() == Code.RESOURCE_EXHAUSTED, e.details()
+    text = requests.get(f"{server.url}/monitoring/prometheus/metrics", timeout=10).text
+    assert any(line.startswith("serving_requests_total{") and 'api="multi_inference"' in line
+               and 'model="named"' in line and 'code="OK"' in line for line in text.splitlines())
 
 
 # ----------------------------------------------------------------------------- versions, labels, metrics
