@@ -32,6 +32,7 @@ import tensorflow as tf
 
 
 from pipelines.errors import UserError
+from pipelines.serving.savedmodel import load_savedmodel
 from pipelines.signatures import write_savedmodel  # noqa: F401 - the export's signatures; tests patch it here
 
 STALE_TMP_AGE_S = 3600.0  # a temporary without a live writer's pid is removed after this long
@@ -264,20 +265,6 @@ def _version_folders(base: str) -> list[tuple[int, str]]:
 def version_dirs(base: str) -> list[int]:
     """The numeric version directories under `base`, ascending."""
     return [v for v, _ in _version_folders(base)]
-
-
-def load_savedmodel(path: str):
-    """`tf.saved_model.load`, without its warning that functions with custom gradients (the fast padding and blur
-    of layers/common/_tf_fast.py) "will likely fail if a gradient is requested": these SavedModels are for
-    inference, and the warning, printed into every `make train` that publishes such a model, read as a fault."""
-    from absl import logging as absl_logging
-
-    level = absl_logging.get_verbosity()
-    absl_logging.set_verbosity(absl_logging.ERROR)
-    try:
-        return tf.saved_model.load(path)
-    finally:
-        absl_logging.set_verbosity(level)
 
 
 def savedmodel_predictor(path: str, batch_size: int = 256):

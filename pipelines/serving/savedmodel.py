@@ -9,6 +9,7 @@ version to load and when.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -111,6 +112,27 @@ def read_labels(path: str) -> list[str] | None:
     return names or None
 
 
+class _NoGradientWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "with ops with unsaved custom gradients" not in record.getMessage()
+
+
+def load_savedmodel(path: str):
+    """`tf.saved_model.load`, without its warning that functions with custom gradients (the fast padding and blur
+    of layers/common/_tf_fast.py) "will likely fail if a gradient is requested": these SavedModels are for
+    inference, and the warning, printed into every `make train` that publishes such a model and into the server's
+    log for each version it loads, read as a fault. Only that message is held back, only during the load (other
+    threads' warnings pass: the server loads versions while it answers requests)."""
+    import tensorflow as tf
+
+    absl_logger, quiet = logging.getLogger("absl"), _NoGradientWarning()
+    absl_logger.addFilter(quiet)
+    try:
+        return tf.saved_model.load(path)
+    finally:
+        absl_logger.removeFilter(quiet)
+
+
 WARM_BUDGET_S = 2.0  # warm-up calls beyond the first stop once this much time is spent
 
 
@@ -123,9 +145,7 @@ def load_servable(name: str, version: int, path: str, warm_rows=(1,), warm_budge
     37 ms against 9 ms later for 8 rows of the baseline CNN); the manager passes the sizes its batcher has run,
     most frequent first, so that a version swapped in under load does not pay them on requests.
     """
-    import tensorflow as tf
-
-    loaded = tf.saved_model.load(path)
+    loaded = load_savedmodel(path)
     if SIGNATURE not in loaded.signatures:
         raise ValueError(f"{path} has no {SIGNATURE!r} signature (has {sorted(loaded.signatures)})")
     fn = loaded.signatures[SIGNATURE]
