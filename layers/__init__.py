@@ -3,7 +3,8 @@
     shift/       BlurPool2D, MaxBlurPool2D, AdaptivePolyphaseSampling2D, CircularPad2D, SpatialSeparableConv2D
     harmonic/    HarmonicConv2D, HarmonicReLU, HarmonicBatchNormalization, HarmonicAveragePooling2D,
                  HarmonicMagnitudeReadout
-    group/       LiftingConv2D, GroupConv2D, GroupBatchNormalization, GroupPooling, GroupRestriction (C_N, D_N)
+    group/       LiftingConv2D, GroupConv2D, GroupBatchNormalization, GroupPooling, GroupMapPooling2D,
+                 GroupRestriction (C_N, D_N)
     scale/       ScaleLiftingConv2D, ScaleConv2D, ScalePooling, ScaleHarmonicConv2D, CanvasRescale2D,
                  ConfidentPooling
     invariance/  GroupOrbit, OrbitMean, Canonicalize, CanonicalMarginal (any model made invariant: models.invariant)
@@ -18,7 +19,14 @@ This package imports nothing of the project outside
 `layers/`, and no TensorFlow (docs/design.md).
 """
 
-from layers.group import GroupBatchNormalization, GroupConv2D, GroupPooling, GroupRestriction, LiftingConv2D
+from layers.group import (
+    GroupBatchNormalization,
+    GroupConv2D,
+    GroupMapPooling2D,
+    GroupPooling,
+    GroupRestriction,
+    LiftingConv2D,
+)
 from layers.harmonic import (
     HarmonicAveragePooling2D,
     HarmonicBatchNormalization,
@@ -47,7 +55,7 @@ __all__ = [
     "AdaptivePolyphaseSampling2D", "BlurPool2D", "CircularPad2D", "MaxBlurPool2D", "SpatialSeparableConv2D",
     "HarmonicAveragePooling2D", "HarmonicBatchNormalization", "HarmonicConv2D", "HarmonicMagnitudeReadout",
     "HarmonicReLU",
-    "GroupBatchNormalization", "GroupConv2D", "GroupPooling", "GroupRestriction", "LiftingConv2D",
+    "GroupBatchNormalization", "GroupConv2D", "GroupMapPooling2D", "GroupPooling", "GroupRestriction", "LiftingConv2D",
     "CanvasRescale2D", "ConfidentPooling", "ScaleConv2D", "ScaleHarmonicConv2D", "ScaleLiftingConv2D", "ScalePooling",
     "CanonicalMarginal", "Canonicalize", "GroupOrbit", "OrbitMean",
 ]

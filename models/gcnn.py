@@ -33,8 +33,8 @@ group network costs about |G| times the plain one.
 
 The logits are exactly invariant to 90-degree rotations of the input when N
 is a multiple of 4, at any square size of the input shape (an odd side pools
-in centred 3-wide windows, 40 -> 20 -> 10 -> 5 -> 3; built for unknown
-sizes, the pooling is 2x2 and exact only where every pooled side is even), and for
+in centred 3-wide windows, 40 -> 20 -> 10 -> 5 -> 3, also in a model built
+for unknown sizes, where the windows are chosen when it runs), and for
 D_N also to left-right and up-down flips and transposes; approximately
 invariant to other rotations (N = 8, 16 add the 45 and 22.5 degree
 rotations to the filters, exact on the filters, approximate on the pixel
@@ -55,6 +55,7 @@ from layers.group.group_conv import GroupConv2D
 from layers.group.group_pooling import GroupPooling
 from layers.group.group_restriction import GroupRestriction
 from layers.group.lifting_conv import LiftingConv2D
+from layers.group.map_pooling import GroupMapPooling2D
 from layers.shift.blurpool import BlurPool2D
 from models.baseline import stages
 from models.registry import register
@@ -76,7 +77,8 @@ def search_space(hp) -> dict:
 
 def _pool(x, kind: str, blur_size: int, name: str):
     """Pooling of [B, H, W, |G|, C] maps at stride 2, per group element and channel: 2x2 windows along an even
-    side, 3 wide along an odd one (centred on pixels 0, 2, ..., the last, the border one short).
+    side, 3 wide along an odd one (centred on pixels 0, 2, ..., the last, the border one short); for unknown
+    sizes `GroupMapPooling2D`, the same windows chosen when the model runs.
 
     Exactly equivariant to rot90 and flips at any size: the 2x2 windows of an
     even side, and the centred 3-wide ones of an odd side, are mapped onto
@@ -87,11 +89,8 @@ def _pool(x, kind: str, blur_size: int, name: str):
     rotation would move.
     """
     h, w, n, c = x.shape[1:]
-    if h is None or w is None:  # unknown sizes: 3-D pooling (in float32: TF's CPU has no float16 Pool3D)
-        if kind == "blur":
-            raise ValueError(f"pooling 'blur' needs static image sizes, got input shape {tuple(x.shape)}")
-        pool = layers.MaxPooling3D if kind == "max" else layers.AveragePooling3D
-        return pool((2, 2, 1), dtype="float32", name=name)(x)
+    if h is None or w is None:  # unknown sizes: the windows are chosen when the model runs
+        return GroupMapPooling2D("max" if kind == "max" else "avg", blur_size if kind == "blur" else 1, name=name)(x)
     x = layers.Reshape((h, w, n * c), name=f"{name}_flat")(x)
     if kind == "blur":
         x = BlurPool2D(blur_size, strides=1, padding="reflect", name=f"{name}_blur")(x)

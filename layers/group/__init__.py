@@ -9,5 +9,7 @@ from layers.group.group_conv import GroupConv2D
 from layers.group.group_pooling import GroupPooling
 from layers.group.group_restriction import GroupRestriction
 from layers.group.lifting_conv import LiftingConv2D
+from layers.group.map_pooling import GroupMapPooling2D
 
-__all__ = ["GroupBatchNormalization", "GroupConv2D", "GroupPooling", "GroupRestriction", "LiftingConv2D"]
+__all__ = ["GroupBatchNormalization", "GroupConv2D", "GroupMapPooling2D", "GroupPooling", "GroupRestriction",
+           "LiftingConv2D"]

@@ -27,7 +27,7 @@ def _public_layer_classes():
 
 def test_every_registered_layer_is_exported_by_layers_and_its_family():
     public = _public_layer_classes()
-    assert len(public) == 25, sorted(public)
+    assert len(public) == 26, sorted(public)
     assert sorted(layers.__all__) == sorted(public)
     for name, cls in public.items():
         assert getattr(layers, name) is cls

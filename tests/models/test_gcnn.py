@@ -176,6 +176,34 @@ def test_dihedral_logits_stay_exactly_invariant_where_a_pooled_side_is_odd(pooli
     assert np.abs(y[0] - y[1]).max() > 1e-4
 
 
+@pytest.mark.parametrize("pooling", ["blur", "avg", "max"])
+def test_a_model_built_for_unknown_sizes_pools_as_one_built_for_the_size(pooling):
+    """Built for (None, None, 3), the windows are chosen when the model runs: the logits are those of the model
+    built for 40 px (an odd pooled side) with the same weights, and as exactly D4-invariant. Before: 2x2 windows
+    (and no blur: an error), so a flip pooled other pixels; on TensorFlow also inside a function traced for
+    unknown sizes (as a SavedModel's signature), where the parity is only known when it runs."""
+    kw = dict(filters=[2, 3, 3, 4], kernel_size=3, block="residual", stem_pool=True, pooling=pooling, group="D4")
+    keras.utils.set_random_seed(4)
+    fixed = models.build_model("gcnn", (40, 40, 3), 5, **kw)
+    free = models.build_model("gcnn", (None, None, 3), 5, **kw)
+    free.set_weights(fixed.get_weights())
+    x = np.random.default_rng(5).uniform(0, 1, (3, 40, 40, 3)).astype("float32")
+    y = logits(fixed, x)
+    runs = [lambda t: logits(free, t)]
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        traced = tf.function(lambda t: free(t, training=False),
+                             input_signature=[tf.TensorSpec((None, None, None, 3), tf.float32)])
+        runs.append(lambda t: np.asarray(traced(tf.constant(np.ascontiguousarray(t))), np.float64))
+    for run in runs:
+        np.testing.assert_allclose(run(x), y, rtol=1e-5, atol=1e-5 * np.abs(y).max())
+        for name, t in D4_ELEMENTS.items():
+            assert np.abs(run(t(x)) - y).max() <= 1e-5 * np.abs(y).max(), name
+        z = x[:, :36, :36]  # 36 -> 18 -> 9 -> 5 -> 3: odd at the third pool
+        assert np.abs(run(np.rot90(z, 1, axes=(1, 2))) - run(z)).max() <= 1e-5 * np.abs(y).max()
+
+
 def test_cyclic_model_is_not_mirror_invariant_and_widths_are_per_element():
     c4, d4 = residual("C4"), residual("D4")
     x = np.random.default_rng(6).uniform(0, 1, (2, 32, 32, 3)).astype("float32")

@@ -9,6 +9,7 @@ from layers.group.group_batch_norm import GroupBatchNormalization
 from layers.group.group_conv import GroupConv2D
 from layers.group.group_pooling import GroupPooling
 from layers.group.lifting_conv import LiftingConv2D
+from layers.group.map_pooling import GroupMapPooling2D
 from tests.autodiff import to_numpy
 from tests.layers.layer_checks import check_layer
 
@@ -47,6 +48,40 @@ def test_group_pooling_layer_checks_and_values(mode):
     y = check_layer(lambda: GroupPooling(mode), (2, 5, 5, 8, 3), (2, 5, 5, 3), expects_trainable_weights=False)
     x = np.random.default_rng(0).standard_normal((2, 5, 5, 8, 3)).astype("float32")  # check_layer's input
     np.testing.assert_allclose(y, x.max(axis=3) if mode == "max" else x.mean(axis=3), rtol=1e-6, atol=1e-6)
+
+
+def map_pool_reference(x, mode):
+    """NumPy stride-2 pooling over H and W of [B, H, W, G, C]: windows {2i, 2i+1} along an even side,
+    {2i-1, 2i, 2i+1} (inside the side) along an odd one."""
+    def windows(n):
+        return [[2 * i, 2 * i + 1] for i in range(n // 2)] if n % 2 == 0 else \
+            [[j for j in (2 * i - 1, 2 * i, 2 * i + 1) if 0 <= j < n] for i in range((n + 1) // 2)]
+    reduce = np.max if mode == "max" else np.mean
+    rows, cols = windows(x.shape[1]), windows(x.shape[2])
+    return np.stack([np.stack([reduce(x[:, r][:, :, c], axis=(1, 2)) for c in cols], 1) for r in rows], 1)
+
+
+@pytest.mark.parametrize("mode", ["avg", "max"])
+@pytest.mark.parametrize("size", [(7, 6), (6, 5), (4, 4), (5, 5)])
+def test_group_map_pooling_layer_checks_and_windows(mode, size):
+    h, w = size
+    out = ((h + 1) // 2, (w + 1) // 2)
+    y = check_layer(lambda: GroupMapPooling2D(mode), (2, h, w, 4, 3), (2, *out, 4, 3), expects_trainable_weights=False)
+    x = np.random.default_rng(0).standard_normal((2, h, w, 4, 3)).astype("float32")  # check_layer's input
+    np.testing.assert_allclose(y, map_pool_reference(x, mode), rtol=1e-5, atol=1e-6)
+    for turn in (lambda t: np.rot90(t, 1, axes=(1, 2)), lambda t: t[:, :, ::-1], lambda t: t[:, ::-1]):
+        if h == w or turn(x).shape == x.shape:  # the windows map onto themselves: the pooled map turns with x
+            turned = to_numpy(GroupMapPooling2D(mode)(np.ascontiguousarray(turn(x))))
+            np.testing.assert_allclose(turned, turn(y), rtol=1e-5, atol=1e-6)
+
+
+def test_group_map_pooling_blurs_first():
+    x = np.random.default_rng(1).standard_normal((1, 7, 7, 2, 2)).astype("float32")
+    y = to_numpy(GroupMapPooling2D("avg", blur_size=3)(x))
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0), (0, 0)), mode="reflect")
+    f = np.array([1.0, 2.0, 1.0]) / 4
+    blurred = sum(f[a] * f[b] * padded[:, a:a + 7, b:b + 7] for a in range(3) for b in range(3))
+    np.testing.assert_allclose(y, map_pool_reference(blurred, "avg"), rtol=1e-5, atol=1e-6)
 
 
 def test_group_batch_norm_layer_checks():
@@ -180,6 +215,8 @@ def test_group_batch_norm_shares_statistics_across_orientations():
         (GroupConv2D, {"filters": 4, "use_bias": 1}, "use_bias.*1"),
         (GroupConv2D, {"filters": 2.5}, "2.5"),
         (GroupPooling, {"mode": "sum"}, "'sum'"),
+        (GroupMapPooling2D, {"mode": "blur"}, "'blur'"),
+        (GroupMapPooling2D, {"blur_size": 9}, "9"),
         (GroupBatchNormalization, {"momentum": 1.5}, "1.5"),
         (GroupBatchNormalization, {"activation": "nope"}, "'nope'"),
     ],
