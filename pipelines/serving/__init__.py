@@ -15,6 +15,9 @@
   and cancellation when a client goes away);
   `metrics`: the Prometheus metrics (`ServerMetrics`, one registry per server),
   at `GET /monitoring/prometheus/metrics`.
+- `grpc_server`: TF Serving's gRPC API beside REST (`GrpcServer`);
+  `grpc_codec`: its messages as arrays and examples, and `RpcError`;
+  `classify`: the Classify API's requests (REST) over the export's `classify` signature.
 - `mlflow_serve`: `mlflow models serve`, the other way of serving.
 
 `pipelines/serve.py` is the command line (`make serve`).
