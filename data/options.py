@@ -27,6 +27,8 @@ CACHE_MODES = ("auto", "memory", "disk", "none")
 RESIZE_MODES = ("stretch", "crop", "pad")
 CHECK_MODES = ("header", "full")
 METADATA_FILE = "dataset.json"
+PLAN_FILE = "convert-plan.json"  # the settings of the conversion that writes a shard folder (data/tfrecord.py)
+SHARD_SIZE = 2048  # `make convert`'s images per shard
 SPLITS = ("train", "validation", "test")
 
 __all__ = ["DataSettings", "SyntheticSettings", "DataOptions", "DatasetInfo", "DataSourceError", "BadImagesError",

@@ -35,11 +35,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import tensorflow as tf
 
-from data.options import METADATA_FILE, SPLITS, DataOptions, DataSourceError
+from data.options import METADATA_FILE, PLAN_FILE, SHARD_SIZE, SPLITS, DataOptions, DataSourceError
 from data.splits import StreamSplits
 from data.streaming import open_source
 
-PLAN_FILE = "convert-plan.json"
 FORMAT = "invariant-nets-tfrecord/1"
 
 __all__ = ["convert", "serialize_example", "shard_name"]
@@ -121,7 +120,7 @@ def _write_shard(path: str, records) -> int:
     return n
 
 
-def convert(source: str, dest: str, options: DataOptions | None = None, *, shard_size: int = 2048,
+def convert(source: str, dest: str, options: DataOptions | None = None, *, shard_size: int = SHARD_SIZE,
             workers: int = 8, overwrite: bool = False, progress: bool = True) -> dict:
     """Write `source` into TFRecord shards under `dest`; returns the metadata written to dataset.json.
 

@@ -20,6 +20,7 @@ import time
 
 
 def parse_args(argv=None):
+    from data.options import SHARD_SIZE
     from data.sources import available_sources, source_usage  # the registry: no TensorFlow
 
     sources = "\n".join(f"  {s.usage:<17} {s.help}" for s in available_sources())
@@ -27,7 +28,7 @@ def parse_args(argv=None):
                                 epilog=f"data sources:\n{sources}", formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--src", required=True, help=source_usage())
     p.add_argument("--dest", required=True, help="directory of the shards (created)")
-    p.add_argument("--shard-size", type=int, default=2048, help="images per shard (default 2048)")
+    p.add_argument("--shard-size", type=int, default=SHARD_SIZE, help=f"images per shard (default {SHARD_SIZE})")
     p.add_argument("--workers", type=int, default=min(8, (os.cpu_count() or 2) * 2), help="shards written at once")
     p.add_argument("--seed", type=int, default=0, help="seeds carved splits and the training order (default 0)")
     p.add_argument("--validation-fraction", type=float, default=0.1,

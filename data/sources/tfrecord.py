@@ -21,7 +21,7 @@ import re
 
 import numpy as np
 
-from data.options import METADATA_FILE, SPLITS, DataOptions, DataSourceError
+from data.options import METADATA_FILE, PLAN_FILE, SHARD_SIZE, SPLITS, DataOptions, DataSourceError
 from data.sources.common import split_masks, stratified_split
 from data.sources.registry import register_source
 
@@ -103,6 +103,23 @@ def _undecodable(path: str, n: int, reasons: int = 10) -> list[tuple[int, str]]:
             for k, i in enumerate(failed)]
 
 
+def _convert_args(root: str) -> list[str]:
+    """The settings of the conversion that wrote `root` (its plan file) that are not `make convert`'s defaults:
+    given again, the same command resumes it, where other settings would be refused the folder."""
+    try:
+        with open(os.path.join(root, PLAN_FILE)) as f:
+            plan = json.load(f)
+    except (OSError, ValueError):
+        return []
+    defaults = DataOptions()
+    args = [f"--shard-size {plan['shard_size']}" if plan.get("shard_size", SHARD_SIZE) != SHARD_SIZE else "",
+            f"--seed {plan['seed']}" if plan.get("seed", defaults.seed) != defaults.seed else "",
+            f"--validation-fraction {plan['validation_fraction']}"
+            if plan.get("validation_fraction", defaults.validation_fraction) != defaults.validation_fraction else "",
+            "--skip-bad-images" if plan.get("skip_bad_images") else ""]
+    return [a for a in args if a]
+
+
 def damaged_shards_error(pattern: str, bad: list[tuple[str, str]]) -> DataSourceError:
     """The error naming the damaged shards (or records whose image does not decode) of `tfrecord:<pattern>`, and
     how to write them again."""
@@ -111,11 +128,16 @@ def damaged_shards_error(pattern: str, bad: list[tuple[str, str]]) -> DataSource
     _, meta, root = read_metadata(pattern)
     shown = "; ".join(f"{p} ({r})" for p, r in bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
     source = meta.get("source") or "<the source they were written from>"
-    again = f"make convert SRC={shlex.quote(source)} DEST={shlex.quote(root)}"
+    settings = _convert_args(root)
+
+    def again(*extra: str) -> str:
+        args = " ".join(dict.fromkeys([*settings, *extra]))
+        return f"make convert SRC={shlex.quote(source)} DEST={shlex.quote(root)}" + (f' ARGS="{args}"' if args else "")
+
     if all(p.endswith(".tfrecord") for p, _ in bad):  # whole shards: convert writes the missing ones again
         return DataSourceError(f"tfrecord:{pattern}: {len(bad)} damaged shard(s): {shown}. Delete them and run "
-                               f"`{again}` again: it writes only the missing shards")
-    other = (f", or convert again without them: `{again} ARGS=\"--skip-bad-images --overwrite\"` (it decodes "
+                               f"`{again()}` again: it writes only the missing shards")
+    other = (f", or convert again without them: `{again('--skip-bad-images', '--overwrite')}` (it decodes "
              "every file and leaves the unreadable ones out)") if source.startswith("folder:") else ""
     return DataSourceError(f"tfrecord:{pattern}: {len(bad)} unreadable record(s): {shown}. Set data.skip_bad_images: "
                            f"true to skip them{other}")

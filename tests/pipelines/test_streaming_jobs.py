@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 
 import mlflow
@@ -193,7 +194,8 @@ def test_damaged_tfrecord_shards_are_one_error_naming_them_and_the_run_resumes_o
     assert run_main(main, [*args, "data.check_images=full"]) == 2  # found before anything is written
     line = _one_error_line(capsys)
     assert f"{corrupt} (corrupted record at byte" in line and f"{cut} (truncated record at byte" in line
-    assert f"`make convert SRC=folder:{shapes} DEST={dest}` again" in line
+    again = f'make convert SRC=folder:{shapes} DEST={dest} ARGS="--shard-size 12"'
+    assert f"`{again}` again" in line  # the settings these shards were written with: another would be refused
     for written in ("runs", "mlflow.db", "exports"):
         assert not (tmp_path / written).exists(), written
 
@@ -203,7 +205,12 @@ def test_damaged_tfrecord_shards_are_one_error_naming_them_and_the_run_resumes_o
     assert not (tmp_path / "exports").exists()
     corrupt.unlink()
     cut.unlink()
-    assert run_main(convert.main, convert_args) == 0  # writes the two missing shards alone
+    words = dict(w.split("=", 1) for w in shlex.split(again)[2:])  # the printed command, as make passes it on
+    printed = ["--src", words["SRC"], "--dest", words["DEST"], *shlex.split(words["ARGS"]), "--no-progress"]
+    capsys.readouterr()
+    assert run_main(convert.main, printed) == 0  # writes the two missing shards alone
+    n_shards = len(list(dest.glob("*.tfrecord")))
+    assert f", {n_shards - 2} shards already done" in capsys.readouterr().out
     assert run_main(main, args) == 0  # the same command resumes
     assert "(resumed)" in capsys.readouterr().out
     assert os.path.isfile(tmp_path / "exports" / "shapes_shards" / "1" / "saved_model.pb")
@@ -223,7 +230,8 @@ def test_a_record_whose_image_does_not_decode_is_one_error_naming_its_shard_and_
         assert run_main(main, [*args, *extra]) == 2
         line = _one_error_line(capsys)
         assert f"{dest / 'train-00000-of-00001.tfrecord'} record " in line, line
-        assert "1 unreadable record(s)" in line and "jpeg::Uncompress failed" in line and "--skip-bad-images" in line
+        assert "1 unreadable record(s)" in line and "jpeg::Uncompress failed" in line
+        assert f'`make convert SRC=folder:{root} DEST={dest} ARGS="--skip-bad-images --overwrite"`' in line, line
         assert (tmp_path / "runs").exists() != nothing_written
     assert run_main(main, [*args, "data.skip_bad_images=true"]) == 0  # as the message says: skipped in training
     assert run_main(main, [*args, "data.skip_bad_images=true", "data.check_images=full"]) == 0  # and with the check
