@@ -42,18 +42,19 @@ class DataSourceError(ValueError):
 class BadImagesError(DataSourceError):
     """Files under a class folder that are not readable images (corrupt, truncated, not an image).
 
-    `bad` is the list of `(path, reason)`; the message names them (the first 10).
+    `bad` is the list of `(path, reason)`; the message names them (the first 10) and `how_to_skip` (the
+    config key in the jobs, `make convert`'s option there).
     A `ValueError` (through `DataSourceError`): the jobs end with exit code 2.
     """
 
-    def __init__(self, source: str, bad: list[tuple[str, str]]):
+    def __init__(self, source: str, bad: list[tuple[str, str]], how_to_skip: str = "set data.skip_bad_images: true"):
         self.source = source
         self.bad = list(bad)
         shown = "; ".join(f"{p} ({r})" for p, r in self.bad[:10])
         more = f"; and {len(self.bad) - 10} more" if len(self.bad) > 10 else ""
         super().__init__(
             f"{source}: {len(self.bad)} unreadable image file(s): {shown}{more}. "
-            f"Remove or fix them, or set data.skip_bad_images: true to skip them"
+            f"Remove or fix them, or {how_to_skip} to skip them"
         )
 
 

@@ -44,15 +44,18 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from data.options import DataOptions
+    from data.options import BadImagesError, DataOptions
     from data.tfrecord import convert
 
     options = DataOptions(seed=args.seed, validation_fraction=args.validation_fraction,
                           skip_bad_images=args.skip_bad_images, data_dir=args.data_dir, download=args.download,
                           cache_dir=args.cache_dir)
     t0 = time.perf_counter()
-    meta = convert(args.src, args.dest, options, shard_size=args.shard_size, workers=args.workers,
-                   overwrite=args.overwrite, progress=not args.no_progress)
+    try:
+        meta = convert(args.src, args.dest, options, shard_size=args.shard_size, workers=args.workers,
+                       overwrite=args.overwrite, progress=not args.no_progress)
+    except BadImagesError as e:  # worded for this command, which has no config
+        raise BadImagesError(e.source, e.bad, how_to_skip='add ARGS="--skip-bad-images"') from None
     counts = {k: sum(v["counts"]) for k, v in meta["splits"].items()}
     files = sum(len(v["files"]) for v in meta["splits"].values())
     print(f"Wrote {files} shards of {sum(counts.values())} images to {args.dest} "

@@ -79,6 +79,7 @@ def test_convert_bad_files_exit_2_naming_them_or_skip(tmp_path, capsys):
     assert _convert(f"folder:{root}", tmp_path / "s") == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "broken.png" in err and "Traceback" not in err
+    assert 'or add ARGS="--skip-bad-images" to skip them' in err and "data.skip_bad_images" not in err  # its option
     assert _convert(f"folder:{root}", tmp_path / "s2", "--skip-bad-images") == 0
     assert "Skipped 1 unreadable file(s)" in capsys.readouterr().out
     meta = json.loads((tmp_path / "s2" / "dataset.json").read_text())
