@@ -57,6 +57,20 @@ def interrupt_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, _interrupt)
 
 
+def _deliver_swallowed_interrupt(unraisable, previous) -> None:
+    """`sys.unraisablehook` of a job: a Ctrl-C (or SIGTERM) whose KeyboardInterrupt was raised inside a callback
+    whose exceptions Python can only print (a `gc` callback, such as JAX's, which importing TensorFlow installs; a
+    `__del__`) is delivered again to the main thread, where it stops the job. Before, the job went on to its end
+    after printing 'Exception ignored ... KeyboardInterrupt'."""
+    import _thread
+    import threading
+
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):  # SIGINT's handler again, from another thread once
+        threading.Timer(0.01, _thread.interrupt_main).start()  # this hook has returned (here it would be swallowed)
+    else:
+        previous(unraisable)
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
     from data.sources import DataSourceError
     from pipelines.config import ConfigError
@@ -73,6 +87,8 @@ def run_main(main, argv=None, resumes: str | None = None) -> int:
     # TensorFlow's Python-side warnings (retracing notices when several models
     # predict in one job) are noise for a user; errors still show.
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    previous = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: _deliver_swallowed_interrupt(unraisable, previous)
     try:
         code = main(argv)
     except user_errors() as e:
@@ -81,4 +97,6 @@ def run_main(main, argv=None, resumes: str | None = None) -> int:
     except KeyboardInterrupt:
         print(f"interrupted; the same command resumes {resumes}" if resumes else "interrupted", file=sys.stderr)
         return 130
+    finally:
+        sys.unraisablehook = previous
     return int(code or 0)

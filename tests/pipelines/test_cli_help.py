@@ -43,3 +43,34 @@ def test_an_interrupted_job_says_whether_the_same_command_resumes(capsys):
     assert capsys.readouterr().err.strip() == "interrupted; the same command resumes from the last finished epoch"
     assert run_main(killed, []) == 130  # a server or the UI: nothing to resume
     assert capsys.readouterr().err.strip() == "interrupted"
+
+
+def test_an_interrupt_that_lands_in_a_gc_callback_still_stops_the_job(capsys):
+    """Importing TensorFlow installs JAX's gc callback; a Ctrl-C whose KeyboardInterrupt is raised in it is only
+    printed by Python ('Exception ignored in ...'), and `make convert` then ran to its end."""
+    import gc
+    import time
+
+    from pipelines.cli import run_main
+
+    def job(argv):
+        fired = []
+
+        def callback(phase, info):  # where the signal handler's KeyboardInterrupt lands
+            if not fired:
+                fired.append(phase)
+                raise KeyboardInterrupt
+
+        gc.callbacks.append(callback)
+        try:
+            gc.collect()
+        finally:
+            gc.callbacks.remove(callback)
+        assert fired
+        for _ in range(200):  # the rest of the job: a second of work the interrupt must stop
+            time.sleep(0.005)
+        return 0
+
+    assert run_main(job, []) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "interrupted" and "Exception ignored" not in err, err
