@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import logging
 import os
 import shlex
 import signal
 import sys
+import threading
 
 DEFAULT_CONFIG = "pipelines/configs/default.yaml"
 
@@ -57,18 +59,37 @@ def interrupt_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, _interrupt)
 
 
-def _deliver_swallowed_interrupt(unraisable, previous) -> None:
-    """`sys.unraisablehook` of a job: a Ctrl-C (or SIGTERM) whose KeyboardInterrupt was raised inside a callback
+class _SwallowedInterrupts:
+    """A job's `sys.unraisablehook`: a Ctrl-C (or SIGTERM) whose KeyboardInterrupt was raised inside a callback
     whose exceptions Python can only print (a `gc` callback, such as JAX's, which importing TensorFlow installs; a
     `__del__`) is delivered again to the main thread, where it stops the job. Before, the job went on to its end
-    after printing 'Exception ignored ... KeyboardInterrupt'."""
-    import _thread
-    import threading
+    after printing 'Exception ignored ... KeyboardInterrupt'. Here the interrupt would be swallowed again, so a
+    timer thread delivers it once the hook has returned, and only while the job runs (`close`)."""
 
-    if isinstance(unraisable.exc_value, KeyboardInterrupt):  # SIGINT's handler again, from another thread once
-        threading.Timer(0.01, _thread.interrupt_main).start()  # this hook has returned (here it would be swallowed)
-    else:
-        previous(unraisable)
+    def __init__(self, previous):
+        self.previous, self.lock, self.running, self.timers = previous, threading.Lock(), True, []
+
+    def __call__(self, unraisable) -> None:
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            return self.previous(unraisable)
+        with self.lock:
+            if self.running:
+                timer = threading.Timer(0.01, self._deliver)
+                timer.daemon = True
+                timer.start()
+                self.timers.append(timer)
+
+    def _deliver(self) -> None:
+        with self.lock:
+            if self.running:
+                _thread.interrupt_main()  # SIGINT's handler, at the main thread's next Python instruction
+
+    def close(self) -> None:
+        """No delivery after this; one already made is raised in the calls below, still inside the job's `try`."""
+        with self.lock:
+            self.running = False
+        for timer in self.timers:
+            timer.cancel()
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -88,15 +109,17 @@ def run_main(main, argv=None, resumes: str | None = None) -> int:
     # predict in one job) are noise for a user; errors still show.
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     previous = sys.unraisablehook
-    sys.unraisablehook = lambda unraisable: _deliver_swallowed_interrupt(unraisable, previous)
+    sys.unraisablehook = interrupts = _SwallowedInterrupts(previous)
     try:
-        code = main(argv)
+        try:
+            code = main(argv)
+        finally:
+            sys.unraisablehook = previous
+            interrupts.close()
     except user_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"interrupted; the same command resumes {resumes}" if resumes else "interrupted", file=sys.stderr)
         return 130
-    finally:
-        sys.unraisablehook = previous
     return int(code or 0)

@@ -53,7 +53,7 @@ def test_an_interrupt_that_lands_in_a_gc_callback_still_stops_the_job(capsys):
 
     from pipelines.cli import run_main
 
-    def job(argv):
+    def job(work_s):
         fired = []
 
         def callback(phase, info):  # where the signal handler's KeyboardInterrupt lands
@@ -67,10 +67,12 @@ def test_an_interrupt_that_lands_in_a_gc_callback_still_stops_the_job(capsys):
         finally:
             gc.callbacks.remove(callback)
         assert fired
-        for _ in range(200):  # the rest of the job: a second of work the interrupt must stop
+        for _ in range(int(work_s / 0.005)):  # the rest of the job, which the interrupt must stop
             time.sleep(0.005)
         return 0
 
-    assert run_main(job, []) == 130
+    assert run_main(job, 1.0) == 130
     err = capsys.readouterr().err
     assert err.strip() == "interrupted" and "Exception ignored" not in err, err
+    assert run_main(job, 0) == 0  # it ended before the interrupt came again: done, and nothing is raised later
+    time.sleep(0.1)  # (a delivery after run_main returned would raise here, in the caller)
