@@ -34,7 +34,8 @@ Errors are one status with a message, with TF Serving's codes: NOT_FOUND
 (unknown model, version or label; no version loaded), INVALID_ARGUMENT (bad
 shape, dtype, value, output filter, model spec, metadata field; a signature
 of the wrong kind), FAILED_PRECONDITION (Predict on a signature the export
-has not, TF Serving's code), RESOURCE_EXHAUSTED (too many rows, too large a
+has not, TF Serving's code), UNIMPLEMENTED (a MultiInference task's method
+other than classify or regress; regression), RESOURCE_EXHAUSTED (too many rows, too large a
 message, too many RPCs at once), DEADLINE_EXCEEDED (no answer in time),
 UNAVAILABLE (the server is stopping), INTERNAL (the server's fault, logged).
 
@@ -259,11 +260,12 @@ class _Services(prediction_service_pb2_grpc.PredictionServiceServicer, model_ser
             raise RpcError(Code.INVALID_ARGUMENT, f"Classify runs the {CLASSIFY!r} signature only, not {sig!r}")
         return sig
 
-    def _classify(self, servable: Servable, inp, result) -> None:
-        """Run the `classify` signature on the examples of `inp` into the ClassificationResult `result`."""
+    def _classify(self, servable: Servable, inp, result, request: str = "ClassificationRequest") -> None:
+        """Run the `classify` signature on the examples of `inp` (of a `request`) into the ClassificationResult
+        `result`."""
         examples = example_list(inp)
         if not examples:
-            raise RpcError(Code.INVALID_ARGUMENT, "ClassificationRequest::input is empty.")
+            raise RpcError(Code.INVALID_ARGUMENT, f"{request}::input is empty.")
         if self.max_rows is not None and len(examples) > self.max_rows:
             raise RpcError(Code.RESOURCE_EXHAUSTED, f"{len(examples)} examples, over the limit of {self.max_rows} "
                                                     f"per request (--max-rows); split it into several requests")
@@ -287,11 +289,14 @@ class _Services(prediction_service_pb2_grpc.PredictionServiceServicer, model_ser
 
     @_rpc
     def MultiInference(self, request: inference_pb2.MultiInferenceRequest, context):
-        """Classify and regress tasks on one input, with TF Serving's checks and words: one model for all, the
-        first task's `model_spec` picks the version (as TF Serving), each signature once. The input is
-        classified once for the `classify` task (an export has one classification signature, no regression)."""
+        """Classify and regress tasks on one input, with TF Serving's checks in its order: the first task's
+        `model_spec` picks the model and version, then per task one model name, each signature once, the
+        signature found, its method. An empty `signature_name` is `classify` for a classify task (as `Classify`
+        here), else `serving_default`. The input is classified once for the `classify` task (an export has one
+        classification signature, and none for regression)."""
         if not request.tasks:
             raise RpcError(Code.INVALID_ARGUMENT, "MultiInferenceRequest has no tasks; give one per signature")
+        servable, _ = self._resolve(request.tasks[0].model_spec)
         name, done = request.tasks[0].model_spec.name, set()
         for task in request.tasks:
             if not task.model_spec.name:
@@ -299,22 +304,22 @@ class _Services(prediction_service_pb2_grpc.PredictionServiceServicer, model_ser
             if task.model_spec.name != name:
                 raise RpcError(Code.INVALID_ARGUMENT,
                                "All ModelSpecs in a MultiInferenceRequest must access the same model name.")
-        servable, _ = self._resolve(request.tasks[0].model_spec)
-        for task in request.tasks:
+            sig = task.model_spec.signature_name or (CLASSIFY if task.method_name == CLASSIFY_METHOD else SIGNATURE)
+            if sig in done:
+                raise RpcError(Code.INVALID_ARGUMENT, f"Duplicate evaluation of signature: {sig}")
+            done.add(sig)
+            if sig not in servable.signature_def_protos:
+                raise RpcError(Code.INVALID_ARGUMENT, f"Requested signature not found in model graph: {clip(sig, 80)}")
             if task.method_name == CLASSIFY_METHOD:
-                sig = self._classify_signature(servable, task.model_spec.signature_name)
+                self._classify_signature(servable, sig)
             elif task.method_name == REGRESS_METHOD:
-                sig = task.model_spec.signature_name or SIGNATURE
                 self._signature(servable, sig, REGRESS_METHOD, "regression")
                 raise RpcError(Code.UNIMPLEMENTED, "this server does not run regression signatures")
             else:
                 raise RpcError(Code.UNIMPLEMENTED, f"Unsupported signature method_name: {clip(task.method_name, 80)}")
-            if sig in done:
-                raise RpcError(Code.INVALID_ARGUMENT, f"Duplicate evaluation of signature: {sig}")
-            done.add(sig)
         response = inference_pb2.MultiInferenceResponse()
         result = response.results.add()  # the classify task: the only one the checks above let through
-        self._classify(servable, request.input, result.classification_result)
+        self._classify(servable, request.input, result.classification_result, "MultiInferenceRequest")
         _set_spec(result.model_spec, name, servable.version, CLASSIFY)
         return response
 

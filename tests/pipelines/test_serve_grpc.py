@@ -318,21 +318,23 @@ def test_multi_inference_runs_the_classify_task_as_classify_does(server, stub, e
     assert result.model_spec.version.value == server.manager.get("named")[0].version
     assert result.classification_result == stub.Classify(classify, timeout=30).result
     assert [k.label for k in result.classification_result.classifications[0].classes] == NAMES
-    cases = [  # (tasks, code, words of the message)
+    cases = [  # (tasks, code, words of the message), checked in TF Serving's order: the model first
         ((), Code.INVALID_ARGUMENT, "no tasks"),
+        ((("nope", "classify", ""), ("two", "classify", "")), Code.NOT_FOUND, "nope"),
         ((("named", "classify", ""), ("two", "classify", "")), Code.INVALID_ARGUMENT, "same model name"),
-        ((("", "classify", ""),), Code.INVALID_ARGUMENT, "empty model name"),
+        ((("", "classify", ""),), Code.INVALID_ARGUMENT, "Missing ModelSpec"),
+        ((("named", "classify", ""), ("", "classify", "")), Code.INVALID_ARGUMENT, "empty model name"),
         ((("named", "classify", "classify"), ("named", "classify", "")), Code.INVALID_ARGUMENT, "Duplicate"),
+        ((("named", "predict", "nope"),), Code.INVALID_ARGUMENT, "Requested signature not found in model graph"),
         ((("named", "classify", ""), ("named", "regress", "")), Code.INVALID_ARGUMENT, "regression signature"),
         ((("named", "predict", ""),), Code.UNIMPLEMENTED, "Unsupported signature method_name"),
         ((("named", "classify", "serving_default"),), Code.INVALID_ARGUMENT, "classification signature"),
-        ((("nope", "classify", ""),), Code.NOT_FOUND, "nope"),
     ]
     for tasks, code, words in cases:
         e = rpc_error(stub.MultiInference, multi_request(x, *tasks))
         assert e.code() == code and words in e.details(), (tasks, e.code(), e.details())
     e = rpc_error(stub.MultiInference, multi_request(x[:0], ("named", "classify", "")))
-    assert e.code() == Code.INVALID_ARGUMENT and "empty" in e.details(), e.details()
+    assert e.code() == Code.INVALID_ARGUMENT and "MultiInferenceRequest::input is empty" in e.details(), e.details()
     e = rpc_error(stub.MultiInference, multi_request(np.repeat(x, 6, axis=0), ("named", "classify", "")))
     assert e.code() == Code.RESOURCE_EXHAUSTED, e.details()
     text = requests.get(f"{server.url}/monitoring/prometheus/metrics", timeout=10).text
