@@ -22,7 +22,10 @@ class GroupMapPooling2D(ConfigLayer):
     and a flip would then pool other pixels. The parity is read when the
     layer runs, so a model built for unknown sizes (`(None, None, C)`) stays
     exact at every size. `blur_size` > 1 blurs first (binomial, stride 1,
-    reflect padding), as `gcnn`'s `pooling: blur`.
+    reflect padding), as `gcnn`'s `pooling: blur`; the reflection needs each
+    side longer than the padding (2 px for `blur_size` 3, 3 for 5, 4 for 7),
+    which is checked where the size is known and not in a function traced
+    for unknown sizes.
 
     The `gcnn` builder pools with this layer where the sizes are unknown and
     with Keras' 2-D pooling layers (the same windows) where they are known.

@@ -114,7 +114,7 @@ def read_labels(path: str) -> list[str] | None:
 
 class _NoGradientWarning(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return "with ops with unsaved custom gradients" not in record.getMessage()
+        return "with ops with unsaved custom gradients" not in str(record.msg)  # unformatted: never raises here
 
 
 def load_savedmodel(path: str):
