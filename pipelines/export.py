@@ -327,6 +327,9 @@ def export_model(
     `assets.extra/`, which TF Serving ignores; training stores the resolved
     experiment config there as `experiment.yaml`.
     """
+    if any(d is None for d in model.input_shape[1:]):  # the signatures resize encoded images to that size
+        raise UserError(f"export: the model takes images of any size ({tuple(model.input_shape)}); its SavedModel "
+                        f"serves one size: build it for a fixed size (data.image_size) to export it")
     base = os.path.join(exports_dir, name)
     os.makedirs(base, exist_ok=True)
     clean_stale_temporaries(base)

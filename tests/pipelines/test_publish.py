@@ -8,6 +8,7 @@ import shutil
 
 import keras
 import numpy as np
+import pytest
 
 from models.registry import build_model
 from pipelines.export import (
@@ -101,3 +102,14 @@ def test_loading_an_export_with_custom_gradients_warns_of_no_gradient_fault(tmp_
         assert not warned()
         tf.saved_model.load(path)
         assert warned()  # TensorFlow's own load warns about these functions (and our filter is gone)
+
+
+def test_a_model_built_for_any_size_is_one_error_and_nothing_is_written(tmp_path):
+    """Its signatures serve one size: before, a TypeError from deep in the signature writer."""
+    from pipelines.errors import UserError
+
+    keras.utils.set_random_seed(0)
+    model = build_model("gcnn", (None, None, 1), 3, filters=[2], convs_per_stage=1, group_order=4)
+    with pytest.raises(UserError, match=r"takes images of any size \(\(None, None, None, 1\)\).*data.image_size"):
+        export_model(model, str(tmp_path), "m", class_names=["a", "b", "c"])
+    assert not (tmp_path / "m").exists()
