@@ -81,8 +81,11 @@ class _SwallowedInterrupts:
 
     def _deliver(self) -> None:
         with self.lock:
-            if self.running:
-                _thread.interrupt_main()  # SIGINT's handler, at the main thread's next Python instruction
+            if self.running:  # the handler of SIGINT (Ctrl-C), or of SIGTERM where SIGINT is ignored (nohup, `&`)
+                for signum in (signal.SIGINT, signal.SIGTERM):  # that raises KeyboardInterrupt (interrupt_on_sigterm)
+                    if callable(signal.getsignal(signum)):
+                        _thread.interrupt_main(signum)  # run at the main thread's next Python instruction
+                        break
 
     def close(self) -> None:
         """No delivery after this; one already made is raised in the calls below, still inside the job's `try`."""

@@ -45,34 +45,48 @@ def test_an_interrupted_job_says_whether_the_same_command_resumes(capsys):
     assert capsys.readouterr().err.strip() == "interrupted"
 
 
-def test_an_interrupt_that_lands_in_a_gc_callback_still_stops_the_job(capsys):
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_an_interrupt_that_lands_in_a_gc_callback_still_stops_the_job(capsys, signum):
     """Importing TensorFlow installs JAX's gc callback; a Ctrl-C whose KeyboardInterrupt is raised in it is only
-    printed by Python ('Exception ignored in ...'), and `make convert` then ran to its end."""
+    printed by Python ('Exception ignored in ...'), and `make convert` then ran to its end. SIGTERM: a job whose
+    SIGINT is ignored (started with nohup or `&`), stopped politely (`interrupt_on_sigterm`)."""
     import gc
+    import signal
     import time
 
-    from pipelines.cli import run_main
+    from pipelines.cli import interrupt_on_sigterm, run_main
 
-    def job(work_s):
-        fired = []
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}  # xdist's workers: SIG_IGN
+    try:
+        if signum == "SIGINT":  # as in a terminal
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        else:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            interrupt_on_sigterm()
 
-        def callback(phase, info):  # where the signal handler's KeyboardInterrupt lands
-            if not fired:
-                fired.append(phase)
-                raise KeyboardInterrupt
+        def job(work_s):
+            fired = []
 
-        gc.callbacks.append(callback)
-        try:
-            gc.collect()
-        finally:
-            gc.callbacks.remove(callback)
-        assert fired
-        for _ in range(int(work_s / 0.005)):  # the rest of the job, which the interrupt must stop
-            time.sleep(0.005)
-        return 0
+            def callback(phase, info):  # where the signal handler's KeyboardInterrupt lands
+                if not fired:
+                    fired.append(phase)
+                    raise KeyboardInterrupt
 
-    assert run_main(job, 1.0) == 130
-    err = capsys.readouterr().err
-    assert err.strip() == "interrupted" and "Exception ignored" not in err, err
-    assert run_main(job, 0) == 0  # it ended before the interrupt came again: done, and nothing is raised later
-    time.sleep(0.1)  # (a delivery after run_main returned would raise here, in the caller)
+            gc.callbacks.append(callback)
+            try:
+                gc.collect()
+            finally:
+                gc.callbacks.remove(callback)
+            assert fired
+            for _ in range(int(work_s / 0.005)):  # the rest of the job, which the interrupt must stop
+                time.sleep(0.005)
+            return 0
+
+        assert run_main(job, 1.0) == 130
+        err = capsys.readouterr().err
+        assert err.strip() == "interrupted" and "Exception ignored" not in err, err
+        assert run_main(job, 0) == 0  # it ended before the interrupt came again: done, and nothing is raised later
+        time.sleep(0.1)  # (a delivery after run_main returned would raise here, in the caller)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
