@@ -72,4 +72,4 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     from pipelines.cli import run_main
 
-    sys.exit(run_main(main))
+    sys.exit(run_main(main, resumes="the conversion: the shards written are kept"))

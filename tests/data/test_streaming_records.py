@@ -231,3 +231,22 @@ def test_the_decode_scan_names_each_undecodable_record_by_its_index(tmp_path):
             w.write(record(good, label=i != 2))
     (where, why), = scan_shards({path: 5}, decode=True)
     assert where == f"{path} record 2" and why.startswith("not an image record (") and "image/label" in why, why
+
+
+def test_an_interrupted_convert_says_the_same_command_resumes(tmp_path, monkeypatch, capsys):
+    import runpy
+    import sys
+
+    import data.tfrecord
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(data.tfrecord, "convert", interrupted)
+    monkeypatch.delitem(sys.modules, "pipelines.convert", raising=False)  # run as `python -m`, a fresh module
+    monkeypatch.setattr(sys, "argv", ["convert", "--src", "synthetic", "--dest", str(tmp_path / "s")])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_module("pipelines.convert", run_name="__main__", alter_sys=True)
+    assert e.value.code == 130
+    assert capsys.readouterr().err.strip() == "interrupted; the same command resumes the conversion: the shards " \
+                                               "written are kept"
