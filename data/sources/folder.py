@@ -53,6 +53,15 @@ def _list_split(root: str, class_names: list[str]):
     return np.asarray(paths, dtype=object), np.asarray(labels, np.int64)
 
 
+def _name_stray_files(root: str, read: str) -> None:
+    """A warning naming the files at `root`'s top level (not hidden, not the system's), which are not read."""
+    stray = sorted(f for f in os.listdir(root) if not f.startswith(".") and f.lower() not in _OS_FILES
+                   and os.path.isfile(os.path.join(root, f)))
+    if stray:
+        shown = ", ".join(stray[:5]) + (f" and {len(stray) - 5} more" if len(stray) > 5 else "")
+        print(f"Warning: folder:{root}: ignored top-level file(s) {shown}: images are read from {read}")
+
+
 def list_folder(root: str):
     """The file lists of `folder:<root>` (before the header pass): ({split: (paths, labels)}, class names,
     whether it has test/). With split folders the classes are train/'s subfolders; without test/ the training
@@ -78,12 +87,14 @@ def list_folder(root: str):
         if vnames:
             out["validation"] = _list_split(os.path.join(root, vnames[0]), class_names)
         ignored = [d for d in top if d not in used]
-        if ignored:  # every folder the source sees is used or named
+        if ignored:  # every folder and file the source sees is used or named
             print(f"Warning: folder:{root}: ignored top-level folder(s) {', '.join(ignored)}: the splits read are "
                   f"{', '.join(used)} (a validation split is one of {', '.join(VALIDATION_FOLDERS)}/)")
+        _name_stray_files(root, "the split folders")
         return out, class_names, "test" in top
     if not top:
         raise DataSourceError(f"folder:{root}: expected one subfolder per class (or train/ and test/)")
+    _name_stray_files(root, "the class subfolders")
     return {"all": _list_split(root, top)}, top, False
 
 

@@ -398,6 +398,20 @@ def test_a_validation_folder_of_any_usual_name_is_read_and_other_top_level_folde
     assert (splits.train.count, splits.validation.count, splits.test.count) == (16, 8, 12)  # nothing carved
     out = capsys.readouterr().out
     assert "ignored top-level folder(s) extras" in out and f"the splits read are train, test, {vname}" in out
+    assert "top-level file" not in out
+
+
+def test_files_beside_the_class_folders_are_named_not_read(tmp_path, capsys):
+    make_uniform_folder(tmp_path, n=6)
+    (tmp_path / "README.txt").write_text("my photos")
+    (tmp_path / "cover.png").write_bytes((tmp_path / "a" / "0.png").read_bytes())
+    (tmp_path / ".DS_Store").write_bytes(b"")
+    (tmp_path / "Thumbs.db").write_bytes(b"")
+    splits = open_source(f"folder:{tmp_path}", DataOptions())
+    assert splits.class_names == ["a", "b"]
+    assert splits.train.count + splits.validation.count + splits.test.count == 12  # the class folders' images only
+    out = capsys.readouterr().out
+    assert "ignored top-level file(s) README.txt, cover.png: images are read from the class subfolders" in out, out
 
 
 def test_evaluation_splits_run_without_autotuning_and_training_keeps_it(tmp_path):
