@@ -4,11 +4,13 @@ Header pass (`scan_images`, before anything is decoded, in parallel threads):
 each file's size and channels from its header bytes (PNG IHDR, JPEG frame
 header, GIF screen, BMP info header; PIL for anything else) and a look at its
 last bytes, which finds empty, truncated and non-image files (and BMPs that
-`tf.io.decode_bmp` cannot read) without decoding them (`full`: decode every
-file once too).
+`tf.io.decode_bmp` cannot read, and animated WebPs) without decoding them
+(`full`: decode every file once too).
 
-Graph ops (run inside `tf.data` maps): `decode_image` (`tf.io.decode_image`:
-PNG, JPEG, BMP, GIF first frame), `convert_channels` and `preprocess_image`.
+Graph ops (run inside `tf.data` maps and the exported signatures): `decode_image`
+(`tf.io.decode_image`: PNG, JPEG, BMP, GIF first frame, still WebP; an animated
+WebP is refused before the decoder sees it), `convert_channels` and
+`preprocess_image`.
 
 Preprocessing (the same for every source): channels (`auto`: 1 when every
 image is grayscale, else 3; or 1, 3), then `image_size` with `resize`:
@@ -28,7 +30,13 @@ import tensorflow as tf
 
 from data.options import RESIZE_MODES
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+# TensorFlow 2.21's `tf.io.decode_image(..., expand_animations=False)` writes past its buffer on an animated WebP
+# (measured: glibc aborts the process with "corrupted double-linked list" or "free(): invalid next size" a few
+# allocations later, a still WebP decodes correctly). So every decode here checks the header first: one such image
+# sent to `:classify` would otherwise take the server down, and one in a dataset the training process.
+ANIMATED_WEBP = "animated WebP (not read: the TensorFlow decoder corrupts memory on animations; save one frame as PNG)"
 
 __all__ = ["scan_images", "decode_image", "convert_channels", "preprocess_image"]
 
@@ -47,7 +55,23 @@ def _sniff(head: bytes) -> str | None:
         return "gif"
     if head.startswith(b"BM"):
         return "bmp"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
     return None
+
+
+def _animated_webp(head: bytes) -> bool:
+    """Whether the first 21 bytes are a WebP's extended header (VP8X) with its animation flag set."""
+    return head[:4] == b"RIFF" and head[8:16] == b"WEBPVP8X" and len(head) > 20 and bool(head[20] & 0x02)
+
+
+_WEBP_HEADER = re.compile(rb"RIFF.{4}WEBPVP8X", re.S)
+
+
+def holds_animated_webp(blob: bytes) -> bool:
+    """Whether an animated WebP's header lies anywhere in `blob` (an encoded image, or a serialized tf.Example
+    that holds one): the server's check in front of exports that predate `decode_image`'s own."""
+    return any(_animated_webp(blob[m.start():m.start() + 21]) for m in _WEBP_HEADER.finditer(blob))
 
 
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
@@ -88,8 +112,10 @@ def op_error_reason(e) -> str:
 
 
 def tf_decode_error(encoded) -> str | None:
-    """Why `tf.io.decode_image` (the pipeline's decoder) refuses the encoded image (bytes, or a string tensor), or
+    """Why `decode_image` (the pipeline's decoder) refuses the encoded image (bytes, or a string tensor), or
     None when it decodes it."""
+    if _animated_webp(encoded[:21] if isinstance(encoded, bytes) else tf.strings.substr(encoded, 0, 21).numpy()):
+        return ANIMATED_WEBP
     try:
         tf.io.decode_image(encoded, expand_animations=False)
     except tf.errors.OpError as e:
@@ -119,7 +145,9 @@ def _inspect(path: str, full: bool = False):
             head = f.read(32)
             kind = _sniff(head)
             if kind is None:
-                return "not a PNG, JPEG, BMP or GIF file"
+                return "not a PNG, JPEG, BMP, GIF or WebP file"
+            if _animated_webp(head):
+                return ANIMATED_WEBP
             f.seek(max(0, size - 32))
             tail = f.read()
             shape = _header_shape(f, kind, head)
@@ -130,6 +158,8 @@ def _inspect(path: str, full: bool = False):
             suspect = "truncated JPEG (no end-of-image marker)"
         elif kind == "gif" and b";" not in tail[-4:]:
             suspect = "truncated GIF (no trailer)"
+        elif kind == "webp" and int.from_bytes(head[4:8], "little") + 8 > size:
+            return "truncated WebP (shorter than its header says)"
         elif kind == "bmp":
             if len(head) >= 6 and int.from_bytes(head[2:6], "little") > size:
                 return "truncated BMP (shorter than its header says)"
@@ -175,9 +205,30 @@ def scan_images(paths, workers: int = 16, full: bool = False):
 # ----------------------------------------------------------------------------- graph ops
 
 
+def _webp_header(encoded):
+    """Graph op: (is a WebP, is an animated WebP) of an encoded image (a string scalar), from its first 21 bytes."""
+    head = tf.strings.substr(tf.strings.join([encoded, b"\0" * 21]), 0, 21)
+    webp = tf.equal(tf.strings.substr(head, 0, 4), b"RIFF") & tf.equal(tf.strings.substr(head, 8, 4), b"WEBP")
+    flags = tf.io.decode_raw(head, tf.uint8)[20]
+    animated = webp & tf.equal(tf.strings.substr(head, 12, 4), b"VP8X") & tf.not_equal(
+        tf.bitwise.bitwise_and(flags, 2), 0)
+    return webp, animated
+
+
 def decode_image(encoded, channels: int = 0):
-    """Encoded PNG/JPEG/BMP/GIF bytes -> uint8 [H, W, C] (`channels` 0: as stored, 1 to 4; or 3; GIF: first frame)."""
-    image = tf.io.decode_image(encoded, channels=channels, dtype=tf.uint8, expand_animations=False)
+    """Encoded PNG/JPEG/BMP/GIF/WebP bytes -> uint8 [H, W, C] (`channels` 0: as stored, 1 to 4; or 3; GIF: first
+    frame). An animated WebP fails with InvalidArgumentError (`ANIMATED_WEBP`) before the decoder reads it."""
+    webp, animated = _webp_header(encoded)
+    check = tf.debugging.Assert(tf.logical_not(animated), [ANIMATED_WEBP])
+
+    def decode(c):
+        return tf.io.decode_image(encoded, channels=c, dtype=tf.uint8, expand_animations=False)
+
+    with tf.control_dependencies([check]):
+        if channels in (1, 3):  # TensorFlow's WebP decoder gives only the stored channels: convert them after
+            image = tf.cond(webp, lambda: convert_channels(decode(0), channels), lambda: decode(channels))
+        else:
+            image = decode(channels)
     image.set_shape([None, None, channels or None])
     return image
 

@@ -2,7 +2,7 @@
 
 Layout of `<dest>/`:
     train-00000-of-00025.tfrecord ...   tf.train.Example records: `image/encoded`
-    validation-...  test-...            (bytes: PNG, JPEG, BMP or GIF) and `image/label` (int64)
+    validation-...  test-...            (bytes: PNG, JPEG, BMP, GIF or WebP) and `image/label` (int64)
     dataset.json                        class names, image shape (null when sizes differ),
                                         channel hint, per split the shard files, their
                                         record counts and the labels in stored order

@@ -4,7 +4,8 @@
   `[N, H, W, C]` -> `probabilities` float32 `[N, K]`, `class_id` int64 `[N]`,
   `class_name` string `[N]`.
 - `image_bytes` (predict): `image_bytes`, string `[N]` of encoded PNG / JPEG /
-  BMP / GIF files -> the same outputs. Each image is decoded and brought to
+  BMP / GIF / still WebP files -> the same outputs (an animated WebP is refused before it is decoded: see
+  `data.images.ANIMATED_WEBP`). Each image is decoded and brought to
   `[H, W, C]` exactly as training read its files (`data.images.preprocess_image`
   with the run's `data.resize`), so any size is accepted.
 - `classify` (method `tensorflow/serving/classify`): `inputs`, serialized

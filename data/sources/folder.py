@@ -6,8 +6,9 @@ off, stratified and seeded, by file list) or under <path>/train, with
 carved from train/ where test/ is missing; any other top-level folder is
 named in a warning). The classes are train/'s subfolders: a class folder
 only in test/ or val/, or one with no readable image, is refused; a split
-with no image of a class is named in a warning. PNG, JPEG, BMP and GIF
-(first frame): what `tf.io.decode_image` reads; hidden files and folders and
+with no image of a class is named in a warning. PNG, JPEG, BMP, GIF
+(first frame) and still WebP: what `tf.io.decode_image` reads (an animated WebP is
+named as unreadable: TensorFlow's decoder corrupts memory on one); hidden files and folders and
 what operating systems leave (`Thumbs.db`, `desktop.ini`, `__MACOSX/`) are
 skipped, any other file that is not an image is an error. A header pass (data/images.py
 `scan_images`) finds every file's size and channels and the unreadable files

@@ -53,7 +53,7 @@ def read_metadata(pattern: str):
 def scan_shards(expected: dict[str, int], decode: bool = False) -> list[tuple[str, str]]:
     """Read every record of each shard once (each record's checksum is checked), `expected` its record count in
     `dataset.json`: `(path, reason)` for each shard that is damaged or cut short. With `decode`, each record's image
-    is decoded too (`tf.io.decode_image`, as training decodes it): `("<path> record <i>", reason)` for each that
+    is decoded too (`data.images.decode_image`, as training decodes it): `("<path> record <i>", reason)` for each that
     does not decode."""
     import tensorflow as tf
 
@@ -76,17 +76,17 @@ def scan_shards(expected: dict[str, int], decode: bool = False) -> list[tuple[st
 
 def _undecodable(path: str, n: int, reasons: int = 10) -> list[tuple[int, str]]:
     """(index, reason) of each record of the (checksum-clean) shard that does not parse as an image record or whose
-    image `tf.io.decode_image` refuses. The records are decoded in a parallel tf.data map that drops the failures
+    image `decode_image` refuses. The records are decoded in a parallel tf.data map that drops the failures
     (20,000 64x64 JPEGs: 2.8 s on one core, where an eager loop of a Python step per record took 18 s); only the
     first `reasons` failures are read again, for TensorFlow's message."""
     import tensorflow as tf
 
-    from data.images import op_error_reason, tf_decode_error
+    from data.images import decode_image, op_error_reason, tf_decode_error
     from data.splits import _parse_record
 
     def decodes(i, raw):  # the index, once the image has decoded (its shape keeps the decode from being pruned)
         encoded, label = _parse_record(raw)
-        image = tf.io.decode_image(encoded, expand_animations=False)
+        image = decode_image(encoded)
         return tf.identity(i) + 0 * (tf.cast(tf.shape(image)[0], tf.int64) + label)
 
     def why(i: int) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -90,8 +91,12 @@ def _first_line(e: BaseException) -> str:
     if len(lines) > 1 and lines[0].startswith("Graph execution error"):
         marker = next((i for i, line in enumerate(lines) if line.startswith("[[")), len(lines))
         if marker > 1:
-            return lines[marker - 1]
-    return lines[0] if lines else type(e).__name__
+            lines = lines[marker - 1:]
+    if not lines:
+        return type(e).__name__
+    # a tf.debugging.Assert in the graph (the signatures' check for animated WebP): its message, not the wrapping
+    asserted = re.fullmatch(r"(?:\{\{function_node [^}]*\}\} )?assertion failed: \[(.*)\]", lines[0])
+    return asserted.group(1) if asserted else lines[0]
 
 
 def error(status: int, message: str, headers: dict | None = None) -> Response:

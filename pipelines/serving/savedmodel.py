@@ -50,6 +50,7 @@ class Servable:
         if fn is None:
             raise ValueError(f"{self.name} version {self.version} has no {CLASSIFY!r} signature "
                              "(exported before it existed); use predict")
+        _refuse_animated_webp(examples)
         out = fn(inputs=tf.constant(list(examples), dtype=tf.string))
         return {k: _text(v.numpy()) for k, v in out.items()}
 
@@ -62,6 +63,9 @@ class Servable:
             return self.run(inputs)
         fn = self._signatures[signature]
         specs = fn.structured_input_signature[1]
+        for k, v in inputs.items():
+            if specs[k].dtype == tf.string:
+                _refuse_animated_webp(np.asarray(v, dtype=object).ravel())
         feeds = {k: tf.constant(v, dtype=specs[k].dtype) for k, v in inputs.items()}
         return {k: _text(v.numpy()) for k, v in fn(**feeds).items()}
 
@@ -75,6 +79,16 @@ class Servable:
             ids = out["class_id"]
             out["class_name"] = np.array(self.class_names, dtype=object)[np.clip(ids, 0, len(self.class_names) - 1)]
         return out
+
+
+def _refuse_animated_webp(blobs) -> None:
+    """ValueError (a 400) for an animated WebP among the encoded images, before any signature decodes it.
+    Exports since the check in `data.images.decode_image` refuse it in their graph; older ones would hand it to
+    TensorFlow's decoder, which corrupts the server's memory on one."""
+    from data.images import ANIMATED_WEBP, holds_animated_webp
+
+    if any(isinstance(b, bytes) and holds_animated_webp(b) for b in blobs):
+        raise ValueError(ANIMATED_WEBP)
 
 
 def _text(values: np.ndarray) -> np.ndarray:

@@ -12,7 +12,18 @@ from data.streaming import BadImagesError, DataOptions, open_source, preprocess_
 
 
 def _save(path, arr, fmt):
-    Image.fromarray(arr).save(path, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    Image.fromarray(arr).save(path, format=fmt, **{"JPEG": {"quality": 95}, "WEBP": {"lossless": True}}.get(fmt, {}))
+
+
+def animated_webp(size=(6, 5), frames=3, seed=0) -> bytes:
+    """An animated WebP: TensorFlow's decoder corrupts the process's memory on one (see data/images.py)."""
+    import io
+
+    rng = np.random.default_rng(seed)
+    ims = [Image.fromarray(rng.integers(0, 256, size + (3,), dtype=np.uint8)) for _ in range(frames)]
+    out = io.BytesIO()
+    ims[0].save(out, format="WEBP", save_all=True, append_images=ims[1:], lossless=True)
+    return out.getvalue()
 
 
 def make_folder(root, classes=("ant", "bee", "cat"), n=6, seed=0):
@@ -255,16 +266,20 @@ def test_bad_files_are_named_before_training_or_skipped(tmp_path):
     jpeg = tmp_path / "x.jpg"
     _save(jpeg, np.zeros((8, 8), np.uint8), "JPEG")
     (root / "b" / "cut.jpg").write_bytes(jpeg.read_bytes()[:-40])
+    (root / "a" / "moving.webp").write_bytes(animated_webp())
+    _save(tmp_path / "x.webp", np.zeros((8, 8, 3), np.uint8), "WEBP")
+    (root / "b" / "cut.webp").write_bytes((tmp_path / "x.webp").read_bytes()[:-10])
     with pytest.raises(BadImagesError) as e:
         open_source(f"folder:{root}")
     msg = str(e.value)
-    for name in ("truncated.png", "notes.txt", "fake.jpg", "cut.jpg"):
+    for name in ("truncated.png", "notes.txt", "fake.jpg", "cut.jpg", "cut.webp"):
         assert name in msg
-    assert "4 unreadable" in msg and "skip_bad_images" in msg
-    assert isinstance(e.value, ValueError) and len(e.value.bad) == 4
+    assert "moving.webp (animated WebP (not read" in msg and "truncated WebP" in msg
+    assert "6 unreadable" in msg and "skip_bad_images" in msg
+    assert isinstance(e.value, ValueError) and len(e.value.bad) == 6
     s = open_source(f"folder:{root}", skip_bad_images=True)
-    assert len(s.info.bad_files) == 4 and "skipped 4 unreadable" in s.info.summary()
-    assert s.info.params()["data.bad_images"] == 4
+    assert len(s.info.bad_files) == 6 and "skipped 6 unreadable" in s.info.summary()
+    assert s.info.params()["data.bad_images"] == 6
     assert sum(s.info.counts.values()) == 12
     for split in (s.train, s.validation, s.test):
         assert len(_all(split)[1]) == split.count  # every listed file decodes
@@ -299,7 +314,7 @@ def test_eval_subset_reads_the_seeded_subset(tmp_path):
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_every_format_decodes_like_pil(tmp_path, channels):
-    """PNG (gray, RGB, RGBA), BMP, GIF, JPEG (gray, RGB) against PIL's decode.
+    """PNG (gray, RGB, RGBA), BMP, GIF, JPEG (gray, RGB), WebP (RGB, RGBA; lossless) against PIL's decode.
 
     JPEG within 6 levels: TensorFlow's decoder uses the fast integer IDCT, PIL the accurate one."""
     rng = np.random.default_rng(0)
@@ -310,7 +325,8 @@ def test_every_format_decodes_like_pil(tmp_path, channels):
     smooth = np.repeat(np.repeat(rng.integers(0, 256, (3, 3, 3), dtype=np.uint8), 2, 0), 2, 1)[:6, :5]
     files = {"a/gray.png": (rgb[..., 0], "PNG"), "a/rgb.png": (rgb, "PNG"),
              "a/rgba.png": (np.concatenate([rgb, rgb[..., :1]], -1), "PNG"), "a/rgb.bmp": (rgb, "BMP"),
-             "b/rgb.gif": (smooth, "GIF"), "b/gray.jpg": (smooth[..., 1], "JPEG"), "b/rgb.jpg": (smooth, "JPEG")}
+             "b/rgb.gif": (smooth, "GIF"), "b/gray.jpg": (smooth[..., 1], "JPEG"), "b/rgb.jpg": (smooth, "JPEG"),
+             "a/rgb.webp": (rgb, "WEBP"), "b/rgba.webp": (np.concatenate([rgb, rgb[..., 1:2]], -1), "WEBP")}
     for name, (arr, fmt) in files.items():
         _save(root / name, arr, fmt)
     s = open_source(f"folder:{root}", channels=channels, validation_fraction=0.2)

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from data.images import ANIMATED_WEBP
 from data.pipeline import make_stream_dataset
 from data.sources import DataSourceError, stratified_split
 from data.streaming import open_source
@@ -231,6 +232,12 @@ def test_the_decode_scan_names_each_undecodable_record_by_its_index(tmp_path):
             w.write(record(good, label=i != 2))
     (where, why), = scan_shards({path: 5}, decode=True)
     assert where == f"{path} record 2" and why.startswith("not an image record (") and "image/label" in why, why
+    from tests.data.test_streaming import animated_webp
+
+    with tf.io.TFRecordWriter(path) as w:  # unguarded, TensorFlow's decoder would abort this process on record 1
+        for i in range(4):
+            w.write(record(animated_webp() if i == 1 else good))
+    assert scan_shards({path: 4}, decode=True) == [(f"{path} record 1", ANIMATED_WEBP)]
 
 
 def test_an_interrupted_convert_says_the_same_command_resumes(tmp_path, monkeypatch, capsys):
