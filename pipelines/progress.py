@@ -18,7 +18,8 @@ def _clock(seconds: float) -> str:
 class ProgressLog(keras.callbacks.Callback):
     """When stdout is not a terminal (Keras then prints one line per epoch), a line at most every
     `every_s` seconds within an epoch, and one at each epoch's end: step / steps, images/s, the elapsed
-    time and ETA of the epoch and of the run.
+    time and ETA of the epoch and of the run. The images/s are the training steps' own, from the end of the
+    epoch's first step (which holds the tracing and the input pipeline's start) to the latest step's end.
 
         epoch 2/5  step 120/266  85 images/s  epoch 1:30 elapsed, ETA 1:50  run ETA 9:20
     """
@@ -35,6 +36,14 @@ class ProgressLog(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch, self.started = epoch, self.clock()
         self.last = self.started
+        self.first_end = self.last_end = None  # the clock at the end of the epoch's first step and of its latest
+        self.done = 0
+
+    def _rate(self) -> float:
+        """Training images/s of the epoch's steps after its first; of the whole epoch so far while it has one."""
+        if self.done > 1 and self.last_end > self.first_end:
+            return (self.done - 1) * self.batch_size / (self.last_end - self.first_end)
+        return self.done * self.batch_size / max(self.last_end - self.started, 1e-9)
 
     def _eta_run(self, epoch_seconds: float) -> float:
         per_epoch = sum(self.epoch_times) / len(self.epoch_times) if self.epoch_times else epoch_seconds
@@ -42,12 +51,15 @@ class ProgressLog(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         now = self.clock()
+        if self.first_end is None:
+            self.first_end = now
+        self.last_end, self.done = now, batch + 1
         if now - self.last < self.every_s:
             return
         self.last = now
         done, elapsed = batch + 1, now - self.started
-        rate = done * self.batch_size / max(elapsed, 1e-9)
-        eta_epoch = elapsed / done * (self.steps - done)
+        rate = self._rate()
+        eta_epoch = (self.steps - done) * self.batch_size / rate
         if self.epoch_times and done * 10 < self.steps:  # a few steps in: a slow first step would dominate
             eta_epoch = sum(self.epoch_times) / len(self.epoch_times) * (self.steps - done) / self.steps
         self._print(f"epoch {self.epoch + 1}/{self.epochs}  step {done}/{self.steps}  {rate:.0f} images/s  "
@@ -57,6 +69,6 @@ class ProgressLog(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         took = self.clock() - self.started
         self.epoch_times.append(took)
-        rate = self.steps * self.batch_size / max(took, 1e-9)
+        rate = self._rate() if self.done else self.steps * self.batch_size / max(took, 1e-9)
         self._print(f"epoch {epoch + 1}/{self.epochs} done in {_clock(took)} ({rate:.0f} images/s)  "
                     f"run ETA {_clock(self._eta_run(took))}")

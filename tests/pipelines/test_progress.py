@@ -57,3 +57,19 @@ def test_a_slow_first_step_of_a_later_epoch_does_not_make_a_wild_eta():
     cb.on_train_batch_end(0)
     line = out.getvalue().splitlines()[-1]
     assert line.startswith("epoch 2/2  step 1/300") and "ETA 2:30 " in line  # 150 s x 299/300, not 4:33:40
+
+
+def test_images_per_second_leave_out_the_first_step_and_validation():
+    """The first step of an epoch holds the tracing (20 s here) and its end comes after validation (10 s): the
+    images/s are the steps' own (32 at 1 s per step of 32 images), not 100 x 32 / 129 s."""
+    clock, out = FakeClock(), io.StringIO()
+    cb = ProgressLog(100, 1, batch_size=32, every_s=30, out=out, clock=clock)
+    cb.on_epoch_begin(0)
+    for batch in range(100):
+        clock.now += 20.0 if batch == 0 else 1.0
+        cb.on_train_batch_end(batch)
+    clock.now += 10.0
+    cb.on_epoch_end(0)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "epoch 1/1  step 11/100  32 images/s  epoch 0:30 elapsed, ETA 1:29  run ETA 1:29"  # not 12/s
+    assert lines[-1] == "epoch 1/1 done in 2:09 (32 images/s)  run ETA 0:00"
