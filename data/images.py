@@ -2,10 +2,11 @@
 
 Header pass (`scan_images`, before anything is decoded, in parallel threads):
 each file's size and channels from its header bytes (PNG IHDR, JPEG frame
-header, GIF screen, BMP info header; PIL for anything else) and a look at its
-last bytes, which finds empty, truncated and non-image files (and BMPs that
-`tf.io.decode_bmp` cannot read, and animated WebPs) without decoding them
-(`full`: decode every file once too).
+header, a GIF's image descriptors, BMP info header; PIL for anything else) and a
+look at its last bytes, which finds empty, truncated and non-image files (and
+BMPs that `tf.io.decode_bmp` cannot read, animated WebPs, and sizes over PIL's
+decompression-bomb limit) without decoding them (`full`: decode every file once
+too, and take its size from TensorFlow's decode).
 
 Graph ops (run inside `tf.data` maps and the exported signatures): `decode_image`
 (`tf.io.decode_image`: PNG, JPEG, BMP, GIF first frame, still WebP; an animated
@@ -77,16 +78,46 @@ def holds_animated_webp(blob: bytes) -> bool:
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
+def _gif_canvas(data: bytes):
+    """(height, width) of the image `tf.io.decode_image` makes of a GIF, or None if its blocks do not parse.
+
+    TensorFlow's canvas is the largest frame's width by the largest frame's height, whatever the logical screen
+    in the GIF's header says (a first frame smaller than the screen, or a screen that lies, decodes to the
+    frame's size): so every image descriptor is read, skipping the color tables and the data sub-blocks."""
+
+    def table(packed: int) -> int:
+        return 3 * 2 ** ((packed & 7) + 1) if packed & 0x80 else 0
+
+    def sub_blocks(pos: int) -> int:
+        while pos < len(data) and data[pos]:
+            pos += data[pos] + 1
+        return pos + 1
+
+    pos, height, width = 13 + table(data[10]) if len(data) > 10 else len(data), 0, 0
+    while pos < len(data) and data[pos] != 0x3B:  # the trailer
+        if data[pos] == 0x21:  # an extension: its label, then sub-blocks
+            pos = sub_blocks(pos + 2)
+        elif data[pos] == 0x2C and pos + 10 <= len(data):  # an image descriptor
+            width = max(width, int.from_bytes(data[pos + 5:pos + 7], "little"))
+            height = max(height, int.from_bytes(data[pos + 7:pos + 9], "little"))
+            pos = sub_blocks(pos + 10 + table(data[pos + 9]) + 1)  # + the LZW minimum code size
+        else:
+            return None
+    return (height, width) if height and width else None
+
+
 def _header_shape(f, kind: str, head: bytes):
     """(height, width, is_gray) from the header bytes, without PIL (about 10x faster); None if unsure."""
     if kind == "png" and len(head) >= 26 and head[12:16] == b"IHDR":
         return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big"), head[25] in (0, 4)
-    if kind == "gif" and len(head) >= 10:
-        return int.from_bytes(head[8:10], "little"), int.from_bytes(head[6:8], "little"), False
+    if kind == "gif":
+        f.seek(0)
+        canvas = _gif_canvas(f.read())
+        return None if canvas is None else (*canvas, False)
     if kind == "bmp" and len(head) >= 30:
         w = int.from_bytes(head[18:22], "little", signed=True)
         h = int.from_bytes(head[22:26], "little", signed=True)
-        return abs(h), abs(w), int.from_bytes(head[28:30], "little") == 8
+        return abs(h), w, int.from_bytes(head[28:30], "little") == 8  # a negative height: rows stored top-down
     if kind == "jpeg":
         f.seek(2)
         for _ in range(256):  # segments before the frame header (APPn, DQT, ...)
@@ -111,23 +142,28 @@ def op_error_reason(e) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def tf_decode_error(encoded) -> str | None:
-    """Why `decode_image` (the pipeline's decoder) refuses the encoded image (bytes, or a string tensor), or
-    None when it decodes it."""
+def tf_decode(encoded):
+    """`((height, width), None)` of the image `decode_image` (the pipeline's decoder) makes of the encoded image
+    (bytes, or a string tensor), or `(None, why)` when it refuses it."""
     if _animated_webp(encoded[:21] if isinstance(encoded, bytes) else tf.strings.substr(encoded, 0, 21).numpy()):
-        return ANIMATED_WEBP
+        return None, ANIMATED_WEBP
     try:
-        tf.io.decode_image(encoded, expand_animations=False)
+        shape = tf.io.decode_image(encoded, expand_animations=False).shape
     except tf.errors.OpError as e:
-        return op_error_reason(e)
-    return None
+        return None, op_error_reason(e)
+    return (int(shape[0]), int(shape[1])), None
+
+
+def tf_decode_error(encoded) -> str | None:
+    """Why `decode_image` refuses the encoded image (bytes, or a string tensor), or None when it decodes it."""
+    return tf_decode(encoded)[1]
 
 
 def _inspect(path: str, full: bool = False):
     """(height, width, is_gray) of an image file, or the reason it is unreadable.
 
     Reads the header (size and channels from the PNG IHDR, JPEG frame header,
-    GIF screen or BMP info header; PIL for anything else) and the last bytes:
+    GIF image descriptors (`_gif_canvas`) or BMP info header; PIL for anything else) and the last bytes:
     a PNG must end with its IEND chunk, a JPEG with its EOI marker, a GIF with
     its trailer, and a BMP must be as long as its header says and be of a kind
     `tf.io.decode_bmp` reads. That finds truncated files without decoding them.
@@ -168,6 +204,8 @@ def _inspect(path: str, full: bool = False):
                 compression = int.from_bytes(head[30:34], "little")
                 if bpp not in (8, 24, 32) or compression not in (0, 3):
                     return f"a BMP tf.io.decode_bmp cannot read ({bpp} bits per pixel, compression {compression})"
+            if len(head) >= 26 and int.from_bytes(head[18:22], "little", signed=True) < 1:
+                return f"a BMP tf.io.decode_bmp cannot read (width {int.from_bytes(head[18:22], 'little', signed=True)})"
         if shape is not None and not suspect and not full:
             h, w, gray = shape
         else:
@@ -181,11 +219,14 @@ def _inspect(path: str, full: bool = False):
                         why = str(e).splitlines()[0] if str(e) else type(e).__name__
                         return suspect or f"corrupt {kind.upper()} ({why})"
             if full:  # and by the decoder training uses: PIL reads some JPEGs that TensorFlow refuses
-                why = tf_decode_error(tf.io.read_file(path))
+                size, why = tf_decode(tf.io.read_file(path))
                 if why:
                     return f"corrupt {kind.upper()} (TensorFlow: {why})"
+                h, w = size  # what training will see, where a header (or PIL) says otherwise
         if w < 1 or h < 1:
             return f"empty image ({w}x{h})"
+        if h * w > 2 * Image.MAX_IMAGE_PIXELS:  # as PIL refuses it: a decompression bomb, or a header that lies
+            return f"too large ({w}x{h} pixels; at most {2 * Image.MAX_IMAGE_PIXELS} pixels are read)"
         return int(h), int(w), bool(gray)
     except Exception as e:  # PIL raises many types for broken headers
         return f"unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"

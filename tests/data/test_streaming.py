@@ -285,6 +285,36 @@ def test_bad_files_are_named_before_training_or_skipped(tmp_path):
         assert len(_all(split)[1]) == split.count  # every listed file decodes
 
 
+def test_the_header_pass_sees_the_size_the_decoder_makes_and_refuses_sizes_no_decoder_reads(tmp_path):
+    """A GIF whose frame is smaller than the screen its header declares decodes to the frame's size in TensorFlow
+    (its canvas is the largest frame): the header pass says so, so training reads it as stored, where it ended in
+    a shape error naming no file. A BMP of negative width and a PNG whose header claims 16 x 4e9 pixels are
+    named as unreadable before training."""
+    root = make_uniform_folder(tmp_path / "u", n=4, size=(8, 8), mode="RGB")
+    _save(tmp_path / "x.gif", np.full((8, 8, 3), 200, np.uint8), "GIF")
+    gif = bytearray((tmp_path / "x.gif").read_bytes())
+    gif[6:10] = (16).to_bytes(2, "little") * 2  # a 16x16 logical screen
+    at = gif.index(b"\x2c", 13 + (3 * 2 ** ((gif[10] & 7) + 1) if gif[10] & 0x80 else 0))
+    gif[at + 1:at + 5] = (4).to_bytes(2, "little") * 2  # the 8x8 frame at (4, 4)
+    (root / "a" / "framed.gif").write_bytes(bytes(gif))
+    for check in ("header", "full"):
+        s = open_source(f"folder:{root}", check_images=check)
+        assert s.image_shape == (8, 8, 3) and sum(s.info.counts.values()) == 9
+        for split in (s.train, s.validation, s.test):
+            assert len(_all(split)[1]) == split.count
+    _save(tmp_path / "x.bmp", np.zeros((4, 4, 3), np.uint8), "BMP")
+    bmp = bytearray((tmp_path / "x.bmp").read_bytes())
+    bmp[18:22] = (-4).to_bytes(4, "little", signed=True)
+    (root / "b" / "mirror.bmp").write_bytes(bytes(bmp))
+    png = bytearray((root / "a" / "0.png").read_bytes())
+    png[16:24] = (4110417936).to_bytes(4, "big") + (16).to_bytes(4, "big")  # the CRC is not read by the header pass
+    (root / "b" / "huge.png").write_bytes(bytes(png))
+    with pytest.raises(BadImagesError) as e:
+        open_source(f"folder:{root}")
+    assert "mirror.bmp (a BMP tf.io.decode_bmp cannot read (width -4))" in str(e.value), e.value
+    assert "huge.png (too large (4110417936x16 pixels" in str(e.value), e.value
+
+
 def test_arrays_sources_through_the_same_api(tmp_path):
     from data import synthetic
     from data.options import SyntheticSettings
