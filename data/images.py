@@ -23,6 +23,7 @@ center). Images already at `image_size` pass unchanged.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -142,6 +143,36 @@ def op_error_reason(e) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def max_pixels() -> int:
+    """The most pixels an image may have to be read here: PIL's decompression-bomb limit (2 x
+    `PIL.Image.MAX_IMAGE_PIXELS`, 178,956,970), where PIL refuses to open an image."""
+    from PIL import Image
+
+    return 2 * Image.MAX_IMAGE_PIXELS
+
+
+def too_large(blob: bytes) -> str | None:
+    """Why an encoded image is too large to decode (over `max_pixels`, by the size its header declares), or None;
+    None too where the header does not parse (the decoder then gives its own reason)."""
+    from PIL import Image
+
+    kind = _sniff(blob[:32])
+    if kind is None:
+        return None
+    try:
+        shape = _header_shape(io.BytesIO(blob), kind, blob[:32])
+        if shape is None:
+            with Image.open(io.BytesIO(blob)) as im:  # reads the header only
+                w, h = im.size
+        else:
+            h, w = shape[:2]
+    except Image.DecompressionBombError as e:
+        return f"too large ({str(e).split(' exceeds')[0].lower()}; at most {max_pixels()} pixels are read)"
+    except Exception:  # noqa: BLE001 - PIL raises many types for broken headers
+        return None
+    return f"too large ({w}x{h} pixels; at most {max_pixels()} pixels are read)" if h * w > max_pixels() else None
+
+
 def tf_decode(encoded):
     """`((height, width), None)` of the image `decode_image` (the pipeline's decoder) makes of the encoded image
     (bytes, or a string tensor), or `(None, why)` when it refuses it."""
@@ -225,8 +256,8 @@ def _inspect(path: str, full: bool = False):
                 h, w = size  # what training will see, where a header (or PIL) says otherwise
         if w < 1 or h < 1:
             return f"empty image ({w}x{h})"
-        if h * w > 2 * Image.MAX_IMAGE_PIXELS:  # as PIL refuses it: a decompression bomb, or a header that lies
-            return f"too large ({w}x{h} pixels; at most {2 * Image.MAX_IMAGE_PIXELS} pixels are read)"
+        if h * w > max_pixels():  # as PIL refuses it: a decompression bomb, or a header that lies
+            return f"too large ({w}x{h} pixels; at most {max_pixels()} pixels are read)"
         return int(h), int(w), bool(gray)
     except Exception as e:  # PIL raises many types for broken headers
         return f"unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"

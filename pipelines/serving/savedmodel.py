@@ -50,7 +50,7 @@ class Servable:
         if fn is None:
             raise ValueError(f"{self.name} version {self.version} has no {CLASSIFY!r} signature "
                              "(exported before it existed); use predict")
-        _refuse_animated_webp(examples)
+        _refuse_unsafe_images(_example_images(examples))
         out = fn(inputs=tf.constant(list(examples), dtype=tf.string))
         return {k: _text(v.numpy()) for k, v in out.items()}
 
@@ -65,7 +65,7 @@ class Servable:
         specs = fn.structured_input_signature[1]
         for k, v in inputs.items():
             if specs[k].dtype == tf.string:
-                _refuse_animated_webp(np.asarray(v, dtype=object).ravel())
+                _refuse_unsafe_images(np.asarray(v, dtype=object).ravel())
         feeds = {k: tf.constant(v, dtype=specs[k].dtype) for k, v in inputs.items()}
         return {k: _text(v.numpy()) for k, v in fn(**feeds).items()}
 
@@ -81,14 +81,35 @@ class Servable:
         return out
 
 
-def _refuse_animated_webp(blobs) -> None:
-    """ValueError (a 400) for an animated WebP among the encoded images, before any signature decodes it.
-    Exports since the check in `data.images.decode_image` refuse it in their graph; older ones would hand it to
-    TensorFlow's decoder, which corrupts the server's memory on one."""
-    from data.images import ANIMATED_WEBP, holds_animated_webp
+def _example_images(examples: list[bytes]) -> list[bytes]:
+    """The `image/encoded` bytes of serialized `tf.train.Example`s (those that parse)."""
+    from google.protobuf.message import DecodeError
+    from tensorflow.core.example.example_pb2 import Example
 
-    if any(isinstance(b, bytes) and holds_animated_webp(b) for b in blobs):
-        raise ValueError(ANIMATED_WEBP)
+    images = []
+    for serialized in examples:
+        try:
+            images += Example.FromString(serialized).features.feature["image/encoded"].bytes_list.value
+        except DecodeError:
+            pass  # the signature's parse names it
+    return images
+
+
+def _refuse_unsafe_images(blobs) -> None:
+    """ValueError (a 400) for an encoded image the server must not decode, before any signature decodes it:
+    an animated WebP (exports since the check in `data.images.decode_image` refuse it in their graph; older
+    ones would hand it to TensorFlow's decoder, which corrupts the server's memory on one), or one whose
+    header declares more pixels than training reads (`data.images.too_large`: a 400 KB PNG of 20000x20000
+    took 12 s and 2.3 GB to decode and resize)."""
+    from data.images import ANIMATED_WEBP, holds_animated_webp, too_large
+
+    for b in blobs:
+        if isinstance(b, bytes):
+            if holds_animated_webp(b):
+                raise ValueError(ANIMATED_WEBP)
+            why = too_large(b)
+            if why:
+                raise ValueError(why)
 
 
 def _text(values: np.ndarray) -> np.ndarray:

@@ -197,6 +197,21 @@ def test_webp_files_are_read_as_training_reads_them_and_an_animated_one_is_refus
     _refuses_animated_webp_and_goes_on(server.url, "rgb", files)
 
 
+def test_an_image_declaring_more_pixels_than_training_reads_is_refused_before_it_is_decoded(server, exported):
+    """A PNG whose header says 20000x20000 (a 400 KB file of such zeros took 12 s and 2.3 GB of the server to
+    decode and resize): one 400 naming its size and the limit, and the server goes on."""
+    from data.images import max_pixels
+
+    bomb = bytearray(png(exported["x"][0]))
+    bomb[16:24] = (20000).to_bytes(4, "big") * 2  # IHDR width and height: refused by the header alone
+    for signature in ("classify", "image_bytes"):
+        r = _post_images(server.url, "rgb", signature, [png(exported["x"][1]), bytes(bomb)])
+        assert r.status_code == 400, r.text
+        assert r.json()["error"] == (f"the model rejected the input: too large (20000x20000 pixels; at most "
+                                     f"{max_pixels()} pixels are read)"), r.text
+        assert _post_images(server.url, "rgb", signature, [png(exported["x"][1])]).status_code == 200
+
+
 def test_an_export_from_before_the_graphs_check_is_guarded_by_the_server(tmp_path, monkeypatch):
     import data.images
 
