@@ -161,7 +161,7 @@ class Split:
                 x = tf.io.read_file(x)
             # Decoding straight to 3 channels (gray replicated, alpha dropped) is what
             # convert_channels does, without a second pass over the pixels.
-            image = decode_image(x, 3 if s.channels == 3 else 0) if encoded else x
+            image = decode_image(x, 3 if s.channels == 3 else 0, webp=s.webp) if encoded else x
             if native_fits:
                 return tf.ensure_shape(image, s.image_shape), y
             out = preprocess_image(image, opts.image_size, opts.resize, s.channels, cover_only=cover_only)
@@ -250,6 +250,7 @@ class _StreamConfig:
     skip_errors: bool = False
     native_size: tuple[int, int] | None = None  # the stored images' size when they all agree
     native_channels: int = 3  # 1 when every stored image is grayscale
+    webp: bool = True  # a stored image may be a WebP (decode_image's checks); False where the header pass saw none
     mixed_sizes_hint: str = ""
 
     def disk_cache_path(self, split: str, cover_only: bool) -> str:

@@ -4,7 +4,7 @@ Layout of `<dest>/`:
     train-00000-of-00025.tfrecord ...   tf.train.Example records: `image/encoded`
     validation-...  test-...            (bytes: PNG, JPEG, BMP, GIF or WebP) and `image/label` (int64)
     dataset.json                        class names, image shape (null when sizes differ),
-                                        channel hint, per split the shard files, their
+                                        channel hint, whether any image is a WebP, per split the shard files, their
                                         record counts and the labels in stored order
     convert-plan.json                   what is being written (for resuming)
 
@@ -223,6 +223,9 @@ def convert(source: str, dest: str, options: DataOptions | None = None, *, shard
         "class_names": splits.class_names,
         "image_shape": [int(native[0]), int(native[1]), int(stream.native_channels)] if native else None,
         "channels": int(stream.native_channels),
+        # whether a record may hold a WebP (the reader's decode then checks each record's header): none where the
+        # header pass saw every file, or where this wrote PNGs of arrays; tfds' stored encodings are not looked at
+        "webp": bool(stream.webp) if splits.train.kind == "files" else splits.train.kind != "arrays",
         "splits": meta_splits,
         "skipped_bad_images": [list(b) for b in splits.info.bad_files],
         "fingerprint": hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:20],

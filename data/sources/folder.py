@@ -149,10 +149,11 @@ def open_folder(path: str, o: DataOptions, stream):
             raise DataSourceError(f"folder:{root}: the training split needs at least 2 images")
         lists["train"], lists["validation"] = stratified_split(*lists["train"], o.validation_fraction, o.seed)
     _check_classes(root, train_dir, lists, class_names)
-    channels = o.channels if o.channels != "auto" else (1 if all(g for _, _, g in good) else 3)
-    sizes = sorted({(h, w) for h, w, _ in good})
+    channels = o.channels if o.channels != "auto" else (1 if all(g for _, _, g, _ in good) else 3)
+    sizes = sorted({(h, w) for h, w, _, _ in good})
     stream.native_size = sizes[0] if len(sizes) == 1 else None
-    stream.native_channels = 1 if all(g for _, _, g in good) else 3
+    stream.native_channels = 1 if all(g for _, _, g, _ in good) else 3
+    stream.webp = any(kind == "webp" for _, _, _, kind in good)
     stream.mixed_sizes_hint = f"({len(sizes)} sizes, e.g. {sizes[0]} and {sizes[-1]})"
     shape = (*(o.image_size or stream.native_size or (None, None)), channels)
     fingerprint = hashlib.sha256()

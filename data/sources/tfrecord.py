@@ -213,6 +213,7 @@ def open_tfrecord(pattern: str, o: DataOptions, stream):
     channels = o.channels if o.channels != "auto" else int(hint)
     stream.native_size = tuple(meta["image_shape"][:2]) if meta.get("image_shape") else None
     stream.native_channels = int(hint)
+    stream.webp = bool(meta.get("webp", True))  # written by convert since WebP is read; unknown before
     shape = (*(o.image_size or stream.native_size or (None, None)), channels)
     stream.key = f"tfrecord:{os.path.abspath(root)}:{meta.get('fingerprint', '')}:{sorted(matched)}"
     return out, class_names, shape, channels, []

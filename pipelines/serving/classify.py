@@ -5,7 +5,7 @@ REST API does,
 
     {"signature_name": "classify",             (optional; the only classification signature)
      "context": {"<feature>": <value>, ...},   (optional; merged into every example)
-     "examples": [{"image/encoded": {"b64": "<PNG or JPEG bytes, base64>"}}, ...]}
+     "examples": [{"image/encoded": {"b64": "<an encoded image (PNG, JPEG, BMP, GIF, WebP), base64>"}}, ...]}
 
 and answers `{"result": [[["<class name>", <score>], ...], ...]}`: per
 example, every class with its probability, in class-id order. A feature value
@@ -72,7 +72,7 @@ def parse_classify(body: bytes) -> list[bytes]:
     for ex in examples:
         merged = {**context, **ex}
         if "image/encoded" not in merged:
-            raise BadRequest('every example needs the feature "image/encoded": {"b64": <PNG or JPEG>}')
+            raise BadRequest('every example needs the feature "image/encoded": {"b64": <an encoded image>}')
         features = {k: _feature(k, v) for k, v in merged.items()}
         out.append(tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString())
     return out

@@ -95,7 +95,7 @@ def _first_line(e: BaseException) -> str:
     if not lines:
         return type(e).__name__
     # a tf.debugging.Assert in the graph (the signatures' check for animated WebP): its message, not the wrapping
-    asserted = re.fullmatch(r"(?:\{\{function_node [^}]*\}\} )?assertion failed: \[(.*)\]", lines[0])
+    asserted = re.fullmatch(r"(?:\{\{function_node [^}]*\}\} )*assertion failed: \[([^][]*)\]", lines[0])
     return asserted.group(1) if asserted else lines[0]
 
 

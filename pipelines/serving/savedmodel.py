@@ -96,20 +96,17 @@ def _example_images(examples: list[bytes]) -> list[bytes]:
 
 
 def _refuse_unsafe_images(blobs) -> None:
-    """ValueError (a 400) for an encoded image the server must not decode, before any signature decodes it:
-    an animated WebP (exports since the check in `data.images.decode_image` refuse it in their graph; older
-    ones would hand it to TensorFlow's decoder, which corrupts the server's memory on one), or one whose
-    header declares more pixels than training reads (`data.images.too_large`: a 400 KB PNG of 20000x20000
-    took 12 s and 2.3 GB to decode and resize)."""
-    from data.images import ANIMATED_WEBP, holds_animated_webp, too_large
+    """ValueError (a 400) for an encoded image the server does not decode, before any signature decodes it, as
+    training's header pass would refuse its file (`data.images.refusal`): a format training does not read, an
+    animated WebP (exports since the check in `data.images.decode_image` refuse it in their graph; older ones
+    would hand it to TensorFlow's decoder, which corrupts the server's memory on one), or more pixels than
+    training reads (a 400 KB PNG of 20000x20000 took 12 s and 2.3 GB to decode and resize)."""
+    from data.images import refusal
 
     for b in blobs:
-        if isinstance(b, bytes):
-            if holds_animated_webp(b):
-                raise ValueError(ANIMATED_WEBP)
-            why = too_large(b)
-            if why:
-                raise ValueError(why)
+        why = refusal(b) if isinstance(b, bytes) else None
+        if why:
+            raise ValueError(why)
 
 
 def _text(values: np.ndarray) -> np.ndarray:

@@ -15,6 +15,14 @@ def _save(path, arr, fmt):
     Image.fromarray(arr).save(path, format=fmt, **{"JPEG": {"quality": 95}, "WEBP": {"lossless": True}}.get(fmt, {}))
 
 
+def gif_of_frames(frames: int, width: int, height: int) -> bytes:
+    """A GIF of `frames` image descriptors of width x height, each with a token of data (never to be decoded:
+    giflib would unpack every frame, frames x width x height bytes)."""
+    size = width.to_bytes(2, "little") + height.to_bytes(2, "little")
+    frame = b"\x2c" + bytes(4) + size + b"\x00" + b"\x02" + b"\x02\x4c\x01" + b"\x00"  # code size, data, end
+    return b"GIF89a" + (1).to_bytes(2, "little") * 2 + b"\x00\x00\x00" + frame * frames + b"\x3b"
+
+
 def animated_webp(size=(6, 5), frames=3, seed=0) -> bytes:
     """An animated WebP: TensorFlow's decoder corrupts the process's memory on one (see data/images.py)."""
     import io
@@ -67,6 +75,7 @@ def test_folder_of_mixed_files_shapes_channels_and_labels(tmp_path):
     s = open_source(f"folder:{root}", image_size=(8, 8), validation_fraction=0.2)
     assert s.class_names == ["ant", "bee", "cat"]
     assert s.image_shape == (8, 8, 3)  # some files are RGB: auto -> 3
+    assert not s.train._stream.webp  # no WebP among the files: TensorFlow's decode alone
     assert sum(s.info.counts.values()) == 18 and s.info.counts == s.info.total_counts
     for split in (s.train, s.validation, s.test):
         ds = split.elements()
@@ -309,10 +318,13 @@ def test_the_header_pass_sees_the_size_the_decoder_makes_and_refuses_sizes_no_de
     png = bytearray((root / "a" / "0.png").read_bytes())
     png[16:24] = (4110417936).to_bytes(4, "big") + (16).to_bytes(4, "big")  # the CRC is not read by the header pass
     (root / "b" / "huge.png").write_bytes(bytes(png))
-    with pytest.raises(BadImagesError) as e:
-        open_source(f"folder:{root}")
-    assert "mirror.bmp (a BMP tf.io.decode_bmp cannot read (width -4))" in str(e.value), e.value
-    assert "huge.png (too large (4110417936x16 pixels" in str(e.value), e.value
+    (root / "b" / "frames.gif").write_bytes(gif_of_frames(10, 13000, 13000))  # each frame under the limit
+    for check in ("header", "full"):
+        with pytest.raises(BadImagesError) as e:
+            open_source(f"folder:{root}", check_images=check)
+        assert "mirror.bmp (a BMP tf.io.decode_bmp cannot read (width -4))" in str(e.value), e.value
+        assert "huge.png (too large (4110417936x16 pixels" in str(e.value), e.value
+        assert "frames.gif (too large (13000x13000 pixels, 1690000000 in all its frames" in str(e.value), e.value
 
 
 def test_arrays_sources_through_the_same_api(tmp_path):
@@ -360,6 +372,7 @@ def test_every_format_decodes_like_pil(tmp_path, channels):
     for name, (arr, fmt) in files.items():
         _save(root / name, arr, fmt)
     s = open_source(f"folder:{root}", channels=channels, validation_fraction=0.2)
+    assert s.train._stream.webp  # so each decode checks for an animated WebP and converts a WebP's channels
     for split in (s.train, s.validation, s.test):
         x, _ = _all(split)
         for got, path in zip(x, split.paths):

@@ -34,9 +34,11 @@ def test_folder_to_shards_and_back_reads_the_same_data(tmp_path, capsys):
     meta = json.loads((dest / "dataset.json").read_text())
     assert meta["class_names"] == ["ant", "bee", "cat"] and meta["image_shape"] is None  # sizes differ
     assert len(meta["splits"]["train"]["files"]) > 1
+    assert meta["webp"] is False  # the header pass saw no WebP: the shards decode without its checks
 
     folder = open_source(f"folder:{root}", image_size=(10, 12), resize="pad", seed=3)
     shards = open_source(f"tfrecord:{dest}", image_size=(10, 12), resize="pad", seed=3)
+    assert shards.train._stream.webp is False
     assert shards.class_names == folder.class_names and shards.image_shape == folder.image_shape == (10, 12, 3)
     assert shards.info.counts == folder.info.counts
     for name in ("train", "validation", "test"):

@@ -129,7 +129,7 @@ def test_rest_predict_on_the_image_bytes_signature_takes_files_of_any_size_as_tf
     for body, needle in (({"signature_name": "image_bytes", "instances": [{"b64": "***"}]}, "row 0: invalid base64"),
                          ({"signature_name": "image_bytes", "instances": [[1, 2]]}, "takes {\"b64\""),
                          ({"signature_name": "image_bytes", "instances": [{"b64": base64.b64encode(b"nope").decode()}]},
-                          "the model rejected the input: Unknown image file format"),
+                          "the model rejected the input: not a PNG, JPEG, BMP, GIF or WebP file"),
                          ({"signature_name": "bogus", "instances": [1]}, "serves 'serving_default' and 'image_bytes'")):
         r = requests.post(url, json=body, timeout=30)
         assert r.status_code == 400 and needle in r.json()["error"], r.text
@@ -140,9 +140,11 @@ def test_rest_predict_on_the_image_bytes_signature_takes_files_of_any_size_as_tf
     ({"examples": []}, 400, "empty"),
     ({"examples": [{"label": 3}]}, 400, "image/encoded"),
     ({"examples": [{"image/encoded": {"b64": "***"}}]}, 400, "base64"),
-    # TensorFlow's reason, not the first line of its graph error ("Graph execution error:")
     ({"examples": [{"image/encoded": {"b64": base64.b64encode(b"not an image").decode()}}]}, 400,
-     "the model rejected the input: Unknown image file format"),
+     "the model rejected the input: not a PNG, JPEG, BMP, GIF or WebP file"),  # as training names such a file
+    # TensorFlow's reason, not the first line of its graph error ("Graph execution error:")
+    ({"examples": [{"image/encoded": {"b64": base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 40).decode()}}]}, 400,
+     "the model rejected the input: Invalid PNG"),
     ({"signature_name": "serving_default", "examples": [{}]}, 400, "classification"),
 ])
 def test_bad_classify_requests_are_one_clear_error(server, body, status, needle):
@@ -173,7 +175,8 @@ def _refuses_animated_webp_and_goes_on(url: str, model: str, good: list[bytes]) 
         assert _post_images(url, model, signature, good).status_code == 200
 
 
-def test_webp_files_are_read_as_training_reads_them_and_an_animated_one_is_refused_in_the_graph(server, exported):
+def test_webp_files_are_read_as_training_reads_them_and_an_animated_one_is_refused_in_the_graph(server, exported,
+                                                                                               monkeypatch):
     """A still WebP (RGB, or RGBA: alpha dropped) answers as the same pixels in PNG do. An animated one is refused
     by the exported graph itself (so in TensorFlow Serving too), and by this server: one 400 naming it, and the
     server goes on. TensorFlow's decoder corrupts the process's memory on one (data/images.py)."""
@@ -195,6 +198,10 @@ def test_webp_files_are_read_as_training_reads_them_and_an_animated_one_is_refus
         with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(ANIMATED_WEBP)):
             call([files[0], animated_webp(size=(16, 16))])
     _refuses_animated_webp_and_goes_on(server.url, "rgb", files)
+    import pipelines.serving.savedmodel
+
+    monkeypatch.setattr(pipelines.serving.savedmodel, "_refuse_unsafe_images", lambda blobs: None)
+    _refuses_animated_webp_and_goes_on(server.url, "rgb", files)  # the graph's check alone: the same one line
 
 
 def test_an_image_declaring_more_pixels_than_training_reads_is_refused_before_it_is_decoded(server, exported):
@@ -202,13 +209,18 @@ def test_an_image_declaring_more_pixels_than_training_reads_is_refused_before_it
     decode and resize): one 400 naming its size and the limit, and the server goes on."""
     from data.images import max_pixels
 
+    from tests.data.test_streaming import gif_of_frames
+
     bomb = bytearray(png(exported["x"][0]))
     bomb[16:24] = (20000).to_bytes(4, "big") * 2  # IHDR width and height: refused by the header alone
+    frames = gif_of_frames(10, 13000, 13000)  # giflib unpacks every frame: 1.7 GB
     for signature in ("classify", "image_bytes"):
-        r = _post_images(server.url, "rgb", signature, [png(exported["x"][1]), bytes(bomb)])
-        assert r.status_code == 400, r.text
-        assert r.json()["error"] == (f"the model rejected the input: too large (20000x20000 pixels; at most "
-                                     f"{max_pixels()} pixels are read)"), r.text
+        for blob, size in ((bytes(bomb), "20000x20000 pixels"),
+                           (frames, "13000x13000 pixels, 1690000000 in all its frames")):
+            r = _post_images(server.url, "rgb", signature, [png(exported["x"][1]), blob])
+            assert r.status_code == 400, r.text
+            assert r.json()["error"] == (f"the model rejected the input: too large ({size}; at most "
+                                         f"{max_pixels()} pixels are read)"), r.text
         assert _post_images(server.url, "rgb", signature, [png(exported["x"][1])]).status_code == 200
 
 
