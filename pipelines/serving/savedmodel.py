@@ -64,8 +64,9 @@ class Servable:
         fn = self._signatures[signature]
         specs = fn.structured_input_signature[1]
         for k, v in inputs.items():
-            if specs[k].dtype == tf.string:
-                _refuse_unsafe_images(np.asarray(v, dtype=object).ravel())
+            if specs[k].dtype == tf.string:  # encoded images, or (the classify signature's) tf.Examples of them
+                blobs = list(np.asarray(v, dtype=object).ravel())
+                _refuse_unsafe_images(_example_images(blobs) if signature == CLASSIFY else blobs)
         feeds = {k: tf.constant(v, dtype=specs[k].dtype) for k, v in inputs.items()}
         return {k: _text(v.numpy()) for k, v in fn(**feeds).items()}
 

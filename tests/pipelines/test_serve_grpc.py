@@ -143,6 +143,27 @@ def test_predict_on_the_image_bytes_signature(server, stub, exports):
     assert_same_as_rest(response, rest_predict(server, x))
 
 
+def test_predict_on_the_classify_signature_reads_its_examples(server, stub, exports):
+    """Predict runs the `classify` signature on serialized tf.Examples as Classify does; the server's check
+    before decoding looks at the images inside them, not at the Examples as if they were images."""
+    from tests.data.test_streaming import animated_webp
+
+    x = exports["x"]
+
+    def example(encoded: bytes) -> bytes:
+        feature = {"image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded]))}
+        return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name, request.model_spec.signature_name = "named", "classify"
+    request.inputs["inputs"].CopyFrom(tf.make_tensor_proto([example(png_bytes(img)) for img in x]))
+    scores = tf.make_ndarray(stub.Predict(request, timeout=30).outputs["scores"])
+    np.testing.assert_allclose(scores, [p["probabilities"] for p in rest_predict(server, x)], atol=1e-5)
+    request.inputs["inputs"].CopyFrom(tf.make_tensor_proto([example(png_bytes(x[0])), example(animated_webp())]))
+    e = rpc_error(stub.Predict, request)
+    assert e.code() == Code.INVALID_ARGUMENT and "animated WebP (not read" in e.details(), e.details()
+
+
 def test_grpc_and_rest_requests_are_batched_together(server, stub, exports):
     x = exports["x"][:1]
     batcher = server.manager.get("named")[1]
