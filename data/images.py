@@ -36,8 +36,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 # TensorFlow 2.21's `tf.io.decode_image(..., expand_animations=False)` writes past its buffer on an animated WebP
 # (measured: glibc aborts the process with "corrupted double-linked list" or "free(): invalid next size" a few
-# allocations later, a still WebP decodes correctly). So every decode here checks the header first: one such image
-# sent to `:classify` would otherwise take the server down, and one in a dataset the training process.
+# allocations later, a still WebP decodes correctly). So every decode of bytes that may be a WebP checks the header
+# first: one such image sent to `:classify` would otherwise take the server down, and one in a dataset the training
+# process.
 ANIMATED_WEBP = "animated WebP (not read: the TensorFlow decoder corrupts memory on animations; save one frame as PNG)"
 
 __all__ = ["scan_images", "decode_image", "convert_channels", "preprocess_image"]
@@ -102,18 +103,18 @@ def _gif_canvas(data: bytes):
 def _header_shape(f, kind: str, head: bytes):
     """(height, width, is_gray, pixels decoded) from the header bytes, without PIL (about 10x faster); None if
     unsure. The pixels are height x width but for a GIF, every frame's (`_gif_canvas`)."""
-    shape = _shape_from_header(f, kind, head)
-    if shape is None or kind != "gif":
-        return None if shape is None else (*shape, shape[0] * shape[1])
-    return shape[0], shape[1], False, shape[2]
-
-
-def _shape_from_header(f, kind: str, head: bytes):
-    if kind == "png" and len(head) >= 26 and head[12:16] == b"IHDR":
-        return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big"), head[25] in (0, 4)
     if kind == "gif":
         f.seek(0)
-        return _gif_canvas(f.read())
+        canvas = _gif_canvas(f.read())
+        return None if canvas is None else (canvas[0], canvas[1], False, canvas[2])
+    shape = _still_shape(f, kind, head)
+    return None if shape is None else (*shape, shape[0] * shape[1])
+
+
+def _still_shape(f, kind: str, head: bytes):
+    """(height, width, is_gray) of a PNG, BMP or JPEG from its header bytes; None if unsure."""
+    if kind == "png" and len(head) >= 26 and head[12:16] == b"IHDR":
+        return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big"), head[25] in (0, 4)
     if kind == "bmp" and len(head) >= 30:
         w = int.from_bytes(head[18:22], "little", signed=True)
         h = int.from_bytes(head[22:26], "little", signed=True)
@@ -251,8 +252,9 @@ def _inspect(path: str, full: bool = False):
                     return f"a BMP tf.io.decode_bmp cannot read ({bpp} bits per pixel, compression {compression})"
             if len(head) >= 26 and int.from_bytes(head[18:22], "little", signed=True) < 1:
                 return f"a BMP tf.io.decode_bmp cannot read (width {int.from_bytes(head[18:22], 'little', signed=True)})"
-        if shape is not None and _too_large(shape[1], shape[0], shape[3]):  # before anything decodes it
-            return _too_large(shape[1], shape[0], shape[3])
+        why = shape and _too_large(shape[1], shape[0], shape[3])
+        if why:  # before anything decodes it
+            return why
         if shape is not None and not suspect and not full:
             h, w, gray, _ = shape
         else:
