@@ -166,13 +166,19 @@ def refusal(blob: bytes) -> str | None:
     not a format training reads (`NOT_AN_IMAGE`: TensorFlow also decodes JPEG XL), an animated WebP
     (`ANIMATED_WEBP`), or more pixels than `max_pixels`; None to hand it to the decoder (which names what else
     is wrong with it). The server's check in front of the signatures that decode images."""
+    return header_check(blob)[0]
+
+
+def header_check(blob: bytes) -> tuple[str | None, int]:
+    """`(refusal(blob), pixels)`: the pixels its header says the decoder unpacks (a GIF's frames together), 0
+    where the header does not say (the decoder then names what is wrong) or the image is refused."""
     from PIL import Image
 
     kind = _sniff(blob[:32])
     if kind is None:
-        return NOT_AN_IMAGE
+        return NOT_AN_IMAGE, 0
     if _animated_webp(blob[:21]):
-        return ANIMATED_WEBP
+        return ANIMATED_WEBP, 0
     try:
         shape = _header_shape(io.BytesIO(blob), kind, blob[:32])
         if shape is None:
@@ -180,11 +186,12 @@ def refusal(blob: bytes) -> str | None:
                 w, h = im.size
                 shape = (h, w, False, h * w)
     except Image.DecompressionBombError as e:
-        return f"too large ({str(e).split(' exceeds')[0].lower()}; at most {max_pixels()} pixels are read)"
+        return f"too large ({str(e).split(' exceeds')[0].lower()}; at most {max_pixels()} pixels are read)", 0
     except Exception:  # noqa: BLE001 - PIL raises many types for broken headers: the decoder's reason then
-        return None
+        return None, 0
     h, w, _, pixels = shape
-    return _too_large(w, h, pixels)
+    why = _too_large(w, h, pixels)
+    return why, 0 if why else pixels
 
 
 def tf_decode(encoded):

@@ -85,15 +85,20 @@ class Server:
         grpc_threads: int = 32,
         model_config_file: str | None = None,
         max_connections: int = 256,
+        max_request_pixels: int | None = None,
     ):
         from pipelines.serving.http import HttpServer
         from pipelines.serving.metrics import ServerMetrics
         from pipelines.serving.rest import RestApi
         from pipelines.serving.servables import ModelManager
 
-        # model_config_file: TF Serving's model config file instead of `exports` (a bad one: ModelConfigError)
+        from data.images import max_pixels
+
+        # model_config_file: TF Serving's model config file instead of `exports` (a bad one: ModelConfigError);
+        # max_request_pixels (of a request's encoded images together): None, as many as one image may have
         self.manager = ModelManager(exports, poll_s, max_batch, batch_wait_ms, batch_threads,
-                                    config_file=model_config_file)
+                                    config_file=model_config_file,
+                                    max_request_pixels=max_request_pixels or max_pixels())
         self.metrics = ServerMetrics(self.manager)  # its own registry; for the REST API and the gRPC server
         self.api = RestApi(self.manager, max_body_bytes, predict_timeout_s, max_rows, metrics=self.metrics)
         self.http = HttpServer(self.api, host, port, header_timeout_s, body_timeout_s, max_connections, self.metrics)
@@ -169,6 +174,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-threads", type=int, default=1, help="signature calls running at once per model")
     p.add_argument("--max-body-mb", type=float, default=8.0, help="request bodies above this get 413")
     p.add_argument("--max-rows", type=int, default=4096, help="most rows (instances) per request; more get 413")
+    p.add_argument("--max-request-pixels", type=int, default=None,
+                   help="most pixels the encoded images (image_bytes, classify) of one request may hold together, "
+                        "by their headers; more get 413 (default: 178956970, as many as one image may have)")
     p.add_argument("--predict-timeout-s", type=float, default=60.0)
     p.add_argument("--header-timeout-s", type=float, default=10.0,
                    help="close a connection whose request headers are not complete this long after it opened "
@@ -200,6 +208,8 @@ def main(argv=None) -> int:
         (a.max_body_mb > 0, f"--max-body-mb must be > 0, got {a.max_body_mb}"),
         (a.predict_timeout_s > 0, f"--predict-timeout-s must be > 0, got {a.predict_timeout_s}"),
         (a.max_rows >= 1, f"--max-rows must be >= 1, got {a.max_rows}"),
+        (a.max_request_pixels is None or a.max_request_pixels >= 1,
+         f"--max-request-pixels must be >= 1, got {a.max_request_pixels}"),
         (a.header_timeout_s > 0, f"--header-timeout-s must be > 0, got {a.header_timeout_s}"),
         (a.body_timeout_s > 0, f"--body-timeout-s must be > 0, got {a.body_timeout_s}"),
         (a.max_connections >= 1, f"--max-connections must be >= 1, got {a.max_connections}"),
@@ -215,6 +225,7 @@ def main(argv=None) -> int:
         a.exports, a.host, a.port, a.poll_s, a.max_batch, a.batch_wait_ms, a.batch_threads,
         int(a.max_body_mb * (1 << 20)), a.predict_timeout_s, a.max_rows, a.header_timeout_s, a.body_timeout_s,
         a.grpc_port, a.grpc_threads, model_config_file=a.model_config_file, max_connections=a.max_connections,
+        max_request_pixels=a.max_request_pixels,
     )
     try:
         server.start()

@@ -40,6 +40,7 @@ class Servable:
     class_names: list[str] | None = None  # assets.extra/labels.txt, one name per class id
     signature_def_protos: dict = field(default_factory=dict, repr=False)  # name -> SignatureDef proto
     _signatures: dict = field(default_factory=dict, repr=False)  # name -> concrete function
+    max_request_pixels: int | None = None  # the most pixels the encoded images of one request may hold together
 
     def classify(self, examples: list[bytes]) -> dict[str, np.ndarray]:
         """TF Serving's Classify: serialized `tf.train.Example`s (`image/encoded`) -> `classes` [N, K] (text)
@@ -50,7 +51,7 @@ class Servable:
         if fn is None:
             raise ValueError(f"{self.name} version {self.version} has no {CLASSIFY!r} signature "
                              "(exported before it existed); use predict")
-        _refuse_unsafe_images(_example_images(examples))
+        _refuse_unsafe_images(_example_images(examples), self.max_request_pixels)
         out = fn(inputs=tf.constant(list(examples), dtype=tf.string))
         return {k: _text(v.numpy()) for k, v in out.items()}
 
@@ -66,7 +67,8 @@ class Servable:
         for k, v in inputs.items():
             if specs[k].dtype == tf.string:  # encoded images, or (the classify signature's) tf.Examples of them
                 blobs = list(np.asarray(v, dtype=object).ravel())
-                _refuse_unsafe_images(_example_images(blobs) if signature == CLASSIFY else blobs)
+                _refuse_unsafe_images(_example_images(blobs) if signature == CLASSIFY else blobs,
+                                      self.max_request_pixels)
         feeds = {k: tf.constant(v, dtype=specs[k].dtype) for k, v in inputs.items()}
         return {k: _text(v.numpy()) for k, v in fn(**feeds).items()}
 
@@ -96,18 +98,29 @@ def _example_images(examples: list[bytes]) -> list[bytes]:
     return images
 
 
-def _refuse_unsafe_images(blobs) -> None:
+def _refuse_unsafe_images(blobs, max_request_pixels: int | None = None) -> None:
     """ValueError (a 400) for an encoded image the server does not decode, before any signature decodes it, as
     training's header pass would refuse its file (`data.images.refusal`): a format training does not read, an
     animated WebP (exports since the check in `data.images.decode_image` refuse it in their graph; older ones
     would hand it to TensorFlow's decoder, which corrupts the server's memory on one), or more pixels than
-    training reads (a 400 KB PNG of 20000x20000 took 12 s and 2.3 GB to decode and resize)."""
-    from data.images import refusal
+    training reads (a 400 KB PNG of 20000x20000 took 12 s and 2.3 GB to decode and resize). `BadRequest` 413
+    when the images hold more than `max_request_pixels` together (`--max-request-pixels`): the signatures
+    decode up to 10 of a request's images at once, so 8 MB of small PNGs just under the per-image limit each
+    would otherwise cost the server gigabytes and minutes."""
+    from data.images import header_check
 
+    from pipelines.serving.responses import BadRequest
+
+    total = 0
     for b in blobs:
-        why = refusal(b) if isinstance(b, bytes) else None
+        why, pixels = header_check(b) if isinstance(b, bytes) else (None, 0)
         if why:
             raise ValueError(why)
+        total += pixels
+    if max_request_pixels is not None and total > max_request_pixels:
+        raise BadRequest(f"the request's {len(blobs)} images hold {total} pixels together, over the limit of "
+                         f"{max_request_pixels} per request (--max-request-pixels); send them in several "
+                         "requests", 413)
 
 
 def _text(values: np.ndarray) -> np.ndarray:
@@ -169,8 +182,8 @@ def load_savedmodel(path: str):
 WARM_BUDGET_S = 2.0  # warm-up calls beyond the first stop once this much time is spent
 
 
-def load_servable(name: str, version: int, path: str, warm_rows=(1,), warm_budget_s: float = WARM_BUDGET_S
-                  ) -> Servable:
+def load_servable(name: str, version: int, path: str, warm_rows=(1,), warm_budget_s: float = WARM_BUDGET_S,
+                  max_request_pixels: int | None = None) -> Servable:
     """Load `path`'s `serving_default`, read its specs, and warm it up on zeros: one call of each batch size in
     `warm_rows` (in that order) while the calls after the first have taken less than `warm_budget_s`.
 
@@ -196,7 +209,7 @@ def load_servable(name: str, version: int, path: str, warm_rows=(1,), warm_budge
         outputs["class_name"] = TensorInfo("class_name", np.dtype(object), outputs["class_id"].shape)
     defs_json, defs = _signature_defs(path)
     servable = Servable(name, version, path, inputs, outputs, defs_json, fn, loaded, class_names, defs,
-                        dict(loaded.signatures))
+                        dict(loaded.signatures), max_request_pixels)
     if all(d is not None for t in inputs.values() for d in t.shape[1:]):
         t0 = None
         for rows in dict.fromkeys([1, *warm_rows]):

@@ -129,8 +129,10 @@ class ModelManager:
         batch_threads: int = 1,
         retry_max_s: float = 30.0,
         config_file: str | None = None,
+        max_request_pixels: int | None = None,
     ):
         self.exports = exports
+        self.max_request_pixels = max_request_pixels  # of a request's encoded images together (Servable)
         self.poll_s = poll_s
         self.max_batch = max_batch
         self.batch_wait_ms = batch_wait_ms
@@ -336,9 +338,10 @@ class ModelManager:
             sizes = st.batcher.batch_sizes()  # warmed up at the batch sizes the traffic has run, most frequent first
             rows = sorted(sizes, key=lambda r: -sizes[r])
             if serving:  # requests may be waiting: leave them the GIL
-                servable = polite(lambda: load_servable(name, version, path, rows))
+                servable = polite(lambda: load_servable(name, version, path, rows,
+                                                        max_request_pixels=self.max_request_pixels))
             else:
-                servable = load_servable(name, version, path, rows)
+                servable = load_servable(name, version, path, rows, max_request_pixels=self.max_request_pixels)
         except Exception as e:  # noqa: BLE001 - a bad export must not stop the server or the others
             msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             backoff = min(self.poll_s * 2 ** (attempt - 1), self.retry_max_s)

@@ -200,7 +200,7 @@ def test_webp_files_are_read_as_training_reads_them_and_an_animated_one_is_refus
     _refuses_animated_webp_and_goes_on(server.url, "rgb", files)
     import pipelines.serving.savedmodel
 
-    monkeypatch.setattr(pipelines.serving.savedmodel, "_refuse_unsafe_images", lambda blobs: None)
+    monkeypatch.setattr(pipelines.serving.savedmodel, "_refuse_unsafe_images", lambda *args: None)
     _refuses_animated_webp_and_goes_on(server.url, "rgb", files)  # the graph's check alone: the same one line
 
 
@@ -222,6 +222,44 @@ def test_an_image_declaring_more_pixels_than_training_reads_is_refused_before_it
             assert r.json()["error"] == (f"the model rejected the input: too large ({size}; at most "
                                          f"{max_pixels()} pixels are read)"), r.text
         assert _post_images(server.url, "rgb", signature, [png(exported["x"][1])]).status_code == 200
+
+
+def test_a_request_whose_images_hold_more_pixels_together_than_one_image_may_is_refused_before_decoding(
+        server, exported):
+    """Two PNG headers of 10000x10000 each, under the limit of one image (178,956,970 pixels), in one request:
+    the signatures decode up to 10 images of a request at once, so 8 MB of such files (about 100 KB each of
+    zeros) would cost the server gigabytes and minutes. One 413 naming the request's total and the flag, before
+    anything is decoded; the same images one per request are not refused by it."""
+    from data.images import header_check, max_pixels
+
+    big = bytearray(png(exported["x"][0]))
+    big[16:24] = (10000).to_bytes(4, "big") * 2  # IHDR width and height; the pixel data is the 16x16 image's
+    assert header_check(bytes(big)) == (None, 10**8) and 2 * 10**8 > max_pixels()
+    for signature in ("classify", "image_bytes"):
+        r = _post_images(server.url, "rgb", signature, [bytes(big), bytes(big)])
+        assert r.status_code == 413, r.text
+        assert r.json()["error"] == (f"the request's 2 images hold 200000000 pixels together, over the limit of "
+                                     f"{max_pixels()} per request (--max-request-pixels); send them in several "
+                                     "requests"), r.text
+        r = _post_images(server.url, "rgb", signature, [bytes(big)])
+        assert r.status_code == 400 and "too large" not in r.text and "per request" not in r.text, r.text
+        assert _post_images(server.url, "rgb", signature, [png(exported["x"][1])]).status_code == 200
+
+
+def test_max_request_pixels_sets_the_budget_of_a_request(exported):
+    """`--max-request-pixels` (`Server(max_request_pixels=...)`): three 16x16 images hold 768 pixels."""
+    from pipelines.serve import parse_args
+
+    assert parse_args(["--max-request-pixels", "700"]).max_request_pixels == 700
+    files = [png(a) for a in exported["x"][:3]]
+    s = Server(exported["root"], port=0, poll_s=0.2, max_request_pixels=700).start()
+    try:
+        for signature in ("classify", "image_bytes"):
+            r = _post_images(s.url, "rgb", signature, files)
+            assert r.status_code == 413 and "768 pixels together, over the limit of 700" in r.text, r.text
+            assert _post_images(s.url, "rgb", signature, files[:2]).status_code == 200
+    finally:
+        s.stop()
 
 
 def test_an_export_from_before_the_graphs_check_is_guarded_by_the_server(tmp_path, monkeypatch):

@@ -141,6 +141,15 @@ def test_predict_on_the_image_bytes_signature(server, stub, exports):
     response = stub.Predict(request, timeout=30)
     assert response.model_spec.signature_name == "image_bytes"
     assert_same_as_rest(response, rest_predict(server, x))
+    big = _header_of(png_bytes(x[0]), 10000)  # two under the limit of one image (178,956,970), over it together
+    request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([big, big]))
+    e = rpc_error(stub.Predict, request)
+    assert e.code() == Code.RESOURCE_EXHAUSTED and "200000000 pixels together" in e.details(), e.details()
+
+
+def _header_of(png: bytes, side: int) -> bytes:
+    """`png` with its IHDR saying side x side: refused or counted by the header alone."""
+    return png[:16] + side.to_bytes(4, "big") * 2 + png[24:]
 
 
 def test_predict_on_the_classify_signature_reads_its_examples(server, stub, exports):
@@ -311,6 +320,14 @@ def test_classify_names_every_class(server, stub, exports):
     del request.input.example_list.examples[:]
     e = rpc_error(stub.Classify, request)
     assert e.code() == Code.INVALID_ARGUMENT and "empty" in e.details()
+    for _ in range(2):
+        feature = {"image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(
+            value=[_header_of(png_bytes(x[0]), 10000)]))}
+        request.input.example_list.examples.add().CopyFrom(tf.train.Example(features=tf.train.Features(
+            feature=feature)))
+    e = rpc_error(stub.Classify, request)
+    assert e.code() == Code.RESOURCE_EXHAUSTED and "--max-request-pixels" in e.details(), e.details()
+    del request.input.example_list.examples[:]
     request.model_spec.signature_name = "serving_default"
     e = rpc_error(stub.Classify, request)
     assert e.code() == Code.INVALID_ARGUMENT and "classification signature" in e.details(), e.details()

@@ -108,7 +108,7 @@ def test_the_manager_loads_politely_only_while_something_is_served(tmp_path, mon
 
     loads = []
 
-    def fake_load(name, version, path, warm_rows=(1,)):
+    def fake_load(name, version, path, warm_rows=(1,), max_request_pixels=None):
         loads.append((version, sys.getprofile() is not None, list(warm_rows)))  # the hook is on while polite
         return Loaded(version)
 
