@@ -77,8 +77,10 @@ def evaluate_run(run_id: str, tracking_uri: str | None = None, overrides=(), rep
         except (MlflowException, OSError):
             raise UserError(f"MLflow run {run_id} has no config.yaml artifact; is it a `make train` run?") from None
         cfg = load_config(cfg_path, list(overrides))
-        model = load_keras_model(_run_keras_model(run_id, tmp))
+        keras_path, class_names = _run_keras_model(run_id, tmp)
+        model = load_keras_model(keras_path)
     splits = load_data(cfg)
+    _check_classes(class_names, splits.class_names, f"MLflow run {run_id}", cfg.data.source)
     with naming_bad_data(splits):
         test = test_subset(splits, cfg.evaluate)
     ev = evaluate(keras_predictor(model, cfg.evaluate.batch_size), *test, cfg.evaluate, model=model,
@@ -103,9 +105,11 @@ def _new_report_dir(reports_dir: str, name: str) -> str:
     return out
 
 
-def _run_keras_model(run_id: str, tmp: str) -> str:
-    """The local path of run `run_id`'s Keras model: inside its MLflow model (`model`), or, for runs logged
-    before it held the model, the artifact keras_model/model.keras."""
+def _run_keras_model(run_id: str, tmp: str) -> tuple[str, list[str] | None]:
+    """The local path of run `run_id`'s Keras model and its class names: inside its MLflow model (`model`), or,
+    for runs logged before it held the model, the artifact keras_model/model.keras (class names unknown)."""
+    import json
+
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -114,14 +118,36 @@ def _run_keras_model(run_id: str, tmp: str) -> str:
     try:
         local = mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{run_id}/model", dst_path=tmp)
         if os.path.isfile(keras_model_path(local)):
-            return keras_model_path(local)
-    except (MlflowException, OSError):
+            names = os.path.join(local, "artifacts", "class_names.json")
+            with open(names, encoding="utf-8") as fh:
+                return keras_model_path(local), json.load(fh)
+    except (MlflowException, OSError, ValueError):
         pass
     try:
-        return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="keras_model/model.keras", dst_path=tmp)
+        return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="keras_model/model.keras",
+                                                   dst_path=tmp), None
     except (MlflowException, OSError):
         raise UserError(f"MLflow run {run_id} has no trained model (its MLflow model `model`); is it a `make "
                         "train` run whose training finished?") from None
+
+
+def _check_classes(model_names, data_names, what: str, source: str) -> None:
+    """One error where the test data's classes are not the model's, in its order (class ids would be scored
+    against another class's answers: a folder that lost a class since training scored 0% for a model at 100%)."""
+    from pipelines.export import _short
+
+    if model_names is None:  # an export or run from before the class names were kept
+        return
+    model, data = [str(c) for c in model_names], [str(c) for c in data_names]
+    if model == data:
+        return
+    missing, extra = [c for c in model if c not in data], [c for c in data if c not in model]
+    why = "; ".join(([f"it lacks {_short(missing)}"] if missing else [])
+                    + ([f"it has {_short(extra)}, which the model does not answer"] if extra else [])) or (
+        f"they are in another order: {_short(data)} against the model's {_short(model)}")
+    raise UserError(f"the test data ({source}) does not have the classes {what} answers: {why}. Its answers "
+                    "would be scored against other classes' labels; evaluate it on data with the classes it was "
+                    "trained on (ARGS=\"data.source=...\")")
 
 
 def resolve_export(path: str) -> str:
@@ -147,6 +173,7 @@ def evaluate_export(path: str, overrides=(), reports_dir: str = "reports"):
     from pipelines.experiment import load_data
 
     from pipelines.config import load_config
+    from pipelines.serving.savedmodel import read_labels
 
     version_dir = resolve_export(path)
     cfg_path = os.path.join(version_dir, "assets.extra", "experiment.yaml")
@@ -158,6 +185,7 @@ def evaluate_export(path: str, overrides=(), reports_dir: str = "reports"):
     cfg = load_config(cfg_path, list(overrides))
     predict = savedmodel_class_predictor(version_dir, cfg.evaluate.batch_size)
     splits = load_data(cfg)
+    _check_classes(read_labels(version_dir), splits.class_names, version_dir, cfg.data.source)
     with naming_bad_data(splits):
         test = test_subset(splits, cfg.evaluate)
     ev = evaluate(predict, *test, cfg.evaluate, class_names=splits.class_names)

@@ -3,13 +3,17 @@ export path; make compare on the result."""
 
 import json
 import os
+import re
 
 import mlflow
+import numpy as np
 import pytest
+from PIL import Image
 
 from pipelines import compare, evaluate, train
 from pipelines.cli import run_main
 from pipelines.config import config_from_dict
+from pipelines.errors import UserError
 
 EVAL = ["evaluate.max_images=40", "evaluate.rotation_step=90", "evaluate.elastic_alphas=[0, 8]"]
 
@@ -68,3 +72,27 @@ def test_train_then_evaluate_by_run_id_and_by_export_then_compare(tmp_path, caps
 
     _, table, files = compare.compare([result.run_id], uri, str(reports))
     assert result.run_id[:8] in table and all(os.path.isfile(f) for f in files)
+
+    # test data whose classes are not the model's ("3" gone, "x" new): one error by run id and by export, no
+    # report; scored, class ids would be taken for other classes (a 100% model once scored 0%)
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in ["0", "1", "2", "4", "5", "6", "7", "8", "9", "x"]:
+            (tmp_path / "other" / split / c).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(
+                    tmp_path / "other" / split / c / f"{i}.png")
+    before = sorted(os.listdir(reports))
+    for run in (result.run_id, os.path.dirname(result.export_path)):
+        assert run_main(evaluate.main, ["--run", run, *args, f"data.source=folder:{tmp_path / 'other'}"]) == 2
+        err = capsys.readouterr().err
+        assert "it lacks [3]; it has [x], which the model does not answer" in err, err
+        assert "Traceback" not in err and err.count("error:") == 1, err
+    assert sorted(os.listdir(reports)) == before
+
+
+def test_classes_in_another_order_are_named():
+    with pytest.raises(UserError, match=re.escape("in another order: [b, a] against the model's [a, b]")):
+        evaluate._check_classes(["a", "b"], ["b", "a"], "m", "folder:d")
+    evaluate._check_classes(["a", "b"], ["a", "b"], "m", "folder:d")
+    evaluate._check_classes(None, ["a", "b"], "m", "folder:d")  # an export from before labels.txt: not known
