@@ -55,12 +55,12 @@ def _list_split(root: str, class_names: list[str]):
 
 
 def _name_stray_files(root: str, read: str) -> None:
-    """A warning naming the files at `root`'s top level (not hidden, not the system's), which are not read."""
+    """A warning naming the files directly in `root` (not hidden, not the system's), which are not read."""
     stray = sorted(f for f in os.listdir(root) if not f.startswith(".") and f.lower() not in _OS_FILES
                    and os.path.isfile(os.path.join(root, f)))
     if stray:
         shown = ", ".join(stray[:5]) + (f" and {len(stray) - 5} more" if len(stray) > 5 else "")
-        print(f"Warning: folder:{root}: ignored top-level file(s) {shown}: images are read from {read}")
+        print(f"Warning: folder:{root}: ignored file(s) {shown}: images are read from {read}")
 
 
 def list_folder(root: str):
@@ -92,6 +92,8 @@ def list_folder(root: str):
             print(f"Warning: folder:{root}: ignored top-level folder(s) {', '.join(ignored)}: the splits read are "
                   f"{', '.join(used)} (a validation split is one of {', '.join(VALIDATION_FOLDERS)}/)")
         _name_stray_files(root, "the split folders")
+        for name in used:
+            _name_stray_files(os.path.join(root, name), "its class subfolders")
         return out, class_names, "test" in top
     if not top:
         raise DataSourceError(f"folder:{root}: expected one subfolder per class (or train/ and test/)")
@@ -99,23 +101,28 @@ def list_folder(root: str):
     return {"all": _list_split(root, top)}, top, False
 
 
-def _check_classes(root: str, train_dir: str, lists: dict, class_names: list[str]) -> None:
-    """Refuse a class with no readable training image (a model would be published with a class it never saw);
-    name the classes that a test or validation split has no image of (their accuracy is not measured)."""
-    counts = np.bincount(lists["train"][1], minlength=len(class_names))
+def _refuse_empty_classes(train_dir: str, labels: np.ndarray, class_names: list[str]) -> None:
+    """Refuse a class with no readable training image (a model would be published with a class it never saw),
+    before any split is carved from the training files."""
+    counts = np.bincount(labels, minlength=len(class_names))
     empty = [c for c, n in zip(class_names, counts) if n == 0]
     if empty:
         nested = any(os.path.isdir(os.path.join(train_dir, c, d)) for c in empty
                      for d in os.listdir(os.path.join(train_dir, c)))
         raise DataSourceError(
-            f"folder:{train_dir}: class folder(s) {', '.join(empty)} hold no readable image file"
+            f"folder:{train_dir}: class folder(s) {', '.join(repr(c) for c in empty)} hold no readable image file"
             + (" (files in nested subfolders are not read: put them directly in the class folder)" if nested else "")
             + "; add images or remove the folder(s)")
+
+
+def _name_missing_classes(root: str, lists: dict, class_names: list[str], carved: set) -> None:
+    """Name the classes that a test or validation split has no image of (their accuracy is not measured)."""
     for k in ("validation", "test"):
         missing = [c for c, n in zip(class_names, np.bincount(lists[k][1], minlength=len(class_names))) if n == 0]
         if missing:
             print(f"Warning: folder:{root}: the {k} split has no image of class(es) {', '.join(missing)}: their "
-                  f"{k} accuracy is not measured (classes with few images get none when a split is carved)")
+                  f"{k} accuracy is not measured"
+                  + (" (classes with few images get none when a split is carved)" if k in carved else ""))
 
 
 @register_source("folder", argument="<path>", files="path",
@@ -141,6 +148,8 @@ def open_folder(path: str, o: DataOptions, stream):
     if not good:
         raise DataSourceError(f"folder:{root}: none of its {len(every)} files is a readable image")
     lists = {k: (p[[x not in badset for x in p]], y[[x not in badset for x in p]]) for k, (p, y) in lists.items()}
+    _refuse_empty_classes(train_dir, lists["all" if not has_test else "train"][1], class_names)
+    carved = set() if has_test else {"test"}
     if not has_test:  # test carved with seed + 1, then validation with seed
         (p, y), test = stratified_split(*lists.pop("all"), o.validation_fraction, o.seed + 1)
         lists = {**lists, "train": (p, y), "test": test}
@@ -148,7 +157,8 @@ def open_folder(path: str, o: DataOptions, stream):
         if len(lists["train"][0]) < 2:
             raise DataSourceError(f"folder:{root}: the training split needs at least 2 images")
         lists["train"], lists["validation"] = stratified_split(*lists["train"], o.validation_fraction, o.seed)
-    _check_classes(root, train_dir, lists, class_names)
+        carved.add("validation")
+    _name_missing_classes(root, lists, class_names, carved)
     channels = o.channels if o.channels != "auto" else (1 if all(g for _, _, g, _ in good) else 3)
     sizes = sorted({(h, w) for h, w, _, _ in good})
     stream.native_size = sizes[0] if len(sizes) == 1 else None

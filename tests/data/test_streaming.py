@@ -436,7 +436,7 @@ def test_a_class_only_in_test_is_refused_and_a_class_missing_from_test_is_named(
 def test_a_class_folder_without_images_is_refused_and_a_tiny_class_is_named(tmp_path, capsys):
     root = make_uniform_folder(tmp_path / "u", classes=("a", "b", "c"), n=6)
     (root / "empty").mkdir()
-    with pytest.raises(DataSourceError, match=r"class folder\(s\) empty hold no readable image file; add images"):
+    with pytest.raises(DataSourceError, match=r"class folder\(s\) 'empty' hold no readable image file; add images"):
         open_source(f"folder:{root}")
     (root / "empty" / "2024").mkdir()
     make_uniform_folder(root / "empty" / "2024", classes=("x",), n=2)
@@ -449,6 +449,19 @@ def test_a_class_folder_without_images_is_refused_and_a_tiny_class_is_named(tmp_
     assert "the validation split has no image of class(es) empty" in capsys.readouterr().out
 
 
+def test_an_empty_class_folder_is_named_even_when_the_others_are_too_few_to_carve_splits_from(tmp_path, capsys):
+    """Two images of one class and an empty one: the empty folder is what is wrong, not the split sizes."""
+    root = make_uniform_folder(tmp_path / "tiny", classes=("a",), n=2)
+    (root / "b c").mkdir()
+    with pytest.raises(DataSourceError, match=r"class folder\(s\) 'b c' hold no readable image file"):
+        open_source(f"folder:{root}")
+    for split in ("train", "test"):  # and in train/ with test/, where nothing is carved from train/ but validation
+        make_uniform_folder(tmp_path / "split" / split, classes=("a", "b"), n=2)
+    (tmp_path / "split" / "train" / "c").mkdir()
+    with pytest.raises(DataSourceError, match=r"split/train: class folder\(s\) 'c' hold no readable image file"):
+        open_source(f"folder:{tmp_path / 'split'}")
+
+
 @pytest.mark.parametrize("vname", ["validation", "valid", "val"])
 def test_a_validation_folder_of_any_usual_name_is_read_and_other_top_level_folders_are_named(tmp_path, vname, capsys):
     for split, n in (("train", 8), (vname, 4), ("test", 6), ("extras", 3)):
@@ -457,7 +470,7 @@ def test_a_validation_folder_of_any_usual_name_is_read_and_other_top_level_folde
     assert (splits.train.count, splits.validation.count, splits.test.count) == (16, 8, 12)  # nothing carved
     out = capsys.readouterr().out
     assert "ignored top-level folder(s) extras" in out and f"the splits read are train, test, {vname}" in out
-    assert "top-level file" not in out
+    assert "ignored file" not in out
 
 
 def test_files_beside_the_class_folders_are_named_not_read(tmp_path, capsys):
@@ -470,7 +483,27 @@ def test_files_beside_the_class_folders_are_named_not_read(tmp_path, capsys):
     assert splits.class_names == ["a", "b"]
     assert splits.train.count + splits.validation.count + splits.test.count == 12  # the class folders' images only
     out = capsys.readouterr().out
-    assert "ignored top-level file(s) README.txt, cover.png: images are read from the class subfolders" in out, out
+    assert "ignored file(s) README.txt, cover.png: images are read from the class subfolders" in out, out
+
+
+def test_files_beside_the_class_folders_of_a_split_are_named_not_read(tmp_path, capsys):
+    for split in ("train", "test"):
+        make_uniform_folder(tmp_path / split, n=4)
+    (tmp_path / "train" / "notes.txt").write_text("shot in May")
+    (tmp_path / "test" / "extra.png").write_bytes((tmp_path / "test" / "a" / "0.png").read_bytes())
+    splits = open_source(f"folder:{tmp_path}", DataOptions())
+    assert splits.train.count + splits.validation.count + splits.test.count == 16
+    out = capsys.readouterr().out
+    assert f"folder:{tmp_path / 'train'}: ignored file(s) notes.txt: images are read from its class subfolders" in out
+    assert f"folder:{tmp_path / 'test'}: ignored file(s) extra.png" in out, out
+
+
+def test_the_carving_hint_is_given_only_for_a_carved_split(tmp_path, capsys):
+    make_uniform_folder(tmp_path / "train", classes=("a", "b", "c"), n=6)
+    make_uniform_folder(tmp_path / "test", classes=("a", "b"), n=2)
+    open_source(f"folder:{tmp_path}", DataOptions())
+    out = capsys.readouterr().out
+    assert "the test split has no image of class(es) c: their test accuracy is not measured\n" in out, out
 
 
 def test_evaluation_splits_run_without_autotuning_and_training_keeps_it(tmp_path):
