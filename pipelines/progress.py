@@ -24,9 +24,11 @@ class ProgressLog(keras.callbacks.Callback):
         epoch 2/5  step 120/266  85 images/s  epoch 1:30 elapsed, ETA 1:50  run ETA 9:20
     """
 
-    def __init__(self, steps: int, epochs: int, batch_size: int, every_s: float = 30.0, out=None, clock=time.monotonic):
+    def __init__(self, steps: int, epochs: int, batch_size: int, every_s: float = 30.0, out=None, clock=time.monotonic,
+                 images: int | None = None):
         super().__init__()
         self.steps, self.epochs, self.batch_size, self.every_s = steps, epochs, batch_size, every_s
+        self.images = images or steps * batch_size  # an epoch's: its last batch may be a partial one
         self.out, self.clock = out, clock
         self.epoch_times: list[float] = []
 
@@ -39,11 +41,15 @@ class ProgressLog(keras.callbacks.Callback):
         self.first_end = self.last_end = None  # the clock at the end of the epoch's first step and of its latest
         self.done = 0
 
+    def _through(self, steps: int) -> int:
+        """The images of an epoch's first `steps` steps."""
+        return min(steps * self.batch_size, self.images)
+
     def _rate(self) -> float:
         """Training images/s of the epoch's steps after its first; of the whole epoch so far while it has one."""
         if self.done > 1 and self.last_end > self.first_end:
-            return (self.done - 1) * self.batch_size / (self.last_end - self.first_end)
-        return self.done * self.batch_size / max(self.last_end - self.started, 1e-9)
+            return (self._through(self.done) - self._through(1)) / (self.last_end - self.first_end)
+        return self._through(self.done) / max(self.last_end - self.started, 1e-9)
 
     def _eta_run(self, epoch_seconds: float) -> float:
         per_epoch = sum(self.epoch_times) / len(self.epoch_times) if self.epoch_times else epoch_seconds
@@ -59,7 +65,7 @@ class ProgressLog(keras.callbacks.Callback):
         self.last = now
         done, elapsed = batch + 1, now - self.started
         rate = self._rate()
-        eta_epoch = (self.steps - done) * self.batch_size / rate
+        eta_epoch = (self.images - self._through(done)) / max(rate, 1e-9)
         if self.epoch_times and done * 10 < self.steps:  # a few steps in: a slow first step would dominate
             eta_epoch = sum(self.epoch_times) / len(self.epoch_times) * (self.steps - done) / self.steps
         self._print(f"epoch {self.epoch + 1}/{self.epochs}  step {done}/{self.steps}  {rate:.0f} images/s  "
@@ -69,6 +75,6 @@ class ProgressLog(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         took = self.clock() - self.started
         self.epoch_times.append(took)
-        rate = self._rate() if self.done else self.steps * self.batch_size / max(took, 1e-9)
+        rate = self._rate() if self.done else self.images / max(took, 1e-9)
         self._print(f"epoch {epoch + 1}/{self.epochs} done in {_clock(took)} ({rate:.0f} images/s)  "
                     f"run ETA {_clock(self._eta_run(took))}")

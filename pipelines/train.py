@@ -263,7 +263,8 @@ def _fit(cfg: Config, splits, train_ds, val_ds, steps: int, run_id: str | None, 
         if verbose == 2:  # a log, not a terminal: a line at least every 30 s, not only at each epoch's end
             from pipelines.progress import ProgressLog
 
-            fit_callbacks.append(ProgressLog(steps, cfg.train.epochs, cfg.data.batch_size))
+            images = steps * cfg.data.batch_size if placement.num_processes > 1 else splits.train.count
+            fit_callbacks.append(ProgressLog(steps, cfg.train.epochs, cfg.data.batch_size, images=images))
         history = model.fit(**experiment.fit_batches(train_ds, steps), validation_data=val_ds, epochs=cfg.train.epochs,
                             callbacks=fit_callbacks, verbose=verbose, shuffle=False)
     losses = history.history.get("loss", [])

@@ -73,3 +73,17 @@ def test_images_per_second_leave_out_the_first_step_and_validation():
     lines = out.getvalue().splitlines()
     assert lines[0] == "epoch 1/1  step 11/100  32 images/s  epoch 0:30 elapsed, ETA 1:29  run ETA 1:29"  # not 12/s
     assert lines[-1] == "epoch 1/1 done in 2:09 (32 images/s)  run ETA 0:00"
+
+
+def test_the_last_partial_batch_counts_its_own_images():
+    """72 images in batches of 64: the second step holds 8 images, not 64 (a user's log said 1444 images/s for
+    a folder of 72 images trained at about 150)."""
+    clock, out = FakeClock(), io.StringIO()
+    cb = ProgressLog(2, 1, batch_size=64, every_s=30, out=out, clock=clock, images=72)
+    cb.on_epoch_begin(0)
+    clock.now += 9.0
+    cb.on_train_batch_end(0)
+    clock.now += 0.05
+    cb.on_train_batch_end(1)
+    cb.on_epoch_end(0)
+    assert out.getvalue().splitlines() == ["epoch 1/1 done in 0:09 (160 images/s)  run ETA 0:00"]
