@@ -15,6 +15,7 @@ import contextlib
 import math
 import os
 import re
+import warnings
 
 from pipelines.config import Config
 
@@ -221,6 +222,17 @@ def fit_batches(train_ds, steps: int) -> dict:
     two runs, and none with one iterator (docs/results.md, "tf.data's stall between epochs").
     """
     return {"x": train_ds.repeat(), "steps_per_epoch": steps}
+
+
+@contextlib.contextmanager
+def reading_splits_to_their_end():
+    """Keras' "Your input ran out of data ... use the `.repeat()` function" warning left out: Keras gives it
+    whenever a dataset of unknown length ends (a split read with `data.skip_bad_images`, whose files may drop
+    out), which validation and evaluation do by design; the training batches repeat without end
+    (`fit_batches`), so they cannot run out."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Your input ran out of data", category=UserWarning)
+        yield
 
 
 def make_optimizer(cfg: Config, steps: int):

@@ -78,10 +78,11 @@ def run(cfg: Config, callbacks=()) -> TrainResult:
                 run_dir, state, lock, orphans = rundir.open_run_dir(cfg)
             else:
                 state = rundir.check_resumable(cfg, cfg.train.run_dir)  # stop with the chief on a wrong run dir
-        if not placement.is_chief:
-            return _run_worker(cfg, splits, placement, callbacks, state)
-        rundir.mark_orphans_killed(orphans)
-        return _run_locked(cfg, splits, uri, run_dir, state, callbacks, placement)
+        with experiment.reading_splits_to_their_end():
+            if not placement.is_chief:
+                return _run_worker(cfg, splits, placement, callbacks, state)
+            rundir.mark_orphans_killed(orphans)
+            return _run_locked(cfg, splits, uri, run_dir, state, callbacks, placement)
     finally:
         if lock is not None:
             lock.release()

@@ -164,8 +164,9 @@ def run(cfg: Config, callbacks=(), config_path: str | None = None) -> TuneResult
                 tuner.save()
                 serve_oracle(tuner.oracle)
             else:
-                tuner.search(epochs=cfg.tune.epochs, callbacks=[keras.callbacks.TerminateOnNaN(), *callbacks],
-                             verbose=experiment.fit_verbosity(cfg))
+                with experiment.reading_splits_to_their_end():
+                    tuner.search(epochs=cfg.tune.epochs, callbacks=[keras.callbacks.TerminateOnNaN(), *callbacks],
+                                 verbose=experiment.fit_verbosity(cfg))
             if role == "worker":
                 print(f"Worker {tuner_id}: the chief ended the search")
                 return TuneResult(role, directory, runs.parent_run_id, uri)

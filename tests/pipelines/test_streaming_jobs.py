@@ -270,6 +270,9 @@ def test_skip_bad_images_trains_and_logs_the_skipped_file(shapes, tmp_path):
         result = run(config_from_dict({}, _overrides(tmp_path, source, "shapes_skip", *CNN,
                                                      "data.skip_bad_images=true", "export.enabled=false")))
     assert not [w for w in caught if "interpreted in multiple ways" in str(w.message)]  # MLflow's, on every run
+    # Keras' advice to `.repeat()` the data, given when a split of unknown length (files may drop out) ends:
+    # the training batches repeat without end, and validation and test are read to their end by design
+    assert not [w for w in caught if "ran out of data" in str(w.message)]
     src = mlflow.MlflowClient(result.tracking_uri).get_run(result.run_id).inputs.dataset_inputs[0].dataset.source
     assert json.loads(src)["uri"] == os.path.abspath(source.partition(":")[2])
     client = mlflow.MlflowClient(result.tracking_uri)
