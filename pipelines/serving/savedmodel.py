@@ -112,10 +112,10 @@ def _refuse_unsafe_images(blobs, max_request_pixels: int | None = None) -> None:
     from pipelines.serving.responses import BadRequest
 
     total = 0
-    for b in blobs:
+    for i, b in enumerate(blobs):
         why, pixels = header_check(b) if isinstance(b, bytes) else (None, 0)
         if why:
-            raise ValueError(why)
+            raise ValueError(f"image {i + 1} of {len(blobs)}: {why}" if len(blobs) > 1 else why)
         total += pixels
     if max_request_pixels is not None and total > max_request_pixels:
         raise BadRequest(f"the request's {len(blobs)} images hold {total} pixels together, over the limit of "

@@ -165,13 +165,15 @@ ANIMATED_REFUSED = ("the model rejected the input: animated WebP (not read: the 
                     "on animations; save one frame as PNG)")
 
 
-def _refuses_animated_webp_and_goes_on(url: str, model: str, good: list[bytes]) -> None:
+def _refuses_animated_webp_and_goes_on(url: str, model: str, good: list[bytes], by_server: bool = True) -> None:
+    """`by_server`: this server's check names the image of the request; the export's graph refuses it unnamed."""
     from tests.data.test_streaming import animated_webp
 
+    want = ANIMATED_REFUSED.replace("input: ", "input: image 2 of 2: ") if by_server else ANIMATED_REFUSED
     for signature in ("classify", "image_bytes"):
         for _ in range(3):  # unguarded, the first of these aborts the process within a few allocations
             r = _post_images(url, model, signature, [good[0], animated_webp(size=(16, 16))])
-            assert r.status_code == 400 and r.json()["error"] == ANIMATED_REFUSED, r.text
+            assert r.status_code == 400 and r.json()["error"] == want, r.text
         assert _post_images(url, model, signature, good).status_code == 200
 
 
@@ -201,7 +203,7 @@ def test_webp_files_are_read_as_training_reads_them_and_an_animated_one_is_refus
     import pipelines.serving.savedmodel
 
     monkeypatch.setattr(pipelines.serving.savedmodel, "_refuse_unsafe_images", lambda *args: None)
-    _refuses_animated_webp_and_goes_on(server.url, "rgb", files)  # the graph's check alone: the same one line
+    _refuses_animated_webp_and_goes_on(server.url, "rgb", files, by_server=False)  # the graph's check alone
 
 
 def test_an_image_declaring_more_pixels_than_training_reads_is_refused_before_it_is_decoded(server, exported):
@@ -219,7 +221,7 @@ def test_an_image_declaring_more_pixels_than_training_reads_is_refused_before_it
                            (frames, "13000x13000 pixels, 1690000000 in all its frames")):
             r = _post_images(server.url, "rgb", signature, [png(exported["x"][1]), blob])
             assert r.status_code == 400, r.text
-            assert r.json()["error"] == (f"the model rejected the input: too large ({size}; at most "
+            assert r.json()["error"] == (f"the model rejected the input: image 2 of 2: too large ({size}; at most "
                                          f"{max_pixels()} pixels are read)"), r.text
         assert _post_images(server.url, "rgb", signature, [png(exported["x"][1])]).status_code == 200
 
