@@ -75,6 +75,10 @@ def _b64_bytes(obj: dict, where: str) -> bytes:
         raise BadRequest(f"{where}: invalid base64 ({_first_line(e)})") from None
 
 
+_FILES_HINT = ('; send files of any size and channels to the image_bytes signature ("signature_name": '
+               '"image_bytes"), which reads them as training read its files')
+
+
 def _decode_image(obj: dict, spec: TensorInfo, where: str) -> np.ndarray:
     """{"b64": PNG/JPEG} -> [H, W, C] array of the spec's dtype, checked against the spec."""
     from PIL import Image, UnidentifiedImageError
@@ -90,7 +94,7 @@ def _decode_image(obj: dict, spec: TensorInfo, where: str) -> np.ndarray:
         if (h is not None and img.height != h) or (w is not None and img.width != w):
             raise BadRequest(
                 f"{where}: image is {img.width}x{img.height} (width x height), "
-                f"input {spec.name!r} expects {w}x{h}"
+                f"input {spec.name!r} expects {w}x{h}{_FILES_HINT}"
             )
         if img.mode == "1":
             img = img.convert("L")
@@ -100,7 +104,8 @@ def _decode_image(obj: dict, spec: TensorInfo, where: str) -> np.ndarray:
         if channels is None:
             raise BadRequest(f"{where}: unsupported image mode {img.mode!r}; send 8-bit grayscale, RGB or RGBA")
         if c is not None and channels != c:
-            raise BadRequest(f"{where}: image has {channels} channel(s) ({img.mode}), input {spec.name!r} expects {c}")
+            raise BadRequest(f"{where}: image has {channels} channel(s) ({img.mode}), input {spec.name!r} expects {c}"
+                             f"{_FILES_HINT}")
         arr = np.asarray(img)
     except BadRequest:
         raise

@@ -248,6 +248,30 @@ def test_a_request_whose_images_hold_more_pixels_together_than_one_image_may_is_
         assert _post_images(server.url, "rgb", signature, [png(exported["x"][1])]).status_code == 200
 
 
+def test_a_png_of_other_channels_or_size_on_serving_default_points_to_image_bytes(server, exported):
+    """`serving_default` takes PNGs of the input's exact size and channels (uint8 pixels); another one is one 400
+    that says what differs and where such files go, and there it answers as its RGB pixels do."""
+    x = exported["x"]
+    gray = x[0, :, :, :1]
+
+    def predict(blob, **extra):
+        body = {**extra, "instances": [{"b64": base64.b64encode(blob).decode()}]}
+        return requests.post(f"{server.url}/v1/models/rgb:predict", json=body, timeout=30)
+
+    hint = '; send files of any size and channels to the image_bytes signature ("signature_name": "image_bytes")'
+    r = predict(png(gray))
+    assert r.status_code == 400, r.text
+    assert r.json()["error"].startswith("instances[0]: image has 1 channel(s) (L), input 'image' expects 3" + hint)
+    r = predict(png(np.zeros((20, 16, 3), np.uint8)))
+    assert r.status_code == 400, r.text
+    assert r.json()["error"].startswith("instances[0]: image is 16x20 (width x height), input 'image' expects 16x16"
+                                        + hint), r.text
+    r = predict(png(gray), signature_name="image_bytes")
+    assert r.status_code == 200, r.text
+    rgb = predict(png(np.repeat(gray, 3, axis=-1))).json()["predictions"][0]["probabilities"]
+    np.testing.assert_allclose(r.json()["predictions"][0]["probabilities"], rgb, atol=1e-6)
+
+
 def test_max_request_pixels_sets_the_budget_of_a_request(exported):
     """`--max-request-pixels` (`Server(max_request_pixels=...)`): three 16x16 images hold 768 pixels."""
     from pipelines.serve import parse_args
