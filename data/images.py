@@ -285,7 +285,7 @@ def _inspect(path: str, full: bool = False):
             return f"empty image ({w}x{h})"
         return _too_large(w, h, h * w) or (int(h), int(w), bool(gray), kind)
     except Exception as e:  # PIL raises many types for broken headers
-        return f"unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        return f"header not readable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
 
 
 def scan_images(paths, workers: int = 16, full: bool = False):

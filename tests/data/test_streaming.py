@@ -275,6 +275,7 @@ def test_bad_files_are_named_before_training_or_skipped(tmp_path):
     jpeg = tmp_path / "x.jpg"
     _save(jpeg, np.zeros((8, 8), np.uint8), "JPEG")
     (root / "b" / "cut.jpg").write_bytes(jpeg.read_bytes()[:-40])
+    (root / "b" / "stub.jpg").write_bytes(jpeg.read_bytes()[:100])  # cut inside its header
     (root / "a" / "moving.webp").write_bytes(animated_webp())
     _save(tmp_path / "x.webp", np.zeros((8, 8, 3), np.uint8), "WEBP")
     (root / "b" / "cut.webp").write_bytes((tmp_path / "x.webp").read_bytes()[:-10])
@@ -284,11 +285,12 @@ def test_bad_files_are_named_before_training_or_skipped(tmp_path):
     for name in ("truncated.png", "notes.txt", "fake.jpg", "cut.jpg", "cut.webp"):
         assert name in msg
     assert "moving.webp (animated WebP (not read" in msg and "truncated WebP" in msg
-    assert "6 unreadable" in msg and "skip_bad_images" in msg
-    assert isinstance(e.value, ValueError) and len(e.value.bad) == 6
+    assert "stub.jpg (header not readable (OSError: Truncated File Read))" in msg, msg  # not "(unreadable (..."
+    assert "7 unreadable" in msg and "skip_bad_images" in msg
+    assert isinstance(e.value, ValueError) and len(e.value.bad) == 7
     s = open_source(f"folder:{root}", skip_bad_images=True)
-    assert len(s.info.bad_files) == 6 and "skipped 6 unreadable" in s.info.summary()
-    assert s.info.params()["data.bad_images"] == 6
+    assert len(s.info.bad_files) == 7 and "skipped 7 unreadable" in s.info.summary()
+    assert s.info.params()["data.bad_images"] == 7
     assert sum(s.info.counts.values()) == 12
     for split in (s.train, s.validation, s.test):
         assert len(_all(split)[1]) == split.count  # every listed file decodes
