@@ -236,7 +236,9 @@ def parse_predict(body: bytes, servable: Servable, max_rows: int | None = None) 
         raise BadRequest(f"the request body must be a JSON object with 'instances' or 'inputs', got {type(req).__name__}")
     sig = req.get("signature_name", "serving_default")
     if sig not in ("serving_default", "", None, IMAGE_BYTES):
-        raise BadRequest(f"unknown signature_name {sig!r}; this model serves 'serving_default' and {IMAGE_BYTES!r}")
+        also = "; its 'classify' signature answers at :classify" if sig == "classify" else ""
+        raise BadRequest(f"unknown signature_name {sig!r}; :predict here serves 'serving_default' and "
+                         f"{IMAGE_BYTES!r}{also}")
     unknown = sorted(set(req) - {"instances", "inputs", "signature_name"})
     if unknown:
         raise BadRequest(f"unknown key(s) {unknown} in the request; expected 'instances' or 'inputs'")

@@ -266,6 +266,10 @@ def test_a_png_of_other_channels_or_size_on_serving_default_points_to_image_byte
     assert r.status_code == 400, r.text
     assert r.json()["error"].startswith("instances[0]: image is 16x20 (width x height), input 'image' expects 16x16"
                                         + hint), r.text
+    r = predict(png(gray), signature_name="classify")
+    assert r.status_code == 400 and r.json()["error"] == (
+        "unknown signature_name 'classify'; :predict here serves 'serving_default' and 'image_bytes'; its "
+        "'classify' signature answers at :classify"), r.text
     r = predict(png(gray), signature_name="image_bytes")
     assert r.status_code == 200, r.text
     rgb = predict(png(np.repeat(gray, 3, axis=-1))).json()["predictions"][0]["probabilities"]
