@@ -73,7 +73,9 @@ _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0
 
 def _gif_canvas(data: bytes):
     """(height, width, pixels) of the image `tf.io.decode_image` makes of a GIF, or None if its blocks do not
-    parse; `pixels` is the sum of the frames' areas, what giflib unpacks (every frame, even for the first alone).
+    parse; `pixels` is the larger of the canvas's area (what TensorFlow allocates) and the sum of the frames'
+    areas (what giflib unpacks: every frame, even for the first alone). A 500-byte GIF of a 20000x1 frame and a
+    1x20000 one decodes to a canvas of 20000x20000.
 
     TensorFlow's canvas is the largest frame's width by the largest frame's height, whatever the logical screen
     in the GIF's header says (a first frame smaller than the screen, or a screen that lies, decodes to the
@@ -97,7 +99,7 @@ def _gif_canvas(data: bytes):
             pos = sub_blocks(pos + 10 + table(data[pos + 9]) + 1)  # + the LZW minimum code size
         else:
             return None
-    return (height, width, pixels) if height and width else None
+    return (height, width, max(pixels, height * width)) if height and width else None
 
 
 def _header_shape(f, kind: str, head: bytes):
@@ -190,8 +192,15 @@ def header_check(blob: bytes) -> tuple[str | None, int]:
     except Exception:  # noqa: BLE001 - PIL raises many types for broken headers: the decoder's reason then
         return None, 0
     h, w, _, pixels = shape
-    why = _too_large(w, h, pixels)
+    why = _bad_size(kind, w, h) or _too_large(w, h, pixels)
     return why, 0 if why else pixels
+
+
+def _bad_size(kind: str, w: int, h: int) -> str | None:
+    """Why no decoder makes an image of `w` x `h` from the header's size (a BMP's width is signed)."""
+    if kind == "bmp" and w < 1:
+        return f"a BMP tf.io.decode_bmp cannot read (width {w})"
+    return f"empty image ({w}x{h})" if w < 1 or h < 1 else None
 
 
 def tf_decode(encoded):
@@ -257,8 +266,10 @@ def _inspect(path: str, full: bool = False):
                 compression = int.from_bytes(head[30:34], "little")
                 if bpp not in (8, 24, 32) or compression not in (0, 3):
                     return f"a BMP tf.io.decode_bmp cannot read ({bpp} bits per pixel, compression {compression})"
-            if len(head) >= 26 and int.from_bytes(head[18:22], "little", signed=True) < 1:
-                return f"a BMP tf.io.decode_bmp cannot read (width {int.from_bytes(head[18:22], 'little', signed=True)})"
+            if len(head) >= 26:
+                why = _bad_size(kind, int.from_bytes(head[18:22], "little", signed=True), 1)
+                if why:
+                    return why
         why = shape and _too_large(shape[1], shape[0], shape[3])
         if why:  # before anything decodes it
             return why
@@ -281,9 +292,7 @@ def _inspect(path: str, full: bool = False):
                 if why:
                     return f"corrupt {kind.upper()} (TensorFlow: {why})"
                 h, w = decoded  # what training will see, where a header (or PIL) says otherwise
-        if w < 1 or h < 1:
-            return f"empty image ({w}x{h})"
-        return _too_large(w, h, h * w) or (int(h), int(w), bool(gray), kind)
+        return _bad_size(kind, w, h) or _too_large(w, h, h * w) or (int(h), int(w), bool(gray), kind)
     except Exception as e:  # PIL raises many types for broken headers
         return f"header not readable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
 

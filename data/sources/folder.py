@@ -158,6 +158,13 @@ def open_folder(path: str, o: DataOptions, stream):
             raise DataSourceError(f"folder:{root}: the training split needs at least 2 images")
         lists["train"], lists["validation"] = stratified_split(*lists["train"], o.validation_fraction, o.seed)
         carved.add("validation")
+    left = np.bincount(lists["train"][1], minlength=len(class_names))
+    if carved and not left.all():  # every image of a class went to the carved splits
+        gone = ", ".join(repr(c) for c, n in zip(class_names, left) if n == 0)
+        raise DataSourceError(
+            f"folder:{root}: class(es) {gone} have no image left for training once the {' and '.join(sorted(carved))} "
+            f"split(s) are carved (data.validation_fraction={o.validation_fraction}): a model would be published "
+            "with a class it never saw; add images, or give a smaller data.validation_fraction")
     _name_missing_classes(root, lists, class_names, carved)
     channels = o.channels if o.channels != "auto" else (1 if all(g for _, _, g, _ in good) else 3)
     sizes = sorted({(h, w) for h, w, _, _ in good})

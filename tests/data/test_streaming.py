@@ -329,6 +329,45 @@ def test_the_header_pass_sees_the_size_the_decoder_makes_and_refuses_sizes_no_de
         assert "frames.gif (too large (13000x13000 pixels, 1690000000 in all its frames" in str(e.value), e.value
 
 
+def _crossed_gif(side: int) -> bytes:
+    """A GIF of a side x 1 frame and a 1 x side one: a few hundred bytes."""
+    import io
+
+    def one(w, h):
+        out = io.BytesIO()
+        Image.fromarray(np.zeros((h, w), np.uint8), "L").convert("P").save(out, "GIF")
+        return out.getvalue()
+
+    wide, tall = one(side, 1), one(1, side)
+    pos = 13 + 3 * 2 ** ((tall[10] & 7) + 1)
+    while tall[pos] == 0x21:  # extensions before the image descriptor
+        pos += 2
+        while tall[pos]:
+            pos += tall[pos] + 1
+        pos += 1
+    return wide[:-1] + tall[pos:-1] + b"\x3b"
+
+
+def test_a_gifs_canvas_is_its_widest_frame_by_its_tallest_and_counts_so(tmp_path):
+    """TensorFlow decodes a GIF onto a canvas of its widest frame's width by its tallest frame's height: a 230-byte
+    GIF of a 3000x1 and a 1x3000 frame is 3000x3000 (9e6 pixels, where its frames' areas add up to 6,000), and one
+    of 20000 is 4e8 pixels, over the limit, in 500 bytes. A BMP of negative width holds no pixels to count."""
+    from data.images import header_check, max_pixels, refusal
+
+    gif = _crossed_gif(3000)
+    assert header_check(gif) == (None, 9_000_000)
+    assert tuple(tf.io.decode_image(gif, expand_animations=False).shape) == (3000, 3000, 3)
+    assert refusal(_crossed_gif(20000)) == f"too large (20000x20000 pixels; at most {max_pixels()} pixels are read)"
+    _save(tmp_path / "x.bmp", np.zeros((4, 4, 3), np.uint8), "BMP")
+    bmp = bytearray((tmp_path / "x.bmp").read_bytes())
+    bmp[18:22] = (-2**31).to_bytes(4, "little", signed=True)
+    assert header_check(bytes(bmp)) == ("a BMP tf.io.decode_bmp cannot read (width -2147483648)", 0)
+    _save(tmp_path / "x.png", np.zeros((4, 4), np.uint8), "PNG")
+    png = bytearray((tmp_path / "x.png").read_bytes())
+    png[16:20] = bytes(4)  # IHDR width 0
+    assert header_check(bytes(png)) == ("empty image (0x4)", 0)
+
+
 def test_arrays_sources_through_the_same_api(tmp_path):
     from data import synthetic
     from data.options import SyntheticSettings
@@ -473,6 +512,14 @@ def test_a_validation_folder_of_any_usual_name_is_read_and_other_top_level_folde
     out = capsys.readouterr().out
     assert "ignored top-level folder(s) extras" in out and f"the splits read are train, test, {vname}" in out
     assert "ignored file" not in out
+
+
+def test_a_class_whose_images_all_go_to_carved_splits_is_refused(tmp_path):
+    root = make_uniform_folder(tmp_path / "f", classes=("a",), n=6)
+    make_uniform_folder(root, classes=("b",), n=1)
+    with pytest.raises(DataSourceError, match=r"class\(es\) 'b' have no image left for training once the test and "
+                                              r"validation split\(s\) are carved \(data.validation_fraction=0.6\)"):
+        open_source(f"folder:{root}", validation_fraction=0.6)
 
 
 def test_files_beside_the_class_folders_are_named_not_read(tmp_path, capsys):
