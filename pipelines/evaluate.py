@@ -118,10 +118,12 @@ def _run_keras_model(run_id: str, tmp: str) -> tuple[str, list[str] | None]:
     try:
         local = mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{run_id}/model", dst_path=tmp)
         if os.path.isfile(keras_model_path(local)):
-            names = os.path.join(local, "artifacts", "class_names.json")
-            with open(names, encoding="utf-8") as fh:
-                return keras_model_path(local), json.load(fh)
-    except (MlflowException, OSError, ValueError):
+            try:
+                with open(os.path.join(local, "artifacts", "class_names.json"), encoding="utf-8") as fh:
+                    return keras_model_path(local), json.load(fh)
+            except (OSError, ValueError):
+                return keras_model_path(local), None  # the model without its class names: not checked
+    except (MlflowException, OSError):
         pass
     try:
         return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="keras_model/model.keras",

@@ -67,7 +67,7 @@ class Servable:
         for k, v in inputs.items():
             if specs[k].dtype == tf.string:  # encoded images, or (the classify signature's) tf.Examples of them
                 blobs = list(np.asarray(v, dtype=object).ravel())
-                _refuse_unsafe_images(_example_images(blobs) if signature == CLASSIFY else blobs,
+                _refuse_unsafe_images(_example_images(blobs) if signature == CLASSIFY else _numbered(blobs),
                                       self.max_request_pixels)
         feeds = {k: tf.constant(v, dtype=specs[k].dtype) for k, v in inputs.items()}
         return {k: _text(v.numpy()) for k, v in fn(**feeds).items()}
@@ -84,21 +84,26 @@ class Servable:
         return out
 
 
-def _example_images(examples: list[bytes]) -> list[bytes]:
-    """The `image/encoded` bytes of serialized `tf.train.Example`s (those that parse)."""
+def _example_images(examples: list[bytes]) -> list[tuple[str, bytes]]:
+    """`(which, image)` for the `image/encoded` bytes of serialized `tf.train.Example`s (those that parse)."""
     from google.protobuf.message import DecodeError
     from tensorflow.core.example.example_pb2 import Example
 
     images = []
-    for serialized in examples:
+    for i, serialized in enumerate(examples):
         try:
-            images += Example.FromString(serialized).features.feature["image/encoded"].bytes_list.value
+            found = Example.FromString(serialized).features.feature["image/encoded"].bytes_list.value
         except DecodeError:
-            pass  # the signature's parse names it
+            continue  # the signature's parse names it
+        images += [(f"example {i + 1} of {len(examples)}" if len(examples) > 1 else "", b) for b in found]
     return images
 
 
-def _refuse_unsafe_images(blobs, max_request_pixels: int | None = None) -> None:
+def _numbered(blobs) -> list[tuple[str, bytes]]:
+    return [(f"image {i + 1} of {len(blobs)}" if len(blobs) > 1 else "", b) for i, b in enumerate(blobs)]
+
+
+def _refuse_unsafe_images(images: list[tuple[str, bytes]], max_request_pixels: int | None = None) -> None:
     """ValueError (a 400) for an encoded image the server does not decode, before any signature decodes it, as
     training's header pass would refuse its file (`data.images.refusal`): a format training does not read, an
     animated WebP (exports since the check in `data.images.decode_image` refuse it in their graph; older ones
@@ -106,21 +111,22 @@ def _refuse_unsafe_images(blobs, max_request_pixels: int | None = None) -> None:
     training reads (a 400 KB PNG of 20000x20000 took 12 s and 2.3 GB to decode and resize). `BadRequest` 413
     when the images hold more than `max_request_pixels` together (`--max-request-pixels`): the signatures
     decode up to 10 of a request's images at once, so 8 MB of small PNGs just under the per-image limit each
-    would otherwise cost the server gigabytes and minutes."""
+    would otherwise cost the server gigabytes and minutes. `images`: (which image of the request, its bytes)."""
     from data.images import header_check
 
     from pipelines.serving.responses import BadRequest
 
     total = 0
-    for i, b in enumerate(blobs):
+    for which, b in images:
         why, pixels = header_check(b) if isinstance(b, bytes) else (None, 0)
         if why:
-            raise ValueError(f"image {i + 1} of {len(blobs)}: {why}" if len(blobs) > 1 else why)
+            raise ValueError(f"{which}: {why}" if which else why)
         total += pixels
     if max_request_pixels is not None and total > max_request_pixels:
-        raise BadRequest(f"the request's {len(blobs)} images hold {total} pixels together, over the limit of "
-                         f"{max_request_pixels} per request (--max-request-pixels); send them in several "
-                         "requests", 413)
+        what = (f"the request's {len(images)} images hold {total} pixels together" if len(images) > 1 else
+                f"the image holds {total} pixels")
+        raise BadRequest(f"{what}, over the limit of {max_request_pixels} per request (--max-request-pixels); "
+                         f"send {'them in several requests' if len(images) > 1 else 'a smaller image'}", 413)
 
 
 def _text(values: np.ndarray) -> np.ndarray:
@@ -153,9 +159,11 @@ def read_labels(path: str) -> list[str] | None:
     f = os.path.join(path, "assets.extra", "labels.txt")
     if not os.path.isfile(f):
         return None
-    with open(f, encoding="utf-8") as fh:
-        names = fh.read().splitlines()
-    return names or None
+    with open(f, encoding="utf-8", newline="") as fh:  # "\n" only: str.splitlines also splits at \x85, \u2028, ...
+        names = fh.read().split("\n")
+    if names and names[-1] == "":
+        names.pop()
+    return [n.removesuffix("\r") for n in names] or None  # a copy saved with Windows line ends reads the same
 
 
 class _NoGradientWarning(logging.Filter):

@@ -169,8 +169,9 @@ def _refuses_animated_webp_and_goes_on(url: str, model: str, good: list[bytes], 
     """`by_server`: this server's check names the image of the request; the export's graph refuses it unnamed."""
     from tests.data.test_streaming import animated_webp
 
-    want = ANIMATED_REFUSED.replace("input: ", "input: image 2 of 2: ") if by_server else ANIMATED_REFUSED
     for signature in ("classify", "image_bytes"):
+        which = "example 2 of 2: " if signature == "classify" else "image 2 of 2: "
+        want = ANIMATED_REFUSED.replace("input: ", f"input: {which}") if by_server else ANIMATED_REFUSED
         for _ in range(3):  # unguarded, the first of these aborts the process within a few allocations
             r = _post_images(url, model, signature, [good[0], animated_webp(size=(16, 16))])
             assert r.status_code == 400 and r.json()["error"] == want, r.text
@@ -221,7 +222,8 @@ def test_an_image_declaring_more_pixels_than_training_reads_is_refused_before_it
                            (frames, "13000x13000 pixels, 1690000000 in all its frames")):
             r = _post_images(server.url, "rgb", signature, [png(exported["x"][1]), blob])
             assert r.status_code == 400, r.text
-            assert r.json()["error"] == (f"the model rejected the input: image 2 of 2: too large ({size}; at most "
+            which = "example" if signature == "classify" else "image"
+            assert r.json()["error"] == (f"the model rejected the input: {which} 2 of 2: too large ({size}; at most "
                                          f"{max_pixels()} pixels are read)"), r.text
         assert _post_images(server.url, "rgb", signature, [png(exported["x"][1])]).status_code == 200
 
@@ -288,6 +290,10 @@ def test_max_request_pixels_sets_the_budget_of_a_request(exported):
             r = _post_images(s.url, "rgb", signature, files)
             assert r.status_code == 413 and "768 pixels together, over the limit of 700" in r.text, r.text
             assert _post_images(s.url, "rgb", signature, files[:2]).status_code == 200
+            r = _post_images(s.url, "rgb", signature, [png(np.zeros((30, 30, 3), np.uint8))])
+            assert r.status_code == 413 and r.json()["error"] == (
+                "the image holds 900 pixels, over the limit of 700 per request (--max-request-pixels); send a "
+                "smaller image"), r.text
     finally:
         s.stop()
 
@@ -327,3 +333,15 @@ def test_the_served_version_runs_every_signature(exported):
     assert cls["classes"].tolist() == [NAMES] * len(x)
     with pytest.raises(KeyError):
         servable.run_signature("regress", {})
+
+
+def test_labels_are_read_one_per_line_as_export_writes_them(tmp_path):
+    """Class names are folder names: str.splitlines would also split at \\x85, \\u2028 or a form feed in one."""
+    from pipelines.serving.savedmodel import read_labels
+
+    names = ["Forêt", "a\x85b", "c\u2028d", "e\x0cf", "red circle"]
+    (tmp_path / "assets.extra").mkdir()
+    (tmp_path / "assets.extra" / "labels.txt").write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
+    assert read_labels(str(tmp_path)) == names
+    (tmp_path / "assets.extra" / "labels.txt").write_bytes("".join(f"{n}\r\n" for n in names).encode())
+    assert read_labels(str(tmp_path)) == names  # a copy saved with Windows line ends
