@@ -42,11 +42,13 @@ ENV_ADDRESSES = "KERAS_DISTRIBUTION_JOB_ADDRESSES"
 ENV_PROCESSES = "KERAS_DISTRIBUTION_NUM_PROCESSES"
 ENV_PROCESS_ID = "KERAS_DISTRIBUTION_PROCESS_ID"
 ENV_SUPERVISED = "INVARIANT_NETS_SUPERVISED"
+ENV_JOINED = "INVARIANT_NETS_JOINED"  # a file the supervised process writes once every process has joined
 # The processes must all join within INIT_TIMEOUT_S (JAX's default); a process whose heartbeat stops
 # for `train.heartbeat_timeout_s` (default HEARTBEAT_TIMEOUT_S, JAX's) is declared dead and the others
 # are stopped (a peer killed mid-step usually fails their collective at once instead).
 INIT_TIMEOUT_S = 300
 HEARTBEAT_TIMEOUT_S = 100
+STOP_GRACE_S = 10  # after Ctrl-C or SIGTERM, the supervised process is killed if it has not ended by then
 
 
 @dataclass
@@ -128,8 +130,21 @@ def join(num_processes: int, process_id: int, heartbeat_timeout_s: int = HEARTBE
                         "give the coordinator's host:port, or every process's, coordinator first")
     import jax
 
+    print(f"Process {process_id} of {num_processes}: joining the others at {addresses[0]} (waiting up to "
+          f"{INIT_TIMEOUT_S} s for all {num_processes} to start)", flush=True)
     jax.distributed.initialize(coordinator_address=addresses[0], num_processes=num_processes, process_id=process_id,
                                initialization_timeout=INIT_TIMEOUT_S, heartbeat_timeout_seconds=heartbeat_timeout_s)
+    if jax.process_count() != num_processes:  # another process was told another count: the coordinator's wins
+        why = (f"process {process_id} was started with {ENV_PROCESSES}={num_processes}, but the coordinator at "
+               f"{addresses[0]} counts {jax.process_count()} processes: give every process the same count and "
+               "address list")
+        from jax._src import distributed
+
+        distributed.global_state.client.key_value_set(f"invariant_nets/{FIRST_STEP}/{process_id}", f"error: {why}")
+        raise UserError(why)
+    if os.environ.get(ENV_JOINED):
+        with open(os.environ[ENV_JOINED], "w"):
+            pass
 
 
 def setup(kind: str, batch_size: int, heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S) -> Placement:
@@ -193,9 +208,20 @@ def agree(placement: Placement, step: str, value: str, timeout_s: int = INIT_TIM
 
     client = distributed.global_state.client
     client.key_value_set(f"invariant_nets/{step}/{placement.process_id}", value)
-    return [value if i == placement.process_id
-            else client.blocking_key_value_get(f"invariant_nets/{step}/{i}", timeout_s * 1000)
-            for i in range(placement.num_processes)]
+    answers = []
+    for i in range(placement.num_processes):
+        try:
+            answers.append(value if i == placement.process_id
+                           else client.blocking_key_value_get(f"invariant_nets/{step}/{i}", timeout_s * 1000))
+        except Exception as e:  # noqa: BLE001 - JaxRuntimeError (DEADLINE_EXCEEDED), from C++
+            if "DEADLINE_EXCEEDED" not in str(e):
+                raise
+            raise UserError(f"process {i} did not reach step {step!r} within {timeout_s} s; every process must run "
+                            "the same command with the same settings") from None
+    return answers
+
+
+FIRST_STEP = "data-and-model"  # train.py's first `preflight`: where `join` posts a count mismatch
 
 
 @contextlib.contextmanager
@@ -249,7 +275,7 @@ def scratch_dir(run_dir: str, placement: Placement) -> str:
     return path
 
 
-def supervise(argv: list[str], cfg, process_id: int) -> int:
+def supervise(argv: list[str], cfg, process_id: int, command: list[str] | None = None) -> int:
     """Run this process's training as a child and stand by to record how it ended.
 
     When a peer dies, JAX's coordination service ends the survivors with a
@@ -265,20 +291,44 @@ def supervise(argv: list[str], cfg, process_id: int) -> int:
     if not cfg.train.run_dir:
         raise UserError("training across processes needs train.run_dir=<a folder every process shares> "
                         "(the same on every host), where the chief keeps the run and the checkpoints")
-    env = dict(os.environ, **{ENV_SUPERVISED: "1"})
-    child = subprocess.Popen([sys.executable, "-m", "pipelines.train", *argv], env=env)
+    import tempfile
+    import time
 
-    def forward(signum, frame):
-        child.send_signal(signum)
+    with tempfile.TemporaryDirectory() as tmp:
+        joined = os.path.join(tmp, "joined")
+        env = dict(os.environ, **{ENV_SUPERVISED: "1", ENV_JOINED: joined})
+        child = subprocess.Popen([*(command or [sys.executable, "-m", "pipelines.train"]), *argv], env=env)
+        stopping: list[float] = []
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, forward)
-    code = child.wait()
-    if code in (0, 2, 130):  # done, a user error or an interrupt: the child said so itself
-        return code
-    how = f"signal {-code}" if code < 0 else f"exit code {code}"
-    why = (f"training process {process_id} ended abnormally ({how}): a peer process died or stopped answering "
-           f"(declared dead after {cfg.train.heartbeat_timeout_s} s without a heartbeat, "
+        def forward(signum, frame):
+            child.send_signal(signum)
+            stopping.append(time.monotonic())
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, forward)
+        while (code := child.poll()) is None:
+            # A process waiting in JAX's C++ (for its peers to join, or in a collective) runs no Python signal
+            # handler until that returns, which may be minutes: it is killed STOP_GRACE_S after the signal.
+            if stopping and time.monotonic() - stopping[0] > STOP_GRACE_S:
+                child.kill()
+            time.sleep(0.1)
+        if code in (0, 2, 130):  # done, a user error or an interrupt: the child said so itself
+            return code
+        if stopping:
+            why = f"training process {process_id} did not stop within {STOP_GRACE_S} s of the signal and was killed"
+            if process_id == 0:
+                why += _mark_failed(cfg.train.run_dir, why, "KILLED")
+            print(f"interrupted ({why}); the same command on every host resumes from the last checkpoint",
+                  file=sys.stderr)
+            return 130
+        how = f"signal {-code}" if code < 0 else f"exit code {code}"
+        if not os.path.exists(joined):
+            print(f"error: training process {process_id} ended ({how}) before all processes joined: they must all "
+                  f"start within {INIT_TIMEOUT_S} s with the same {ENV_ADDRESSES} (the coordinator first) and "
+                  f"{ENV_PROCESSES}, each with its own {ENV_PROCESS_ID}", file=sys.stderr)
+            return 1
+    why = (f"training process {process_id} ended abnormally ({how}): it was killed, or a peer process died or "
+           f"stopped answering (declared dead after {cfg.train.heartbeat_timeout_s} s without a heartbeat, "
            "or at once when its connection closed)")
     if process_id == 0:
         why += _mark_failed(cfg.train.run_dir, why)
@@ -287,23 +337,25 @@ def supervise(argv: list[str], cfg, process_id: int) -> int:
     return 1
 
 
-def _mark_failed(run_dir: str, why: str) -> str:
-    """Mark the MLflow run of `run_dir` FAILED if it is still RUNNING; return a note for the message."""
+def _mark_failed(run_dir: str, why: str, status: str = "FAILED") -> str:
+    """Mark the MLflow run of `run_dir` `status` if it is still RUNNING; return a note for the message."""
+    from pipelines import rundir
+
+    run_id = rundir.read_state(run_dir).get("mlflow_run_id")
+    if not run_id:  # stopped before its run began (while joining): MLflow not even imported
+        return ""
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from pipelines import rundir, tracking
+    from pipelines import tracking
 
-    run_id = rundir.read_state(run_dir).get("mlflow_run_id")
-    if not run_id:
-        return ""
     try:
         tracking.quiet_mlflow()
         client = mlflow.MlflowClient(tracking.tracking_uri(_configured_uri(run_dir)))
         if client.get_run(run_id).info.status == "RUNNING":
             client.set_tag(run_id, "failure", why[:4000])
-            client.set_terminated(run_id, status="FAILED")
-        return f"; MLflow run {run_id} marked FAILED"
+            client.set_terminated(run_id, status=status)
+        return f"; MLflow run {run_id} marked {status}"
     except MlflowException:
         return ""
 

@@ -65,7 +65,7 @@ def run(cfg: Config, callbacks=()) -> TrainResult:
         # Every check a user's input can fail, in every process, before the first collective: a process that
         # stops here says why to the others, which stop with it (distribute.preflight) instead of waiting out
         # the heartbeat. Before the run directory and the MLflow run: a bad source or model leaves nothing behind.
-        with distribute.preflight(placement, "data-and-model"):
+        with distribute.preflight(placement, distribute.FIRST_STEP):
             # The chief opens the whole splits (it tests, evaluates and exports alone); another process its shard.
             shard = (1, 0) if placement.is_chief else (placement.num_processes, placement.process_id)
             splits = experiment.load_data(cfg, shard)

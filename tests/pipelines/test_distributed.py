@@ -241,6 +241,80 @@ def test_an_address_list_that_does_not_match_the_process_count_is_one_clear_erro
         distribute.join(3, 0)
 
 
+SUPERVISE = """
+import sys, types
+sys.path.insert(0, {root!r})
+from pipelines import distribute
+distribute.STOP_GRACE_S = 1
+cfg = types.SimpleNamespace(train=types.SimpleNamespace(run_dir={run_dir!r}, heartbeat_timeout_s=20))
+sys.exit(distribute.supervise([], cfg, 0, command=[sys.executable, "-c", {child!r}]))
+"""
+
+
+def _supervised(tmp_path, child: str, stop: bool = False):
+    """The supervisor of `make train` across processes over a stand-in child process (Python code)."""
+    script = tmp_path / "supervise.py"
+    script.write_text(SUPERVISE.format(root=ROOT, run_dir=str(tmp_path / "run"), child=child))
+    (tmp_path / "run").mkdir(exist_ok=True)
+    p = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    if stop:
+        time.sleep(2)  # the child is running (and ignores the signal, as one waiting in JAX's C++ does)
+        p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    return p.returncode, err
+
+
+def test_the_supervisor_kills_a_process_that_does_not_stop_on_a_signal_and_names_how_each_ended(tmp_path):
+    """A process waiting in JAX's C++ (for its peers to join) runs no Python signal handler: Ctrl-C and SIGTERM
+    did nothing for minutes. It is killed STOP_GRACE_S after the signal, and the end is named as an interrupt. A
+    process that ends before every process joined, or after, says which."""
+    ignore = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
+    t0 = time.monotonic()
+    code, err = _supervised(tmp_path, ignore, stop=True)
+    assert code == 130 and time.monotonic() - t0 < 30, err
+    assert "interrupted (training process 0 did not stop within 1 s of the signal and was killed)" in err, err
+    code, err = _supervised(tmp_path, "import os; os.abort()")
+    assert code == 1 and "error: training process 0 ended (signal 6) before all processes joined" in err, err
+    code, err = _supervised(tmp_path, "import os; open(os.environ['INVARIANT_NETS_JOINED'], 'w'); os.abort()")
+    assert code == 1 and "ended abnormally (signal 6): it was killed, or a peer process died" in err, err
+
+
+COUNTS = """
+import sys
+sys.path.insert(0, {root!r})
+from pipelines import distribute
+from pipelines.errors import UserError
+try:
+    placement = distribute.setup("auto", 6)
+    with distribute.preflight(placement, distribute.FIRST_STEP):
+        pass
+    print("RESULT ok")
+except UserError as e:
+    print("RESULT", e)
+"""
+
+
+def test_processes_told_different_process_counts_stop_at_once_with_one_line(tmp_path):
+    """Process 1 told there are 3 processes where process 0 (the coordinator) was told 2: both stop within
+    seconds, each with the reason, where process 0 waited 5 minutes and ended in a traceback."""
+    ports = _ports(3)
+    script = tmp_path / "counts.py"
+    script.write_text(COUNTS.format(root=ROOT))
+    procs = []
+    for pid, n in ((0, 2), (1, 3)):
+        env = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=ROOT, KERAS_DISTRIBUTION_PROCESS_ID=str(pid),
+                   KERAS_DISTRIBUTION_NUM_PROCESSES=str(n),
+                   KERAS_DISTRIBUTION_JOB_ADDRESSES=",".join(f"127.0.0.1:{p}" for p in ports[:n]))
+        procs.append(subprocess.Popen([sys.executable, str(script)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    results = [[line for line in out.splitlines() if line.startswith("RESULT")] for out in outs]
+    why = ("process 1 was started with KERAS_DISTRIBUTION_NUM_PROCESSES=3, but the coordinator at "
+           f"127.0.0.1:{ports[0]} counts 2 processes")
+    assert results[1] and results[1][0].startswith(f"RESULT {why}"), outs[1]
+    assert results[0] and results[0][0].startswith(f"RESULT process 1 stopped before training ({why}"), outs[0]
+
+
 MIRRORED = """
 import sys, json, pathlib
 sys.path.insert(0, {root!r})
