@@ -145,6 +145,13 @@ def convert(source: str, dest: str, options: DataOptions | None = None, *, shard
         with open(plan_path) as f:
             old = json.load(f)
         if old != plan:
+            if not overwrite and old.get("source") == plan["source"]:
+                named = {"source_key": "its files", "counts": "the image counts"}
+                changed = ", ".join(named.get(k, k) for k in plan if old.get(k) != plan[k])
+                raise DataSourceError(
+                    f"--dest {dest}: holds shards of an earlier conversion of {source}, from other files or "
+                    f"options (changed since: {changed}); pass --overwrite to convert it again, or choose another "
+                    "directory")
             if not overwrite:
                 raise DataSourceError(
                     f"--dest {dest}: holds shards of another conversion ({old.get('source')}, "

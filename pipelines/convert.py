@@ -58,10 +58,12 @@ def main(argv=None) -> int:
         raise BadImagesError(e.source, e.bad, how_to_skip='add ARGS="--skip-bad-images"') from None
     counts = {k: sum(v["counts"]) for k, v in meta["splits"].items()}
     files = sum(len(v["files"]) for v in meta["splits"].values())
-    print(f"Wrote {files} shards of {sum(counts.values())} images to {args.dest} "
+    done = meta["resumed_shards"]
+    wrote = f"Wrote {files - done} of {files} shards ({done} already done)" if done else f"Wrote {files} shards"
+    print(f"{wrote} of {sum(counts.values())} images to {args.dest} "
           f"(train {counts['train']}, validation {counts['validation']}, test {counts['test']}; "
           f"{len(meta['class_names'])} classes; image shape {meta['image_shape'] or 'mixed'}) "
-          f"in {time.perf_counter() - t0:.1f} s" + (f", {meta['resumed_shards']} shards already done" if meta["resumed_shards"] else ""))
+          f"in {time.perf_counter() - t0:.1f} s")
     if meta["skipped_bad_images"]:
         bad = meta["skipped_bad_images"]
         print(f"Skipped {len(bad)} unreadable file(s): " + ", ".join(p for p, _ in bad[:10]) + (" ..." if len(bad) > 10 else ""))

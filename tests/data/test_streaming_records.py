@@ -67,13 +67,18 @@ def test_convert_resumes_and_refuses_another_conversion(tmp_path, capsys):
     (dest / (victim + ".tmp")).write_bytes(b"half")  # a killed writer
     assert _convert(f"folder:{root}", dest, "--shard-size", "4") == 0
     out = capsys.readouterr().out
-    assert f"{len(first) - 1} shards already done" in out
+    assert f"Wrote 1 of {len(first)} shards ({len(first) - 1} already done) of 20 images" in out, out
     assert {p.name: p.read_bytes() for p in dest.glob("*.tfrecord")} == first
     assert not list(dest.glob("*.tmp"))
     assert _convert(f"folder:{root}", dest, "--shard-size", "3") == 2
-    assert "holds shards of another conversion" in capsys.readouterr().err
+    assert "holds shards of an earlier conversion" in capsys.readouterr().err  # (changed since: shard_size)
     assert _convert(f"folder:{root}", dest, "--shard-size", "3", "--overwrite") == 0
     assert open_source(f"tfrecord:{dest}/*.tfrecord").info.total_counts["train"] == 16
+    (root / "a" / "0.png").unlink()  # the folder changed since: named as such, not as another conversion
+    assert _convert(f"folder:{root}", dest, "--shard-size", "3") == 2
+    err = capsys.readouterr().err
+    assert (f"holds shards of an earlier conversion of folder:{root}, from other files or options (changed since: "
+            "its files, the image counts); pass --overwrite") in err, err
 
 
 def test_convert_bad_files_exit_2_naming_them_or_skip(tmp_path, capsys):

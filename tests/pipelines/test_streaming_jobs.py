@@ -210,7 +210,7 @@ def test_damaged_tfrecord_shards_are_one_error_naming_them_and_the_run_resumes_o
     capsys.readouterr()
     assert run_main(convert.main, printed) == 0  # writes the two missing shards alone
     n_shards = len(list(dest.glob("*.tfrecord")))
-    assert f", {n_shards - 2} shards already done" in capsys.readouterr().out
+    assert f"Wrote 2 of {n_shards} shards ({n_shards - 2} already done)" in capsys.readouterr().out
     assert run_main(main, args) == 0  # the same command resumes
     assert "(resumed)" in capsys.readouterr().out
     assert os.path.isfile(tmp_path / "exports" / "shapes_shards" / "1" / "saved_model.pb")
