@@ -289,3 +289,14 @@ def test_a_damaged_shard_ends_the_search_at_once_with_one_line_naming_it(lone, c
     cfg = load_config(path)
     _, parent, by_trial = parent_and_trials(cfg)
     assert parent.info.status == "FAILED" and len(by_trial) == 1  # no other trial ran on the same data
+
+
+def test_the_photo_config_searches_no_rotations_or_warps():
+    """images.yaml is for photos, whose labels may change under rotations and warps: its search keeps them off."""
+    from pipelines.tune.space import narrowed_space, trial_config
+
+    cfg = load_config(os.path.join(ROOT, "pipelines", "configs", "images.yaml"), ["data.source=folder:/nowhere"])
+    fixed = {h.name: h.value for h in narrowed_space(cfg).space}
+    assert fixed == {"rotation_degrees": 0.0, "elastic_alpha": 0.0}
+    trial = trial_config(cfg, narrowed_space(cfg).copy())
+    assert trial.augment.rotation.max_degrees == 0.0 and trial.augment.elastic.alpha == 0.0
