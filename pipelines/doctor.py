@@ -230,8 +230,9 @@ def machine_lines() -> list[str]:
         lines.append("devices: " + ", ".join(d.name for d in tf.config.list_logical_devices()))
         lines.append(f"oneDNN: {experiment.onednn_state()}; "
                      f"grouped-convolution gradients: {'yes' if _tf_fast.grouped_conv_gradients() else 'no'}")
-        lines.append(f"TF32: {'on' if tf.config.experimental.tensor_float_32_execution_enabled() else 'off'} "
-                     "(used by GPUs since Ampere)")
+        tf32 = "allowed" if tf.config.experimental.tensor_float_32_execution_enabled() else "off"
+        gpus = tf.config.list_logical_devices("GPU")
+        lines.append(f"TF32: {tf32} ({'used by GPUs since Ampere' if gpus else 'no GPU here: not used'})")
         lines.append(f"threads: intra-op {tf.config.threading.get_intra_op_parallelism_threads() or 'auto'}, "
                      f"inter-op {tf.config.threading.get_inter_op_parallelism_threads() or 'auto'}; "
                      f"XLA: jit {'auto' if tf.config.optimizer.get_jit() else 'off'} "

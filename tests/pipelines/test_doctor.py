@@ -67,3 +67,6 @@ def test_the_report_says_whether_onednn_is_on(value):
     assert line.startswith("oneDNN: on" if value == "1" else "oneDNN: off"), line
     # On a CPU-only machine, TensorFlow's grouped-convolution gradients exist exactly with oneDNN.
     assert line.endswith("grouped-convolution gradients: " + ("yes" if value == "1" else "no")), line
+    (tf32,) = [ln for ln in out.stdout.splitlines() if ln.startswith("TF32: ")]
+    gpus = pytest.importorskip("tensorflow").config.list_physical_devices("GPU")
+    assert tf32.endswith("(used by GPUs since Ampere)" if gpus else "(no GPU here: not used)"), tf32
