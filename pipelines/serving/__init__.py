@@ -9,7 +9,8 @@
 - `rest`: the REST API itself (routes, `RestApi`), independent of the HTTP stack;
   `request`: request parsing and checking (`parse_predict`);
   `codec`: JSON decoding and encoding, kind to the other threads on large bodies;
-  `responses`: the answers (`Response`, `Pending`) and error wording.
+  `responses`: the answers (`Response`, `Pending`) and error wording;
+  `bad_request`: `BadRequest`, a client mistake with its 4xx status.
 - `http`: the HTTP server it runs on (`HttpServer`: the standard library's
   ThreadingHTTPServer with body limits, timeouts, a cap on open connections
   and cancellation when a client goes away);

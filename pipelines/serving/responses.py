@@ -13,16 +13,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable
 
+from pipelines.serving.bad_request import BadRequest
+
+__all__ = ["BadRequest", "Pending", "Response", "error", "clip", "prefix"]
+
 log = logging.getLogger("pipelines.serve")
-
-
-class BadRequest(ValueError):
-    """A client mistake; `status` is the 4xx code to answer with (and `headers` to add, e.g. Allow)."""
-
-    def __init__(self, message: str, status: int = 400, headers: dict | None = None):
-        super().__init__(message)
-        self.status = status
-        self.headers = headers or {}
 
 
 @dataclass

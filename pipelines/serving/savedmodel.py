@@ -114,7 +114,7 @@ def _refuse_unsafe_images(images: list[tuple[str, bytes]], max_request_pixels: i
     would otherwise cost the server gigabytes and minutes. `images`: (which image of the request, its bytes)."""
     from data.images import header_check
 
-    from pipelines.serving.responses import BadRequest
+    from pipelines.serving.bad_request import BadRequest
 
     total = 0
     for which, b in images:
