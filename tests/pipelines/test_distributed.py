@@ -257,8 +257,10 @@ def _supervised(tmp_path, child: str, stop: bool = False):
     script.write_text(SUPERVISE.format(root=ROOT, run_dir=str(tmp_path / "run"), child=child))
     (tmp_path / "run").mkdir(exist_ok=True)
     p = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    if stop:
-        time.sleep(2)  # the child is running (and ignores the signal, as one waiting in JAX's C++ does)
+    if stop:  # once the child runs (and ignores the signal, as one waiting in JAX's C++ does)
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "ready").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
         p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=60)
     return p.returncode, err
@@ -268,7 +270,8 @@ def test_the_supervisor_kills_a_process_that_does_not_stop_on_a_signal_and_names
     """A process waiting in JAX's C++ (for its peers to join) runs no Python signal handler: Ctrl-C and SIGTERM
     did nothing for minutes. It is killed STOP_GRACE_S after the signal, and the end is named as an interrupt. A
     process that ends before every process joined, or after, says which."""
-    ignore = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
+    ignore = ("import pathlib, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+              f"pathlib.Path({str(tmp_path / 'ready')!r}).touch(); time.sleep(120)")
     t0 = time.monotonic()
     code, err = _supervised(tmp_path, ignore, stop=True)
     assert code == 130 and time.monotonic() - t0 < 30, err
