@@ -104,7 +104,7 @@ def _gif_canvas(data: bytes):
 
 def _header_shape(f, kind: str, head: bytes):
     """(height, width, is_gray, pixels decoded) from the header bytes, without PIL (about 10x faster); None if
-    unsure. The pixels are height x width but for a GIF, every frame's (`_gif_canvas`)."""
+    unsure. The pixels are height x width but for a GIF (`_gif_canvas`)."""
     if kind == "gif":
         f.seek(0)
         canvas = _gif_canvas(f.read())
@@ -172,8 +172,9 @@ def refusal(blob: bytes) -> str | None:
 
 
 def header_check(blob: bytes) -> tuple[str | None, int]:
-    """`(refusal(blob), pixels)`: the pixels its header says the decoder unpacks (a GIF's frames together), 0
-    where the header does not say (the decoder then names what is wrong) or the image is refused."""
+    """`(refusal(blob), pixels)`: the pixels its header says the decoder unpacks (for a GIF, its frames together
+    or its canvas, whichever is more: `_gif_canvas`), 0 where the header does not say (the decoder then names
+    what is wrong) or the image is refused."""
     from PIL import Image
 
     kind = _sniff(blob[:32])
