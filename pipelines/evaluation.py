@@ -23,6 +23,9 @@ from pipelines.errors import UserError
 ARTIFACT_DIR = "evaluation"
 
 
+UNMEASURED = "not measured (its maps are too small, or zero at their centre)"  # a layer of no measurable element
+
+
 @dataclass
 class Evaluation:
     """The figures of one evaluation (accuracies and consistencies are fractions in [0, 1])."""
@@ -102,7 +105,7 @@ class Evaluation:
             for layer, errs in per_layer.items():
                 rows.append((f"{family} equivariance error {layer}",
                              ", ".join(f"{e:.2e} @ {k.replace('_', '+') if family == 'group' else k}"
-                                       for k, e in errs.items()) or "not measured (its maps are too small)"))
+                                       for k, e in errs.items()) or UNMEASURED))
         if self.scale:
             rows.append(("scale curve (factor: accuracy)", "  ".join(f"{f:g}x: {pct(v)}" for f, v in self.scale.items())))
         if self.orientation_acc is not None:
