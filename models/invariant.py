@@ -24,7 +24,7 @@ and the mean of logits is the log of the normalised geometric mean of the
 copies' probabilities, which keeps a copy that is confidently right from
 being averaged away by uncertain ones. Either is exactly invariant.
 
-The cost is |G| backbone passes (4 or 8) in one batched call.
+The cost is |G| backbone passes in one batched call: 4 (C4), 8 (C8, D4) or 16 (D8).
 
 `method="canonicalize"` (Kaba, Mondal, Zhang, Bengio & Ravanbakhsh, "Equivariance
 with Learned Canonicalization Functions", ICML 2023; Mondal et al., NeurIPS 2023)
@@ -128,8 +128,11 @@ from layers.invariance._transforms import _apply
 
 
 def invariant(model: keras.Model, group: str = "C4", method: str = "orbit", name: str | None = None,
-              **options) -> keras.Model:
+              input_shape: tuple | None = None, **options) -> keras.Model:
     """`model` (images -> logits [B, K]) made invariant to `group`; its weights are kept.
+
+    `input_shape` (height, width, channels): the images' shape, needed where `model` does not define one (a
+    subclassed model, a Sequential without an `Input`).
 
     `method`: `orbit` (the backbone called once per batch on the |G| stacked
     copies, logits averaged) or `canonicalize` (one pass on the canonical pose
@@ -138,7 +141,7 @@ def invariant(model: keras.Model, group: str = "C4", method: str = "orbit", name
     backbone's input and output shapes (float32 logits).
     """
     opts = check_invariant({"group": group, "method": method, **options})
-    inputs = keras.Input(shape=model.input_shape[1:], name="image")
+    inputs = keras.Input(shape=_input_shape(model, input_shape), name="image")
     if method == "canonicalize":
         canon = Canonicalize(group, opts["filters"], opts["kernel_size"], opts["prior_weight"], opts["downscale"],
                              opts["relaxation"], opts["pose_weight"], pose_jitter=opts["pose_jitter"],
@@ -152,6 +155,22 @@ def invariant(model: keras.Model, group: str = "C4", method: str = "orbit", name
         orbit = GroupOrbit(group, name=f"orbit_{group.lower()}")
         y = OrbitMean(orbit.size, dtype="float32", name="orbit_mean")(model(orbit(inputs)))
     return keras.Model(inputs, y, name=name or f"{model.name}_{group.lower()}_{method}")
+
+
+def _input_shape(model, given) -> tuple:
+    """The shape of one image that `model` takes: `given`, or the model's own (one error where it has none)."""
+    if given is not None:
+        return tuple(given)
+    try:
+        shape = model.input_shape
+    except (AttributeError, ValueError):  # subclassed: no attribute; a Sequential not built: ValueError
+        raise ValueError(f"invariant: {getattr(model, 'name', model)!r} ({type(model).__name__}) defines no input "
+                         f"shape (a subclassed model, or a Sequential without an Input): pass input_shape=(height, "
+                         f"width, channels)") from None
+    if isinstance(shape, list) or not isinstance(shape, tuple) or len(shape) != 4:
+        raise ValueError(f"invariant: {model.name!r} takes {shape}, where it needs one batch of images "
+                         f"[B, H, W, C]")
+    return shape[1:]
 
 
 def canonicalizer(model: keras.Model) -> Canonicalize | None:

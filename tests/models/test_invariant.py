@@ -94,6 +94,29 @@ def test_one_backbone_call_on_the_stacked_copies_and_weights_kept():
     np.testing.assert_allclose(out(wrapped, X), manual, atol=1e-5)
 
 
+class _Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.dense = keras.layers.Conv2D(4, 3), keras.layers.Dense(5)
+
+    def call(self, x):
+        return self.dense(keras.ops.mean(self.conv(x), axis=(1, 2)))
+
+
+@pytest.mark.parametrize("backbone", ["subclassed", "sequential"])
+def test_a_model_without_an_input_shape_is_wrapped_given_one_and_is_one_error_naming_it_without(backbone):
+    keras.utils.set_random_seed(3)
+    model = _Subclassed() if backbone == "subclassed" else keras.Sequential([keras.layers.Conv2D(4, 3),
+                                                                            keras.layers.GlobalAveragePooling2D(),
+                                                                            keras.layers.Dense(5)])
+    with pytest.raises(ValueError, match=r"defines no input shape .* pass input_shape=\(height, width, channels\)"):
+        invariant(model, "D4")
+    for method in ("orbit", "canonicalize"):
+        wrapped = invariant(model, "D4", method, input_shape=(16, 16, 3))
+        for element in (rot90, mirror, transpose):
+            np.testing.assert_allclose(out(wrapped, element(X)), out(wrapped, X), atol=1e-5)
+
+
 def test_a_keras_applications_backbone_is_wrapped_too():
     keras.utils.set_random_seed(3)
     model = models.build_model("keras_app:MobileNetV2", (32, 32, 3), 4, invariant="C4")
