@@ -372,6 +372,13 @@ def config_from_dict(data: dict, overrides: list[str] | None = None, default_nam
     token = _CHECK_MODEL.set(check_model)
     try:
         return build(Config, data, "")
+    except ConfigError as e:
+        if (str(e).startswith("model.params: unknown key") and "model.name" in keys
+                and not any(k.startswith("model.params") for k in keys)):
+            raise ConfigError(f"{e} (model.name was changed on the command line, and the config's model.params "
+                              f"are for its own model: model.params={{}} clears them, then model.params.<key>=... "
+                              f"sets the new model's)") from None
+        raise
     finally:
         _CHECK_MODEL.reset(token)
 

@@ -153,8 +153,9 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
             value = yaml.safe_load(raw) if raw != "" else None
         except yaml.YAMLError:
             value = raw
-        # A source such as npz:path parses as a string either way; keep the raw text for strings.
-        if isinstance(value, dict):
+        # A mapping only where it is written as one: `model.params={}` or `model.params.invariant={group: D4}`.
+        # Text that YAML reads as a mapping by its ": " (a path or a name such as `a: b`) stays the raw text.
+        if isinstance(value, dict) and not raw.lstrip().startswith("{"):
             value = raw
         out.append((key.strip(), value))
     return out

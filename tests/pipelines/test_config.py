@@ -51,6 +51,25 @@ def test_override_errors():
         config_from_dict({}, ["train.nope=1"])
 
 
+def test_a_mapping_written_as_one_on_the_command_line_is_a_mapping_and_other_text_stays_text():
+    cfg = config_from_dict({"model": {"name": "resnet", "params": {"filters": [4, 8]}}},
+                           ["model.name=baseline_cnn", "model.params={}", "model.params.invariant.group=D4"])
+    assert cfg.model.params == {"invariant": {"group": "D4"}}
+    cfg = config_from_dict({}, ["model.params.invariant={group: D4, method: canonicalize}"])
+    assert cfg.model.params == {"invariant": {"group": "D4", "method": "canonicalize"}}
+    assert config_from_dict({}, ["description=a: b"]).description == "a: b"  # not written as a mapping: text
+
+
+def test_a_model_changed_on_the_command_line_with_the_configs_params_says_how_to_clear_them():
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['filters'\].* model.params=\{\} clears them"):
+        config_from_dict({"model": {"name": "resnet", "params": {"filters": [4, 8]}}},
+                         ["model.name=keras_app:MobileNetV2"])
+    with pytest.raises(ConfigError, match=r"unknown key") as e:  # params given too: no hint
+        config_from_dict({"model": {"name": "resnet", "params": {"filters": [4, 8]}}},
+                         ["model.name=keras_app:MobileNetV2", "model.params.invariant.group=D4"])
+    assert "clears them" not in str(e.value)
+
+
 def test_load_config_files(tmp_path):
     good = tmp_path / "exp.yaml"
     good.write_text("train:\n  epochs: 2\n")
