@@ -30,7 +30,11 @@ def _per_stage(value, n, name, cast=int):
     values = list(value) if isinstance(value, (list, tuple)) else [value] * n
     if len(values) != n:
         raise ValueError(f"{name} must have one entry per stage ({n}), got {value!r}")
+    whole = cast is not int or all(not isinstance(v, (bool, float)) or (type(v) is float and v.is_integer())
+                                   for v in values)
     try:
+        if not whole:  # 6.7 channels is no width: refused, not cut to 6
+            raise ValueError
         return [cast(v) for v in values]
     except (TypeError, ValueError):
         raise ValueError(f"{name} must hold {cast.__name__} values, got {value!r}") from None

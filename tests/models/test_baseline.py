@@ -15,6 +15,8 @@ from tests.models.conftest import assert_float16_training_step
         ({"filters": []}, "filters must name at least one stage, got []"),
         ({"filters": (4, 8), "kernel_size": [3]}, "kernel_size must have one entry per stage (2), got [3]"),
         ({"kernel_size": "x"}, "kernel_size must hold int values, got 'x'"),
+        ({"filters": [6.7, 8]}, "filters must hold int values, got [6.7, 8]"),  # was cut to 6 without a word
+        ({"filters": [True, 8]}, "filters must hold int values, got [True, 8]"),
         ({"downsample": "pool"}, "downsample must be one of ('max', 'strided', 'avg', 'blur', 'blur_strided', "
                                  "'blur_avg', 'aps', 'none'), got 'pool'"),
         ({"conv": "depthwise"}, "conv must be one of ('standard', 'separable', 'spatial_separable'), got 'depthwise'"),
