@@ -124,7 +124,7 @@ def figure_rows(runs: list[RunFigures]) -> list[tuple[str, str, list]]:
     rows += [(f"mirror_acc_{k}", f"mirror {k.replace('lr', 'left-right').replace('ud', 'up-down')}")
              for k in ("lr", "ud", "transpose") if f"mirror_acc_{k}" in keys]
     if "canonical_orientation_acc" in keys:
-        rows.append(("canonical_orientation_acc", "canonicalizer: turns of test images it names"))
+        rows.append(("canonical_orientation_acc", "canonicalizer: turns (and mirrors) of test images it names"))
     rows += [("shift_consistency", "shift consistency (pad-and-crop)"),
              ("circular_consistency", "circular shift consistency")]
     for a in sorted({m.group(1) for k in keys if (m := _ELASTIC.match(k))}, key=_num_key):

@@ -109,7 +109,7 @@ class Evaluation:
         if self.scale:
             rows.append(("scale curve (factor: accuracy)", "  ".join(f"{f:g}x: {pct(v)}" for f, v in self.scale.items())))
         if self.orientation_acc is not None:
-            rows.append(("canonicalizer: turns of test images it names", pct(self.orientation_acc)))
+            rows.append(("canonicalizer: turns (and mirrors) of test images it names", pct(self.orientation_acc)))
         worst = sorted(self.per_class(), key=lambda r: r[2])[:3]
         if worst:
             rows.append(("lowest class accuracies", ", ".join(

@@ -319,7 +319,7 @@ def test_the_evaluation_reports_how_often_the_canonicalizer_names_the_turn():
     ev = evaluate(keras_predictor(model), x8, np.array([0, 1, 2]), EvaluateConfig(max_images=3, rotation_step=90),
                   model=model)
     assert 0.0 <= ev.metrics()["canonical_orientation_acc"] <= 1.0
-    assert "canonicalizer: turns of test images it names" in ev.table("t")
+    assert "canonicalizer: turns (and mirrors) of test images it names" in ev.table("t")
 
 
 def test_a_wrapped_model_loads_in_a_fresh_process_after_import_layers_alone(tmp_path):

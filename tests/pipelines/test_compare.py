@@ -162,4 +162,4 @@ def test_a_wrapped_model_is_named_with_its_wrapper_and_its_canonicalizer_figure(
         client.log_metric(wrapped, k, v)
     table = compare.markdown_table(compare.load_runs([ids[0], wrapped], uri))
     assert table.splitlines()[0].endswith(" canon-run (baseline_cnn + canonicalize D4) |")
-    assert "| canonicalizer: turns of test images it names | - | 97.0% |" in table
+    assert "| canonicalizer: turns (and mirrors) of test images it names | - | 97.0% |" in table
