@@ -47,6 +47,14 @@ class TrainResult:
 # ----------------------------------------------------------------------------- the job
 
 
+def model_line(model_cfg, params: int) -> str:
+    """The line that names the model trained: its builder, the invariance wrapper around it, its size."""
+    inv = model_cfg.params.get("invariant")
+    inv = {"group": inv} if isinstance(inv, str) else inv
+    wrapped = f" made {inv['group']}-invariant by {inv.get('method', 'orbit')}" if inv else ""
+    return f"Model {model_cfg.name}{wrapped}: {params:,} parameters"
+
+
 def run(cfg: Config, callbacks=()) -> TrainResult:
     """Train, test, evaluate, log and export the experiment `cfg`. `callbacks` are extra Keras callbacks."""
     import keras
@@ -253,7 +261,7 @@ def _fit(cfg: Config, splits, train_ds, val_ds, steps: int, run_id: str | None, 
             fh.write(experiment.weights_digest(model) + "\n")
         experiment.compile_model(model, cfg, steps)
         if placement.is_chief:
-            print(f"Model {cfg.model.name}: {model.count_params():,} parameters")
+            print(model_line(cfg.model, model.count_params()))
         fit_callbacks = [
             *([tracking.MLflowEpochLogger(run_id)] if run_id else []),
             keras.callbacks.BackupAndRestore(os.path.join(out_dir, "backup")),

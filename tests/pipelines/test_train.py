@@ -12,7 +12,7 @@ from pipelines.cli import run_main
 from pipelines.config import config_from_dict, load_config
 from pipelines.errors import UserError
 from pipelines.export import HIGHEST_FILE, predict_savedmodel
-from pipelines.train import main, run
+from pipelines.train import main, model_line, run
 
 
 def tiny_config(tmp_path, *overrides):
@@ -280,3 +280,13 @@ def test_export_plain_true_publishes_the_model_in_stock_layers(tmp_path):
     assert not any(len(s) == 3 for s in shapes), shapes  # no [J, C_in, filters] basis coefficients
     x = np.random.default_rng(0).integers(0, 256, (4, 28, 28, 1), dtype=np.uint8)
     assert predict_savedmodel(result.export_path, x)["probabilities"].shape == (4, 10)
+
+
+def test_the_model_line_names_the_invariance_wrapper_around_the_builder():
+    from pipelines.config import ModelConfig
+
+    assert model_line(ModelConfig("resnet", {}), 26108) == "Model resnet: 26,108 parameters"
+    assert (model_line(ModelConfig("resnet", {"invariant": {"group": "D4", "method": "canonicalize"}}), 5)
+            == "Model resnet made D4-invariant by canonicalize: 5 parameters")
+    assert model_line(ModelConfig("keras_app:MobileNetV2", {"invariant": "C4"}), 5) == (
+        "Model keras_app:MobileNetV2 made C4-invariant by orbit: 5 parameters")
