@@ -22,6 +22,7 @@ the augmentation settings without depending on pydantic.
 
 from __future__ import annotations
 
+import ast
 import contextvars
 import dataclasses
 import os
@@ -356,6 +357,9 @@ def config_from_dict(data: dict, overrides: list[str] | None = None, default_nam
         return data.get(key) if isinstance(data.get(key), dict) else {}
 
     own_source = section("data").get("source", DataConfig.source)
+    own_model = section("model").get("name", ModelConfig.name)
+    own_params = section("model").get("params")
+    own_params = set(own_params) if isinstance(own_params, dict) else set()
     parsed = parse_overrides(overrides or [])
     for key, value in parsed:
         _set_dotted(data, key, value)
@@ -373,8 +377,9 @@ def config_from_dict(data: dict, overrides: list[str] | None = None, default_nam
     try:
         return build(Config, data, "")
     except ConfigError as e:
-        if (str(e).startswith("model.params: unknown key") and "model.name" in keys
-                and not any(k.startswith("model.params") for k in keys)):
+        unknown = re.match(r"model\.params: unknown key\(s\) (\[.*?\]) for model", str(e))
+        if (unknown and "model.params" not in keys and section("model").get("name") != own_model
+                and set(ast.literal_eval(unknown.group(1))) <= own_params):  # the config's own keys, a new model
             raise ConfigError(f"{e} (model.name was changed on the command line, and the config's model.params "
                               f"are for its own model: model.params={{}} clears them, then model.params.<key>=... "
                               f"sets the new model's)") from None

@@ -82,9 +82,9 @@ def _coerce(tp, value, path):
         return [_coerce(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
     if origin is dict or tp is dict:
         _check(isinstance(value, dict), path, value, "must be a mapping")
-        return dict(value)
+        return _plain(value)
     if tp is Any:
-        return value
+        return _plain(value)
     if tp is bool:
         _check(isinstance(value, bool), path, value, "must be true or false")
         return value
@@ -97,6 +97,8 @@ def _coerce(tp, value, path):
     if tp is str:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and path.endswith("verbose"):
             return str(value)
+        if isinstance(value, _WrittenMapping):  # `description={draft}` on the command line: the text given
+            return value.text
         _check(isinstance(value, str), path, value, "must be a string")
         return value
     raise TypeError(f"unsupported annotation {tp} at {path}")
@@ -143,6 +145,21 @@ def _set_dotted(d: dict, dotted: str, value):
     cur[keys[-1]] = value
 
 
+class _WrittenMapping(dict):
+    """A mapping given on the command line as `{...}`, with the text it was written as (for a string field)."""
+
+    def __init__(self, value: dict, text: str):
+        super().__init__(value)
+        self.text = text
+
+
+def _plain(value):
+    """`value` with every mapping a plain dict (YAML and MLflow write those, not `_WrittenMapping`)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return [_plain(v) for v in value] if isinstance(value, list) else value
+
+
 def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
     out = []
     for item in items:
@@ -153,10 +170,11 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
             value = yaml.safe_load(raw) if raw != "" else None
         except yaml.YAMLError:
             value = raw
-        # A mapping only where it is written as one: `model.params={}` or `model.params.invariant={group: D4}`.
-        # Text that YAML reads as a mapping by its ": " (a path or a name such as `a: b`) stays the raw text.
-        if isinstance(value, dict) and not raw.lstrip().startswith("{"):
-            value = raw
+        # A mapping only where it is written as one: `model.params={}` or `model.params.invariant={group: D4}`
+        # (and a string field given one keeps its text). Text that YAML reads as a mapping by its ": " (a path or
+        # a name such as `a: b`) stays the raw text.
+        if isinstance(value, dict):
+            value = _WrittenMapping(value, raw) if raw.lstrip().startswith("{") else raw
         out.append((key.strip(), value))
     return out
 

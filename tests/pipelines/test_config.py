@@ -58,16 +58,24 @@ def test_a_mapping_written_as_one_on_the_command_line_is_a_mapping_and_other_tex
     cfg = config_from_dict({}, ["model.params.invariant={group: D4, method: canonicalize}"])
     assert cfg.model.params == {"invariant": {"group": "D4", "method": "canonicalize"}}
     assert config_from_dict({}, ["description=a: b"]).description == "a: b"  # not written as a mapping: text
+    assert config_from_dict({}, ["description={draft}"]).description == "{draft}"  # a string field: its text
+    cfg = config_from_dict({}, ["model.params.invariant={group: D4}"])
+    assert type(cfg.model.params["invariant"]) is dict and "invariant:\n      group: D4\n" in cfg.to_yaml()
 
 
 def test_a_model_changed_on_the_command_line_with_the_configs_params_says_how_to_clear_them():
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['filters'\].* model.params=\{\} clears them"):
         config_from_dict({"model": {"name": "resnet", "params": {"filters": [4, 8]}}},
                          ["model.name=keras_app:MobileNetV2"])
-    with pytest.raises(ConfigError, match=r"unknown key") as e:  # params given too: no hint
+    with pytest.raises(ConfigError, match=r"model.params=\{\} clears them"):  # another key given too: the hint
         config_from_dict({"model": {"name": "resnet", "params": {"filters": [4, 8]}}},
                          ["model.name=keras_app:MobileNetV2", "model.params.invariant.group=D4"])
-    assert "clears them" not in str(e.value)
+    for config, overrides in [  # no hint: the unknown key is the user's own, or the model is the config's own
+            ({"model": {"name": "resnet", "params": {}}}, ["model.name=baseline_cnn", "model.params.blocks=2"]),
+            ({"model": {"name": "resnet", "params": {"filtres": [4]}}}, ["model.name=resnet"])]:
+        with pytest.raises(ConfigError, match=r"unknown key") as e:
+            config_from_dict(config, overrides)
+        assert "clears them" not in str(e.value), overrides
 
 
 def test_load_config_files(tmp_path):
