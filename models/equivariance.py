@@ -255,8 +255,9 @@ def equivariance_errors(layer, inputs: np.ndarray, elements: Sequence[Element]) 
     """{element label: relative L2 error} of `layer` at each of `elements`, the layer's output on `inputs`
     computed once. `inputs` is what the layer receives (images, or maps in its family's layout). An element
     whose disk holds no pixel of the output (group and harmonic maps of 4x4 or less; the scale family's disk is
-    inset further), or only zeros (a layer whose input is zero there: dead units, a dark centre), is left out:
-    not measured, where an error of 0 would read as exact (and pull the model's mean down)."""
+    inset further), or only zeros on the input and on its transformed copy alike (a layer whose input is zero
+    there: dead units, a dark centre), is left out: not measured, where an error of 0 would read as exact (and
+    pull the model's mean down)."""
     fam = family_of(layer)
     if fam is None:
         raise ValueError(f"{layer.name} ({type(layer).__name__}) belongs to no equivariant family "
@@ -271,10 +272,12 @@ def equivariance_errors(layer, inputs: np.ndarray, elements: Sequence[Element]) 
         if not m.any():
             continue
         diff, ref = (got - want)[:, m], want[:, m]
-        energy = np.sum(ref**2)
-        if energy <= 1e-12 * np.sum(want**2):  # zeros (to rounding) in the disk: nothing to measure there
-            continue
-        errors[e.label] = float(np.sqrt(np.sum(diff**2) / energy))
+        energy, wrong, scale = np.sum(ref**2), np.sum(diff**2), np.sum(want**2)
+        if energy <= 1e-12 * scale:  # zeros (to rounding) in the disk where the layer's output is wanted
+            if wrong <= 1e-12 * max(scale, np.sum(got**2)):
+                continue  # and there too on the transformed input: nothing to measure
+            energy = np.sum(got[:, m] ** 2)  # but not there: measured against what came (an error of 1 or more)
+        errors[e.label] = float(np.sqrt(wrong / energy))
     return errors
 
 

@@ -105,8 +105,10 @@ def test_c8_is_measured_at_45_and_90_degrees_only():
 
 
 def test_a_layer_whose_input_is_zero_at_the_centre_is_left_out_not_reported_exact():
-    """A layer fed maps that are zero inside the measured disk (dead units, a dark centre: the input non-zero in its
-    border rows only) has no error to measure there. Before: 0.00e+00 at every element, 45 degrees included."""
+    """A layer fed maps that are zero where it is measured (dead units, a dark centre; here the input is non-zero
+    in its border row only, which the measure's disk cuts away) has no error to measure. Before: 0.00e+00 at every
+    element, 45 degrees included. An output that is zero on the input but not on its transformed copy is an
+    error, not a blank."""
     from layers.group.lifting_conv import LiftingConv2D
 
     keras.utils.set_random_seed(0)
@@ -118,6 +120,20 @@ def test_a_layer_whose_input_is_zero_at_the_centre_is_left_out_not_reported_exac
     x[:, 8, 8] = 1.0  # one pixel at the centre: measured again, exact at 90 degrees and not at 45
     errs = equivariance_errors(layer, x, elements(layer, [45.0, 90.0]))
     assert errs["rot90"] < 1e-6 and errs["rot45"] > 1e-3, errs
+
+    class LeftSided(LiftingConv2D):  # zero unless the input's right half outweighs its left: not equivariant
+        def call(self, inputs):
+            y = super().call(inputs)
+            w = inputs.shape[2] // 2
+            gap = keras.ops.mean(inputs[:, :, w:]) - keras.ops.mean(inputs[:, :, :w])
+            return keras.ops.zeros_like(y) + keras.ops.relu(gap)
+
+    sided = LeftSided(4, 3, group="D8", use_bias=False)
+    blob = np.zeros((2, 16, 16, 1), "float32")
+    blob[:, 6:10, 3:7] = 1.0  # on the left: zero out; mirrored to the right: not
+    sided.build(blob.shape)
+    errs = equivariance_errors(sided, blob, elements(sided, [90.0]))
+    assert errs["flip"] == pytest.approx(1.0) and min(errs.values()) >= 1.0 - 1e-6, errs  # was {} (hidden)
 
 
 def test_a_layer_whose_maps_are_too_small_to_measure_is_left_out_not_reported_exact():
