@@ -8,7 +8,10 @@ builders.
 
 from __future__ import annotations
 
+import numbers
+
 import keras
+import numpy as np
 from keras import layers
 
 from layers.common import validation as check
@@ -25,13 +28,20 @@ DOWNSAMPLE_KINDS = ("max", "strided", "avg", "blur", "blur_strided", "blur_avg",
 PADDINGS = ("same", "circular")
 
 
+def _whole(v) -> bool:
+    """Whether `v` may stand for an integer: no bool, an integer or a float of whole value (Python's or NumPy's;
+    a string is left to int())."""
+    if isinstance(v, (bool, np.bool_)):
+        return False
+    return isinstance(v, numbers.Integral) or not isinstance(v, numbers.Real) or float(v).is_integer()
+
+
 def _per_stage(value, n, name, cast=int):
     """`value` as one entry per stage: a list of `n` entries, or one value for every stage (also hnet.py's)."""
     values = list(value) if isinstance(value, (list, tuple)) else [value] * n
     if len(values) != n:
         raise ValueError(f"{name} must have one entry per stage ({n}), got {value!r}")
-    whole = cast is not int or all(not isinstance(v, (bool, float)) or (type(v) is float and v.is_integer())
-                                   for v in values)
+    whole = cast is not int or all(_whole(v) for v in values)
     try:
         if not whole:  # 6.7 channels is no width: refused, not cut to 6
             raise ValueError

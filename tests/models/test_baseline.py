@@ -2,6 +2,8 @@
 
 import re
 
+import keras
+import numpy as np
 import pytest
 
 from models import build_model
@@ -17,6 +19,8 @@ from tests.models.conftest import assert_float16_training_step
         ({"kernel_size": "x"}, "kernel_size must hold int values, got 'x'"),
         ({"filters": [6.7, 8]}, "filters must hold int values, got [6.7, 8]"),  # was cut to 6 without a word
         ({"filters": [True, 8]}, "filters must hold int values, got [True, 8]"),
+        ({"filters": [np.float32(6.5), 8]}, "filters must hold int values, got [np.float32(6.5), 8]"),
+        ({"filters": [np.True_, 8]}, "filters must hold int values, got [np.True_, 8]"),
         ({"downsample": "pool"}, "downsample must be one of ('max', 'strided', 'avg', 'blur', 'blur_strided', "
                                  "'blur_avg', 'aps', 'none'), got 'pool'"),
         ({"conv": "depthwise"}, "conv must be one of ('standard', 'separable', 'spatial_separable'), got 'depthwise'"),
@@ -30,6 +34,11 @@ from tests.models.conftest import assert_float16_training_step
 def test_bad_params_raise_value_error_echoing_the_value(kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         build_model("baseline_cnn", (16, 16, 1), 3, **kwargs)
+
+
+def test_whole_widths_of_numpy_or_float_type_are_taken():
+    model = build_model("baseline_cnn", (16, 16, 1), 3, filters=[np.float64(4.0), np.int64(8)], kernel_size=3.0)
+    assert [la.filters for la in model.layers if isinstance(la, keras.layers.Conv2D)][:2] == [4, 4]
 
 
 @pytest.mark.parametrize(
