@@ -158,15 +158,27 @@ def invariant(model: keras.Model, group: str = "C4", method: str = "orbit", name
 
 
 def _input_shape(model, given) -> tuple:
-    """The shape of one image that `model` takes: `given`, or the model's own (one error where it has none)."""
-    if given is not None:
-        return tuple(given)
+    """The shape of one image that `model` takes: `given`, or the model's own (one error where it has none, or
+    where `given` is no image shape or differs from the model's)."""
     try:
         shape = model.input_shape
     except (AttributeError, ValueError):  # subclassed: no attribute; a Sequential not built: ValueError
+        shape = None
+    if given is not None:
+        ok = isinstance(given, (tuple, list)) and len(given) == 3 and all(
+            d is None or (isinstance(d, int) and not isinstance(d, bool) and d > 0) for d in given)
+        if not ok:
+            raise ValueError(f"invariant: input_shape must be (height, width, channels) of positive integers "
+                             f"(got {given!r})")
+        if isinstance(shape, tuple) and len(shape) == 4 and any(
+                a is not None and b is not None and a != b for a, b in zip(shape[1:], given)):
+            raise ValueError(f"invariant: input_shape {tuple(given)} differs from the {shape[1:]} that "
+                             f"{model.name!r} takes")
+        return tuple(given)
+    if shape is None:
         raise ValueError(f"invariant: {getattr(model, 'name', model)!r} ({type(model).__name__}) defines no input "
                          f"shape (a subclassed model, or a Sequential without an Input): pass input_shape=(height, "
-                         f"width, channels)") from None
+                         f"width, channels)")
     if isinstance(shape, list) or not isinstance(shape, tuple) or len(shape) != 4:
         raise ValueError(f"invariant: {model.name!r} takes {shape}, where it needs one batch of images "
                          f"[B, H, W, C]")

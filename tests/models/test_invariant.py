@@ -111,10 +111,20 @@ def test_a_model_without_an_input_shape_is_wrapped_given_one_and_is_one_error_na
                                                                             keras.layers.Dense(5)])
     with pytest.raises(ValueError, match=r"defines no input shape .* pass input_shape=\(height, width, channels\)"):
         invariant(model, "D4")
+    for bad in [(16, 16), 16, (16, 16, 0), (16.0, 16, 3)]:
+        with pytest.raises(ValueError, match=r"input_shape must be \(height, width, channels\) of positive"):
+            invariant(model, "D4", input_shape=bad)
     for method in ("orbit", "canonicalize"):
         wrapped = invariant(model, "D4", method, input_shape=(16, 16, 3))
         for element in (rot90, mirror, transpose):
             np.testing.assert_allclose(out(wrapped, element(X)), out(wrapped, X), atol=1e-5)
+
+
+def test_an_input_shape_that_differs_from_the_models_own_is_one_error():
+    model = models.build_model("baseline_cnn", (16, 16, 3), 5, filters=[4], dense_units=8)
+    with pytest.raises(ValueError, match=r"input_shape \(32, 32, 3\) differs from the \(16, 16, 3\)"):
+        invariant(model, "C4", input_shape=(32, 32, 3))
+    assert invariant(model, "C4", input_shape=[16, 16, 3]).input_shape == (None, 16, 16, 3)  # the same: taken
 
 
 def test_a_keras_applications_backbone_is_wrapped_too():
