@@ -35,7 +35,16 @@ import yaml
 from data.augment_settings import OPERATIONS, ElasticSettings, FlipSettings, RotationSettings, ScaleSettings, TranslationSettings
 from data.options import DataSettings, SyntheticSettings
 from data.sources import get_source, local_path, source_usage
-from pipelines.typed import ConfigError, _check, _fail, _set_dotted, build, flatten, parse_overrides  # noqa: F401
+from pipelines.typed import (  # noqa: F401
+    ConfigError,
+    UniqueKeyLoader,
+    _check,
+    _fail,
+    _set_dotted,
+    build,
+    flatten,
+    parse_overrides,
+)
 
 
 # Off while `--print-config` loads a config: the model registry's check imports Keras (seconds); the job checks it.
@@ -388,20 +397,6 @@ def config_from_dict(data: dict, overrides: list[str] | None = None, default_nam
         _CHECK_MODEL.reset(token)
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """`yaml.safe_load`, refusing a key given twice in one mapping (YAML keeps the last one without a word)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
-                                                        key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None, check_model: bool = True) -> Config:
     """Load, override and validate the YAML experiment config at `path` (see `config_from_dict`)."""
     path = os.fspath(path)
@@ -409,7 +404,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None, che
         raise ConfigError(f"config file {path!r} does not exist")
     try:
         with open(path) as fh:
-            data = yaml.load(fh, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+            data = yaml.load(fh, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: malformed YAML: {e}") from None
     if data is not None and not isinstance(data, dict):

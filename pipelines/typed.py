@@ -145,6 +145,20 @@ def _set_dotted(d: dict, dotted: str, value):
     cur[keys[-1]] = value
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.safe_load`, refusing a key given twice in one mapping (YAML keeps the last one without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 class _WrittenMapping(dict):
     """A mapping given on the command line as `{...}`, with the text it was written as (for a string field)."""
 
@@ -167,7 +181,11 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
             raise ConfigError(f"override {item!r}: expected key=value, for example train.epochs=3")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw != "" else None
+            value = yaml.load(raw, Loader=UniqueKeyLoader) if raw != "" else None  # noqa: S506 - a SafeLoader
+        except yaml.constructor.ConstructorError as e:
+            if "is given twice" in str(e):
+                raise ConfigError(f"override {item!r}: {e.problem}") from None
+            value = raw
         except yaml.YAMLError:
             value = raw
         # A mapping only where it is written as one: `model.params={}` or `model.params.invariant={group: D4}`

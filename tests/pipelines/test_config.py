@@ -59,6 +59,8 @@ def test_a_mapping_written_as_one_on_the_command_line_is_a_mapping_and_other_tex
     assert cfg.model.params == {"invariant": {"group": "D4", "method": "canonicalize"}}
     assert config_from_dict({}, ["description=a: b"]).description == "a: b"  # not written as a mapping: text
     assert config_from_dict({}, ["description={draft}"]).description == "{draft}"  # a string field: its text
+    with pytest.raises(ConfigError, match=r"override 'model.params=\{a: 1, a: 2\}': the key 'a' is given twice"):
+        config_from_dict({}, ["model.params={a: 1, a: 2}"])  # as a config file's YAML: refused, not the last kept
     cfg = config_from_dict({}, ["model.params.invariant={group: D4}"])
     assert type(cfg.model.params["invariant"]) is dict and "invariant:\n      group: D4\n" in cfg.to_yaml()
 
