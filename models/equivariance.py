@@ -40,7 +40,7 @@ out, `keras.ops.convert_to_numpy` on every backend.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import keras
