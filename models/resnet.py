@@ -120,7 +120,9 @@ def build(
         stem: `cifar` (3x3 conv), `imagenet` (7x7 conv at stride 2 + 3x3 max
             pool at stride 2) or `auto` (cifar up to 64 px, imagenet above).
         antialias: `none`, `blur` (Zhang's BlurPool) or `aps` (adaptive
-            polyphase sampling; needs even sizes at every downsampling).
+            polyphase sampling; an odd size is zero-padded to even, except
+            with `padding: circular`, where it is refused: it would not be
+            exact).
         blur_size: binomial filter size (1-7) of `blur` and `aps` (1: no blur).
         padding: `same` or `circular` (every conv and pool wraps around; with
             `aps` the logits are exactly invariant to circular shifts).
@@ -147,6 +149,13 @@ def build(
     input_shape = tuple(input_shape)
     if stem == "auto":
         stem = "cifar" if max(d for d in input_shape[:2] if d is not None) <= 64 else "imagenet"
+    if antialias == "aps" and padding == "circular":  # exact only where every step halves an even size
+        halvings = n - 1 + (2 if stem == "imagenet" else 0)
+        if any(d is not None and d % 2**halvings for d in input_shape[:2]):
+            raise ValueError(f"antialias: aps with padding: circular is exactly invariant to circular shifts only "
+                             f"where every downsampling halves an even size: this layout ({stem} stem, {n} stages) "
+                             f"halves {halvings} times, so each image side must be a multiple of {2**halvings} (got "
+                             f"{input_shape[0]}x{input_shape[1]}; padding: same takes any size, not exactly)")
 
     inputs = keras.Input(shape=input_shape, name="image")
     x = inputs

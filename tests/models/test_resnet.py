@@ -70,6 +70,16 @@ def test_aps_circular_is_exactly_invariant_to_circular_shifts(shape):
     assert np.abs(np.asarray(plain(np.roll(x, (1, 1), (1, 2)), training=False)) - y0).max() > 1e-4
 
 
+@pytest.mark.parametrize("shape,stem,stages,multiple", [((36, 36, 3), "cifar", 4, 8), ((48, 48, 3), "imagenet", 4, 32),
+                                                      ((28, 28, 1), "cifar", 4, 8), ((36, 36, 3), "imagenet", 3, 16)])
+def test_aps_circular_at_a_size_that_does_not_halve_evenly_is_refused_not_built_inexact(shape, stem, stages, multiple):
+    """Before: an odd map was zero-padded to even before the polyphase step, and the model lost its exact
+    circular-shift invariance without a word (logits moved by 3e-4 to 5e-3 under rolls)."""
+    with pytest.raises(ValueError, match=rf"halves \d times, so each image side must be a multiple of {multiple} "):
+        small("aps", "circular", shape=shape, stem=stem, filters=[4] * stages, blocks_per_stage=1)
+    small("aps", "same", shape=shape, stem=stem, filters=[4] * stages, blocks_per_stage=1)  # not exact: built
+
+
 @pytest.mark.parametrize("padding", ["same", pytest.param("circular", marks=TF_ONLY)])
 def test_antialias_rewrite_of_the_plain_resnet(padding):
     plain = small(padding=padding)
