@@ -48,10 +48,11 @@ phase, which breaks exactness; `models.resnet` with `antialias: aps` shares
 one step between both branches instead.
 
 What cannot be rewritten -- a subclassed model (no graph to rewrite), a
-custom layer with strides > 1, non-square strides, channels-first data --
-raises one `ValueError` naming it; with `strict=False` it is kept as it is,
-with a warning (a nested subclassed model is copied from its config when it
-can be, else shared with the original).
+strided layer of another kind (a custom layer, Keras' `Conv1D`), non-square
+strides, channels-first data -- raises one `ValueError` naming it; with
+`strict=False` it is kept as it is, with a warning (a nested subclassed model
+is copied from its config when it can be, else shared with the original; the
+model given must itself be functional or Sequential).
 """
 
 from __future__ import annotations
@@ -324,7 +325,8 @@ class _Rewriter:
         own = next((k for k in ("blur_size", "blur") if k in config), None)
         if own is not None and self.method == "blur":
             return self.copy(op, **{own: self.blur_size})(*args, **kwargs)
-        self.unsupported(op, f"a custom layer with strides {_strides(op)} (only Keras' Conv2D, DepthwiseConv2D, "
+        kind = "a Keras layer" if type(op).__module__.startswith("keras.") else "a custom layer"
+        self.unsupported(op, f"{kind} with strides {_strides(op)} (only Keras' Conv2D, DepthwiseConv2D, "
                              f"SeparableConv2D, MaxPooling2D and AveragePooling2D"
                              + (", and layers with their own blur option under method 'blur'," if own else "")
                              + " are rewritten)")

@@ -231,8 +231,12 @@ def test_errors_name_what_cannot_be_rewritten():
     x = Subsample(name="my_subsample")(inputs)
     x = layers.MaxPooling2D(2, name="pool")(x)
     custom = keras.Model(inputs, x)
-    with pytest.raises(ValueError, match=r"my_subsample.*Subsample.*strides \(2,\)"):
+    with pytest.raises(ValueError, match=r"my_subsample.*Subsample.*: a custom layer with strides \(2,\)"):
         models.antialias(custom)
+    inputs = keras.Input((8, 3))  # a stock Keras layer the rewrite does not take: named as Keras', not custom
+    conv1d = keras.Model(inputs, layers.Conv1D(4, 3, strides=2, name="c1")(inputs))
+    with pytest.raises(ValueError, match=r"'c1' \(Conv1D\): a Keras layer with strides \(2,\)"):
+        models.antialias(conv1d)
     with pytest.warns(UserWarning, match="my_subsample"):
         kept = models.antialias(custom, strict=False)
     assert isinstance(kept.get_layer("my_subsample"), Subsample)
