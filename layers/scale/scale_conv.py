@@ -30,7 +30,7 @@ class ScaleConv2D(ScaleConvBase):
       nearest-neighbour: out'[a i + (a - 1) / 2, a j + (a - 1) / 2, s + t] =
       out[i, j, s], for every s with s + t + interscale - 1 < num_scales
       (the others read scales past the end: the boundary of the scale range);
-    - APPROXIMATE at every other ratio. Measured (`models/scale_equivariance.py`:
+    - APPROXIMATE at every other ratio. Measured (`models/equivariance.py`:
       kernel 9, sigma 0.8, step sqrt(3), max_order 3, 8 -> 8 channels,
       random coefficients, 40 x 40 inputs blurred by a Gaussian of 2 px,
       cubic enlargement, central disk): interscale 1, one step (x1.73):

@@ -35,7 +35,7 @@ class ScaleLiftingConv2D(ScaleConvBase):
       the defaults (sigma 0.8, step sqrt(3), 3 scales): scale 0 -> scale 2, a = 3.
     - APPROXIMATE at every other ratio (non-integer steps such as sqrt(3),
       even integers), where the pixel grids of the two scales do not nest.
-      Measured (`models/scale_equivariance.py`: kernel 9, sigma 0.8, step
+      Measured (`models/equivariance.py`: kernel 9, sigma 0.8, step
       sqrt(3), max_order 3, 2 -> 8 channels, random coefficients; inputs
       40 x 40 white noise blurred by a Gaussian of 2 px, enlarged by cubic
       splines; relative L2 error on the central disk): one step (x1.73)
