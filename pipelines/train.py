@@ -48,10 +48,12 @@ class TrainResult:
 
 
 def model_line(model_cfg, params: int) -> str:
-    """The line that names the model trained: its builder, the invariance wrapper around it, its size."""
-    inv = model_cfg.params.get("invariant")
+    """The line that names the model trained: its builder, the wrappers around it (the input pyramid, the
+    invariance), its size."""
+    inv, scales = model_cfg.params.get("invariant"), model_cfg.params.get("pyramid_scales")
     inv = {"group": inv} if isinstance(inv, str) else inv
-    wrapped = f" made {inv['group']}-invariant by {inv.get('method', 'orbit')}" if inv else ""
+    wrapped = f" on an input pyramid at scales {', '.join(f'{s:g}' for s in scales)}" if scales else ""
+    wrapped += f" made {inv['group']}-invariant by {inv.get('method', 'orbit')}" if inv else ""
     return f"Model {model_cfg.name}{wrapped}: {params:,} parameters"
 
 

@@ -290,3 +290,5 @@ def test_the_model_line_names_the_invariance_wrapper_around_the_builder():
             == "Model resnet made D4-invariant by canonicalize: 5 parameters")
     assert model_line(ModelConfig("keras_app:MobileNetV2", {"invariant": "C4"}), 5) == (
         "Model keras_app:MobileNetV2 made C4-invariant by orbit: 5 parameters")
+    assert model_line(ModelConfig("baseline_cnn", {"pyramid_scales": [1.0, 0.5]}), 5) == (
+        "Model baseline_cnn on an input pyramid at scales 1, 0.5: 5 parameters")
