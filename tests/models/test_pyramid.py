@@ -157,6 +157,16 @@ def test_bad_pyramid_params_are_config_errors(params, match):
         models.check_params("baseline_cnn", {"pyramid": [1.0]})
 
 
+@pytest.mark.parametrize("scales, useless", [([1.0, 0.1], "0.1"), ([1.0, 9.0], "9"), ([0.05, 1.0, 20.0], "0.05, 20")])
+def test_a_factor_that_leaves_under_2_pixels_of_the_image_is_refused(scales, useless):
+    """On a 16-pixel side, 0.1 shrinks the image to 1.6 pixels and 9 shows 1.8 of them: nothing to classify.
+    Before: built, trained and exported without a word."""
+    with pytest.raises(ValueError, match=rf"pyramid_scales: {useless} on a 16-pixel side leaves under 2 pixels .*"
+                                         rf"from 0.125 to 8\)"):
+        models.build_model("baseline_cnn", (16, 16, 1), 5, pyramid_scales=scales, **SMALL_CNN)
+    models.build_model("baseline_cnn", (16, 16, 1), 5, pyramid_scales=[0.125, 1.0, 8.0], **SMALL_CNN)  # the edges
+
+
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the SavedModel export is TensorFlow's")
 def test_confident_bandlimited_pyramid_exports_its_inference_choice(tmp_path):
     from pipelines.export import export_model, predict_savedmodel
