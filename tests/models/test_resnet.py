@@ -71,13 +71,26 @@ def test_aps_circular_is_exactly_invariant_to_circular_shifts(shape):
 
 
 @pytest.mark.parametrize("shape,stem,stages,multiple", [((36, 36, 3), "cifar", 4, 8), ((48, 48, 3), "imagenet", 4, 32),
-                                                      ((28, 28, 1), "cifar", 4, 8), ((36, 36, 3), "imagenet", 3, 16)])
+                                                      ((28, 28, 1), "cifar", 4, 8), ((36, 36, 3), "imagenet", 3, 16),
+                                                      ((6, 6, 3), "cifar", 3, 4)])
 def test_aps_circular_at_a_size_that_does_not_halve_evenly_is_refused_not_built_inexact(shape, stem, stages, multiple):
     """Before: an odd map was zero-padded to even before the polyphase step, and the model lost its exact
     circular-shift invariance without a word (logits moved by 3e-4 to 5e-3 under rolls)."""
     with pytest.raises(ValueError, match=rf"halves \d times, so each image side must be a multiple of {multiple} "):
         small("aps", "circular", shape=shape, stem=stem, filters=[4] * stages, blocks_per_stage=1)
     small("aps", "same", shape=shape, stem=stem, filters=[4] * stages, blocks_per_stage=1)  # not exact: built
+
+
+@pytest.mark.parametrize("shape,stem,stages", [((4, 4, 3), "cifar", 4), ((32, 32, 3), "imagenet", 5),
+                                               ((8, 12, 3), "cifar", 3)])
+def test_aps_circular_at_a_power_of_2_or_an_even_enough_size_is_built_and_exact(shape, stem, stages):
+    """A side that reaches 1 pixel before the last halving stays exact (a 1-pixel map is shift invariant)."""
+    m = small("aps", "circular", shape=shape, stem=stem, filters=[4] * stages, blocks_per_stage=1)
+    x = RNG.uniform(0, 1, (2, *shape)).astype("float32")
+    y = np.asarray(m(x, training=False))
+    for dy, dx in [(1, 1), (shape[0] - 1, 3 % shape[1]), (2, 1)]:
+        yr = np.asarray(m(np.roll(x, (dy, dx), (1, 2)), training=False))
+        assert np.abs(yr - y).max() <= 1e-5 * max(np.abs(y).max(), 1e-6), (dy, dx)
 
 
 @pytest.mark.parametrize("padding", ["same", pytest.param("circular", marks=TF_ONLY)])
@@ -113,6 +126,26 @@ def test_search_space_and_errors():
                        ({"filters": [4, 8], "blocks_per_stage": [1]}, "blocks_per_stage")]:
         with pytest.raises(ValueError, match=match):
             models.build_model("resnet", (16, 16, 3), 3, **bad)
+
+
+def test_the_search_space_draws_circular_padding_only_without_aps_unless_fixed():
+    """aps with circular padding does not build at sizes that do not halve evenly (28 px, 4 stages): drawn by the
+    search, such a trial would fail, and three in a row end it. A fixed `padding: circular` is kept."""
+    import keras_tuner
+
+    hp = keras_tuner.HyperParameters()
+    hp.Fixed("antialias", "aps")
+    for value in ("same", "circular"):  # drawn: same either way under aps
+        hp.values["padding"] = value
+        assert search_space(hp)["padding"] == "same"
+    hp = keras_tuner.HyperParameters()
+    hp.Fixed("antialias", "blur")
+    hp.Choice("padding", ["circular"])
+    assert search_space(hp)["padding"] == "circular"  # without aps: as drawn
+    hp = keras_tuner.HyperParameters()
+    hp.Fixed("antialias", "aps")
+    hp.Fixed("padding", "circular")
+    assert search_space(hp)["padding"] == "circular"  # asked for: kept (and refused where it cannot be exact)
 
 
 def test_narrow_projection_shortcuts_train_and_run_no_strided_1x1_convolution():
