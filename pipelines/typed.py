@@ -24,6 +24,7 @@ import textwrap
 import tokenize
 import types
 import typing
+from collections.abc import Hashable
 from typing import Any
 
 import yaml
@@ -151,7 +152,11 @@ class UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: SafeLoader merges it
+                continue
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):  # SafeLoader names it ("found unhashable key")
+                break
             if key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
                                                         key_node.start_mark)

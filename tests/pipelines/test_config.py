@@ -61,6 +61,10 @@ def test_a_mapping_written_as_one_on_the_command_line_is_a_mapping_and_other_tex
     assert config_from_dict({}, ["description={draft}"]).description == "{draft}"  # a string field: its text
     with pytest.raises(ConfigError, match=r"override 'model.params=\{a: 1, a: 2\}': the key 'a' is given twice"):
         config_from_dict({}, ["model.params={a: 1, a: 2}"])  # as a config file's YAML: refused, not the last kept
+    merged = config_from_dict({}, ["model.params={b: &x {c: 1}, d: {<<: *x}}"], check_model=False)  # merged
+    assert merged.model.params == {"b": {"c": 1}, "d": {"c": 1}}
+    with pytest.raises(ConfigError, match="must be a mapping"):  # an unhashable key: not YAML that loads, the text
+        config_from_dict({}, ["model.params={[1]: 2}"])
     cfg = config_from_dict({}, ["model.params.invariant={group: D4}"])
     assert type(cfg.model.params["invariant"]) is dict and "invariant:\n      group: D4\n" in cfg.to_yaml()
 
