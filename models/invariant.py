@@ -118,7 +118,10 @@ included.
 
 from __future__ import annotations
 
+import numbers
+
 import keras
+import numpy as np
 from keras import ops
 
 # The layers live in layers/invariance/ (registered by `import layers`), and check their options there.
@@ -165,11 +168,15 @@ def _input_shape(model, given) -> tuple:
     except (AttributeError, ValueError):  # subclassed: no attribute; a Sequential not built: ValueError
         shape = None
     if given is not None:
-        ok = isinstance(given, (tuple, list)) and len(given) == 3 and all(
-            d is None or (isinstance(d, int) and not isinstance(d, bool) and d > 0) for d in given)
-        if not ok:
+        try:  # a tuple, a list, a NumPy array or a TensorShape of three sizes (None: any)
+            dims = list(given)
+        except TypeError:
+            dims = []
+        size = lambda d: isinstance(d, numbers.Integral) and not isinstance(d, (bool, np.bool_)) and d > 0  # noqa: E731
+        if len(dims) != 3 or not all(d is None or size(d) for d in dims):
             raise ValueError(f"invariant: input_shape must be (height, width, channels) of positive integers "
                              f"(got {given!r})")
+        given = tuple(None if d is None else int(d) for d in dims)
         if isinstance(shape, tuple) and len(shape) == 4 and any(
                 a is not None and b is not None and a != b for a, b in zip(shape[1:], given)):
             raise ValueError(f"invariant: input_shape {tuple(given)} differs from the {shape[1:]} that "

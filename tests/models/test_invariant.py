@@ -114,6 +114,8 @@ def test_a_model_without_an_input_shape_is_wrapped_given_one_and_is_one_error_na
     for bad in [(16, 16), 16, (16, 16, 0), (16.0, 16, 3)]:
         with pytest.raises(ValueError, match=r"input_shape must be \(height, width, channels\) of positive"):
             invariant(model, "D4", input_shape=bad)
+    for given in [np.array([16, 16, 3]), (np.int64(16), 16, 3)]:  # NumPy sizes are sizes
+        assert invariant(model, "C4", input_shape=given).input_shape == (None, 16, 16, 3)
     for method in ("orbit", "canonicalize"):
         wrapped = invariant(model, "D4", method, input_shape=(16, 16, 3))
         for element in (rot90, mirror, transpose):
