@@ -97,12 +97,14 @@ def pyramid(backbone: keras.Model, scales, pool: str | None = None, bandlimit: b
     scales = check_pyramid(scales, pool, bandlimit)
     sides = [d for d in backbone.input_shape[1:3] if d is not None]
     if sides:  # a branch that sees under 2 pixels of the image, or shrinks it to under 2, sees nothing
-        side = min(sides)
-        useless = [v for v in scales if v * side < 2 or side / v < 2]
+        side, top = min(sides), max(scales)
+        # bandlimited, a branch also passes through the resolution v / top of the most enlarging one's
+        useless = [v for v in scales if v * side < 2 or side / v < 2 or (bandlimit and v / top * side < 2)]
         if useless:
             raise ValueError(f"pyramid_scales: {', '.join(f'{v:g}' for v in useless)} on a {side}-pixel side "
-                             f"leaves under 2 pixels of the image (each factor must lie from {2 / side:.3g} to "
-                             f"{side / 2:.3g}), got {scales!r}")
+                             f"leaves under 2 pixels of the image (each factor must lie from 2/{side} to {side}/2"
+                             + (f", and from 2/{side} of the largest with pyramid_bandlimit" if bandlimit else "")
+                             + f"), got {scales!r}")
     pool = pool or DEFAULT_POOL
     top = max(scales)
     inputs = keras.Input(shape=backbone.input_shape[1:], name="image")

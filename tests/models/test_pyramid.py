@@ -162,9 +162,13 @@ def test_a_factor_that_leaves_under_2_pixels_of_the_image_is_refused(scales, use
     """On a 16-pixel side, 0.1 shrinks the image to 1.6 pixels and 9 shows 1.8 of them: nothing to classify.
     Before: built, trained and exported without a word."""
     with pytest.raises(ValueError, match=rf"pyramid_scales: {useless} on a 16-pixel side leaves under 2 pixels .*"
-                                         rf"from 0.125 to 8\)"):
+                                         rf"from 2/16 to 16/2\)"):
         models.build_model("baseline_cnn", (16, 16, 1), 5, pyramid_scales=scales, **SMALL_CNN)
     models.build_model("baseline_cnn", (16, 16, 1), 5, pyramid_scales=[0.125, 1.0, 8.0], **SMALL_CNN)  # the edges
+    with pytest.raises(ValueError, match=r"pyramid_scales: 0.125 on a 16-pixel side .*from 2/16 of the largest with "
+                                         r"pyramid_bandlimit"):
+        models.build_model("baseline_cnn", (16, 16, 1), 5, pyramid_scales=[0.125, 1.0, 8.0], pyramid_bandlimit=True,
+                           **SMALL_CNN)  # through 8x's resolution, 0.125 is 1/64 of it: a quarter pixel
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the SavedModel export is TensorFlow's")
