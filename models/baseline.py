@@ -29,11 +29,11 @@ PADDINGS = ("same", "circular")
 
 
 def _whole(v) -> bool:
-    """Whether `v` may stand for an integer: no bool, an integer or a float of whole value (Python's or NumPy's;
-    a string is left to int())."""
+    """Whether `v` may stand for an integer: no bool, an integer or a number of whole value (Python's, NumPy's, a
+    Decimal; a string is left to int())."""
     if isinstance(v, (bool, np.bool_)):
         return False
-    return isinstance(v, numbers.Integral) or not isinstance(v, numbers.Real) or float(v).is_integer()
+    return isinstance(v, numbers.Integral) or not isinstance(v, numbers.Number) or float(v).is_integer()
 
 
 def _per_stage(value, n, name, cast=int):

@@ -1,6 +1,7 @@
 """The baseline builder's argument checks: a bad model.params value is a ValueError that echoes it."""
 
 import re
+from decimal import Decimal
 
 import keras
 import numpy as np
@@ -21,6 +22,7 @@ from tests.models.conftest import assert_float16_training_step
         ({"filters": [True, 8]}, "filters must hold int values, got [True, 8]"),
         ({"filters": [np.float32(6.5), 8]}, "filters must hold int values, got [np.float32(6.5), 8]"),
         ({"filters": [np.True_, 8]}, "filters must hold int values, got [np.True_, 8]"),
+        ({"filters": [Decimal("6.7"), 8]}, "filters must hold int values, got [Decimal('6.7'), 8]"),
         ({"downsample": "pool"}, "downsample must be one of ('max', 'strided', 'avg', 'blur', 'blur_strided', "
                                  "'blur_avg', 'aps', 'none'), got 'pool'"),
         ({"conv": "depthwise"}, "conv must be one of ('standard', 'separable', 'spatial_separable'), got 'depthwise'"),
