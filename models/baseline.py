@@ -41,10 +41,9 @@ def _per_stage(value, n, name, cast=int):
     values = list(value) if isinstance(value, (list, tuple)) else [value] * n
     if len(values) != n:
         raise ValueError(f"{name} must have one entry per stage ({n}), got {value!r}")
-    whole = cast is not int or all(_whole(v) for v in values)
+    if cast is int and not all(_whole(v) for v in values):  # 6.7 channels is no width: refused, not cut to 6
+        raise ValueError(f"{name} must hold int values, got {value!r}")
     try:
-        if not whole:  # 6.7 channels is no width: refused, not cut to 6
-            raise ValueError
         return [cast(v) for v in values]
     except (TypeError, ValueError):
         raise ValueError(f"{name} must hold {cast.__name__} values, got {value!r}") from None

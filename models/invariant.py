@@ -179,9 +179,8 @@ def _input_shape(model, given) -> tuple:
         given = tuple(None if d is None else int(d) for d in dims)
         if isinstance(shape, tuple) and len(shape) == 4 and any(
                 a is not None and b is not None and a != b for a, b in zip(shape[1:], given)):
-            raise ValueError(f"invariant: input_shape {tuple(given)} differs from the {shape[1:]} that "
-                             f"{model.name!r} takes")
-        return tuple(given)
+            raise ValueError(f"invariant: input_shape {given} differs from the {shape[1:]} that {model.name!r} takes")
+        return given
     if shape is None:
         raise ValueError(f"invariant: {getattr(model, 'name', model)!r} ({type(model).__name__}) defines no input "
                          f"shape (a subclassed model, or a Sequential without an Input): pass input_shape=(height, "

@@ -95,9 +95,10 @@ def pyramid(backbone: keras.Model, scales, pool: str | None = None, bandlimit: b
         outputs are float32.
     """
     scales = check_pyramid(scales, pool, bandlimit)
+    top = max(scales)
     sides = [d for d in backbone.input_shape[1:3] if d is not None]
     if sides:  # a branch that sees under 2 pixels of the image, or shrinks it to under 2, sees nothing
-        side, top = min(sides), max(scales)
+        side = min(sides)
         # bandlimited, a branch also passes through the resolution v / top of the most enlarging one's
         useless = [v for v in scales if v * side < 2 or side / v < 2 or (bandlimit and v / top * side < 2)]
         if useless:
@@ -106,7 +107,6 @@ def pyramid(backbone: keras.Model, scales, pool: str | None = None, bandlimit: b
                              + (f", and from 2/{side} of the largest with pyramid_bandlimit" if bandlimit else "")
                              + f"), got {scales!r}")
     pool = pool or DEFAULT_POOL
-    top = max(scales)
     inputs = keras.Input(shape=backbone.input_shape[1:], name="image")
     outputs = []
     for i, f in enumerate(scales):
