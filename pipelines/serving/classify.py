@@ -22,9 +22,10 @@ import base64
 import binascii
 import json
 
+from pipelines.serving.request import parse_json, rows_check
 from pipelines.serving.responses import BadRequest
 
-MAX_EXAMPLES = 4096
+_INT64 = (-(2**63), 2**63 - 1)  # an int64_list's range
 
 
 def _feature(key: str, value):
@@ -42,20 +43,21 @@ def _feature(key: str, value):
     if all(isinstance(v, str) for v in values):
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v.encode() for v in values]))
     if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        bad = next((v for v in values if not _INT64[0] <= v <= _INT64[1]), None)
+        if bad is not None:
+            raise BadRequest(f"feature {key!r}: {str(bad)[:40]} is out of range for int64")
         return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
     if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         return tf.train.Feature(float_list=tf.train.FloatList(value=values))
     raise BadRequest(f"feature {key!r}: values must be all {{\"b64\": ...}}, all strings or all numbers")
 
 
-def parse_classify(body: bytes) -> list[bytes]:
-    """The serialized `tf.train.Example`s of a REST classify body; `BadRequest` names what is wrong."""
+def parse_classify(body: bytes, max_rows: int | None = None) -> list[bytes]:
+    """The serialized `tf.train.Example`s of a REST classify body; `BadRequest` names what is wrong, a 413 more
+    than `max_rows` examples (--max-rows, as for :predict and gRPC Classify)."""
     import tensorflow as tf
 
-    try:
-        request = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadRequest(f"the body is not JSON: {e}") from None
+    request = parse_json(body, json.loads)  # feature values stay lists (predict's parser makes them arrays)
     if not isinstance(request, dict) or not isinstance(request.get("examples"), list):
         raise BadRequest('a classify request is {"examples": [{"image/encoded": {"b64": ...}}, ...]}')
     sig = request.get("signature_name", "classify")
@@ -64,8 +66,7 @@ def parse_classify(body: bytes) -> list[bytes]:
     examples, context = request["examples"], request.get("context") or {}
     if not examples:
         raise BadRequest("examples is empty")
-    if len(examples) > MAX_EXAMPLES:
-        raise BadRequest(f"{len(examples)} examples; at most {MAX_EXAMPLES} per request", 413)
+    rows_check(len(examples), max_rows, "'examples'")
     if not isinstance(context, dict) or not all(isinstance(e, dict) for e in examples):
         raise BadRequest("every example, and the context, is an object of feature name -> value")
     out = []

@@ -183,7 +183,7 @@ def _asarray(value) -> np.ndarray:
     return np.asarray(value)
 
 
-def _rows_check(n: int, max_rows: int | None, what: str) -> None:
+def rows_check(n: int, max_rows: int | None, what: str) -> None:
     if max_rows is not None and n > max_rows:
         raise BadRequest(
             f"{what} holds {n} rows, over the limit of {max_rows} per request (--max-rows); "
@@ -205,7 +205,7 @@ def _encoded_images(req: dict, max_rows: int | None) -> EncodedImages:
         rows = rows[IMAGE_BYTES]
     if not isinstance(rows, list) or not rows:
         raise BadRequest(f"the {IMAGE_BYTES!r} signature takes a non-empty list of {{\"b64\": <file>}}, one per image")
-    _rows_check(len(rows), max_rows, "'instances'" if "instances" in req else "'inputs'")
+    rows_check(len(rows), max_rows, "'instances'" if "instances" in req else "'inputs'")
     out = EncodedImages()
     for i, row in enumerate(rows):
         if isinstance(row, dict) and set(row) == {IMAGE_BYTES}:
@@ -216,6 +216,19 @@ def _encoded_images(req: dict, max_rows: int | None) -> EncodedImages:
     return out
 
 
+def parse_json(body: bytes, loads=_loads):
+    """`loads(body)`, every way a body is not JSON one `BadRequest` (400) saying how."""
+    try:
+        return loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadRequest(f"malformed JSON in the request body: {e}") from None
+    except RecursionError:  # e.g. 100k nested '[': deeper than any tensor (64 dims at most)
+        raise BadRequest("malformed JSON in the request body: nested too deeply") from None
+    except ValueError as e:  # an integer over sys.get_int_max_str_digits() (4300) digits
+        why = "a number has too many digits" if "digits" in str(e) else prefix(_first_line(e), 80)
+        raise BadRequest(f"malformed JSON in the request body: {why}") from None
+
+
 def parse_predict(body: bytes, servable: Servable, max_rows: int | None = None) -> tuple[dict, bool]:
     """A predict request body -> (inputs by name, row format?).
 
@@ -223,15 +236,7 @@ def parse_predict(body: bytes, servable: Servable, max_rows: int | None = None) 
     the batcher a chunk at a time. More than `max_rows` rows is a 413. On the
     `image_bytes` signature: `EncodedImages` (the files) instead of the inputs.
     """
-    try:
-        req = _loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BadRequest(f"malformed JSON in the request body: {e}")
-    except RecursionError:  # e.g. 100k nested '[': deeper than any tensor (64 dims at most)
-        raise BadRequest("malformed JSON in the request body: nested too deeply") from None
-    except ValueError as e:  # an integer over sys.get_int_max_str_digits() (4300) digits
-        why = "a number has too many digits" if "digits" in str(e) else prefix(_first_line(e), 80)
-        raise BadRequest(f"malformed JSON in the request body: {why}") from None
+    req = parse_json(body)
     if not isinstance(req, dict):
         raise BadRequest(f"the request body must be a JSON object with 'instances' or 'inputs', got {type(req).__name__}")
     sig = req.get("signature_name", "serving_default")
@@ -252,7 +257,7 @@ def parse_predict(body: bytes, servable: Servable, max_rows: int | None = None) 
         inst = req["instances"]
         if not isinstance(inst, list) or not inst:
             raise BadRequest("'instances' must be a non-empty list, one entry per instance")
-        _rows_check(len(inst), max_rows, "'instances'")
+        rows_check(len(inst), max_rows, "'instances'")
         named = all(isinstance(x, dict) and not _is_b64(x) for x in inst)
         if not named:
             if len(names) != 1:
@@ -269,7 +274,7 @@ def parse_predict(body: bytes, servable: Servable, max_rows: int | None = None) 
     inputs = req["inputs"]
     for v in inputs.values() if isinstance(inputs, dict) and not _is_b64(inputs) else [inputs]:
         if isinstance(v, list):
-            _rows_check(len(v), max_rows, "'inputs'")
+            rows_check(len(v), max_rows, "'inputs'")
     if isinstance(inputs, dict) and not _is_b64(inputs):
         if set(inputs) != set(names):
             raise BadRequest(f"'inputs' has keys {sorted(inputs)}, the signature's inputs are {names}")

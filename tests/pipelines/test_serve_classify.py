@@ -152,6 +152,31 @@ def test_bad_classify_requests_are_one_clear_error(server, body, status, needle)
     assert r.status_code == status and needle in r.json()["error"], r.text
 
 
+def test_classify_refuses_what_predict_refuses_with_a_400_and_keeps_the_row_limit(exported):
+    """Deep nesting and an integer over int64 were 500s (a traceback per request), and :classify took more examples
+    than --max-rows allows, where :predict and gRPC Classify answer 413."""
+    blob = {"b64": base64.b64encode(png(exported["x"][0])).decode()}
+    with Server(exported["root"], port=0, poll_s=0.2, max_rows=2) as s:
+        url = f"{s.url}/v1/models/rgb:classify"
+        deep = b'{"examples": [' + b"[" * 100_000 + b"]" * 100_000 + b"]}"
+        r = requests.post(url, data=deep, timeout=30)
+        assert r.status_code == 400 and r.json()["error"] == "malformed JSON in the request body: nested too deeply"
+        r = requests.post(url, data=b'{"examples": [', timeout=30)  # worded as :predict words it
+        assert r.status_code == 400 and r.json()["error"].startswith("malformed JSON in the request body: "), r.text
+        for big in (2**63, -(2**63) - 1, 10**30):
+            r = requests.post(url, json={"examples": [{"image/encoded": blob, "n": big}]}, timeout=30)
+            assert r.status_code == 400 and r.json()["error"] == f"feature 'n': {str(big)[:40]} is out of range for "\
+                "int64", r.text
+        ok = requests.post(url, json={"examples": [{"image/encoded": blob, "n": [2**63 - 1, -(2**63)]}]}, timeout=30)
+        assert ok.status_code == 200, ok.text  # int64's own ends are features like any other
+        r = requests.post(url, json={"examples": [{"image/encoded": blob}] * 3}, timeout=30)
+        assert r.status_code == 413 and "'examples' holds 3 rows, over the limit of 2 per request (--max-rows)" in \
+            r.json()["error"], r.text
+        r = requests.post(url, json={"signature_name": "classify", "examples": [{"image/encoded": blob}] * 2},
+                          timeout=30)
+        assert r.status_code == 200 and len(r.json()["result"]) == 2, r.text
+
+
 def _post_images(url: str, model: str, signature: str, blobs: list[bytes]) -> requests.Response:
     b64 = [base64.b64encode(b).decode() for b in blobs]
     if signature == "classify":
