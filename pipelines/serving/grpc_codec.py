@@ -6,7 +6,6 @@ import grpc
 import numpy as np
 
 from pipelines.serving.request import _shape_str
-from pipelines.serving.responses import _first_line
 from pipelines.serving.savedmodel import TensorInfo
 
 Code = grpc.StatusCode
@@ -61,9 +60,10 @@ def input_array(key: str, proto, spec: TensorInfo, max_rows: int | None, max_ele
         raise RpcError(Code.INVALID_ARGUMENT, f"{where}: expected {tf.as_dtype(want).name}{extra}, got {name}")
     try:
         arr = tf.make_ndarray(proto)
-    except (ValueError, TypeError) as e:
-        raise RpcError(Code.INVALID_ARGUMENT, f"{where}: the tensor's values do not fit its shape {shape} "
-                                              f"({_first_line(e)})") from None
+    except OverflowError:  # e.g. 300 in the int_val of a DT_UINT8 tensor
+        raise RpcError(Code.INVALID_ARGUMENT, f"{where}: a value is out of range for dtype {name}") from None
+    except (ValueError, TypeError):  # NumPy's own words ("index can't contain negative values") would mislead
+        raise RpcError(Code.INVALID_ARGUMENT, f"{where}: the tensor's values do not fit its shape {shape}") from None
     if list(arr.shape) != shape:
         raise RpcError(Code.INVALID_ARGUMENT, f"{where}: the tensor's values do not fit its shape {shape}")
     if got != want and want.kind in "iu":

@@ -23,6 +23,8 @@ Serving client (`PredictionServiceStub`, `ModelServiceStub`) works:
 - `Regress`: INVALID_ARGUMENT, as TF Serving for a model without a regression
   signature (UNIMPLEMENTED should an export ever have one).
 - `ModelService.GetModelStatus`: the rows of REST status (`manager.status`).
+  `HandleReloadConfigRequest`: UNIMPLEMENTED, one line (`--model-config-file`
+  is read again when it changes).
 
 Shared with REST: the `ModelManager` (versions: `model_spec.version` or
 `version_label`), the batching queues, the limits (`max_rows` rows or
@@ -354,6 +356,11 @@ class _Services(prediction_service_pb2_grpc.PredictionServiceServicer, model_ser
                                               error_message=r.error_message),
             )
         return response
+
+    def HandleReloadConfigRequest(self, request, context):
+        """Not served (the generated servicer's answer is the same code, with a traceback in the log per call)."""
+        context.abort(Code.UNIMPLEMENTED, "HandleReloadConfigRequest is not supported here: edit the file of "
+                                          "--model-config-file (it is read again within a second)")
 
 
 class GrpcServer:

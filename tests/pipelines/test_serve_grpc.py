@@ -246,6 +246,29 @@ def test_tensor_whose_values_do_not_fit_its_shape(stub):
 # ----------------------------------------------------------------------------- metadata, status, regress
 
 
+def test_a_uint8_tensor_with_a_value_over_255_is_invalid_argument_and_not_internal(stub):
+    request = predict_request(np.zeros((1, 28, 28, 1), np.uint8))
+    request.inputs["image"].ClearField("tensor_content")
+    request.inputs["image"].int_val.extend([300] * 784)  # what a client writing int_val by hand sends
+    e = rpc_error(stub.Predict, request)
+    assert e.code() == Code.INVALID_ARGUMENT and e.details() == "input 'image': a value is out of range for dtype "\
+        "uint8", e.details()
+    del request.inputs["image"].int_val[:]
+    request.inputs["image"].int_val.extend([0] * 785)  # 785 values for 784: no NumPy words in the answer
+    e = rpc_error(stub.Predict, request)
+    assert e.code() == Code.INVALID_ARGUMENT and e.details() == "input 'image': the tensor's values do not fit its "\
+        "shape [1, 28, 28, 1]", e.details()
+
+
+def test_reload_config_is_unimplemented_in_one_status_without_a_traceback(models, caplog):
+    from tensorflow_serving.apis import model_management_pb2
+
+    with caplog.at_level("ERROR"):
+        e = rpc_error(models.HandleReloadConfigRequest, model_management_pb2.ReloadConfigRequest())
+    assert e.code() == Code.UNIMPLEMENTED and "--model-config-file" in e.details(), e.details()
+    assert not [r for r in caplog.records if "Exception calling application" in r.getMessage()]
+
+
 def test_metadata_is_a_signature_def_map(stub):
     request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
     request.model_spec.name = "named"
@@ -406,7 +429,7 @@ def test_versions_and_labels_of_a_model_config_file(exports, tmp_path):
         request.model_spec.name = "two"
         available = get_model_status_pb2.ModelVersionStatus.AVAILABLE
         got = [(v.version, v.state) for v in models.GetModelStatus(request, timeout=30).model_version_status]
-        assert got == [(1, available), (2, available)]
+        assert got == [(2, available), (1, available)]  # newest first, as REST and TF Serving
         request.model_spec.version_label = "canary"
         assert [v.version for v in models.GetModelStatus(request, timeout=30).model_version_status] == [2]
 
