@@ -32,6 +32,7 @@ import tensorflow as tf
 
 
 from pipelines.errors import UserError
+from pipelines.serving.model_config import version_number
 from pipelines.serving.savedmodel import load_savedmodel
 from pipelines.signatures import write_savedmodel  # noqa: F401 - the export's signatures; tests patch it here
 
@@ -258,8 +259,8 @@ def _version_folders(base: str) -> list[tuple[int, str]]:
     server reads it (pipelines/serving/servables.py)."""
     if not os.path.isdir(base):
         return []
-    return sorted((int(d), d) for d in os.listdir(base)
-                  if d.isascii() and d.isdigit() and os.path.isdir(os.path.join(base, d)))
+    return sorted((version_number(d), d) for d in os.listdir(base)  # a name over int64 is no version (TF Serving)
+                  if version_number(d) is not None and os.path.isdir(os.path.join(base, d)))
 
 
 def version_dirs(base: str) -> list[int]:

@@ -67,6 +67,15 @@ class ModelSpec:
         return f"{self.name} ({how} of {self.base_path}{labels})"
 
 
+def version_number(folder: str) -> int | None:
+    """The version a folder under a model's base path stands for, as TF Serving reads it: ASCII digits whose
+    value fits an int64 (`08` is 8); None for any other name, a folder TF Serving leaves alone."""
+    if folder.isascii() and folder.isdigit():
+        v = int(folder)
+        return v if v < 2**63 else None
+    return None
+
+
 def parse_model_config(text: str, source: str = "<model config>") -> dict[str, ModelSpec]:
     """The models of a `ModelServerConfig` in text format, by name; `ModelConfigError` if it is not usable."""
     from google.protobuf import text_format

@@ -118,13 +118,15 @@ class RestApi:
                 raise BadRequest(f"{path} answers GET, got {prefix(method, 16)}", 405, {"Allow": READ})
             body, content_type = self.metrics.exposition()
             return Response(200, body, {"Content-Type": content_type})
+        # As TF Serving: a path under /v1/ that is no route is a malformed request (400), any other a 404.
+        malformed = BadRequest if path[:4].lower() == "/v1/" else NotFound
         m = _ROUTE.match(path)
         if m is None:
-            raise NotFound(f"Malformed request: {clip(method, 16)} {clip(path)} (routes: /v1/models/<name>"
-                           f"[/versions/<v>|/labels/<label>][/metadata|:predict|:classify])")
+            raise malformed(f"Malformed request: {clip(method, 16)} {clip(path)} (routes: /v1/models/<name>"
+                            f"[/versions/<v>|/labels/<label>][/metadata|:predict|:classify])")
         name, label, verb = m["name"], m["label"], m["verb"]
         if len(path) > 200:
-            raise NotFound(f"Malformed request: path of {len(path)} characters {clip(path, 60)}")
+            raise malformed(f"Malformed request: path of {len(path)} characters {clip(path, 60)}")
         version = None
         if m["version"] is not None:
             if not m["version"].isdigit():
@@ -132,7 +134,7 @@ class RestApi:
             version = int(m["version"])
         if verb is not None:
             if verb not in ("predict", "classify", "regress"):
-                raise NotFound(f"Malformed request: unknown verb {verb!r} (use :predict)")
+                raise BadRequest(f"Malformed request: unknown verb {verb!r} (use :predict or :classify)")
             if method == "OPTIONS":
                 self.manager.status(name, version, label)  # a model (version) it does not know: 404, as for POST
                 return _options(WRITE)
@@ -142,7 +144,7 @@ class RestApi:
                 from pipelines.serving.classify import format_classify, parse_classify
 
                 servable, _ = self.manager.resolve(name, version, label)
-                examples = parse_classify(body)
+                examples = parse_classify(body, self.max_rows)
                 return Pending(self._classify_pool().submit(servable.classify, examples), format_classify)
             if verb != "predict":
                 raise BadRequest(f"{verb} is not supported: the export has no regression signature; "

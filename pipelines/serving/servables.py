@@ -40,7 +40,7 @@ from typing import NamedTuple
 
 from pipelines.serving.batching import Batcher
 from pipelines.serving.heap import Reclaimer, freeze_base
-from pipelines.serving.model_config import ConfigWatcher, ModelSpec, exports_specs
+from pipelines.serving.model_config import ConfigWatcher, ModelSpec, exports_specs, version_number
 from pipelines.serving.polite import polite
 from pipelines.serving.savedmodel import SIGNATURE, Servable, TensorInfo, load_servable
 
@@ -205,7 +205,7 @@ class ModelManager:
             return [rows[version]]
         if not rows:
             raise NotFound(f"Could not find any versions of model {name!r}")
-        return [rows[v] for v in sorted(rows)]
+        return [rows[v] for v in sorted(rows, reverse=True)]  # newest first, as TF Serving lists them
 
     @staticmethod
     def _label_version(st: ModelState, label: str, labels: dict[str, int]) -> int:
@@ -256,8 +256,8 @@ class ModelManager:
             return None
         folders: dict[int, str] = {}
         for d in sorted(entries, key=lambda d: (len(d), d), reverse=True):  # "8" after "08": the plain name wins
-            if d.isascii() and d.isdigit() and os.path.isdir(os.path.join(spec.base_path, d)):
-                folders[int(d)] = d
+            if version_number(d) is not None and os.path.isdir(os.path.join(spec.base_path, d)):
+                folders[version_number(d)] = d
         for v, d in folders.items():
             self._folders[spec.name, v] = d
         found = sorted(folders)

@@ -81,6 +81,26 @@ def test_a_version_folder_with_a_leading_zero_is_guarded_as_the_server_serves_it
     assert publish(tmp_path, 1).endswith(os.path.join("m", "8"))
 
 
+def test_a_folder_named_past_int64_is_no_version_to_the_guards_nor_to_the_server(tmp_path):
+    """TF Serving reads a version folder's name as an int64 and leaves any other alone; such a folder was served
+    here (then every gRPC call failed, its version out of range) and hid the newer versions from it."""
+    import requests
+
+    from pipelines.serve import Server
+
+    publish(tmp_path, 0, accuracy=0.95)
+    shutil.copytree(tmp_path / "m" / "1", tmp_path / "m" / str(2**63))
+    shutil.copytree(tmp_path / "m" / "1", tmp_path / "m" / "99999999999999999999999")
+    assert published_metrics(str(tmp_path), "m")[0] == 1
+    assert publish(tmp_path, 1).endswith(os.path.join("m", "2"))
+    with Server(str(tmp_path), port=0, poll_s=0.2) as s:
+        status = requests.get(f"{s.url}/v1/models/m", timeout=10).json()["model_version_status"]
+        assert [(v["version"], v["state"]) for v in status] == [("2", "AVAILABLE")]
+    from pipelines.serving.model_config import version_number
+
+    assert version_number(str(2**63 - 1)) == 2**63 - 1 and version_number("007") == 7
+
+
 def test_loading_an_export_with_custom_gradients_warns_of_no_gradient_fault(tmp_path, caplog):
     """The fast blur's custom gradient made every load print that gradients "will likely fail": in each `make train`
     of an anti-aliased model, and in the server's log for each version, where nothing asks for a gradient."""

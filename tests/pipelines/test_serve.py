@@ -242,6 +242,15 @@ def test_unknown_route_is_404_json(server):
     assert r.status_code == 404 and "Malformed request" in r.json()["error"]
 
 
+@pytest.mark.parametrize("method,path", [("GET", "/v1/models"), ("GET", "/v1/"), ("POST", "/v1/models/tiny:foo"),
+                                         ("GET", "/V1/models/tiny/versions/1/extra"), ("GET", "/v1/models/" + "a" * 201)])
+def test_a_malformed_path_under_v1_is_a_400_as_in_tf_serving(server, method, path):
+    r = requests.request(method, server.url + path, timeout=10)
+    assert r.status_code == 400 and r.json()["error"].startswith("Malformed request"), r.text
+    if path.endswith(":foo"):
+        assert r.json()["error"] == "Malformed request: unknown verb 'foo' (use :predict or :classify)"
+
+
 # ----------------------------------------------------------------------------- version switch
 
 
@@ -300,8 +309,8 @@ def test_new_version_is_swapped_in_under_load_without_failures(server, exports):
     while time.monotonic() < deadline and not server.manager.state("switch").failed:
         time.sleep(0.1)
     status = requests.get(f"{server.url}/v1/models/switch", timeout=10).json()["model_version_status"]
-    assert [(s["version"], s["state"]) for s in status] == [("2", "AVAILABLE"), ("3", "END")]
-    assert status[1]["status"]["error_message"]
+    assert [(s["version"], s["state"]) for s in status] == [("3", "END"), ("2", "AVAILABLE")]  # newest first
+    assert status[0]["status"]["error_message"]
     r = predict(url, json={"instances": x.tolist()})
     np.testing.assert_allclose([p["probabilities"] for p in r.json()["predictions"]], v2, atol=1e-6)
 

@@ -85,7 +85,8 @@ def wait_for(cond, timeout: float = 20.0) -> float:
 
 
 def serving(s: Server, *vs: int):
-    return lambda: [(v.version, v.state) for v in s.manager.status("m")] == [(v, "AVAILABLE") for v in vs]
+    """The rows of exactly `vs` served (the status lists the newest first)."""
+    return lambda: [(v.version, v.state) for v in s.manager.status("m")] == [(v, "AVAILABLE") for v in sorted(vs)[::-1]]
 
 
 # ----------------------------------------------------------------------------- version removed from disk
@@ -156,7 +157,7 @@ def test_latest_two_versions_and_labels(tmp_path, versions):
     cfg = tmp_path / "models.config"
     write_config(cfg, config(base, "latest { num_versions: 2 }", {"stable": 2, "canary": 3, "old": 1}))
     with Server("unused", port=0, poll_s=POLL_S, model_config_file=str(cfg)) as s:
-        assert status(s) == [("2", "AVAILABLE"), ("3", "AVAILABLE")]
+        assert status(s) == [("3", "AVAILABLE"), ("2", "AVAILABLE")]  # newest first, as TF Serving lists them
         ref = versions["ref"]
         np.testing.assert_allclose(probs(s, versions), ref[3], atol=1e-6)  # no version: the highest served
         for v in (2, 3):
