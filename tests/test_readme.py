@@ -257,6 +257,19 @@ def test_readme_request_image_decodes_to_the_default_model_input():
         assert row and images.shape == (1, h, w, c) and images.dtype == np.uint8
 
 
+def test_every_classify_request_of_the_docs_names_its_signature_as_tf_serving_needs():
+    """TensorFlow Serving sends a Classify request without `signature_name` to `serving_default`, a predict signature
+    in these exports, and refuses it; this server would answer it, so a doc example without it would work here only."""
+    found = 0
+    for doc in (README, ROOT / "docs" / "serving.md"):
+        for block in _fenced(_read(doc)):
+            for cmd in block.replace("\\\n", " ").splitlines():
+                if "curl" in cmd and ":classify" in cmd:
+                    found += 1
+                    assert '\\"signature_name\\": \\"classify\\"' in cmd, f"{doc.name}: {cmd}"
+    assert found >= 3
+
+
 def test_example_images_are_28x28_gray():
     from PIL import Image
 
