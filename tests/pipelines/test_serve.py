@@ -242,8 +242,9 @@ def test_unknown_route_is_404_json(server):
     assert r.status_code == 404 and "Malformed request" in r.json()["error"]
 
 
-@pytest.mark.parametrize("method,path", [("GET", "/v1/models"), ("GET", "/v1/"), ("POST", "/v1/models/tiny:foo"),
-                                         ("GET", "/V1/models/tiny/versions/1/extra"), ("GET", "/v1/models/" + "a" * 201)])
+@pytest.mark.parametrize("method,path", [
+    ("GET", "/v1/models"), ("GET", "/v1/"), ("POST", "/v1/models/tiny:foo"), ("GET", "/V1/models/tiny/versions/1/extra"),
+    ("GET", "/v1/models/" + "a" * 201)])
 def test_a_malformed_path_under_v1_is_a_400_as_in_tf_serving(server, method, path):
     r = requests.request(method, server.url + path, timeout=10)
     assert r.status_code == 400 and r.json()["error"].startswith("Malformed request"), r.text
