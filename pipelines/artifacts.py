@@ -49,9 +49,10 @@ def log_figures(run_id: str, model, splits, test_ds, run_dir: str) -> None:
         mlflow.log_artifact(path)
 
 
-def log_mlflow_model(model, cfg: Config, splits, example: np.ndarray, keras_path: str):
-    """Log the run's Keras model (saved at `keras_path`) as its MLflow model, register it, and tag the new
-    version with the class names.
+def log_mlflow_model(model, cfg: Config, splits, example: np.ndarray, keras_path: str, register: bool = True):
+    """Log the run's Keras model (saved at `keras_path`) as its MLflow model, register it (unless `register` is
+    false: a model the export guard refuses is not registered either), and tag the new version with the class
+    names.
 
     The MLflow model is the run's one copy of the trained model: it holds
     `model.keras` (for `make evaluate`, resume and fine-tuning) and answers
@@ -65,7 +66,7 @@ def log_mlflow_model(model, cfg: Config, splits, example: np.ndarray, keras_path
 
     from pipelines.serving.mlflow_serve import log_keras_model
 
-    register = cfg.registered_model_name if cfg.tracking.register_model else None
+    register = cfg.registered_model_name if cfg.tracking.register_model and register else None
     info = log_keras_model(model, keras_path, splits.class_names, example, register)
     if register and info.registered_model_version is not None:
         client = mlflow.MlflowClient()

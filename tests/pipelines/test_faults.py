@@ -290,6 +290,36 @@ def test_stale_export_temporaries_are_cleaned_and_the_guard_keeps_a_worse_model_
     assert guarded.export_path is None and "version 1" in guarded.not_published
 
 
+def test_by_default_a_much_worse_model_is_neither_published_nor_registered_and_the_published_one_is_traced(tmp_path):
+    """The default config's guard: a model over 5 points below the served version's test accuracy (same data) is
+    refused, and not registered in MLflow either (a refused model was registered as a version like any other, so
+    `models:/tiny/1` could be a refused one); the registered version of a published model names its export version,
+    and the export names its run."""
+    import json
+
+    from pipelines.config import load_config
+
+    default = load_config(os.path.join(ROOT, "pipelines", "configs", "default.yaml"), []).export.max_accuracy_drop
+    assert default == 0.05
+    guard = f"export.max_accuracy_drop={default}"
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    first = run(tiny_config(tmp_path, guard))
+    assert first.export_path and first.export_path.endswith(os.path.join("tiny", "1"))
+    metrics = tmp_path / "exports" / "tiny" / "1" / "assets.extra" / "metrics.json"
+    assert json.loads(metrics.read_text())["mlflow_run_id"] == first.run_id
+    (v1,) = client.search_model_versions("name='tiny'")
+    assert v1.run_id == first.run_id and v1.tags["export_version"] == "1"
+
+    metrics.write_text(json.dumps({**json.loads(metrics.read_text()), "test_accuracy": 1.0}))  # version 1 claims 100%
+    worse = run(tiny_config(tmp_path, guard, "train.epochs=1"))
+    assert worse.export_path is None and "export.max_accuracy_drop 0.05 below version 1's 1.0000" in \
+        worse.not_published, worse.not_published
+    assert [v.run_id for v in client.search_model_versions("name='tiny'")] == [first.run_id]  # not registered
+    assert client.get_run(worse.run_id).data.tags["export_refused"] == worse.not_published
+    assert client.list_artifacts(worse.run_id)  # the run keeps its model and figures
+    assert sorted(set(os.listdir(tmp_path / "exports" / "tiny")) - {HIGHEST_FILE}) == ["1"]
+
+
 # ----------------------------------------------------------------------------- nothing wrong is published
 
 
