@@ -24,6 +24,10 @@ class GroupConvBase(BasisConv2D):
 
     def __init__(self, filters, kernel_size=5, group_order=None, basis="auto", padding="same", use_bias=True,
                  kernel_initializer="he_normal", bias_initializer="zeros", group=None, **kwargs):
+        if "strides" in kwargs and kwargs["strides"] != 1:  # taken by Conv2DBase, neither kept in the config nor exact
+            raise ValueError(f"{type(self).__name__} has stride 1 only (subsampling on a fixed grid breaks the "
+                             f"equivariance to quarter turns), got strides {kwargs['strides']!r}; downsample its maps "
+                             "with GroupMapPooling2D")
         super().__init__(filters, kernel_size, padding=padding, use_bias=use_bias,
                          kernel_initializer=kernel_initializer, bias_initializer=bias_initializer, **kwargs)
         if group is None:

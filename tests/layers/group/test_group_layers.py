@@ -214,6 +214,9 @@ def test_group_batch_norm_shares_statistics_across_orientations():
         (GroupConv2D, {"filters": 4, "padding": "causal"}, "'causal'"),
         (GroupConv2D, {"filters": 4, "use_bias": 1}, "use_bias.*1"),
         (GroupConv2D, {"filters": 2.5}, "2.5"),
+        # a stride was taken, then lost on save (the reloaded model computed at full size) and broke rot90
+        (LiftingConv2D, {"filters": 4, "strides": 2}, "stride 1 only .*got strides 2; downsample .*GroupMapPooling2D"),
+        (GroupConv2D, {"filters": 4, "group": "D4", "strides": (2, 2)}, r"GroupConv2D has stride 1 only .*\(2, 2\)"),
         (GroupPooling, {"mode": "sum"}, "'sum'"),
         (GroupMapPooling2D, {"mode": "blur"}, "'blur'"),
         (GroupMapPooling2D, {"blur_size": 9}, "9"),
@@ -224,6 +227,11 @@ def test_group_batch_norm_shares_statistics_across_orientations():
 def test_bad_arguments_raise_value_error_echoing_the_value(cls, kwargs, needle):
     with pytest.raises(ValueError, match=needle):
         cls(**kwargs)
+
+
+def test_stride_1_given_outright_is_taken_and_the_config_reloads():
+    layer = GroupConv2D(4, group="C4", strides=1)
+    assert "strides" not in layer.get_config() and GroupConv2D.from_config(layer.get_config()).strides == 1
 
 
 def test_group_conv_refuses_a_map_of_another_group_order():
