@@ -113,5 +113,7 @@ class ScaleHarmonicConv2D(HarmonicConv2D):
         if self.pooling == "mean":
             return ops.mean(y, axis=0)
         magnitude = ops.sum(ops.square(y), axis=-2, keepdims=True)  # [S, B, H, W, M, 1, C]
-        pick = ops.one_hot(ops.argmax(magnitude, axis=0), len(self.dilations), axis=0, dtype=y.dtype)
-        return ops.sum(y * pick, axis=0)
+        # The scale of largest magnitude, taken along the scale axis. (Not a one_hot of the argmax, multiplied
+        # and summed: jaxlib 0.10's CPU compiler crashes the process on that under jit, measured.)
+        pick = ops.expand_dims(ops.argmax(magnitude, axis=0), 0)  # [1, B, H, W, M, 1, C]
+        return ops.squeeze(ops.take_along_axis(y, pick, axis=0), axis=0)

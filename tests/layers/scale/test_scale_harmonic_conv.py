@@ -102,6 +102,23 @@ def test_max_pooling_keeps_the_complex_value_of_the_largest_magnitude():
     np.testing.assert_allclose(to_numpy(mean(x)), per_scale.mean(axis=0), atol=1e-5)
 
 
+def test_max_pooling_runs_compiled_in_predict_and_fit():
+    """Keras' compiled predict and fit with two dilations and max pooling. Its one_hot of the argmax, multiplied
+    and summed, crashed the process on JAX (jaxlib 0.10's CPU compiler, under jit; eager calls were fine)."""
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((12, 12, 1))
+    layer = ScaleHarmonicConv2D(2, 5, dilations=(1, 2))
+    model = keras.Model(inputs, layer(inputs))
+    x = np.random.default_rng(4).standard_normal((2, 12, 12, 1)).astype("float32")
+    per_scale = to_numpy(layer.scale_outputs(x))
+    pick = np.argmax((per_scale**2).sum(axis=-2, keepdims=True), axis=0)
+    want = np.take_along_axis(per_scale, pick[None].repeat(2, axis=-2), axis=0)[0]
+    np.testing.assert_allclose(model.predict(x, verbose=0), want, atol=1e-5)
+    model.compile("adam", "mse")
+    loss = model.fit(x, np.zeros_like(want), epochs=1, verbose=0).history["loss"][0]
+    assert np.isfinite(loss) and all(np.isfinite(w).all() for w in model.get_weights())
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
