@@ -36,6 +36,9 @@ class Canonicalize(keras.layers.Layer):
                  downscale: int = 2, relaxation: str = "straight_through", pose_weight: float = 0.0, seed=None,
                  pose_jitter: float = 0.0, network: str = "group", **kwargs):
         super().__init__(**kwargs)
+        # It turns images by TensorFlow's image transform, which has no XLA kernel: a model holding it is not
+        # compiled by XLA there (Keras then runs jit_compile=True/"auto" as False); JAX's compiles.
+        self.supports_jit = keras.backend.backend() != "tensorflow"
         opts = check_invariant({"group": group, "method": "canonicalize", "filters": filters,
                                 "kernel_size": kernel_size, "prior_weight": prior_weight, "downscale": downscale,
                                 "relaxation": relaxation, "pose_weight": pose_weight, "pose_jitter": pose_jitter,

@@ -23,6 +23,9 @@ class GroupOrbit(keras.layers.Layer):
         check_invariant({"group": group})
         self.group = group
         self.order, self.mirrors = GROUPS[group]
+        # TensorFlow's image transform (the 45-degree turns of C8, D8) has no XLA kernel: a model holding it is
+        # not compiled by XLA there (Keras then runs jit_compile=True/"auto" as False); JAX's compiles.
+        self.supports_jit = self.order == 4 or keras.backend.backend() != "tensorflow"
 
     @property
     def size(self) -> int:

@@ -48,6 +48,21 @@ def fit_save_reload_and_check(model, tmp_path, element):
     np.testing.assert_allclose(out(again, element(X)), out(again, X), atol=1e-5)
 
 
+@pytest.mark.parametrize("group,method", [("C8", "orbit"), ("C4", "canonicalize"), ("C4", "orbit")])
+def test_jit_compile_predicts_the_eager_outputs(group, method):
+    """TensorFlow's image transform (45-degree turns, the canonicalizer's turn back) has no XLA kernel: `predict`
+    under jit_compile=True (Keras' "auto" on a TensorFlow GPU) failed there. Such a model now runs unjitted on
+    TensorFlow; JAX compiles it, and a C4 orbit (quarter turns) compiles everywhere."""
+    if keras.backend.backend() == "torch":
+        pytest.skip("jit_compile is torch.compile there: not what this checks")
+    keras.utils.set_random_seed(1)
+    model = models.build_model("baseline_cnn", (16, 16, 3), 5, filters=[4, 8], dense_units=8,
+                               invariant={"group": group, "method": method})
+    model.compile("adam", "sparse_categorical_crossentropy", jit_compile=True)
+    assert model.jit_compile == (method == "orbit" and group == "C4" or keras.backend.backend() == "jax")
+    np.testing.assert_allclose(model.predict(X, verbose=0), out(model, X), atol=1e-5)
+
+
 @pytest.mark.parametrize("group", ["C4", "D4", "C8", "D8"])
 def test_exact_invariance_under_the_groups_exact_elements(group):
     model = cnn(group)
