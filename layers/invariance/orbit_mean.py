@@ -6,6 +6,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from layers.common import validation as check
+
 
 @keras.saving.register_keras_serializable(package="invariant")
 class OrbitMean(keras.layers.Layer):
@@ -13,7 +15,12 @@ class OrbitMean(keras.layers.Layer):
 
     def __init__(self, size: int, **kwargs):
         super().__init__(**kwargs)
-        self.size = int(size)
+        self.size = check.integer(size, "size", low=1, note="the number of copies per image, |G|")
+
+    def build(self, input_shape):
+        if input_shape[0] is not None and input_shape[0] % self.size:
+            raise ValueError(f"OrbitMean({self.size}) needs a batch of {self.size} copies per image (a multiple of "
+                             f"{self.size}), got shape {tuple(input_shape)}")
 
     def call(self, z):
         z = ops.reshape(z, (self.size, -1, z.shape[-1]))

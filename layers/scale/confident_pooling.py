@@ -21,6 +21,15 @@ class ConfidentPooling(keras.layers.Layer):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
 
+    def build(self, input_shape):
+        shapes = list(input_shape) if isinstance(input_shape, (list, tuple)) else []
+        if not shapes or not all(isinstance(s, (list, tuple)) for s in shapes):
+            raise ValueError(f"ConfidentPooling takes a list of logit tensors [batch, K], one per branch, got one "
+                             f"tensor of shape {input_shape}")
+        if any(len(s) != 2 for s in shapes) or len({s[-1] for s in shapes}) != 1:
+            raise ValueError(f"ConfidentPooling's branches must all be logits [batch, K] of the same K, got shapes "
+                             f"{[tuple(s) for s in shapes]}")
+
     def call(self, inputs, training=None):
         z = ops.stack([ops.cast(t, "float32") for t in inputs], axis=1)  # [B, S, K]
         if training:
