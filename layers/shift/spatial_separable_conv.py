@@ -88,6 +88,9 @@ class SpatialSeparableConv2D(Conv2DBase):
     def build(self, input_shape):
         channels = self._channels(input_shape)
         k, width = self.kernel_size, self.rank * self.filters
+        if self.padding == "valid" and any(d is not None and d < k for d in input_shape[1:3]):
+            raise ValueError(f"a {k}x{k} kernel with padding 'valid' needs an input of at least {k}x{k}, got shape "
+                             f"{tuple(input_shape)}; use padding 'same' or a smaller kernel_size")
         # Channel m * rank + j of the intermediate holds pair j of output m.
         self.vertical_kernel = self.add_weight(
             name="vertical_kernel", shape=(k, 1, channels, width), initializer=self.kernel_initializer

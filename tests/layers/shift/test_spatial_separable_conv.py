@@ -15,6 +15,15 @@ def test_shared_layer_checks(padding, expected, ops_path):
                 expects_trainable_weights=True)
 
 
+def test_valid_padding_refuses_an_input_smaller_than_the_kernel_at_build():
+    """It failed at call with "Cannot convert '(None, -1, -1, 8)' to a shape", naming neither size."""
+    with pytest.raises(ValueError, match=r"a 5x5 kernel with padding 'valid' needs an input of at least 5x5, got "
+                                         r"shape \(None, 4, 9, 3\); use padding 'same'"):
+        SpatialSeparableConv2D(8, 5, padding="valid")(keras.Input((4, 9, 3)))
+    assert SpatialSeparableConv2D(8, 5, padding="valid")(keras.Input((5, 5, 3))).shape == (None, 1, 1, 8)
+    assert SpatialSeparableConv2D(8, 5, padding="same")(keras.Input((4, 4, 3))).shape == (None, 4, 4, 8)
+
+
 def _layer_and_equivalent_kernel(filters, k, rank, strides, padding, channels=3, seed=0):
     layer = SpatialSeparableConv2D(filters, k, rank=rank, strides=strides, padding=padding)
     layer.build((None, 9, 10, channels))
