@@ -7,7 +7,7 @@ import math
 import keras
 
 from layers.common import validation as check
-from layers.common._ops import PAD_MODES, binomial_filter, blur2d
+from layers.common._ops import PAD_MODES, _check_reflect, binomial_filter, blur2d
 from layers.common.base import ConfigLayer
 
 
@@ -69,6 +69,11 @@ class BlurPool2D(ConfigLayer):
         """The 2-D filter (blur_size x blur_size, NumPy float64) the layer applies per channel."""
         f = binomial_filter(self.blur_size)
         return f[:, None] * f[None, :]
+
+    def build(self, input_shape):
+        if self.padding == "reflect":  # a size known here is refused now, not at the first call
+            for axis in (1, 2):
+                _check_reflect(input_shape[axis], (self.blur_size - 1) // 2, self.blur_size // 2, axis)
 
     def call(self, inputs):
         return blur2d(inputs, self.blur_size, self.strides, self.padding)

@@ -215,6 +215,15 @@ def test_mixed_precision_float16_inputs_give_float16_outputs_and_gradients(cls, 
     assert np.all(np.isfinite(grad))
 
 
+def test_reflect_padding_refuses_a_known_size_too_small_when_the_model_is_built():
+    """It built, and refused at the first call."""
+    with pytest.raises(ValueError, match="reflect padding of 3 needs a size of at least 4 along axis 1, got 3"):
+        BlurPool2D(7)(keras.Input((3, 3, 2)))
+    assert BlurPool2D(7)(keras.Input((4, 4, 2))).shape == (None, 2, 2, 2)
+    assert BlurPool2D(7, padding="zero")(keras.Input((3, 3, 2))).shape == (None, 2, 2, 2)
+    assert BlurPool2D(7)(keras.Input((None, None, 2))).shape == (None, None, None, 2)  # checked at its call
+
+
 def test_configs_saved_with_the_old_filter_size_name_still_load():
     from layers.shift.polyphase import AdaptivePolyphaseSampling2D
 
