@@ -113,7 +113,11 @@ def next_version(base: str) -> int:
             recorded = int(fh.read().strip() or 0)
     except (OSError, ValueError):
         recorded = 0
-    return max((version_dirs(base) or [0])[-1], recorded) + 1
+    version = max((version_dirs(base) or [0])[-1], recorded) + 1
+    if version >= 2**63:  # TF Serving reads versions as int64, and this server too (model_config.version_number)
+        raise UserError(f"{base}: no version number is left under it ({version - 1} is taken; TF Serving's "
+                        "versions are int64): publish under another export.name")
+    return version
 
 
 def clean_stale_temporaries(base: str) -> list[str]:

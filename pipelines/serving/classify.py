@@ -48,7 +48,10 @@ def _feature(key: str, value):
             raise BadRequest(f"feature {key!r}: {str(bad)[:40]} is out of range for int64")
         return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
     if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        return tf.train.Feature(float_list=tf.train.FloatList(value=values))
+        try:
+            return tf.train.Feature(float_list=tf.train.FloatList(value=values))
+        except (OverflowError, ValueError):  # an integer past float's range among floats
+            raise BadRequest(f"feature {key!r}: a value is out of range for float") from None
     raise BadRequest(f"feature {key!r}: values must be all {{\"b64\": ...}}, all strings or all numbers")
 
 

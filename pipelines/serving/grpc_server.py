@@ -360,7 +360,7 @@ class _Services(prediction_service_pb2_grpc.PredictionServiceServicer, model_ser
     def HandleReloadConfigRequest(self, request, context):
         """Not served (the generated servicer's answer is the same code, with a traceback in the log per call)."""
         context.abort(Code.UNIMPLEMENTED, "HandleReloadConfigRequest is not supported here: edit the file of "
-                                          "--model-config-file (it is read again within a second)")
+                                          "--model-config-file (it is read again when it changes)")
 
 
 class GrpcServer:

@@ -44,10 +44,10 @@ __all__ = [
 
 log = logging.getLogger("pipelines.serve")
 
-_ROUTE = re.compile(
+_ROUTE = re.compile(  # case-insensitive but for the names, as TF Serving's routes ("(?i)/v1/models/...")
     r"^/v1/models/(?P<name>[^/:]+)"
     r"(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
-    r"(?:(?P<metadata>/metadata)|:(?P<verb>[A-Za-z]+))?/?$"
+    r"(?:(?P<metadata>/metadata)|:(?P<verb>[A-Za-z]+))?/?$", re.IGNORECASE,
 )
 
 READ, WRITE = "GET, HEAD, OPTIONS", "POST, OPTIONS"  # the methods of the status and metadata routes; of the verbs
@@ -124,7 +124,7 @@ class RestApi:
         if m is None:
             raise malformed(f"Malformed request: {clip(method, 16)} {clip(path)} (routes: /v1/models/<name>"
                             f"[/versions/<v>|/labels/<label>][/metadata|:predict|:classify])")
-        name, label, verb = m["name"], m["label"], m["verb"]
+        name, label, verb = m["name"], m["label"], m["verb"] and m["verb"].lower()
         if len(path) > 200:
             raise malformed(f"Malformed request: path of {len(path)} characters {clip(path, 60)}")
         version = None

@@ -96,9 +96,13 @@ def test_a_folder_named_past_int64_is_no_version_to_the_guards_nor_to_the_server
     with Server(str(tmp_path), port=0, poll_s=0.2) as s:
         status = requests.get(f"{s.url}/v1/models/m", timeout=10).json()["model_version_status"]
         assert [(v["version"], v["state"]) for v in status] == [("2", "AVAILABLE")]
+    from pipelines.errors import UserError
     from pipelines.serving.model_config import version_number
 
     assert version_number(str(2**63 - 1)) == 2**63 - 1 and version_number("007") == 7
+    shutil.copytree(tmp_path / "m" / "1", tmp_path / "m" / str(2**63 - 1))  # int64's largest: no number after it
+    with pytest.raises(UserError, match="no version number is left under it"):
+        publish(tmp_path, 2)
 
 
 def test_loading_an_export_with_custom_gradients_warns_of_no_gradient_fault(tmp_path, caplog):

@@ -243,13 +243,20 @@ def test_unknown_route_is_404_json(server):
 
 
 @pytest.mark.parametrize("method,path", [
-    ("GET", "/v1/models"), ("GET", "/v1/"), ("POST", "/v1/models/tiny:foo"), ("GET", "/V1/models/tiny/versions/1/extra"),
-    ("GET", "/v1/models/" + "a" * 201)])
+    ("GET", "/v1/models"), ("GET", "/v1/"), ("POST", "/v1/models/tiny:foo"),
+    ("GET", "/V1/models/tiny/versions/1/extra"), ("GET", "/v1/models/" + "a" * 201)])
 def test_a_malformed_path_under_v1_is_a_400_as_in_tf_serving(server, method, path):
     r = requests.request(method, server.url + path, timeout=10)
     assert r.status_code == 400 and r.json()["error"].startswith("Malformed request"), r.text
     if path.endswith(":foo"):
         assert r.json()["error"] == "Malformed request: unknown verb 'foo' (use :predict or :classify)"
+
+
+def test_routes_are_case_insensitive_but_for_the_names_as_in_tf_serving(server, exports):
+    assert requests.get(f"{server.url}/V1/MODELS/tiny/VERSIONS/1/METADATA", timeout=10).status_code == 200
+    r = predict(f"{server.url}/v1/Models/tiny:PREDICT", json={"instances": exports["x"].tolist()})
+    assert_matches(r.json()["predictions"], exports["ref"])
+    assert requests.get(f"{server.url}/v1/models/TINY", timeout=10).status_code == 404  # a name is as written
 
 
 # ----------------------------------------------------------------------------- version switch

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 
 import keras
@@ -167,6 +168,9 @@ def test_classify_refuses_what_predict_refuses_with_a_400_and_keeps_the_row_limi
             r = requests.post(url, json={"examples": [{"image/encoded": blob, "n": big}]}, timeout=30)
             assert r.status_code == 400 and r.json()["error"] == f"feature 'n': {str(big)[:40]} is out of range for "\
                 "int64", r.text
+        r = requests.post(url, data=b'{"examples": [{"image/encoded": ' + json.dumps(blob).encode() + b', "f": [1.5, '
+                          + str(10**309).encode() + b"]}]}", timeout=30)  # an integer past float's range
+        assert r.status_code == 400 and r.json()["error"] == "feature 'f': a value is out of range for float", r.text
         ok = requests.post(url, json={"examples": [{"image/encoded": blob, "n": [2**63 - 1, -(2**63)]}]}, timeout=30)
         assert ok.status_code == 200, ok.text  # int64's own ends are features like any other
         r = requests.post(url, json={"examples": [{"image/encoded": blob}] * 3}, timeout=30)
