@@ -313,7 +313,7 @@ def test_the_5x5_d8_row_has_more_weights_per_filter_at_about_d8s_parameters():
 
 
 def test_d8s_variants_run_only_when_named(tmp_path, monkeypatch):
-    """A run without --models trains every row of the table but D8's variants; naming one trains it."""
+    """A run without --models runs every row of the table but D8's variants; naming one runs it."""
     assert set(b.VARIANTS) < set(b.TABLES["low"]) and "gcnn_d8_residual" not in b.VARIANTS
     data, out = fake_eurosat(tmp_path / "eurosat"), tmp_path / "rows.json"
     monkeypatch.setitem(b.TABLES, "low", {"small": ("resnet", SMALL, None), b.VARIANTS[0]: ("resnet", SMALL, None)})
