@@ -192,12 +192,19 @@ class Split:
         seed = opts.seed if seed is None else int(seed)
         random_crop = training and opts.random_crop and opts.resize == "crop" and opts.image_size is not None
         cached = s.cache != "none"
-        ds = self._preprocessed(training and not cached, seed, cover_only=random_crop)
+        # A disk cache is read back in the order it was written and shuffled only within `shuffle_buffer`:
+        # written in the file list's order (sorted by class), its batches held one class at a time. Training
+        # writes it in one seeded permutation instead (the memory cache is shuffled whole).
+        order = None
+        if cached and training and s.cache == "disk" and self.kind in ("files", "arrays"):
+            order = np.random.default_rng(seed).permutation(self.count)
+        ds = self._preprocessed(training and not cached, seed, cover_only=random_crop, indices=order)
         if cached:
             if s.cache == "memory":
                 ds = ds.cache()
             else:
-                ds = ds.cache(s.disk_cache_path(self.name, random_crop))
+                name = self.name if order is None else f"{self.name}-permuted-{seed}"
+                ds = ds.cache(s.disk_cache_path(name, random_crop))
             if training:
                 buffer = self.count if s.cache == "memory" else min(self.count, opts.shuffle_buffer)
                 ds = ds.shuffle(max(1, buffer), seed=seed, reshuffle_each_iteration=True)

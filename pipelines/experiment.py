@@ -79,9 +79,11 @@ def check_splits(splits) -> None:
     from data.sources import DataSourceError
 
     where = f"data.source {splits.source}"
-    for name in ("train", "test"):
+    for name in ("train", "test", "validation"):
         if getattr(splits, name).total_count == 0:
-            raise DataSourceError(f"{where}: the {name} split has no images")
+            raise DataSourceError(f"{where}: the {name} split has no images" + (
+                " (an empty validation folder? without one, validation is carved from the training images: "
+                "data.validation_fraction)" if name == "validation" else ""))
     k = splits.num_classes
     if k < 2:
         names = f" ({', '.join(map(str, splits.class_names))})" if getattr(splits, "class_names", None) else ""

@@ -47,7 +47,8 @@ def _list_split(root: str, class_names: list[str]):
             continue
         for fn in sorted(os.listdir(d)):
             p = os.path.join(d, fn)
-            if fn.startswith(".") or fn.lower() in _OS_FILES or not os.path.isfile(p):
+            dangling = os.path.islink(p) and not os.path.exists(p)  # kept: the header pass names it unreadable
+            if fn.startswith(".") or fn.lower() in _OS_FILES or not (os.path.isfile(p) or dangling):
                 continue
             paths.append(p)
             labels.append(c)

@@ -246,6 +246,58 @@ def test_cache_choice(tmp_path):
         DataOptions(resize="squash")
 
 
+def test_a_dangling_symlink_is_named_as_unreadable_and_not_skipped_without_a_word(tmp_path):
+    root = make_uniform_folder(tmp_path / "u")  # 2 classes of 8
+    os.symlink(tmp_path / "gone.png", root / "a" / "broken.png")
+    os.symlink(root / "b" / "0.png", root / "a" / "linked.png")  # a link that resolves is an image like any other
+    with pytest.raises(BadImagesError, match=r"1 unreadable image file\(s\): \S*broken.png .*No such file"):
+        open_source(f"folder:{root}")
+    s = open_source(f"folder:{root}", skip_bad_images=True)
+    assert sum(s.split(n).count for n in ("train", "validation", "test")) == 17
+
+
+def test_an_empty_validation_folder_is_one_error_saying_how_validation_is_made_without_it(tmp_path):
+    """It trained without a validation metric, with a warning about missing classes only."""
+    from data.options import DataSourceError as Refused
+    from pipelines.experiment import check_splits
+
+    root = tmp_path / "u"
+    make_uniform_folder(root / "train")
+    make_uniform_folder(root / "test", seed=2)
+    (root / "valid" / "a").mkdir(parents=True)
+    splits = open_source(f"folder:{root}")
+    assert splits.validation.total_count == 0
+    with pytest.raises(Refused, match=r"the validation split has no images \(an empty validation folder\? without "
+                                      r"one, validation is carved from the training images"):
+        check_splits(splits)
+    (root / "valid" / "a").rmdir()
+    (root / "valid").rmdir()
+    carved = open_source(f"folder:{root}")
+    check_splits(carved)
+    assert carved.validation.total_count > 0
+
+
+def test_a_disk_cache_feeds_training_mixed_classes_and_every_image_once_per_epoch(tmp_path):
+    """A disk cache written in the file list's (class-sorted) order and shuffled only within a small
+    `shuffle_buffer` gave batches of one class; training writes it in a seeded permutation."""
+    root = make_uniform_folder(tmp_path / "u", classes=("a", "b", "c"), n=40)
+    s = open_source(f"folder:{root}", cache="disk", cache_dir=str(tmp_path / "c"), shuffle_buffer=4)
+    train = s.train
+    ref_x, ref_y = _all(train)
+    assert list(ref_y) == sorted(ref_y)  # the file list: one class after the other
+    epochs = []
+    for _ in range(2):  # the second epoch reads the cache file
+        xs, ys = zip(*((x.numpy(), int(y)) for x, y in train.elements(training=True)))
+        epochs.append((np.stack(xs), np.array(ys)))
+    for xs, ys in epochs:
+        assert sorted(im.tobytes() for im in xs) == sorted(im.tobytes() for im in ref_x)  # each image once
+        assert len(set(ys[:12].tolist())) == 3  # the first batch's worth holds every class
+        assert abs(np.corrcoef(np.arange(len(ys)), ys)[0, 1]) < 0.5
+    x_eval, y_eval = _all(train)  # evaluation still reads the split's order
+    np.testing.assert_array_equal(y_eval, ref_y)
+    np.testing.assert_array_equal(x_eval, ref_x)
+
+
 @pytest.mark.parametrize("n_proc", [2, 3])
 def test_shards_are_disjoint_and_complete(tmp_path, n_proc):
     root = make_uniform_folder(tmp_path / "u", classes=("a", "b", "c"), n=7)
