@@ -542,8 +542,9 @@ def preview_rows(images, translation=None, rotation=None, elastic=None, seed: in
     """The rows of the preview grid as (label, float images [n, H, W, C] in [0, 1]).
 
     The original images, then one row per operation that is on (applied with
-    probability 1 so the row shows the operation), then the full chain as
-    configured (with its probabilities). `images` are uint8 or float in [0, 1].
+    probability 1 so the row shows the operation; flips are drawn per image as
+    in training, the identity among them), then the full chain as configured
+    (with its probabilities). `images` are uint8 or float in [0, 1].
 
     `seed` is the training seed (`train.seed`): the full-chain row shows the
     transforms that training draws for the first `n` positions of its first

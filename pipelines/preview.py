@@ -3,7 +3,8 @@
     python -m pipelines.preview --config pipelines/configs/default.yaml [key=value ...] [--n 8] [--out PATH]
 
 Rows: the original images, one row per augmentation that is on (applied with
-probability 1), and the full chain as configured. Writes
+probability 1; the flip row draws each image's flip as training does, so
+about half of a one-flip row is unchanged), and the full chain as configured. Writes
 `reports/<config name>/augmentation_preview.png` and prints its path.
 """
 
