@@ -50,9 +50,8 @@ def log_figures(run_id: str, model, splits, test_ds, run_dir: str) -> None:
 
 
 def log_mlflow_model(model, cfg: Config, splits, example: np.ndarray, keras_path: str, register: bool = True):
-    """Log the run's Keras model (saved at `keras_path`) as its MLflow model, register it (unless `register` is
-    false: a model the export guard refuses is not registered either), and tag the new version with the class
-    names.
+    """Log the run's Keras model (saved at `keras_path`) as its MLflow model and, if `register`, register it
+    (`register_mlflow_model`). Returns MLflow's ModelInfo.
 
     The MLflow model is the run's one copy of the trained model: it holds
     `model.keras` (for `make evaluate`, resume and fine-tuning) and answers
@@ -60,21 +59,31 @@ def log_mlflow_model(model, cfg: Config, splits, example: np.ndarray, keras_path
     `class_name`; pipelines/serving/mlflow_serve.py), so that `mlflow models
     serve` and `make serve` take and answer the same.
     """
+    from pipelines.serving.mlflow_serve import log_keras_model
+
+    info = log_keras_model(model, keras_path, splits.class_names, example)
+    if register:
+        register_mlflow_model(cfg, splits, info.model_uri)
+    return info
+
+
+def register_mlflow_model(cfg: Config, splits, model_uri: str, export_version: str | None = None) -> None:
+    """Register the logged model `model_uri` as a new version of the run's registered model (unless
+    `tracking.register_model` is off), tagged with its class names, input shape, data source and, for a
+    published model, the export's version number."""
     import json
 
     import mlflow
 
-    from pipelines.serving.mlflow_serve import log_keras_model
-
-    register = cfg.registered_model_name if cfg.tracking.register_model and register else None
-    info = log_keras_model(model, keras_path, splits.class_names, example, register)
-    if register and info.registered_model_version is not None:
-        client = mlflow.MlflowClient()
-        tags = {"class_names": json.dumps(list(splits.class_names)), "num_classes": str(splits.num_classes),
-                "input_shape": json.dumps(list(splits.image_shape)), "data.source": cfg.data.source}
-        for k, v in tags.items():
-            client.set_model_version_tag(register, str(info.registered_model_version), k, v)
-    return info
+    if not cfg.tracking.register_model:
+        return
+    version = mlflow.register_model(model_uri, cfg.registered_model_name).version
+    tags = {"class_names": json.dumps(list(splits.class_names)), "num_classes": str(splits.num_classes),
+            "input_shape": json.dumps(list(splits.image_shape)), "data.source": cfg.data.source,
+            **({"export_version": export_version} if export_version is not None else {})}
+    client = mlflow.MlflowClient()
+    for k, v in tags.items():
+        client.set_model_version_tag(cfg.registered_model_name, str(version), k, v)
 
 
 def log_dataset(cfg: Config, splits) -> None:

@@ -202,27 +202,26 @@ def _run_locked(cfg: Config, splits, uri: str, run_dir: str, state: dict, callba
             mlflow.log_metrics({"test_loss": float(test_loss), "test_accuracy": float(test_acc)})
             state = rundir.write_state(run_dir, test_loss=float(test_loss), test_accuracy=float(test_acc))
         print(f"Test accuracy {test_acc:.4f}, test loss {test_loss:.4f}")
-        from pipelines.export import publish_refusal  # here: it imports TensorFlow
-
-        refused = publish_refusal(cfg.export, cfg.export_name, float(test_acc), cfg.data.source, splits.num_classes)
         if not state.get("model_logged"):
             artifacts.log_figures(run_id, model, splits, test_ds, run_dir)
+            # With export on, the model is registered once published (below), so that the registry holds only
+            # models the export guard let through; with it off, every trained model, as it is logged.
             info = artifacts.log_mlflow_model(model, cfg, splits, splits.test.arrays(max_images=2)[0], model_path,
-                                              register=refused is None)  # a refused model is not registered
-            state = rundir.write_state(run_dir, model_logged=True,
-                                       registered_version=getattr(info, "registered_model_version", None))
-            if refused and not cfg.export.enabled:
-                print(f"Not registered: {refused}")
+                                              register=not cfg.export.enabled)
+            state = rundir.write_state(run_dir, model_logged=True, model_uri=info.model_uri)
 
         if cfg.evaluate.enabled and not state.get("evaluated"):
             _evaluate_invariance(model, cfg, splits, run_dir)
             state = rundir.write_state(run_dir, evaluated=True)
 
-        export_path = state.get("export_path")
+        export_path, refused = state.get("export_path"), None
         if cfg.export.enabled and not export_path:
-            export_path = _export(model, cfg, splits, float(test_acc), refused, state.get("registered_version"))
-            if export_path:
-                state = rundir.write_state(run_dir, export_path=export_path)
+            export_path, refused = _export(model, cfg, splits, float(test_acc), run_dir)
+            state = rundir.read_state(run_dir)
+        # "model_uri" absent: a run logged before this rule, registered then
+        if export_path and state.get("model_uri") and not state.get("registered"):
+            artifacts.register_mlflow_model(cfg, splits, state["model_uri"], os.path.basename(export_path))
+            state = rundir.write_state(run_dir, registered=True)
 
         mlflow.end_run(status="FINISHED")
         rundir.write_state(run_dir, status="finished")
@@ -251,8 +250,7 @@ def _run_locked(cfg: Config, splits, uri: str, run_dir: str, state: dict, callba
                         "only the steps that did not finish)",)
         raise
 
-    return TrainResult(run_id, uri, run_dir, export_path, float(test_acc), float(test_loss),
-                       refused if cfg.export.enabled and not export_path else None)
+    return TrainResult(run_id, uri, run_dir, export_path, float(test_acc), float(test_loss), refused)
 
 
 def _fit(cfg: Config, splits, train_ds, val_ds, steps: int, run_id: str | None, out_dir: str, callbacks, placement):
@@ -309,17 +307,18 @@ def _check_publishable(cfg: Config, splits) -> None:
             raise UserError(why)
 
 
-def _export(model, cfg: Config, splits, test_acc: float, why: str | None, registered: str | None) -> str | None:
-    """Publish the next version unless the export guard refused (`why`); return its path. The version registered
-    in MLflow (`registered`) is tagged with the export's version number, and the export records the run's id."""
+def _export(model, cfg: Config, splits, test_acc: float, run_dir: str) -> tuple[str | None, str | None]:
+    """Publish the next version unless the export guard refuses; return (path, why not published). The path is
+    in the run's state as soon as the version is published, so that a resume never publishes it twice."""
     import mlflow
 
-    from pipelines.export import SIGNATURE_FILE, export_model, signature_of
+    from pipelines.export import SIGNATURE_FILE, export_model, publish_refusal, signature_of
 
+    why = publish_refusal(cfg.export, cfg.export_name, test_acc, cfg.data.source, splits.num_classes)
     if why:
         mlflow.set_tag("export_refused", why)
         print(f"Not published: {why}")
-        return None
+        return None, why
     report: dict = {}
     path = export_model(
         model, cfg.export.dir, cfg.export_name,
@@ -332,15 +331,13 @@ def _export(model, cfg: Config, splits, test_acc: float, why: str | None, regist
                       "metrics.json": json.dumps({"test_accuracy": test_acc, "data.source": cfg.data.source,
                                                   "mlflow_run_id": mlflow.active_run().info.run_id})},
     )
+    rundir.write_state(run_dir, export_path=path)
     mlflow.set_tag("export_path", os.path.abspath(path))
-    if registered is not None:
-        mlflow.MlflowClient().set_model_version_tag(cfg.registered_model_name, str(registered), "export_version",
-                                                    os.path.basename(path))
     mlflow.log_metrics({"export_max_abs_diff": report["max_abs_diff"],
                         "export_class_agreement": report["class_agreement"]})
     print(f"Exported and verified SavedModel: {path} (reloaded vs in-memory: max |dp| "
           f"{report['max_abs_diff']:.2e}, classes agree on {100 * report['class_agreement']:.2f}%)")
-    return path
+    return path, None
 
 
 def _evaluate_invariance(model, cfg: Config, splits, run_dir: str):

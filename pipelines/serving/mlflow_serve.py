@@ -36,14 +36,12 @@ CODE_PATHS = [os.path.join(PROJECT, "layers"), os.path.join(PROJECT, "models")] 
 KERAS_MODEL = "model.keras"  # its file name among the MLflow model's artifacts
 
 
-def log_keras_model(model, keras_path: str, class_names, example: np.ndarray,
-                    registered_model_name: str | None = None):
+def log_keras_model(model, keras_path: str, class_names, example: np.ndarray):
     """Log the Keras model saved at `keras_path` (`model`, in memory) as the active run's MLflow model `model`.
 
     `example` (uint8 images) becomes the logged input example (its first two
-    images) and, with the model's answers to it, the signature. With
-    `registered_model_name`, the model is registered as a new version of it.
-    Returns MLflow's ModelInfo.
+    images) and, with the model's answers to it, the signature. Returns
+    MLflow's ModelInfo (`pipelines.artifacts.register_mlflow_model` registers it).
     """
     import mlflow
     from mlflow.models import infer_signature
@@ -62,7 +60,6 @@ def log_keras_model(model, keras_path: str, class_names, example: np.ndarray,
             code_paths=CODE_PATHS,
             signature=infer_signature(example, answer(model, names, example)),
             input_example=example,
-            registered_model_name=registered_model_name,
             pip_requirements=[f"tensorflow-cpu=={_version('tensorflow')}", f"keras=={_version('keras')}",
                               f"mlflow=={_version('mlflow')}", f"numpy=={_version('numpy')}"],
         )

@@ -33,7 +33,8 @@ def _args(tmp_path, *extra):
         f"data.cache_dir={tmp_path / 'cache'}", "model.params.filters=[4]", "model.params.dense_units=8",
         "train.epochs=2", "train.verbose=0", f"train.runs_root={tmp_path / 'runs'}",
         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", f"export.dir={tmp_path / 'exports'}",
-        "export.min_test_accuracy=0",  # as tiny_config: the default guard is tested on its own below
+        "export.min_test_accuracy=0", "export.max_accuracy_drop=null",  # as tiny_config: the guards are tested
+        # on their own below
         "evaluate.enabled=false", "augment.translation.max=0", "augment.rotation.max_degrees=0",
         "augment.elastic.alpha=0", *extra,
     ]

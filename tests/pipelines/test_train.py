@@ -218,6 +218,7 @@ def test_an_unusable_tracking_store_is_one_error_and_leaves_nothing(tmp_path, ca
 @pytest.mark.slow
 def test_resume_after_a_crash_past_training_repeats_no_step(tmp_path, monkeypatch):
     import pipelines.train as train
+    from pipelines import artifacts
 
     run_dir = str(tmp_path / "runs" / "late-crash")
     cfg = tiny_config(tmp_path, f"train.run_dir={run_dir}", "evaluate.enabled=true")
@@ -228,15 +229,25 @@ def test_resume_after_a_crash_past_training_repeats_no_step(tmp_path, monkeypatc
     monkeypatch.setattr(train, "_evaluate_invariance", crash)
     with pytest.raises(RuntimeError, match="simulated crash in the evaluation"):
         run(cfg)
-    counter = _CountEpochs()
+    client = mlflow.MlflowClient(cfg.tracking.uri)
+    assert client.search_model_versions("name='tiny'") == []  # registered once published, not before
     monkeypatch.setattr(train, "_evaluate_invariance", lambda *args, **kwargs: None)
+
+    def crash_registering(*args, **kwargs):  # the version is published, then the registry fails
+        raise RuntimeError("simulated crash in the registry")
+
+    monkeypatch.setattr(artifacts, "register_mlflow_model", crash_registering)
+    with pytest.raises(RuntimeError, match="simulated crash in the registry"):
+        run(cfg)
+    monkeypatch.undo()
+    counter = _CountEpochs()
     result = run(cfg, callbacks=[counter])
 
     assert counter.epochs == []  # training had finished: not trained again
     assert sorted(set(os.listdir(tmp_path / "exports" / "tiny")) - {HIGHEST_FILE}) == ["1"]  # not exported twice
-    client = mlflow.MlflowClient(cfg.tracking.uri)
     assert len(client.get_metric_history(result.run_id, "test_accuracy")) == 1
-    assert len(client.search_model_versions("name='tiny'")) == 1
+    (version,) = client.search_model_versions("name='tiny'")  # registered once, after the export
+    assert version.tags["export_version"] == "1" and version.run_id == result.run_id
     assert client.get_run(result.run_id).info.status == "FINISHED"
     assert result.export_path.endswith(os.path.join("tiny", "1"))
 
