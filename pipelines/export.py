@@ -263,8 +263,8 @@ def _version_folders(base: str) -> list[tuple[int, str]]:
     server reads it (pipelines/serving/servables.py)."""
     if not os.path.isdir(base):
         return []
-    return sorted((version_number(d), d) for d in os.listdir(base)  # a name over int64 is no version (TF Serving)
-                  if version_number(d) is not None and os.path.isdir(os.path.join(base, d)))
+    named = ((version_number(d), d) for d in os.listdir(base))  # a name over int64 is no version (TF Serving)
+    return sorted((v, d) for v, d in named if v is not None and os.path.isdir(os.path.join(base, d)))
 
 
 def version_dirs(base: str) -> list[int]:

@@ -256,8 +256,8 @@ class ModelManager:
             return None
         folders: dict[int, str] = {}
         for d in sorted(entries, key=lambda d: (len(d), d), reverse=True):  # "8" after "08": the plain name wins
-            if version_number(d) is not None and os.path.isdir(os.path.join(spec.base_path, d)):
-                folders[version_number(d)] = d
+            if (v := version_number(d)) is not None and os.path.isdir(os.path.join(spec.base_path, d)):
+                folders[v] = d
         for v, d in folders.items():
             self._folders[spec.name, v] = d
         found = sorted(folders)
