@@ -168,7 +168,7 @@ class ExportConfig:
     tolerance: float = 1e-4
     rtol: float = 1e-3
     min_test_accuracy: float | None = None  # publish only at or above this (default: twice chance, at most halfway to 1)
-    # Refuse a version this far below the newest published one's (same data source); null: off.
+    # Refuse a version this far below the newest published one, both measured on this run's test images; null: off.
     max_accuracy_drop: float | None = 0.05
     # A new version must take the same input shape and classes as the newest one of its name (else an error
     # before training); true allows a change (clients of the old signature then break).

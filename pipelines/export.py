@@ -155,14 +155,33 @@ def published_versions(base: str) -> list[tuple[int, str]]:
     return out
 
 
-def published_metrics(exports_dir: str, name: str) -> tuple[int, dict] | None:
-    """(version, its assets.extra/metrics.json) of the newest published version, or None."""
-    for version, path in published_versions(os.path.join(exports_dir, name))[:1]:
+def served_accuracy(exports_dir: str, name: str, batches, image_shape, class_names) -> tuple[int, float] | None:
+    """(version, accuracy) of the newest published version of `name` that loads (the one a server serves),
+    measured now on `batches` (uint8 images [N, H, W, C], int64 labels): the new model's own test split, so that
+    the two figures are of the same images whatever changed in the data since that version was published. None
+    where there is no such version, or it takes another input shape or answers other classes (nothing to compare;
+    `export.allow_new_signature` publishes such a model)."""
+    from pipelines.errors import UserError
+
+    for version, path in published_versions(os.path.join(exports_dir, name)):
         try:
-            with open(os.path.join(path, "assets.extra", "metrics.json")) as fh:
-                return version, json.load(fh)
+            predict = savedmodel_predictor(path)
+        except UserError:
+            continue  # not loadable: no server serves it
+        try:
+            with open(os.path.join(path, "assets.extra", SIGNATURE_FILE)) as fh:
+                old = json.load(fh)
         except (OSError, ValueError):
-            return version, {}
+            old = {}  # a version from before signature.json: the input is checked as it runs
+        new = signature_of(image_shape, class_names)
+        if old.get("input_shape", new["input_shape"]) != new["input_shape"] or \
+                old.get("class_names", new["class_names"]) != new["class_names"]:
+            return None
+        correct = total = 0
+        for x, y in batches:
+            correct += int(np.sum(np.argmax(predict(x)["probabilities"], axis=-1) == y))
+            total += len(y)
+        return (version, correct / total) if total else None
     return None
 
 
@@ -222,14 +241,15 @@ def chance_floor(num_classes: int) -> float:
     return min(2.0 / num_classes, (1.0 + 1.0 / num_classes) / 2.0)
 
 
-def publish_refusal(export_cfg, name: str, test_accuracy: float, source: str, num_classes: int) -> str | None:
+def publish_refusal(export_cfg, test_accuracy: float, num_classes: int,
+                    served: tuple[int, float] | None = None) -> str | None:
     """Why the export guard refuses to publish a model of `test_accuracy`, or None to publish.
 
     `export.min_test_accuracy`: an absolute floor; unset, the floor is
     `chance_floor(num_classes)` (a model no better than chance is never
     published by default; `export.min_test_accuracy: 0` publishes anything).
-    `export.max_accuracy_drop`: the newest published version's test accuracy
-    (same data source) minus this margin is a floor too.
+    `export.max_accuracy_drop`: `served` = (version, its accuracy on the same
+    test images, `served_accuracy`) minus this margin is a floor too.
     """
     floor = export_cfg.min_test_accuracy
     if floor is None:
@@ -239,13 +259,12 @@ def publish_refusal(export_cfg, name: str, test_accuracy: float, source: str, nu
                     f"(at least {chance:.4f} by default; export.min_test_accuracy overrides)")
     elif test_accuracy < floor:
         return f"test accuracy {test_accuracy:.4f} < export.min_test_accuracy {floor:g}"
-    if export_cfg.max_accuracy_drop is not None:
-        found = published_metrics(export_cfg.dir, name)
-        if found and "test_accuracy" in found[1] and found[1].get("data.source") == source:
-            version, m = found
-            if test_accuracy < m["test_accuracy"] - export_cfg.max_accuracy_drop:
-                return (f"test accuracy {test_accuracy:.4f} is more than export.max_accuracy_drop "
-                        f"{export_cfg.max_accuracy_drop:g} below version {version}'s {m['test_accuracy']:.4f}")
+    if export_cfg.max_accuracy_drop is not None and served is not None:
+        version, accuracy = served
+        if test_accuracy < accuracy - export_cfg.max_accuracy_drop:
+            return (f"test accuracy {test_accuracy:.4f} is more than export.max_accuracy_drop "
+                    f"{export_cfg.max_accuracy_drop:g} below version {version}'s {accuracy:.4f} on the same test "
+                    "images")
     return None
 
 

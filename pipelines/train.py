@@ -312,9 +312,16 @@ def _export(model, cfg: Config, splits, test_acc: float, run_dir: str) -> tuple[
     in the run's state as soon as the version is published, so that a resume never publishes it twice."""
     import mlflow
 
-    from pipelines.export import SIGNATURE_FILE, export_model, publish_refusal, signature_of
+    from pipelines.export import SIGNATURE_FILE, export_model, publish_refusal, served_accuracy, signature_of
 
-    why = publish_refusal(cfg.export, cfg.export_name, test_acc, cfg.data.source, splits.num_classes)
+    served = None
+    if cfg.export.max_accuracy_drop is not None:  # the served version, measured on this model's test images
+        served = served_accuracy(cfg.export.dir, cfg.export_name, splits.test.elements().batch(256).as_numpy_iterator(),
+                                 splits.image_shape, splits.class_names)
+    if served:
+        mlflow.log_metric("served_version_test_accuracy", served[1])
+        print(f"Version {served[0]}, published before, on the same test images: accuracy {served[1]:.4f}")
+    why = publish_refusal(cfg.export, test_acc, splits.num_classes, served)
     if why:
         mlflow.set_tag("export_refused", why)
         print(f"Not published: {why}")

@@ -15,7 +15,7 @@ from pipelines.export import (
     SIGNATURE_FILE,
     export_model,
     predict_savedmodel,
-    published_metrics,
+    served_accuracy,
     signature_conflict,
     signature_of,
 )
@@ -30,6 +30,14 @@ def publish(root, seed, accuracy=0.9):
     assets = {SIGNATURE_FILE: __import__("json").dumps(signature_of((12, 12, 1), ["a", "b", "c"])),
               "metrics.json": f'{{"test_accuracy": {accuracy}, "data.source": "synthetic"}}'}
     return export_model(tiny(seed), str(root), "m", extra_assets=assets, class_names=["a", "b", "c"])
+
+
+def _served(root, labels_of=None):
+    """served_accuracy on 20 random images whose labels are version `labels_of`'s own answers (so that it measures
+    1.0 there): (version, accuracy)."""
+    x = np.random.default_rng(5).integers(0, 256, (20, 12, 12, 1), dtype=np.uint8)
+    y = np.zeros(20, np.int64) if labels_of is None else predict_savedmodel(labels_of, x)["class_id"]
+    return served_accuracy(str(root), "m", [(x[:8], y[:8]), (x[8:], y[8:])], (12, 12, 1), ["a", "b", "c"])
 
 
 def test_a_version_deleted_to_roll_back_does_not_give_its_number_to_the_next_model(tmp_path):
@@ -52,12 +60,23 @@ def test_the_guards_read_the_newest_version_a_server_can_load_past_a_broken_fold
     shutil.copytree(tmp_path / "m" / "1", damaged)
     (damaged / "assets.extra" / SIGNATURE_FILE).unlink()  # as versions written before signature.json
     (damaged / "saved_model.pb").write_bytes(b"\x00" * 10)  # and damaged: it does not load
-    assert published_metrics(str(tmp_path), "m")[0] == 3  # version 3's files still say what it scored
+    assert _served(tmp_path, labels_of=tmp_path / "m" / "1") == (1, 1.0)  # measured with version 1, the one served
     why = signature_conflict(str(tmp_path), "m", (16, 16, 3), ["a", "b", "c"])
-    assert why is not None and "version 1's (12, 12, 1)" in why, why  # compared with version 1, the one served
+    assert why is not None and "version 1's (12, 12, 1)" in why, why  # compared with version 1 too
     shutil.rmtree(damaged)
-    assert published_metrics(str(tmp_path), "m") == (1, {"test_accuracy": 0.95, "data.source": "synthetic"})
     assert signature_conflict(str(tmp_path), "m", (12, 12, 1), ["a", "b", "c"]) is None
+
+
+def test_the_served_version_is_measured_only_where_it_takes_the_same_input_and_answers_the_same_classes(tmp_path):
+    assert _served(tmp_path) is None  # nothing published
+    publish(tmp_path, 0)
+    x = np.random.default_rng(5).integers(0, 256, (20, 12, 12, 1), dtype=np.uint8)
+    calls_a = float(np.mean(predict_savedmodel(tmp_path / "m" / "1", x)["class_id"] == 0))
+    assert _served(tmp_path) == (1, calls_a)  # labels all "a": the share of the images version 1 calls "a"
+    batches = [(x, np.zeros(20, np.int64))]
+    assert served_accuracy(str(tmp_path), "m", batches, (16, 16, 1), ["a", "b", "c"]) is None
+    assert served_accuracy(str(tmp_path), "m", batches, (12, 12, 1), ["a", "b", "x"]) is None
+    assert served_accuracy(str(tmp_path), "m", [], (12, 12, 1), ["a", "b", "c"]) is None  # no test images
 
 
 def test_where_the_file_system_has_no_locks_a_version_is_still_published(tmp_path, monkeypatch, capsys):
@@ -75,7 +94,7 @@ def test_where_the_file_system_has_no_locks_a_version_is_still_published(tmp_pat
 def test_a_version_folder_with_a_leading_zero_is_guarded_as_the_server_serves_it(tmp_path):
     publish(tmp_path, 0, accuracy=0.95)
     os.rename(tmp_path / "m" / "1", tmp_path / "m" / "07")  # copied in by hand; TF Serving serves it as 7
-    assert published_metrics(str(tmp_path), "m") == (7, {"test_accuracy": 0.95, "data.source": "synthetic"})
+    assert _served(tmp_path, labels_of=tmp_path / "m" / "07") == (7, 1.0)
     why = signature_conflict(str(tmp_path), "m", (16, 16, 3), ["a", "b", "c"])
     assert why is not None and "version 7's (12, 12, 1)" in why, why
     assert publish(tmp_path, 1).endswith(os.path.join("m", "8"))
@@ -91,7 +110,7 @@ def test_a_folder_named_past_int64_is_no_version_to_the_guards_nor_to_the_server
     publish(tmp_path, 0, accuracy=0.95)
     shutil.copytree(tmp_path / "m" / "1", tmp_path / "m" / str(2**63))
     shutil.copytree(tmp_path / "m" / "1", tmp_path / "m" / "99999999999999999999999")
-    assert published_metrics(str(tmp_path), "m")[0] == 1
+    assert _served(tmp_path)[0] == 1
     assert publish(tmp_path, 1).endswith(os.path.join("m", "2"))
     with Server(str(tmp_path), port=0, poll_s=0.2) as s:
         status = requests.get(f"{s.url}/v1/models/m", timeout=10).json()["model_version_status"]
