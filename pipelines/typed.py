@@ -20,6 +20,7 @@ import functools
 import inspect
 import io
 import math
+import re
 import textwrap
 import tokenize
 import types
@@ -162,6 +163,12 @@ class UniqueKeyLoader(yaml.SafeLoader):
                                                         key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep)
+
+
+# YAML 1.2's floats: PyYAML reads YAML 1.1, where `1e-4` (no dot) is a string, so `learning_rate: 1e-4` was refused as
+# "must be a number". The 1.1 forms stay floats; the resolver comes after the int one, which never matches these.
+UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+    r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"), list("-+0123456789."))
 
 
 class _WrittenMapping(dict):

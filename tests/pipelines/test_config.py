@@ -20,6 +20,16 @@ def test_int_widens_to_float_but_not_the_reverse():
         config_from_dict({"train": {"epochs": 2.5}})
 
 
+def test_a_number_in_exponent_form_without_a_dot_is_a_number_in_a_file_and_on_the_command_line(tmp_path):
+    """YAML 1.1 (PyYAML) reads `1e-4` as a string; the usual way to write a learning rate was refused."""
+    cfg = config_from_dict({}, ["train.learning_rate=1e-4", "train.weight_decay=5E-2"])
+    assert cfg.train.learning_rate == 1e-4 and cfg.train.weight_decay == 0.05
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  learning_rate: 3e-4\n")
+    assert load_config(str(path), []).train.learning_rate == pytest.approx(3e-4)
+    assert config_from_dict({}, ["description=1e"]).description == "1e"  # not a number: text
+
+
 @pytest.mark.parametrize(
     "data, message",
     [
