@@ -23,7 +23,8 @@ Series:
   each model's batching queue, whichever front end the rows came from; read
   from the `Batcher`s (`batch_sizes()`) at scrape time.
 - `serving_model_version_available{model, version}`: 1 for a version that is
-  AVAILABLE, 0 for one loading or failed to load (END); read from the model
+  AVAILABLE, 0 for one loading or failed to load (END), none for one unloaded
+  (its END row would add a series per published version); read from the model
   manager at scrape time (`manager.names()`, `manager.status(name)`: the rows
   of the REST and gRPC status answers).
 - `serving_open_connections{protocol}`: connections open now
@@ -108,7 +109,7 @@ class _ManagerCollector:
     def collect(self):
         versions = GaugeMetricFamily(
             "serving_model_version_available", "1 for a version of a model that is AVAILABLE, 0 for one "
-            "loading or failed to load (END).", labels=["model", "version"],
+            "loading or failed to load (END); versions unloaded are left out.", labels=["model", "version"],
         )
         batches = HistogramMetricFamily(
             "serving_batch_size_rows", "Rows per signature call of a model's batching queue.", labels=["model"],
@@ -120,6 +121,8 @@ class _ManagerCollector:
             except LookupError:  # gone meanwhile, or no version on disk yet
                 continue
             for row in statuses:
+                if row.state == "END" and row.error_code == "OK":
+                    continue  # unloaded: listed in status as TF Serving does, not a series growing with each version
                 versions.add_metric([name, str(row.version)], 1.0 if row.state == "AVAILABLE" else 0.0)
             sizes = state.batcher.batch_sizes()  # rows per call -> calls
             if sizes:

@@ -72,7 +72,7 @@ class VersionStatus(NamedTuple):
     """One row of a model's status (TF Serving's ModelVersionStatus)."""
 
     version: int
-    state: str  # "AVAILABLE", "LOADING", or "END" (it failed to load)
+    state: str  # "AVAILABLE", "LOADING", or "END" (unloaded, error_code OK; or failed to load)
     error_code: str  # "OK" or "UNKNOWN"
     error_message: str
 
@@ -87,6 +87,7 @@ class ModelState:
     label_versions: dict[str, int] = field(default_factory=dict)  # label -> the served version it resolves to
     loading: int | None = None
     failed: dict[int, str] = field(default_factory=dict)  # version -> why it did not load
+    ended: frozenset = frozenset()  # versions unloaded (END in status, as TF Serving keeps them)
     failures: dict[int, Failure] = field(default_factory=dict)
     _label_notes: dict = field(default_factory=dict, repr=False)  # label -> what was last logged about it
 
@@ -189,13 +190,15 @@ class ModelManager:
 
     def status(self, name: str, version: int | None = None, label: str | None = None) -> list[VersionStatus]:
         """The status rows of `name`'s versions (of `version`, or of the one `label` names, only), by version:
-        served ones AVAILABLE, the one loading LOADING, ones that failed to load END with the reason."""
+        served ones AVAILABLE, the one loading LOADING, ones that failed to load END with the reason, unloaded
+        ones END (error code OK), as TF Serving lists them."""
         st = self.state(name)
         with self._lock:
             servables, labels, loading, failed = st.servables, st.label_versions, st.loading, dict(st.failed)
         if label is not None:
             version = self._label_version(st, label, labels)
-        rows = {v: VersionStatus(v, "END", "UNKNOWN", msg) for v, msg in failed.items()}
+        rows = {v: VersionStatus(v, "END", "OK", "") for v in st.ended}
+        rows.update({v: VersionStatus(v, "END", "UNKNOWN", msg) for v, msg in failed.items()})
         if loading is not None:
             rows[loading] = VersionStatus(loading, "LOADING", "OK", "")
         rows.update({v: VersionStatus(v, "AVAILABLE", "OK", "") for v in servables})
@@ -307,6 +310,7 @@ class ModelManager:
             self._reclaimer.unloaded(st.servables[v] for v in extra)
             with self._lock:
                 st.servables = {v: s for v, s in st.servables.items() if v not in extra}
+                st.ended = st.ended | set(extra)
             for v in extra:
                 log.info("model %s: unloaded version %s (%s); serving %s", spec.name, v,
                          "its directory is gone" if v not in on_disk else "the version policy no longer wants it",

@@ -307,7 +307,8 @@ def test_new_version_is_swapped_in_under_load_without_failures(server, exports):
         assert which == sorted(which)  # once switched, never back
 
     status = requests.get(f"{server.url}/v1/models/switch", timeout=10).json()["model_version_status"]
-    assert [(s["version"], s["state"]) for s in status] == [("2", "AVAILABLE")]
+    assert [(s["version"], s["state"], s["status"]["error_code"]) for s in status] == [
+        ("2", "AVAILABLE", "OK"), ("1", "END", "OK")]  # version 1 unloaded: END, as TF Serving keeps it
 
     # a broken newer version does not take the served one down
     os.makedirs(os.path.join(root, "switch", "3"))
@@ -317,8 +318,8 @@ def test_new_version_is_swapped_in_under_load_without_failures(server, exports):
     while time.monotonic() < deadline and not server.manager.state("switch").failed:
         time.sleep(0.1)
     status = requests.get(f"{server.url}/v1/models/switch", timeout=10).json()["model_version_status"]
-    assert [(s["version"], s["state"]) for s in status] == [("3", "END"), ("2", "AVAILABLE")]  # newest first
-    assert status[0]["status"]["error_message"]
+    assert [(s["version"], s["state"]) for s in status] == [("3", "END"), ("2", "AVAILABLE"), ("1", "END")]
+    assert status[0]["status"]["error_message"] and status[0]["status"]["error_code"] != "OK"
     r = predict(url, json={"instances": x.tolist()})
     np.testing.assert_allclose([p["probabilities"] for p in r.json()["predictions"]], v2, atol=1e-6)
 

@@ -128,7 +128,8 @@ def test_loaded_versions_are_a_gauge(server, exports):
         time.sleep(0.1)
     m = scrape(server)
     assert value(m, gauge, model="live", version="2") == 1
-    assert value(m, gauge, model="live", version="1") != 1  # swapped out
+    assert (gauge, (("model", "live"), ("version", "1"))) not in m  # unloaded: END in status, no series here
+    assert [(r.version, r.state) for r in server.manager.status("live")] == [(2, "AVAILABLE"), (1, "END")]
 
 
 def test_the_metrics_route_answers_get_only(server):

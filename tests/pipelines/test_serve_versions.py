@@ -85,8 +85,9 @@ def wait_for(cond, timeout: float = 20.0) -> float:
 
 
 def serving(s: Server, *vs: int):
-    """The rows of exactly `vs` served (the status lists the newest first)."""
-    return lambda: [(v.version, v.state) for v in s.manager.status("m")] == [(v, "AVAILABLE") for v in sorted(vs)[::-1]]
+    """The rows of exactly `vs` served (the status lists the newest first; versions unloaded stay as END)."""
+    return lambda: [(v.version, v.state) for v in s.manager.status("m") if v.state != "END"] == \
+        [(v, "AVAILABLE") for v in sorted(vs)[::-1]]
 
 
 # ----------------------------------------------------------------------------- version removed from disk
@@ -118,7 +119,7 @@ def test_deleting_the_served_version_rolls_back_and_requests_in_flight_finish(tm
         t.join(30)
         np.testing.assert_allclose(in_flight["p"], versions["ref"][2], atol=1e-6)  # finished on version 2
         del v2.run, v2, run, slow
-        assert status(s) == [("1", "AVAILABLE")]
+        assert status(s) == [("2", "END"), ("1", "AVAILABLE")]  # version 2 unloaded: END, as TF Serving lists it
         np.testing.assert_allclose(probs(s, versions), versions["ref"][1], atol=1e-6)
         r = requests.post(f"{s.url}/v1/models/m/versions/2:predict", json={"instances": versions["x"].tolist()},
                           timeout=10)
@@ -128,8 +129,9 @@ def test_deleting_the_served_version_rolls_back_and_requests_in_flight_finish(tm
 
         shutil.rmtree(os.path.join(root, "m", "1"))  # no version left: nothing served, and a 404 says so
         wait_for(lambda: not s.manager.state("m").servables)
-        r = requests.get(f"{s.url}/v1/models/m", timeout=10)
-        assert r.status_code == 404 and "Could not find any versions" in r.json()["error"]
+        assert status(s) == [("2", "END"), ("1", "END")]
+        r = requests.post(f"{s.url}/v1/models/m:predict", json={"instances": versions["x"].tolist()}, timeout=10)
+        assert r.status_code == 404, r.text
 
 
 # ----------------------------------------------------------------------------- the model config file
@@ -204,7 +206,7 @@ def test_config_edits_take_effect_within_a_poll_and_a_broken_edit_keeps_the_old_
         error = next(m for m in caplog.messages if "keeping the previous config" in m)
         assert "newest" in error and "policies: latest, all, specific" in error
         time.sleep(3 * POLL_S)
-        assert status(s) == [("2", "AVAILABLE")]
+        assert status(s) == [("2", "AVAILABLE"), ("1", "END")]
         np.testing.assert_allclose(probs(s, versions, "/labels/stable"), versions["ref"][2], atol=1e-6)
 
         write_config(cfg, config(base, "all { }"))  # fixed again: read again
