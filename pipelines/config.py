@@ -129,6 +129,8 @@ class TrainConfig:
     run_dir: str | None = None  # default: runs/<name>-<timestamp>; an existing one resumes
     runs_root: str = "runs"
     verbose: str = "auto"  # Keras fit verbosity 0 | 1 | 2; auto: the bar on a terminal, one line per epoch otherwise
+    # After training, batch norms' moving statistics re-estimated on this many training batches (0: off; one process)
+    precise_bn_batches: int = 50
 
     def validate(self, p):
         _check(self.epochs >= 1, f"{p}.epochs", self.epochs, "must be at least 1")
@@ -139,6 +141,7 @@ class TrainConfig:
         _choice(f"{p}.verbose", self.verbose, ("auto", "0", "1", "2"))
         _choice(f"{p}.distribution", self.distribution, ("auto", "none", "mirrored", "data_parallel"))
         _check(self.heartbeat_timeout_s >= 1, f"{p}.heartbeat_timeout_s", self.heartbeat_timeout_s, "must be at least 1")
+        _check(self.precise_bn_batches >= 0, f"{p}.precise_bn_batches", self.precise_bn_batches, "must be >= 0")
 
 
 @dataclass

@@ -190,6 +190,11 @@ def _run_locked(cfg: Config, splits, uri: str, run_dir: str, state: dict, callba
                     model = experiment.build_model(cfg, splits.image_shape, splits.num_classes)
                 model.set_weights(weights)
                 experiment.compile_model(model, cfg, steps)
+            # One process only: each process of several holds its own shard, and would get statistics of its own.
+            if placement.num_processes == 1 and \
+                    experiment.recalibrate_batch_norm(model, train_ds, cfg.train.precise_bn_batches):
+                print(f"Batch norms' moving statistics re-estimated for the final weights on "
+                      f"{cfg.train.precise_bn_batches} training batches (train.precise_bn_batches)")
             model.save(model_path)
             state = rundir.write_state(run_dir, trained=True)
 
