@@ -2,10 +2,10 @@
 
     python -m pipelines.compare --runs <id>,<id>,... [--tracking-uri URI] [--reports-dir reports]
 
-Reads each MLflow run's logged metrics (those of `make evaluate`, which `make
-train` logs at its end), prints a table with one column per run and one row
+Reads each MLflow run's logged metrics (those of its latest `make evaluate`,
+which `make train` runs at its end), prints a table with one column per run and one row
 per figure, and writes it as markdown and CSV together with the runs'
-rotation curves overlaid in one PNG to reports/compare-<short ids>/. The
+rotation curves overlaid in one PNG to reports/compare-<short ids>/ (-1, -2 beside an earlier one). The
 equivariance errors of the equivariant families (models/equivariance.py) sit
 in adjacent rows element by element: `equiv_err_<family>_mean_<element>`, e.g.
 harmonic (hnet) and group (gcnn, only at multiples of 360/N; `flip`,
@@ -66,6 +66,7 @@ def load_runs(run_ids: list[str], tracking_uri: str | None = None) -> list[RunFi
 
     tracking.quiet_mlflow()
     uri = tracking.tracking_uri(tracking_uri)
+    tracking.check_reachable(uri)  # an unreachable server: one error in seconds, not minutes of MLflow's retries
     client = mlflow.MlflowClient(tracking_uri=uri)
     out = []
     for rid in run_ids:
@@ -73,13 +74,34 @@ def load_runs(run_ids: list[str], tracking_uri: str | None = None) -> list[RunFi
             run = client.get_run(rid)
         except MlflowException:
             raise UserError(f"no MLflow run {rid!r} in the tracking store {uri}") from None
-        params = run.data.params
-        data = f"{params.get('data.source', '?')} ({params.get('data.num_classes', '?')} classes)"
+        if run.info.lifecycle_stage == "deleted":
+            raise UserError(f"MLflow run {rid} is deleted")
+        params, k = run.data.params, len(client.get_metric_history(rid, "eval_images")) - 1
+        source = run.data.tags.get(f"evaluation.{k}.data", params.get("data.source", "?"))  # what it was evaluated on
+        data = f"{source} ({params.get('data.num_classes', '?')} classes)"
         figures = RunFigures(rid, run.info.run_name or "", _model_label(params),
-                             _current_names(run.data.metrics), data)
+                             _current_names(_latest_evaluation(client, rid, run.data.metrics, k)), data)
         if not figures.rotation:
             raise UserError(f"MLflow run {rid} has no invariance metrics; run `make evaluate RUN={rid}` first")
         out.append(figures)
+    return out
+
+
+def _latest_evaluation(client, run_id: str, metrics: dict, k: int) -> dict:
+    """`metrics` (MLflow's latest value of each name) with the evaluation figures of the run's latest evaluation,
+    step k, only: an earlier one's figures of names it did not log (other angles, alphas, scales) are left out."""
+    if k <= 0:
+        return metrics
+    from pipelines.evaluation import METRIC_NAME
+
+    out = {}
+    for name, value in metrics.items():
+        if METRIC_NAME.match(name):
+            at_k = [m.value for m in client.get_metric_history(run_id, name) if m.step == k]
+            if not at_k:
+                continue
+            value = at_k[-1]
+        out[name] = value
     return out
 
 
@@ -184,7 +206,7 @@ def write_csv(runs: list[RunFigures], path: str) -> str:
 
 
 def data_warning(runs: list[RunFigures]) -> str | None:
-    """A warning when the runs were trained on different data (their figures then do not compare), else None."""
+    """A warning when the runs were evaluated on different data (their figures then do not compare), else None."""
     if len({r.data for r in runs}) <= 1:
         return None
     return "Warning: these runs used different data, so their figures do not compare: " + "; ".join(
@@ -195,9 +217,11 @@ def compare(run_ids: list[str], tracking_uri: str | None = None, reports_dir: st
     """Write the comparison of `run_ids`; return (runs, printed table, files)."""
     from pipelines.plots import plot_rotation_curve, plot_scale_curve
 
+    from pipelines.evaluate import new_report_dir
+
     runs = load_runs(run_ids, tracking_uri)
-    out_dir = os.path.join(reports_dir, "compare-" + "-".join(r.run_id[:8] for r in runs))
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = new_report_dir(reports_dir, "compare-" + "-".join(r.run_id[:8] for r in runs))  # never overwritten
+    os.makedirs(out_dir)
     md = os.path.join(out_dir, "compare.md")
     warning = data_warning(runs)
     with open(md, "w") as fh:
@@ -225,7 +249,7 @@ def parse_run_ids(text: str) -> list[str]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="make compare", description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", required=True, help="comma-separated MLflow run ids")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else <project>/mlflow.db)")
     p.add_argument("--reports-dir", default="reports", help="where the comparison directory is written")
     args = p.parse_args(argv)
     _, table, files = compare(parse_run_ids(args.runs), args.tracking_uri, args.reports_dir)

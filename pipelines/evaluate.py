@@ -8,7 +8,7 @@ subset) it measures, with the metrics of pipelines/invariance.py:
 - the rotation curve: accuracy at input rotations 0, 15, ..., 345 degrees;
 - shift consistency (Zhang 2019: two random shifts of each image within
   +-`evaluate.shift_range` pixels, pad-and-crop, percent of equal predictions)
-  and circular consistency (the same with circular shifts, `np.roll`);
+  and circular consistency (the same with circular shifts, as `np.roll`);
 - elastic robustness: accuracy against the elastic-warp strength alpha;
 - accuracy on mirrored test images (left-right, up-down, transposed);
 - for models with equivariant layers (harmonic, group, scale convolutions),
@@ -63,6 +63,7 @@ def evaluate_run(run_id: str, tracking_uri: str | None = None, overrides=(), rep
 
     tracking.quiet_mlflow()
     uri = tracking.tracking_uri(tracking_uri)
+    tracking.check_reachable(uri)  # an unreachable server: one error in seconds, not minutes of MLflow's retries
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
     try:
@@ -87,16 +88,17 @@ def evaluate_run(run_id: str, tracking_uri: str | None = None, overrides=(), rep
                   class_names=splits.class_names)
     title = f"{cfg.name} (run {run_id[:8]}): invariance on the test split ({cfg.data.source})"
     print(ev.table(title))
-    out_dir = _new_report_dir(reports_dir, f"run-{run_id[:8]}")
+    out_dir = new_report_dir(reports_dir, f"run-{run_id[:8]}")
     files = write_report(ev, out_dir, title, model=model)
-    k = log_to_run(run_id, ev, files, description=f"make evaluate, {cfg.data.source}, {' '.join(overrides)}".strip(", "))
+    k = log_to_run(run_id, ev, files, description=f"make evaluate, {cfg.data.source}, {' '.join(overrides)}".strip(", "),
+                   data=cfg.data.source)
     folder = ARTIFACT_DIR if k == 0 else f"{ARTIFACT_DIR}-{k}"
     print(f"\nLogged evaluation {k} of the run: {len(ev.metrics())} metrics at step {k} and {len(files)} files "
           f"(artifacts/{folder}/) to MLflow run {run_id}")
     return ev, out_dir, files
 
 
-def _new_report_dir(reports_dir: str, name: str) -> str:
+def new_report_dir(reports_dir: str, name: str) -> str:
     """reports_dir/name, or name-1, name-2, ... where an earlier evaluation's report is: never overwritten."""
     out, n = os.path.join(reports_dir, name), 0
     while os.path.exists(out):
@@ -196,7 +198,7 @@ def evaluate_export(path: str, overrides=(), reports_dir: str = "reports"):
     version = int(folder) if folder.isascii() and folder.isdigit() else folder  # `07` is served as version 7
     title = f"{name} v{version} (SavedModel): invariance on the test split ({cfg.data.source})"
     print(ev.table(title))
-    out_dir = _new_report_dir(reports_dir, f"{name}-v{version}")
+    out_dir = new_report_dir(reports_dir, f"{name}-v{version}")
     files = write_report(ev, out_dir, title)
     return ev, out_dir, files
 
@@ -209,7 +211,7 @@ _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="make evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="MLflow run id of a training run, or an export path")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else <project>/mlflow.db)")
     p.add_argument("--reports-dir", default="reports", help="where report directories are written")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides of the stored config, e.g. evaluate.max_images=500")
     return p.parse_args(argv)

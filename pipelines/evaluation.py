@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +25,13 @@ ARTIFACT_DIR = "evaluation"
 
 
 UNMEASURED = "not measured (its maps are too small, or zero at their centre)"  # a layer of no measurable element
+
+
+# The names `Evaluation.metrics` logs (and older evaluations' equivariance names): what `make compare` reads from a
+# run's latest evaluation only.
+METRIC_NAME = re.compile(r"^(rot_acc_|elastic_acc_|equiv_err_|group_equiv_err_|scale_equiv_err_|mirror_acc_|"
+                         r"mirror_logit_change_|scale_acc_).+$|^(shift_consistency|circular_consistency|"
+                         r"canonical_orientation_acc|eval_images)$")
 
 
 @dataclass
@@ -62,7 +70,7 @@ class Evaluation:
         return out
 
     def metrics(self) -> dict[str, float]:
-        """Flat MLflow metrics."""
+        """Flat MLflow metrics (their names: `METRIC_NAME`)."""
         m = {f"rot_acc_{int(a):03d}": v for a, v in self.rotation.items()}
         rot = list(self.rotation.values())
         m.update(rot_acc_mean=float(np.mean(rot)), rot_acc_min=float(np.min(rot)))
@@ -276,15 +284,15 @@ def write_report(ev: Evaluation, out_dir: str, title: str, model=None) -> list[s
     return files
 
 
-def log_to_run(run_id: str, ev: Evaluation, files: list[str], description: str = "") -> int:
+def log_to_run(run_id: str, ev: Evaluation, files: list[str], description: str = "", data: str = "") -> int:
     """Log metrics and files to MLflow run `run_id` (of the current tracking URI) without changing its status.
 
     Each evaluation of a run is logged once, at its own step: the k-th
     evaluation (k = 0, 1, ...) logs its flat metrics at step k, its rotation
     curve as `rotation_accuracy` (k = 0) or `rotation_accuracy_<k>` with
     step = angle (MLflow's UI draws it as a curve), its files under
-    `evaluation/` (k = 0) or `evaluation-<k>/`, and the tag `evaluation.<k>`
-    saying what was evaluated. Returns k.
+    `evaluation/` (k = 0) or `evaluation-<k>/`, the tag `evaluation.<k>`
+    saying what was evaluated and `evaluation.<k>.data` its data source. Returns k.
     """
     import time
 
@@ -299,6 +307,7 @@ def log_to_run(run_id: str, ev: Evaluation, files: list[str], description: str =
     metrics += [Metric(curve, float(v), now, int(a)) for a, v in ev.rotation.items()]
     tags = [RunTag("evaluations", str(k + 1)),
             RunTag(f"evaluation.{k}", description or f"{ev.n_images} test images")]
+    tags += [RunTag(f"evaluation.{k}.data", data)] if data else []
     for i in range(0, len(metrics), 500):
         client.log_batch(run_id, metrics=metrics[i : i + 500], tags=tags if i == 0 else [])
     folder = ARTIFACT_DIR if k == 0 else f"{ARTIFACT_DIR}-{k}"
@@ -321,5 +330,5 @@ def evaluate_in_training(model, cfg, splits, run_dir: str) -> Evaluation:
     files = write_report(ev, os.path.join(run_dir, ARTIFACT_DIR), title, model=model)
     active = mlflow.active_run()
     if active is not None:
-        log_to_run(active.info.run_id, ev, files, description=f"make train, {cfg.data.source}")
+        log_to_run(active.info.run_id, ev, files, description=f"make train, {cfg.data.source}", data=cfg.data.source)
     return ev

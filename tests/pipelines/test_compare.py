@@ -1,6 +1,7 @@
 """make compare: side-by-side table and overlaid rotation curves of logged runs."""
 
 import csv
+import os
 
 import mlflow
 import pytest
@@ -163,3 +164,33 @@ def test_a_wrapped_model_is_named_with_its_wrapper_and_its_canonicalizer_figure(
     table = compare.markdown_table(compare.load_runs([ids[0], wrapped], uri))
     assert table.splitlines()[0].endswith(" canon-run (baseline_cnn + canonicalize D4) |")
     assert "| canonicalizer: turns (and mirrors) of test images it names | - | 97.0% |" in table
+
+
+def test_each_run_is_read_from_its_latest_evaluation_alone_and_a_comparison_never_overwrites_another(runs, tmp_path):
+    """A second `make evaluate` with other angles (here 0 and 180 only, no elastic alphas, other data) replaces the
+    run's figures: the first evaluation's 90 and 270 degrees and elastic accuracies were shown beside the second's
+    0 degrees, and its curve zig-zagged between the two."""
+    from pipelines.errors import UserError
+
+    uri, ids, _ = runs
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    rid = ids[0]  # evaluated once, at step 0, by the fixture
+    for k, v in (("rot_acc_000", 0.5), ("rot_acc_180", 0.4), ("rot_acc_mean", 0.45), ("rot_acc_min", 0.4),
+                 ("shift_consistency", 0.9), ("circular_consistency", 0.9), ("eval_images", 20)):
+        client.log_metric(rid, k, v, step=1)
+    client.set_tag(rid, "evaluation.1.data", "npz:/elsewhere.npz")
+    run, other = compare.load_runs([rid, ids[1]], uri)
+    assert run.rotation == {0: 0.5, 180: 0.4}
+    assert not any(k.startswith("elastic_acc_") for k in run.metrics) and run.metrics["test_accuracy"] == 0.9
+    assert other.rotation == {0: 0.8, 90: 0.8, 180: 0.8, 270: 0.8}  # evaluated once: as logged
+    assert run.data == "npz:/elsewhere.npz (10 classes)" and compare.data_warning([run, other])
+    table = compare.markdown_table([run, other])
+    assert "| rotation 90 deg | - | 80.0% |" in table and "| test images evaluated | 20 | 100 |" in table
+
+    first = compare.compare([rid, ids[1]], uri, str(tmp_path / "r"))[2][0]
+    second = compare.compare([rid, ids[1]], uri, str(tmp_path / "r"))[2][0]
+    assert os.path.dirname(second) == os.path.dirname(first) + "-1" and os.path.isfile(first)
+
+    client.delete_run(ids[1])
+    with pytest.raises(UserError, match="is deleted"):
+        compare.load_runs([ids[1]], uri)

@@ -183,3 +183,22 @@ def test_runs_without_a_model_give_one_clear_error(store, tmp_path, capsys):
     client.log_artifact(with_config, str(cfg))
     code, err = _cli(["--run", with_config, "--tracking-uri", store], capsys)
     assert code == 2 and "has no trained model (its MLflow model `model`)" in err
+
+
+def test_an_unreachable_tracking_server_is_one_error_within_seconds_for_evaluate_and_compare(capsys):
+    """MLflow's client retries an unreachable server for minutes; `make train` probes it first, and so do these."""
+    import socket
+    import time
+
+    from pipelines import compare
+
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    run_id = "0123456789abcdef0123456789abcdef"
+    for main, args in ((evaluate.main, ["--run", run_id]), (compare.main, ["--runs", run_id])):
+        started = time.monotonic()
+        assert run_main(main, [*args, "--tracking-uri", dead]) == 2
+        assert time.monotonic() - started < 30
+        err = capsys.readouterr().err
+        assert f"tracking store {dead}" in err and "is unreachable" in err, err
