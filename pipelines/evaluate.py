@@ -90,8 +90,8 @@ def evaluate_run(run_id: str, tracking_uri: str | None = None, overrides=(), rep
     print(ev.table(title))
     out_dir = new_report_dir(reports_dir, f"run-{run_id[:8]}")
     files = write_report(ev, out_dir, title, model=model)
-    k = log_to_run(run_id, ev, files, description=f"make evaluate, {cfg.data.source}, {' '.join(overrides)}".strip(", "),
-                   data=cfg.data.source)
+    described = f"make evaluate, {cfg.data.source}, {' '.join(overrides)}".strip(", ")
+    k = log_to_run(run_id, ev, files, description=described, data=cfg.data.source)
     folder = ARTIFACT_DIR if k == 0 else f"{ARTIFACT_DIR}-{k}"
     print(f"\nLogged evaluation {k} of the run: {len(ev.metrics())} metrics at step {k} and {len(files)} files "
           f"(artifacts/{folder}/) to MLflow run {run_id}")
@@ -211,7 +211,8 @@ _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="make evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="MLflow run id of a training run, or an export path")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else <project>/mlflow.db)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else <project>/mlflow.db)")
     p.add_argument("--reports-dir", default="reports", help="where report directories are written")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides of the stored config, e.g. evaluate.max_images=500")
     return p.parse_args(argv)
