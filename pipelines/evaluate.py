@@ -82,6 +82,7 @@ def evaluate_run(run_id: str, tracking_uri: str | None = None, overrides=(), rep
         model = load_keras_model(keras_path)
     splits = load_data(cfg)
     _check_classes(class_names, splits.class_names, f"MLflow run {run_id}", cfg.data.source)
+    _check_shape(model.input_shape[1:], splits.image_shape, f"MLflow run {run_id}'s model", cfg.data.source)
     with naming_bad_data(splits):
         test = test_subset(splits, cfg.evaluate)
     ev = evaluate(keras_predictor(model, cfg.evaluate.batch_size), *test, cfg.evaluate, model=model,
@@ -154,6 +155,32 @@ def _check_classes(model_names, data_names, what: str, source: str) -> None:
                     "trained on (ARGS=\"data.source=...\")")
 
 
+def _check_shape(model_shape, data_shape, what: str, source: str) -> None:
+    """One error where the test images are not of the shape the model takes (it was a traceback from inside the
+    model); `model_shape` None (unknown) or with None sides (any size) passes."""
+    if model_shape is None:
+        return
+    model, data = tuple(model_shape), tuple(int(d) for d in data_shape)
+    if len(model) == len(data) and all(m is None or m == d for m, d in zip(model, data)):
+        return
+    raise UserError(f"the test images ({source}) are {' x '.join(map(str, data))}, and {what} takes "
+                    f"{' x '.join('any' if m is None else str(m) for m in model)}: give the data its size "
+                    "(ARGS=\"data.image_size=[H,W] data.channels=C\")")
+
+
+def _export_input_shape(version_dir: str):
+    """The input shape an export's signature.json records, or None (an export from before it was kept)."""
+    import json
+
+    from pipelines.export import SIGNATURE_FILE
+
+    try:
+        with open(os.path.join(version_dir, "assets.extra", SIGNATURE_FILE)) as fh:
+            return json.load(fh)["input_shape"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def resolve_export(path: str) -> str:
     """The version directory of an export path (a version, or a model directory: its highest version that holds a
     SavedModel, the one a server serves)."""
@@ -190,6 +217,7 @@ def evaluate_export(path: str, overrides=(), reports_dir: str = "reports"):
     predict = savedmodel_class_predictor(version_dir, cfg.evaluate.batch_size)
     splits = load_data(cfg)
     _check_classes(read_labels(version_dir), splits.class_names, version_dir, cfg.data.source)
+    _check_shape(_export_input_shape(version_dir), splits.image_shape, version_dir, cfg.data.source)
     with naming_bad_data(splits):
         test = test_subset(splits, cfg.evaluate)
     ev = evaluate(predict, *test, cfg.evaluate, class_names=splits.class_names)

@@ -88,7 +88,23 @@ def test_train_then_evaluate_by_run_id_and_by_export_then_compare(tmp_path, caps
         err = capsys.readouterr().err
         assert "it lacks [3]; it has [x], which the model does not answer" in err, err
         assert "Traceback" not in err and err.count("error:") == 1, err
+    # the model's classes on images of another size: one error naming both shapes (it was a traceback from inside
+    # the model, or from the SavedModel's graph)
+    big = rng.integers(0, 256, (20, 32, 32), dtype=np.uint8)
+    np.savez(tmp_path / "big.npz", x_train=big, y_train=np.arange(20) % 10, x_test=big, y_test=np.arange(20) % 10)
+    for run in (result.run_id, os.path.dirname(result.export_path)):
+        assert run_main(evaluate.main, ["--run", run, *args, f"data.source=npz:{tmp_path / 'big.npz'}"]) == 2
+        err = capsys.readouterr().err
+        assert "are 32 x 32 x 1, and" in err and "takes 28 x 28 x 1" in err and "data.image_size=[H,W]" in err, err
+        assert "Traceback" not in err and err.count("error:") == 1, err
     assert sorted(os.listdir(reports)) == before
+
+
+def test_a_model_of_any_size_takes_test_images_of_any_size_and_others_their_own():
+    evaluate._check_shape((None, None, 3), (64, 48, 3), "m", "folder:d")
+    evaluate._check_shape(None, (64, 48, 3), "m", "folder:d")  # an export from before signature.json: not known
+    with pytest.raises(UserError, match=re.escape("are 64 x 48 x 1, and m takes any x any x 3")):
+        evaluate._check_shape((None, None, 3), (64, 48, 1), "m", "folder:d")
 
 
 def test_classes_in_another_order_are_named():
