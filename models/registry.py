@@ -78,7 +78,7 @@ def check_params(name: str, params: dict) -> None:
         hint = "; ".join(f"{k}: did you mean {c[0]}?" for k, c in close.items() if c)
         raise ValueError(
             f"model.params: unknown key(s) {unknown} for model {name!r}{(' (' + hint + ')') if hint else ''}; "
-            f"it takes {sorted(known)}"
+            f"it takes {sorted(known)}, and as every builder {', '.join(WRAPPER_PARAMS)}"
         )
     if params.get("invariant") is not None:
         from layers.invariance._options import check_invariant

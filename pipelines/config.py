@@ -105,7 +105,9 @@ class ModelConfig:
 
         try:
             models.get_spec(self.name)  # keras_app:<Name> is resolved here, not listed
-        except ValueError:
+        except ValueError as e:
+            if str(self.name).startswith("keras_app:"):  # what is wrong with <Name>: keras_app.py says
+                _fail(f"{p}.name", self.name, str(e))
             _fail(f"{p}.name", self.name, f"unknown model; available: {models.available_models()} or keras_app:<Name>")
         try:
             models.check_params(self.name, self.params)

@@ -40,7 +40,9 @@ def test_a_number_in_exponent_form_without_a_dot_is_a_number_in_a_file_and_on_th
         ({"train": {"heartbeat_timeout_s": 0}}, r"train\.heartbeat_timeout_s: must be at least 1 \(got 0\)"),
         ({"train": {"epochs": "ten"}}, r"train\.epochs: must be an integer \(got 'ten'\)"),
         ({"model": {"name": "resnet9000"}}, r"model\.name: unknown model.*\(got 'resnet9000'\)"),
-        ({"model": {"params": {"widht": 3}}}, r"model\.params: unknown key\(s\) \['widht'\]"),
+        ({"model": {"params": {"widht": 3}}}, r"model\.params: unknown key\(s\) \['widht'\] .*it takes \[.*\], and "
+         r"as every builder pyramid_scales, pyramid_pool, pyramid_bandlimit, invariant"),
+        ({"model": {"name": "keras_app:Bogus"}}, r"model\.name: unknown keras\.applications model 'Bogus'; available: "),
         ({"model": {"params": {"filtres": [4]}}}, r"unknown key\(s\) \['filtres'\] .*\(filtres: did you mean filters\?\)"),
         ({"data": {"source": "s3://bucket"}}, r"data\.source: must be .*\(got 's3://bucket'\)"),
         ({"data": {"validation_fraction": 1.5}}, r"data\.validation_fraction: must be in \(0, 1\) \(got 1\.5\)"),
