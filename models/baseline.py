@@ -198,6 +198,7 @@ def build(
     if head not in ("flatten", "gap"):
         raise ValueError(f"head must be 'flatten' or 'gap', got {head!r}")
     convs_per_stage = check.integer(convs_per_stage, "convs_per_stage", low=1, what="an integer >= 1")
+    batch_norm = check.boolean(batch_norm, "batch_norm")  # `maybe` or "false" was taken as true
 
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = inputs

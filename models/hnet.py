@@ -94,6 +94,7 @@ def build(
     """
     n, filters, kernel_sizes = stages(filters, kernel_size)
     convs_per_stage = check.integer(convs_per_stage, "convs_per_stage", low=1, what="an integer >= 1")
+    batch_norm = check.boolean(batch_norm, "batch_norm")
     if not isinstance(max_order, int) or max_order < 0:
         raise ValueError(f"max_order must be a non-negative integer, got {max_order!r}")
     orders = tuple(range(max_order + 1))

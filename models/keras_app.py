@@ -82,6 +82,8 @@ def build(app: str, input_shape, num_classes: int, *, weights=None, antialias: s
     Returns:
         A Keras model from float images in [0, 1] to class logits (float32).
     """
+    if not isinstance(trainable_backbone, bool):  # bool("false") is True: the backbone would train
+        raise ValueError(f"trainable_backbone must be true or false, got {trainable_backbone!r}")
     fn = _application(app)
     if antialias not in ANTIALIAS:
         raise ValueError(f"antialias must be one of {ANTIALIAS}, got {antialias!r}")
@@ -112,7 +114,7 @@ def build(app: str, input_shape, num_classes: int, *, weights=None, antialias: s
         from models.antialias import antialias as rewrite
 
         backbone = rewrite(backbone, antialias, blur_size)
-    backbone.trainable = bool(trainable_backbone)
+    backbone.trainable = trainable_backbone
     x = backbone(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     if dropout:

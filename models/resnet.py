@@ -107,7 +107,7 @@ def build(
     num_classes,
     *,
     filters=(64, 128, 256, 512),
-    blocks_per_stage=(2, 2, 2, 2),
+    blocks_per_stage=2,
     stem: str = "auto",
     antialias: str = "none",
     blur_size: int = 3,
@@ -120,8 +120,8 @@ def build(
 
     Args:
         filters: channels per stage; its length is the number of stages.
-        blocks_per_stage: basic blocks per stage (or one number for all);
-            [2, 2, 2, 2] is ResNet-18, [3, 4, 6, 3] ResNet-34.
+        blocks_per_stage: basic blocks per stage, a list, or one number for
+            all (2: with 4 stages ResNet-18); [3, 4, 6, 3] is ResNet-34.
         stem: `cifar` (3x3 conv), `imagenet` (7x7 conv at stride 2 + 3x3 max
             pool at stride 2) or `auto` (cifar up to 64 px, imagenet above).
         antialias: `none`, `blur` (Zhang's BlurPool) or `aps` (adaptive

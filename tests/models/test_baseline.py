@@ -31,6 +31,7 @@ from tests.models.conftest import assert_float16_training_step
         ({"convs_per_stage": "2"}, "convs_per_stage must be an integer >= 1, got '2'"),
         ({"convs_per_stage": 0}, "convs_per_stage must be an integer >= 1, got 0"),
         ({"convs_per_stage": True}, "convs_per_stage must be an integer >= 1, got True"),
+        ({"batch_norm": "false"}, "batch_norm must be True or False, got 'false'"),  # was taken as true
     ],
 )
 def test_bad_params_raise_value_error_echoing_the_value(kwargs, message):

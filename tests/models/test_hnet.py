@@ -119,6 +119,7 @@ def test_trains_saves_reloads_and_exports(tmp_path):
      ({"convs_per_stage": 1.5}, "convs_per_stage must be an integer >= 1, got 1.5"),
      ({"convs_per_stage": True}, "convs_per_stage must be an integer >= 1, got True"),
      ({"readout": "gap"}, "readout must be 'class_conv' or 'dense', got 'gap'"),
+     ({"batch_norm": "maybe"}, "batch_norm must be True or False, got 'maybe'"),
      ({"radial_initializer": "he_normall"}, "radial_initializer: not a Keras initializer: 'he_normall'")],
 )
 def test_bad_params_raise_value_error_echoing_the_value(kwargs, message):

@@ -5,6 +5,8 @@ weights file read and surviving the rewrite, the preprocessing inside the
 model, and the errors.
 """
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -52,3 +54,9 @@ def test_keras_app_local_weights_survive_the_rewrite(tmp_path):
     features = keras.Model(plain.input, plain.get_layer("gap").output)(x)
     reference = keras.layers.GlobalAveragePooling2D()(source(keras.applications.vgg16.preprocess_input(x * 255.0)))
     np.testing.assert_allclose(np.asarray(features), np.asarray(reference), rtol=1e-5, atol=1e-5)
+
+
+def test_trainable_backbone_takes_true_or_false_only():
+    """`bool("false")` is True: a quoted "false" kept the backbone training."""
+    with pytest.raises(ValueError, match=re.escape("trainable_backbone must be true or false, got 'false'")):
+        models.build_model("keras_app:MobileNetV2", (32, 32, 3), 3, trainable_backbone="false")

@@ -179,3 +179,12 @@ def test_a_subsampled_1x1_convolution_equals_the_strided_one():
     batch = RNG.normal(size=(2, 9, 9, 8)).astype("float32")
     np.testing.assert_allclose(model.predict(batch, verbose=0), keras.ops.convert_to_numpy(stock(batch)),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_a_resnet_of_other_depth_than_four_stages_needs_only_its_filters():
+    """The default of blocks_per_stage was four stages' (2, 2, 2, 2): `filters=[16, 32]` alone was refused."""
+    model = models.build_model("resnet", (32, 32, 3), 10, filters=[16, 32])
+    assert [la.name for la in model.layers if la.name.endswith("_add")] == [
+        "stage0_block0_add", "stage0_block1_add", "stage1_block0_add", "stage1_block1_add"]
+    with pytest.raises(ValueError, match="must be positive"):
+        models.build_model("resnet", (32, 32, 3), 10, filters=[0])
