@@ -256,7 +256,8 @@ def publish_refusal(export_cfg, test_accuracy: float, num_classes: int,
         chance = chance_floor(num_classes)
         if test_accuracy < chance:
             return (f"test accuracy {test_accuracy:.4f} is not clearly above chance for {num_classes} classes "
-                    f"(at least {chance:.4f} by default; export.min_test_accuracy overrides)")
+                    f"(at least {chance:.4f} by default): train longer (train.epochs=...) or on more images per "
+                    "class; export.min_test_accuracy=... lowers the floor")
     elif test_accuracy < floor:
         return f"test accuracy {test_accuracy:.4f} < export.min_test_accuracy {floor:g}"
     if export_cfg.max_accuracy_drop is not None and served is not None:

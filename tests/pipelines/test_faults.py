@@ -405,6 +405,7 @@ def test_a_model_at_chance_is_not_published_by_default_and_a_too_small_test_spli
     assert "fewer than 5 per class" in r.data.tags["warning.small_test_split"]
     assert r.data.metrics["test_accuracy"] == pytest.approx(0.5)
     assert "Not published: test accuracy 0.5000 is not clearly above chance for 2 classes (at least 0.7500" in out
+    assert "train longer (train.epochs=...) or on more images per class" in out  # before lowering the floor
     assert "not clearly above chance" in r.data.tags["export_refused"]
     assert not (tmp_path / "exports" / "noise").exists() or not os.listdir(tmp_path / "exports" / "noise")
 
