@@ -227,8 +227,9 @@ def evaluate(predict, images, labels, ecfg, model=None, class_names=None) -> Eva
     if len(x) == 0:
         raise UserError("the test split is empty; nothing to evaluate")
     names = [str(c) for c in class_names] if class_names is not None else [str(i) for i in range(int(y.max()) + 1)]
+    pred = np.asarray(predict(x)).astype(np.int64)
+    names += [str(i) for i in range(len(names), int(pred.max()) + 1)]  # an answer past the known classes: its own
     k = len(names)
-    pred = np.clip(np.asarray(predict(x)).astype(np.int64), 0, k - 1)
     confusion = np.bincount(np.asarray(y, np.int64) * k + pred, minlength=k * k).reshape(k, k)
     rotation = inv.rotation_curve(predict, x, y, inv.rotation_angles(ecfg.rotation_step))
     shift_c = inv.shift_consistency(predict, x, ecfg.shift_range, seed=ecfg.seed, mode="pad")

@@ -82,6 +82,17 @@ def test_per_class_accuracy_and_confusion_matrix_use_the_class_names(tmp_path):
     assert "| fox |" in open(os.path.join(str(tmp_path), "invariance.md")).read()
 
 
+def test_an_answer_past_the_known_classes_is_counted_as_itself():
+    """A model of 4 outputs evaluated on 3 named classes (an export without labels.txt): its answer 3 was clipped to
+    `fox` and counted right for foxes."""
+    x, y = data(40)
+    ev = evaluation.evaluate(lambda im: np.full(len(im), 3), x, y, EvaluateConfig(**SMALL),
+                             class_names=["cat", "dog", "fox"])
+    assert ev.confusion.shape == (4, 4) and ev.confusion[:, 3].sum() == 24
+    assert [(name, acc, other) for name, _, acc, other in ev.per_class()] == [
+        (name, 0.0, "3") for name in ("cat", "dog", "fox")]
+
+
 def test_subset_is_seeded_and_scaled():
     x, y = data(50)
     a, la = evaluation.eval_subset(x, y, 20, seed=1)
