@@ -18,6 +18,19 @@ from data.sources.common import VALIDATION_FOLDERS, split_masks, stratified_spli
 from data.sources.registry import register_source
 
 
+TFDS_HOST = "storage.googleapis.com"  # TFDS' own mirror of prepared datasets, and many datasets' downloads
+
+
+def _reachable(host: str, port: int = 443, timeout: float = 5.0) -> bool:
+    import socket
+
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 @register_source("tfds", argument="<name>",
                  help="a tensorflow-datasets dataset from data.data_dir; streamed")
 def open_tfds(name: str, o: DataOptions, stream):
@@ -33,13 +46,21 @@ def open_tfds(name: str, o: DataOptions, stream):
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataSourceError(f"tfds:{name}: unknown dataset or unreadable data_dir {o.data_dir!r} ({first})") from None
     if not builder.is_prepared():
+        where = o.data_dir or "~/tensorflow_datasets"
+        prepare = (f"Prepare it on a machine with network access with `python -c \"import tensorflow_datasets as "
+                   f"tfds; tfds.builder('{name}', data_dir='{where}').download_and_prepare()\"` and copy the directory "
+                   "here")
         if not o.download:
-            where = o.data_dir or "~/tensorflow_datasets"
-            raise DataSourceError(
-                f"tfds:{name}: not prepared in {where}. Prepare it on a machine with network access with "
-                f"`python -c \"import tensorflow_datasets as tfds; tfds.builder('{name}', data_dir='{where}')"
-                f".download_and_prepare()\"` and copy the directory here (or set data.download=true)")
-        builder.download_and_prepare()
+            raise DataSourceError(f"tfds:{name}: not prepared in {where}. {prepare} (or set data.download=true)")
+        if not _reachable(TFDS_HOST):  # without a network, TFDS retries for minutes, then a page of tracebacks
+            raise DataSourceError(f"tfds:{name}: not prepared in {where}, and data.download=true cannot reach "
+                                  f"{TFDS_HOST} (no network here?). {prepare}")
+        try:
+            builder.download_and_prepare()
+        except Exception as e:  # requests', urllib3's and TFDS' own errors: one line, whichever
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DataSourceError(f"tfds:{name}: the download failed ({type(e).__name__}: {first}). {prepare}") \
+                from None
     info = builder.info
     features = info.features
     # Datasets stored ad hoc (store_as_tfds_dataset) declare no supervised keys; take image/label.

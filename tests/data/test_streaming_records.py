@@ -206,6 +206,35 @@ def test_tfds_not_prepared_says_how_to_prepare(tmp_path):
         open_source("tfds:surely_not_a_dataset_name", data_dir=str(tmp_path))
 
 
+def test_a_download_without_network_is_one_error_at_once_and_a_failed_download_one_line(tmp_path, monkeypatch):
+    """Without a network TFDS retried for about 4 minutes, then printed a page of tracebacks."""
+    import socket
+    import time
+
+    import tensorflow_datasets as tfds
+    from requests.exceptions import ConnectionError as RequestsConnectionError
+
+    def no_network(address, *a, **k):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    started = time.monotonic()
+    with pytest.raises(DataSourceError, match=r"tfds:mnist: not prepared in .*cannot reach storage\.googleapis\.com "
+                                              r"\(no network here\?\)\. Prepare it on a machine with network"):
+        open_source("tfds:mnist", data_dir=str(tmp_path), download=True)
+    assert time.monotonic() - started < 10
+
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: type("C", (), {"close": lambda self: None})())
+
+    def refused(self, *a, **k):
+        raise RequestsConnectionError("Max retries exceeded with url: /mnist\nmore lines")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", refused)
+    with pytest.raises(DataSourceError, match=r"tfds:mnist: the download failed \(ConnectionError: Max retries "
+                                              r"exceeded with url: /mnist\)\. Prepare it"):
+        open_source("tfds:mnist", data_dir=str(tmp_path), download=True)
+
+
 def test_the_decode_scan_names_each_undecodable_record_by_its_index(tmp_path):
     import io
 
