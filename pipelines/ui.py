@@ -40,9 +40,36 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def mlflow_command(args: argparse.Namespace) -> list[str]:
-    uri = args.backend_store_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
+def store_uri(args: argparse.Namespace) -> str:
+    return args.backend_store_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
         f"sqlite:///{os.path.join(PROJECT_ROOT, 'mlflow.db')}"
+
+
+DB_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")  # what `mlflow server --backend-store-uri` takes, or a folder
+
+
+def check_store(uri: str) -> None:
+    """A `UserError` for a store `mlflow server` cannot open (it was a traceback), or a SQLite file in a folder
+    that does not exist (MLflow made the folder and served an empty store: a misspelt MLFLOW_TRACKING_URI showed
+    no runs without a word); a warning for a SQLite file not made yet (no run tracked there yet)."""
+    from pipelines.errors import UserError
+
+    scheme = uri.split(":", 1)[0].split("+", 1)[0] if "://" in uri else "file"
+    if scheme not in (*DB_SCHEMES, "file"):
+        raise UserError(f"tracking store {uri}: `make ui` serves {', '.join(DB_SCHEMES)} databases or a folder, "
+                        f"not {scheme}:// (a tracking server's UI is that server's own page)")
+    if scheme == "sqlite" and uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///"):].split("?", 1)[0]
+        if path and path != ":memory:" and not os.path.isfile(path):
+            if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+                raise UserError(f"tracking store {uri}: the folder {os.path.dirname(os.path.abspath(path))} does "
+                                "not exist (check MLFLOW_TRACKING_URI or --backend-store-uri)")
+            print(f"Warning: {path} does not exist yet: the UI starts an empty store (no run is tracked there yet)",
+                  file=sys.stderr, flush=True)
+
+
+def mlflow_command(args: argparse.Namespace) -> list[str]:
+    uri = store_uri(args)
     return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
             "--host", args.host, "--port", str(args.port), "--workers", str(args.workers)]
 
@@ -115,6 +142,7 @@ def main(argv=None) -> int:
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1 (got {args.workers})")
     check_port(args.host, args.port)
+    check_store(store_uri(args))
     env = dict(os.environ)
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     print(f"MLflow UI: http://{args.host}:{args.port}  (Ctrl-C stops it)", file=sys.stderr, flush=True)

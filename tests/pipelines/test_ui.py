@@ -121,3 +121,24 @@ def test_make_ui_execs_the_launcher():
     out = subprocess.run(["make", "-n", "ui", "UI_PORT=5999"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     recipe = [line for line in out.stdout.splitlines() if "pipelines.ui" in line]
     assert len(recipe) == 1 and recipe[0].startswith("exec ") and "--port 5999" in recipe[0], out.stdout
+
+
+def test_a_store_the_ui_cannot_serve_is_one_error_and_a_new_sqlite_file_a_warning(tmp_path, capsys):
+    """`bogus://x` was MLflow's traceback; a SQLite file in a folder that does not exist (a misspelt
+    MLFLOW_TRACKING_URI) made the folder and served an empty store without a word."""
+    from pipelines import ui
+    from pipelines.cli import run_main
+
+    for uri, message in ((f"bogus://{tmp_path}/x", "not bogus://"),
+                         (f"sqlite:///{tmp_path}/no/such/folder/mlflow.db", "/no/such/folder does not exist")):
+        assert run_main(ui.main, ["--backend-store-uri", uri, "--port", str(free_port())]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("error:") == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "no").exists()
+    ui.check_store(f"sqlite:///{tmp_path}/mlflow.db")  # a new file in a folder that exists: a warning only
+    assert "does not exist yet: the UI starts an empty store" in capsys.readouterr().err
+    (tmp_path / "mlflow.db").touch()
+    ui.check_store(f"sqlite:///{tmp_path}/mlflow.db")
+    ui.check_store(str(tmp_path / "mlruns"))  # a file store: a folder
+    ui.check_store("postgresql+psycopg2://u@h/db")
+    assert capsys.readouterr().err == ""
