@@ -42,6 +42,7 @@ from pipelines.typed import (  # noqa: F401
     _fail,
     _set_dotted,
     build,
+    dump,
     flatten,
     parse_overrides,
 )
@@ -317,7 +318,7 @@ class Config:
         return dataclasses.asdict(self)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return dump(self.to_dict(), sort_keys=False)
 
     def flat(self) -> dict[str, Any]:
         """Flattened `section.key` -> value, for MLflow params."""

@@ -165,10 +165,20 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+class Dumper(yaml.SafeDumper):
+    """`yaml.safe_dump` that quotes a string the loader would read as something else (`"1e3"`, below)."""
+
+
+def dump(value, **kwargs) -> str:
+    return yaml.dump(value, Dumper=Dumper, **kwargs)
+
+
 # YAML 1.2's floats: PyYAML reads YAML 1.1, where `1e-4` (no dot) is a string, so `learning_rate: 1e-4` was refused as
 # "must be a number". The 1.1 forms stay floats; the resolver comes after the int one, which never matches these.
-UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
-    r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"), list("-+0123456789."))
+# The dumper knows it too, so that a string such as a name "1e3" is written quoted and reads back as that string.
+for _cls in (UniqueKeyLoader, Dumper):
+    _cls.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+        r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"), list("-+0123456789."))
 
 
 class _WrittenMapping(dict):
@@ -264,11 +274,11 @@ def _own_notes(cls) -> tuple[str, dict[str, str]]:
 
 def flow(value) -> str:
     """`value` as a one-line YAML node (quoted where plain text would read back as something else)."""
-    text = yaml.safe_dump(value, default_flow_style=True, width=math.inf, allow_unicode=True, sort_keys=False)
+    text = dump(value, default_flow_style=True, width=math.inf, allow_unicode=True, sort_keys=False)
     text = text.removesuffix("\n").removesuffix("\n...")
     if "\n" in text:  # a multi-line string: double quotes with \n escapes keep it on one line
-        text = yaml.safe_dump(value, default_flow_style=True, default_style='"', width=math.inf,
-                              allow_unicode=True, sort_keys=False).removesuffix("\n").removesuffix("\n...")
+        text = dump(value, default_flow_style=True, default_style='"', width=math.inf,
+                    allow_unicode=True, sort_keys=False).removesuffix("\n").removesuffix("\n...")
     return text
 
 

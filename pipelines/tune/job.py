@@ -44,6 +44,7 @@ from pipelines.errors import UserError
 from pipelines.tune.kt_private import current_role, make_tuner, serve_oracle, wait_for_chief
 from pipelines.tune.space import best_config_dict, narrowed_space, trial_config
 from pipelines.tune.trials import SearchModel, SearchRuns, _write_json
+from pipelines.typed import dump
 
 # Keys a restarted search may change; any other difference from the saved config is an error.
 RESUMABLE_CHANGES = ("tune.max_trials", "tune.overwrite", "tune.chief_timeout", "train.verbose")
@@ -203,7 +204,7 @@ def _finish(cfg: Config, oracle, runs: SearchRuns, directory: str, uri: str, rol
         f"#   make train CONFIG={best_path}\n"
     )
     with open(best_path + ".tmp", "w") as fh:
-        fh.write(header + yaml.safe_dump(best_config_dict(cfg, best.hyperparameters), sort_keys=False))
+        fh.write(header + dump(best_config_dict(cfg, best.hyperparameters), sort_keys=False))
     os.replace(best_path + ".tmp", best_path)
     runs.record_best(best, cfg.tune.objective, len(completed), best_path)
     runs.end("FINISHED")

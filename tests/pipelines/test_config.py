@@ -28,6 +28,10 @@ def test_a_number_in_exponent_form_without_a_dot_is_a_number_in_a_file_and_on_th
     path.write_text("train:\n  learning_rate: 3e-4\n")
     assert load_config(str(path), []).train.learning_rate == pytest.approx(3e-4)
     assert config_from_dict({}, ["description=1e"]).description == "1e"  # not a number: text
+    named = config_from_dict({"name": "1e3", "description": "2E5"})  # strings that read as numbers: written quoted
+    path.write_text(named.to_yaml())
+    again = load_config(str(path), [])
+    assert (again.name, again.description) == ("1e3", "2E5")
 
 
 @pytest.mark.parametrize(
@@ -42,7 +46,8 @@ def test_a_number_in_exponent_form_without_a_dot_is_a_number_in_a_file_and_on_th
         ({"model": {"name": "resnet9000"}}, r"model\.name: unknown model.*\(got 'resnet9000'\)"),
         ({"model": {"params": {"widht": 3}}}, r"model\.params: unknown key\(s\) \['widht'\] .*it takes \[.*\], and "
          r"as every builder pyramid_scales, pyramid_pool, pyramid_bandlimit, invariant"),
-        ({"model": {"name": "keras_app:Bogus"}}, r"model\.name: unknown keras\.applications model 'Bogus'; available: "),
+        ({"model": {"name": "keras_app:Bogus"}},
+         r"model\.name: unknown keras\.applications model 'Bogus'; available: "),
         ({"model": {"params": {"filtres": [4]}}}, r"unknown key\(s\) \['filtres'\] .*\(filtres: did you mean filters\?\)"),
         ({"data": {"source": "s3://bucket"}}, r"data\.source: must be .*\(got 's3://bucket'\)"),
         ({"data": {"validation_fraction": 1.5}}, r"data\.validation_fraction: must be in \(0, 1\) \(got 1\.5\)"),

@@ -25,10 +25,10 @@ def test_each_trainable_batch_norm_becomes_the_mean_of_the_batches_statistics_an
     assert recalibrate_batch_norm(model, ds, 3) == 3
     conv = [keras.ops.convert_to_numpy(model.get_layer("conv")(b)) for b in batches]
     bn = inner.get_layer("nested")
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_mean), np.mean([c.mean(axis=(0, 1, 2)) for c in conv], axis=0),
-                               rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_variance), np.mean([c.var(axis=(0, 1, 2)) for c in conv], axis=0),
-                               rtol=1e-4)
+    moving_mean, moving_variance = (keras.ops.convert_to_numpy(v) for v in (bn.moving_mean, bn.moving_variance))
+    np.testing.assert_allclose(moving_mean, np.mean([c.mean(axis=(0, 1, 2)) for c in conv], axis=0), rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(moving_variance, np.mean([c.var(axis=(0, 1, 2)) for c in conv], axis=0), rtol=1e-4)
     assert bn.momentum == 0.99  # restored for any later training
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(frozen.moving_mean), np.zeros(3))
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(frozen.moving_variance), np.ones(3))
@@ -41,7 +41,8 @@ def test_make_train_re_estimates_the_statistics_unless_told_not_to(tmp_path, cap
 
     def moving_means(result):
         model = keras.saving.load_model(f"{result.run_dir}/model.keras", compile=False)
-        return [keras.ops.convert_to_numpy(la.moving_mean) for la in model.layers if isinstance(la, keras.layers.BatchNormalization)]
+        norms = [la for la in model.layers if isinstance(la, keras.layers.BatchNormalization)]
+        return [keras.ops.convert_to_numpy(la.moving_mean) for la in norms]
 
     off = run(tiny_config(tmp_path, "train.precise_bn_batches=0", "export.enabled=false"))
     assert "re-estimated" not in capsys.readouterr().out
