@@ -164,17 +164,15 @@ def served_accuracy(exports_dir: str, name: str, batches, image_shape, class_nam
     from pipelines.errors import UserError
 
     for version, path in published_versions(os.path.join(exports_dir, name)):
+        old = _signature_at(path)
         try:
             predict = savedmodel_predictor(path)
         except UserError:
+            old = None
+        if old is None:
             continue  # not loadable: no server serves it
-        try:
-            with open(os.path.join(path, "assets.extra", SIGNATURE_FILE)) as fh:
-                old = json.load(fh)
-        except (OSError, ValueError):
-            old = {}  # a version from before signature.json: the input is checked as it runs
         new = signature_of(image_shape, class_names)
-        if old.get("input_shape", new["input_shape"]) != new["input_shape"] or \
+        if old.get("input_shape") != new["input_shape"] or \
                 old.get("class_names", new["class_names"]) != new["class_names"]:
             return None
         correct = total = 0
@@ -198,17 +196,25 @@ def published_signature(exports_dir: str, name: str) -> tuple[int, dict] | None:
     version written before signature.json existed is read from its SavedModel (input shape only; its classes
     unknown); one that does not load (a damaged `saved_model.pb`) is passed over for the one before it."""
     for version, path in published_versions(os.path.join(exports_dir, name)):
-        try:
-            with open(os.path.join(path, "assets.extra", SIGNATURE_FILE)) as fh:
-                return version, json.load(fh)
-        except (OSError, ValueError):
-            pass
-        try:
-            spec = load_savedmodel(path).signatures["serving_default"].structured_input_signature[1]["image"]
-            return version, {"input_shape": [int(d) for d in spec.shape[1:]]}
-        except (OSError, KeyError, ValueError, TypeError, tf.errors.OpError):
-            continue  # not a readable SavedModel: no server serves it, nothing to keep compatible with
+        found = _signature_at(path)
+        if found is not None:
+            return version, found
     return None
+
+
+def _signature_at(path: str) -> dict | None:
+    """The `signature_of` the version at `path`: its signature.json, else (a version from before it) its SavedModel's
+    input shape; None where neither reads (not a readable SavedModel: no server serves it)."""
+    try:
+        with open(os.path.join(path, "assets.extra", SIGNATURE_FILE)) as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        pass
+    try:
+        spec = load_savedmodel(path).signatures["serving_default"].structured_input_signature[1]["image"]
+        return {"input_shape": [int(d) for d in spec.shape[1:]]}
+    except (OSError, KeyError, ValueError, TypeError, tf.errors.OpError):
+        return None
 
 
 def signature_conflict(exports_dir: str, name: str, image_shape, class_names) -> str | None:
@@ -303,8 +309,9 @@ def savedmodel_predictor(path: str, batch_size: int = 256):
 
     try:
         fn = load_savedmodel(path).signatures["serving_default"]
-    except (OSError, KeyError, ValueError) as e:
-        raise UserError(f"{path}: not a loadable SavedModel with a serving_default signature ({e})") from None
+    except (OSError, KeyError, ValueError, TypeError, tf.errors.OpError) as e:  # OpError: its variables are missing
+        raise UserError(f"{path}: not a loadable SavedModel with a serving_default signature "
+                        f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
 
     def predict(images: np.ndarray) -> dict[str, np.ndarray]:
         parts: dict[str, list] = {}

@@ -319,14 +319,14 @@ def _export(model, cfg: Config, splits, test_acc: float, run_dir: str) -> tuple[
 
     from pipelines.export import SIGNATURE_FILE, export_model, publish_refusal, served_accuracy, signature_of
 
-    served = None
-    if cfg.export.max_accuracy_drop is not None:  # the served version, measured on this model's test images
+    why = publish_refusal(cfg.export, test_acc, splits.num_classes)  # the floors first: no pass over the test split
+    if why is None and cfg.export.max_accuracy_drop is not None:  # the served version, on this model's test images
         served = served_accuracy(cfg.export.dir, cfg.export_name, splits.test.elements().batch(256).as_numpy_iterator(),
                                  splits.image_shape, splits.class_names)
-    if served:
-        mlflow.log_metric("served_version_test_accuracy", served[1])
-        print(f"Version {served[0]}, published before, on the same test images: accuracy {served[1]:.4f}")
-    why = publish_refusal(cfg.export, test_acc, splits.num_classes, served)
+        if served:
+            mlflow.log_metric("served_version_test_accuracy", served[1])
+            print(f"Version {served[0]}, published before, on the same test images: accuracy {served[1]:.4f}")
+        why = publish_refusal(cfg.export, test_acc, splits.num_classes, served)
     if why:
         mlflow.set_tag("export_refused", why)
         print(f"Not published: {why}")

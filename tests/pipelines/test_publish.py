@@ -79,6 +79,21 @@ def test_the_served_version_is_measured_only_where_it_takes_the_same_input_and_a
     assert served_accuracy(str(tmp_path), "m", [], (12, 12, 1), ["a", "b", "c"]) is None  # no test images
 
 
+def test_the_served_version_is_one_that_loads_and_one_of_another_shape_is_not_measured(tmp_path):
+    """A version whose variables are missing (a copy half done) raised TensorFlow's error out of the export, after
+    training; a version from before signature.json that takes another input shape was run on the new images."""
+    publish(tmp_path, 0)
+    publish(tmp_path, 1)
+    for f in (tmp_path / "m" / "2" / "variables").glob("variables.data*"):
+        f.unlink()
+    assert _served(tmp_path, labels_of=tmp_path / "m" / "1") == (1, 1.0)  # version 2 does not load: version 1
+    shutil.rmtree(tmp_path / "m" / "2")
+    (tmp_path / "m" / "1" / "assets.extra" / SIGNATURE_FILE).unlink()  # its input shape read from the SavedModel
+    x = np.zeros((4, 16, 16, 1), np.uint8)
+    assert served_accuracy(str(tmp_path), "m", [(x, np.zeros(4, np.int64))], (16, 16, 1), ["a", "b", "c"]) is None
+    assert _served(tmp_path)[0] == 1  # its own shape: measured
+
+
 def test_where_the_file_system_has_no_locks_a_version_is_still_published(tmp_path, monkeypatch, capsys):
     import fcntl
 
