@@ -76,7 +76,8 @@ def load_runs(run_ids: list[str], tracking_uri: str | None = None) -> list[RunFi
             raise UserError(f"no MLflow run {rid!r} in the tracking store {uri}") from None
         if run.info.lifecycle_stage == "deleted":
             raise UserError(f"MLflow run {rid} is deleted")
-        params, k = run.data.params, len(client.get_metric_history(rid, "eval_images")) - 1
+        # the latest evaluation's step (runs evaluated before each evaluation had its own step logged all at 0)
+        params, k = run.data.params, max((m.step for m in client.get_metric_history(rid, "eval_images")), default=0)
         source = run.data.tags.get(f"evaluation.{k}.data", params.get("data.source", "?"))  # what it was evaluated on
         data = f"{source} ({params.get('data.num_classes', '?')} classes)"
         figures = RunFigures(rid, run.info.run_name or "", _model_label(params),

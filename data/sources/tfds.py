@@ -52,7 +52,8 @@ def open_tfds(name: str, o: DataOptions, stream):
                    "here")
         if not o.download:
             raise DataSourceError(f"tfds:{name}: not prepared in {where}. {prepare} (or set data.download=true)")
-        if not _reachable(TFDS_HOST):  # without a network, TFDS retries for minutes, then a page of tracebacks
+        proxied = any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"))
+        if not proxied and not _reachable(TFDS_HOST):  # no network: TFDS retried for minutes, then tracebacks
             raise DataSourceError(f"tfds:{name}: not prepared in {where}, and data.download=true cannot reach "
                                   f"{TFDS_HOST} (no network here?). {prepare}")
         try:

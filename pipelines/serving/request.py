@@ -109,7 +109,10 @@ def _decode_image(obj: dict, spec: TensorInfo, where: str) -> np.ndarray:
         if img.format == "JPEG":  # TensorFlow's decoder, as training and image_bytes read it: PIL's JPEG pixels
             import tensorflow as tf  # differ by up to 5 levels in most pixels
 
-            arr = tf.io.decode_image(raw, channels=channels, expand_animations=False).numpy()
+            try:
+                arr = tf.io.decode_image(raw, channels=channels, expand_animations=False).numpy()
+            except tf.errors.OpError as e:  # a truncated or corrupt JPEG whose header PIL read
+                raise BadRequest(f"{where}: undecodable image (PNG or JPEG expected): {_first_line(e)}") from None
         else:
             arr = np.asarray(img)
     except BadRequest:

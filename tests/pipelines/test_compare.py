@@ -191,6 +191,12 @@ def test_each_run_is_read_from_its_latest_evaluation_alone_and_a_comparison_neve
     second = compare.compare([rid, ids[1]], uri, str(tmp_path / "r"))[2][0]
     assert os.path.dirname(second) == os.path.dirname(first) + "-1" and os.path.isfile(first)
 
+    old = client.create_run(client.get_experiment_by_name("e").experiment_id, run_name="old").info.run_id
+    for step_zero_twice in ({"rot_acc_000": 0.7, "rot_acc_090": 0.6}, {"rot_acc_000": 0.8, "rot_acc_090": 0.5}):
+        for k, v in {**step_zero_twice, "eval_images": 10}.items():  # evaluated twice before evaluations had steps
+            client.log_metric(old, k, v, step=0)
+    assert compare.load_runs([old], uri)[0].rotation == {0: 0.8, 90: 0.5}
+
     client.delete_run(ids[1])
     with pytest.raises(UserError, match="is deleted"):
         compare.load_runs([ids[1]], uri)

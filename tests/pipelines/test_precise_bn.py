@@ -19,16 +19,19 @@ def test_each_trainable_batch_norm_becomes_the_mean_of_the_batches_statistics_an
     frozen = keras.layers.BatchNormalization(name="frozen")
     frozen.trainable = False  # a frozen backbone's statistics are the pretrained ones: kept
     model = keras.Model(inp, frozen(keras.layers.Activation("relu")(x)))
-    batches = [np.random.default_rng(i).normal(i, 1 + i, (4, 6, 6, 2)).astype("float32") for i in range(3)]
-    ds = tf.data.Dataset.from_tensor_slices((np.concatenate(batches), np.zeros(12))).batch(4)
+    batches = [np.random.default_rng(i).normal(i, 1 + i, (n, 6, 6, 2)).astype("float32")
+               for i, n in enumerate((4, 4, 1))]
+    ds = tf.data.Dataset.from_tensor_slices((np.concatenate(batches), np.zeros(9))).batch(4)  # an epoch's last of 1
 
     assert recalibrate_batch_norm(model, ds, 3) == 3
     conv = [keras.ops.convert_to_numpy(model.get_layer("conv")(b)) for b in batches]
     bn = inner.get_layer("nested")
     moving_mean, moving_variance = (keras.ops.convert_to_numpy(v) for v in (bn.moving_mean, bn.moving_variance))
-    np.testing.assert_allclose(moving_mean, np.mean([c.mean(axis=(0, 1, 2)) for c in conv], axis=0), rtol=1e-5,
-                               atol=1e-6)
-    np.testing.assert_allclose(moving_variance, np.mean([c.var(axis=(0, 1, 2)) for c in conv], axis=0), rtol=1e-4)
+    weights = [4, 4, 1]  # each batch counts for its images
+    np.testing.assert_allclose(moving_mean, np.average([c.mean(axis=(0, 1, 2)) for c in conv], axis=0, weights=weights),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(moving_variance, np.average([c.var(axis=(0, 1, 2)) for c in conv], axis=0,
+                                                           weights=weights), rtol=1e-4)
     assert bn.momentum == 0.99  # restored for any later training
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(frozen.moving_mean), np.zeros(3))
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(frozen.moving_variance), np.ones(3))

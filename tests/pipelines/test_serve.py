@@ -186,6 +186,7 @@ def test_predict_b64_png_and_jpeg(server, exports):
 def test_a_color_jpeg_is_read_as_training_reads_it_not_as_pil_does():
     """PIL's JPEG decoder gives other pixels than TensorFlow's (up to a few levels in most of them): a b64 JPEG sent
     to :predict was read unlike the same file in training and through image_bytes."""
+    from pipelines.serving.bad_request import BadRequest
     from pipelines.serving.request import _decode_image
     from pipelines.serving.savedmodel import TensorInfo
 
@@ -198,6 +199,9 @@ def test_a_color_jpeg_is_read_as_training_reads_it_not_as_pil_does():
                                                                              (None, 32, 32, 3)), "instance 0")
     np.testing.assert_array_equal(got, decode_image(raw, 3).numpy())
     assert not np.array_equal(got, np.asarray(Image.open(io.BytesIO(raw))))  # what was served before
+    with pytest.raises(BadRequest, match="instance 0: undecodable image"):  # half a JPEG: a 400, not a 500
+        _decode_image({"b64": base64.b64encode(raw[: len(raw) // 2]).decode()},
+                      TensorInfo("image", np.dtype("uint8"), (None, 32, 32, 3)), "instance 0")
 
 
 # ----------------------------------------------------------------------------- bad input
