@@ -109,11 +109,31 @@ def orphaned_runs(runs_root: str, name: str) -> list[str]:
 
 
 def _same_config(run_dir: str, resolved: str) -> bool:
+    """The run in `run_dir` was started with the config `resolved` (YAML): the same text, or the same once both are
+    read by this version (a run started before a key was added, its default unchanged since, resumes after an
+    upgrade instead of being refused as another config)."""
     try:
         with open(os.path.join(run_dir, CONFIG)) as fh:
-            return fh.read() == resolved
+            text = fh.read()
     except OSError:
         return False
+    if text == resolved:
+        return True
+    old = _reread(text)
+    return old is not None and old == _reread(resolved)
+
+
+def _reread(text: str) -> dict | None:
+    import yaml
+
+    from pipelines.config import ConfigError, config_from_dict
+    from pipelines.typed import UniqueKeyLoader
+
+    try:
+        data = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+        return config_from_dict(data, check_model=False).to_dict() if isinstance(data, dict) else None
+    except (yaml.YAMLError, ConfigError):
+        return None
 
 
 def check_resumable(cfg: Config, run_dir: str) -> dict:

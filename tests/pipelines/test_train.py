@@ -172,6 +172,24 @@ def test_one_training_iterator_serves_every_epoch(tmp_path, monkeypatch):
     assert _steps(mlflow.MlflowClient(result.tracking_uri), result.run_id, "loss") == [0, 1, 2]
 
 
+def test_a_run_started_before_a_key_was_added_resumes_after_the_upgrade(tmp_path):
+    """A config key added since a run started (here train.precise_bn_batches, at its default) changed the resolved
+    config's text, and the unfinished run was refused as "a different config"; a changed value still is."""
+    from pipelines import rundir
+
+    cfg = tiny_config(tmp_path)
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    rundir.write_state(str(run_dir), mlflow_run_id="x")
+    old_text = "".join(line for line in cfg.to_yaml().splitlines(keepends=True) if "precise_bn_batches" not in line)
+    assert old_text != cfg.to_yaml()
+    (run_dir / rundir.CONFIG).write_text(old_text)
+    assert rundir.check_resumable(cfg, str(run_dir)) == {"mlflow_run_id": "x"}
+    (run_dir / rundir.CONFIG).write_text(old_text.replace("learning_rate: 0.001", "learning_rate: 0.5"))
+    with pytest.raises(UserError, match="different config"):
+        rundir.check_resumable(cfg, str(run_dir))
+
+
 def test_resume_refuses_a_different_config(tmp_path):
     run_dir = str(tmp_path / "runs" / "r")
     with pytest.raises(RuntimeError):
