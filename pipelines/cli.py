@@ -44,7 +44,8 @@ def print_config(prog: str, path: str, overrides: list[str]) -> None:
     from pipelines.typed import commented_yaml
 
     cfg = load_config(path, overrides, check_model=False)
-    given = shlex.join(["--config", path, *overrides]).replace("\n", "\\n")
+    given = f"CONFIG={shlex.quote(path)}" + (f" ARGS={shlex.quote(shlex.join(overrides))}" if overrides else "")
+    given = given.replace("\n", "\\n")  # the command as `make` takes it
     head = [f"# {prog} {given}: the resolved config, every key; [default: ...] where a value is not the default.",
             "# model.name and model.params are checked when the job runs."]
     print("\n".join(head + commented_yaml(cfg)))

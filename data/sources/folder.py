@@ -69,7 +69,8 @@ def list_folder(root: str):
     whether it has test/). With split folders the classes are train/'s subfolders; without test/ the training
     list is returned as `all`, for the test split to be carved from it."""
     if not os.path.isdir(root):
-        raise DataSourceError(f"folder:{root}: no such directory")
+        raise DataSourceError(f"folder:{root}: no such directory (give your folder: "
+                              f"ARGS=\"data.source=folder:/path/to/images\")")
     top = _class_dirs(root)
     vnames = [v for v in VALIDATION_FOLDERS if v in top]
     if "train" in top and ("test" in top or vnames):

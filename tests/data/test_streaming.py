@@ -196,7 +196,8 @@ def test_folder_with_train_and_test_of_different_sizes_needs_an_image_size(tmp_p
 
 
 def test_folder_errors(tmp_path):
-    with pytest.raises(DataSourceError, match="no such directory"):
+    with pytest.raises(DataSourceError, match=r"no such directory \(give your folder: "
+                                              r"ARGS=\"data.source=folder:/path/to/images\"\)"):
         open_source(f"folder:{tmp_path / 'nope'}")
     (tmp_path / "flat").mkdir()
     (tmp_path / "flat" / "x.png").write_bytes(b"")

@@ -74,11 +74,13 @@ def test_every_key_of_the_schema_is_printed_with_its_comment(capsys):
     # data/options.py's DataSettings, which the config's DataConfig inherits: its comments too
     assert any(line.startswith("  cache: auto  # auto (memory under cache_budget_mb") for line in section_lines(out, "data"))
     assert "hp.Fixed" not in out  # a `#` inside TuneConfig's docstring is no comment
-    assert lines[0].startswith("# make train --config pipelines/configs/default.yaml")
+    assert lines[0].startswith("# make train CONFIG=pipelines/configs/default.yaml: the resolved config")
 
 
 def test_an_override_shows_its_default(capsys):
     out = printed(train.main, ["--print-config", "train.epochs=3", "train.optimizer=sgd"], capsys)
+    # the command as `make` takes it (it was `make train --config ...`, which does not run)
+    assert out.startswith("# make train CONFIG=pipelines/configs/default.yaml ARGS='train.epochs=3 train.optimizer=sgd':")
     train_lines = section_lines(out, "train")
     assert "  epochs: 3  # [default: 5]" in train_lines
     assert "  optimizer: sgd  # adam | adamw | sgd [default: adam]" in train_lines
