@@ -53,7 +53,8 @@ def evaluate_run(run_id: str, tracking_uri: str | None = None, overrides=(), rep
     """Evaluate the Keras model of training run `run_id`; log to it. Returns (Evaluation, report dir, files)."""
     # Here, not at the top: `--help` answers without loading TensorFlow (seconds).
     from data.streaming import naming_bad_data
-    from pipelines.evaluation import ARTIFACT_DIR, evaluate, keras_predictor, log_to_run, test_subset, write_report
+    from pipelines.evaluation import (ARTIFACT_DIR, evaluate, keras_predictor, log_to_run, new_report_dir, test_subset,
+                                      write_report)
     from pipelines.experiment import load_data, load_keras_model
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -97,15 +98,6 @@ def evaluate_run(run_id: str, tracking_uri: str | None = None, overrides=(), rep
     print(f"\nLogged evaluation {k} of the run: {len(ev.metrics())} metrics at step {k} and {len(files)} files "
           f"(artifacts/{folder}/) to MLflow run {run_id}")
     return ev, out_dir, files
-
-
-def new_report_dir(reports_dir: str, name: str) -> str:
-    """reports_dir/name, or name-1, name-2, ... where an earlier evaluation's report is: never overwritten."""
-    out, n = os.path.join(reports_dir, name), 0
-    while os.path.exists(out):
-        n += 1
-        out = os.path.join(reports_dir, f"{name}-{n}")
-    return out
 
 
 def _run_keras_model(run_id: str, tmp: str) -> tuple[str, list[str] | None]:
@@ -200,7 +192,7 @@ def resolve_export(path: str) -> str:
 def evaluate_export(path: str, overrides=(), reports_dir: str = "reports"):
     """Evaluate an exported SavedModel on its experiment's test split. Returns (Evaluation, report dir, files)."""
     from data.streaming import naming_bad_data
-    from pipelines.evaluation import evaluate, savedmodel_class_predictor, test_subset, write_report
+    from pipelines.evaluation import evaluate, new_report_dir, savedmodel_class_predictor, test_subset, write_report
     from pipelines.experiment import load_data
 
     from pipelines.config import load_config

@@ -285,6 +285,15 @@ def write_report(ev: Evaluation, out_dir: str, title: str, model=None) -> list[s
     return files
 
 
+def new_report_dir(reports_dir: str, name: str) -> str:
+    """reports_dir/name, or name-1, name-2, ... where an earlier evaluation's report is: never overwritten."""
+    out, n = os.path.join(reports_dir, name), 0
+    while os.path.exists(out):
+        n += 1
+        out = os.path.join(reports_dir, f"{name}-{n}")
+    return out
+
+
 def log_to_run(run_id: str, ev: Evaluation, files: list[str], description: str = "", data: str = "") -> int:
     """Log metrics and files to MLflow run `run_id` (of the current tracking URI) without changing its status.
 
