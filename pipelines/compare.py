@@ -216,9 +216,8 @@ def data_warning(runs: list[RunFigures]) -> str | None:
 
 def compare(run_ids: list[str], tracking_uri: str | None = None, reports_dir: str = "reports"):
     """Write the comparison of `run_ids`; return (runs, printed table, files)."""
-    from pipelines.plots import plot_rotation_curve, plot_scale_curve
-
     from pipelines.evaluation import new_report_dir
+    from pipelines.plots import plot_rotation_curve, plot_scale_curve
 
     runs = load_runs(run_ids, tracking_uri)
     out_dir = new_report_dir(reports_dir, "compare-" + "-".join(r.run_id[:8] for r in runs))  # never overwritten

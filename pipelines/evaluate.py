@@ -160,19 +160,6 @@ def _check_shape(model_shape, data_shape, what: str, source: str) -> None:
                     "(ARGS=\"data.image_size=[H,W] data.channels=C\")")
 
 
-def _export_input_shape(version_dir: str):
-    """The input shape an export's signature.json records, or None (an export from before it was kept)."""
-    import json
-
-    from pipelines.export import SIGNATURE_FILE
-
-    try:
-        with open(os.path.join(version_dir, "assets.extra", SIGNATURE_FILE)) as fh:
-            return json.load(fh)["input_shape"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def resolve_export(path: str) -> str:
     """The version directory of an export path (a version, or a model directory: its highest version that holds a
     SavedModel, the one a server serves)."""
@@ -193,6 +180,7 @@ def evaluate_export(path: str, overrides=(), reports_dir: str = "reports"):
     """Evaluate an exported SavedModel on its experiment's test split. Returns (Evaluation, report dir, files)."""
     from data.streaming import naming_bad_data
     from pipelines.evaluation import evaluate, new_report_dir, savedmodel_class_predictor, test_subset, write_report
+    from pipelines.export import version_signature
     from pipelines.experiment import load_data
 
     from pipelines.config import load_config
@@ -209,7 +197,8 @@ def evaluate_export(path: str, overrides=(), reports_dir: str = "reports"):
     predict = savedmodel_class_predictor(version_dir, cfg.evaluate.batch_size)
     splits = load_data(cfg)
     _check_classes(read_labels(version_dir), splits.class_names, version_dir, cfg.data.source)
-    _check_shape(_export_input_shape(version_dir), splits.image_shape, version_dir, cfg.data.source)
+    _check_shape((version_signature(version_dir) or {}).get("input_shape"), splits.image_shape, version_dir,
+                 cfg.data.source)
     with naming_bad_data(splits):
         test = test_subset(splits, cfg.evaluate)
     ev = evaluate(predict, *test, cfg.evaluate, class_names=splits.class_names)

@@ -164,7 +164,7 @@ def served_accuracy(exports_dir: str, name: str, batches, image_shape, class_nam
     from pipelines.errors import UserError
 
     for version, path in published_versions(os.path.join(exports_dir, name)):
-        old = _signature_at(path)
+        old = version_signature(path)
         try:
             predict = savedmodel_predictor(path)
         except UserError:
@@ -196,13 +196,13 @@ def published_signature(exports_dir: str, name: str) -> tuple[int, dict] | None:
     version written before signature.json existed is read from its SavedModel (input shape only; its classes
     unknown); one that does not load (a damaged `saved_model.pb`) is passed over for the one before it."""
     for version, path in published_versions(os.path.join(exports_dir, name)):
-        found = _signature_at(path)
+        found = version_signature(path)
         if found is not None:
             return version, found
     return None
 
 
-def _signature_at(path: str) -> dict | None:
+def version_signature(path: str) -> dict | None:
     """The `signature_of` the version at `path`: its signature.json, else (a version from before it) its SavedModel's
     input shape; None where neither reads (not a readable SavedModel: no server serves it)."""
     try:

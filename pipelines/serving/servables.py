@@ -194,11 +194,11 @@ class ModelManager:
         ones END (error code OK), as TF Serving lists them."""
         st = self.state(name)
         with self._lock:
-            servables, labels, loading, failed = st.servables, st.label_versions, st.loading, dict(st.failed)
+            servables, labels, loading = st.servables, st.label_versions, st.loading
+            rows = {v: VersionStatus(v, "END", "OK", "") for v in st.ended}  # unloaded
+            rows.update({v: VersionStatus(v, "END", "UNKNOWN", msg) for v, msg in st.failed.items()})
         if label is not None:
             version = self._label_version(st, label, labels)
-        rows = {v: VersionStatus(v, "END", "OK", "") for v in st.ended}
-        rows.update({v: VersionStatus(v, "END", "UNKNOWN", msg) for v, msg in failed.items()})
         if loading is not None:
             rows[loading] = VersionStatus(loading, "LOADING", "OK", "")
         rows.update({v: VersionStatus(v, "AVAILABLE", "OK", "") for v in servables})
