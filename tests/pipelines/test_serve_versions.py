@@ -52,8 +52,12 @@ def publish(versions, base: str, *vs: int) -> None:
 
 
 def write_config(path, text: str) -> None:
-    with open(path, "w") as f:
+    """Written whole at once (a poll between truncating and writing read an empty file, "no model", and the test
+    took that for the edit's error)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
         f.write(text)
+    os.replace(tmp, path)
 
 
 def config(base: str, policy: str = "", labels: dict | None = None, name: str = "m") -> str:
