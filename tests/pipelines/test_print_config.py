@@ -80,7 +80,8 @@ def test_every_key_of_the_schema_is_printed_with_its_comment(capsys):
 def test_an_override_shows_its_default(capsys):
     out = printed(train.main, ["--print-config", "train.epochs=3", "train.optimizer=sgd"], capsys)
     # the command as `make` takes it (it was `make train --config ...`, which does not run)
-    assert out.startswith("# make train CONFIG=pipelines/configs/default.yaml ARGS='train.epochs=3 train.optimizer=sgd':")
+    assert out.startswith("# make train CONFIG=pipelines/configs/default.yaml "
+                          "ARGS='train.epochs=3 train.optimizer=sgd':")
     train_lines = section_lines(out, "train")
     assert "  epochs: 3  # [default: 5]" in train_lines
     assert "  optimizer: sgd  # adam | adamw | sgd [default: adam]" in train_lines
