@@ -193,8 +193,12 @@ def _run_locked(cfg: Config, splits, uri: str, run_dir: str, state: dict, callba
             # One process only: each process of several holds its own shard, and would get statistics of its own.
             if placement.num_processes == 1 and \
                     experiment.recalibrate_batch_norm(model, train_ds, cfg.train.precise_bn_batches):
+                with experiment.reading_splits_to_their_end():  # the last epoch's figure used the old statistics
+                    val = model.evaluate(val_ds, verbose=0, return_dict=True)
+                mlflow.log_metrics({f"final_val_{k}": float(v) for k, v in val.items()})
                 print(f"Batch norms' moving statistics re-estimated for the final weights on "
-                      f"{cfg.train.precise_bn_batches} training batches (train.precise_bn_batches)")
+                      f"{cfg.train.precise_bn_batches} training batches (train.precise_bn_batches): "
+                      f"validation accuracy {val['accuracy']:.4f}")
             model.save(model_path)
             state = rundir.write_state(run_dir, trained=True)
 

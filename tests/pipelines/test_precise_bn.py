@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from pipelines.experiment import recalibrate_batch_norm
@@ -54,3 +55,17 @@ def test_make_train_re_estimates_the_statistics_unless_told_not_to(tmp_path, cap
     before, after = moving_means(off), moving_means(on)
     assert before and len(before) == len(after)
     assert not all(np.allclose(a, b) for a, b in zip(before, after))  # the same training, other statistics
+
+    # The final model's validation figures are logged (the last epoch's used the old statistics).
+    import mlflow
+
+    from pipelines import experiment
+
+    cfg = tiny_config(tmp_path)
+    logged = [mlflow.MlflowClient(on.tracking_uri).get_run(r.run_id).data.metrics for r in (off, on)]
+    assert "final_val_accuracy" not in logged[0]
+    splits = experiment.load_data(cfg)
+    model = experiment.compile_model(keras.saving.load_model(f"{on.run_dir}/model.keras", compile=False), cfg, 1)
+    val = model.evaluate(experiment.make_datasets(cfg, splits)[1], verbose=0, return_dict=True)
+    assert logged[1]["final_val_accuracy"] == pytest.approx(val["accuracy"])
+    assert logged[1]["final_val_loss"] == pytest.approx(val["loss"], rel=1e-4)
