@@ -40,14 +40,18 @@ class _TrackedTrials:
         self._trial_run_id = self.runs.start_trial(trial, self.tuner_id, self.hypermodel.trial_config(trial.hyperparameters))
         try:
             results = super().run_trial(trial, *args, **kwargs)
-            score = tuner_utils.convert_to_metrics_dict(results, self.oracle.objective).get(self.oracle.objective.name)
+            metrics = tuner_utils.convert_to_metrics_dict(results, self.oracle.objective)  # executions averaged
+            score = metrics.get(self.oracle.objective.name)
+            # The final model's validation figures (SearchModel.fit), beside the per-epoch curve of the old statistics
+            final = {f"final_{k}": v for k, v in metrics.items() if k.startswith("val_")} \
+                if all(isinstance(r, dict) for r in results) else {}
         except KeyboardInterrupt:
             self.runs.end_trial(self._trial_run_id, "KILLED")
             raise
         except BaseException as e:
             self.runs.end_trial(self._trial_run_id, "FAILED", error=e)
             raise
-        self.runs.end_trial(self._trial_run_id, "FINISHED", score=score)
+        self.runs.end_trial(self._trial_run_id, "FINISHED", score=score, metrics=final)
         return results
 
     def _build_and_fit_model(self, trial, *args, **kwargs):

@@ -130,7 +130,9 @@ def test_killed_search_resumes_without_repeating_trials_and_its_best_config_trai
         assert 1e-3 <= float(params["learning_rate"]) <= 1e-2
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
             assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0]
-        assert run.data.metrics["score"] == pytest.approx(run.data.metrics["val_accuracy"])
+        # scored on the final model, batch norms re-estimated (the per-epoch figure used the old statistics)
+        assert run.data.metrics["score"] == pytest.approx(run.data.metrics["final_val_accuracy"])
+        assert "final_val_loss" in run.data.metrics
 
     best_id = max(by_trial, key=lambda t: by_trial[t][0].data.metrics["score"])
     best_run = by_trial[best_id][0]
@@ -300,3 +302,32 @@ def test_the_photo_config_searches_no_rotations_or_warps():
     assert fixed == {"rotation_degrees": 0.0, "elastic_alpha": 0.0}
     trial = trial_config(cfg, narrowed_space(cfg).copy())
     assert trial.augment.rotation.max_degrees == 0.0 and trial.augment.elastic.alpha == 0.0
+
+
+@pytest.mark.parametrize("objective", ["val_accuracy", "loss"])
+def test_a_trial_is_scored_on_its_final_model_with_batch_norms_re_estimated(lone, monkeypatch, objective):
+    """A validation objective scores the model `make train` of the trial's config would publish: the final weights,
+    batch norms re-estimated, then the validation split (not the best epoch under Keras' moving statistics)."""
+    import keras_tuner as kt
+
+    from pipelines import experiment
+    from pipelines.tune.trials import SearchModel
+
+    cfg = load_config(write_config(lone, f"final_{objective}", objective=objective, epochs=2))
+    calls = []
+    recalibrate = experiment.recalibrate_batch_norm
+    monkeypatch.setattr(experiment, "recalibrate_batch_norm",
+                        lambda model, ds, batches: calls.append(batches) or recalibrate(model, ds, batches))
+    splits = experiment.load_data(cfg)
+    search = SearchModel(cfg, splits)
+    hp = kt.HyperParameters()
+    model = search.build(hp)
+    result = search.fit(hp, model, verbose=0)
+    if objective == "loss":
+        assert calls == [] and isinstance(result, keras.callbacks.History)  # KerasTuner's own best epoch
+        return
+    assert calls == [cfg.train.precise_bn_batches]  # the default, 50 batches
+    _, val_ds, _ = experiment.make_datasets(cfg, splits, None)
+    final = model.evaluate(val_ds, verbose=0, return_dict=True)
+    assert result["val_accuracy"] == pytest.approx(final["accuracy"])
+    assert result["val_loss"] == pytest.approx(final["loss"], rel=1e-5)
