@@ -1,8 +1,11 @@
-"""Progress a person can follow in a log file: `make train > log` prints a line at least every 30 s."""
+"""Progress a person can follow in a log file (`make train > log` prints a line at least every 30 s), and a
+training that stops where it is asked to (Ctrl-C, SIGTERM) on every backend."""
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import time
 
 import keras
@@ -78,3 +81,55 @@ class ProgressLog(keras.callbacks.Callback):
         rate = self._rate() if self.done else self.images / max(took, 1e-9)
         self._print(f"epoch {epoch + 1}/{self.epochs} done in {_clock(took)} ({rate:.0f} images/s)  "
                     f"run ETA {_clock(self._eta_run(took))}")
+
+
+_signalled: list[int] = []  # the signal that asked the training under way to stop (StopOnSignal)
+
+
+def raise_if_signalled() -> None:
+    """The KeyboardInterrupt of a signal that came while a training (StopOnSignal) finished: raised once the
+    trained model is saved, so that the same command resumes from it."""
+    if _signalled:
+        raise KeyboardInterrupt(f"signal {_signalled.pop()}")
+
+
+class StopOnSignal(keras.callbacks.Callback):
+    """Around `fit` (`with StopOnSignal() as stop: model.fit(..., callbacks=[..., stop])`, last in the list):
+    Ctrl-C or SIGTERM stops the training at the end of the step, validation step or epoch under way (after the
+    other callbacks' checkpoint and log of an epoch); the same signal again stops it at once.
+
+    On JAX, Ctrl-C and SIGTERM did nothing: the KeyboardInterrupt of Python's handler was raised where JAX's
+    asynchronous step blocks, in Keras' conversion of the logs, whose bare `except:` swallowed it
+    (keras/src/utils/python_utils.py), and the run went on to its end. On PyTorch one raised inside a custom
+    gradient was swallowed by Keras' `CustomGradientFunction` and became an AttributeError (a FAILED run).
+    A handler that only takes note, checked between steps, is safe on every backend. A signal that comes after
+    the last check (the training finished) is raised by `raise_if_signalled` once the model is saved."""
+
+    def __enter__(self):
+        _signalled.clear()
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                handler = signal.getsignal(signum)
+                if callable(handler):  # ignored (nohup, `&`) or the default (SIGTERM kills): left as it is
+                    self.previous[signum] = handler
+                    signal.signal(signum, self._note)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        return False
+
+    @staticmethod
+    def _note(signum, frame):
+        if _signalled:
+            raise KeyboardInterrupt(f"signal {signum}")
+        _signalled.append(signum)
+        print("Stopping at the end of this step (the same signal again stops at once)", file=sys.stderr, flush=True)
+
+    def _stop_if_signalled(self, *args, **kwargs):
+        raise_if_signalled()
+
+    on_train_batch_end = on_test_batch_end = on_epoch_end = _stop_if_signalled
+

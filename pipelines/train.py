@@ -103,6 +103,8 @@ def _run_worker(cfg: Config, splits, placement, callbacks, state: dict) -> Train
     (its checkpoints, and its final weights, which are the chief's: `final_weights.npz`)."""
     import numpy as np
 
+    from pipelines import progress
+
     run_dir = cfg.train.run_dir
     scratch = distribute.scratch_dir(run_dir, placement)
     if not state.get("trained"):  # the chief skips the fit of a trained run too
@@ -118,6 +120,7 @@ def _run_worker(cfg: Config, splits, placement, callbacks, state: dict) -> Train
         model = _fit(cfg, splits, train_ds, val_ds, steps, None, scratch, callbacks, placement)
         weights = model.get_weights()  # the chief gathers the weights here: the same step in every process
         np.savez(os.path.join(scratch, "final_weights.npz"), **{f"w{i}": w for i, w in enumerate(weights)})
+        progress.raise_if_signalled()  # a signal that came as the training finished
     distribute.leave(placement)
     print(f"Process {placement.process_id}: done (the chief, process 0, tests, logs and exports)")
     return TrainResult("", "", run_dir, None, float("nan"), float("nan"))
@@ -129,7 +132,7 @@ def _run_locked(cfg: Config, splits, uri: str, run_dir: str, state: dict, callba
     import numpy as np
     from mlflow.exceptions import MlflowException
 
-    from pipelines import artifacts, tracking
+    from pipelines import artifacts, progress, tracking
 
     print(f"Data: {splits.info.summary()}")
     small = experiment.small_test_split(splits)
@@ -201,6 +204,7 @@ def _run_locked(cfg: Config, splits, uri: str, run_dir: str, state: dict, callba
                       f"validation accuracy {val['accuracy']:.4f}")
             model.save(model_path)
             state = rundir.write_state(run_dir, trained=True)
+            progress.raise_if_signalled()  # a signal that came as the training finished: resumes from here
 
         # Each step after training records itself in state.json, so that a run resumed after a
         # crash in a later step neither logs its test metrics, model or evaluation twice nor exports again.
@@ -268,6 +272,7 @@ def _fit(cfg: Config, splits, train_ds, val_ds, steps: int, run_id: str | None, 
     import numpy as np
 
     from pipelines import tracking
+    from pipelines.progress import StopOnSignal
 
     # The same draws as the model checked (and compared across processes) in `run`, whatever ran between;
     # seeded outside the strategy's scope (inside MirroredStrategy's, the draws differed from one device's).
@@ -291,8 +296,10 @@ def _fit(cfg: Config, splits, train_ds, val_ds, steps: int, run_id: str | None, 
 
             images = steps * cfg.data.batch_size if placement.num_processes > 1 else splits.train.count
             fit_callbacks.append(ProgressLog(steps, cfg.train.epochs, cfg.data.batch_size, images=images))
-        history = model.fit(**experiment.fit_batches(train_ds, steps), validation_data=val_ds, epochs=cfg.train.epochs,
-                            callbacks=fit_callbacks, verbose=verbose, shuffle=False)
+        with StopOnSignal() as stop:  # Ctrl-C, SIGTERM: at the end of a step, on every backend
+            history = model.fit(**experiment.fit_batches(train_ds, steps), validation_data=val_ds,
+                                epochs=cfg.train.epochs, callbacks=[*fit_callbacks, stop], verbose=verbose,
+                                shuffle=False)
     losses = history.history.get("loss", [])
     if losses and not all(np.isfinite(losses)):
         raise TrainingDivergedError(f"loss became {losses[-1]} in epoch {len(losses)}; training stopped "

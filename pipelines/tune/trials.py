@@ -13,6 +13,7 @@ from data.options import DataSourceError
 from pipelines import experiment
 from pipelines.config import Config
 from pipelines.errors import UserError
+from pipelines.progress import StopOnSignal, raise_if_signalled
 from pipelines.tracking import MLflowEpochLogger, logged_steps
 from pipelines.tune.space import trial_config
 
@@ -184,9 +185,12 @@ class SearchModel(kt.HyperModel):
         train_ds, val_ds, _ = experiment.make_datasets(tcfg, self.splits, experiment.build_augmentation(tcfg))
         steps = experiment.steps_per_epoch(tcfg, self.splits)
         try:
-            history = model.fit(**experiment.fit_batches(train_ds, steps), validation_data=val_ds, shuffle=False,
-                                **kwargs)
-            return self._final_model_score(tcfg, model, train_ds, val_ds, history)
+            with StopOnSignal() as stop:  # Ctrl-C, SIGTERM: at the end of a step, on every backend
+                history = model.fit(**experiment.fit_batches(train_ds, steps), validation_data=val_ds,
+                                    shuffle=False, **{**kwargs, "callbacks": [*kwargs.get("callbacks", []), stop]})
+            score = self._final_model_score(tcfg, model, train_ds, val_ds, history)
+            raise_if_signalled()  # one that came as the training finished: the trial is rerun on resume
+            return score
         except Exception as exc:
             from data.streaming import name_read_error
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 
+import pytest
+
 from pipelines.progress import ProgressLog
 
 
@@ -87,3 +89,99 @@ def test_the_last_partial_batch_counts_its_own_images():
     cb.on_train_batch_end(1)
     cb.on_epoch_end(0)
     assert out.getvalue().splitlines() == ["epoch 1/1 done in 0:09 (160 images/s)  run ETA 0:00"]
+
+
+class _SwallowingStep:
+    """A signal that arrives inside a bare `except:` of the training loop, as on JAX (Keras' conversion of the
+    logs, where JAX's asynchronous step blocks) and PyTorch (Keras' custom-gradient function): Python's handler
+    raises its KeyboardInterrupt there, and it is swallowed."""
+
+    def __init__(self, signum, at_step: int):
+        self.signum, self.at_step = signum, at_step
+
+    def __call__(self, step: int):
+        import os
+        import time
+
+        if step == self.at_step:
+            try:
+                os.kill(os.getpid(), self.signum)
+                time.sleep(0.05)  # the handler runs here
+            except:  # noqa: E722 (what Keras does)
+                pass
+
+
+def _fit(steps_seen, swallow, stop=None):
+    import keras
+    import numpy as np
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+
+    class Steps(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            steps_seen.append(batch)
+            swallow(batch)
+
+    callbacks = [Steps(), *([stop] if stop else [])]
+    model.fit(np.zeros((40, 4)), np.zeros((40, 2)), batch_size=4, epochs=1, verbose=0, callbacks=callbacks)
+
+
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_a_signal_stops_training_at_the_end_of_its_step_even_where_its_interrupt_would_be_swallowed(signum, capsys):
+    import signal
+
+    from pipelines.cli import interrupt_on_sigterm
+    from pipelines.progress import StopOnSignal, raise_if_signalled
+
+    sig = getattr(signal, signum)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}  # xdist's workers: SIG_IGN
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+        interrupt_on_sigterm()  # as `make train` does
+        interrupt_handler = signal.getsignal(signal.SIGTERM)
+        seen = []
+        _fit(seen, _SwallowingStep(sig, at_step=3))
+        assert len(seen) == 10  # the bug: the interrupt was lost and the training ran to its end
+
+        seen = []
+        with pytest.raises(KeyboardInterrupt), StopOnSignal() as stop:
+            _fit(seen, _SwallowingStep(sig, at_step=3), stop)
+        assert seen == [0, 1, 2, 3]  # stopped at the end of the step the signal came in
+        assert "Stopping at the end of this step" in capsys.readouterr().err
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored after the training
+        assert signal.getsignal(signal.SIGTERM) is interrupt_handler
+
+        seen = []
+        with pytest.raises(KeyboardInterrupt), StopOnSignal() as stop:  # the same signal twice: at once
+            _fit(seen, _twice(sig), stop)
+        assert seen == [0]
+
+        # A signal after the training's last check: raised once the caller has saved its model.
+        with StopOnSignal():
+            import os
+            import time
+
+            os.kill(os.getpid(), sig)
+            time.sleep(0.05)
+        with pytest.raises(KeyboardInterrupt):
+            raise_if_signalled()
+        raise_if_signalled()  # once only
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+
+
+def _twice(sig):
+    def send(step):
+        import os
+        import time
+
+        if step == 0:
+            os.kill(os.getpid(), sig)
+            time.sleep(0.05)
+            os.kill(os.getpid(), sig)  # not swallowed: raised by the handler itself, inside the step
+            time.sleep(0.05)
+    return send
+

@@ -149,6 +149,65 @@ def test_killed_run_resumes_from_last_finished_epoch(tmp_path):
     assert result.export_path.endswith(os.path.join("tiny", "1"))
 
 
+class _SwallowedSignal(keras.callbacks.Callback):
+    """Ctrl-C whose KeyboardInterrupt is swallowed where it lands, as Keras does on JAX and PyTorch: in the
+    second step of the second epoch, or as the training ends."""
+
+    def __init__(self, at_end: bool = False):
+        super().__init__()
+        self.at_end, self.steps = at_end, []
+
+    def _signal(self):
+        import signal
+
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            pass
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.steps.append(batch)
+        if not self.at_end and self.epoch == 1 and batch == 1:
+            self._signal()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_end(self, logs=None):
+        if self.at_end:
+            self._signal()
+
+
+@pytest.mark.parametrize("at_end", [False, True])
+def test_ctrl_c_stops_training_where_it_lands_and_the_same_command_resumes(tmp_path, at_end):
+    import signal
+
+    run_dir = str(tmp_path / "runs" / "stopped")
+    cfg = tiny_config(tmp_path, "train.epochs=3", f"train.run_dir={run_dir}")
+    stop = _SwallowedSignal(at_end)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # xdist's workers ignore it
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run(cfg, callbacks=[stop])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    client = mlflow.MlflowClient(cfg.tracking.uri)
+    (stopped,) = client.search_runs(client.get_experiment_by_name("tiny").experiment_id)
+    assert stopped.info.status == "KILLED"
+    if not at_end:  # ended with the step it came in (step 1 of epoch 1), not at the end of the training
+        assert stop.steps.count(0) == 2 and stop.steps[-2:] == [0, 1]
+        assert _steps(client, stopped.info.run_id, "loss") == [0]
+    else:  # it came as the training ended: the trained model is saved first
+        assert os.path.isfile(os.path.join(run_dir, "model.keras"))
+        assert _steps(client, stopped.info.run_id, "loss") == [0, 1, 2]
+
+    counter = _CountEpochs()
+    result = run(cfg, callbacks=[counter])
+    assert result.run_id == stopped.info.run_id and client.get_run(result.run_id).info.status == "FINISHED"
+    assert counter.epochs == ([] if at_end else [1, 2])  # trained no epoch twice
+    assert _steps(client, result.run_id, "loss") == [0, 1, 2]
+
+
 def test_one_training_iterator_serves_every_epoch(tmp_path, monkeypatch):
     # experiment.fit_batches: the training batches repeated, `steps` an epoch, so that no epoch's iterator is
     # deleted mid-fit (TF 2.21's autotuning made that wait up to 60 s). Default augmentation on, 3 epochs.
