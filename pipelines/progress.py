@@ -1,8 +1,10 @@
 """Progress a person can follow in a log file (`make train > log` prints a line at least every 30 s), and a
-training that stops where it is asked to (Ctrl-C, SIGTERM) on every backend."""
+training that stops where it is asked to (Ctrl-C, SIGTERM) on every backend, from a backup written whole."""
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import sys
 import threading
@@ -133,3 +135,25 @@ class StopOnSignal(keras.callbacks.Callback):
 
     on_train_batch_end = on_test_batch_end = on_epoch_end = _stop_if_signalled
 
+
+class BackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras' BackupAndRestore, each backup written whole or not at all: beside the last one, then renamed over it.
+
+    Keras writes over the last backup in place. A job stopped while it wrote (a Ctrl-C that landed there before
+    StopOnSignal, SIGKILL, out of memory) left a half-written file, which the next run loaded in part with only a
+    warning ("Skipping variable loading for optimizer 'adam', because it has 77 variables whereas the saved
+    optimizer has 63 variables": Adam's moments and step count, and so the learning-rate schedule, started
+    afresh, and the resumed model scored 0.58 against 0.75), or could not load at all. Keras 3.15's own
+    attributes name the files (`_weights_path`, `_training_metadata_path`) and the position."""
+
+    def _save_model(self):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        weights = os.path.join(self.backup_dir, "partial.weights.h5")  # Keras asks for the .weights.h5 ending
+        metadata = f"{self._training_metadata_path}.partial"
+        self.model.save_weights(weights, overwrite=True)
+        with open(metadata, "w") as fh:
+            json.dump({"epoch": self._current_epoch, "batch": self._last_batch_seen}, fh)
+        # The weights first: stopped between the two renames, the resumed run trains that epoch again (from its
+        # end's weights), where the other order would skip one.
+        os.replace(weights, self._weights_path)
+        os.replace(metadata, self._training_metadata_path)

@@ -272,7 +272,7 @@ def _fit(cfg: Config, splits, train_ds, val_ds, steps: int, run_id: str | None, 
     import numpy as np
 
     from pipelines import tracking
-    from pipelines.progress import StopOnSignal
+    from pipelines.progress import BackupAndRestore, StopOnSignal
 
     # The same draws as the model checked (and compared across processes) in `run`, whatever ran between;
     # seeded outside the strategy's scope (inside MirroredStrategy's, the draws differed from one device's).
@@ -286,7 +286,7 @@ def _fit(cfg: Config, splits, train_ds, val_ds, steps: int, run_id: str | None, 
             print(model_line(cfg.model, model.count_params()))
         fit_callbacks = [
             *([tracking.MLflowEpochLogger(run_id)] if run_id else []),
-            keras.callbacks.BackupAndRestore(os.path.join(out_dir, "backup")),
+            BackupAndRestore(os.path.join(out_dir, "backup")),  # written whole or not at all
             keras.callbacks.TerminateOnNaN(),
             *callbacks,
         ]

@@ -185,3 +185,59 @@ def _twice(sig):
             time.sleep(0.05)
     return send
 
+
+def test_a_job_stopped_while_its_backup_is_written_resumes_from_the_last_whole_one(tmp_path):
+    """Keras wrote over the last backup in place: a job stopped mid-write left half a file, loaded in part (the
+    optimizer's state dropped with a warning) or not at all. Here the last whole backup stands."""
+    import os
+    import warnings
+
+    import keras
+    import numpy as np
+
+    from pipelines.progress import BackupAndRestore
+
+    def model():
+        keras.utils.set_random_seed(0)
+        m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8), keras.layers.BatchNormalization(),
+                              keras.layers.Dense(2)])
+        m.compile(optimizer="adam", loss="mse")
+        return m
+
+    x, y = np.random.default_rng(0).normal(size=(40, 4)), np.zeros((40, 2))
+    ends = []
+
+    class KilledWhileSaving(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):  # before the backup's, which comes later in the list
+            ends.append([w.copy() for w in self.model.get_weights()] +
+                        [int(self.model.optimizer.iterations.numpy())])
+            if epoch == 1:
+                real = self.model.save_weights
+
+                def half_written(filepath, overwrite=True, **kwargs):
+                    real(filepath, overwrite=overwrite, **kwargs)
+                    with open(filepath, "r+b") as fh:
+                        fh.truncate(os.path.getsize(filepath) // 2)
+                    raise KeyboardInterrupt("killed while the backup was written")
+                self.model.save_weights = half_written
+
+    backup = str(tmp_path / "backup")
+    first = model()
+    with pytest.raises(KeyboardInterrupt):
+        first.fit(x, y, batch_size=4, epochs=4, verbose=0, callbacks=[KilledWhileSaving(), BackupAndRestore(backup)])
+    assert os.listdir(backup) and len(ends) == 2
+
+    again = model()
+    restored = []
+
+    class Restored(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):  # after the backup's (earlier in the list) has loaded
+            restored.extend([*self.model.get_weights(), int(self.model.optimizer.iterations.numpy())])
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*[Ss]kipping variable loading")  # the optimizer's state dropped
+        history = again.fit(x, y, batch_size=4, epochs=4, verbose=0, callbacks=[BackupAndRestore(backup), Restored()])
+    assert len(history.history["loss"]) == 3  # epochs 2-4: epoch 1's backup is the last whole one
+    assert restored[-1] == ends[0][-1] == 10  # Adam's step count (and moments) of the end of epoch 1
+    for a, b in zip(restored[:-1], ends[0][:-1]):
+        np.testing.assert_array_equal(a, b)
