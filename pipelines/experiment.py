@@ -21,6 +21,19 @@ from pipelines.config import Config
 
 
 def describe_devices() -> str:
+    """The computing backend's devices (TensorFlow's feed only tf.data on the others) and TF's CPU kernel set."""
+    import keras
+
+    if (backend := keras.backend.backend()) != "tensorflow":
+        if backend == "jax":
+            import jax
+
+            gpus = [str(d) for d in jax.devices() if d.platform == "gpu"]
+        else:
+            import torch
+
+            gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        return f"{len(gpus)} GPU(s): {', '.join(gpus)} ({backend})" if gpus else f"0 GPU(s); CPU only ({backend})"
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
@@ -32,10 +45,9 @@ def describe_devices() -> str:
 
 
 def onednn_state() -> str:
-    """Whether TensorFlow's CPU kernels are oneDNN's here, and the variable that decided it, as in
-    "off (TF_ENABLE_ONEDNN_OPTS=unset)" (unset: TensorFlow's choice, oneDNN only on CPUs with AVX-512 VNNI or
-    AMX). The two kernel sets differ in speed and round-off, so every run records which one it had (the MLflow
-    tag `devices`), and `make doctor` prints it."""
+    """Whether TensorFlow's CPU kernels are oneDNN's, and the variable that decided it: "off (TF_ENABLE_ONEDNN_OPTS=
+    unset)" (unset: oneDNN only on CPUs with AVX-512 VNNI or AMX). The two sets differ in speed and round-off:
+    every run records its set (the MLflow tag `devices`), and `make doctor` prints it."""
     from tensorflow.python.util import _pywrap_util_port
 
     state = "on" if _pywrap_util_port.IsMklEnabled() else "off"
@@ -43,8 +55,7 @@ def onednn_state() -> str:
 
 
 def distribution_strategy(default=None):
-    """MirroredStrategy over all GPUs when there are several, else `default`
-    (`tf.distribute.get_strategy()` when None: the no-op strategy)."""
+    """MirroredStrategy over all GPUs when there are several, else `default` (None: the no-op strategy)."""
     import tensorflow as tf
 
     if len(tf.config.list_physical_devices("GPU")) > 1:
@@ -230,10 +241,8 @@ def recalibrate_batch_norm(model, train_ds, batches: int) -> int:
     """Precise batch norm (pycls; Radosavovic et al., "Designing Network Design Spaces", 2020): the moving
     statistics of every trainable BatchNormalization in `model` (nested ones too) set to the mean of `batches`
     training batches' statistics under the final weights, each weighted by its number of images. Keras' moving
-    averages (momentum 0.9-0.99) still hold earlier weights' statistics after a short training: on 40 images in
-    each of 3 classes (96 for training), images.yaml's 8 epochs (16 steps) left its resnet at 3 of 12 test images
-    (chance on validation too); with this, 12 of 12.
-    Returns the number of batches used."""
+    averages still hold earlier weights' statistics after a short training (docs/manual.md: 3 of 12 test images
+    against 12 of 12 on a small folder). Returns the number of batches used."""
     import keras
 
     norms = [la for la in model._flatten_layers(include_self=False)  # Keras has no public recursive walk

@@ -157,7 +157,11 @@ def _run_locked(cfg: Config, splits, uri: str, run_dir: str, state: dict, callba
         ) from None
     run_id = active.info.run_id
     data = {"data_key": hashlib.sha256(splits.content_key.encode()).hexdigest(),
-            "data_counts": splits.info.total_counts}
+            "data_counts": splits.info.total_counts, "backend": keras.backend.backend()}
+    if resumed and state.get("backend", data["backend"]) != data["backend"]:
+        print(f"Warning: this run started on Keras' {state['backend']} backend and goes on on {data['backend']}: "
+              "its speed and last digits mix the two (KERAS_BACKEND chooses)")
+        mlflow.set_tag("backend", f"{state['backend']}, then {data['backend']}")
     if resumed and state.get("data_key", data["data_key"]) != data["data_key"]:  # e.g. an unreadable file removed
         print(f"Warning: the data changed since this run started (images per split then {state.get('data_counts')}, "
               f"now {data['data_counts']}): training goes on from the last finished epoch on the data as it is now; "
@@ -172,6 +176,7 @@ def _run_locked(cfg: Config, splits, uri: str, run_dir: str, state: dict, callba
             mlflow.log_dict(splits.info.to_dict(), "data.json")  # and the skipped files' names
             artifacts.log_dataset(cfg, splits)
             mlflow.set_tags({"run_dir": os.path.abspath(run_dir), "devices": experiment.describe_devices(),
+                             "backend": data["backend"],
                              **({"warning.small_test_split": small} if small else {})})
             mlflow.log_artifact(os.path.join(run_dir, rundir.CONFIG))
             if augment is not None:

@@ -39,3 +39,16 @@ def test_the_line_says_which_kernel_set_tensorflow_runs_and_the_setting_that_dec
         assert on == (setting == "1")  # the setting took effect where the line says it did
     assert line.startswith("0 GPU(s); CPU only: /physical_device:CPU:0"), line
     assert line.endswith(f"; oneDNN {'on' if on else 'off'} (TF_ENABLE_ONEDNN_OPTS={setting or 'unset'})"), line
+
+
+def test_on_jax_the_line_names_jax_devices_not_tensorflow_s():
+    """On JAX (and PyTorch) TensorFlow only feeds tf.data: the line names the backend's own devices."""
+    env = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    out = subprocess.run([sys.executable, "-c", "from pipelines.experiment import describe_devices\n"
+                          "import jax\nprint(jax.default_backend())\nprint(describe_devices())"],
+                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    platform, line = out.stdout.strip().splitlines()[-2:]
+    if platform != "cpu":
+        pytest.skip(f"a GPU machine: {line}")
+    assert line == "0 GPU(s); CPU only (jax)"

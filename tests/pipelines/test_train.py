@@ -127,7 +127,7 @@ class _CountEpochs(keras.callbacks.Callback):
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_from_last_finished_epoch(tmp_path):
+def test_killed_run_resumes_from_last_finished_epoch(tmp_path, capsys):
     run_dir = str(tmp_path / "runs" / "resumable")
     cfg = tiny_config(tmp_path, "train.epochs=3", f"train.run_dir={run_dir}")
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -138,9 +138,19 @@ def test_killed_run_resumes_from_last_finished_epoch(tmp_path):
     assert "simulated crash" in crashed.data.tags["failure"]
     assert _steps(client, crashed.info.run_id, "loss") == [0]
     assert not os.path.exists(tmp_path / "exports" / "tiny")  # nothing half-published
+    assert crashed.data.tags["backend"] == "tensorflow"
+    state_path = os.path.join(run_dir, "state.json")
+    with open(state_path) as fh:
+        state = json.load(fh)
+    assert state["backend"] == "tensorflow"
+    with open(state_path, "w") as fh:  # as if it had started under KERAS_BACKEND=jax
+        json.dump({**state, "backend": "jax"}, fh)
 
     counter = _CountEpochs()
     result = run(cfg, callbacks=[counter])
+    out = capsys.readouterr().out
+    assert "Warning: this run started on Keras' jax backend and goes on on tensorflow" in out, out
+    assert client.get_run(result.run_id).data.tags["backend"] == "jax, then tensorflow"
     assert result.run_id == crashed.info.run_id
     assert counter.epochs == [1, 2]  # continued after the finished epoch
     for key in ("loss", "val_accuracy"):
