@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from bench.common import MNIST_NPZ, Timer, table  # noqa: E402
+from bench.common import MNIST_NPZ, Timer, mnist_named_but_absent, table  # noqa: E402
 
 OPS = {
     "translation": dict(translation={"max": 0.1}),
@@ -34,6 +34,7 @@ OPS["full chain"] = {k: v for op in OPS.values() for k, v in op.items()}
 
 
 def load_images(n: int) -> np.ndarray:
+    mnist_named_but_absent()
     if os.path.isfile(MNIST_NPZ):
         with np.load(MNIST_NPZ) as f:
             x, src = f["x_train"][:n, :, :, None], "MNIST"

@@ -66,7 +66,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from common import device_name, rates_in_turns, table  # noqa: E402
+from common import device_name, missing, rates_in_turns, table  # noqa: E402
 
 FLIPS_ROT90 = {"horizontal": True, "vertical": True, "rotate90": True}
 SHIFT = {"max": 0.1, "units": "fraction", "fill_mode": "reflect", "probability": 0.5}
@@ -171,11 +171,15 @@ def load_split(root: str, split: str, every: int = 1, decoder: str = "tf"):
 
 
 def eurosat_or_skip(path: str | None):
+    """The EuroSAT folder given by --data or EUROSAT_DIR; none given: exit 0 with a message (`make bench`); a
+    folder given that is not one: exit 2."""
     path = path or os.environ.get("EUROSAT_DIR")
-    if not path or not all(os.path.isdir(os.path.join(path, s)) for s in ("train", "valid", "test")):
-        print(f"SKIP: no EuroSAT folder at {path!r} (give --data or EUROSAT_DIR: a folder with train/, valid/ and "
-              f"test/ class folders; ../shared/data/README.md says how to write it)")
+    layout = "a folder with train/, valid/ and test/ class folders; ../shared/data/README.md says how to write it"
+    if not path:
+        print(f"SKIP: no EuroSAT folder given (give --data or EUROSAT_DIR: {layout})")
         raise SystemExit(0)
+    if not all(os.path.isdir(os.path.join(path, s)) for s in ("train", "valid", "test")):
+        missing(f"{path!r} is not a EuroSAT folder ({layout})")
     return path
 
 

@@ -120,6 +120,9 @@ def main() -> int:
     p.add_argument("--keep", action="store_true", help="keep the temporary clone")
     p.add_argument("--out", default=None, help="also write the figures as JSON here")
     a = p.parse_args()
+    if a.eurosat and not all(os.path.isdir(os.path.join(a.eurosat, s)) for s in ("train", "valid", "test")):
+        p.error(f"--eurosat {a.eurosat!r} is not a EuroSAT folder (train/, valid/ and test/ class folders; "
+                "../shared/data/README.md says how to write it)")  # exit 2
 
     tmp = tempfile.mkdtemp(prefix="folder-to-answer-")
     clone, data, log = os.path.join(tmp, "clone"), os.path.join(tmp, "my_images"), os.path.join(tmp, "commands.log")

@@ -2,7 +2,8 @@
 
 The MNIST file lives beside the project (`../shared/data/mnist-partial.npz`);
 the project never depends on it, and a benchmark that needs it exits 0 with a
-message when it is absent. Override the location with MNIST_NPZ.
+message when it is absent there (`make bench` on a machine without it). Override
+the location with MNIST_NPZ; a file named there that is absent is an error (exit 2).
 """
 
 from __future__ import annotations
@@ -20,9 +21,24 @@ if ROOT not in sys.path:
 MNIST_NPZ = os.environ.get("MNIST_NPZ", os.path.join(ROOT, "..", "shared", "data", "mnist-partial.npz"))
 
 
+def missing(what: str) -> None:
+    """A data file or folder the user named that is not there: one error line and exit code 2, not a skip that
+    reads as a pass."""
+    print(f"error: {what}", file=sys.stderr)
+    sys.exit(2)
+
+
+def mnist_named_but_absent() -> None:
+    """Exit 2 when MNIST_NPZ names a file that is not there (the default location may be absent: a skip)."""
+    if "MNIST_NPZ" in os.environ and not os.path.isfile(MNIST_NPZ):
+        missing(f"MNIST_NPZ={MNIST_NPZ} is not a file (the reference MNIST file: ../shared/data/README.md)")
+
+
 def mnist_or_skip(path: str = MNIST_NPZ) -> dict[str, np.ndarray]:
-    """Load the reference MNIST arrays (uint8, [N, 28, 28, 1]) or exit 0 with a message."""
+    """Load the reference MNIST arrays (uint8, [N, 28, 28, 1]); exit 0 with a message when the default file is
+    absent, 2 when the file MNIST_NPZ names is."""
     if not os.path.isfile(path):
+        mnist_named_but_absent()
         print(f"SKIP: {path} is absent (set MNIST_NPZ to the reference MNIST file to run this benchmark)")
         sys.exit(0)
     with np.load(path) as f:
