@@ -29,6 +29,8 @@ import time
 
 import numpy as np
 
+from pipelines.errors import UserError
+
 TOLERANCE = 1e-3  # relative to the largest reference value; TF32 convolutions stay within about 1e-4
 
 
@@ -257,6 +259,10 @@ def machine_lines() -> list[str]:
 def main(argv=None) -> int:
     argparse.ArgumentParser(prog="make doctor", description=__doc__.split("\n\n")[0]).parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        import keras  # noqa: F401 (the backend of KERAS_BACKEND loads here)
+    except (ImportError, ValueError) as e:
+        raise UserError(f"KERAS_BACKEND={os.environ.get('KERAS_BACKEND')}: {e} (tensorflow, jax or torch)") from None
     for line in machine_lines():
         print(line)
     print("layer families (forward and backward against NumPy references):")
@@ -266,4 +272,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipelines.cli import run_main
+
+    sys.exit(run_main(main))

@@ -70,3 +70,10 @@ def test_the_report_says_whether_onednn_is_on(value):
     (tf32,) = [ln for ln in out.stdout.splitlines() if ln.startswith("TF32: ")]
     gpus = pytest.importorskip("tensorflow").config.list_physical_devices("GPU")
     assert tf32.endswith("(used by GPUs since Ampere)" if gpus else "(no GPU here: not used)"), tf32
+
+
+def test_an_unknown_backend_is_one_error_line_and_exit_2():
+    out = subprocess.run([sys.executable, "-m", "pipelines.doctor"], cwd=ROOT, capture_output=True, text=True,
+                         env=dict(os.environ, KERAS_BACKEND="foo", PYTHONPATH=ROOT), timeout=300)
+    assert out.returncode == 2 and out.stderr.strip() == \
+        "error: KERAS_BACKEND=foo: Unable to import backend : foo (tensorflow, jax or torch)", out.stderr
