@@ -24,6 +24,8 @@ signature's method name is set in the written `saved_model.pb` afterwards.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import tempfile
 
@@ -63,7 +65,8 @@ def write_savedmodel(infer: keras.Model, path: str, class_names=None, resize: st
     parent = os.path.dirname(os.path.abspath(path))
     with tempfile.TemporaryDirectory(dir=parent, prefix=".keras-") as tmp:
         _write_keras_function(infer, tmp)
-        loaded = tf.saved_model.load(tmp)
+        with _without_gradient_warning():
+            loaded = tf.saved_model.load(tmp)
         module = _ServingModule(loaded, names, (h, w, c), resize)
         tf.saved_model.save(module, path, signatures={
             "serving_default": module.serving_default,
@@ -72,6 +75,22 @@ def write_savedmodel(infer: keras.Model, path: str, class_names=None, resize: st
         }, options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))  # serving needs no gradients;
         # jax2tf's custom gradients capture tensors that a second save cannot trace
     _set_method_name(path, "classify", CLASSIFY_METHOD)
+
+
+@contextlib.contextmanager
+def _without_gradient_warning():
+    """TensorFlow's "Importing a function ... with ops with unsaved custom gradients. Will likely fail if a gradient
+    is requested" left out: every JAX export printed it (jax2tf's functions), and the served signatures are saved
+    without gradients anyway (`experimental_custom_gradients=False` below)."""
+    def unsaved_gradients(record) -> bool:
+        return "unsaved custom gradients" not in record.getMessage()
+
+    log = logging.getLogger("absl")  # tf_logging writes through absl's Python logger
+    log.addFilter(unsaved_gradients)
+    try:
+        yield
+    finally:
+        log.removeFilter(unsaved_gradients)
 
 
 class _ServingModule(tf.Module):
