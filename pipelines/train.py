@@ -129,10 +129,9 @@ def _run_worker(cfg: Config, splits, placement, callbacks, state: dict) -> Train
 def _run_locked(cfg: Config, splits, uri: str, run_dir: str, state: dict, callbacks, placement) -> TrainResult:
     import keras
     import mlflow
-    import numpy as np
     from mlflow.exceptions import MlflowException
 
-    from pipelines import artifacts, progress, tracking
+    from pipelines import artifacts, progress
 
     print(f"Data: {splits.info.summary()}")
     small = experiment.small_test_split(splits)
