@@ -128,7 +128,11 @@ class StopOnSignal(keras.callbacks.Callback):
         if _signalled:
             raise KeyboardInterrupt(f"signal {signum}")
         _signalled.append(signum)
-        print("Stopping at the end of this step (the same signal again stops at once)", file=sys.stderr, flush=True)
+        try:
+            print("Stopping at the end of this step (the same signal again stops at once)", file=sys.stderr,
+                  flush=True)
+        except RuntimeError:  # the signal came while stderr was being written: a reentrant write is refused
+            pass
 
     def _stop_if_signalled(self, *args, **kwargs):
         raise_if_signalled()
