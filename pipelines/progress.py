@@ -89,16 +89,19 @@ _signalled: list[int] = []  # the signal that asked the training under way to st
 
 
 def raise_if_signalled() -> None:
-    """The KeyboardInterrupt of a signal that came while a training (StopOnSignal) finished: raised once the
-    trained model is saved, so that the same command resumes from it."""
+    """The KeyboardInterrupt of a signal noted under StopOnSignal and not raised yet (it came as the training
+    ended): raised where the caller has kept what the same command resumes from (the trained model saved)."""
     if _signalled:
         raise KeyboardInterrupt(f"signal {_signalled.pop()}")
 
 
 class StopOnSignal(keras.callbacks.Callback):
-    """Around `fit` (`with StopOnSignal() as stop: model.fit(..., callbacks=[..., stop])`, last in the list):
-    Ctrl-C or SIGTERM stops the training at the end of the step, validation step or epoch under way (after the
-    other callbacks' checkpoint and log of an epoch); the same signal again stops it at once.
+    """Around a training and what must follow it before it can stop (`with StopOnSignal() as stop:
+    model.fit(..., callbacks=[..., stop]); model.save(...)`, then `raise_if_signalled()`; `stop` last in the
+    list): Ctrl-C or SIGTERM stops the training at the end of the step, validation step or epoch under way (after
+    the other callbacks' checkpoint and log of an epoch); after `fit` it is only noted until the block ends, and
+    raised there by `raise_if_signalled`. The same signal again stops at once. A noted signal wins over another
+    exception leaving the block (KerasTuner would count a failed trial and go on to the next).
 
     On JAX, Ctrl-C and SIGTERM did nothing: the KeyboardInterrupt of Python's handler was raised where JAX's
     asynchronous step blocks, in Keras' conversion of the logs, whose bare `except:` swallowed it
@@ -118,9 +121,13 @@ class StopOnSignal(keras.callbacks.Callback):
                     signal.signal(signum, self._note)
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            _signalled.clear()  # delivered
+        elif exc_type is not None and _signalled:
+            raise KeyboardInterrupt(f"signal {_signalled.pop()}") from exc
         return False
 
     @staticmethod
@@ -135,7 +142,8 @@ class StopOnSignal(keras.callbacks.Callback):
             pass
 
     def _stop_if_signalled(self, *args, **kwargs):
-        raise_if_signalled()
+        if _signalled:  # kept until the block ends: swallowed here too, it is raised at the next check
+            raise KeyboardInterrupt(f"signal {_signalled[0]}")
 
     on_train_batch_end = on_test_batch_end = on_epoch_end = _stop_if_signalled
 
@@ -148,7 +156,8 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
     warning ("Skipping variable loading for optimizer 'adam', because it has 77 variables whereas the saved
     optimizer has 63 variables": Adam's moments and step count, and so the learning-rate schedule, started
     afresh, and the resumed model scored 0.58 against 0.75), or could not load at all. Keras 3.15's own
-    attributes name the files (`_weights_path`, `_training_metadata_path`) and the position."""
+    attributes name the files (`_weights_path`, `_training_metadata_path`) and the position. A local folder (the
+    run directory): written with `os`, not Keras' `file_utils`; `double_checkpoint` is not used."""
 
     def _save_model(self):
         os.makedirs(self.backup_dir, exist_ok=True)
@@ -157,7 +166,13 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         self.model.save_weights(weights, overwrite=True)
         with open(metadata, "w") as fh:
             json.dump({"epoch": self._current_epoch, "batch": self._last_batch_seen}, fh)
-        # The weights first: stopped between the two renames, the resumed run trains that epoch again (from its
-        # end's weights), where the other order would skip one.
+        for path in (weights, metadata):  # on disk before either replaces the last backup (a host that crashes)
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        # The weights first: stopped in the microseconds between the two renames, the resumed run trains that
+        # epoch again (from its end's weights), where the other order would skip one.
         os.replace(weights, self._weights_path)
         os.replace(metadata, self._training_metadata_path)

@@ -117,11 +117,13 @@ def _run_worker(cfg: Config, splits, placement, callbacks, state: dict) -> Train
         shard = (placement.num_processes, placement.process_id)
         train_ds, val_ds, _ = experiment.make_datasets(cfg, splits, augment, shard)
         steps = experiment.steps_per_epoch(cfg, splits, placement.num_processes)
-        model = _fit(cfg, splits, train_ds, val_ds, steps, None, scratch, callbacks, placement)
-        weights = model.get_weights()  # the chief gathers the weights here: the same step in every process
-        np.savez(os.path.join(scratch, "final_weights.npz"), **{f"w{i}": w for i, w in enumerate(weights)})
-        progress.raise_if_signalled()  # a signal that came as the training finished
-    distribute.leave(placement)
+        with progress.StopOnSignal() as stop:  # a signal until the weights are saved: noted, raised after `leave`
+            model = _fit(cfg, splits, train_ds, val_ds, steps, None, scratch, callbacks, placement, stop)
+            weights = model.get_weights()  # the chief gathers the weights here: the same step in every process
+            np.savez(os.path.join(scratch, "final_weights.npz"), **{f"w{i}": w for i, w in enumerate(weights)})
+            shutil.rmtree(own_backup, ignore_errors=True)
+    distribute.leave(placement)  # a barrier every process must reach
+    progress.raise_if_signalled()
     print(f"Process {placement.process_id}: done (the chief, process 0, tests, logs and exports)")
     return TrainResult("", "", run_dir, None, float("nan"), float("nan"))
 
@@ -189,26 +191,29 @@ def _run_locked(cfg: Config, splits, uri: str, run_dir: str, state: dict, callba
             model = experiment.load_keras_model(model_path)
             experiment.compile_model(model, cfg, steps)
         else:
-            model = _fit(cfg, splits, train_ds, val_ds, steps, run_id, run_dir, callbacks, placement)
-            if placement.kind == "data_parallel":  # the weights back on this process's devices alone
-                weights = model.get_weights()
-                distribute.leave(placement)
-                with experiment.precision(cfg):
-                    model = experiment.build_model(cfg, splits.image_shape, splits.num_classes)
-                model.set_weights(weights)
-                experiment.compile_model(model, cfg, steps)
-            # One process only: each process of several holds its own shard, and would get statistics of its own.
-            if placement.num_processes == 1 and \
-                    experiment.recalibrate_batch_norm(model, train_ds, cfg.train.precise_bn_batches):
-                with experiment.reading_splits_to_their_end():  # the last epoch's figure used the old statistics
-                    val = model.evaluate(val_ds, verbose=0, return_dict=True)
-                mlflow.log_metrics({f"final_val_{k}": float(v) for k, v in val.items()})
-                print(f"Batch norms' moving statistics re-estimated for the final weights on "
-                      f"{cfg.train.precise_bn_batches} training batches (train.precise_bn_batches): "
-                      f"validation accuracy {val['accuracy']:.4f}")
-            model.save(model_path)
-            state = rundir.write_state(run_dir, trained=True)
-            progress.raise_if_signalled()  # a signal that came as the training finished: resumes from here
+            # A signal until the model is saved is noted, then raised here: the same command resumes from it
+            with progress.StopOnSignal() as stop:
+                model = _fit(cfg, splits, train_ds, val_ds, steps, run_id, run_dir, callbacks, placement, stop)
+                if placement.kind == "data_parallel":  # the weights back on this process's devices alone
+                    weights = model.get_weights()
+                    distribute.leave(placement)
+                    with experiment.precision(cfg):
+                        model = experiment.build_model(cfg, splits.image_shape, splits.num_classes)
+                    model.set_weights(weights)
+                    experiment.compile_model(model, cfg, steps)
+                # One process only: each process of several holds its own shard, and would get statistics of its own.
+                if placement.num_processes == 1 and \
+                        experiment.recalibrate_batch_norm(model, train_ds, cfg.train.precise_bn_batches):
+                    with experiment.reading_splits_to_their_end():  # the last epoch's figure used the old statistics
+                        val = model.evaluate(val_ds, verbose=0, return_dict=True)
+                    mlflow.log_metrics({f"final_val_{k}": float(v) for k, v in val.items()})
+                    print(f"Batch norms' moving statistics re-estimated for the final weights on "
+                          f"{cfg.train.precise_bn_batches} training batches (train.precise_bn_batches): "
+                          f"validation accuracy {val['accuracy']:.4f}")
+                model.save(model_path)
+                state = rundir.write_state(run_dir, trained=True)
+                shutil.rmtree(os.path.join(run_dir, "backup"), ignore_errors=True)  # kept until now (_fit)
+            progress.raise_if_signalled()
 
         # Each step after training records itself in state.json, so that a run resumed after a
         # crash in a later step neither logs its test metrics, model or evaluation twice nor exports again.
@@ -270,13 +275,16 @@ def _run_locked(cfg: Config, splits, uri: str, run_dir: str, state: dict, callba
     return TrainResult(run_id, uri, run_dir, export_path, float(test_acc), float(test_loss), refused)
 
 
-def _fit(cfg: Config, splits, train_ds, val_ds, steps: int, run_id: str | None, out_dir: str, callbacks, placement):
-    """Build, compile and fit the model under `placement`; the MLflow epoch log only where `run_id` is given."""
+def _fit(cfg: Config, splits, train_ds, val_ds, steps: int, run_id: str | None, out_dir: str, callbacks, placement,
+         stop):
+    """Build, compile and fit the model under `placement`; the MLflow epoch log only where `run_id` is given; `stop`
+    (a StopOnSignal the caller holds open) last among the callbacks. The backup stays for the caller to remove
+    once what it resumes from is saved."""
     import keras
     import numpy as np
 
     from pipelines import tracking
-    from pipelines.progress import BackupAndRestore, StopOnSignal
+    from pipelines.progress import BackupAndRestore
 
     # The same draws as the model checked (and compared across processes) in `run`, whatever ran between;
     # seeded outside the strategy's scope (inside MirroredStrategy's, the draws differed from one device's).
@@ -290,7 +298,7 @@ def _fit(cfg: Config, splits, train_ds, val_ds, steps: int, run_id: str | None, 
             print(model_line(cfg.model, model.count_params()))
         fit_callbacks = [
             *([tracking.MLflowEpochLogger(run_id)] if run_id else []),
-            BackupAndRestore(os.path.join(out_dir, "backup")),  # written whole or not at all
+            BackupAndRestore(os.path.join(out_dir, "backup"), delete_checkpoint=False),  # written whole or not at all
             keras.callbacks.TerminateOnNaN(),
             *callbacks,
         ]
@@ -300,10 +308,8 @@ def _fit(cfg: Config, splits, train_ds, val_ds, steps: int, run_id: str | None, 
 
             images = steps * cfg.data.batch_size if placement.num_processes > 1 else splits.train.count
             fit_callbacks.append(ProgressLog(steps, cfg.train.epochs, cfg.data.batch_size, images=images))
-        with StopOnSignal() as stop:  # Ctrl-C, SIGTERM: at the end of a step, on every backend
-            history = model.fit(**experiment.fit_batches(train_ds, steps), validation_data=val_ds,
-                                epochs=cfg.train.epochs, callbacks=[*fit_callbacks, stop], verbose=verbose,
-                                shuffle=False)
+        history = model.fit(**experiment.fit_batches(train_ds, steps), validation_data=val_ds, epochs=cfg.train.epochs,
+                            callbacks=[*fit_callbacks, stop], verbose=verbose, shuffle=False)
     losses = history.history.get("loss", [])
     if losses and not all(np.isfinite(losses)):
         raise TrainingDivergedError(f"loss became {losses[-1]} in epoch {len(losses)}; training stopped "

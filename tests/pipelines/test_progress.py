@@ -153,27 +153,37 @@ def test_a_signal_stops_training_at_the_end_of_its_step_even_where_its_interrupt
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored after the training
         assert signal.getsignal(signal.SIGTERM) is interrupt_handler
 
-        seen = []
+        seen, reached = [], []
         with pytest.raises(KeyboardInterrupt), StopOnSignal() as stop:  # the same signal twice: at once
-            _fit(seen, _twice(sig), stop)
-        assert seen == [0]
+            _fit(seen, _twice(sig, reached), stop)
+        assert seen == [0] and reached == []  # raised inside the step, by the handler of the second signal
 
-        # A signal after the training's last check: raised once the caller has saved its model.
+        # A signal after the training's last check, while the caller saves its model: noted, raised after it.
+        import os
+        import time
+
+        saved = []
         with StopOnSignal():
-            import os
-            import time
-
             os.kill(os.getpid(), sig)
             time.sleep(0.05)
+            saved.append(True)  # the work after fit goes on
+        assert saved
         with pytest.raises(KeyboardInterrupt):
             raise_if_signalled()
         raise_if_signalled()  # once only
+
+        # A noted signal wins over another exception leaving the block (KerasTuner would go on to the next trial).
+        with pytest.raises(KeyboardInterrupt), StopOnSignal():
+            os.kill(os.getpid(), sig)
+            time.sleep(0.05)
+            raise ValueError("a trial's own failure")
+        raise_if_signalled()  # delivered: nothing left
     finally:
         for s, handler in handlers.items():
             signal.signal(s, handler)
 
 
-def _twice(sig):
+def _twice(sig, reached):
     def send(step):
         import os
         import time
@@ -183,6 +193,7 @@ def _twice(sig):
             time.sleep(0.05)
             os.kill(os.getpid(), sig)  # not swallowed: raised by the handler itself, inside the step
             time.sleep(0.05)
+            reached.append(step)  # only if the second signal was merely noted
     return send
 
 
