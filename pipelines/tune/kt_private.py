@@ -58,6 +58,7 @@ class _TrackedTrials:
         execution = self._execution
         self._execution += 1
         self.hypermodel.execution = execution
+        self.hypermodel.checkpoint = self._get_checkpoint_fname(trial.trial_id)
         prefix = f"execution_{execution}/" if self.executions_per_trial > 1 else ""
         kwargs["callbacks"] = [*kwargs.get("callbacks", []), EpochLogger(self._trial_run_id, prefix)]
         return super()._build_and_fit_model(trial, *args, **kwargs)

@@ -164,6 +164,7 @@ class SearchModel(kt.HyperModel):
         self.cfg = cfg
         self.splits = splits
         self.execution = 0  # set by the tuner before each execution of a trial
+        self.checkpoint = None  # the trial's weights file (set by the tuner)
 
     def trial_config(self, hp) -> Config:
         tcfg = trial_config(self.cfg, hp)
@@ -188,8 +189,9 @@ class SearchModel(kt.HyperModel):
             with StopOnSignal() as stop:  # Ctrl-C, SIGTERM: at the end of a step, on every backend
                 history = model.fit(**experiment.fit_batches(train_ds, steps), validation_data=val_ds,
                                     shuffle=False, **{**kwargs, "callbacks": [*kwargs.get("callbacks", []), stop]})
-            score = self._final_model_score(tcfg, model, train_ds, val_ds, history)
-            raise_if_signalled()  # one that came as the training finished: the trial is rerun on resume
+                raise_if_signalled()  # one that came as the training ended: the trial is rerun on resume, unscored
+                score = self._final_model_score(tcfg, model, train_ds, val_ds, history)
+            raise_if_signalled()
             return score
         except Exception as exc:
             from data.streaming import name_read_error
@@ -213,6 +215,10 @@ class SearchModel(kt.HyperModel):
         batches = experiment.recalibrate_batch_norm(model, train_ds, tcfg.train.precise_bn_batches)
         with experiment.reading_splits_to_their_end():
             final = {f"val_{k}": float(v) for k, v in model.evaluate(val_ds, verbose=0, return_dict=True).items()}
+        if self.checkpoint:  # KerasTuner's checkpoint of the trial, its best epoch, becomes the model scored (the
+            # last execution's): Hyperband continues a promoted trial from it
+            os.makedirs(os.path.dirname(self.checkpoint), exist_ok=True)
+            model.save_weights(self.checkpoint)
         print(f"The trial's final model{', batch norms re-estimated,' if batches else ''} scores {objective} "
               f"{final[objective]:.4f} (its last epoch: {history.history[objective][-1]:.4f})")
         return {**{k: v[-1] for k, v in history.history.items()}, **final}

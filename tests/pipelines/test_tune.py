@@ -320,12 +320,18 @@ def test_a_trial_is_scored_on_its_final_model_with_batch_norms_re_estimated(lone
                         lambda model, ds, batches: calls.append(batches) or recalibrate(model, ds, batches))
     splits = experiment.load_data(cfg)
     search = SearchModel(cfg, splits)
+    search.checkpoint = str(lone[0] / f"final_{objective}" / "checkpoint.weights.h5")  # as the tuner sets it
     hp = kt.HyperParameters()
     model = search.build(hp)
     result = search.fit(hp, model, verbose=0)
     if objective == "loss":
         assert calls == [] and isinstance(result, keras.callbacks.History)  # KerasTuner's own best epoch
         return
+    # The trial's checkpoint, from which Hyperband continues a promoted trial, is the model scored.
+    kept = search.build(hp)
+    kept.load_weights(search.checkpoint)
+    for a, b in zip(kept.get_weights(), model.get_weights()):
+        assert (a == b).all()
     assert calls == [cfg.train.precise_bn_batches]  # the default, 50 batches
     _, val_ds, _ = experiment.make_datasets(cfg, splits, None)
     final = model.evaluate(val_ds, verbose=0, return_dict=True)
