@@ -261,7 +261,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         import keras  # noqa: F401 (the backend of KERAS_BACKEND loads here)
-    except (ImportError, ValueError) as e:
+    except ValueError as e:  # an unknown name (a broken install's ImportError is what the doctor is for: shown whole)
         raise UserError(f"KERAS_BACKEND={os.environ.get('KERAS_BACKEND')}: {e} (tensorflow, jax or torch)") from None
     for line in machine_lines():
         print(line)
