@@ -14,10 +14,12 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import sqlite3
 import tempfile
 
 import mlflow.store.db.utils as _db_utils
+import pytest
 
 _migrate = _db_utils._initialize_tables
 _template: str | None = None
@@ -48,3 +50,11 @@ def _initialize_from_template(engine):
 
 
 _db_utils._initialize_tables = _initialize_from_template
+
+
+@pytest.fixture
+def sigint_as_in_a_terminal():
+    """Python's own SIGINT handler (KeyboardInterrupt), as in a terminal: xdist's workers ignore SIGINT."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)

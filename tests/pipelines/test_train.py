@@ -189,18 +189,12 @@ class _SwallowedSignal(keras.callbacks.Callback):
 
 
 @pytest.mark.parametrize("at_end", [False, True])
-def test_ctrl_c_stops_training_where_it_lands_and_the_same_command_resumes(tmp_path, at_end):
-    import signal
-
+def test_ctrl_c_stops_training_where_it_lands_and_the_same_command_resumes(tmp_path, at_end, sigint_as_in_a_terminal):
     run_dir = str(tmp_path / "runs" / "stopped")
     cfg = tiny_config(tmp_path, "train.epochs=3", f"train.run_dir={run_dir}")
     stop = _SwallowedSignal(at_end)
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # xdist's workers ignore it
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            run(cfg, callbacks=[stop])
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, callbacks=[stop])
     client = mlflow.MlflowClient(cfg.tracking.uri)
     (stopped,) = client.search_runs(client.get_experiment_by_name("tiny").experiment_id)
     assert stopped.info.status == "KILLED"

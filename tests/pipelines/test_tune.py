@@ -339,7 +339,8 @@ def test_a_trial_is_scored_on_its_final_model_with_batch_norms_re_estimated(lone
     assert result["val_loss"] == pytest.approx(final["loss"], rel=1e-5)
 
 
-def test_a_signal_in_a_trial_stops_the_search_at_the_end_of_its_step_and_the_trial_is_killed(lone, monkeypatch):
+def test_a_signal_in_a_trial_stops_the_search_at_the_end_of_its_step_and_the_trial_is_killed(
+        lone, sigint_as_in_a_terminal):
     """Ctrl-C or SIGTERM in a trial stops its training at the end of the step under way, on every backend (on
     JAX Keras swallowed the interrupt and the search went on), and the trial's run is KILLED."""
     import signal
@@ -356,12 +357,8 @@ def test_a_signal_in_a_trial_stops_the_search_at_the_end_of_its_step_and_the_tri
                 except KeyboardInterrupt:
                     pass
 
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # xdist's workers ignore it
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            tune.run(cfg, callbacks=[SignalAtStep2()])
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    with pytest.raises(KeyboardInterrupt):
+        tune.run(cfg, callbacks=[SignalAtStep2()])
     assert len(steps) == 2  # stopped at the end of the step the signal came in, not at the end of the search
     _, parent, by_trial = parent_and_trials(cfg)
     assert parent.info.status == "KILLED" and [r.info.status for r in by_trial["0"]] == ["KILLED"]
