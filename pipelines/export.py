@@ -33,6 +33,7 @@ import tensorflow as tf
 
 from pipelines.errors import UserError
 from pipelines.serving.model_config import version_number
+from pipelines.serving.responses import _first_line
 from pipelines.serving.savedmodel import load_savedmodel
 from pipelines.signatures import write_savedmodel  # noqa: F401 - the export's signatures; tests patch it here
 
@@ -303,10 +304,9 @@ def savedmodel_predictor(path: str, batch_size: int = 256):
 
     The one SavedModel predictor of the project: export verification, `make
     evaluate` on an export and the tests use it. A folder that is not a
-    loadable SavedModel with that signature is a `UserError`.
+    loadable SavedModel with that signature, or whose signature fails to run here (a JAX export lowered for
+    another device: `pipelines.signatures.JAX_PLATFORMS`), is a `UserError`.
     """
-    from pipelines.errors import UserError
-
     try:
         fn = load_savedmodel(path).signatures["serving_default"]
     except (OSError, KeyError, ValueError, TypeError, tf.errors.OpError) as e:  # OpError: its variables are missing
@@ -316,7 +316,10 @@ def savedmodel_predictor(path: str, batch_size: int = 256):
     def predict(images: np.ndarray) -> dict[str, np.ndarray]:
         parts: dict[str, list] = {}
         for i in range(0, len(images), batch_size):
-            out = fn(image=tf.constant(images[i : i + batch_size], tf.uint8))
+            try:
+                out = fn(image=tf.constant(images[i : i + batch_size], tf.uint8))
+            except tf.errors.OpError as e:
+                raise UserError(f"{path}: its serving_default fails on this machine: {_first_line(e)}") from None
             for k, v in out.items():
                 parts.setdefault(k, []).append(v.numpy())
         return {k: np.concatenate(v) for k, v in parts.items()}

@@ -36,6 +36,7 @@ from data.images import decode_image, preprocess_image
 
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 SIGNATURES = ("serving_default", "image_bytes", "classify")
+JAX_PLATFORMS = ("cpu", "cuda")  # what a JAX-trained export runs on
 
 
 def _write_keras_function(infer: keras.Model, path: str) -> None:
@@ -46,8 +47,12 @@ def _write_keras_function(infer: keras.Model, path: str) -> None:
     def probabilities(image):
         return {"probabilities": infer(keras.ops.cast(image, "float32"), training=False)}
 
+    # On JAX (jax2tf), lowered for the CPU and CUDA alike: by default jax2tf lowers for JAX's own device only, and
+    # a model trained on a GPU would then run nowhere else (not in the CPU-only server, nor in the export check).
+    on_jax = keras.backend.backend() == "jax"
+    jax = {"jax2tf_kwargs": {"native_serialization_platforms": JAX_PLATFORMS}} if on_jax else {}
     archive.add_endpoint(name="serving_default", fn=probabilities,
-                         input_signature=[tf.TensorSpec([None, *infer.input_shape[1:]], tf.uint8, name="image")])
+                         input_signature=[tf.TensorSpec([None, *infer.input_shape[1:]], tf.uint8, name="image")], **jax)
     archive.write_out(path, verbose=False)
 
 

@@ -41,6 +41,7 @@ class Servable:
     signature_def_protos: dict = field(default_factory=dict, repr=False)  # name -> SignatureDef proto
     _signatures: dict = field(default_factory=dict, repr=False)  # name -> concrete function
     max_request_pixels: int | None = None  # the most pixels the encoded images of one request may hold together
+    bucketed: bool = False  # run at padded batch sizes (`padded_rows`): an export that compiles per batch size
 
     def classify(self, examples: list[bytes]) -> dict[str, np.ndarray]:
         """TF Serving's Classify: serialized `tf.train.Example`s (`image/encoded`) -> `classes` [N, K] (text)
@@ -52,8 +53,8 @@ class Servable:
             raise ValueError(f"{self.name} version {self.version} has no {CLASSIFY!r} signature "
                              "(exported before it existed); use predict")
         _refuse_unsafe_images(_example_images(examples), self.max_request_pixels)
-        out = fn(inputs=tf.constant(list(examples), dtype=tf.string))
-        return {k: _text(v.numpy()) for k, v in out.items()}
+        return self._padded(lambda feeds: fn(**feeds), {"inputs": np.array(list(examples), dtype=object)},
+                            {"inputs": tf.string})
 
     def run_signature(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Call any signature of the export (e.g. `image_bytes` with string `image_bytes`) unbatched; the
@@ -69,19 +70,37 @@ class Servable:
                 blobs = list(np.asarray(v, dtype=object).ravel())
                 _refuse_unsafe_images(_example_images(blobs) if signature == CLASSIFY else _numbered(blobs),
                                       self.max_request_pixels)
-        feeds = {k: tf.constant(v, dtype=specs[k].dtype) for k, v in inputs.items()}
-        return {k: _text(v.numpy()) for k, v in fn(**feeds).items()}
+        return self._padded(lambda feeds: fn(**feeds), inputs, {k: specs[k].dtype for k in inputs})
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import tensorflow as tf
-
-        feeds = {k: tf.constant(v, dtype=self.inputs[k].dtype) for k, v in inputs.items()}
-        out = {k: _text(v.numpy()) for k, v in self._fn(**feeds).items()}
+        out = self._padded(lambda feeds: self._fn(**feeds), inputs, {k: self.inputs[k].dtype for k in inputs})
         if self.class_names and "class_name" not in out and "class_id" in out:
             # An export without the string output (Keras' JAX export has none): the names from labels.txt.
             ids = out["class_id"]
             out["class_name"] = np.array(self.class_names, dtype=object)[np.clip(ids, 0, len(self.class_names) - 1)]
         return out
+
+
+    def _padded(self, call, inputs: dict, dtypes: dict) -> dict[str, np.ndarray]:
+        """`call` on `inputs` as tensors of `dtypes`; on a `bucketed` servable each input's rows are padded (the
+        last row repeated) up to `padded_rows` and the outputs cut back to the rows asked for."""
+        import tensorflow as tf
+
+        rows = len(next(iter(inputs.values()))) if inputs else 0
+        pad = padded_rows(rows) - rows if self.bucketed and rows else 0
+        if pad:  # strings as objects: NumPy's bytes type would drop an encoded file's trailing zero bytes
+            arrays = {k: np.asarray(v, dtype=object if dtypes[k] == tf.string else None) for k, v in inputs.items()}
+            inputs = {k: np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) for k, a in arrays.items()}
+        out = call({k: tf.constant(v, dtype=dtypes[k]) for k, v in inputs.items()})
+        return {k: _text(v.numpy())[:rows] for k, v in out.items()}
+
+
+def padded_rows(rows: int) -> int:
+    """The batch size a `bucketed` servable runs `rows` rows at: the next power of 2 (TF Serving's
+    `allowed_batch_sizes`). A JAX export (jax2tf: `XlaCallModule` ops) compiles its function for each batch
+    size it meets, 0.5-2 s each on a CPU, while the model's batching queue waits: padded, a version meets at
+    most log2(rows) + 1 sizes, and those the traffic has had are compiled before it serves (`load_servable`)."""
+    return 1 << max(0, rows - 1).bit_length()
 
 
 def _example_images(examples: list[bytes]) -> list[tuple[str, bytes]]:
@@ -136,14 +155,27 @@ def _text(values: np.ndarray) -> np.ndarray:
     return values
 
 
-def _signature_defs(path: str) -> tuple[dict, dict]:
-    """The SignatureDefs of `path/saved_model.pb`: as TF Serving prints them (JSON), and as protos."""
-    from google.protobuf import json_format
+def _read_proto(path: str):
     from tensorflow.core.protobuf import saved_model_pb2
 
     proto = saved_model_pb2.SavedModel()
     with open(os.path.join(path, "saved_model.pb"), "rb") as f:
         proto.ParseFromString(f.read())
+    return proto
+
+
+def jax2tf_platforms(proto) -> list[list[str]]:
+    """The platforms each `XlaCallModule` op of a SavedModel proto (`_read_proto`) was lowered for (jax2tf's
+    `native_serialization_platforms`; e.g. `[["CPU", "CUDA"]]`): empty for a model without such ops."""
+    graph = proto.meta_graphs[0].graph_def
+    nodes = [n for f in graph.library.function for n in f.node_def] + list(graph.node)
+    return [[p.decode() for p in n.attr["platforms"].list.s] for n in nodes if n.op == "XlaCallModule"]
+
+
+def _signature_defs(proto) -> tuple[dict, dict]:
+    """The SignatureDefs of a SavedModel proto: as TF Serving prints them (JSON), and as protos."""
+    from google.protobuf import json_format
+
     defs = proto.meta_graphs[0].signature_def
     as_json = {
         k: json_format.MessageToDict(
@@ -197,7 +229,9 @@ def load_servable(name: str, version: int, path: str, warm_rows=(1,), warm_budge
 
     The first call of a new batch size is slow (TensorFlow sets up kernels per shape, oneDNN its primitives:
     37 ms against 9 ms later for 8 rows of the baseline CNN); the manager passes the sizes its batcher has run,
-    most frequent first, so that a version swapped in under load does not pay them on requests.
+    most frequent first, so that a version swapped in under load does not pay them on requests. A JAX export
+    (`XlaCallModule` ops) is `bucketed` (`padded_rows`): it is warmed at the padded sizes of all of `warm_rows`,
+    past the budget (a JAX version of images.yaml's resnet compiled each size for about 2 s on one core).
     """
     loaded = load_savedmodel(path)
     if SIGNATURE not in loaded.signatures:
@@ -215,13 +249,15 @@ def load_servable(name: str, version: int, path: str, warm_rows=(1,), warm_budge
     class_names = read_labels(path)
     if class_names and "class_name" not in outputs and "class_id" in outputs:
         outputs["class_name"] = TensorInfo("class_name", np.dtype(object), outputs["class_id"].shape)
-    defs_json, defs = _signature_defs(path)
+    proto = _read_proto(path)
+    defs_json, defs = _signature_defs(proto)
+    bucketed = bool(jax2tf_platforms(proto))
     servable = Servable(name, version, path, inputs, outputs, defs_json, fn, loaded, class_names, defs,
-                        dict(loaded.signatures), max_request_pixels)
+                        dict(loaded.signatures), max_request_pixels, bucketed)
     if all(d is not None for t in inputs.values() for d in t.shape[1:]):
-        t0 = None
-        for rows in dict.fromkeys([1, *warm_rows]):
-            if t0 is not None and time.perf_counter() - t0 > warm_budget_s:
+        t0 = None  # a bucketed servable warms every padded size the traffic has had (a few), however long
+        for rows in dict.fromkeys(padded_rows(r) if bucketed else r for r in [1, *warm_rows]):
+            if t0 is not None and time.perf_counter() - t0 > warm_budget_s and not bucketed:
                 break
             servable.run({k: np.zeros((rows, *t.shape[1:]), t.dtype) for k, t in inputs.items()})
             t0 = time.perf_counter() if t0 is None else t0

@@ -35,6 +35,10 @@ def test_a_jax_trained_model_exports_and_serves_under_tensorflow(tmp_path):
     assert "interrupted" not in out.stderr and "Stopping" not in out.stderr
     export = tmp_path / "exports" / "jaxrun" / "1"
     assert (export / "saved_model.pb").is_file()
+    from pipelines.serving.savedmodel import _read_proto, jax2tf_platforms
+
+    platforms = jax2tf_platforms(_read_proto(str(export)))  # lowered for a GPU too, not only for this CPU
+    assert platforms and all(p == ["CPU", "CUDA"] for p in platforms), platforms
 
     import keras
 
@@ -54,11 +58,12 @@ def test_a_jax_trained_model_exports_and_serves_under_tensorflow(tmp_path):
 
     server = Server(str(tmp_path / "exports"), port=0, poll_s=0.2).start()
     try:
-        r = requests.post(f"{server.url}/v1/models/jaxrun:predict", json={"instances": x[:4].tolist()}, timeout=60)
+        r = requests.post(f"{server.url}/v1/models/jaxrun:predict", json={"instances": x[:3].tolist()}, timeout=60)
         assert r.status_code == 200, r.text
-        assert [p["class_id"] for p in r.json()["predictions"]] == served["class_id"][:4].tolist()
+        assert server.manager.resolve("jaxrun")[0].bucketed  # compiled per batch size: run at padded sizes
+        assert [p["class_id"] for p in r.json()["predictions"]] == served["class_id"][:3].tolist()  # 3 rows run as 4
         # the class names too: the export's own `class_name` output, on JAX as on TensorFlow
-        assert [p["class_name"] for p in r.json()["predictions"]] == [str(i) for i in served["class_id"][:4]]
+        assert [p["class_name"] for p in r.json()["predictions"]] == [str(i) for i in served["class_id"][:3]]
         assert [c.decode() for c in served["class_name"]] == [str(i) for i in served["class_id"]]
     finally:
         server.stop()

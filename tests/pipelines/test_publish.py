@@ -171,3 +171,27 @@ def test_a_model_built_for_any_size_is_one_error_and_nothing_is_written(tmp_path
     with pytest.raises(UserError, match=r"takes images of any size \(\(None, None, None, 1\)\).*data.image_size"):
         export_model(model, str(tmp_path), "m", class_names=["a", "b", "c"])
     assert not (tmp_path / "m").exists()
+
+
+def test_an_export_whose_signature_fails_here_is_one_error_naming_the_reason(tmp_path, monkeypatch):
+    """A JAX export lowered for CUDA only (what jax2tf wrote on a GPU by default) fails on a CPU when it runs, not
+    when it loads: the export check and `make evaluate` said so in a traceback; now one UserError, the reason."""
+    import types
+
+    import tensorflow as tf
+
+    from pipelines import export
+    from pipelines.errors import UserError
+
+    reason = "The current platform CPU is not among the platforms required by the module: [CUDA]"
+
+    def cuda_only(image):
+        raise tf.errors.NotFoundError(None, None, f"Graph execution error:\n\nDetected at node XlaCallModule\n\n"
+                                      f"{reason}\n\t [[{{{{node XlaCallModule}}}}]]")
+
+    monkeypatch.setattr(export, "load_savedmodel", lambda path: types.SimpleNamespace(
+        signatures={"serving_default": cuda_only}))
+    predict = export.savedmodel_predictor(str(tmp_path))
+    with pytest.raises(UserError) as raised:
+        predict(np.zeros((2, 28, 28, 1), np.uint8))
+    assert str(raised.value) == f"{tmp_path}: its serving_default fails on this machine: {reason}"

@@ -145,3 +145,59 @@ def test_a_loaded_version_is_warmed_up_at_the_given_batch_sizes(tmp_path, monkey
     calls.clear()
     savedmodel.load_servable("tiny", 1, path, warm_rows=[8, 3], warm_budget_s=0.0)
     assert calls == [1]  # no time for more: the other sizes are left to the traffic
+
+
+def test_an_export_that_compiles_per_batch_size_is_run_and_warmed_at_padded_sizes(tmp_path, monkeypatch):
+    """A JAX export (`XlaCallModule` ops, compiled once per batch size) is `bucketed`: its rows are padded to the
+    next power of 2 and the answers cut back; it is warmed at the padded sizes the traffic has had, past the
+    warm-up budget (a compile is 0.5-2 s). A TensorFlow export, without such ops, is not."""
+    import base64
+
+    from pipelines.export import export_model
+    from pipelines.serving import savedmodel
+    from tests.pipelines.test_serve import png, tiny_model
+
+    path = export_model(tiny_model(0), str(tmp_path), "tiny")
+    plain = savedmodel.load_servable("tiny", 1, path)
+    assert not plain.bucketed and savedmodel.jax2tf_platforms(savedmodel._read_proto(path)) == []
+    assert [savedmodel.padded_rows(n) for n in (1, 2, 3, 5, 8, 9, 33)] == [1, 2, 4, 8, 8, 16, 64]
+
+    monkeypatch.setattr(savedmodel, "jax2tf_platforms", lambda proto: [["CPU", "CUDA"]])  # as a JAX export's
+    warmed, real_run = [], savedmodel.Servable.run
+    monkeypatch.setattr(savedmodel.Servable, "run", lambda self, feeds: (
+        warmed.append(len(next(iter(feeds.values())))), real_run(self, feeds))[1])
+    bucketed = savedmodel.load_servable("tiny", 1, path, warm_rows=[8, 3, 5, 1], warm_budget_s=0.0)
+    assert bucketed.bucketed and warmed == [1, 8, 4]  # 3 and 5 run as 4 and 8: each padded size once
+    monkeypatch.setattr(savedmodel.Servable, "run", real_run)
+
+    seen = []
+
+    def recording(fn):
+        def call(**feeds):
+            seen.append(int(next(iter(feeds.values())).shape[0]))
+            return fn(**feeds)
+        call.structured_input_signature = fn.structured_input_signature
+        return call
+
+    bucketed._fn = recording(bucketed._fn)
+    bucketed._signatures = {k: recording(f) for k, f in bucketed._signatures.items()}
+    x = np.random.default_rng(0).integers(0, 256, (3, 28, 28, 1), dtype=np.uint8)
+    want = plain.run({"image": x})
+    got = bucketed.run({"image": x})
+    assert seen == [4] and got.keys() == want.keys()
+    for k in want:
+        assert len(got[k]) == 3
+        if want[k].dtype == object:
+            assert got[k].tolist() == want[k].tolist()
+        else:
+            np.testing.assert_allclose(got[k], want[k], atol=1e-6)
+    # the encoded-image signature too, a file ending in zero bytes kept whole (BMP rows of black pixels)
+    files = [base64.b64decode(png(im, "BMP")) for im in np.concatenate([x, np.zeros_like(x[:2])])]
+    assert files[-1].endswith(b"\0\0\0")
+    seen.clear()
+    got = bucketed.run_signature("image_bytes", {"image_bytes": np.array(files, dtype=object)})
+    assert seen == [8] and len(got["class_id"]) == 5
+    np.testing.assert_array_equal(got["class_id"], plain.run_signature(
+        "image_bytes", {"image_bytes": np.array(files, dtype=object)})["class_id"])
+    np.testing.assert_array_equal(got["class_id"][:3], want["class_id"])
+
