@@ -89,9 +89,13 @@ def _first_line(e: BaseException) -> str:
             lines = lines[marker - 1:]
     if not lines:
         return type(e).__name__
+    # an eager op's error names its function and op ("{{function_node __wrapped__DecodeImage_device_...}} jpeg::
+    # Uncompress failed... [Op:DecodeImage]"): the reason only
+    line = re.sub(r"^(?:\{\{function_node [^}]*\}\} )+", "", lines[0])
+    line = re.sub(r" \[Op:\w+\]( name: \S*)?$", "", line) or lines[0]
     # a tf.debugging.Assert in the graph (the signatures' check for animated WebP): its message, not the wrapping
-    asserted = re.fullmatch(r"(?:\{\{function_node [^}]*\}\} )*assertion failed: \[([^][]*)\]", lines[0])
-    return asserted.group(1) if asserted else lines[0]
+    asserted = re.fullmatch(r"assertion failed: \[([^][]*)\]", line)
+    return asserted.group(1) if asserted else line
 
 
 def error(status: int, message: str, headers: dict | None = None) -> Response:

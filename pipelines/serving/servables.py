@@ -31,6 +31,7 @@ and `Batcher` (`pipelines.serving.batching`) are importable from here as before.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -42,6 +43,7 @@ from pipelines.serving.batching import Batcher
 from pipelines.serving.heap import Reclaimer, freeze_base
 from pipelines.serving.model_config import ConfigWatcher, ModelSpec, exports_specs, version_number
 from pipelines.serving.polite import polite
+from pipelines.serving.responses import _first_line
 from pipelines.serving.savedmodel import SIGNATURE, Servable, TensorInfo, load_servable
 
 __all__ = [
@@ -341,13 +343,11 @@ class ModelManager:
                 serving = any(m.servables for m in self._models.values())
             sizes = st.batcher.batch_sizes()  # warmed up at the batch sizes the traffic has run, most frequent first
             rows = sorted(sizes, key=lambda r: -sizes[r])
-            if serving:  # requests may be waiting: leave them the GIL
-                servable = polite(lambda: load_servable(name, version, path, rows,
-                                                        max_request_pixels=self.max_request_pixels))
-            else:
-                servable = load_servable(name, version, path, rows, max_request_pixels=self.max_request_pixels)
+            load = functools.partial(load_servable, name, version, path, rows,
+                                     max_request_pixels=self.max_request_pixels)
+            servable = polite(load) if serving else load()  # requests may be waiting: leave them the GIL
         except Exception as e:  # noqa: BLE001 - a bad export must not stop the server or the others
-            msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            msg = f"{type(e).__name__}: {_first_line(e) if str(e) else ''}"  # a graph error's reason, not its 1st line
             backoff = min(self.poll_s * 2 ** (attempt - 1), self.retry_max_s)
             log.error(
                 "model %s version %s failed to load (attempt %d): %s; retried when its files change "

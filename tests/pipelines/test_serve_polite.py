@@ -201,3 +201,27 @@ def test_an_export_that_compiles_per_batch_size_is_run_and_warmed_at_padded_size
         "image_bytes", {"image_bytes": np.array(files, dtype=object)})["class_id"])
     np.testing.assert_array_equal(got["class_id"][:3], want["class_id"])
 
+
+def test_a_version_that_fails_with_a_graph_error_is_listed_with_its_reason(tmp_path, monkeypatch):
+    """TensorFlow's graph errors start "Graph execution error:" and give the reason lines later (here what a
+    JAX export lowered for CUDA only says on a CPU): the status and the log give the reason, not the first line."""
+    import tensorflow as tf
+
+    from pipelines.serving import servables
+
+    reason = "The current platform CPU is not among the platforms required by the module: [CUDA]"
+
+    def failing_load(name, version, path, warm_rows=(1,), max_request_pixels=None):
+        raise tf.errors.NotFoundError(None, None, f"Graph execution error:\n\nDetected at node XlaCallModule defined "
+                                      f"at (most recent call last):\n  File x.py, line 1\n\n{reason}\n\t "
+                                      f"[[{{{{node XlaCallModule}}}}]] [Op:__inference_signature_wrapper_1]")
+
+    monkeypatch.setattr(servables, "load_servable", failing_load)
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    manager = servables.ModelManager(str(tmp_path))
+    try:
+        manager.poll_once()
+        (status,) = manager.status("m")
+        assert status.state == "END" and status.error_message == f"NotFoundError: {reason}"
+    finally:
+        manager.stop()
