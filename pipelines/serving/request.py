@@ -49,7 +49,8 @@ def _numeric(value, spec: TensorInfo, where: str) -> np.ndarray:
         if kind == "f":
             if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
                 bad = arr[~(np.isfinite(arr) & (arr == np.round(arr)))].ravel()[0]
-                raise BadRequest(f"{where}: wrong dtype for input {spec.name!r}: expected {want.name} integers, got {bad!r}")
+                raise BadRequest(f"{where}: wrong dtype for input {spec.name!r}: expected {want.name} integers, "
+                                 f"got {bad.item()!r}")
         info = np.iinfo(want)
         if arr.size and (arr.min() < info.min or arr.max() > info.max):
             bad = arr.min() if arr.min() < info.min else arr.max()
@@ -209,7 +210,9 @@ class EncodedImages(list):
 
 def _encoded_images(req: dict, max_rows: int | None) -> EncodedImages:
     rows = req.get("instances", req.get("inputs"))
-    if isinstance(rows, dict) and set(rows) == {IMAGE_BYTES}:  # columnar, named
+    if isinstance(rows, dict):  # columnar: its one input, named
+        if set(rows) != {IMAGE_BYTES}:
+            raise BadRequest(f"the {IMAGE_BYTES!r} signature has one input, {IMAGE_BYTES!r}; got {sorted(rows)}")
         rows = rows[IMAGE_BYTES]
     if not isinstance(rows, list) or not rows:
         raise BadRequest(f"the {IMAGE_BYTES!r} signature takes a non-empty list of {{\"b64\": <file>}}, one per image")

@@ -207,6 +207,13 @@ def test_a_color_jpeg_is_read_as_training_reads_it_not_as_pil_does():
 # ----------------------------------------------------------------------------- bad input
 
 
+def truncated_jpeg() -> str:
+    """A JPEG cut short after its header: PIL reads its size, TensorFlow's decoder fails on its data."""
+    b = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (28, 28), dtype=np.uint8)).save(b, "JPEG")
+    return base64.b64encode(b.getvalue()[:600]).decode()
+
+
 def _img(shape, value=7):
     return np.full(shape, value, np.uint8).tolist()
 
@@ -225,10 +232,14 @@ BAD = [
     ("ragged", ":predict", "POST", {"instances": [_img((28, 28, 1)), _img((28, 27, 1))]}, 400, "not a rectangular array"),
     ("strings", ":predict", "POST", {"instances": np.full((1, 28, 28, 1), "a").tolist()}, 400, "wrong dtype"),
     ("out-of-range", ":predict", "POST", {"instances": [_img((28, 28, 1), 255)[:27] + [[[300]] * 28]]}, 400, "value 300 out of range"),
-    ("non-integer", ":predict", "POST", {"instances": np.full((1, 28, 28, 1), 1.5).tolist()}, 400, "expected uint8 integers"),
+    ("non-integer", ":predict", "POST", {"instances": np.full((1, 28, 28, 1), 1.5).tolist()}, 400, "expected uint8 integers, got 1.5"),
     ("bad-base64", ":predict", "POST", {"instances": [{"b64": "!!not base64!!"}]}, 400, "invalid base64"),
     ("not-an-image", ":predict", "POST", {"instances": [{"b64": base64.b64encode(b"GIF89a nope").decode()}]}, 400,
      "undecodable image (PNG or JPEG expected): not a PNG or JPEG file"),
+    ("truncated-jpeg", ":predict", "POST", {"instances": [{"b64": truncated_jpeg()}]}, 400,  # TF's reason, not its op
+     "undecodable image (PNG or JPEG expected): jpeg::Uncompress failed"),
+    ("image-bytes-misnamed", ":predict", "POST", {"signature_name": "image_bytes", "inputs": {"image": [
+        {"b64": png(np.zeros((28, 28, 1), np.uint8))}]}}, 400, "has one input, 'image_bytes'; got ['image']"),
     ("image-size", ":predict", "POST", {"instances": [{"b64": png(np.zeros((32, 30, 1), np.uint8))}]}, 400, "image is 30x32"),
     ("image-channels", ":predict", "POST", {"instances": [{"b64": png(np.zeros((28, 28, 3), np.uint8))}]}, 400, "3 channel"),
     ("b64-without-batch", ":predict", "POST", {"inputs": {"image": {"b64": png(np.zeros((28, 28, 1), np.uint8))}}}, 400, "needs a batch"),
@@ -254,6 +265,7 @@ def test_bad_input_gets_a_4xx_that_says_why(server, exports, case):
     r = requests.request(method, url, timeout=30, **kw)
     assert r.status_code == status, r.text
     assert words in r.json()["error"]
+    assert "{{function_node" not in r.json()["error"] and "[Op:" not in r.json()["error"]  # TF's wrapping: noise
     # the server lives on and still answers correctly
     ok = predict(f"{server.url}/v1/models/tiny:predict", json={"instances": exports["x"].tolist()})
     assert_matches(ok.json()["predictions"], exports["ref"])
