@@ -80,26 +80,39 @@ class Servable:
             out["class_name"] = np.array(self.class_names, dtype=object)[np.clip(ids, 0, len(self.class_names) - 1)]
         return out
 
-
     def _padded(self, call, inputs: dict, dtypes: dict) -> dict[str, np.ndarray]:
-        """`call` on `inputs` as tensors of `dtypes`; on a `bucketed` servable each input's rows are padded (the
-        last row repeated) up to `padded_rows` and the outputs cut back to the rows asked for."""
+        """`call` on `inputs` as tensors of `dtypes`. On a `bucketed` servable the rows go in chunks of at most
+        `CHUNK_ROWS`, each padded (its last row repeated) to `padded_rows`, and the outputs are cut back."""
         import tensorflow as tf
 
+        def run(feeds):
+            return {k: _text(v.numpy()) for k, v in call({k: tf.constant(v, dtype=dtypes[k])
+                                                          for k, v in feeds.items()}).items()}
+
         rows = len(next(iter(inputs.values()))) if inputs else 0
-        pad = padded_rows(rows) - rows if self.bucketed and rows else 0
-        if pad:  # strings as objects: NumPy's bytes type would drop an encoded file's trailing zero bytes
-            arrays = {k: np.asarray(v, dtype=object if dtypes[k] == tf.string else None) for k, v in inputs.items()}
-            inputs = {k: np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) for k, a in arrays.items()}
-        out = call({k: tf.constant(v, dtype=dtypes[k]) for k, v in inputs.items()})
-        return {k: _text(v.numpy())[:rows] for k, v in out.items()}
+        if not self.bucketed or rows == 0:
+            return run(inputs)
+        # strings as objects: NumPy's bytes type would drop an encoded file's trailing zero bytes
+        arrays = {k: np.asarray(v, dtype=object if dtypes[k] == tf.string else None) for k, v in inputs.items()}
+        parts = []
+        for a in range(0, rows, CHUNK_ROWS):
+            n = min(CHUNK_ROWS, rows - a)
+            pad = padded_rows(n) - n
+            out = run({k: np.concatenate([v[a:a + n], np.repeat(v[a + n - 1:a + n], pad, axis=0)])
+                       for k, v in arrays.items()})
+            parts.append({k: v[:n] for k, v in out.items()})
+        return parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+CHUNK_ROWS = 64  # the most rows of one call of a bucketed servable (a larger request is run in chunks)
 
 
 def padded_rows(rows: int) -> int:
     """The batch size a `bucketed` servable runs `rows` rows at: the next power of 2 (TF Serving's
     `allowed_batch_sizes`). A JAX export (jax2tf: `XlaCallModule` ops) compiles its function for each batch
-    size it meets, 0.5-2 s each on a CPU, while the model's batching queue waits: padded, a version meets at
-    most log2(rows) + 1 sizes, and those the traffic has had are compiled before it serves (`load_servable`)."""
+    size it meets, 0.5-3 s each on a CPU, while the model's batching queue waits: padded (and run in chunks of
+    `CHUNK_ROWS`), a version meets at most 7 sizes, and those the traffic has had are compiled before it serves
+    (`load_servable`)."""
     return 1 << max(0, rows - 1).bit_length()
 
 
@@ -256,7 +269,7 @@ def load_servable(name: str, version: int, path: str, warm_rows=(1,), warm_budge
                         dict(loaded.signatures), max_request_pixels, bucketed)
     if all(d is not None for t in inputs.values() for d in t.shape[1:]):
         t0 = None  # a bucketed servable warms every padded size the traffic has had (a few), however long
-        for rows in dict.fromkeys(padded_rows(r) if bucketed else r for r in [1, *warm_rows]):
+        for rows in dict.fromkeys(padded_rows(min(r, CHUNK_ROWS)) if bucketed else r for r in [1, *warm_rows]):
             if t0 is not None and time.perf_counter() - t0 > warm_budget_s and not bucketed:
                 break
             servable.run({k: np.zeros((rows, *t.shape[1:]), t.dtype) for k, t in inputs.items()})

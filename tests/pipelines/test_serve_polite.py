@@ -166,8 +166,8 @@ def test_an_export_that_compiles_per_batch_size_is_run_and_warmed_at_padded_size
     warmed, real_run = [], savedmodel.Servable.run
     monkeypatch.setattr(savedmodel.Servable, "run", lambda self, feeds: (
         warmed.append(len(next(iter(feeds.values())))), real_run(self, feeds))[1])
-    bucketed = savedmodel.load_servable("tiny", 1, path, warm_rows=[8, 3, 5, 1], warm_budget_s=0.0)
-    assert bucketed.bucketed and warmed == [1, 8, 4]  # 3 and 5 run as 4 and 8: each padded size once
+    bucketed = savedmodel.load_servable("tiny", 1, path, warm_rows=[8, 3, 5, 1, 100], warm_budget_s=0.0)
+    assert bucketed.bucketed and warmed == [1, 8, 4, 64]  # 3, 5 run as 4, 8; 100 in chunks of 64: each size once
     monkeypatch.setattr(savedmodel.Servable, "run", real_run)
 
     seen = []
@@ -191,6 +191,11 @@ def test_an_export_that_compiles_per_batch_size_is_run_and_warmed_at_padded_size
             assert got[k].tolist() == want[k].tolist()
         else:
             np.testing.assert_allclose(got[k], want[k], atol=1e-6)
+    seen.clear()  # a large request: in chunks of CHUNK_ROWS, the last padded
+    x70 = np.random.default_rng(1).integers(0, 256, (savedmodel.CHUNK_ROWS + 6, 28, 28, 1), dtype=np.uint8)
+    got = bucketed.run({"image": x70})
+    assert seen == [savedmodel.CHUNK_ROWS, 8]
+    np.testing.assert_allclose(got["probabilities"], plain.run({"image": x70})["probabilities"], atol=1e-6)
     # the encoded-image signature too, a file ending in zero bytes kept whole (BMP rows of black pixels)
     files = [base64.b64decode(png(im, "BMP")) for im in np.concatenate([x, np.zeros_like(x[:2])])]
     assert files[-1].endswith(b"\0\0\0")
