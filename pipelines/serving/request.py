@@ -210,10 +210,10 @@ class EncodedImages(list):
 
 def _encoded_images(req: dict, max_rows: int | None) -> EncodedImages:
     rows = req.get("instances", req.get("inputs"))
-    if isinstance(rows, dict):  # columnar: its one input, named
-        if set(rows) != {IMAGE_BYTES}:
-            raise BadRequest(f"the {IMAGE_BYTES!r} signature has one input, {IMAGE_BYTES!r}; got {sorted(rows)}")
+    if isinstance(rows, dict) and set(rows) == {IMAGE_BYTES}:  # columnar, named
         rows = rows[IMAGE_BYTES]
+    elif isinstance(rows, dict) and rows and not _is_b64(rows):  # columnar under another name
+        raise BadRequest(f"the {IMAGE_BYTES!r} signature has one input, {IMAGE_BYTES!r}; got {sorted(rows)}")
     if not isinstance(rows, list) or not rows:
         raise BadRequest(f"the {IMAGE_BYTES!r} signature takes a non-empty list of {{\"b64\": <file>}}, one per image")
     rows_check(len(rows), max_rows, "'instances'" if "instances" in req else "'inputs'")

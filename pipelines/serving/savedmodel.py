@@ -54,7 +54,7 @@ class Servable:
                              "(exported before it existed); use predict")
         _refuse_unsafe_images(_example_images(examples), self.max_request_pixels)
         return self._padded(lambda feeds: fn(**feeds), {"inputs": np.array(list(examples), dtype=object)},
-                            {"inputs": tf.string})
+                            {"inputs": tf.string}, self._fewest_pixels(examples, CLASSIFY))
 
     def run_signature(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Call any signature of the export (e.g. `image_bytes` with string `image_bytes`) unbatched; the
@@ -65,12 +65,14 @@ class Servable:
             return self.run(inputs)
         fn = self._signatures[signature]
         specs = fn.structured_input_signature[1]
+        pad_row = None
         for k, v in inputs.items():
             if specs[k].dtype == tf.string:  # encoded images, or (the classify signature's) tf.Examples of them
                 blobs = list(np.asarray(v, dtype=object).ravel())
                 _refuse_unsafe_images(_example_images(blobs) if signature == CLASSIFY else _numbered(blobs),
                                       self.max_request_pixels)
-        return self._padded(lambda feeds: fn(**feeds), inputs, {k: specs[k].dtype for k in inputs})
+                pad_row = self._fewest_pixels(blobs, signature) if np.ndim(v) == 1 else pad_row
+        return self._padded(lambda feeds: fn(**feeds), inputs, {k: specs[k].dtype for k in inputs}, pad_row)
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = self._padded(lambda feeds: self._fn(**feeds), inputs, {k: self.inputs[k].dtype for k in inputs})
@@ -80,9 +82,23 @@ class Servable:
             out["class_name"] = np.array(self.class_names, dtype=object)[np.clip(ids, 0, len(self.class_names) - 1)]
         return out
 
-    def _padded(self, call, inputs: dict, dtypes: dict) -> dict[str, np.ndarray]:
+    def _fewest_pixels(self, blobs: list, signature: str) -> int | None:
+        """The row of encoded images (or, for `classify`, of Examples holding them) with the fewest pixels: what
+        a bucketed servable pads with, so that padding cannot multiply a large image past the pixel limit."""
+        if not self.bucketed:
+            return None
+        from data.images import header_check
+
+        def pixels(blob):
+            images = [b for _, b in _example_images([blob])] if signature == CLASSIFY else [blob]
+            return sum(header_check(b)[1] if isinstance(b, bytes) else 0 for b in images)
+
+        return min(range(len(blobs)), key=lambda i: pixels(blobs[i]))
+
+    def _padded(self, call, inputs: dict, dtypes: dict, pad_row: int | None = None) -> dict[str, np.ndarray]:
         """`call` on `inputs` as tensors of `dtypes`. On a `bucketed` servable the rows go in chunks of at most
-        `CHUNK_ROWS`, each padded (its last row repeated) to `padded_rows`, and the outputs are cut back."""
+        `CHUNK_ROWS`, the last padded to `padded_rows` with copies of row `pad_row` (default: its own last row),
+        and the outputs with those rows are cut back (others, not of the batch, are kept as they are)."""
         import tensorflow as tf
 
         def run(feeds):
@@ -97,11 +113,14 @@ class Servable:
         parts = []
         for a in range(0, rows, CHUNK_ROWS):
             n = min(CHUNK_ROWS, rows - a)
-            pad = padded_rows(n) - n
-            out = run({k: np.concatenate([v[a:a + n], np.repeat(v[a + n - 1:a + n], pad, axis=0)])
+            pad, filler = padded_rows(n) - n, a + n - 1 if pad_row is None else pad_row
+            out = run({k: np.concatenate([v[a:a + n], np.repeat(v[filler:filler + 1], pad, axis=0)])
                        for k, v in arrays.items()})
-            parts.append({k: v[:n] for k, v in out.items()})
-        return parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+            parts.append({k: v[:n] if np.ndim(v) and len(v) == n + pad else v for k, v in out.items()})
+        if len(parts) == 1:
+            return parts[0]
+        return {k: np.concatenate([p[k] for p in parts]) if np.ndim(v) and len(v) == min(CHUNK_ROWS, rows) else v
+                for k, v in parts[0].items()}
 
 
 CHUNK_ROWS = 64  # the most rows of one call of a bucketed servable (a larger request is run in chunks)
@@ -244,7 +263,7 @@ def load_servable(name: str, version: int, path: str, warm_rows=(1,), warm_budge
     37 ms against 9 ms later for 8 rows of the baseline CNN); the manager passes the sizes its batcher has run,
     most frequent first, so that a version swapped in under load does not pay them on requests. A JAX export
     (`XlaCallModule` ops) is `bucketed` (`padded_rows`): it is warmed at the padded sizes of all of `warm_rows`,
-    past the budget (a JAX version of images.yaml's resnet compiled each size for about 2 s on one core).
+    past the budget (a JAX version of images.yaml's resnet compiled each size for 2-3 s on one core).
     """
     loaded = load_savedmodel(path)
     if SIGNATURE not in loaded.signatures:

@@ -240,6 +240,8 @@ BAD = [
      "undecodable image (PNG or JPEG expected): jpeg::Uncompress failed"),
     ("image-bytes-misnamed", ":predict", "POST", {"signature_name": "image_bytes", "inputs": {"image": [
         {"b64": png(np.zeros((28, 28, 1), np.uint8))}]}}, 400, "has one input, 'image_bytes'; got ['image']"),
+    ("image-bytes-unbatched", ":predict", "POST", {"signature_name": "image_bytes", "inputs": {
+        "b64": png(np.zeros((28, 28, 1), np.uint8))}}, 400, "takes a non-empty list of {\"b64\": <file>}"),
     ("image-size", ":predict", "POST", {"instances": [{"b64": png(np.zeros((32, 30, 1), np.uint8))}]}, 400, "image is 30x32"),
     ("image-channels", ":predict", "POST", {"instances": [{"b64": png(np.zeros((28, 28, 3), np.uint8))}]}, 400, "3 channel"),
     ("b64-without-batch", ":predict", "POST", {"inputs": {"image": {"b64": png(np.zeros((28, 28, 1), np.uint8))}}}, 400, "needs a batch"),

@@ -172,9 +172,12 @@ def test_an_export_that_compiles_per_batch_size_is_run_and_warmed_at_padded_size
 
     seen = []
 
+    fed = []
+
     def recording(fn):
         def call(**feeds):
             seen.append(int(next(iter(feeds.values())).shape[0]))
+            fed.append(next(iter(feeds.values())))
             return fn(**feeds)
         call.structured_input_signature = fn.structured_input_signature
         return call
@@ -196,11 +199,12 @@ def test_an_export_that_compiles_per_batch_size_is_run_and_warmed_at_padded_size
     got = bucketed.run({"image": x70})
     assert seen == [savedmodel.CHUNK_ROWS, 8]
     np.testing.assert_allclose(got["probabilities"], plain.run({"image": x70})["probabilities"], atol=1e-6)
-    # the encoded-image signature too, a file ending in zero bytes kept whole (BMP rows of black pixels)
+    # the encoded-image signature too, a file ending in zero bytes kept whole (BMP rows of black pixels), given
+    # as a list (NumPy's bytes type would drop those zeros)
     files = [base64.b64decode(png(im, "BMP")) for im in np.concatenate([x, np.zeros_like(x[:2])])]
     assert files[-1].endswith(b"\0\0\0")
     seen.clear()
-    got = bucketed.run_signature("image_bytes", {"image_bytes": np.array(files, dtype=object)})
+    got = bucketed.run_signature("image_bytes", {"image_bytes": list(files)})
     assert seen == [8] and len(got["class_id"]) == 5
     np.testing.assert_array_equal(got["class_id"], plain.run_signature(
         "image_bytes", {"image_bytes": np.array(files, dtype=object)})["class_id"])
@@ -230,3 +234,36 @@ def test_a_version_that_fails_with_a_graph_error_is_listed_with_its_reason(tmp_p
         assert status.state == "END" and status.error_message == f"NotFoundError: {reason}"
     finally:
         manager.stop()
+
+
+def test_a_padded_call_repeats_the_row_with_the_fewest_pixels(tmp_path, monkeypatch):
+    """Padding with the last row would let a request of small images and one large one last decode that one
+    up to 63 more times, past `--max-request-pixels` (checked on the rows sent): it repeats the smallest."""
+    import base64
+
+    import tensorflow as tf
+
+    from pipelines.export import export_model
+    from pipelines.serving import savedmodel
+    from tests.pipelines.test_serve import png, tiny_model
+
+    monkeypatch.setattr(savedmodel, "jax2tf_platforms", lambda proto: [["CPU"]])
+    servable = savedmodel.load_servable("tiny", 1, export_model(tiny_model(0), str(tmp_path), "tiny"))
+    fed = []
+    for name, fn in list(servable._signatures.items()):
+        def call(fn=fn, **feeds):
+            fed.append(next(iter(feeds.values())).numpy().tolist())
+            return fn(**feeds)
+        call.structured_input_signature = fn.structured_input_signature
+        servable._signatures[name] = call
+    files = [base64.b64decode(png(np.full((side, side, 1), 9, np.uint8))) for side in (40, 8, 200)]
+    out = servable.run_signature("image_bytes", {"image_bytes": np.array(files, dtype=object)})
+    assert len(out["class_id"]) == 3 and fed[-1] == files + [files[1]]  # 3 rows run as 4: the 8x8 again
+
+    def example(blob):
+        return tf.train.Example(features=tf.train.Features(feature={"image/encoded": tf.train.Feature(
+            bytes_list=tf.train.BytesList(value=[blob]))})).SerializeToString()
+
+    examples = [example(f) for f in files]
+    out = servable.classify(examples)
+    assert out["scores"].shape == (3, 10) and fed[-1] == examples + [examples[1]]
