@@ -136,12 +136,10 @@ class _ServingModule(tf.Module):
 
 
 def _set_method_name(path: str, signature: str, method: str) -> None:
-    from tensorflow.core.protobuf import saved_model_pb2
+    from pipelines.serving.savedmodel import _read_proto
 
     pb = os.path.join(path, "saved_model.pb")
-    proto = saved_model_pb2.SavedModel()
-    with open(pb, "rb") as f:
-        proto.ParseFromString(f.read())
+    proto = _read_proto(path)
     proto.meta_graphs[0].signature_def[signature].method_name = method
     tmp = pb + ".tmp"
     with open(tmp, "wb") as f:

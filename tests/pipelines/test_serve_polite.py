@@ -1,5 +1,6 @@
 """Gentle version swaps: the load leaves requests the GIL (pipelines/serving/polite.py) and the new version is
-warmed up at the batch sizes the traffic has had (pipelines/serving/savedmodel.load_servable)."""
+warmed up at the batch sizes the traffic has had (pipelines/serving/savedmodel.load_servable); an export that
+compiles per batch size (JAX's) runs at padded sizes, and is warmed at those."""
 
 from __future__ import annotations
 
@@ -241,10 +242,9 @@ def test_a_padded_call_repeats_the_row_with_the_fewest_pixels(tmp_path, monkeypa
     up to 63 more times, past `--max-request-pixels` (checked on the rows sent): it repeats the smallest."""
     import base64
 
-    import tensorflow as tf
-
     from pipelines.export import export_model
     from pipelines.serving import savedmodel
+    from pipelines.signatures import example
     from tests.pipelines.test_serve import png, tiny_model
 
     monkeypatch.setattr(savedmodel, "jax2tf_platforms", lambda proto: [["CPU"]])
@@ -259,10 +259,6 @@ def test_a_padded_call_repeats_the_row_with_the_fewest_pixels(tmp_path, monkeypa
     files = [base64.b64decode(png(np.full((side, side, 1), 9, np.uint8))) for side in (40, 8, 200)]
     out = servable.run_signature("image_bytes", {"image_bytes": np.array(files, dtype=object)})
     assert len(out["class_id"]) == 3 and fed[-1] == files + [files[1]]  # 3 rows run as 4: the 8x8 again
-
-    def example(blob):
-        return tf.train.Example(features=tf.train.Features(feature={"image/encoded": tf.train.Feature(
-            bytes_list=tf.train.BytesList(value=[blob]))})).SerializeToString()
 
     examples = [example(f) for f in files]
     out = servable.classify(examples)
