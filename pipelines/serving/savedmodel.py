@@ -53,7 +53,7 @@ class Servable:
             raise ValueError(f"{self.name} version {self.version} has no {CLASSIFY!r} signature "
                              "(exported before it existed); use predict")
         _refuse_unsafe_images(_example_images(examples), self.max_request_pixels)
-        return self._padded(lambda feeds: fn(**feeds), {"inputs": np.array(list(examples), dtype=object)},
+        return self._padded(fn, {"inputs": np.array(list(examples), dtype=object)},
                             {"inputs": tf.string}, self._fewest_pixels(examples, CLASSIFY))
 
     def run_signature(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -72,10 +72,10 @@ class Servable:
                 _refuse_unsafe_images(_example_images(blobs) if signature == CLASSIFY else _numbered(blobs),
                                       self.max_request_pixels)
                 pad_row = self._fewest_pixels(blobs, signature) if np.ndim(v) == 1 else pad_row
-        return self._padded(lambda feeds: fn(**feeds), inputs, {k: specs[k].dtype for k in inputs}, pad_row)
+        return self._padded(fn, inputs, {k: specs[k].dtype for k in inputs}, pad_row)
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = self._padded(lambda feeds: self._fn(**feeds), inputs, {k: self.inputs[k].dtype for k in inputs})
+        out = self._padded(self._fn, inputs, {k: self.inputs[k].dtype for k in inputs})
         if self.class_names and "class_name" not in out and "class_id" in out:
             # An export without the string output (Keras' JAX export has none): the names from labels.txt.
             ids = out["class_id"]
@@ -95,14 +95,14 @@ class Servable:
 
         return min(range(len(blobs)), key=lambda i: pixels(blobs[i]))
 
-    def _padded(self, call, inputs: dict, dtypes: dict, pad_row: int | None = None) -> dict[str, np.ndarray]:
-        """`call` on `inputs` as tensors of `dtypes`. On a `bucketed` servable the rows go in chunks of at most
-        `CHUNK_ROWS`, the last padded to `padded_rows` with copies of row `pad_row` (default: its own last row),
-        and the outputs with those rows are cut back (others, not of the batch, are kept as they are)."""
+    def _padded(self, fn, inputs: dict, dtypes: dict, pad_row: int | None = None) -> dict[str, np.ndarray]:
+        """The signature `fn` on `inputs` as tensors of `dtypes`. On a `bucketed` servable the rows go in chunks
+        of at most `CHUNK_ROWS`, the last padded to `padded_rows` with copies of row `pad_row` (default: its own
+        last row), and the outputs with those rows are cut back (others, not of the batch, are kept as they are)."""
         import tensorflow as tf
 
         def run(feeds):
-            return {k: _text(v.numpy()) for k, v in call({k: tf.constant(v, dtype=dtypes[k])
+            return {k: _text(v.numpy()) for k, v in fn(**{k: tf.constant(v, dtype=dtypes[k])
                                                           for k, v in feeds.items()}).items()}
 
         rows = len(next(iter(inputs.values()))) if inputs else 0
