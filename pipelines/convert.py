@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
 
@@ -72,6 +71,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from pipelines.cli import run_main
+    from pipelines.cli import exit_job, run_main
 
-    sys.exit(run_main(main, resumes="the conversion: the shards written are kept"))
+    exit_job(run_main(main, resumes="the conversion: the shards written are kept"))

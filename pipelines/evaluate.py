@@ -43,10 +43,9 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import sys
 import tempfile
 
-from pipelines.cli import run_main
+from pipelines.cli import exit_job, run_main
 from pipelines.errors import UserError
 
 def evaluate_run(run_id: str, tracking_uri: str | None = None, overrides=(), reports_dir: str = "reports"):
@@ -245,4 +244,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    exit_job(run_main(main))

@@ -24,7 +24,7 @@ import sys
 from dataclasses import dataclass
 
 from pipelines import distribute, experiment, rundir
-from pipelines.cli import config_parser, interrupt_on_sigterm, run_main
+from pipelines.cli import config_parser, exit_job, interrupt_on_sigterm, run_main
 from pipelines.config import Config, load_config
 from pipelines.errors import UserError
 
@@ -410,4 +410,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main, resumes="from the last finished epoch"))
+    exit_job(run_main(main, resumes="from the last finished epoch"))

@@ -2,7 +2,7 @@
 
 import sys
 
-from pipelines.cli import config_parser, run_main
+from pipelines.cli import config_parser, exit_job, run_main
 
 DESCRIPTION = "`make tune`: a KerasTuner search over the experiment's builder and training, tracked in MLflow."
 
@@ -15,4 +15,4 @@ def main(argv=None) -> int:
     return job_main(argv)
 
 
-sys.exit(run_main(main, resumes="the search: finished trials are kept"))
+exit_job(run_main(main, resumes="the search: finished trials are kept"))

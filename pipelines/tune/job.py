@@ -32,13 +32,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from dataclasses import dataclass
 
 import yaml
 
 from pipelines import experiment
-from pipelines.cli import config_parser, interrupt_on_sigterm, run_main
+from pipelines.cli import config_parser, exit_job, interrupt_on_sigterm, run_main
 from pipelines.config import Config, ConfigError, flatten, load_config
 from pipelines.errors import UserError
 from pipelines.tune.kt_private import current_role, make_tuner, serve_oracle, wait_for_chief
@@ -239,4 +238,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main, resumes="the search: finished trials are kept"))
+    exit_job(run_main(main, resumes="the search: finished trials are kept"))

@@ -252,3 +252,44 @@ def test_a_job_stopped_while_its_backup_is_written_resumes_from_the_last_whole_o
     assert restored[-1] == ends[0][-1] == 10  # Adam's step count (and moments) of the end of epoch 1
     for a, b in zip(restored[:-1], ends[0][:-1]):
         np.testing.assert_array_equal(a, b)
+
+
+_JOB = """
+import atexit, sys
+from pipelines.cli import exit_job, run_main
+
+atexit.register(lambda: open(sys.argv[2], "w").write("shutdown ran"))  # stands for Python's shutdown work
+
+
+def main(argv=None):
+    print("a line without its end", end="")  # still in stdout's buffer
+    if sys.argv[1] == "interrupt":
+        raise KeyboardInterrupt
+    return 0
+
+
+exit_job(run_main(main, resumes="from its last epoch"))
+"""
+
+
+@pytest.mark.parametrize("how", ["interrupt", "finish"])
+def test_an_interrupted_job_exits_without_python_s_shutdown_and_loses_no_output(tmp_path, how):
+    """After Ctrl-C the job has saved what it resumes from; Python's shutdown then waited for tf.data's threads to
+    finish batches nobody reads (`make train` on one core: 7.8 s from the "interrupted" line to the prompt, 2.3 s
+    without it). A job that ends otherwise shuts down as usual."""
+    import os
+    import subprocess
+    import sys
+
+    script, marker = tmp_path / "job.py", tmp_path / "shutdown"
+    script.write_text(_JOB)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, str(script), how, str(marker)], cwd=root, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=root), timeout=120)
+    assert out.stdout == "a line without its end"
+    if how == "interrupt":
+        assert out.returncode == 130 and out.stderr.splitlines()[-1] == \
+            "interrupted; the same command resumes from its last epoch"
+        assert not marker.exists()
+    else:
+        assert out.returncode == 0 and marker.read_text() == "shutdown ran"
