@@ -136,8 +136,11 @@ def exit_job(code: int):
     """A job's `sys.exit(code)`; after an interrupt at once, once stdout and stderr are flushed. By then the job
     has saved what the same command resumes from and ended its MLflow run; Python's shutdown would still wait for
     tf.data's threads to finish elements that nobody reads (Ctrl-C in the default `make train`: 8 s more on one
-    core, longer on a loaded one)."""
-    if code == INTERRUPTED:
+    core, longer on a loaded one). Not a process of a training across processes: it leaves through JAX's
+    shutdown (at exit), which its peers wait on."""
+    from pipelines.distribute import ENV_SUPERVISED
+
+    if code == INTERRUPTED and os.environ.get(ENV_SUPERVISED) != "1":
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

@@ -272,22 +272,28 @@ exit_job(run_main(main, resumes="from its last epoch"))
 """
 
 
-@pytest.mark.parametrize("how", ["interrupt", "finish"])
-def test_an_interrupted_job_exits_without_python_s_shutdown_and_loses_no_output(tmp_path, how):
+@pytest.mark.parametrize("how,supervised", [("interrupt", False), ("finish", False), ("interrupt", True)])
+def test_an_interrupted_job_exits_without_python_s_shutdown_and_loses_no_output(tmp_path, how, supervised):
     """After Ctrl-C the job has saved what it resumes from; Python's shutdown then waited for tf.data's threads to
     finish batches nobody reads (`make train` on one core: 7.8 s from the "interrupted" line to the prompt, 2.3 s
-    without it). A job that ends otherwise shuts down as usual."""
+    without it). A job that ends otherwise shuts down as usual, and so does a process of a training across
+    processes (supervised): its peers wait for JAX's shutdown at exit."""
     import os
     import subprocess
     import sys
 
+    from pipelines.distribute import ENV_SUPERVISED
+
     script, marker = tmp_path / "job.py", tmp_path / "shutdown"
     script.write_text(_JOB)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {k: v for k, v in os.environ.items() if k != ENV_SUPERVISED}
     out = subprocess.run([sys.executable, str(script), how, str(marker)], cwd=root, capture_output=True, text=True,
-                         env=dict(os.environ, PYTHONPATH=root), timeout=120)
+                         env=dict(env, PYTHONPATH=root, **({ENV_SUPERVISED: "1"} if supervised else {})), timeout=120)
     assert out.stdout == "a line without its end"
-    if how == "interrupt":
+    if supervised:
+        assert out.returncode == 130 and marker.read_text() == "shutdown ran"
+    elif how == "interrupt":
         assert out.returncode == 130 and out.stderr.splitlines()[-1] == \
             "interrupted; the same command resumes from its last epoch"
         assert not marker.exists()
