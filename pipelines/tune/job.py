@@ -128,10 +128,7 @@ def run(cfg: Config, callbacks=(), config_path: str | None = None) -> TuneResult
 
     role = current_role()
     hyperparameters = narrowed_space(cfg)
-    try:
-        trial_config(cfg, hyperparameters.copy())
-    except ConfigError as e:
-        raise ConfigError(f"tune: the search space at its first values gives a bad config: {e}") from None
+    trial_config_or_error(cfg, hyperparameters, "at its first values")
     directory = search_directory(cfg)
 
     splits = None
@@ -139,6 +136,8 @@ def run(cfg: Config, callbacks=(), config_path: str | None = None) -> TuneResult
         print(f"Devices: {experiment.describe_devices()}")
         splits = experiment.load_data(cfg)
         print(f"Data: {splits.info.summary()}")
+    hypermodel = SearchModel(cfg, splits)
+    _check_every_choice(cfg, hyperparameters, hypermodel)  # before the directory and the parent run, too
     if role == "worker":  # after the chief, who creates the experiment
         wait_for_chief(directory, cfg.tune.chief_timeout)
         _check_same_search(cfg, directory)
@@ -147,16 +146,10 @@ def run(cfg: Config, callbacks=(), config_path: str | None = None) -> TuneResult
         uri = tracking.setup(cfg.tracking.uri, cfg.experiment_name)
         _prepare_directory(cfg, directory)
     runs = SearchRuns.join(directory) if role == "worker" else SearchRuns.open(cfg, directory, uri)
-    hypermodel = SearchModel(cfg, splits)
 
     tuner_id = os.environ.get("KERASTUNER_TUNER_ID", "tuner0")
     with experiment.precision(cfg):
         try:
-            if splits is not None:
-                try:  # the first values must build: a bad tune.fixed value is the user's
-                    hypermodel.build(hyperparameters.copy())
-                except ValueError as e:
-                    raise UserError(f"tune: model {cfg.model.name!r} does not build at the search space's first values: {e}") from None
             if role != "worker":
                 _share_tuner_state(directory, tuner_id)
             tuner = make_tuner(cfg, hypermodel, hyperparameters, directory, runs)
@@ -181,6 +174,37 @@ def run(cfg: Config, callbacks=(), config_path: str | None = None) -> TuneResult
                 runs.end("FAILED")
             raise
     return result
+
+
+def trial_config_or_error(cfg: Config, hp, where: str) -> None:
+    try:
+        trial_config(cfg, hp.copy())
+    except ConfigError as e:
+        raise ConfigError(f"tune: the search space {where} gives a bad config: {e}") from None
+
+
+def _check_every_choice(cfg: Config, hyperparameters, hypermodel: SearchModel) -> None:
+    """The search space at its first values and at each further value of each of `tune.choices` (the others at
+    their first) gives a valid config and, where the data is loaded, a model that builds: a bad value is one
+    error before anything is written, not a failed trial with a traceback in a search that ends with exit code 0
+    (nor, at the first values, a search directory that refuses the corrected command as another config)."""
+    from keras_tuner.engine.hyperparameters import Choice
+
+    cases = [("at its first values", hyperparameters.copy())]
+    for h in hyperparameters.space:
+        for value in h.values[1:] if isinstance(h, Choice) else ():
+            hp = hyperparameters.copy()
+            hp.values[h.name] = value
+            cases.append((f"with tune.choices.{h.name}={value!r}", hp))
+    with experiment.precision(cfg):
+        for where, hp in cases:
+            trial_config_or_error(cfg, hp, where)
+            if hypermodel.splits is not None:
+                try:  # a bad tune.fixed or tune.choices value is the user's
+                    hypermodel.build(hp.copy())
+                except ValueError as e:
+                    raise UserError(f"tune: model {cfg.model.name!r} does not build from the search space {where}: "
+                                    f"{e}") from None
 
 
 def _finish(cfg: Config, oracle, runs: SearchRuns, directory: str, uri: str, role: str, config_path) -> TuneResult:

@@ -267,6 +267,26 @@ def test_a_missing_dataset_leaves_no_search_and_no_parent_run(lone, capsys):
     assert experiment is None or not client.search_runs([experiment.experiment_id])
 
 
+@pytest.mark.parametrize("downsample, named", [(["bogus"], "at its first values"),
+                                               (["max", "bogus"], "with tune.choices.downsample='bogus'")])
+def test_a_choice_that_does_not_build_is_one_line_and_leaves_no_search_and_no_parent_run(lone, capsys, downsample,
+                                                                                         named):
+    """Each value of `tune.choices` is built before anything is written: a bad first value left a search directory
+    that refused the corrected command as another config, a bad later one a failed trial in a search that exited 0."""
+    root, uri = lone
+    name = f"badchoice{len(downsample)}"
+    path = write_config(lone, name, choices={"batch_size": [60, 90], "downsample": downsample, "head": ["gap"]})
+    assert run_main(tune.main, ["--config", path]) == 2
+    err = capsys.readouterr().err
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"error: tune: model 'baseline_cnn' does not build from the search space {named}: ")
+    assert "bogus" in line
+    assert not (root / "tuning" / name).exists()
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name(name)
+    assert experiment is None or not client.search_runs([experiment.experiment_id])
+
+
 def test_a_damaged_shard_ends_the_search_at_once_with_one_line_naming_it(lone, capsys):
     import numpy as np
 
