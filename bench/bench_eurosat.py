@@ -396,12 +396,12 @@ def main() -> int:
     unknown = [n for n in names if n not in specs]
     if unknown:
         p.error(f"unknown models {unknown}; the {a.regime} table has {list(specs)}")
-    a.input = a.input or ("tf.data" if has_tensorflow() else "arrays")
+    root = None if a.speed_rounds else eurosat_or_skip(a.data)  # before TensorFlow's import: a mistyped folder
+    a.input = a.input or ("tf.data" if has_tensorflow() else "arrays")  # is one line at once, not after seconds
     if a.speed_rounds:
         print(table(interleaved_speed(specs, names, a), f"training images/s in turns, {a.speed_rounds} rounds of "
                                                          f"{a.speed_steps} steps of {a.batch_size}"))
         return 0
-    root = eurosat_or_skip(a.data)
     out = a.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                 f"eurosat_{a.regime}_seed{a.seed}.json")
     decoder = "tf" if a.input == "tf.data" else "pil"
