@@ -42,7 +42,7 @@ from pipelines.config import Config, ConfigError, flatten, load_config
 from pipelines.errors import UserError
 from pipelines.tune.kt_private import current_role, make_tuner, serve_oracle, wait_for_chief
 from pipelines.tune.space import best_config_dict, narrowed_space, trial_config
-from pipelines.tune.trials import SearchModel, SearchRuns, _write_json
+from pipelines.tune.trials import SearchModel, SearchRuns, _write_json, backend
 from pipelines.typed import dump
 
 # Keys a restarted search may change; any other difference from the saved config is an error.
@@ -224,7 +224,7 @@ def _finish(cfg: Config, oracle, runs: SearchRuns, directory: str, uri: str, rol
         f"# Best of {len(completed)} trials of `make tune CONFIG={config_path or cfg.name}` "
         f"({cfg.tune.algorithm}; {cfg.tune.objective} = {best.score:.4f} in {shown}),\n"
         f"# MLflow parent run {runs.parent_run_id}. Train and export it with its full budget:\n"
-        f"#   make train CONFIG={best_path}\n"
+        f"#   {train_command(best_path)}\n"
     )
     with open(best_path + ".tmp", "w") as fh:
         fh.write(header + dump(best_config_dict(cfg, best.hyperparameters), sort_keys=False))
@@ -233,6 +233,12 @@ def _finish(cfg: Config, oracle, runs: SearchRuns, directory: str, uri: str, rol
     runs.end("FINISHED")
     return TuneResult(role, directory, runs.parent_run_id, uri, best_path, best.trial_id, float(best.score),
                       dict(best.hyperparameters.values), len(completed), number)
+
+
+def train_command(best_path: str) -> str:
+    """The command that trains best.yaml, on the backend the search ran on (`make` alone would pick TensorFlow)."""
+    chosen = backend()
+    return ("" if chosen == "tensorflow" else f"KERAS_BACKEND={chosen} ") + f"make train CONFIG={best_path}"
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -257,7 +263,7 @@ def main(argv=None) -> int:
               f"{result.best_score:.4f} of {result.trials_completed} completed trials")
         print(f"Best values:       {result.best_values}")
         print(f"Best config:       {result.best_config_path}")
-        print(f"Train it:          make train CONFIG={result.best_config_path}")
+        print(f"Train it:          {train_command(result.best_config_path)}")
     return 0
 
 

@@ -26,6 +26,13 @@ class BadDataError(DataSourceError, kt.errors.FatalError):
 # ----------------------------------------------------------------------------- MLflow
 
 
+def backend() -> str:
+    import keras
+
+    return keras.backend.backend()
+
+
+
 class SearchRuns:
     """The MLflow runs of one search: a parent run, and one nested run per trial.
 
@@ -65,13 +72,20 @@ class SearchRuns:
             if run.info.status != "RUNNING":
                 client.update_run(run.info.run_id, status="RUNNING")
             print(f"MLflow parent run {run.info.run_id} (resumed) in {uri}")
+            started = run.data.tags.get("backend")  # absent on a search started before this tag
+            if started and started.split(", then ")[-1] != (now := backend()):
+                print(f"Warning: this search started on Keras' {started} backend and goes on on {now}: its "
+                      "trials' speeds and last digits mix the two (KERAS_BACKEND chooses; each trial run is tagged "
+                      "with its own)")
+                client.set_tag(run.info.run_id, "backend", f"{started}, then {now}")
             return cls(run.info.run_id, run.info.experiment_id)
 
         experiment = mlflow.get_experiment_by_name(cfg.experiment_name)
         run = client.create_run(
             experiment.experiment_id,
             run_name=f"tune-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-            tags={"job": "tune", "tune.algorithm": cfg.tune.algorithm, "tune.directory": os.path.abspath(directory)},
+            tags={"job": "tune", "tune.algorithm": cfg.tune.algorithm, "tune.directory": os.path.abspath(directory),
+                  "backend": backend()},
         )
         from mlflow.entities import Param
 
@@ -124,7 +138,8 @@ class SearchRuns:
             self.experiment_id,
             run_name=f"trial_{trial.trial_id}",
             tags={MLFLOW_PARENT_RUN_ID: self.parent_run_id, "trial_id": str(trial.trial_id),
-                  "tuner_id": tuner_id, "attempt": str(len(earlier) + 1)},
+                  "tuner_id": tuner_id, "attempt": str(len(earlier) + 1), "backend": backend(),
+                  "devices": experiment.describe_devices()},
         )
         params = {k: v for k, v in trial.hyperparameters.values.items()}
         params.update({f"model.params.{k}": v for k, v in trial_cfg.model.params.items()})

@@ -159,6 +159,35 @@ def test_killed_search_resumes_without_repeating_trials_and_its_best_config_trai
     assert client.get_run(trained.run_id).data.params["data.batch_size"] == best_run.data.params["batch_size"]
 
 
+def test_runs_are_tagged_with_their_backend_and_a_search_resumed_on_another_says_so(lone, capsys, monkeypatch):
+    """A search extended under another KERAS_BACKEND warns and tags its parent run `tensorflow, then jax`, each
+    trial run keeps its own backend and devices, and the command that trains best.yaml names the backend."""
+    from pipelines.tune import job, trials
+
+    path = write_config(lone, "backends")
+    assert run_main(tune.main, ["--config", path]) == 0
+    assert "Train it:          make train CONFIG=" in capsys.readouterr().out
+    cfg = load_config(path)
+    _, parent, by_trial = parent_and_trials(cfg)
+    assert parent.data.tags["backend"] == "tensorflow"
+    for module in (job, trials):  # as if KERAS_BACKEND=jax were given to the same command
+        monkeypatch.setattr(module, "backend", lambda: "jax")
+    assert run_main(tune.main, ["--config", path, "tune.max_trials=3"]) == 0
+    out = capsys.readouterr().out
+    assert "Warning: this search started on Keras' tensorflow backend and goes on on jax" in out
+    best_path = os.path.join(tune.search_directory(cfg), "best.yaml")
+    assert f"Train it:          KERAS_BACKEND=jax make train CONFIG={best_path}" in out
+    with open(best_path) as fh:
+        assert f"#   KERAS_BACKEND=jax make train CONFIG={best_path}" in fh.read()
+    _, parent, by_trial = parent_and_trials(cfg)
+    assert parent.data.tags["backend"] == "tensorflow, then jax"
+    assert {t: r.data.tags["backend"] for t, (r,) in by_trial.items()} == {"0": "tensorflow", "1": "tensorflow",
+                                                                            "2": "jax"}
+    from pipelines.experiment import describe_devices
+
+    assert all(r.data.tags["devices"] == describe_devices() for (r,) in by_trial.values())
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
