@@ -194,7 +194,12 @@ class SearchModel(kt.HyperModel):
             return None
         keras.utils.set_random_seed(tcfg.train.seed + self.execution)
         model = experiment.build_model(tcfg, self.splits.image_shape, self.splits.num_classes)
-        return experiment.compile_model(model, tcfg, experiment.steps_per_epoch(tcfg, self.splits))
+        model = experiment.compile_model(model, tcfg, experiment.steps_per_epoch(tcfg, self.splits))
+        # Built now, so that the checkpoint Hyperband continues a promoted trial from (loaded next) restores the
+        # optimizer's state and step too: unbuilt, Keras skipped them ("Skipping variable loading for optimizer"),
+        # and the trial went on with fresh moments at the top of its learning-rate schedule.
+        model.optimizer.build(model.trainable_variables)
+        return model
 
     def fit(self, hp, model, *args, **kwargs):
         tcfg = self.trial_config(hp)
