@@ -44,6 +44,7 @@ class RunFigures:
     model: str
     metrics: dict[str, float]
     data: str = ""  # the run's data.source (and class count): runs on different data do not compare
+    backend: str = "?"  # the Keras backend that trained it (its tag; "?" for a run from before the tag)
 
     @property
     def label(self) -> str:
@@ -63,6 +64,7 @@ def load_runs(run_ids: list[str], tracking_uri: str | None = None) -> list[RunFi
     from mlflow.exceptions import MlflowException
 
     from pipelines import tracking
+    from pipelines.evaluation import tune_run_error
 
     tracking.quiet_mlflow()
     uri = tracking.tracking_uri(tracking_uri)
@@ -76,12 +78,15 @@ def load_runs(run_ids: list[str], tracking_uri: str | None = None) -> list[RunFi
             raise UserError(f"no MLflow run {rid!r} in the tracking store {uri}") from None
         if run.info.lifecycle_stage == "deleted":
             raise UserError(f"MLflow run {rid} is deleted")
+        if (tune_run := tune_run_error(run)) is not None:
+            raise tune_run
         # the latest evaluation's step (runs evaluated before each evaluation had its own step logged all at 0)
         params, k = run.data.params, max((m.step for m in client.get_metric_history(rid, "eval_images")), default=0)
         source = run.data.tags.get(f"evaluation.{k}.data", params.get("data.source", "?"))  # what it was evaluated on
         data = f"{source} ({params.get('data.num_classes', '?')} classes)"
         figures = RunFigures(rid, run.info.run_name or "", _model_label(params),
-                             _current_names(_latest_evaluation(client, rid, run.data.metrics, k)), data)
+                             _current_names(_latest_evaluation(client, rid, run.data.metrics, k)), data,
+                             run.data.tags.get("backend", "?"))
         if not figures.rotation:
             raise UserError(f"MLflow run {rid} has no invariance metrics; run `make evaluate RUN={rid}` first")
         out.append(figures)
@@ -175,14 +180,16 @@ def _fmt(key: str, value) -> str:
 
 def markdown_table(runs: list[RunFigures]) -> str:
     head = "| figure | " + " | ".join(f"{r.label} ({r.model})" for r in runs) + " |"
-    lines = [head, "|---|" + "---:|" * len(runs)]
+    backends = "| trained on (Keras backend) | " + " | ".join(r.backend for r in runs) + " |"
+    lines = [head, "|---|" + "---:|" * len(runs), backends]
     for key, desc, values in figure_rows(runs):
         lines.append(f"| {desc} | " + " | ".join(_fmt(key, v) for v in values) + " |")
     return "\n".join(lines) + "\n"
 
 
 def text_table(runs: list[RunFigures]) -> str:
-    rows = [("", *[r.label for r in runs]), ("model", *[r.model for r in runs])]
+    rows = [("", *[r.label for r in runs]), ("model", *[r.model for r in runs]),
+            ("trained on (Keras backend)", *[r.backend for r in runs])]
     rows += [(desc, *[_fmt(key, v) for v in values]) for key, desc, values in figure_rows(runs)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
@@ -196,6 +203,7 @@ def write_csv(runs: list[RunFigures], path: str) -> str:
         w.writerow(["metric", *[r.run_id for r in runs]])
         w.writerow(["run_name", *[r.name for r in runs]])
         w.writerow(["model", *[r.model for r in runs]])
+        w.writerow(["backend", *[r.backend for r in runs]])
         rows = figure_rows(runs)
         for key, _, values in rows:
             w.writerow([key, *["" if v is None else repr(float(v)) for v in values]])

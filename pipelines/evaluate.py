@@ -53,7 +53,7 @@ def evaluate_run(run_id: str, tracking_uri: str | None = None, overrides=(), rep
     # Here, not at the top: `--help` answers without loading TensorFlow (seconds).
     from data.streaming import naming_bad_data
     from pipelines.evaluation import (ARTIFACT_DIR, evaluate, keras_predictor, log_to_run, new_report_dir, test_subset,
-                                      write_report)
+                                      tune_run_error, write_report)
     from pipelines.experiment import load_data, load_keras_model
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -72,6 +72,8 @@ def evaluate_run(run_id: str, tracking_uri: str | None = None, overrides=(), rep
         raise UserError(f"no MLflow run {run_id!r} in the tracking store {uri}") from None
     if run.info.lifecycle_stage == "deleted":
         raise UserError(f"MLflow run {run_id} is deleted")
+    if (tune_run := tune_run_error(run)) is not None:
+        raise tune_run
     with tempfile.TemporaryDirectory() as tmp:
         try:
             cfg_path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config.yaml", dst_path=tmp)
@@ -91,7 +93,9 @@ def evaluate_run(run_id: str, tracking_uri: str | None = None, overrides=(), rep
     print(ev.table(title))
     out_dir = new_report_dir(reports_dir, f"run-{run_id[:8]}")
     files = write_report(ev, out_dir, title, model=model)
-    described = f"make evaluate, {cfg.data.source}, {' '.join(overrides)}".strip(", ")
+    import keras
+
+    described = f"make evaluate on {keras.backend.backend()}, {cfg.data.source}, {' '.join(overrides)}".strip(", ")
     k = log_to_run(run_id, ev, files, description=described, data=cfg.data.source)
     folder = ARTIFACT_DIR if k == 0 else f"{ARTIFACT_DIR}-{k}"
     print(f"\nLogged evaluation {k} of the run: {len(ev.metrics())} metrics at step {k} and {len(files)} files "

@@ -285,6 +285,21 @@ def write_report(ev: Evaluation, out_dir: str, title: str, model=None) -> list[s
     return files
 
 
+def tune_run_error(run) -> UserError | None:
+    """The error for an MLflow run of `make tune` (its search's parent run, or a trial's), which keeps no model
+    to evaluate or compare: what to do instead. None for any other run."""
+    tags, rid = run.data.tags, run.info.run_id
+    if tags.get("job") == "tune":
+        best = os.path.join(tags.get("tune.directory", "tuning/<name>"), "best.yaml")
+        return UserError(f"MLflow run {rid} is a `make tune` search, which keeps no model: train its best config "
+                         f"(`make train CONFIG={best}`), then evaluate or compare that run")
+    if "trial_id" in tags and "mlflow.parentRunId" in tags:
+        return UserError(f"MLflow run {rid} is a trial of a `make tune` search (parent run "
+                         f"{tags['mlflow.parentRunId']}), which keeps no model: train the search's best.yaml "
+                         "(`make train CONFIG=<tune.directory>/best.yaml`), then evaluate or compare that run")
+    return None
+
+
 def new_report_dir(reports_dir: str, name: str) -> str:
     """reports_dir/name, or name-1, name-2, ... where an earlier evaluation's report is: never overwritten."""
     out, n = os.path.join(reports_dir, name), 0

@@ -27,6 +27,8 @@ def runs(tmp_path):
         client.log_param(rid, "model.name", model)
         client.log_param(rid, "data.source", "synthetic")
         client.log_param(rid, "data.num_classes", "10")
+        if model == "hnet":
+            client.set_tag(rid, "backend", "jax")  # the CNN's run is from before the tag
         metrics = {f"rot_acc_{a:03d}": v for a, v in rot.items()}
         metrics.update(rot_acc_mean=sum(rot.values()) / 4, rot_acc_min=min(rot.values()), test_accuracy=rot[0],
                        shift_consistency=0.95, circular_consistency=0.97, elastic_acc_0=rot[0],
@@ -60,6 +62,9 @@ def test_table_csv_and_overlaid_curves(runs, tmp_path):
         rows = list(csv.reader(fh))
     assert rows[0] == ["metric", *ids]
     assert ["model", "baseline_cnn", "hnet"] in rows
+    assert ["backend", "?", "jax"] in rows
+    assert next(line for line in lines if line.startswith("trained on (Keras backend)")).split()[-2:] == ["?", "jax"]
+    assert "| trained on (Keras backend) | ? | jax |" in md
     assert ["rot_acc_min", "0.1", "0.8"] in rows
     with Image.open(out / "rotation_curves.png") as im:
         assert im.size[0] > 300
@@ -82,6 +87,12 @@ def test_bad_run_ids_give_one_clear_error(runs, tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"error: no MLflow run 'nope' in the tracking store {uri}"
     assert run_main(compare.main, ["--runs", f"{ids[0]},{bare}", *base]) == 2
     assert f"run {bare} has no invariance metrics; run `make evaluate RUN={bare}` first" in capsys.readouterr().err
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    search = client.create_run(client.get_experiment_by_name("e").experiment_id,
+                               tags={"job": "tune", "tune.directory": "tuning/t"}).info.run_id
+    assert run_main(compare.main, ["--runs", f"{ids[0]},{search}", *base]) == 2
+    assert f"run {search} is a `make tune` search, which keeps no model: train its best config (`make train " \
+           "CONFIG=tuning/t/best.yaml`)" in capsys.readouterr().err
     assert run_main(compare.main, ["--runs", " , ", *base]) == 2
     assert "give RUNS=" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
