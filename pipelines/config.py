@@ -226,7 +226,7 @@ class TuneConfig:
     """`make tune`: a KerasTuner search over the builder's and the training job's search spaces.
 
     The spaces are declared in code (`search_space` beside each builder in
-    models/, `training_search_space` in pipelines/tune.py). The config narrows
+    models/, `training_search_space` in pipelines/tune/space.py). The config narrows
     them by hyperparameter name:
 
         fixed:   {width: 32}                                   # hp.Fixed
@@ -234,7 +234,7 @@ class TuneConfig:
         ranges:  {learning_rate: {min: 3.0e-4, max: 3.0e-3, sampling: log},
                   dropout: {min: 0.0, max: 0.25, step: 0.125}} # hp.Int / hp.Float
 
-    Names the spaces do not declare are errors (checked by pipelines/tune.py).
+    Names the spaces do not declare are errors (checked by pipelines/tune/space.py).
     """
 
     algorithm: str = "random"  # random | hyperband | bayesian

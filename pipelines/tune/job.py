@@ -42,7 +42,7 @@ from pipelines.config import Config, ConfigError, flatten, load_config
 from pipelines.errors import UserError
 from pipelines.tune.kt_private import current_role, make_tuner, serve_oracle, wait_for_chief
 from pipelines.tune.space import best_config_dict, narrowed_space, trial_config
-from pipelines.tune.trials import SearchModel, SearchRuns, _write_json, backend
+from pipelines.tune.trials import SearchModel, SearchRuns, _write_json, backend, searched_values
 from pipelines.typed import dump
 
 # Keys a restarted search may change; any other difference from the saved config is an error.
@@ -232,7 +232,7 @@ def _finish(cfg: Config, oracle, runs: SearchRuns, directory: str, uri: str, rol
     runs.record_best(best, cfg.tune.objective, len(completed), best_path)
     runs.end("FINISHED")
     return TuneResult(role, directory, runs.parent_run_id, uri, best_path, best.trial_id, float(best.score),
-                      dict(best.hyperparameters.values), len(completed), number)
+                      searched_values(best.hyperparameters), len(completed), number)
 
 
 def train_command(best_path: str) -> str:

@@ -26,6 +26,12 @@ class BadDataError(DataSourceError, kt.errors.FatalError):
 # ----------------------------------------------------------------------------- MLflow
 
 
+def searched_values(hp) -> dict:
+    """A trial's values of the search space: without Hyperband's bookkeeping (`tuner/epochs`, `tuner/round`, ...),
+    which its trial runs keep as params."""
+    return {k: v for k, v in hp.values.items() if not k.startswith("tuner/")}
+
+
 def backend() -> str:
     import keras
 
@@ -113,7 +119,7 @@ class SearchRuns:
 
         now = int(time.time() * 1000)
         tags = [RunTag("best.trial_id", str(trial.trial_id))]
-        tags += [RunTag(f"best.{k}", str(v)) for k, v in trial.hyperparameters.values.items()]
+        tags += [RunTag(f"best.{k}", str(v)) for k, v in searched_values(trial.hyperparameters).items()]
         metrics = [Metric(f"best_{objective}", float(trial.score), now, completed), Metric("trials_completed", completed, now, completed)]
         self.client.log_batch(self.parent_run_id, metrics=metrics, tags=tags)
         self.client.log_artifact(self.parent_run_id, best_path)

@@ -205,8 +205,13 @@ def test_hyperband_continues_a_promoted_trial_with_its_optimizer_state_and_step(
     RecordStartingStep.steps = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        tune.run(cfg, callbacks=[RecordStartingStep()])
+        result = tune.run(cfg, callbacks=[RecordStartingStep()])
     assert not [w for w in caught if "Skipping variable loading for optimizer" in str(w.message)]
+    # the best values are the search space's, without Hyperband's bookkeeping (tuner/epochs, tuner/round, ...)
+    _, parent, by_trial = parent_and_trials(cfg)
+    assert "batch_size" in result.best_values and not [k for k in result.best_values if k.startswith("tuner/")]
+    assert "best.batch_size" in parent.data.tags and not [k for k in parent.data.tags if k.startswith("best.tuner/")]
+    assert any("tuner/epochs" in r.data.params for runs in by_trial.values() for r in runs)  # kept per trial
     # new trials start at step 0; the promoted one at the end of its first epoch: 180 training images (200 less
     # the validation split) in batches of 60 or 90, one of the choices (before the fix: 0 too)
     assert 0 in RecordStartingStep.steps and max(RecordStartingStep.steps) in (180 // 60, 180 // 90)
