@@ -64,7 +64,7 @@ def load_runs(run_ids: list[str], tracking_uri: str | None = None) -> list[RunFi
     from mlflow.exceptions import MlflowException
 
     from pipelines import tracking
-    from pipelines.evaluation import tune_run_error
+    from pipelines.evaluation import full_run_id, tune_run_error
 
     tracking.quiet_mlflow()
     uri = tracking.tracking_uri(tracking_uri)
@@ -72,6 +72,7 @@ def load_runs(run_ids: list[str], tracking_uri: str | None = None) -> list[RunFi
     client = mlflow.MlflowClient(tracking_uri=uri)
     out = []
     for rid in run_ids:
+        rid = full_run_id(client, rid, uri)
         try:
             run = client.get_run(rid)
         except MlflowException:

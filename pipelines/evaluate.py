@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import tempfile
 
 from pipelines.cli import exit_job, run_main
@@ -52,8 +51,8 @@ def evaluate_run(run_id: str, tracking_uri: str | None = None, overrides=(), rep
     """Evaluate the Keras model of training run `run_id`; log to it. Returns (Evaluation, report dir, files)."""
     # Here, not at the top: `--help` answers without loading TensorFlow (seconds).
     from data.streaming import naming_bad_data
-    from pipelines.evaluation import (ARTIFACT_DIR, evaluate, keras_predictor, log_to_run, new_report_dir, test_subset,
-                                      tune_run_error, write_report)
+    from pipelines.evaluation import (ARTIFACT_DIR, evaluate, full_run_id, keras_predictor, log_to_run, new_report_dir,
+                                      test_subset, tune_run_error, write_report)
     from pipelines.experiment import load_data, load_keras_model
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -66,6 +65,7 @@ def evaluate_run(run_id: str, tracking_uri: str | None = None, overrides=(), rep
     tracking.check_reachable(uri)  # an unreachable server: one error in seconds, not minutes of MLflow's retries
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
+    run_id = full_run_id(client, run_id, uri)
     try:
         run = client.get_run(run_id)
     except MlflowException:
@@ -217,9 +217,6 @@ def evaluate_export(path: str, overrides=(), reports_dir: str = "reports"):
 
 # ----------------------------------------------------------------------------- CLI
 
-_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="make evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="MLflow run id of a training run, or an export path")
@@ -235,12 +232,15 @@ def main(argv=None) -> int:
     target = args.run.strip()
     if not target:
         raise UserError("give RUN=<MLflow run id or export path>, e.g. make evaluate RUN=exports/default")
+    from pipelines.evaluation import SHORT_RUN_ID
+
     if os.path.exists(target) or os.sep in target:
         _, out_dir, files = evaluate_export(target, args.overrides, args.reports_dir)
-    elif _RUN_ID.match(target):
+    elif SHORT_RUN_ID.fullmatch(target):  # a run id, or its first digits (full_run_id)
         _, out_dir, files = evaluate_run(target, args.tracking_uri, args.overrides, args.reports_dir)
     else:
-        raise UserError(f"{target!r} is neither an MLflow run id (32 hex digits) nor an existing export path")
+        raise UserError(f"{target!r} is neither an MLflow run id (32 hex digits, or the first 6 or more) nor an "
+                        "existing export path")
     print(f"Report: {os.path.abspath(out_dir)}")
     for f in files:
         print(f"  {f}")

@@ -285,6 +285,31 @@ def write_report(ev: Evaluation, out_dir: str, title: str, model=None) -> list[s
     return files
 
 
+SHORT_RUN_ID = re.compile(r"[0-9a-f]{6,32}")  # a run id, or its start (reports and `make compare` show 8 digits)
+
+
+def full_run_id(client, run_id: str, uri: str) -> str:
+    """`run_id`, or the one run id of the tracking store that it is the start of."""
+    if len(run_id) == 32 or not SHORT_RUN_ID.fullmatch(run_id):
+        return run_id
+    from mlflow.entities import ViewType
+    from mlflow.exceptions import MlflowException
+
+    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    try:
+        found = client.search_runs(experiments, f"attributes.run_id LIKE '{run_id}%'", ViewType.ALL, 50000)
+    except MlflowException:  # a store whose search has no LIKE on run ids: all of them
+        found = [r for r in client.search_runs(experiments, "", ViewType.ALL, 50000)
+                 if r.info.run_id.startswith(run_id)]
+    ids = sorted({r.info.run_id for r in found})
+    if len(ids) == 1:
+        return ids[0]
+    if not ids:
+        raise UserError(f"no MLflow run whose id starts with {run_id!r} in the tracking store {uri}")
+    raise UserError(f"{run_id!r} is the start of {len(ids)} MLflow run ids ({', '.join(ids[:4])}"
+                    f"{', ...' if len(ids) > 4 else ''}): give more of the id")
+
+
 def tune_run_error(run) -> UserError | None:
     """The error for an MLflow run of `make tune` (its search's parent run, or a trial's), which keeps no model
     to evaluate or compare: what to do instead. None for any other run."""

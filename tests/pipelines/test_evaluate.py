@@ -188,6 +188,12 @@ def test_runs_without_a_model_give_one_clear_error(store, tmp_path, capsys):
     bare = client.create_run(exp).info.run_id
     code, err = _cli(["--run", bare, "--tracking-uri", store], capsys)
     assert code == 2 and f"MLflow run {bare} has no config.yaml artifact" in err
+    code, err = _cli(["--run", bare[:8], "--tracking-uri", store], capsys)  # the 8 digits reports show: that run
+    assert code == 2 and f"MLflow run {bare} has no config.yaml artifact" in err
+    nowhere = next(p for p in ("0000000", "1111111") if not bare.startswith(p))
+    code, err = _cli(["--run", nowhere, "--tracking-uri", store], capsys)
+    assert code == 2 and err.strip() == \
+        f"error: no MLflow run whose id starts with {nowhere!r} in the tracking store {store}"
     with_config = client.create_run(exp).info.run_id
     cfg = tmp_path / "config.yaml"
     cfg.write_text("name: x\n")
@@ -222,3 +228,24 @@ def test_an_unreachable_tracking_server_is_one_error_within_seconds_for_evaluate
         assert time.monotonic() - started < 30
         err = capsys.readouterr().err
         assert f"tracking store {dead}" in err and "is unreachable" in err, err
+
+
+def test_the_start_of_several_run_ids_is_one_error_naming_them():
+    import types
+
+    from pipelines.errors import UserError
+    from pipelines.evaluation import full_run_id
+
+    ids = ["abcdef01" + "0" * 24, "abcdef02" + "0" * 24]
+
+    class Store:
+        def search_experiments(self, view_type):
+            return [types.SimpleNamespace(experiment_id="1")]
+
+        def search_runs(self, experiments, query, view, limit):
+            return [types.SimpleNamespace(info=types.SimpleNamespace(run_id=i)) for i in ids]
+
+    listed = f"'abcdef0' is the start of 2 MLflow run ids \\({ids[0]}, {ids[1]}\\): give more"
+    with pytest.raises(UserError, match=listed):
+        full_run_id(Store(), "abcdef0", "sqlite:///x.db")
+    assert full_run_id(Store(), ids[0], "sqlite:///x.db") == ids[0]  # a whole id is not looked up
