@@ -203,13 +203,13 @@ def _run_locked(cfg: Config, splits, uri: str, run_dir: str, state: dict, callba
                     experiment.compile_model(model, cfg, steps)
                 # One process only: each process of several holds its own shard, and would get statistics of its own.
                 if placement.num_processes == 1 and \
-                        experiment.recalibrate_batch_norm(model, train_ds, cfg.train.precise_bn_batches):
+                        (n := experiment.recalibrate_batch_norm(model, train_ds, cfg.train.precise_bn_batches)):
                     with experiment.reading_splits_to_their_end():  # the last epoch's figure used the old statistics
                         val = model.evaluate(val_ds, verbose=0, return_dict=True)
                     mlflow.log_metrics({f"final_val_{k}": float(v) for k, v in val.items()})
-                    print(f"Batch norms' moving statistics re-estimated for the final weights on "
-                          f"{cfg.train.precise_bn_batches} training batches (train.precise_bn_batches): "
-                          f"validation accuracy {val['accuracy']:.4f}")
+                    again = f"; an epoch has {steps}, read again" if steps < n else ""
+                    print(f"Batch norms' moving statistics re-estimated for the final weights on {n} training "
+                          f"batches (train.precise_bn_batches{again}): validation accuracy {val['accuracy']:.4f}")
                 model.save(model_path)
                 state = rundir.write_state(run_dir, trained=True)
                 shutil.rmtree(os.path.join(run_dir, "backup"), ignore_errors=True)  # kept until now (_fit)
