@@ -69,6 +69,7 @@ def load_runs(run_ids: list[str], tracking_uri: str | None = None) -> list[RunFi
     tracking.quiet_mlflow()
     uri = tracking.tracking_uri(tracking_uri)
     tracking.check_reachable(uri)  # an unreachable server: one error in seconds, not minutes of MLflow's retries
+    tracking.check_store_exists(uri)
     client = mlflow.MlflowClient(tracking_uri=uri)
     out = []
     for rid in run_ids:

@@ -63,6 +63,7 @@ def evaluate_run(run_id: str, tracking_uri: str | None = None, overrides=(), rep
     tracking.quiet_mlflow()
     uri = tracking.tracking_uri(tracking_uri)
     tracking.check_reachable(uri)  # an unreachable server: one error in seconds, not minutes of MLflow's retries
+    tracking.check_store_exists(uri)
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
     run_id = full_run_id(client, run_id, uri)

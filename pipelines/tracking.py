@@ -52,6 +52,16 @@ def check_reachable(uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
                         f"{type(e).__name__} within {timeout:g} s") from None
 
 
+def check_store_exists(uri: str) -> None:
+    """For a job that only reads runs (`make evaluate`, `make compare`): a sqlite store whose file is not there is
+    a `UserError` (MLflow would create an empty store there, and the job then found no run in it)."""
+    if uri.startswith("sqlite:///") and not os.path.isfile(path := uri[len("sqlite:///"):]):
+        from pipelines.errors import UserError
+
+        raise UserError(f"the tracking store {uri} (--tracking-uri or MLFLOW_TRACKING_URI) does not exist: no "
+                        f"file {os.path.abspath(path)}")
+
+
 def setup(configured_uri: str | None, experiment: str) -> str:
     """Point MLflow at the tracking store and experiment; return the URI.
 

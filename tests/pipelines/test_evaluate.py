@@ -20,6 +20,7 @@ def store(tmp_path):
     previous = mlflow.get_tracking_uri()
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     mlflow.set_tracking_uri(uri)
+    mlflow.MlflowClient(uri).search_experiments()  # creates it, as a first training would
     yield uri
     mlflow.set_tracking_uri(previous)
 
@@ -249,3 +250,17 @@ def test_the_start_of_several_run_ids_is_one_error_naming_them():
     with pytest.raises(UserError, match=listed):
         full_run_id(Store(), "abcdef0", "sqlite:///x.db")
     assert full_run_id(Store(), ids[0], "sqlite:///x.db") == ids[0]  # a whole id is not looked up
+
+
+def test_a_sqlite_store_that_is_not_there_is_one_error_and_is_not_created(tmp_path, capsys):
+    """A mistyped store path: MLflow created an empty store there, and the job said it held no such run."""
+    from pipelines import compare
+
+    missing = tmp_path / "mlfow.db"
+    uri = f"sqlite:///{missing}"
+    run_id = "0123456789abcdef0123456789abcdef"
+    for main, args in ((evaluate.main, ["--run", run_id]), (compare.main, ["--runs", run_id])):
+        assert run_main(main, [*args, "--tracking-uri", uri]) == 2
+        assert capsys.readouterr().err.strip() == \
+            f"error: the tracking store {uri} (--tracking-uri or MLFLOW_TRACKING_URI) does not exist: no file {missing}"
+    assert not missing.exists()
