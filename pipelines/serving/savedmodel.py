@@ -27,6 +27,9 @@ class TensorInfo:
     shape: tuple  # with None for unknown dims; dim 0 is the batch
 
 
+CHUNK_ROWS = 64  # the most rows of one call of a bucketed servable (a larger request is run in chunks)
+
+
 @dataclass(eq=False)
 class Servable:
     name: str
@@ -42,6 +45,7 @@ class Servable:
     _signatures: dict = field(default_factory=dict, repr=False)  # name -> concrete function
     max_request_pixels: int | None = None  # the most pixels the encoded images of one request may hold together
     bucketed: bool = False  # run at padded batch sizes (`padded_rows`): an export that compiles per batch size
+    max_rows: int = CHUNK_ROWS  # a bucketed servable's most rows in one call: CHUNK_ROWS, or the server's max batch
 
     def classify(self, examples: list[bytes]) -> dict[str, np.ndarray]:
         """TF Serving's Classify: serialized `tf.train.Example`s (`image/encoded`) -> `classes` [N, K] (text)
@@ -97,7 +101,7 @@ class Servable:
 
     def _padded(self, fn, inputs: dict, dtypes: dict, pad_row: int | None = None) -> dict[str, np.ndarray]:
         """The signature `fn` on `inputs` as tensors of `dtypes`. On a `bucketed` servable the rows go in chunks
-        of at most `CHUNK_ROWS`, the last padded to `padded_rows` with copies of row `pad_row` (default: its own
+        of at most `max_rows`, the last padded to `padded_rows` with copies of row `pad_row` (default: its own
         last row), and the outputs with those rows are cut back (others, not of the batch, are kept as they are)."""
         import tensorflow as tf
 
@@ -111,28 +115,25 @@ class Servable:
         # strings as objects: NumPy's bytes type would drop an encoded file's trailing zero bytes
         arrays = {k: np.asarray(v, dtype=object if dtypes[k] == tf.string else None) for k, v in inputs.items()}
         parts = []
-        for a in range(0, rows, CHUNK_ROWS):
-            n = min(CHUNK_ROWS, rows - a)
-            pad, filler = padded_rows(n) - n, a + n - 1 if pad_row is None else pad_row
+        for a in range(0, rows, self.max_rows):
+            n = min(self.max_rows, rows - a)
+            pad, filler = padded_rows(n, self.max_rows) - n, a + n - 1 if pad_row is None else pad_row
             out = run({k: np.concatenate([v[a:a + n], np.repeat(v[filler:filler + 1], pad, axis=0)])
                        for k, v in arrays.items()})
             parts.append({k: v[:n] if np.ndim(v) and len(v) == n + pad else v for k, v in out.items()})
         if len(parts) == 1:
             return parts[0]
-        return {k: np.concatenate([p[k] for p in parts]) if np.ndim(v) and len(v) == min(CHUNK_ROWS, rows) else v
+        return {k: np.concatenate([p[k] for p in parts]) if np.ndim(v) and len(v) == min(self.max_rows, rows) else v
                 for k, v in parts[0].items()}
 
 
-CHUNK_ROWS = 64  # the most rows of one call of a bucketed servable (a larger request is run in chunks)
-
-
-def padded_rows(rows: int) -> int:
-    """The batch size a `bucketed` servable runs `rows` rows at: the next power of 2 (TF Serving's
-    `allowed_batch_sizes`). A JAX export (jax2tf: `XlaCallModule` ops) compiles its function for each batch
-    size it meets, 0.5-3 s each on a CPU, while the model's batching queue waits: padded (and run in chunks of
-    `CHUNK_ROWS`), a version meets at most 7 sizes, and those the traffic has had are compiled before it serves
-    (`load_servable`)."""
-    return 1 << max(0, rows - 1).bit_length()
+def padded_rows(rows: int, most: int = CHUNK_ROWS) -> int:
+    """The batch size a `bucketed` servable runs `rows` (at most `most`) rows at: the next power of 2, or `most`
+    (TF Serving's `allowed_batch_sizes`, which end at its `max_batch_size`). A JAX export (jax2tf: `XlaCallModule`
+    ops) compiles its function for each batch size it meets, 0.5-3 s each on a CPU, while the model's batching
+    queue waits: padded (and run in chunks of `most`), a version meets at most 7 sizes, and those the traffic has
+    had are compiled before it serves (`load_servable`)."""
+    return min(1 << max(0, rows - 1).bit_length(), most)
 
 
 def _example_images(examples: list[bytes]) -> list[tuple[str, bytes]]:
@@ -255,7 +256,7 @@ WARM_BUDGET_S = 2.0  # warm-up calls beyond the first stop once this much time i
 
 
 def load_servable(name: str, version: int, path: str, warm_rows=(1,), warm_budget_s: float = WARM_BUDGET_S,
-                  max_request_pixels: int | None = None) -> Servable:
+                  max_request_pixels: int | None = None, max_batch: int | None = None) -> Servable:
     """Load `path`'s `serving_default`, read its specs, and warm it up on zeros: one call of each batch size in
     `warm_rows` (in that order) while the calls after the first have taken less than `warm_budget_s`.
 
@@ -263,7 +264,8 @@ def load_servable(name: str, version: int, path: str, warm_rows=(1,), warm_budge
     37 ms against 9 ms later for 8 rows of the baseline CNN); the manager passes the sizes its batcher has run,
     most frequent first, so that a version swapped in under load does not pay them on requests. A JAX export
     (`XlaCallModule` ops) is `bucketed` (`padded_rows`): it is warmed at the padded sizes of all of `warm_rows`,
-    past the budget (a JAX version of images.yaml's resnet compiled each size for 2-3 s on one core).
+    past the budget (a JAX version of images.yaml's resnet compiled each size for 2-3 s on one core), and runs
+    at most `max_batch` rows (the server's `--max-batch`) in one call, as its batcher does.
     """
     loaded = load_savedmodel(path)
     if SIGNATURE not in loaded.signatures:
@@ -284,11 +286,12 @@ def load_servable(name: str, version: int, path: str, warm_rows=(1,), warm_budge
     proto = _read_proto(path)
     defs_json, defs = _signature_defs(proto)
     bucketed = bool(jax2tf_platforms(proto))
+    most = min(CHUNK_ROWS, max_batch or CHUNK_ROWS)
     servable = Servable(name, version, path, inputs, outputs, defs_json, fn, loaded, class_names, defs,
-                        dict(loaded.signatures), max_request_pixels, bucketed)
+                        dict(loaded.signatures), max_request_pixels, bucketed, most)
     if all(d is not None for t in inputs.values() for d in t.shape[1:]):
         t0 = None  # a bucketed servable warms every padded size the traffic has had (a few), however long
-        for rows in dict.fromkeys(padded_rows(min(r, CHUNK_ROWS)) if bucketed else r for r in [1, *warm_rows]):
+        for rows in dict.fromkeys(padded_rows(min(r, most), most) if bucketed else r for r in [1, *warm_rows]):
             if t0 is not None and time.perf_counter() - t0 > warm_budget_s and not bucketed:
                 break
             servable.run({k: np.zeros((rows, *t.shape[1:]), t.dtype) for k, t in inputs.items()})

@@ -344,7 +344,7 @@ class ModelManager:
             sizes = st.batcher.batch_sizes()  # warmed up at the batch sizes the traffic has run, most frequent first
             rows = sorted(sizes, key=lambda r: -sizes[r])
             load = functools.partial(load_servable, name, version, path, rows,
-                                     max_request_pixels=self.max_request_pixels)
+                                     max_request_pixels=self.max_request_pixels, max_batch=self.max_batch)
             servable = polite(load) if serving else load()  # requests may be waiting: leave them the GIL
         except Exception as e:  # noqa: BLE001 - a bad export must not stop the server or the others
             msg = f"{type(e).__name__}: {_first_line(e) if str(e) else ''}"  # a graph error's reason, not its 1st line

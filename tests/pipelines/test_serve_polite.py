@@ -109,13 +109,14 @@ def test_the_manager_loads_politely_only_while_something_is_served(tmp_path, mon
 
     loads = []
 
-    def fake_load(name, version, path, warm_rows=(1,), max_request_pixels=None):
+    def fake_load(name, version, path, warm_rows=(1,), max_request_pixels=None, max_batch=None):
         loads.append((version, sys.getprofile() is not None, list(warm_rows)))  # the hook is on while polite
+        assert max_batch == 48  # the server's --max-batch: a padded call runs no more rows than a batch
         return Loaded(version)
 
     monkeypatch.setattr(servables, "load_servable", fake_load)
     (tmp_path / "m" / "1").mkdir(parents=True)
-    manager = servables.ModelManager(str(tmp_path))
+    manager = servables.ModelManager(str(tmp_path), max_batch=48)
     try:
         manager.poll_once()  # start-up: nothing served yet, full speed
         batcher = manager.resolve("m")[1]
@@ -208,6 +209,20 @@ def test_an_export_that_compiles_per_batch_size_is_run_and_warmed_at_padded_size
         "image_bytes", {"image_bytes": np.array(files, dtype=object)})["class_id"])
     np.testing.assert_array_equal(got["class_id"][:3], want["class_id"])
 
+    # `make serve --max-batch 48`: the batcher runs at most 48 rows, and so does a padded call (not 64, past it)
+    assert [savedmodel.padded_rows(n, 48) for n in (3, 33, 40, 48)] == [4, 48, 48, 48]
+    monkeypatch.setattr(savedmodel.Servable, "run", lambda self, feeds: (
+        warmed.append(len(next(iter(feeds.values())))), real_run(self, feeds))[1])
+    warmed.clear()
+    capped = savedmodel.load_servable("tiny", 1, path, warm_rows=[100, 40, 3], warm_budget_s=0.0, max_batch=48)
+    assert capped.max_rows == 48 and warmed == [1, 48, 4]
+    monkeypatch.setattr(savedmodel.Servable, "run", real_run)
+    capped._fn = recording(capped._fn)
+    seen.clear()
+    got = capped.run({"image": x70})
+    assert seen == [48, 32]  # 70 rows: 48, then 22 padded to 32
+    np.testing.assert_allclose(got["probabilities"], plain.run({"image": x70})["probabilities"], atol=1e-6)
+
 
 def test_a_version_that_fails_with_a_graph_error_is_listed_with_its_reason(tmp_path, monkeypatch):
     """TensorFlow's graph errors start "Graph execution error:" and give the reason lines later (here what a
@@ -218,7 +233,7 @@ def test_a_version_that_fails_with_a_graph_error_is_listed_with_its_reason(tmp_p
 
     reason = "The current platform CPU is not among the platforms required by the module: [CUDA]"
 
-    def failing_load(name, version, path, warm_rows=(1,), max_request_pixels=None):
+    def failing_load(name, version, path, warm_rows=(1,), max_request_pixels=None, max_batch=None):
         raise tf.errors.NotFoundError(None, None, f"Graph execution error:\n\nDetected at node XlaCallModule defined "
                                       f"at (most recent call last):\n  File x.py, line 1\n\n{reason}\n\t "
                                       f"[[{{{{node XlaCallModule}}}}]] [Op:__inference_signature_wrapper_1]")
