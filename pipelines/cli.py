@@ -141,7 +141,10 @@ def exit_job(code: int):
     from pipelines.distribute import ENV_SUPERVISED
 
     if code == INTERRUPTED and os.environ.get(ENV_SUPERVISED) != "1":
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe or terminal (`make train | head`): nothing to lose
+                pass
         os._exit(code)
     sys.exit(code)

@@ -74,6 +74,8 @@ def load_runs(run_ids: list[str], tracking_uri: str | None = None) -> list[RunFi
     out = []
     for rid in run_ids:
         rid = full_run_id(client, rid, uri)
+        if any(f.run_id == rid for f in out):  # given twice, by its id and by the start of it
+            continue
         try:
             run = client.get_run(rid)
         except MlflowException:

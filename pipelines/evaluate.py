@@ -233,11 +233,14 @@ def main(argv=None) -> int:
     target = args.run.strip()
     if not target:
         raise UserError("give RUN=<MLflow run id or export path>, e.g. make evaluate RUN=exports/default")
-    from pipelines.evaluation import SHORT_RUN_ID
+    from pipelines.rundir import RUN_ID_START
 
+    if RUN_ID_START.fullmatch(target) and os.path.exists(target):
+        raise UserError(f"{target!r} is both a folder here and the start of an MLflow run id: give ./{target} for "
+                        "the folder, or more of the run id")
     if os.path.exists(target) or os.sep in target:
         _, out_dir, files = evaluate_export(target, args.overrides, args.reports_dir)
-    elif SHORT_RUN_ID.fullmatch(target):  # a run id, or its first digits (full_run_id)
+    elif RUN_ID_START.fullmatch(target):  # a run id, or its first digits (evaluation.full_run_id)
         _, out_dir, files = evaluate_run(target, args.tracking_uri, args.overrides, args.reports_dir)
     else:
         raise UserError(f"{target!r} is neither an MLflow run id (32 hex digits, or the first 6 or more) nor an "

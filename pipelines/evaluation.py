@@ -285,25 +285,25 @@ def write_report(ev: Evaluation, out_dir: str, title: str, model=None) -> list[s
     return files
 
 
-SHORT_RUN_ID = re.compile(r"[0-9a-f]{6,32}")  # a run id, or its start (reports and `make compare` show 8 digits)
-
-
 def full_run_id(client, run_id: str, uri: str) -> str:
     """`run_id`, or the one run id of the tracking store that it is the start of."""
-    if len(run_id) == 32 or not SHORT_RUN_ID.fullmatch(run_id):
+    from pipelines.rundir import RUN_ID_START
+
+    if len(run_id) == 32 or not RUN_ID_START.fullmatch(run_id):
         return run_id
     from mlflow.entities import ViewType
     from mlflow.exceptions import MlflowException
 
-    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL, max_results=50000)]
     try:
         found = client.search_runs(experiments, f"attributes.run_id LIKE '{run_id}%'", ViewType.ALL, 50000)
     except MlflowException:  # a store whose search has no LIKE on run ids: all of them
         found = [r for r in client.search_runs(experiments, "", ViewType.ALL, 50000)
                  if r.info.run_id.startswith(run_id)]
     ids = sorted({r.info.run_id for r in found})
-    if len(ids) == 1:
-        return ids[0]
+    active = sorted({r.info.run_id for r in found if r.info.lifecycle_stage != "deleted"})
+    if len(ids) == 1 or len(active) == 1:  # one run, or one that is not deleted
+        return (active or ids)[0]
     if not ids:
         raise UserError(f"no MLflow run whose id starts with {run_id!r} in the tracking store {uri}")
     raise UserError(f"{run_id!r} is the start of {len(ids)} MLflow run ids ({', '.join(ids[:4])}"

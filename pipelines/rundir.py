@@ -22,11 +22,14 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import time
 
 from pipelines.config import Config
 from pipelines.errors import UserError
 
+# An MLflow run id, or its first 6 or more digits (reports and `make compare` show 8): `make evaluate`, `make compare`
+RUN_ID_START = re.compile(r"[0-9a-f]{6,32}")
 STATE = "state.json"
 CONFIG = "config.yaml"
 LOCK = "lock"

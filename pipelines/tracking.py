@@ -53,13 +53,21 @@ def check_reachable(uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
 
 
 def check_store_exists(uri: str) -> None:
-    """For a job that only reads runs (`make evaluate`, `make compare`): a sqlite store whose file is not there is
-    a `UserError` (MLflow would create an empty store there, and the job then found no run in it)."""
-    if uri.startswith("sqlite:///") and not os.path.isfile(path := uri[len("sqlite:///"):]):
+    """For a job that only reads runs (`make evaluate`, `make compare`): a local store (sqlite, or a file store's
+    folder) that is not there is a `UserError` (MLflow would create an empty store there, and the job then found
+    no run in it)."""
+    if uri.startswith("sqlite:///"):
+        path, there = uri[len("sqlite:///"):].split("?")[0], os.path.isfile
+    elif "://" not in uri or uri.startswith("file:"):
+        path, there = uri.removeprefix("file://").removeprefix("file:"), os.path.isdir
+    else:
+        return
+    if not there(path):
         from pipelines.errors import UserError
 
-        raise UserError(f"the tracking store {uri} (--tracking-uri or MLFLOW_TRACKING_URI) does not exist: no "
-                        f"file {os.path.abspath(path)}")
+        named = "the default store: no run was tracked here yet" if uri == DEFAULT_TRACKING_URI else \
+            "--tracking-uri or MLFLOW_TRACKING_URI"
+        raise UserError(f"the tracking store {uri} ({named}) does not exist: no {os.path.abspath(path)}")
 
 
 def setup(configured_uri: str | None, experiment: str) -> str:

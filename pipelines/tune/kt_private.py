@@ -147,8 +147,8 @@ def serve_oracle(oracle, poll_s: float = 0.5):
     try:
         while not (servicer.stop_triggered and oracle_chief.exit_chief(oracle)):
             time.sleep(poll_s)
-    finally:
-        server.stop(grace=2)
+    finally:  # waits for handlers under way: they write KerasTuner's state files (not atomically)
+        server.stop(grace=2).wait()
 
 
 def wait_for_chief(directory: str, timeout: float):

@@ -72,10 +72,11 @@ def test_table_csv_and_overlaid_curves(runs, tmp_path):
 
 def test_main_prints_the_table_and_paths(runs, tmp_path, capsys):
     uri, ids, _ = runs
-    code = run_main(compare.main, ["--runs", f"{ids[0]}, {ids[1][:8]},{ids[0]}", "--tracking-uri", uri,
+    code = run_main(compare.main, ["--runs", f"{ids[0]}, {ids[1][:8]},{ids[0]},{ids[1]}", "--tracking-uri", uri,
                                    "--reports-dir", str(tmp_path / "r")])
     out = capsys.readouterr().out
     assert code == 0 and "hnet-run" in out  # the run of the 8 digits given
+    assert os.listdir(tmp_path / "r") == [f"compare-{ids[0][:8]}-{ids[1][:8]}"]  # each run once, however named
     assert "shift consistency (pad-and-crop)" in out
     assert out.count("Wrote ") == 3 and "rotation_curves.png" in out
 

@@ -162,6 +162,14 @@ def test_bad_run_ids_and_paths_give_one_clear_error(store, tmp_path, capsys):
     assert "Traceback" not in err
     code, err = _cli(["--run", "not-a-run", *base], capsys)
     assert code == 2 and "neither an MLflow run id" in err
+    (tmp_path / "abcdef12").mkdir()  # a folder named like the start of a run id: which one is meant is asked
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        code, err = _cli(["--run", "abcdef12", *base], capsys)
+    finally:
+        os.chdir(cwd)
+    assert code == 2 and "'abcdef12' is both a folder here and the start of an MLflow run id: give ./abcdef12" in err
     code, err = _cli(["--run", "", *base], capsys)
     assert code == 2 and "RUN=" in err
     code, err = _cli(["--run", str(tmp_path / "exports" / "missing"), *base], capsys)
@@ -240,16 +248,22 @@ def test_the_start_of_several_run_ids_is_one_error_naming_them():
     ids = ["abcdef01" + "0" * 24, "abcdef02" + "0" * 24]
 
     class Store:
-        def search_experiments(self, view_type):
+        deleted = set()
+
+        def search_experiments(self, view_type, max_results):
             return [types.SimpleNamespace(experiment_id="1")]
 
         def search_runs(self, experiments, query, view, limit):
-            return [types.SimpleNamespace(info=types.SimpleNamespace(run_id=i)) for i in ids]
+            return [types.SimpleNamespace(info=types.SimpleNamespace(
+                run_id=i, lifecycle_stage="deleted" if i in self.deleted else "active")) for i in ids]
 
+    store = Store()
     listed = f"'abcdef0' is the start of 2 MLflow run ids \\({ids[0]}, {ids[1]}\\): give more"
     with pytest.raises(UserError, match=listed):
-        full_run_id(Store(), "abcdef0", "sqlite:///x.db")
-    assert full_run_id(Store(), ids[0], "sqlite:///x.db") == ids[0]  # a whole id is not looked up
+        full_run_id(store, "abcdef0", "sqlite:///x.db")
+    assert full_run_id(store, ids[0], "sqlite:///x.db") == ids[0]  # a whole id is not looked up
+    store.deleted.add(ids[0])
+    assert full_run_id(store, "abcdef0", "sqlite:///x.db") == ids[1]  # the one of the two that is not deleted
 
 
 def test_a_sqlite_store_that_is_not_there_is_one_error_and_is_not_created(tmp_path, capsys):
@@ -262,5 +276,16 @@ def test_a_sqlite_store_that_is_not_there_is_one_error_and_is_not_created(tmp_pa
     for main, args in ((evaluate.main, ["--run", run_id]), (compare.main, ["--runs", run_id])):
         assert run_main(main, [*args, "--tracking-uri", uri]) == 2
         assert capsys.readouterr().err.strip() == \
-            f"error: the tracking store {uri} (--tracking-uri or MLFLOW_TRACKING_URI) does not exist: no file {missing}"
+            f"error: the tracking store {uri} (--tracking-uri or MLFLOW_TRACKING_URI) does not exist: no {missing}"
     assert not missing.exists()
+    from pipelines import tracking
+    from pipelines.errors import UserError
+
+    mlflow.MlflowClient(f"sqlite:///{tmp_path / 'there.db'}").search_experiments()
+    tracking.check_store_exists(f"sqlite:///{tmp_path / 'there.db'}?timeout=30")  # a store there, with options
+    with pytest.raises(UserError, match="does not exist: no .*mlruns"):  # a file store's folder, mistyped
+        tracking.check_store_exists(f"file://{tmp_path / 'mlruns'}")
+    if not os.path.exists(tracking.DEFAULT_TRACKING_URI[len("sqlite:///"):]):
+        with pytest.raises(UserError, match=r"\(the default store: no run was tracked here yet\)"):
+            tracking.check_store_exists(tracking.DEFAULT_TRACKING_URI)
+
