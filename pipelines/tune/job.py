@@ -118,6 +118,7 @@ class TuneResult:
     best_values: dict | None = None
     trials_completed: int = 0
     best_trial_number: int | None = None  # KerasTuner's console number of the best trial ("Trial 1 Complete")
+    train_command: str | None = None  # what trains best.yaml, on the backend its trial ran on
 
 
 def run(cfg: Config, callbacks=(), config_path: str | None = None) -> TuneResult:
@@ -220,11 +221,14 @@ def _finish(cfg: Config, oracle, runs: SearchRuns, directory: str, uri: str, rol
     number = int(best.trial_id) + 1 if str(best.trial_id).isdigit() else None
     shown = f"trial_{best.trial_id}" + (f" (KerasTuner's Trial {number})" if number is not None else "")
     best_path = os.path.join(directory, "best.yaml")
+    trained_on = next((r.data.tags["backend"] for r in runs.trial_runs(best.trial_id) if "backend" in r.data.tags),
+                      backend())
+    command = train_command(best_path, trained_on)
     header = (
         f"# Best of {len(completed)} trials of `make tune CONFIG={config_path or cfg.name}` "
         f"({cfg.tune.algorithm}; {cfg.tune.objective} = {best.score:.4f} in {shown}),\n"
         f"# MLflow parent run {runs.parent_run_id}. Train and export it with its full budget:\n"
-        f"#   {train_command(best_path)}\n"
+        f"#   {command}\n"
     )
     with open(best_path + ".tmp", "w") as fh:
         fh.write(header + dump(best_config_dict(cfg, best.hyperparameters), sort_keys=False))
@@ -232,13 +236,15 @@ def _finish(cfg: Config, oracle, runs: SearchRuns, directory: str, uri: str, rol
     runs.record_best(best, cfg.tune.objective, len(completed), best_path)
     runs.end("FINISHED")
     return TuneResult(role, directory, runs.parent_run_id, uri, best_path, best.trial_id, float(best.score),
-                      searched_values(best.hyperparameters), len(completed), number)
+                      searched_values(best.hyperparameters), len(completed), number, command)
 
 
-def train_command(best_path: str) -> str:
-    """The command that trains best.yaml, on the backend the search ran on (`make` alone would pick TensorFlow)."""
-    chosen = backend()
-    return ("" if chosen == "tensorflow" else f"KERAS_BACKEND={chosen} ") + f"make train CONFIG={best_path}"
+def train_command(best_path: str, trained_on: str) -> str:
+    """The command that trains best.yaml on the backend its trial `trained_on` (`make` alone picks TensorFlow;
+    PyTorch writes no SavedModel, so its command turns the export off)."""
+    env = "" if trained_on == "tensorflow" else f"KERAS_BACKEND={trained_on} "
+    args = ' ARGS="export.enabled=false"' if trained_on == "torch" else ""
+    return f"{env}make train CONFIG={best_path}{args}"
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -263,7 +269,7 @@ def main(argv=None) -> int:
               f"{result.best_score:.4f} of {result.trials_completed} completed trials")
         print(f"Best values:       {result.best_values}")
         print(f"Best config:       {result.best_config_path}")
-        print(f"Train it:          {train_command(result.best_config_path)}")
+        print(f"Train it:          {result.train_command}")
     return 0
 
 

@@ -78,20 +78,13 @@ class SearchRuns:
             if run.info.status != "RUNNING":
                 client.update_run(run.info.run_id, status="RUNNING")
             print(f"MLflow parent run {run.info.run_id} (resumed) in {uri}")
-            started = run.data.tags.get("backend")  # absent on a search started before this tag
-            if started and started.split(", then ")[-1] != (now := backend()):
-                print(f"Warning: this search started on Keras' {started} backend and goes on on {now}: its "
-                      "trials' speeds and last digits mix the two (KERAS_BACKEND chooses; each trial run is tagged "
-                      "with its own)")
-                client.set_tag(run.info.run_id, "backend", f"{started}, then {now}")
             return cls(run.info.run_id, run.info.experiment_id)
 
         experiment = mlflow.get_experiment_by_name(cfg.experiment_name)
         run = client.create_run(
             experiment.experiment_id,
             run_name=f"tune-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-            tags={"job": "tune", "tune.algorithm": cfg.tune.algorithm, "tune.directory": os.path.abspath(directory),
-                  "backend": backend()},
+            tags={"job": "tune", "tune.algorithm": cfg.tune.algorithm, "tune.directory": os.path.abspath(directory)},
         )
         from mlflow.entities import Param
 
@@ -147,10 +140,23 @@ class SearchRuns:
                   "tuner_id": tuner_id, "attempt": str(len(earlier) + 1), "backend": backend(),
                   "devices": experiment.describe_devices()},
         )
+        self._note_backend(backend())
         params = {k: v for k, v in trial.hyperparameters.values.items()}
         params.update({f"model.params.{k}": v for k, v in trial_cfg.model.params.items()})
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
         return run.info.run_id
+
+    def _note_backend(self, now: str) -> None:
+        """The parent run's `backend` tag: that of the processes that train its trials (not a distributed search's
+        chief, which trains none); a search resumed or joined under another says so and is tagged `<then>, then
+        <now>`. Each trial run keeps its own."""
+        started = self.client.get_run(self.parent_run_id).data.tags.get("backend")
+        if started is None:  # a new search, or one started before this tag
+            self.client.set_tag(self.parent_run_id, "backend", now)
+        elif started.split(", then ")[-1] != now:
+            print(f"Warning: this search started on Keras' {started} backend and goes on on {now}: its trials' "
+                  "speeds and last digits mix the two (KERAS_BACKEND chooses; each trial run is tagged with its own)")
+            self.client.set_tag(self.parent_run_id, "backend", f"{started}, then {now}")
 
     def end_trial(self, run_id: str, status: str, score: float | None = None, error: BaseException | None = None,
                   metrics: dict | None = None):

@@ -176,14 +176,19 @@ def test_runs_are_tagged_with_their_backend_and_a_search_resumed_on_another_says
     assert run_main(tune.main, ["--config", path, "tune.max_trials=3"]) == 0
     out = capsys.readouterr().out
     assert "Warning: this search started on Keras' tensorflow backend and goes on on jax" in out
-    best_path = os.path.join(tune.search_directory(cfg), "best.yaml")
-    assert f"Train it:          KERAS_BACKEND=jax make train CONFIG={best_path}" in out
-    with open(best_path) as fh:
-        assert f"#   KERAS_BACKEND=jax make train CONFIG={best_path}" in fh.read()
     _, parent, by_trial = parent_and_trials(cfg)
     assert parent.data.tags["backend"] == "tensorflow, then jax"
     assert {t: r.data.tags["backend"] for t, (r,) in by_trial.items()} == {"0": "tensorflow", "1": "tensorflow",
                                                                             "2": "jax"}
+    # the command that trains best.yaml names the backend its trial ran on
+    best_path = os.path.join(tune.search_directory(cfg), "best.yaml")
+    (best,) = by_trial[parent.data.tags["best.trial_id"]]
+    command = ("KERAS_BACKEND=jax " if best.data.tags["backend"] == "jax" else "") + f"make train CONFIG={best_path}"
+    assert f"Train it:          {command}\n" in out
+    with open(best_path) as fh:
+        assert f"#   {command}\n" in fh.read()
+    assert job.train_command("b.yaml", "torch") == \
+        'KERAS_BACKEND=torch make train CONFIG=b.yaml ARGS="export.enabled=false"'  # PyTorch writes no SavedModel
     from pipelines.experiment import describe_devices
 
     assert all(r.data.tags["devices"] == describe_devices() for (r,) in by_trial.values())
@@ -235,7 +240,10 @@ def test_chief_and_two_workers_record_every_trial_once(store):
         log = open(root / f"{tuner_id}.log", "w")
         procs[tuner_id] = subprocess.Popen(
             [sys.executable, "-m", "pipelines.tune", "--config", path, "tune.chief_timeout=300"],
-            env={**env, "KERASTUNER_TUNER_ID": tuner_id}, cwd=root, stdout=log, stderr=subprocess.STDOUT,
+            # the chief, which trains nothing, on another backend than the workers: the runs name the workers'
+            env={**env, "KERASTUNER_TUNER_ID": tuner_id,
+                 "KERAS_BACKEND": "jax" if tuner_id == "chief" else "tensorflow"},
+            cwd=root, stdout=log, stderr=subprocess.STDOUT,
         )
     try:
         codes = {k: p.wait(timeout=480) for k, p in procs.items()}
@@ -248,7 +256,8 @@ def test_chief_and_two_workers_record_every_trial_once(store):
 
     cfg = load_config(path)
     client, parent, by_trial = parent_and_trials(cfg)
-    assert parent.info.status == "FINISHED"
+    assert parent.info.status == "FINISHED" and parent.data.tags["backend"] == "tensorflow"
+    assert "Train it:          make train CONFIG=" in logs["chief"] and "Warning" not in logs["chief"]
     assert {k: len(v) for k, v in by_trial.items()} == {"0": 1, "1": 1, "2": 1}
     for (run,) in by_trial.values():
         assert run.info.status == "FINISHED"
