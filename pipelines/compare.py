@@ -82,7 +82,7 @@ def load_runs(run_ids: list[str], tracking_uri: str | None = None) -> list[RunFi
             raise UserError(f"no MLflow run {rid!r} in the tracking store {uri}") from None
         if run.info.lifecycle_stage == "deleted":
             raise UserError(f"MLflow run {rid} is deleted")
-        if (tune_run := tune_run_error(run)) is not None:
+        if (tune_run := tune_run_error(client, run)) is not None:
             raise tune_run
         # the latest evaluation's step (runs evaluated before each evaluation had its own step logged all at 0)
         params, k = run.data.params, max((m.step for m in client.get_metric_history(rid, "eval_images")), default=0)

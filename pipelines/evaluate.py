@@ -73,7 +73,7 @@ def evaluate_run(run_id: str, tracking_uri: str | None = None, overrides=(), rep
         raise UserError(f"no MLflow run {run_id!r} in the tracking store {uri}") from None
     if run.info.lifecycle_stage == "deleted":
         raise UserError(f"MLflow run {run_id} is deleted")
-    if (tune_run := tune_run_error(run)) is not None:
+    if (tune_run := tune_run_error(client, run)) is not None:
         raise tune_run
     with tempfile.TemporaryDirectory() as tmp:
         try:

@@ -310,19 +310,24 @@ def full_run_id(client, run_id: str, uri: str) -> str:
                     f"{', ...' if len(ids) > 4 else ''}): give more of the id")
 
 
-def tune_run_error(run) -> UserError | None:
+def tune_run_error(client, run) -> UserError | None:
     """The error for an MLflow run of `make tune` (its search's parent run, or a trial's), which keeps no model
     to evaluate or compare: what to do instead. None for any other run."""
     tags, rid = run.data.tags, run.info.run_id
-    if tags.get("job") == "tune":
-        best = os.path.join(tags.get("tune.directory", "tuning/<name>"), "best.yaml")
-        return UserError(f"MLflow run {rid} is a `make tune` search, which keeps no model: train its best config "
-                         f"(`make train CONFIG={best}`), then evaluate or compare that run")
-    if "trial_id" in tags and "mlflow.parentRunId" in tags:
-        return UserError(f"MLflow run {rid} is a trial of a `make tune` search (parent run "
-                         f"{tags['mlflow.parentRunId']}), which keeps no model: train the search's best.yaml "
-                         "(`make train CONFIG=<tune.directory>/best.yaml`), then evaluate or compare that run")
-    return None
+    what = "a `make tune` search"
+    if tags.get("job") != "tune":
+        if "trial_id" not in tags or "mlflow.parentRunId" not in tags:
+            return None
+        what = f"a trial of a `make tune` search (parent run {tags['mlflow.parentRunId']})"
+        run = client.get_run(tags["mlflow.parentRunId"])
+    best = os.path.join(run.data.tags.get("tune.directory", "tuning/<name>"), "best.yaml")
+    if run.info.status != "FINISHED" or not os.path.isfile(best):
+        return UserError(f"MLflow run {rid} is {what}, which keeps no model, and the search has not finished "
+                         f"(no {best}): run the same `make tune` command again to finish it, then train its best.yaml")
+    trained_on = run.data.tags.get("backend", "tensorflow").split(", then ")[-1]
+    env = "" if trained_on == "tensorflow" else f"KERAS_BACKEND={trained_on} "
+    return UserError(f"MLflow run {rid} is {what}, which keeps no model: train its best config (`{env}make train "
+                     f"CONFIG={best}`), then evaluate or compare that run")
 
 
 def new_report_dir(reports_dir: str, name: str) -> str:

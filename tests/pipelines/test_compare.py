@@ -92,8 +92,8 @@ def test_bad_run_ids_give_one_clear_error(runs, tmp_path, capsys):
     search = client.create_run(client.get_experiment_by_name("e").experiment_id,
                                tags={"job": "tune", "tune.directory": "tuning/t"}).info.run_id
     assert run_main(compare.main, ["--runs", f"{ids[0]},{search}", *base]) == 2
-    assert f"run {search} is a `make tune` search, which keeps no model: train its best config (`make train " \
-           "CONFIG=tuning/t/best.yaml`)" in capsys.readouterr().err
+    assert f"run {search} is a `make tune` search, which keeps no model, and the search has not finished (no " \
+           "tuning/t/best.yaml)" in capsys.readouterr().err
     assert run_main(compare.main, ["--runs", " , ", *base]) == 2
     assert "give RUNS=" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()

@@ -210,14 +210,24 @@ def test_runs_without_a_model_give_one_clear_error(store, tmp_path, capsys):
     code, err = _cli(["--run", with_config, "--tracking-uri", store], capsys)
     assert code == 2 and "has no trained model (its MLflow model `model`)" in err
     # a `make tune` search and one of its trials: what to train instead (the advice to evaluate led nowhere)
-    search = client.create_run(exp, tags={"job": "tune", "tune.directory": "/work/tuning/t"}).info.run_id
+    directory = tmp_path / "tuning" / "t"
+    search = client.create_run(exp, tags={"job": "tune", "tune.directory": str(directory)}).info.run_id
+    code, err = _cli(["--run", search, "--tracking-uri", store], capsys)  # under way (or killed): no best.yaml yet
+    assert code == 2 and err.strip() == (
+        f"error: MLflow run {search} is a `make tune` search, which keeps no model, and the search has not finished "
+        f"(no {directory}/best.yaml): run the same `make tune` command again to finish it, then train its best.yaml")
+    directory.mkdir(parents=True)
+    (directory / "best.yaml").write_text("name: t_tuned\n")
+    client.set_tag(search, "backend", "tensorflow, then jax")
+    client.set_terminated(search)
     code, err = _cli(["--run", search, "--tracking-uri", store], capsys)
-    assert code == 2 and err.strip() == (f"error: MLflow run {search} is a `make tune` search, which keeps no model: "
-                                         "train its best config (`make train CONFIG=/work/tuning/t/best.yaml`), then "
-                                         "evaluate or compare that run")
+    assert code == 2 and err.strip() == (
+        f"error: MLflow run {search} is a `make tune` search, which keeps no model: train its best config "
+        f"(`KERAS_BACKEND=jax make train CONFIG={directory}/best.yaml`), then evaluate or compare that run")
     trial = client.create_run(exp, tags={"mlflow.parentRunId": search, "trial_id": "0"}).info.run_id
     code, err = _cli(["--run", trial, "--tracking-uri", store], capsys)
-    assert code == 2 and f"MLflow run {trial} is a trial of a `make tune` search (parent run {search})" in err
+    assert code == 2 and f"MLflow run {trial} is a trial of a `make tune` search (parent run {search}), which " \
+        f"keeps no model: train its best config (`KERAS_BACKEND=jax make train CONFIG={directory}/best.yaml`)" in err
 
 
 def test_an_unreachable_tracking_server_is_one_error_within_seconds_for_evaluate_and_compare(capsys):
