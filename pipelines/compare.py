@@ -260,7 +260,7 @@ def parse_run_ids(text: str) -> list[str]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="make compare", description=__doc__.split("\n\n")[0])
-    p.add_argument("--runs", required=True, help="comma-separated MLflow run ids")
+    p.add_argument("--runs", required=True, help="comma-separated MLflow run ids (or their first 6 or more digits)")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else <project>/mlflow.db)")
     p.add_argument("--reports-dir", default="reports", help="where the comparison directory is written")

@@ -220,7 +220,8 @@ def evaluate_export(path: str, overrides=(), reports_dir: str = "reports"):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="make evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", required=True, help="MLflow run id of a training run, or an export path")
+    p.add_argument("--run", required=True,
+                   help="MLflow run id of a training run (or its first 6 or more digits), or an export path")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else <project>/mlflow.db)")
     p.add_argument("--reports-dir", default="reports", help="where report directories are written")

@@ -207,7 +207,7 @@ def _run_locked(cfg: Config, splits, uri: str, run_dir: str, state: dict, callba
                     with experiment.reading_splits_to_their_end():  # the last epoch's figure used the old statistics
                         val = model.evaluate(val_ds, verbose=0, return_dict=True)
                     mlflow.log_metrics({f"final_val_{k}": float(v) for k, v in val.items()})
-                    again = f"; an epoch has {steps}, read again" if steps < n else ""
+                    again = f"; an epoch has only {steps}, so they were repeated" if steps < n else ""
                     print(f"Batch norms' moving statistics re-estimated for the final weights on {n} training "
                           f"batches (train.precise_bn_batches{again}): validation accuracy {val['accuracy']:.4f}")
                 model.save(model_path)

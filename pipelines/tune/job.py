@@ -41,7 +41,7 @@ from pipelines.cli import config_parser, exit_job, interrupt_on_sigterm, run_mai
 from pipelines.config import Config, ConfigError, flatten, load_config
 from pipelines.errors import UserError
 from pipelines.tune.kt_private import current_role, make_tuner, serve_oracle, wait_for_chief
-from pipelines.tune.space import best_config_dict, narrowed_space, trial_config
+from pipelines.tune.space import best_config_dict, narrowed_space, trial_config, training_search_space
 from pipelines.tune.trials import SearchModel, SearchRuns, _write_json, backend, searched_values
 from pipelines.typed import dump
 
@@ -186,21 +186,25 @@ def trial_config_or_error(cfg: Config, hp, where: str) -> None:
 
 def _check_every_choice(cfg: Config, hyperparameters, hypermodel: SearchModel) -> None:
     """The search space at its first values and at each further value of each of `tune.choices` (the others at
-    their first) gives a valid config and, where the data is loaded, a model that builds: a bad value is one
+    their first) gives a valid config and, where the data is loaded and the value is the model's, a model that
+    builds (one value at a time: a bad combination of two still fails as a trial): a bad value is one
     error before anything is written, not a failed trial with a traceback in a search that ends with exit code 0
     (nor, at the first values, a search directory that refuses the corrected command as another config)."""
+    import keras_tuner as kt
     from keras_tuner.engine.hyperparameters import Choice
 
-    cases = [("at its first values", hyperparameters.copy())]
+    training = kt.HyperParameters()
+    training_search_space(training)  # its names (batch size, augmentation) do not change the model: not built
+    cases = [("at its first values", hyperparameters.copy(), True)]
     for h in hyperparameters.space:
         for value in h.values[1:] if isinstance(h, Choice) else ():
             hp = hyperparameters.copy()
             hp.values[h.name] = value
-            cases.append((f"with tune.choices.{h.name}={value!r}", hp))
+            cases.append((f"with tune.choices.{h.name}={value!r}", hp, h.name not in training.values))
     with experiment.precision(cfg):
-        for where, hp in cases:
+        for where, hp, build in cases:
             trial_config_or_error(cfg, hp, where)
-            if hypermodel.splits is not None:
+            if build and hypermodel.splits is not None:
                 try:  # a bad tune.fixed or tune.choices value is the user's
                     hypermodel.build(hp.copy())
                 except ValueError as e:

@@ -54,7 +54,7 @@ def test_make_train_re_estimates_the_statistics_unless_told_not_to(tmp_path, cap
     assert "re-estimated" not in capsys.readouterr().out
     on = run(tiny_config(tmp_path, "export.enabled=false"))  # the default: 50 batches
     said = re.search(r"re-estimated for the final weights on 50 training batches \(train\.precise_bn_batches; an "
-                     r"epoch has (\d+), read again\)", capsys.readouterr().out)  # a tiny split: its batches again
+                     r"epoch has only (\d+), so they were repeated\)", capsys.readouterr().out)  # a tiny split
     assert said and int(said.group(1)) < 50
     before, after = moving_means(off), moving_means(on)
     assert before and len(before) == len(after)

@@ -299,3 +299,13 @@ def test_an_interrupted_job_exits_without_python_s_shutdown_and_loses_no_output(
         assert not marker.exists()
     else:
         assert out.returncode == 0 and marker.read_text() == "shutdown ran"
+
+
+@pytest.mark.parametrize("job", ["train.py", "tune/job.py", "tune/__main__.py", "evaluate.py", "convert.py"])
+def test_the_jobs_that_read_data_leave_through_exit_job(job):
+    """Their data pipelines' threads are what Python's shutdown waited for after Ctrl-C."""
+    import os
+
+    with open(os.path.join(os.path.dirname(__file__), "..", "..", "pipelines", job)) as fh:
+        source = fh.read()
+    assert "exit_job(run_main(" in source and "sys.exit(run_main(" not in source

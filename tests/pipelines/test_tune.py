@@ -354,6 +354,23 @@ def test_a_choice_that_does_not_build_is_one_line_and_leaves_no_search_and_no_pa
     assert experiment is None or not client.search_runs([experiment.experiment_id])
 
 
+def test_the_check_builds_a_model_for_each_value_of_the_model_s_choices_only(lone):
+    """batch_size=90 (a training value) cannot change the model: its config is checked, no model is built."""
+    from pipelines.tune import job
+
+    cfg = load_config(write_config(lone, "builds"))
+    built = []
+
+    class Counting:
+        splits = object()  # as if the data were loaded
+
+        def build(self, hp):
+            built.append((hp.values["downsample"], hp.values["head"], hp.values["batch_size"]))
+
+    job._check_every_choice(cfg, tune.narrowed_space(cfg), Counting())
+    assert built == [("max", "gap", 60), ("strided", "gap", 60), ("max", "flatten", 60)]
+
+
 def test_a_damaged_shard_ends_the_search_at_once_with_one_line_naming_it(lone, capsys):
     import numpy as np
 
