@@ -37,6 +37,14 @@ def config_parser(prog: str, description: str, example: str) -> argparse.Argumen
     return p
 
 
+def train_command(config_path: str, backend: str) -> str:
+    """The command that trains `config_path` on Keras' `backend` (`make` alone picks TensorFlow; PyTorch writes no
+    SavedModel, so its command turns the export off): what `make tune` and the advice about its runs print."""
+    env = "" if backend == "tensorflow" else f"KERAS_BACKEND={backend} "
+    args = ' ARGS="export.enabled=false"' if backend == "torch" else ""
+    return f"{env}make train CONFIG={config_path}{args}"
+
+
 def print_config(prog: str, path: str, overrides: list[str]) -> None:
     """The config `path` with `overrides` as commented YAML that load_config reads back (model.name and
     model.params are checked by the job itself: the check imports Keras)."""

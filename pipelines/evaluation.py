@@ -324,10 +324,11 @@ def tune_run_error(client, run) -> UserError | None:
     if run.info.status != "FINISHED" or not os.path.isfile(best):
         return UserError(f"MLflow run {rid} is {what}, which keeps no model, and the search has not finished "
                          f"(no {best}): run the same `make tune` command again to finish it, then train its best.yaml")
-    trained_on = run.data.tags.get("backend", "tensorflow").split(", then ")[-1]
-    env = "" if trained_on == "tensorflow" else f"KERAS_BACKEND={trained_on} "
-    return UserError(f"MLflow run {rid} is {what}, which keeps no model: train its best config (`{env}make train "
-                     f"CONFIG={best}`), then evaluate or compare that run")
+    from pipelines.cli import train_command
+
+    command = train_command(best, run.data.tags.get("backend", "tensorflow").split(", then ")[-1])
+    return UserError(f"MLflow run {rid} is {what}, which keeps no model: train its best config (`{command}`), then "
+                     "evaluate or compare that run")
 
 
 def new_report_dir(reports_dir: str, name: str) -> str:

@@ -58,7 +58,7 @@ def check_store_exists(uri: str) -> None:
     no run in it)."""
     if uri.startswith("sqlite:///"):
         path, there = uri[len("sqlite:///"):].split("?")[0], os.path.isfile
-    elif "://" not in uri or uri.startswith("file:"):
+    elif uri.startswith("file:") or ("://" not in uri and os.sep in uri):  # a file store (not "databricks")
         path, there = uri.removeprefix("file://").removeprefix("file:"), os.path.isdir
     else:
         return

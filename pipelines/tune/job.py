@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import yaml
 
 from pipelines import experiment
-from pipelines.cli import config_parser, exit_job, interrupt_on_sigterm, run_main
+from pipelines.cli import config_parser, exit_job, interrupt_on_sigterm, run_main, train_command
 from pipelines.config import Config, ConfigError, flatten, load_config
 from pipelines.errors import UserError
 from pipelines.tune.kt_private import current_role, make_tuner, serve_oracle, wait_for_chief
@@ -241,14 +241,6 @@ def _finish(cfg: Config, oracle, runs: SearchRuns, directory: str, uri: str, rol
     runs.end("FINISHED")
     return TuneResult(role, directory, runs.parent_run_id, uri, best_path, best.trial_id, float(best.score),
                       searched_values(best.hyperparameters), len(completed), number, command)
-
-
-def train_command(best_path: str, trained_on: str) -> str:
-    """The command that trains best.yaml on the backend its trial `trained_on` (`make` alone picks TensorFlow;
-    PyTorch writes no SavedModel, so its command turns the export off)."""
-    env = "" if trained_on == "tensorflow" else f"KERAS_BACKEND={trained_on} "
-    args = ' ARGS="export.enabled=false"' if trained_on == "torch" else ""
-    return f"{env}make train CONFIG={best_path}{args}"
 
 
 # ----------------------------------------------------------------------------- CLI

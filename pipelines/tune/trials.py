@@ -38,7 +38,6 @@ def backend() -> str:
     return keras.backend.backend()
 
 
-
 class SearchRuns:
     """The MLflow runs of one search: a parent run, and one nested run per trial.
 

@@ -295,6 +295,7 @@ def test_a_sqlite_store_that_is_not_there_is_one_error_and_is_not_created(tmp_pa
     tracking.check_store_exists(f"sqlite:///{tmp_path / 'there.db'}?timeout=30")  # a store there, with options
     with pytest.raises(UserError, match="does not exist: no .*mlruns"):  # a file store's folder, mistyped
         tracking.check_store_exists(f"file://{tmp_path / 'mlruns'}")
+    tracking.check_store_exists("databricks")  # a remote store's name, not a path: not checked here
     if not os.path.exists(tracking.DEFAULT_TRACKING_URI[len("sqlite:///"):]):
         with pytest.raises(UserError, match=r"\(the default store: no run was tracked here yet\)"):
             tracking.check_store_exists(tracking.DEFAULT_TRACKING_URI)

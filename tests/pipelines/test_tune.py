@@ -187,7 +187,9 @@ def test_runs_are_tagged_with_their_backend_and_a_search_resumed_on_another_says
     assert f"Train it:          {command}\n" in out
     with open(best_path) as fh:
         assert f"#   {command}\n" in fh.read()
-    assert job.train_command("b.yaml", "torch") == \
+    from pipelines.cli import train_command
+
+    assert train_command("b.yaml", "torch") == \
         'KERAS_BACKEND=torch make train CONFIG=b.yaml ARGS="export.enabled=false"'  # PyTorch writes no SavedModel
     from pipelines.experiment import describe_devices
 
