@@ -41,7 +41,7 @@ from pipelines.cli import config_parser, exit_job, interrupt_on_sigterm, run_mai
 from pipelines.config import Config, ConfigError, flatten, load_config
 from pipelines.errors import UserError
 from pipelines.tune.kt_private import current_role, make_tuner, serve_oracle, wait_for_chief
-from pipelines.tune.space import best_config_dict, narrowed_space, trial_config, training_search_space
+from pipelines.tune.space import best_config_dict, declared_space, narrowed_space, trial_config, training_search_space
 from pipelines.tune.trials import SearchModel, SearchRuns, _write_json, backend, searched_values
 from pipelines.typed import dump
 
@@ -210,6 +210,36 @@ def _check_every_choice(cfg: Config, hyperparameters, hypermodel: SearchModel) -
                 except ValueError as e:
                     raise UserError(f"tune: model {cfg.model.name!r} does not build from the search space {where}: "
                                     f"{e}") from None
+        if hypermodel.splits is not None:
+            _check_own_choices(cfg, hyperparameters, hypermodel, training)
+
+
+def _check_own_choices(cfg: Config, hyperparameters, hypermodel: SearchModel, training) -> None:
+    """Each further value of a choice of the builder's own `search_space` that the config leaves open (not in
+    tune.fixed, tune.choices or tune.ranges) builds for these images, the others at their first (a model built,
+    not compiled): one that cannot, such as `downsample: aps` where a feature map turns odd, is one error that
+    names the choices to keep, not failed trials with tracebacks in a search that still exits 0."""
+    from keras_tuner.engine.hyperparameters import Choice
+
+    bad, space = {}, declared_space(cfg.model.name).space  # bad: name -> {value: reason}
+    for h in space:
+        if not isinstance(h, Choice) or h.name in hyperparameters or h.name in training.values:
+            continue
+        for value in h.values[1:]:
+            hp = hyperparameters.copy()
+            hp.Fixed(h.name, value)
+            try:
+                experiment.build_model(hypermodel.trial_config(hp), hypermodel.splits.image_shape,
+                                       hypermodel.splits.num_classes)
+            except ValueError as e:
+                bad.setdefault(h.name, {})[value] = str(e).splitlines()[0]
+    if bad:
+        fails = "; ".join(f"{n}={v!r}: {why}" for n, values in bad.items() for v, why in values.items())
+        keep = " ".join(f"tune.choices.{h.name}=[{','.join(str(v) for v in h.values if v not in bad[h.name])}]"
+                        for h in space if h.name in bad)
+        shape = "x".join(str(d) for d in hypermodel.splits.image_shape)
+        raise UserError(f"tune: model {cfg.model.name!r} does not build for these {shape} images at some values of "
+                        f"its own search space ({fails}); leave them out: ARGS=\"{keep}\"")
 
 
 def _finish(cfg: Config, oracle, runs: SearchRuns, directory: str, uri: str, role: str, config_path) -> TuneResult:

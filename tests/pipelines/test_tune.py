@@ -356,6 +356,26 @@ def test_a_choice_that_does_not_build_is_one_line_and_leaves_no_search_and_no_pa
     assert experiment is None or not client.search_runs([experiment.experiment_id])
 
 
+def test_a_value_of_the_model_s_own_space_that_cannot_build_here_is_one_line_whose_advice_runs(lone, capsys):
+    """baseline_cnn's own space offers `downsample: aps`, which needs even maps: on 30x30 images the second stage's
+    are 15x15. Left open by the config, it was drawn into trials that failed with tracebacks in a search that
+    exited 0; now the search refuses before anything is written and names the choices to keep."""
+    root, uri = lone
+    path = write_config(lone, "ownspace", choices={"batch_size": [60]}, max_trials=1)
+    assert run_main(tune.main, ["--config", path, "data.image_size=[30,30]"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: tune: model 'baseline_cnn' does not build for these 30x30x1 images")
+    assert "downsample='aps': AdaptivePolyphaseSampling2D needs an even height" in line
+    assert not (root / "tuning" / "ownspace").exists()
+    experiment = mlflow.MlflowClient(uri).get_experiment_by_name("ownspace")
+    assert experiment is None or not mlflow.MlflowClient(uri).search_runs([experiment.experiment_id])
+    (advice,) = re.findall(r'ARGS="([^"]*)"$', line)
+    assert advice == "tune.choices.downsample=[max,strided,blur,blur_strided]"
+    assert run_main(tune.main, ["--config", path, "data.image_size=[30,30]", *advice.split()]) == 0
+    best = yaml.safe_load(open(root / "tuning" / "ownspace" / "best.yaml"))
+    assert best["model"]["params"]["downsample"] in ("max", "strided", "blur", "blur_strided")
+
+
 def test_the_check_builds_a_model_for_each_value_of_the_model_s_choices_only(lone):
     """batch_size=90 (a training value) cannot change the model: its config is checked, no model is built."""
     from pipelines.tune import job
