@@ -276,6 +276,37 @@ def test_the_start_of_several_run_ids_is_one_error_naming_them():
     assert full_run_id(store, "abcdef0", "sqlite:///x.db") == ids[1]  # the one of the two that is not deleted
 
 
+def test_a_store_whose_search_has_no_like_on_run_ids_is_scanned_for_the_prefix():
+    """A store that refuses `attributes.run_id LIKE` (MLflow raises) is listed whole and the prefix matched there."""
+    import types
+
+    from mlflow.exceptions import MlflowException
+
+    from pipelines.errors import UserError
+    from pipelines.evaluation import full_run_id
+
+    ids = ["abcdef01" + "0" * 24, "abcdef02" + "0" * 24, "99cdef01" + "0" * 24]
+    queries = []
+
+    class Store:
+        def search_experiments(self, view_type, max_results):
+            return [types.SimpleNamespace(experiment_id="1")]
+
+        def search_runs(self, experiments, query, view, limit):
+            queries.append(query)
+            if "LIKE" in query:
+                raise MlflowException("Invalid attribute key 'run_id' specified for LIKE")
+            return [types.SimpleNamespace(info=types.SimpleNamespace(run_id=i, lifecycle_stage="active"))
+                    for i in ids]
+
+    assert full_run_id(Store(), "abcdef02", "file:///runs") == ids[1]
+    assert queries == ["attributes.run_id LIKE 'abcdef02%'", ""]
+    with pytest.raises(UserError, match="'abcdef0' is the start of 2 MLflow run ids"):
+        full_run_id(Store(), "abcdef0", "file:///runs")
+    with pytest.raises(UserError, match="no MLflow run whose id starts with '123456'"):
+        full_run_id(Store(), "123456", "file:///runs")
+
+
 def test_a_sqlite_store_that_is_not_there_is_one_error_and_is_not_created(tmp_path, capsys):
     """A mistyped store path: MLflow created an empty store there, and the job said it held no such run."""
     from pipelines import compare
