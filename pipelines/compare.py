@@ -64,7 +64,7 @@ def load_runs(run_ids: list[str], tracking_uri: str | None = None) -> list[RunFi
     from mlflow.exceptions import MlflowException
 
     from pipelines import tracking
-    from pipelines.evaluation import full_run_id, tune_run_error
+    from pipelines.evaluation import full_run_id, tune_run_error, unfinished_run_error
 
     tracking.quiet_mlflow()
     uri = tracking.tracking_uri(tracking_uri)
@@ -91,6 +91,8 @@ def load_runs(run_ids: list[str], tracking_uri: str | None = None) -> list[RunFi
         figures = RunFigures(rid, run.info.run_name or "", _model_label(params),
                              _current_names(_latest_evaluation(client, rid, run.data.metrics, k)), data,
                              run.data.tags.get("backend", "?"))
+        if not figures.rotation and (unfinished := unfinished_run_error(run)) is not None:
+            raise unfinished
         if not figures.rotation:
             raise UserError(f"MLflow run {rid} has no invariance metrics; run `make evaluate RUN={rid}` first")
         out.append(figures)
@@ -219,11 +221,27 @@ def write_csv(runs: list[RunFigures], path: str) -> str:
 
 
 def data_warning(runs: list[RunFigures]) -> str | None:
-    """A warning when the runs were evaluated on different data (their figures then do not compare), else None."""
-    if len({r.data for r in runs}) <= 1:
-        return None
-    return "Warning: these runs used different data, so their figures do not compare: " + "; ".join(
-        f"{r.label}: {r.data}" for r in runs)
+    """A warning when the runs were evaluated on different data, or on different angles or numbers of test images
+    (`make evaluate ARGS="evaluate.rotation_step=90 evaluate.max_images=100"`): their figures then do not compare
+    (a mean over 4 angles beside one over 24). None when they do."""
+    parts = []
+    if len({r.data for r in runs}) > 1:
+        parts.append("these runs used different data, so their figures do not compare: " + "; ".join(
+            f"{r.label}: {r.data}" for r in runs))
+    if len({tuple(sorted(r.rotation)) for r in runs}) > 1:
+        parts.append("their rotation figures are over different angles, so the means and worst angles do not "
+                     "compare: " + "; ".join(f"{r.label}: {_angles(r.rotation)}" for r in runs))
+    if len({r.metrics.get("eval_images") for r in runs}) > 1:
+        parts.append("their evaluations scored different numbers of test images: " + "; ".join(
+            f"{r.label}: {_fmt('eval_images', r.metrics.get('eval_images'))}" for r in runs))
+    return "Warning: " + "\nWarning: ".join(parts) if parts else None
+
+
+def _angles(rotation: dict) -> str:
+    angles = sorted(rotation)
+    steps = {b - a for a, b in zip(angles, angles[1:])}
+    every = f", every {steps.pop()} deg" if len(steps) == 1 else ""
+    return f"{len(angles)} angle{'s' if len(angles) != 1 else ''}{every}"
 
 
 def compare(run_ids: list[str], tracking_uri: str | None = None, reports_dir: str = "reports"):
@@ -237,7 +255,8 @@ def compare(run_ids: list[str], tracking_uri: str | None = None, reports_dir: st
     md = os.path.join(out_dir, "compare.md")
     warning = data_warning(runs)
     with open(md, "w") as fh:
-        fh.write((f"> {warning}\n\n" if warning else "") + markdown_table(runs))
+        fh.write("".join(f"> {line}\n>\n" for line in (warning or "").splitlines())[:-2] + "\n" * bool(warning)
+                 + markdown_table(runs))
     files = [md, write_csv(runs, os.path.join(out_dir, "compare.csv"))]
     curves = {f"{r.label} ({r.model})": r.rotation for r in runs}
     files.append(plot_rotation_curve(curves, os.path.join(out_dir, "rotation_curves.png"),

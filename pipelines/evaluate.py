@@ -52,7 +52,7 @@ def evaluate_run(run_id: str, tracking_uri: str | None = None, overrides=(), rep
     # Here, not at the top: `--help` answers without loading TensorFlow (seconds).
     from data.streaming import naming_bad_data
     from pipelines.evaluation import (ARTIFACT_DIR, evaluate, full_run_id, keras_predictor, log_to_run, new_report_dir,
-                                      test_subset, tune_run_error, write_report)
+                                      test_subset, tune_run_error, unfinished_run_error, write_report)
     from pipelines.experiment import load_data, load_keras_model
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -73,8 +73,8 @@ def evaluate_run(run_id: str, tracking_uri: str | None = None, overrides=(), rep
         raise UserError(f"no MLflow run {run_id!r} in the tracking store {uri}") from None
     if run.info.lifecycle_stage == "deleted":
         raise UserError(f"MLflow run {run_id} is deleted")
-    if (tune_run := tune_run_error(client, run)) is not None:
-        raise tune_run
+    if (why := tune_run_error(client, run) or unfinished_run_error(run)) is not None:
+        raise why
     with tempfile.TemporaryDirectory() as tmp:
         try:
             cfg_path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config.yaml", dst_path=tmp)

@@ -310,6 +310,19 @@ def full_run_id(client, run_id: str, uri: str) -> str:
                     f"{', ...' if len(ids) > 4 else ''}): give more of the id")
 
 
+def unfinished_run_error(run) -> UserError | None:
+    """The error for a `make train` run whose training has not finished (killed, failed, or still running), which
+    has no model yet: resume it. None for any other run."""
+    status, run_dir = run.info.status, run.data.tags.get("run_dir")
+    if status == "FINISHED" or not run_dir:
+        return None
+    what = (f"has not finished (MLflow status {status}): wait for it or, if its process is gone, run the same "
+            "`make train` command again") if status in ("RUNNING", "SCHEDULED") else \
+        f"did not finish (MLflow status {status}): run the same `make train` command again"
+    return UserError(f"MLflow run {run.info.run_id} has no trained model yet: its training {what} to resume it "
+                     f"(run directory {run_dir}), then evaluate or compare it")
+
+
 def tune_run_error(client, run) -> UserError | None:
     """The error for an MLflow run of `make tune` (its search's parent run, or a trial's), which keeps no model
     to evaluate or compare: what to do instead. None for any other run."""

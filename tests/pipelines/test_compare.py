@@ -163,6 +163,58 @@ def test_runs_on_different_data_are_compared_with_a_warning_naming_each_runs_dat
     assert md.read_text().startswith("> Warning: these runs used different data")
 
 
+def test_evaluations_over_other_angles_or_image_counts_are_warned_about(runs, tmp_path, capsys):
+    """A run re-evaluated with `evaluate.rotation_step=90 evaluate.max_images=20` beside one over 24 angles of 100
+    images: its rotation mean was shown beside the other's without a word."""
+    uri, ids, _ = runs
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("e").experiment_id
+    made = []
+    for name, step, count in (("every15", 15, 100), ("every90", 90, 20)):
+        made.append(client.create_run(exp, run_name=name).info.run_id)
+        for k, v in (("model.name", "baseline_cnn"), ("data.source", "synthetic"), ("data.num_classes", "10")):
+            client.log_param(made[-1], k, v)
+        for a in range(0, 360, step):
+            client.log_metric(made[-1], f"rot_acc_{a:03d}", 0.5)
+        for k, v in (("rot_acc_mean", 0.5), ("test_accuracy", 0.9), ("eval_images", count)):
+            client.log_metric(made[-1], k, v)
+    assert run_main(compare.main, ["--runs", ",".join(made), "--tracking-uri", uri,
+                                   "--reports-dir", str(tmp_path / "r")]) == 0
+    first, second, blank = capsys.readouterr().out.splitlines()[:3]
+    assert first == (f"Warning: their rotation figures are over different angles, so the means and worst angles do "
+                     f"not compare: {made[0][:8]} every15: 24 angles, every 15 deg; {made[1][:8]} every90: 4 angles, "
+                     "every 90 deg")
+    assert second == (f"Warning: their evaluations scored different numbers of test images: {made[0][:8]} every15: "
+                      f"100; {made[1][:8]} every90: 20") and blank == ""
+    md = (next((tmp_path / "r").iterdir()) / "compare.md").read_text().splitlines()
+    assert md[0] == f"> {first}" and md[1] == ">" and md[2] == f"> {second}" and md[3] == ""
+    assert md[4].startswith("| figure | ")
+    same = compare.load_runs([made[0], made[0][:10]], uri)
+    assert compare.data_warning(same) is None
+
+
+@pytest.mark.parametrize("status, advice", [
+    ("KILLED", "did not finish (MLflow status KILLED): run the same `make train` command again to resume it"),
+    ("RUNNING", "has not finished (MLflow status RUNNING): wait for it or, if its process is gone, run the same")])
+def test_a_training_that_did_not_finish_is_told_to_resume_by_compare_and_by_evaluate(runs, capsys, status, advice):
+    """An interrupted `make train` run: compare sent it to `make evaluate`, which then said it had no model."""
+    from pipelines import evaluate
+
+    uri, ids, _ = runs
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    rid = client.create_run(client.get_experiment_by_name("e").experiment_id, run_name="cut").info.run_id
+    client.log_param(rid, "model.name", "baseline_cnn")
+    client.set_tag(rid, "run_dir", "/work/runs/cut-1")
+    if status != "RUNNING":
+        client.set_terminated(rid, status)
+    for job, args in ((compare, ["--runs", f"{ids[0]},{rid}"]), (evaluate, ["--run", rid[:8]])):
+        assert run_main(job.main, [*args, "--tracking-uri", uri]) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith(f"error: MLflow run {rid} has no trained model yet: its training {advice}")
+        assert line.endswith("`make train` command again to resume it (run directory /work/runs/cut-1), then "
+                             "evaluate or compare it")
+
+
 def test_a_wrapped_model_is_named_with_its_wrapper_and_its_canonicalizer_figure(runs):
     uri, ids, _ = runs
     client = mlflow.MlflowClient(tracking_uri=uri)
