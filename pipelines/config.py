@@ -125,7 +125,7 @@ class TrainConfig:
     lr_schedule: str = "cosine"  # constant | cosine
     seed: int = 0
     mixed_precision: bool = False  # mixed_float16; useful on GPUs
-    xla: bool = False  # jit_compile the train step on TensorFlow (and torch); JAX always jits it
+    xla: bool = False  # jit_compile the train step on TensorFlow (refused on torch: slower); JAX always jits it
     distribution: str = "auto"  # auto | none | mirrored | data_parallel (pipelines/distribute.py)
     # Across processes (JAX): a peer silent this long is declared dead and the others stop (JAX's default 100 s).
     heartbeat_timeout_s: int = 100

@@ -301,7 +301,7 @@ def compile_model(model, cfg: Config, steps: int):
     # `train.xla` is TensorFlow's choice (graph mode without or with XLA). JAX has no graph mode of its own:
     # without jit Keras runs its train step op by op (a step of the default config took 1.27 s against
     # 0.59-0.69 s jitted on a 2-core CPU), so JAX always compiles ("auto": jit unless a layer says it
-    # cannot be traced); PyTorch stays eager unless `train.xla` asks for torch.compile.
+    # cannot be traced); PyTorch stays eager (`train.xla` is refused there: pipelines/cli.py).
     jit_compile = cfg.train.xla or ("auto" if keras.backend.backend() == "jax" else False)
     # Accuracy as a weighted metric: identical without sample weights, and exact over a split whose
     # shards were padded with zero-weight images (make_datasets across processes).

@@ -24,7 +24,7 @@ import sys
 from dataclasses import dataclass
 
 from pipelines import distribute, experiment, rundir
-from pipelines.cli import config_parser, exit_job, interrupt_on_sigterm, run_main
+from pipelines.cli import check_backend_options, config_parser, exit_job, interrupt_on_sigterm, run_main
 from pipelines.config import Config, load_config
 from pipelines.errors import UserError
 
@@ -63,6 +63,7 @@ def run(cfg: Config, callbacks=()) -> TrainResult:
 
     from pipelines import tracking
 
+    check_backend_options(cfg, exports=True)  # first: before the data's load, which may be long
     # First: joining the other processes must come before any computation (pipelines/distribute.py).
     placement = distribute.setup(cfg.train.distribution, cfg.data.batch_size, cfg.train.heartbeat_timeout_s)
     if placement.multi_process and not cfg.train.run_dir:
@@ -318,15 +319,9 @@ def _fit(cfg: Config, splits, train_ds, val_ds, steps: int, run_id: str | None, 
 
 
 def _check_publishable(cfg: Config, splits) -> None:
-    """Before training: a model that could not be a compatible new version of its name, or one that this
-    backend cannot export (PyTorch: Keras' SavedModel export has no torch support), is one error line."""
-    import keras
-
+    """Before training: a model that could not be a compatible new version of its name is one error line."""
     from pipelines.export import signature_conflict
 
-    if cfg.export.enabled and keras.backend.backend() == "torch":
-        raise UserError("export: the PyTorch backend cannot write a SavedModel (Keras exports from TensorFlow or "
-                        "JAX); train with KERAS_BACKEND=tensorflow or jax, or set export.enabled=false")
     if cfg.export.enabled and not cfg.export.allow_new_signature:
         why = signature_conflict(cfg.export.dir, cfg.export_name, splits.image_shape, splits.class_names)
         if why:
@@ -405,6 +400,8 @@ def main(argv=None) -> int:
         print(f"SavedModel:      {os.path.abspath(result.export_path)}")
     elif result.not_published:
         print(f"SavedModel:      not published: {result.not_published}")
+    elif not cfg.export.enabled:
+        print("SavedModel:      none (export.enabled=false; the model is in the MLflow run)")
     print(f"Test accuracy:   {result.test_accuracy:.4f}")
     return 0
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import yaml
 
 from pipelines import experiment
-from pipelines.cli import config_parser, exit_job, interrupt_on_sigterm, run_main, train_command
+from pipelines.cli import check_backend_options, config_parser, exit_job, interrupt_on_sigterm, run_main, train_command
 from pipelines.config import Config, ConfigError, flatten, load_config
 from pipelines.errors import UserError
 from pipelines.tune.kt_private import current_role, make_tuner, serve_oracle, wait_for_chief
@@ -127,6 +127,7 @@ def run(cfg: Config, callbacks=(), config_path: str | None = None) -> TuneResult
 
     from pipelines import tracking
 
+    check_backend_options(cfg, exports=False)
     role = current_role()
     hyperparameters = narrowed_space(cfg)
     trial_config_or_error(cfg, hyperparameters, "at its first values")
@@ -261,7 +262,8 @@ def _finish(cfg: Config, oracle, runs: SearchRuns, directory: str, uri: str, rol
     header = (
         f"# Best of {len(completed)} trials of `make tune CONFIG={config_path or cfg.name}` "
         f"({cfg.tune.algorithm}; {cfg.tune.objective} = {best.score:.4f} in {shown}),\n"
-        f"# MLflow parent run {runs.parent_run_id}. Train and export it with its full budget:\n"
+        f"# MLflow parent run {runs.parent_run_id}. Train it with its full budget"
+        f"{'' if 'export.enabled=false' in command else ' and export it'}:\n"
         f"#   {command}\n"
     )
     with open(best_path + ".tmp", "w") as fh:

@@ -249,14 +249,23 @@ def test_quarter_turns_of_images_that_are_not_square_are_one_error_and_nothing_i
         assert not (tmp_path / written).exists(), written
 
 
-def test_an_export_the_backend_cannot_write_is_refused_before_training(shapes, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("extra, refused", [
+    ((), "export: the PyTorch backend cannot write a SavedModel"),
+    (("export.enabled=false", "train.xla=true"), "train.xla: on PyTorch Keras (3.15) compiles the train step with "
+                                                  "torch.compile, which recompiles")])
+def test_an_option_the_backend_cannot_honour_is_refused_before_the_data(shapes, tmp_path, capsys, monkeypatch, extra,
+                                                                        refused):
     import keras
 
+    from pipelines import experiment
+
     monkeypatch.setattr(keras.backend, "backend", lambda: "torch")  # what KERAS_BACKEND=torch reports
+    loaded = []  # before the data: a large folder's load took minutes before the refusal
+    monkeypatch.setattr(experiment, "load_data", lambda *a, **k: loaded.append(a) or pytest.fail("data loaded"))
     args = ["--config", os.path.join(ROOT, "pipelines", "configs", "default.yaml"),
-            *_overrides(tmp_path, f"folder:{shapes}", "shapes_torch", *CNN)]
+            *_overrides(tmp_path, f"folder:{shapes}", "shapes_torch", *CNN, *extra)]
     assert run_main(main, args) == 2
-    assert "the PyTorch backend cannot write a SavedModel" in _one_error_line(capsys)
+    assert _one_error_line(capsys).startswith(f"error: {refused}") and not loaded
     for written in ("runs", "mlflow.db", "exports"):
         assert not (tmp_path / written).exists(), written
 

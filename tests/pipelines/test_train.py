@@ -385,3 +385,17 @@ def test_the_model_line_names_the_invariance_wrapper_around_the_builder():
         "Model keras_app:MobileNetV2 made C4-invariant by orbit: 5 parameters")
     assert model_line(ModelConfig("baseline_cnn", {"pyramid_scales": [1.0, 0.5]}), 5) == (
         "Model baseline_cnn on an input pyramid at scales 1, 0.5: 5 parameters")
+
+
+@pytest.mark.parametrize("export, published, line", [
+    ("export.enabled=false", None, "SavedModel:      none (export.enabled=false; the model is in the MLflow run)"),
+    ("export.enabled=true", "exports/x/3", f"SavedModel:      {os.path.abspath('exports/x/3')}")])
+def test_the_summary_names_the_savedmodel_or_says_there_is_none(monkeypatch, capsys, export, published, line):
+    """A run trained with export.enabled=false (as PyTorch's must be) ended its summary without a word of it."""
+    from pipelines import train
+
+    result = train.TrainResult("0" * 32, "sqlite:///m.db", "runs/x", published, 0.5, 1.0)
+    monkeypatch.setattr(train, "run", lambda cfg: result)
+    assert run_main(main, [export]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2:] == [line, "Test accuracy:   0.5000"]

@@ -186,7 +186,7 @@ def test_runs_are_tagged_with_their_backend_and_a_search_resumed_on_another_says
     command = ("KERAS_BACKEND=jax " if best.data.tags["backend"] == "jax" else "") + f"make train CONFIG={best_path}"
     assert f"Train it:          {command}\n" in out
     with open(best_path) as fh:
-        assert f"#   {command}\n" in fh.read()
+        assert f"full budget and export it:\n#   {command}\n" in fh.read()  # PyTorch's command turns the export off
     from pipelines.cli import train_command
 
     assert train_command("b.yaml", "torch") == \
@@ -374,6 +374,20 @@ def test_a_value_of_the_model_s_own_space_that_cannot_build_here_is_one_line_who
     assert run_main(tune.main, ["--config", path, "data.image_size=[30,30]", *advice.split()]) == 0
     best = yaml.safe_load(open(root / "tuning" / "ownspace" / "best.yaml"))
     assert best["model"]["params"]["downsample"] in ("max", "strided", "blur", "blur_strided")
+
+
+def test_xla_on_pytorch_is_refused_before_the_data_and_leaves_no_search(lone, capsys, monkeypatch):
+    """torch.compile of Keras' step recompiled layer by layer to TorchDynamo's limit: 10x slower trials."""
+    from pipelines import experiment
+
+    monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
+    monkeypatch.setattr(experiment, "load_data", lambda *a, **k: pytest.fail("the data was loaded"))
+    root, _ = lone
+    path = write_config(lone, "torchxla")
+    assert run_main(tune.main, ["--config", path, "train.xla=true"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: train.xla: on PyTorch Keras (3.15) compiles the train step with torch.compile")
+    assert not (root / "tuning" / "torchxla").exists()
 
 
 def test_the_check_builds_a_model_for_each_value_of_the_model_s_choices_only(lone):
