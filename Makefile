@@ -100,7 +100,7 @@ tune: $(STAMP) ## KerasTuner search for CONFIG, each trial tracked in MLflow
 evaluate: $(STAMP) ## invariance evaluation of RUN=<MLflow run id or export path>
 	$(PY) -m pipelines.evaluate --run "$(RUN)" $(ARGS)
 
-compare: $(STAMP) ## side-by-side table of RUNS=<id>,<id>,...
+compare: $(STAMP) ## side-by-side table of RUNS=<id>,<id>,... (run ids or export paths)
 	$(PY) -m pipelines.compare --runs "$(RUNS)" $(ARGS)
 
 serve: $(STAMP) ## TF Serving REST API for every model under EXPORTS on HOST:PORT, gRPC on GRPC_PORT (-1: off)

@@ -73,7 +73,7 @@ def load_runs(run_ids: list[str], tracking_uri: str | None = None) -> list[RunFi
     client = mlflow.MlflowClient(tracking_uri=uri)
     out = []
     for rid in run_ids:
-        rid = full_run_id(client, rid, uri)
+        rid = full_run_id(client, _run_of_export(rid), uri)
         if any(f.run_id == rid for f in out):  # given twice, by its id and by the start of it
             continue
         try:
@@ -97,6 +97,20 @@ def load_runs(run_ids: list[str], tracking_uri: str | None = None) -> list[RunFi
             raise UserError(f"MLflow run {rid} has no invariance metrics; run `make evaluate RUN={rid}` first")
         out.append(figures)
     return out
+
+
+def _run_of_export(name: str) -> str:
+    """`name`, or, for an export path (`exports/default`, `exports/default/3`), the id of the run that published it."""
+    from pipelines.rundir import RUN_ID_START
+
+    if not (os.path.exists(name) or os.sep in name):
+        return name
+    if RUN_ID_START.fullmatch(name):
+        raise UserError(f"{name!r} is both a folder here and the start of an MLflow run id: give ./{name} for the "
+                        "folder, or more of the run id")
+    from pipelines.export_paths import export_run_id
+
+    return export_run_id(name)
 
 
 def _latest_evaluation(client, run_id: str, metrics: dict, k: int) -> dict:
@@ -279,7 +293,8 @@ def parse_run_ids(text: str) -> list[str]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="make compare", description=__doc__.split("\n\n")[0])
-    p.add_argument("--runs", required=True, help="comma-separated MLflow run ids (or their first 6 or more digits)")
+    p.add_argument("--runs", required=True, help="comma-separated MLflow run ids (or their first 6 or more digits) "
+                                                 "or export paths (the run that published the export)")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else <project>/mlflow.db)")
     p.add_argument("--reports-dir", default="reports", help="where the comparison directory is written")

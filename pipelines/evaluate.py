@@ -164,22 +164,6 @@ def _check_shape(model_shape, data_shape, what: str, source: str) -> None:
                     "(ARGS=\"data.image_size=[H,W] data.channels=C\")")
 
 
-def resolve_export(path: str) -> str:
-    """The version directory of an export path (a version, or a model directory: its highest version that holds a
-    SavedModel, the one a server serves)."""
-    from pipelines.export import published_versions
-
-    path = os.path.normpath(path)
-    if not os.path.exists(path):
-        raise UserError(f"export path {path} does not exist")
-    if os.path.isfile(os.path.join(path, "saved_model.pb")):
-        return path
-    versions = published_versions(path)
-    if not versions:
-        raise UserError(f"{path} holds no SavedModel (no saved_model.pb, and no numeric version directory with one)")
-    return versions[0][1]
-
-
 def evaluate_export(path: str, overrides=(), reports_dir: str = "reports"):
     """Evaluate an exported SavedModel on its experiment's test split. Returns (Evaluation, report dir, files)."""
     from data.streaming import naming_bad_data
@@ -188,6 +172,7 @@ def evaluate_export(path: str, overrides=(), reports_dir: str = "reports"):
     from pipelines.experiment import load_data
 
     from pipelines.config import load_config
+    from pipelines.export_paths import resolve_export
     from pipelines.serving.savedmodel import read_labels
 
     version_dir = resolve_export(path)

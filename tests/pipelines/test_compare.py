@@ -215,6 +215,28 @@ def test_a_training_that_did_not_finish_is_told_to_resume_by_compare_and_by_eval
                              "evaluate or compare it")
 
 
+def test_an_export_path_stands_for_the_run_that_published_it(runs, tmp_path, monkeypatch, capsys):
+    """`make evaluate` took an export path and `make compare` said there was no MLflow run 'exports/default'."""
+    import json
+
+    uri, ids, _ = runs
+    monkeypatch.chdir(tmp_path)
+    version = tmp_path / "exports" / "m" / "3"
+    (version / "assets.extra").mkdir(parents=True)
+    (version / "saved_model.pb").write_bytes(b"")
+    (version / "assets.extra" / "metrics.json").write_text(json.dumps({"mlflow_run_id": ids[0]}))
+    for given in ("exports/m/3", "exports/m", "./exports/m/"):
+        assert [r.run_id for r in compare.load_runs([given, ids[1]], uri)] == ids[:2]
+    assert [r.run_id for r in compare.load_runs(["exports/m", ids[0]], uri)] == ids[:1]  # the same run, once
+    (version / "assets.extra" / "metrics.json").write_text("{}")  # an export from before the id was kept
+    assert run_main(compare.main, ["--runs", f"exports/m,{ids[1]}", "--tracking-uri", uri]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {os.path.join('exports', 'm', '3')} does not name the MLflow run that trained it (no mlflow_run_id "
+        "in assets.extra/metrics.json): give that run's id, or `make evaluate RUN=<the export>`")
+    assert run_main(compare.main, ["--runs", f"exports/nope,{ids[1]}", "--tracking-uri", uri]) == 2
+    assert "export path exports/nope does not exist" in capsys.readouterr().err
+
+
 def test_a_wrapped_model_is_named_with_its_wrapper_and_its_canonicalizer_figure(runs):
     uri, ids, _ = runs
     client = mlflow.MlflowClient(tracking_uri=uri)
