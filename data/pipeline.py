@@ -19,14 +19,16 @@ AUTOTUNE = tf.data.AUTOTUNE
 
 
 def without_autotuning(ds: tf.data.Dataset) -> tf.data.Dataset:
-    """`ds` with tf.data's autotuning off, for evaluation passes (a new iterator at every call).
+    """`ds` with tf.data's autotuning off: every split, training's too.
 
     With autotuning on, deleting an iterator can wait for the autotuning thread to end its current sleep,
     which doubles from 10 ms up to 60 s (TensorFlow 2.21): 3 of 12 `model.evaluate` calls of 3.1 s took 5.1 s
     (bench/bench_epoch_iterators.py), none with it off. Off, no such thread exists; a map at AUTOTUNE then
     runs as many calls at once as there are cores, and a pass over EuroSAT's 4,050 validation tiles ran at
     8,742-10,410 images/s against 6,293-9,403 on (docs/results.md, "tf.data's stall between epochs").
-    Training keeps autotuning, and one iterator for the whole fit (`pipelines.experiment.fit_batches`).
+    Training's one iterator (`pipelines.experiment.fit_batches`) is deleted as `model.fit` returns: with
+    autotuning on, the default `make train` waited there 25-31 s in 4 of 8 runs (fit 83.6 s against 55.8 s),
+    with it off in none of 2, at the same training images/s (bench/bench_fit_end.py).
     """
     options = tf.data.Options()
     options.autotune.enabled = False
@@ -60,7 +62,7 @@ def make_dataset(
     ds = ds.batch(batch_size)
     if training and augment is not None:
         ds = augment_dataset(ds, augment, seed=seed)
-    return ds.prefetch(AUTOTUNE) if training else without_autotuning(ds.prefetch(AUTOTUNE))
+    return without_autotuning(ds.prefetch(AUTOTUNE))
 
 
 # ----------------------------------------------------------------------------- streaming splits (issue 13)
@@ -98,7 +100,7 @@ def make_stream_dataset(
     ds = ds.map(_batch_to_float, num_parallel_calls=AUTOTUNE)
     if training and augment is not None:
         ds = augment_dataset(ds, augment, seed=seed)
-    return ds.prefetch(AUTOTUNE) if training else without_autotuning(ds.prefetch(AUTOTUNE))
+    return without_autotuning(ds.prefetch(AUTOTUNE))
 
 
 def make_stream_datasets(splits, batch_size: int, seed: int = 0, augment=None):

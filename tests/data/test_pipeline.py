@@ -50,10 +50,11 @@ def test_augmentation_applies_to_training_batches_only():
     assert isinstance(make_dataset(x, y, 4), tf.data.Dataset)
 
 
-def test_evaluation_datasets_run_without_autotuning_training_keeps_it():
-    # without_autotuning: no autotuning thread for an evaluation pass to wait for when its iterator is deleted
+def test_every_dataset_runs_without_autotuning():
+    # without_autotuning: no autotuning thread for an evaluation pass, or the end of `model.fit`, to wait for
+    # when its iterator is deleted (with it on, the default `make train` waited 25-31 s there in 4 of 8 runs)
     x, y = np.zeros((10, 4, 4, 1), np.uint8), np.arange(10) % 3
     assert make_dataset(x, y, 4).options().autotune.enabled is False
-    assert make_dataset(x, y, 4, training=True).options().autotune.enabled is not False
+    assert make_dataset(x, y, 4, training=True).options().autotune.enabled is False
     labels = np.concatenate([b.numpy() for _, b in make_dataset(x, y, 4)])
     np.testing.assert_array_equal(labels, y)  # every element, in order

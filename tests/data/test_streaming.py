@@ -608,12 +608,12 @@ def test_the_carving_hint_is_given_only_for_a_carved_split(tmp_path, capsys):
     assert "the test split has no image of class(es) c: their test accuracy is not measured\n" in out, out
 
 
-def test_evaluation_splits_run_without_autotuning_and_training_keeps_it(tmp_path):
+def test_every_split_runs_without_autotuning(tmp_path):
     from data.pipeline import make_stream_datasets
 
     s = open_source(f"folder:{make_folder(tmp_path / 'd')}", image_size=(8, 8), validation_fraction=0.2)
     train, val, test = make_stream_datasets(s, 4)
-    assert [ds.options().autotune.enabled for ds in (train, val, test)] == [None, False, False]
+    assert [ds.options().autotune.enabled for ds in (train, val, test)] == [False, False, False]
     assert sum(int(b[0].shape[0]) for b in val) == s.validation.count  # every validation image, once
 
 
