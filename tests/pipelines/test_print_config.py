@@ -86,7 +86,8 @@ def test_an_override_shows_its_default(capsys):
     assert "  epochs: 3  # [default: 5]" in train_lines
     assert "  optimizer: sgd  # adam | adamw | sgd [default: adam]" in train_lines
     assert "  seed: 0" in train_lines  # a value at its default: no [default]
-    assert "  xla: false  # jit_compile the train step on TensorFlow (and torch); JAX always jits it" in train_lines
+    assert ("  xla: false  # jit_compile the train step on TensorFlow (refused on torch: slower); JAX always jits it"
+            in train_lines)
 
 
 @pytest.mark.parametrize("config", CONFIGS)
