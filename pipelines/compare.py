@@ -101,16 +101,9 @@ def load_runs(run_ids: list[str], tracking_uri: str | None = None) -> list[RunFi
 
 def _run_of_export(name: str) -> str:
     """`name`, or, for an export path (`exports/default`, `exports/default/3`), the id of the run that published it."""
-    from pipelines.rundir import RUN_ID_START
+    from pipelines.export_paths import export_run_id, is_export_path
 
-    if not (os.path.exists(name) or os.sep in name):
-        return name
-    if RUN_ID_START.fullmatch(name):
-        raise UserError(f"{name!r} is both a folder here and the start of an MLflow run id: give ./{name} for the "
-                        "folder, or more of the run id")
-    from pipelines.export_paths import export_run_id
-
-    return export_run_id(name)
+    return export_run_id(name) if is_export_path(name) else name
 
 
 def _latest_evaluation(client, run_id: str, metrics: dict, k: int) -> dict:

@@ -219,12 +219,10 @@ def main(argv=None) -> int:
     target = args.run.strip()
     if not target:
         raise UserError("give RUN=<MLflow run id or export path>, e.g. make evaluate RUN=exports/default")
+    from pipelines.export_paths import is_export_path
     from pipelines.rundir import RUN_ID_START
 
-    if RUN_ID_START.fullmatch(target) and os.path.exists(target):
-        raise UserError(f"{target!r} is both a folder here and the start of an MLflow run id: give ./{target} for "
-                        "the folder, or more of the run id")
-    if os.path.exists(target) or os.sep in target:
+    if is_export_path(target):
         _, out_dir, files = evaluate_export(target, args.overrides, args.reports_dir)
     elif RUN_ID_START.fullmatch(target):  # a run id, or its first digits (evaluation.full_run_id)
         _, out_dir, files = evaluate_run(target, args.tracking_uri, args.overrides, args.reports_dir)

@@ -8,6 +8,19 @@ import os
 from pipelines.errors import UserError
 
 
+def is_export_path(name: str) -> bool:
+    """Whether `name`, given where a run id or an export may stand, is an export path (it exists, or has a `/`).
+    A folder here whose name also starts a run id is one error: `./<name>` says which."""
+    from pipelines.rundir import RUN_ID_START
+
+    if not (os.path.exists(name) or os.sep in name):
+        return False
+    if RUN_ID_START.fullmatch(name):
+        raise UserError(f"{name!r} is both a folder here and the start of an MLflow run id: give ./{name} for the "
+                        "folder, or more of the run id")
+    return True
+
+
 def resolve_export(path: str) -> str:
     """The version directory of an export path (a version, or a model directory: its highest version that holds a
     SavedModel, the one a server serves)."""

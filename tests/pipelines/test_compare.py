@@ -235,6 +235,9 @@ def test_an_export_path_stands_for_the_run_that_published_it(runs, tmp_path, mon
         "in assets.extra/metrics.json): give that run's id, or `make evaluate RUN=<the export>`")
     assert run_main(compare.main, ["--runs", f"exports/nope,{ids[1]}", "--tracking-uri", uri]) == 2
     assert "export path exports/nope does not exist" in capsys.readouterr().err
+    (tmp_path / ids[1][:8]).mkdir()  # a folder named like the start of a run id: which one is meant is asked
+    assert run_main(compare.main, ["--runs", f"{ids[0]},{ids[1][:8]}", "--tracking-uri", uri]) == 2
+    assert f"'{ids[1][:8]}' is both a folder here and the start of an MLflow run id" in capsys.readouterr().err
 
 
 def test_a_wrapped_model_is_named_with_its_wrapper_and_its_canonicalizer_figure(runs):
