@@ -1,8 +1,8 @@
 """The wait at the end of `model.fit` with tf.data's autotuning on for the training split, against off (what
-`data.pipeline` does for every split), in one run: the default `make train` (evaluation and export off) in
-turns, each way `--rounds` times, each in its own process.
+`data.pipeline` does for every split), in one run: the default `make train` (or `--config`'s; evaluation and
+export off) in turns, each way `--rounds` times, each in its own process.
 
-    PYTHONPATH=. .venv/bin/python bench/bench_fit_end.py [--rounds 2] [-- key=value ...]
+    PYTHONPATH=. .venv/bin/python bench/bench_fit_end.py [--rounds 2] [--config CONFIG] [-- key=value ...]
 
 Per run: the seconds `model.fit` took, and its last epoch's training images/s (the progress line). On
 TensorFlow 2.21 deleting an iterator waits for tf.data's autotuning thread to end its current sleep, which
@@ -25,6 +25,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import table  # noqa: E402
+
+DEFAULT_CONFIG = os.path.join(ROOT, "pipelines", "configs", "default.yaml")
 
 CHILD = r"""
 import sys, time
@@ -50,9 +52,9 @@ sys.exit(train.main(sys.argv[2:]))
 """
 
 
-def one_run(way: str, overrides: list[str]) -> tuple[float, float]:
+def one_run(way: str, overrides: list[str], config: str = DEFAULT_CONFIG) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        args = ["--config", os.path.join(ROOT, "pipelines", "configs", "default.yaml"),
+        args = ["--config", config,
                 f"tracking.uri=sqlite:///{tmp}/m.db", f"train.runs_root={tmp}/runs", "export.enabled=false",
                 "evaluate.enabled=false", *overrides]
         env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
@@ -66,18 +68,21 @@ def one_run(way: str, overrides: list[str]) -> tuple[float, float]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="the config trained (e.g. images.yaml, with "
+                   "data.source=folder:... among the overrides)")
     p.add_argument("overrides", nargs="*", help="config overrides for every run")
     a = p.parse_args()
     runs = {"autotuning on (training)": [], "off (every split)": []}
     for _ in range(a.rounds):
         for way, key in (("on", "autotuning on (training)"), ("off", "off (every split)")):
-            runs[key].append(one_run(way, a.overrides))
+            runs[key].append(one_run(way, a.overrides, a.config))
             print(key, runs[key][-1], flush=True)
     rows = [{"way": k, "fit s": " / ".join(f"{f:.1f}" for f, _ in v),
              "last epoch images/s": " / ".join(f"{r:.0f}" for _, r in v),
              "median fit s": statistics.median(f for f, _ in v)} for k, v in runs.items()]
     ratio = rows[0]["median fit s"] / rows[1]["median fit s"]
-    print(table(rows, f"model.fit of the default config, {a.rounds} runs each in turns; median on / off {ratio:.2f}"))
+    title = f"model.fit of {os.path.basename(a.config)}, {a.rounds} runs each in turns; median on / off {ratio:.2f}"
+    print(table(rows, title))
     return 0
 
 
