@@ -237,32 +237,6 @@ def fit_batches(train_ds, steps: int) -> dict:
     return {"x": train_ds.repeat(), "steps_per_epoch": steps}
 
 
-def recalibrate_batch_norm(model, train_ds, batches: int) -> int:
-    """Precise batch norm (pycls; Radosavovic et al., "Designing Network Design Spaces", 2020): the moving
-    statistics of every trainable BatchNormalization in `model` (nested ones too) set to the mean of `batches`
-    training batches' statistics under the final weights, each weighted by its number of images. Keras' moving
-    averages still hold earlier weights' statistics after a short training (docs/manual.md: 3 of 12 test images
-    against 12 of 12 on a small folder). Returns the number of batches used."""
-    import keras
-
-    norms = [la for la in model._flatten_layers(include_self=False)  # Keras has no public recursive walk
-             if isinstance(la, keras.layers.BatchNormalization) and la.trainable]
-    if not norms or batches <= 0:
-        return 0
-    momenta, n, seen = [la.momentum for la in norms], 0, 0
-    try:
-        for batch in train_ds.repeat().take(batches).as_numpy_iterator():
-            size = len(batch[0])  # an epoch's last batch may be small: it counts for its images
-            for la in norms:
-                la.momentum = seen / (seen + size)  # moving = the images-weighted mean of the batches' so far
-            model(batch[0], training=True)
-            n, seen = n + 1, seen + size
-    finally:
-        for la, m in zip(norms, momenta):
-            la.momentum = m
-    return n
-
-
 @contextlib.contextmanager
 def reading_splits_to_their_end():
     """Keras' "Your input ran out of data ... use the `.repeat()` function" warning left out: Keras gives it

@@ -23,7 +23,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 
-from pipelines import distribute, experiment, rundir
+from pipelines import distribute, experiment, precise_bn, rundir
 from pipelines.cli import check_backend_options, config_parser, exit_job, interrupt_on_sigterm, run_main
 from pipelines.config import Config, load_config
 from pipelines.errors import UserError
@@ -204,7 +204,7 @@ def _run_locked(cfg: Config, splits, uri: str, run_dir: str, state: dict, callba
                     experiment.compile_model(model, cfg, steps)
                 # One process only: each process of several holds its own shard, and would get statistics of its own.
                 if placement.num_processes == 1 and \
-                        (n := experiment.recalibrate_batch_norm(model, train_ds, cfg.train.precise_bn_batches)):
+                        (n := precise_bn.recalibrate_batch_norm(model, train_ds, cfg.train.precise_bn_batches)):
                     with experiment.reading_splits_to_their_end():  # the last epoch's figure used the old statistics
                         val = model.evaluate(val_ds, verbose=0, return_dict=True)
                     mlflow.log_metrics({f"final_val_{k}": float(v) for k, v in val.items()})

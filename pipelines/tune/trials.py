@@ -10,7 +10,7 @@ import time
 import keras_tuner as kt
 
 from data.options import DataSourceError
-from pipelines import experiment
+from pipelines import experiment, precise_bn
 from pipelines.config import Config
 from pipelines.errors import UserError
 from pipelines.progress import StopOnSignal, raise_if_signalled
@@ -243,7 +243,7 @@ class SearchModel(kt.HyperModel):
         objective = self.cfg.tune.objective
         if not objective.startswith("val_"):
             return history  # a training objective: Keras' own figures, which precise batch norm does not change
-        batches = experiment.recalibrate_batch_norm(model, train_ds, tcfg.train.precise_bn_batches)
+        batches = precise_bn.recalibrate_batch_norm(model, train_ds, tcfg.train.precise_bn_batches)
         with experiment.reading_splits_to_their_end():
             final = {f"val_{k}": float(v) for k, v in model.evaluate(val_ds, verbose=0, return_dict=True).items()}
         if self.checkpoint:  # KerasTuner's checkpoint of the trial, its best epoch, becomes the model scored (the

@@ -1,5 +1,5 @@
 """Precise batch norm (`train.precise_bn_batches`): after training, the batch norms' moving statistics are those of
-the final weights (pipelines/experiment.py `recalibrate_batch_norm`)."""
+the final weights (pipelines/precise_bn.py `recalibrate_batch_norm`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipelines.experiment import recalibrate_batch_norm
+from pipelines.precise_bn import recalibrate_batch_norm
 
 
 def test_each_trainable_batch_norm_becomes_the_mean_of_the_batches_statistics_and_frozen_ones_stay():

@@ -450,13 +450,13 @@ def test_a_trial_is_scored_on_its_final_model_with_batch_norms_re_estimated(lone
     batch norms re-estimated, then the validation split (not the best epoch under Keras' moving statistics)."""
     import keras_tuner as kt
 
-    from pipelines import experiment
+    from pipelines import experiment, precise_bn
     from pipelines.tune.trials import SearchModel
 
     cfg = load_config(write_config(lone, f"final_{objective}", objective=objective, epochs=2))
     calls = []
-    recalibrate = experiment.recalibrate_batch_norm
-    monkeypatch.setattr(experiment, "recalibrate_batch_norm",
+    recalibrate = precise_bn.recalibrate_batch_norm
+    monkeypatch.setattr(precise_bn, "recalibrate_batch_norm",
                         lambda model, ds, batches: calls.append(batches) or recalibrate(model, ds, batches))
     splits = experiment.load_data(cfg)
     search = SearchModel(cfg, splits)
