@@ -133,17 +133,12 @@ def mirror_accuracy(predict: Predict, images, labels) -> dict[str, float]:
     return {n: accuracy(predict, np.ascontiguousarray(MIRRORS[n](x)), labels) for n in names}
 
 
-def logit_changes(model, images, transforms: dict, batch_size: int = 256) -> dict[str, float]:
-    """{name: mean over images of ||f(T x) - f(x)|| / ||f(x)||} for the logits f of a Keras model and each
-    transform T of `transforms` (0: invariant); f(x) is computed once."""
-    import keras
-
-    def logits(x):
-        out = [keras.ops.convert_to_numpy(model(np.ascontiguousarray(x[i:i + batch_size], np.float32), training=False))
-               for i in range(0, len(x), batch_size)]
-        return np.concatenate(out).astype(np.float64)
-
+def logit_changes(logits, images, transforms: dict) -> dict[str, float]:
+    """{name: mean over images of ||f(T x) - f(x)|| / ||f(x)||} for the logits f (`logits(images) -> [N, K]`, a
+    Keras model's: pipelines/evaluation.py `keras_logits`) and each transform T of `transforms` (0: invariant);
+    f(x) is computed once."""
     x = np.asarray(images, np.float32)
-    a = logits(x)
+    a = np.asarray(logits(x), np.float64)
     norm = np.maximum(np.linalg.norm(a, axis=-1), 1e-12)
-    return {name: float(np.mean(np.linalg.norm(logits(t(x)) - a, axis=-1) / norm)) for name, t in transforms.items()}
+    return {name: float(np.mean(np.linalg.norm(np.asarray(logits(np.ascontiguousarray(t(x))), np.float64) - a, axis=-1)
+                                / norm)) for name, t in transforms.items()}

@@ -104,6 +104,35 @@ def test_subset_is_seeded_and_scaled():
     np.testing.assert_array_equal(full, x / np.float32(255))
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the traced path is TensorFlow's")
+def test_the_evaluation_computes_each_image_once_and_traces_once():
+    """`keras_logits` / `keras_predictor` on TensorFlow: 300 images in batches of 256 are 300 images computed (the
+    last batch neither padded to 256 nor retraced), by one traced function, and give the model's own answers."""
+
+    class Count(keras.layers.Layer):  # counts the images it computes (a variable) and its traces (Python)
+        traces = 0
+
+        def build(self, shape):
+            self.seen = self.add_weight(shape=(), initializer="zeros", trainable=False, name="seen")
+
+        def call(self, x):
+            Count.traces += 1
+            self.seen.assign_add(keras.ops.cast(keras.ops.shape(x)[0], "float32"))
+            return x
+
+    count = Count()
+    x = keras.Input((12, 12, 1))
+    model = keras.Model(x, cnn()(count(x)))
+    images = data(n=300)[0].astype(np.float32) / 255.0
+    count.seen.assign(0.0)
+    traces = Count.traces
+    logits = evaluation.keras_logits(model, 256)(images)
+    assert float(count.seen.numpy()) == 300 and Count.traces - traces == 1
+    expected = keras.ops.convert_to_numpy(model(images, training=False))
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(evaluation.keras_predictor(model, 256)(images), expected.argmax(-1))
+
+
 def test_filter_pictures():
     title, rows = plots.first_filters(hnet())
     assert "hc1" in title
