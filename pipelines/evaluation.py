@@ -153,7 +153,7 @@ def keras_logits(model, batch_size: int = 256):
 
         # One traced function for every batch size (its batch axis unknown): `model.predict` would retrace for
         # each new input size, and a fixed traced size would compute the zeros that pad the last batch (300 test
-        # images in batches of 256: 512 images computed, 1.7x the time of this, measured).
+        # images in batches of 256: 512 images computed).
         traced = tf.function(lambda x: model(x, training=False))
 
         def call(b):

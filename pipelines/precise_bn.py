@@ -4,14 +4,15 @@ and every tuning trial do after training (`train.precise_bn_batches`)."""
 from __future__ import annotations
 
 
-def recalibrate_batch_norm(model, train_ds, batches: int) -> int:
+def recalibrate_batch_norm(model, train_ds, batches: int, traced: bool = True) -> int:
     """The moving statistics of every trainable BatchNormalization in `model` (nested ones too) set to the mean
     of `batches` training batches' statistics under the final weights, each weighted by its number of images.
     Keras' moving averages still hold earlier weights' statistics after a short training (docs/manual.md: 3 of
     12 test images against 12 of 12 on a small folder). Returns the number of batches used.
 
-    On TensorFlow the forward passes run as one traced function: 50 batches of images.yaml's resnet took 0.5 s
-    of tracing and 3.4 s against 9.2 s eager, the default config's 0.2 + 2.0 s against 4.0 s (2 CPU cores).
+    On TensorFlow the forward passes run as one traced function (`traced=False`: eagerly, as on JAX and PyTorch):
+    50 batches of images.yaml's resnet took 4.7 s with the tracing against 8.9 s eager, the default config's 2.2 s
+    against 3.8 s (bench/bench_precise_bn.py, 2 CPU cores; docs/results.md).
     Traced, a layer's momentum is fixed when traced, so each pass runs at momentum 0 (it leaves its own batch's
     statistics in the moving ones) and the images-weighted mean is summed here.
     """
@@ -24,7 +25,7 @@ def recalibrate_batch_norm(model, train_ds, batches: int) -> int:
     stats = [v for la in norms for v in (la.moving_mean, la.moving_variance)]
     momenta, sums, n, seen = [la.momentum for la in norms], [0.0] * len(stats), 0, 0
     forward = lambda x: model(x, training=True)  # noqa: E731
-    if keras.backend.backend() == "tensorflow":
+    if traced and keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
         forward = tf.function(forward, reduce_retracing=True)  # traced again if an epoch's last batch is small

@@ -13,7 +13,8 @@ import tensorflow as tf
 from pipelines.precise_bn import recalibrate_batch_norm
 
 
-def test_each_trainable_batch_norm_becomes_the_mean_of_the_batches_statistics_and_frozen_ones_stay():
+@pytest.mark.parametrize("traced", [True, False])  # one traced function (TensorFlow's default), or eager
+def test_each_trainable_batch_norm_becomes_the_mean_of_the_batches_statistics_and_frozen_ones_stay(traced):
     keras.utils.set_random_seed(0)
     inp = keras.Input((6, 6, 2))
     x = keras.layers.Conv2D(3, 3, name="conv")(inp)
@@ -26,7 +27,7 @@ def test_each_trainable_batch_norm_becomes_the_mean_of_the_batches_statistics_an
                for i, n in enumerate((4, 4, 1))]
     ds = tf.data.Dataset.from_tensor_slices((np.concatenate(batches), np.zeros(9))).batch(4)  # an epoch's last of 1
 
-    assert recalibrate_batch_norm(model, ds, 3) == 3
+    assert recalibrate_batch_norm(model, ds, 3, traced=traced) == 3
     conv = [keras.ops.convert_to_numpy(model.get_layer("conv")(b)) for b in batches]
     bn = inner.get_layer("nested")
     moving_mean, moving_variance = (keras.ops.convert_to_numpy(v) for v in (bn.moving_mean, bn.moving_variance))
