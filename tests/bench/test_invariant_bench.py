@@ -129,3 +129,23 @@ def test_error_by_class_pose_splits_by_the_class_mode(monkeypatch):
     keras.utils.set_random_seed(0)
     plain = models.build_model("baseline_cnn", (28, 28, 1), 10, **CNN_PARAMS)
     assert b.error_by_class_pose(plain, x, y, ang, pred) is None  # no canonicalizer, no split
+
+
+def test_error_at_pose_offsets_turns_as_the_model_does_and_combines_the_offsets(monkeypatch):
+    """At offset 0 the backbone errs exactly where the wrapped model does (the model's turning convention); each
+    offset turns the digits further by it; the mean of the logits and the oracle ("right at none") are those of
+    the per-offset logits."""
+    model = _linear_canonicalized()
+    x, _, ang = _turned_strokes()
+    pred = b.predicted(model, x)
+    y = pred.copy()
+    y[::2] = (y[::2] + 1) % 10  # half of them wrong
+    assert b.error_at_pose_offsets(model, x, y, offsets=(-10, 0, 10))["+0"] == 50.0
+    monkeypatch.setattr(b, "_pose", lambda canon, u: ang - 10.0)  # every pose 10 degrees short of the true angle
+    out = b.error_at_pose_offsets(model, x, y, offsets=(-10, 0, 10))
+    logits = [b._backbone_logits(model, x, ang + d) for d in (-20, -10, 0)]
+    assert out["+10"] == 100.0 * np.mean(np.argmax(logits[2], -1) != y)
+    assert out["-10"] == 100.0 * np.mean(np.argmax(logits[0], -1) != y)
+    assert out["mean of the logits"] == 100.0 * np.mean(np.argmax(np.mean(logits, 0), -1) != y)
+    right = np.stack([np.argmax(v, -1) == y for v in logits])
+    assert out["right at none"] == 100.0 * np.mean(~right.any(0)) <= min(out["-10"], out["+0"], out["+10"])
