@@ -309,7 +309,7 @@ def main() -> int:
             if a.save_weights:
                 os.makedirs(a.save_weights, exist_ok=True)
                 model.save_weights(os.path.join(a.save_weights, f"{name}_{protocol}_s{a.seed}.weights.h5"))
-            row = {"protocol": protocol, **row}
+            row = {"protocol": protocol, **row, "seed": a.seed}
             row["infer img/s"] = inference_rate(model, test[0].astype("float32") / 255.0)
             row["train error %"] = 100.0 * float(np.mean(predicted(model, tr[0]) != tr[1]))  # inference mode
             pose = pose_error(model, test[0], a.seed)
