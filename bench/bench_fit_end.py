@@ -26,7 +26,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import table  # noqa: E402
 
-DEFAULT_CONFIG = os.path.join(ROOT, "pipelines", "configs", "default.yaml")
+from pipelines import cli  # noqa: E402
+
+DEFAULT_CONFIG = os.path.join(ROOT, cli.DEFAULT_CONFIG)  # the jobs' default, from the repository root
 
 CHILD = r"""
 import sys, time
